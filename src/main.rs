@@ -1,0 +1,169 @@
+//! The `quiver` binary: one command for the broker, its tools and its benchmarks.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use quiver::bench::{store_bench, StoreBenchOptions};
+use quiver::store::{FlushMode, NewMessage, Store, StoreConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "quiver",
+    version,
+    about = "Quiver: a RocketMQ-class message broker over QUIC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure throughput, latency and memory; prints figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Tools for tests and diagnosis.
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The store alone: append (async/sync, 1/8/64 writers), read, and RSS over a backlog.
+    Store(StoreBenchArgs),
+}
+
+#[derive(Args)]
+struct StoreBenchArgs {
+    /// Where to put the benchmark's data (same disk as the broker's, for honest figures).
+    #[arg(long, default_value = "target/bench-data")]
+    dir: PathBuf,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages per throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Upper bound in seconds on one run.
+    #[arg(long, default_value_t = 20)]
+    max_seconds: u64,
+    /// Messages in the resident-memory backlog run (0 skips it).
+    #[arg(long, default_value_t = 10_000_000)]
+    backlog: u64,
+    /// In-flight appends per writer in the pipelined sync run.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Appends in SYNC mode forever, printing `ack QUEUE OFFSET ID LEN` after each durable
+    /// append (used by the crash test, which kills it with SIGKILL).
+    StoreWriter {
+        /// Data directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Writer threads.
+        #[arg(long, default_value_t = 4)]
+        threads: u32,
+        /// First message id (so successive runs do not reuse ids).
+        #[arg(long, default_value_t = 0)]
+        first_id: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(BenchCommand::Store(a)) => {
+            std::fs::create_dir_all(&a.dir)
+                .with_context(|| format!("creating {}", a.dir.display()))?;
+            store_bench(&StoreBenchOptions {
+                dir: a.dir,
+                message_size: a.size,
+                messages: a.messages,
+                max_seconds: a.max_seconds,
+                backlog: a.backlog,
+                window: a.window,
+            })?;
+            Ok(())
+        }
+        Command::Debug(DebugCommand::StoreWriter {
+            dir,
+            threads,
+            first_id,
+        }) => store_writer(dir, threads, first_id),
+    }
+}
+
+/// Body of message `id` in the crash test: derived from the id so a reader can check it.
+fn crash_body(id: u64) -> Vec<u8> {
+    let len = 50 + (id % 700) as usize;
+    (0..len)
+        .map(|i| (id as usize).wrapping_mul(31).wrapping_add(i) as u8)
+        .collect()
+}
+
+fn store_writer(dir: PathBuf, threads: u32, first_id: u64) -> anyhow::Result<()> {
+    let mut cfg = StoreConfig::new(&dir);
+    cfg.flush_mode = FlushMode::Sync;
+    cfg.segment_size = 256 << 10;
+    cfg.cq_entries_per_file = 1000;
+    cfg.index_slots = 1024;
+    cfg.index_entries = 4096;
+    cfg.max_message_size = 64 << 10;
+    cfg.max_properties_size = 4 << 10;
+    let store = Arc::new(Store::open(cfg).context("opening the store")?);
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(first_id));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, out, next) = (store.clone(), out.clone(), next.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let host = "127.0.0.1:9".parse()?;
+                loop {
+                    let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let body = crash_body(id);
+                    let key = format!("k{id}");
+                    let keys = [key.as_str()];
+                    // Every fifth append is a batch of three, to exercise batch atomicity.
+                    let n = if id % 5 == 0 { 3 } else { 1 };
+                    let msgs: Vec<NewMessage<'_>> = (0..n)
+                        .map(|_| NewMessage {
+                            msg_id: id as u128,
+                            flags: 0,
+                            born_timestamp: 0,
+                            born_host: host,
+                            reconsume_times: 0,
+                            tag: "crash",
+                            keys: &keys,
+                            properties: &[],
+                            body: &body,
+                        })
+                        .collect();
+                    let appended = store.append("crash", t % 3, &msgs)?.wait()?;
+                    let mut o = out.lock().map_err(|_| anyhow::anyhow!("stdout lock"))?;
+                    for r in &appended.results {
+                        writeln!(o, "ack {} {} {} {}", t % 3, r.queue_offset, id, body.len())?;
+                    }
+                    o.flush()?;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    Ok(())
+}

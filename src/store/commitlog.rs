@@ -1,0 +1,424 @@
+//! The commit log: one append-only log for all topics, cut into fixed-size segment files named
+//! by their starting physical offset. Owns segment files, appending records, reading them back
+//! (zero-copy `Bytes` over the mapping) and walking the log for dispatch and recovery.
+//! It does not know consume queues, indexes or flush policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use super::error::StoreError;
+use super::mapped::{list_files, MappedFile};
+use super::record::{self, NewMessage, Probe, RecordPlacement, RecordView, FLAG_BATCH_CONT};
+
+pub(crate) struct CommitLog {
+    dir: PathBuf,
+    segment_size: u64,
+    /// Sorted by base offset; contiguous (each base = previous base + segment_size).
+    segments: RwLock<Vec<Arc<MappedFile>>>,
+    /// End of the last completely written record; readers never look past it.
+    written: AtomicU64,
+    /// Everything below is on disk (fsync returned).
+    flushed: AtomicU64,
+    /// First readable offset (start of the oldest segment).
+    min: AtomicU64,
+}
+
+/// Where the next record goes; only the appender (under the store's write lock) holds it.
+pub(crate) struct Cursor {
+    active: Arc<MappedFile>,
+    pos: u64,
+}
+
+/// One step of a walk through the log.
+pub(crate) enum Step {
+    /// A record at `pos` of `len` bytes (header plausible; CRC checked if asked).
+    Record { pos: u64, len: usize, flags: u32 },
+    /// The segment ends here; continue at the next segment's base.
+    NextSegment(u64),
+    /// No valid data at `pos`; the reason says why.
+    End { pos: u64, reason: String },
+}
+
+/// A record's bytes, borrowed from the mapping and kept alive by it.
+struct SegmentBytes {
+    seg: Arc<MappedFile>,
+    off: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SegmentBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.seg.slice(self.off, self.len)
+    }
+}
+
+impl CommitLog {
+    /// Opens the segments in `dir` (creating the directory). Positions are set by recovery.
+    pub(crate) fn open(dir: PathBuf, segment_size: u64) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let mut segments = Vec::new();
+        for (base, path) in list_files(&dir)? {
+            if let Some(prev) = segments.last().map(|s: &Arc<MappedFile>| s.base()) {
+                if base != prev + segment_size {
+                    return Err(StoreError::Corrupt {
+                        file: path,
+                        offset: 0,
+                        reason: format!(
+                            "segment does not follow the previous one (expected base {}); \
+                             a segment is missing or the segment size changed",
+                            prev + segment_size
+                        ),
+                    });
+                }
+            }
+            if base % segment_size != 0 {
+                return Err(StoreError::Config(format!(
+                    "segment {} is not aligned to store.segment_size = {segment_size}; \
+                     the segment size of an existing store cannot change",
+                    path.display()
+                )));
+            }
+            segments.push(Arc::new(MappedFile::open(&path, base, segment_size)?));
+        }
+        let min = segments.first().map_or(0, |s| s.base());
+        Ok(Self {
+            dir,
+            segment_size,
+            segments: RwLock::new(segments),
+            written: AtomicU64::new(min),
+            flushed: AtomicU64::new(min),
+            min: AtomicU64::new(min),
+        })
+    }
+
+    pub(crate) fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn flushed(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn min_offset(&self) -> u64 {
+        self.min.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn segments(&self) -> Vec<Arc<MappedFile>> {
+        self.segments.read().expect("segments lock").clone()
+    }
+
+    fn segment_for(&self, pos: u64) -> Option<Arc<MappedFile>> {
+        let segs = self.segments.read().expect("segments lock");
+        let first = segs.first()?.base();
+        if pos < first {
+            return None;
+        }
+        segs.get(((pos - first) / self.segment_size) as usize)
+            .cloned()
+    }
+
+    /// Sets the write position after recovery and returns the cursor for appends.
+    pub(crate) fn start_at(&self, pos: u64) -> Result<Cursor, StoreError> {
+        self.written.store(pos, Ordering::Release);
+        self.flushed.store(pos, Ordering::Release);
+        let base = pos - pos % self.segment_size;
+        let active = match self.segment_for(pos).filter(|s| s.base() == base) {
+            Some(seg) => seg,
+            None => self.add_segment(base)?,
+        };
+        Ok(Cursor { active, pos })
+    }
+
+    fn add_segment(&self, base: u64) -> Result<Arc<MappedFile>, StoreError> {
+        let seg = Arc::new(MappedFile::create(&self.dir, base, self.segment_size)?);
+        let mut segs = self.segments.write().expect("segments lock");
+        if segs.is_empty() {
+            self.min.store(base, Ordering::Release);
+        }
+        segs.push(seg.clone());
+        Ok(seg)
+    }
+
+    /// Appends a batch for one (topic, queue) contiguously inside one segment. `sizes[i]` is
+    /// the encoded size of `msgs[i]`. Returns the physical offset of each record; publishes
+    /// the new written position only once every record is complete.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append(
+        &self,
+        cur: &mut Cursor,
+        topic: &str,
+        queue_id: u32,
+        first_queue_offset: u64,
+        msgs: &[NewMessage<'_>],
+        sizes: &[usize],
+        store_timestamp: i64,
+        phys_out: &mut Vec<u64>,
+    ) -> Result<(), StoreError> {
+        let total: u64 = sizes.iter().map(|s| *s as u64).sum();
+        if total > self.segment_size {
+            return Err(StoreError::BatchTooLarge {
+                size: total as usize,
+                segment_size: self.segment_size,
+            });
+        }
+        let seg_end = cur.active.base() + self.segment_size;
+        if cur.pos + total > seg_end {
+            self.roll(cur)?;
+        }
+        let n = msgs.len();
+        let mut pos = cur.pos;
+        for (i, (m, size)) in msgs.iter().zip(sizes).enumerate() {
+            let off = (pos - cur.active.base()) as usize;
+            // SAFETY: `pos..pos+size` is past `written`, so no reader looks at it, and the
+            // cursor is owned by the single appender.
+            let buf = unsafe { cur.active.slice_mut(off, *size) };
+            let placement = RecordPlacement {
+                queue_id,
+                queue_offset: first_queue_offset + i as u64,
+                phys_offset: pos,
+                store_timestamp,
+                extra_flags: if i + 1 < n { FLAG_BATCH_CONT } else { 0 },
+            };
+            record::encode_into(buf, topic, m, &placement);
+            phys_out.push(pos);
+            pos += *size as u64;
+        }
+        cur.pos = pos;
+        self.written.store(pos, Ordering::Release);
+        Ok(())
+    }
+
+    /// Closes the active segment with a blank filler and moves to a new one.
+    fn roll(&self, cur: &mut Cursor) -> Result<(), StoreError> {
+        let seg_end = cur.active.base() + self.segment_size;
+        let left = seg_end - cur.pos;
+        if left >= 8 {
+            let off = (cur.pos - cur.active.base()) as usize;
+            // SAFETY: unpublished range owned by the appender.
+            record::encode_blank(unsafe { cur.active.slice_mut(off, 8) }, left as u32);
+        }
+        let next = self.add_segment(seg_end)?;
+        cur.active = next;
+        cur.pos = seg_end;
+        self.written.store(seg_end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Looks at what is stored at `pos` without checking a CRC unless `check_crc`.
+    pub(crate) fn step(&self, pos: u64, check_crc: bool) -> Step {
+        let Some(seg) = self.segment_for(pos) else {
+            return Step::End {
+                pos,
+                reason: "no segment holds this offset".into(),
+            };
+        };
+        let off = (pos - seg.base()) as usize;
+        let avail = seg.slice(off, self.segment_size as usize - off);
+        match record::probe(avail) {
+            Probe::Blank => Step::NextSegment(seg.base() + self.segment_size),
+            Probe::End(reason) => Step::End {
+                pos,
+                reason: reason.into(),
+            },
+            Probe::Record(len) => {
+                if check_crc {
+                    if let Err(reason) = RecordView::parse(&avail[..len]) {
+                        return Step::End {
+                            pos,
+                            reason: reason.into(),
+                        };
+                    }
+                }
+                let flags = record::get_u32(avail, record::OFF_FLAGS);
+                Step::Record { pos, len, flags }
+            }
+        }
+    }
+
+    /// Runs `f` on the record at `pos..pos+len` in place (no copy).
+    pub(crate) fn with_record<T>(
+        &self,
+        pos: u64,
+        len: usize,
+        check_crc: bool,
+        f: impl FnOnce(RecordView<'_>) -> T,
+    ) -> Result<T, StoreError> {
+        let seg = self.checked_segment(pos, len)?;
+        let off = (pos - seg.base()) as usize;
+        let buf = seg.slice(off, len);
+        let parsed = if check_crc {
+            RecordView::parse(buf)
+        } else {
+            RecordView::parse_unchecked_crc(buf)
+        };
+        parsed
+            .map(f)
+            .map_err(|reason| corrupt(seg.path(), off as u64, reason))
+    }
+
+    /// The record at `pos..pos+len` as `Bytes` sharing the mapping (no copy), CRC-checked if
+    /// `check_crc`.
+    pub(crate) fn read(&self, pos: u64, len: usize, check_crc: bool) -> Result<Bytes, StoreError> {
+        let seg = self.checked_segment(pos, len)?;
+        let off = (pos - seg.base()) as usize;
+        let buf = seg.slice(off, len);
+        let valid = if check_crc {
+            RecordView::parse(buf).map(|_| ())
+        } else if record::get_u32(buf, 0) as usize == len {
+            Ok(())
+        } else {
+            Err("length field does not match the consume-queue entry")
+        };
+        valid.map_err(|reason| corrupt(seg.path(), off as u64, reason))?;
+        Ok(Bytes::from_owner(SegmentBytes { seg, off, len }))
+    }
+
+    /// The length of the record at `pos`, from its header (for lookups by offset or index).
+    pub(crate) fn read_header_len(&self, pos: u64) -> Result<usize, StoreError> {
+        let seg = self.checked_segment(pos, record::HEADER_SIZE)?;
+        let off = (pos - seg.base()) as usize;
+        let h = seg.slice(off, 8);
+        if record::get_u32(h, record::OFF_MAGIC) != record::RECORD_MAGIC {
+            return Err(corrupt(
+                seg.path(),
+                off as u64,
+                "no record starts at this offset",
+            ));
+        }
+        Ok(record::get_u32(h, record::OFF_TOTAL_LEN) as usize)
+    }
+
+    /// The store timestamp of the record at `pos` (header read only).
+    pub(crate) fn store_timestamp(&self, pos: u64) -> Result<i64, StoreError> {
+        let seg = self.checked_segment(pos, record::HEADER_SIZE)?;
+        let off = (pos - seg.base()) as usize;
+        let h = seg.slice(off, record::HEADER_SIZE);
+        Ok(record::get_u64(h, record::OFF_STORE_TS) as i64)
+    }
+
+    fn checked_segment(&self, pos: u64, len: usize) -> Result<Arc<MappedFile>, StoreError> {
+        let written = self.written();
+        let min = self.min_offset();
+        if pos < min || pos + len as u64 > written || len < record::HEADER_SIZE {
+            return Err(StoreError::OffsetOutOfRange {
+                offset: pos,
+                min,
+                max: written,
+            });
+        }
+        let seg = self.segment_for(pos).ok_or(StoreError::OffsetOutOfRange {
+            offset: pos,
+            min,
+            max: written,
+        })?;
+        if pos + len as u64 > seg.base() + self.segment_size {
+            return Err(corrupt(
+                seg.path(),
+                pos - seg.base(),
+                "record crosses a segment boundary",
+            ));
+        }
+        Ok(seg)
+    }
+
+    /// Flushes `from..to` to disk, segment by segment.
+    pub(crate) fn flush(&self, from: u64, to: u64) -> Result<(), StoreError> {
+        let mut pos = from;
+        while pos < to {
+            let Some(seg) = self.segment_for(pos) else {
+                break;
+            };
+            let seg_end = seg.base() + self.segment_size;
+            let end = to.min(seg_end);
+            let off = pos - seg.base();
+            seg.flush(off as usize, (end - pos) as usize)?;
+            pos = end;
+        }
+        self.flushed.fetch_max(to, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Returns resident pages of flushed data, keeping `keep` bytes below the flush point.
+    pub(crate) fn release_flushed(&self, keep: u64) {
+        let upto = self.flushed().saturating_sub(keep);
+        for seg in self.segments() {
+            if seg.base() >= upto {
+                break;
+            }
+            seg.release_below(upto - seg.base());
+        }
+    }
+
+    /// Drops everything from `pos` on: zeroes the rest of its segment, deletes later segments.
+    pub(crate) fn truncate(&self, pos: u64) -> Result<usize, StoreError> {
+        let mut segs = self.segments.write().expect("segments lock");
+        let mut removed = 0;
+        while let Some(last) = segs.last() {
+            if last.base() > pos || (last.base() == pos && segs.len() > 1) {
+                last.delete()?;
+                segs.pop();
+                removed += 1;
+            } else {
+                break;
+            }
+        }
+        if let Some(last) = segs.last() {
+            if pos >= last.base() {
+                last.zero_from(pos - last.base())?;
+            }
+        }
+        super::mapped::sync_dir(&self.dir)?;
+        Ok(removed)
+    }
+
+    /// Deletes the oldest segment if it is sealed and `keep(segment)` says no; returns its
+    /// range. The active segment is never deleted.
+    pub(crate) fn delete_oldest_if(
+        &self,
+        remove: impl FnOnce(&MappedFile) -> bool,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut segs = self.segments.write().expect("segments lock");
+        if segs.len() < 2 {
+            return Ok(None);
+        }
+        if !remove(&segs[0]) {
+            return Ok(None);
+        }
+        let seg = segs.remove(0);
+        self.min.store(segs[0].base(), Ordering::Release);
+        drop(segs);
+        seg.delete()?;
+        Ok(Some((seg.base(), seg.base() + self.segment_size)))
+    }
+
+    /// Releases every resident page of sealed segments (cold data).
+    pub(crate) fn release_sealed(&self) {
+        let segs = self.segments();
+        if let Some((_, sealed)) = segs.split_last() {
+            for seg in sealed {
+                seg.release_all();
+            }
+        }
+    }
+
+    pub(crate) fn path_of(&self, pos: u64) -> PathBuf {
+        self.segment_for(pos)
+            .map(|s| s.path().to_path_buf())
+            .unwrap_or_else(|| self.dir.clone())
+    }
+}
+
+pub(crate) fn corrupt(file: &Path, offset: u64, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.to_string(),
+    }
+}

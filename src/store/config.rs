@@ -1,0 +1,135 @@
+//! Store configuration with the defaults documented in docs/STORAGE.md.
+
+use std::path::PathBuf;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// Ack once the record is in the mapped log; a background thread flushes every
+    /// `flush_interval_ms` or as soon as `flush_dirty_pages` pages are dirty.
+    Async,
+    /// Ack only after an fsync that covers the record (group commit: concurrent appends share
+    /// one fsync). Records become readable only once durable.
+    Sync,
+}
+
+impl std::str::FromStr for FlushMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "async" => Ok(FlushMode::Async),
+            "sync" => Ok(FlushMode::Sync),
+            other => Err(format!(
+                "unknown flush mode {other:?}: use \"async\" or \"sync\""
+            )),
+        }
+    }
+}
+
+/// Everything the store can be told.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory (commitlog/, consumequeue/, index/, checkpoint, abort, lock).
+    pub dir: PathBuf,
+    /// Size of one commit-log segment file. Default 1 GiB.
+    pub segment_size: u64,
+    /// Entries per consume-queue file (20 bytes each). Default 300,000 (6 MB files).
+    pub cq_entries_per_file: u64,
+    /// Hash slots per index file. Default 1,000,000.
+    pub index_slots: u32,
+    /// Entries per index file. Default 4,000,000.
+    pub index_entries: u32,
+    /// Ack policy. Default async.
+    pub flush_mode: FlushMode,
+    /// Async mode: flush at least this often. Default 500 ms.
+    pub flush_interval_ms: u64,
+    /// Async mode: flush as soon as this many 4 KiB pages are dirty. Default 4096 (16 MiB).
+    pub flush_dirty_pages: u64,
+    /// How often the checkpoint is written (bounds the recovery scan). Default 1000 ms.
+    pub checkpoint_interval_ms: u64,
+    /// Largest message body. Default 4 MiB.
+    pub max_message_size: usize,
+    /// Largest tag + keys + properties of one message. Default 32 KiB.
+    pub max_properties_size: usize,
+    /// Segments older than this are deleted. Default 72 h.
+    pub retention_hours: u64,
+    /// Local hour (0-23) at which expired segments are deleted. Default 4.
+    pub delete_hour: u8,
+    /// Above this fraction of disk used, appends fail with a retryable error. Default 0.90.
+    pub disk_high_watermark: f64,
+    /// Above this fraction of disk used, the oldest segments are deleted whatever their age
+    /// (losses are reported). Default 0.85.
+    pub disk_clean_watermark: f64,
+    /// Check each record's CRC when it is read. Default true.
+    pub verify_crc_on_read: bool,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: 1 << 30,
+            cq_entries_per_file: 300_000,
+            index_slots: 1_000_000,
+            index_entries: 4_000_000,
+            flush_mode: FlushMode::Async,
+            flush_interval_ms: 500,
+            flush_dirty_pages: 4096,
+            checkpoint_interval_ms: 1000,
+            max_message_size: 4 << 20,
+            max_properties_size: 32 << 10,
+            retention_hours: 72,
+            delete_hour: 4,
+            disk_high_watermark: 0.90,
+            disk_clean_watermark: 0.85,
+            verify_crc_on_read: true,
+        }
+    }
+
+    /// Small files, for tests that must exercise rollover.
+    pub fn small_for_tests(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            segment_size: 64 << 10,
+            cq_entries_per_file: 64,
+            index_slots: 64,
+            index_entries: 256,
+            max_message_size: 16 << 10,
+            max_properties_size: 4 << 10,
+            ..Self::new(dir)
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), super::StoreError> {
+        let err = |m: String| Err(super::StoreError::Config(m));
+        if self.segment_size < 4096
+            || self.segment_size % 4096 != 0
+            || self.segment_size > u32::MAX as u64
+        {
+            return err(format!(
+                "segment_size must be a multiple of 4096 between 4 KiB and 4 GiB, got {}",
+                self.segment_size
+            ));
+        }
+        if (self.max_message_size + self.max_properties_size + 512) as u64 > self.segment_size {
+            return err("max_message_size must fit into one segment".into());
+        }
+        if self.cq_entries_per_file == 0 || self.index_slots == 0 || self.index_entries == 0 {
+            return err(
+                "cq_entries_per_file, index_slots and index_entries must be positive".into(),
+            );
+        }
+        if self.delete_hour > 23 {
+            return err(format!(
+                "delete_hour must be 0..=23, got {}",
+                self.delete_hour
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.disk_high_watermark)
+            || !(0.0..=1.0).contains(&self.disk_clean_watermark)
+        {
+            return err("disk watermarks are fractions between 0 and 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! Consume queues: per (topic, queue id), fixed-size 20-byte entries (commit-log offset u64,
+//! record size u32, tag hash u64), in segmented mapped files named by their first entry's queue
+//! offset. Derived data: the dispatcher writes entry `n` at byte `n * 20` of the queue, so
+//! rebuilding from the commit log is idempotent. Readers see entries below `max` only.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::error::StoreError;
+use super::mapped::{list_files, MappedFile};
+use super::record::{get_u32, get_u64};
+
+/// Size of one consume-queue entry in bytes.
+pub const CQ_ENTRY_SIZE: u64 = 20;
+
+/// One consume-queue entry: where a message of this queue is in the commit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    /// Commit-log offset of the record.
+    pub phys_offset: u64,
+    /// Record size in bytes.
+    pub size: u32,
+    /// [`super::tag_hash`] of the record's tag (0 = no tag).
+    pub tag_hash: u64,
+}
+
+impl CqEntry {
+    fn encode(&self) -> [u8; CQ_ENTRY_SIZE as usize] {
+        let mut b = [0u8; CQ_ENTRY_SIZE as usize];
+        b[0..8].copy_from_slice(&self.phys_offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.size.to_le_bytes());
+        b[12..20].copy_from_slice(&self.tag_hash.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        Self {
+            phys_offset: get_u64(b, 0),
+            size: get_u32(b, 8),
+            tag_hash: get_u64(b, 12),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+}
+
+pub(crate) struct ConsumeQueue {
+    topic: String,
+    queue_id: u32,
+    dir: PathBuf,
+    per_file: u64,
+    /// Contiguous files; the base of each is the queue offset of its first entry.
+    files: RwLock<Vec<Arc<MappedFile>>>,
+    /// One past the last readable entry.
+    max: AtomicU64,
+    /// First readable entry (older ones were removed by retention).
+    min: AtomicU64,
+    /// Entries below are on disk.
+    flushed: AtomicU64,
+}
+
+impl ConsumeQueue {
+    pub(crate) fn open(
+        root: &std::path::Path,
+        topic: &str,
+        queue_id: u32,
+        per_file: u64,
+    ) -> Result<Self, StoreError> {
+        let dir = root.join(topic).join(queue_id.to_string());
+        let mut files: Vec<Arc<MappedFile>> = Vec::new();
+        for (base, path) in list_files(&dir)? {
+            if base % per_file != 0
+                || files
+                    .last()
+                    .is_some_and(|prev| base != prev.base() + per_file)
+            {
+                return Err(StoreError::Corrupt {
+                    file: path,
+                    offset: 0,
+                    reason: "consume-queue file out of sequence".into(),
+                });
+            }
+            files.push(Arc::new(MappedFile::open(
+                &path,
+                base,
+                per_file * CQ_ENTRY_SIZE,
+            )?));
+        }
+        let min = files.first().map_or(0, |f| f.base());
+        Ok(Self {
+            topic: topic.to_string(),
+            queue_id,
+            dir,
+            per_file,
+            files: RwLock::new(files),
+            max: AtomicU64::new(min),
+            min: AtomicU64::new(min),
+            flushed: AtomicU64::new(min),
+        })
+    }
+
+    pub(crate) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub(crate) fn queue_id(&self) -> u32 {
+        self.queue_id
+    }
+
+    pub(crate) fn max(&self) -> u64 {
+        self.max.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn min(&self) -> u64 {
+        self.min.load(Ordering::Acquire)
+    }
+
+    fn file_for(&self, offset: u64) -> Option<Arc<MappedFile>> {
+        let files = self.files.read().expect("cq lock");
+        let first = files.first()?.base();
+        if offset < first {
+            return None;
+        }
+        files
+            .get(((offset - first) / self.per_file) as usize)
+            .cloned()
+    }
+
+    /// Writes entry `offset` (dispatcher only). Readers see it after [`Self::publish`].
+    pub(crate) fn put(&self, offset: u64, entry: CqEntry) -> Result<(), StoreError> {
+        let file = match self.file_for(offset) {
+            Some(f) => f,
+            None => self.add_file(offset - offset % self.per_file)?,
+        };
+        let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
+        // SAFETY: entries at or above `max` are invisible to readers; one dispatcher writes.
+        unsafe { file.write(at, &entry.encode()) };
+        Ok(())
+    }
+
+    fn add_file(&self, base: u64) -> Result<Arc<MappedFile>, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        let mut files = self.files.write().expect("cq lock");
+        if let Some(last) = files.last() {
+            if base != last.base() + self.per_file {
+                return Err(StoreError::Corrupt {
+                    file: self.dir.clone(),
+                    offset: base,
+                    reason: format!(
+                        "consume queue would skip from file {} to {base}",
+                        last.base()
+                    ),
+                });
+            }
+        } else {
+            self.min.store(base, Ordering::Release);
+            self.flushed.store(base, Ordering::Release);
+        }
+        let file = Arc::new(MappedFile::create(
+            &self.dir,
+            base,
+            self.per_file * CQ_ENTRY_SIZE,
+        )?);
+        files.push(file.clone());
+        Ok(file)
+    }
+
+    /// Makes entries below `max` readable.
+    pub(crate) fn publish(&self, max: u64) {
+        self.max.fetch_max(max, Ordering::AcqRel);
+    }
+
+    /// Entry at `offset`, or `None` when it is not readable.
+    pub(crate) fn get(&self, offset: u64) -> Option<CqEntry> {
+        if offset < self.min() || offset >= self.max() {
+            return None;
+        }
+        self.raw(offset)
+    }
+
+    fn raw(&self, offset: u64) -> Option<CqEntry> {
+        let file = self.file_for(offset)?;
+        let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
+        Some(CqEntry::decode(file.slice(at, CQ_ENTRY_SIZE as usize)))
+    }
+
+    /// Reads up to `max_count` readable entries from `from`, calling `f(offset, entry)`;
+    /// stops early when `f` returns false. Returns the offset after the last entry visited.
+    pub(crate) fn scan(
+        &self,
+        from: u64,
+        max_count: usize,
+        mut f: impl FnMut(u64, CqEntry) -> bool,
+    ) -> u64 {
+        let max = self.max();
+        let mut off = from.max(self.min());
+        let end = max.min(off.saturating_add(max_count as u64));
+        while off < end {
+            let Some(file) = self.file_for(off) else {
+                break;
+            };
+            let file_end = (file.base() + self.per_file).min(end);
+            let bytes = file.slice(
+                ((off - file.base()) * CQ_ENTRY_SIZE) as usize,
+                ((file_end - off) * CQ_ENTRY_SIZE) as usize,
+            );
+            for chunk in bytes.chunks_exact(CQ_ENTRY_SIZE as usize) {
+                let e = CqEntry::decode(chunk);
+                let keep_going = f(off, e);
+                off += 1;
+                if !keep_going {
+                    return off;
+                }
+            }
+        }
+        off
+    }
+
+    /// Flushes entries written since the last flush. Returns how many files were touched.
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        let max = self.max();
+        let from = self.flushed.load(Ordering::Acquire);
+        if max <= from {
+            return Ok(());
+        }
+        let mut off = from;
+        while off < max {
+            let Some(file) = self.file_for(off) else {
+                break;
+            };
+            let end = max.min(file.base() + self.per_file);
+            let a = (off - file.base()) * CQ_ENTRY_SIZE;
+            let b = (end - file.base()) * CQ_ENTRY_SIZE;
+            file.flush(a as usize, (b - a) as usize)?;
+            if end == file.base() + self.per_file {
+                file.release_all();
+            }
+            off = end;
+        }
+        self.flushed.store(max, Ordering::Release);
+        Ok(())
+    }
+
+    /// Recovery: finds the entries that refer to records below `valid_phys` (known durable
+    /// and dispatched) and makes them the readable range; anything after them will be
+    /// re-dispatched or was torn. Returns the new max.
+    pub(crate) fn recover(&self, valid_phys: u64) -> u64 {
+        let min = self.min();
+        let files = self.files.read().expect("cq lock").clone();
+        let end = files.last().map_or(min, |f| f.base() + self.per_file);
+        // First entry that is empty or points at/after `valid_phys`: entries are dispatched in
+        // commit-log order, so the predicate is monotonic over the queue.
+        let (mut lo, mut hi) = (min, end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.raw(mid) {
+                Some(e) if !e.is_empty() && e.phys_offset < valid_phys => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        self.max.store(lo, Ordering::Release);
+        self.flushed.store(lo, Ordering::Release);
+        lo
+    }
+
+    /// Recovery: erases stale entries from `max` up to the first empty one, so a later
+    /// recovery never mistakes them for valid entries, and deletes files wholly past `max`.
+    pub(crate) fn erase_after(&self, max: u64) -> Result<(), StoreError> {
+        let mut files = self.files.write().expect("cq lock");
+        while files
+            .last()
+            .is_some_and(|f| f.base() > max || (f.base() == max && files.len() > 1))
+        {
+            if let Some(f) = files.pop() {
+                f.delete()?;
+            }
+        }
+        drop(files);
+        let mut off = max;
+        while let Some(e) = self.raw(off) {
+            if e.is_empty() {
+                break;
+            }
+            let file = self.file_for(off).expect("entry has a file");
+            let at = ((off - file.base()) * CQ_ENTRY_SIZE) as usize;
+            // SAFETY: recovery runs before readers exist.
+            unsafe { file.write(at, &[0u8; CQ_ENTRY_SIZE as usize]) };
+            off += 1;
+        }
+        if off > max {
+            if let Some(file) = self.file_for(max) {
+                file.flush(0, file.len() as usize)?;
+            }
+            let mut o = max;
+            while o < off {
+                if let Some(file) = self.file_for(o) {
+                    file.flush(0, file.len() as usize)?;
+                    o = file.base() + self.per_file;
+                } else {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Retention: moves `min` to the first entry whose record is at or after `phys_min`, and
+    /// deletes files entirely below it. Returns (old min, new min).
+    pub(crate) fn trim_below_phys(&self, phys_min: u64) -> Result<(u64, u64), StoreError> {
+        let old_min = self.min();
+        let max = self.max();
+        let (mut lo, mut hi) = (old_min, max);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.raw(mid) {
+                Some(e) if e.phys_offset < phys_min => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        let new_min = lo;
+        if new_min == old_min {
+            return Ok((old_min, new_min));
+        }
+        self.min.store(new_min, Ordering::Release);
+        let mut files = self.files.write().expect("cq lock");
+        while files.len() > 1 && files[0].base() + self.per_file <= new_min {
+            let f = files.remove(0);
+            f.delete()?;
+        }
+        Ok((old_min, new_min))
+    }
+
+    /// Binary search: the first offset in `[min, max)` whose key (from `key_of`) is >= `target`,
+    /// or `max` if none. `key_of` must be monotonic over the queue.
+    pub(crate) fn search(
+        &self,
+        target: i64,
+        mut key_of: impl FnMut(CqEntry) -> Result<i64, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let (mut lo, mut hi) = (self.min(), self.max());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(e) = self.get(mid) else {
+                hi = mid;
+                continue;
+            };
+            if key_of(e)? < target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    pub(crate) fn release_sealed(&self) {
+        let files = self.files.read().expect("cq lock").clone();
+        if let Some((_, sealed)) = files.split_last() {
+            for f in sealed {
+                f.release_all();
+            }
+        }
+    }
+}

@@ -1,0 +1,1268 @@
+//! The message store: commit log + consume queues + key index, flush (async or group-commit
+//! sync), checkpoint and crash recovery, retention. Synchronous I/O only: no tokio, no network.
+//! The broker calls [`Store::append`] and waits for durability through
+//! [`PendingAppend::on_durable`], which runs on the store's flush thread (never an fsync on the
+//! caller's thread).
+
+mod checkpoint;
+mod commitlog;
+mod config;
+mod consume_queue;
+mod error;
+mod index;
+mod mapped;
+mod record;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use checkpoint::{AbortMarker, Checkpoint};
+use commitlog::{CommitLog, Cursor, Step};
+use consume_queue::ConsumeQueue;
+use index::Index;
+
+pub use config::{FlushMode, StoreConfig};
+pub use consume_queue::{CqEntry, CQ_ENTRY_SIZE};
+pub use error::StoreError;
+pub use index::{id_hash, key_hash};
+pub use record::{tag_hash, NewMessage, RecordView, FLAG_BATCH_CONT, HEADER_SIZE};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where one appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    /// The producer-assigned id.
+    pub msg_id: u128,
+    /// Position in its consume queue.
+    pub queue_offset: u64,
+    /// Position in the commit log (also an id that needs no index).
+    pub phys_offset: u64,
+    /// Record size in bytes.
+    pub size: u32,
+}
+
+/// The result of one append call (one message or one atomic batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// One result per message, in order.
+    pub results: Vec<PutResult>,
+    /// Commit-log offset just past the batch.
+    pub end: u64,
+    /// Store timestamp given to every record of the batch.
+    pub store_timestamp: i64,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// An append that may still be waiting for its fsync (sync mode).
+#[must_use = "an append is acknowledged only once its durability is known"]
+pub struct PendingAppend {
+    appended: Appended,
+    wait_for: Option<Arc<Inner>>,
+}
+
+impl PendingAppend {
+    /// The positions assigned (valid even before durability).
+    pub fn appended(&self) -> &Appended {
+        &self.appended
+    }
+
+    /// Calls `f` once the batch is durable (sync mode) or at once (async mode). In sync mode
+    /// `f` runs on the store's flush thread: keep it short (e.g. send on a channel).
+    pub fn on_durable(self, f: impl FnOnce(Result<Appended, StoreError>) + Send + 'static) {
+        match self.wait_for {
+            None => f(Ok(self.appended)),
+            Some(inner) => {
+                let appended = self.appended;
+                let end = appended.end;
+                inner.wait_durable(end, Box::new(move |r| f(r.map(|()| appended))));
+            }
+        }
+    }
+
+    /// Blocks the calling thread until the batch is durable (sync) or returns at once (async).
+    pub fn wait(self) -> Result<Appended, StoreError> {
+        if self.wait_for.is_none() {
+            return Ok(self.appended);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.on_durable(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// One message read back through a consume queue.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Position in its consume queue.
+    pub queue_offset: u64,
+    /// Position in the commit log.
+    pub phys_offset: u64,
+    /// The record exactly as stored (see docs/STORAGE.md); shares the mapping, no copy.
+    pub bytes: Bytes,
+}
+
+impl StoredMessage {
+    /// A parsed view of the record.
+    pub fn view(&self) -> RecordView<'_> {
+        // The store checked the record when reading it (CRC if configured, sections always).
+        RecordView::parse_unchecked_crc(&self.bytes).expect("store returns parsed records")
+    }
+}
+
+/// Outcome of a read through a consume queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetStatus {
+    /// At least one message returned.
+    Found,
+    /// Entries were scanned but none passed the filter; continue at `next_offset`.
+    NoMatch,
+    /// Nothing at or after the offset yet.
+    NoNewMessages,
+    /// The offset is below the first stored one; `next_offset` is the minimum.
+    OffsetTooSmall,
+    /// The offset is past the end; `next_offset` is the maximum.
+    OffsetOverflow,
+}
+
+/// What a read returns.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    /// What happened.
+    pub status: GetStatus,
+    /// Messages in queue order.
+    pub messages: Vec<StoredMessage>,
+    /// Where the next read should start.
+    pub next_offset: u64,
+    /// First readable offset of the queue.
+    pub min_offset: u64,
+    /// One past the last readable offset.
+    pub max_offset: u64,
+}
+
+/// Queues that lost messages no consumer group had consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostMessages {
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue_id: u32,
+    /// How many unconsumed messages were deleted.
+    pub count: u64,
+}
+
+/// What a retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Commit-log segments deleted, as (start, end) offsets.
+    pub deleted_segments: Vec<(u64, u64)>,
+    /// Unconsumed messages that were deleted, per queue.
+    pub lost: Vec<LostMessages>,
+}
+
+/// What opening the store found and did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// The previous run did not shut down cleanly.
+    pub unclean: bool,
+    /// Commit-log offset the scan started from.
+    pub scanned_from: u64,
+    /// Records validated by the scan.
+    pub records_scanned: u64,
+    /// Records re-dispatched into consume queues and the index.
+    pub records_redispatched: u64,
+    /// A torn or invalid tail was cut at this offset (bytes after it dropped).
+    pub truncated_at: Option<(u64, String)>,
+    /// Commit-log end after recovery.
+    pub end: u64,
+    /// How long recovery took.
+    pub took: Duration,
+}
+
+/// Lowest offset any consumer group has committed for a queue (`None`: no group consumes it).
+pub type ConsumerProgress = dyn Fn(&str, u32) -> Option<u64> + Send + Sync;
+/// Called after new entries become readable: (topic, queue id, new max offset).
+pub type ArrivalListener = dyn Fn(&str, u32, u64) + Send + Sync;
+
+struct Writer {
+    cursor: Cursor,
+    /// Next queue offset per topic and queue id.
+    next_offsets: HashMap<String, HashMap<u32, u64>>,
+    /// Store timestamps never go backwards, so time lookups can binary-search.
+    last_ts: i64,
+}
+
+struct FlushState {
+    waiters: Vec<(u64, Completion)>,
+    shutdown: bool,
+}
+
+struct Inner {
+    cfg: StoreConfig,
+    log: CommitLog,
+    writer: Mutex<Writer>,
+    /// Commit-log offset up to which consume queues and the index are built.
+    dispatched: Mutex<u64>,
+    queues: RwLock<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>>,
+    index: Index,
+    flush: Mutex<FlushState>,
+    flush_cv: Condvar,
+    /// Wakes the housekeeping thread (shutdown); separate so a flush request never wakes it
+    /// instead of the flusher.
+    housekeeping_cv: Condvar,
+    poisoned: OnceLock<String>,
+    /// Disk usage in basis points when above the high watermark, else 0.
+    disk_full_bp: AtomicU64,
+    closed: AtomicBool,
+    listener: RwLock<Option<Arc<ArrivalListener>>>,
+    progress: RwLock<Option<Arc<ConsumerProgress>>>,
+    lost_total: Mutex<HashMap<(String, u32), u64>>,
+}
+
+/// The store. Cheap to share behind an `Arc`; closing flushes and marks a clean shutdown.
+pub struct Store {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    lock: File,
+    recovery: RecoveryReport,
+}
+
+impl Store {
+    /// Opens (creating if needed) and recovers the store in `cfg.dir`, then starts its flush and
+    /// housekeeping threads.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        cfg.validate()?;
+        let started = Instant::now();
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| StoreError::io(&cfg.dir, e))?;
+        let lock_path = cfg.dir.join("lock");
+        let lock = File::create(&lock_path).map_err(|e| StoreError::io(&lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked(cfg.dir.clone()));
+        }
+        let unclean = AbortMarker::exists(&cfg.dir);
+        let cp = Checkpoint::read(&cfg.dir)?;
+        let log = CommitLog::open(cfg.dir.join("commitlog"), cfg.segment_size)?;
+        let cq_root = cfg.dir.join("consumequeue");
+        let index_dir = cfg.dir.join("index");
+        // Deleting consumequeue/ or index/ asks for a full rebuild from the log.
+        let rebuild_all = !cq_root.exists() || !index_dir.exists();
+        let index = Index::open(index_dir, cfg.index_slots, cfg.index_entries)?;
+        let queues = load_queues(&cq_root, cfg.cq_entries_per_file)?;
+
+        // 1. Find the valid end of the commit log, scanning only past the checkpoint.
+        let min = log.min_offset();
+        let scan_from = cp.map_or(min, |c| c.commitlog.max(min));
+        let mut report = RecoveryReport {
+            unclean,
+            scanned_from: scan_from,
+            ..Default::default()
+        };
+        let mut pos = scan_from;
+        let seg_end = log.segments().last().map_or(min, |s| s.base() + s.len());
+        let mut batch_start = None;
+        while pos < seg_end {
+            match log.step(pos, true) {
+                Step::Record { pos: p, len, flags } => {
+                    if batch_start.is_none() && flags & FLAG_BATCH_CONT != 0 {
+                        batch_start = Some(p);
+                    } else if flags & FLAG_BATCH_CONT == 0 {
+                        batch_start = None;
+                    }
+                    report.records_scanned += 1;
+                    pos = p + len as u64;
+                }
+                Step::NextSegment(next) => pos = next,
+                Step::End { pos: p, reason } => {
+                    if reason != "zeros" || unclean {
+                        report.truncated_at = Some((p, reason));
+                    }
+                    break;
+                }
+            }
+        }
+        // A batch is atomic: a batch cut short by the crash goes entirely.
+        if let Some(start) = batch_start {
+            report.truncated_at = Some((start, "incomplete batch".into()));
+            pos = start;
+        }
+        let end = pos.min(seg_end.max(min));
+        if let Some(c) = cp {
+            if end < c.commitlog && c.commitlog <= seg_end {
+                let reason = report
+                    .truncated_at
+                    .as_ref()
+                    .map_or("missing data".to_string(), |(_, r)| r.clone());
+                return Err(StoreError::Corrupt {
+                    file: log.path_of(end),
+                    offset: end - end % cfg.segment_size.max(1),
+                    reason: format!(
+                        "invalid record at commit-log offset {end} ({reason}) below the durable \
+                         checkpoint {}: flushed data is damaged; restore the segment from a replica \
+                         or backup",
+                        c.commitlog
+                    ),
+                });
+            }
+        }
+        if report.truncated_at.is_some() || end < seg_end {
+            log.truncate(end)?;
+        }
+        let cursor = log.start_at(end)?;
+        report.end = end;
+
+        // 2. Consume queues keep what refers to durable, dispatched records; the rest is rebuilt.
+        let dispatched_cp = if rebuild_all {
+            min
+        } else {
+            cp.map_or(min, |c| c.dispatched.max(min)).min(end)
+        };
+        for per_topic in queues.values() {
+            for cq in per_topic.values() {
+                let max = cq.recover(dispatched_cp);
+                cq.erase_after(max)?;
+            }
+        }
+        let inner = Arc::new(Inner {
+            log,
+            writer: Mutex::new(Writer {
+                cursor,
+                next_offsets: HashMap::new(),
+                last_ts: 0,
+            }),
+            dispatched: Mutex::new(dispatched_cp),
+            queues: RwLock::new(queues),
+            index,
+            flush: Mutex::new(FlushState {
+                waiters: Vec::new(),
+                shutdown: false,
+            }),
+            flush_cv: Condvar::new(),
+            housekeeping_cv: Condvar::new(),
+            poisoned: OnceLock::new(),
+            disk_full_bp: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            listener: RwLock::new(None),
+            progress: RwLock::new(None),
+            lost_total: Mutex::new(HashMap::new()),
+            cfg,
+        });
+        report.records_redispatched = inner.dispatch_to(end)?;
+        inner.trim_queues_below(inner.log.min_offset())?;
+        {
+            let mut w = inner.writer.lock().expect("writer lock");
+            let queues = inner.queues.read().expect("queues lock");
+            for (topic, per) in queues.iter() {
+                let map = w.next_offsets.entry(topic.clone()).or_default();
+                for (qid, cq) in per {
+                    map.insert(*qid, cq.max());
+                }
+            }
+            if end > min {
+                // Keep store timestamps monotonic across restarts.
+                let last = inner.last_record_before(end);
+                w.last_ts = last.unwrap_or(0);
+            }
+        }
+        inner.log.flush(end, end)?;
+        inner.checkpoint()?;
+        AbortMarker::create(&inner.cfg.dir)?;
+        inner.check_disk();
+        report.took = started.elapsed();
+        if report.unclean || report.truncated_at.is_some() {
+            tracing::warn!(
+                unclean = report.unclean,
+                scanned_from = report.scanned_from,
+                records = report.records_scanned,
+                truncated = ?report.truncated_at,
+                took_ms = report.took.as_millis() as u64,
+                "store recovered after an unclean shutdown"
+            );
+        }
+
+        let mut threads = Vec::new();
+        let i = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("quiver-flush".into())
+                .spawn(move || i.flush_loop())
+                .map_err(|e| StoreError::io(&inner.cfg.dir, e))?,
+        );
+        let i = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("quiver-housekeeping".into())
+                .spawn(move || i.housekeeping_loop())
+                .map_err(|e| StoreError::io(&inner.cfg.dir, e))?,
+        );
+        Ok(Store {
+            inner,
+            threads: Mutex::new(threads),
+            lock,
+            recovery: report,
+        })
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// Appends `msgs` to (topic, queue) atomically and contiguously. Returns once the records
+    /// are in the log; durability (sync mode) is reported by the returned [`PendingAppend`].
+    pub fn append(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        msgs: &[NewMessage<'_>],
+    ) -> Result<PendingAppend, StoreError> {
+        let inner = &self.inner;
+        inner.check_writable()?;
+        if msgs.is_empty() {
+            return Err(StoreError::InvalidMessage("empty batch".into()));
+        }
+        let limits = record::RecordLimits {
+            max_body: inner.cfg.max_message_size,
+            max_properties: inner.cfg.max_properties_size,
+        };
+        let mut sizes = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            sizes.push(m.encoded_len(topic, &limits)?);
+        }
+        let mut phys = Vec::with_capacity(msgs.len());
+        let (first, ts) = {
+            let mut w = inner.writer.lock().expect("writer lock");
+            inner.check_writable()?;
+            let ts = now_ms().max(w.last_ts);
+            let first = match w.next_offsets.get(topic).and_then(|m| m.get(&queue_id)) {
+                Some(o) => *o,
+                None => 0,
+            };
+            let Writer { cursor, .. } = &mut *w;
+            inner
+                .log
+                .append(cursor, topic, queue_id, first, msgs, &sizes, ts, &mut phys)?;
+            w.last_ts = ts;
+            let next = first + msgs.len() as u64;
+            match w.next_offsets.get_mut(topic) {
+                Some(m) => {
+                    m.insert(queue_id, next);
+                }
+                None => {
+                    w.next_offsets
+                        .insert(topic.to_string(), HashMap::from([(queue_id, next)]));
+                }
+            }
+            (first, ts)
+        };
+        let results = msgs
+            .iter()
+            .zip(phys.iter().zip(&sizes))
+            .enumerate()
+            .map(|(i, (m, (p, s)))| PutResult {
+                msg_id: m.msg_id,
+                queue_offset: first + i as u64,
+                phys_offset: *p,
+                size: *s as u32,
+            })
+            .collect();
+        let end = phys.last().copied().unwrap_or(0) + *sizes.last().unwrap_or(&0) as u64;
+        let appended = Appended {
+            results,
+            end,
+            store_timestamp: ts,
+        };
+        match inner.cfg.flush_mode {
+            FlushMode::Async => {
+                inner.dispatch_to(inner.log.written())?;
+                let dirty = inner.log.written() - inner.log.flushed();
+                if dirty >= inner.cfg.flush_dirty_pages * mapped::PAGE {
+                    inner.flush_cv.notify_one();
+                }
+                Ok(PendingAppend {
+                    appended,
+                    wait_for: None,
+                })
+            }
+            FlushMode::Sync => Ok(PendingAppend {
+                appended,
+                wait_for: Some(inner.clone()),
+            }),
+        }
+    }
+
+    /// Reads up to `max_count` messages (and about `max_bytes`) of (topic, queue) from
+    /// `offset`, skipping entries for which `keep(entry)` is false (e.g. by tag hash) without
+    /// touching the commit log. At most `max_scan` entries are examined.
+    pub fn get_messages(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_count: usize,
+        max_bytes: usize,
+        max_scan: usize,
+        mut keep: impl FnMut(&CqEntry) -> bool,
+    ) -> Result<GetResult, StoreError> {
+        let Some(cq) = self.inner.queue(topic, queue_id) else {
+            let status = if offset == 0 {
+                GetStatus::NoNewMessages
+            } else {
+                GetStatus::OffsetOverflow
+            };
+            return Ok(GetResult {
+                status,
+                messages: Vec::new(),
+                next_offset: 0,
+                min_offset: 0,
+                max_offset: 0,
+            });
+        };
+        let (min, max) = (cq.min(), cq.max());
+        let mut result = GetResult {
+            status: GetStatus::NoNewMessages,
+            messages: Vec::new(),
+            next_offset: offset,
+            min_offset: min,
+            max_offset: max,
+        };
+        if offset < min {
+            result.status = GetStatus::OffsetTooSmall;
+            result.next_offset = min;
+            return Ok(result);
+        }
+        if offset > max {
+            result.status = GetStatus::OffsetOverflow;
+            result.next_offset = max;
+            return Ok(result);
+        }
+        if offset == max {
+            return Ok(result);
+        }
+        let verify = self.inner.cfg.verify_crc_on_read;
+        let mut bytes = 0usize;
+        let mut err = None;
+        let mut refused = None;
+        let next = cq.scan(offset, max_scan.max(1), |off, e| {
+            if !keep(&e) {
+                return true;
+            }
+            if !result.messages.is_empty() && bytes + e.size as usize > max_bytes {
+                refused = Some(off);
+                return false;
+            }
+            match self.inner.log.read(e.phys_offset, e.size as usize, verify) {
+                Ok(b) => {
+                    bytes += b.len();
+                    result.messages.push(StoredMessage {
+                        queue_offset: off,
+                        phys_offset: e.phys_offset,
+                        bytes: b,
+                    });
+                    result.messages.len() < max_count
+                }
+                Err(StoreError::OffsetOutOfRange { .. }) => true, // deleted by retention meanwhile
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        // The entry the byte budget refused is read next time.
+        result.next_offset = refused.unwrap_or(next);
+        result.status = if result.messages.is_empty() {
+            GetStatus::NoMatch
+        } else {
+            GetStatus::Found
+        };
+        Ok(result)
+    }
+
+    /// The consume-queue entries of (topic, queue) from `offset`, at most `max`.
+    pub fn read_entries(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+    ) -> Vec<(u64, CqEntry)> {
+        let mut out = Vec::new();
+        if let Some(cq) = self.inner.queue(topic, queue_id) {
+            cq.scan(offset, max, |o, e| {
+                out.push((o, e));
+                true
+            });
+        }
+        out
+    }
+
+    /// (min, max) readable offsets of a queue; (0, 0) for a queue that never got a message.
+    pub fn queue_bounds(&self, topic: &str, queue_id: u32) -> (u64, u64) {
+        self.inner
+            .queue(topic, queue_id)
+            .map_or((0, 0), |cq| (cq.min(), cq.max()))
+    }
+
+    /// Every queue the store holds: (topic, queue id, min, max).
+    pub fn queues(&self) -> Vec<(String, u32, u64, u64)> {
+        let queues = self.inner.queues.read().expect("queues lock");
+        let mut out: Vec<_> = queues
+            .iter()
+            .flat_map(|(t, per)| {
+                per.iter()
+                    .map(|(q, cq)| (t.clone(), *q, cq.min(), cq.max()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The record at a commit-log offset (the offset is itself an id that needs no index).
+    pub fn message_at(&self, phys_offset: u64) -> Result<Bytes, StoreError> {
+        let log = &self.inner.log;
+        let head = log.read_header_len(phys_offset)?;
+        log.read(phys_offset, head, true)
+    }
+
+    /// The message with this producer-assigned id, if stored.
+    pub fn message_by_id(&self, id: u128) -> Result<Option<Bytes>, StoreError> {
+        for phys in self.inner.index.lookup(id_hash(id), i64::MIN, i64::MAX, 32) {
+            let Ok(b) = self.message_at(phys) else {
+                continue;
+            };
+            if RecordView::parse_unchecked_crc(&b).is_ok_and(|r| r.msg_id() == id) {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Messages of `topic` carrying `key`, stored between the times (ms), newest first.
+    pub fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        limit: usize,
+        begin_ts: i64,
+        end_ts: i64,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let mut out = Vec::new();
+        for phys in self.inner.index.lookup(
+            key_hash(topic, key),
+            begin_ts,
+            end_ts,
+            limit.saturating_mul(2).max(limit),
+        ) {
+            let Ok(b) = self.message_at(phys) else {
+                continue;
+            };
+            let ok = RecordView::parse_unchecked_crc(&b).is_ok_and(|r| {
+                r.topic() == topic
+                    && r.keys().any(|k| k == key)
+                    && (begin_ts..=end_ts).contains(&r.store_timestamp())
+            });
+            if ok {
+                out.push(b);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first queue offset whose message was stored at or after `timestamp_ms` (the max
+    /// offset when none was).
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let Some(cq) = self.inner.queue(topic, queue_id) else {
+            return Ok(0);
+        };
+        cq.search(timestamp_ms, |e| {
+            self.inner.log.store_timestamp(e.phys_offset)
+        })
+    }
+
+    /// Registers who is told of new readable entries (long polling).
+    pub fn set_arrival_listener(&self, f: Arc<ArrivalListener>) {
+        *self.inner.listener.write().expect("listener lock") = Some(f);
+    }
+
+    /// Registers where retention learns consumer progress, to report unconsumed losses.
+    pub fn set_consumer_progress(&self, f: Arc<ConsumerProgress>) {
+        *self.inner.progress.write().expect("progress lock") = Some(f);
+    }
+
+    /// Runs a retention pass now. `force` deletes expired segments whatever the hour.
+    pub fn run_retention(&self, force: bool) -> Result<RetentionReport, StoreError> {
+        self.inner.run_retention(force)
+    }
+
+    /// Unconsumed messages lost to retention since start, per queue.
+    pub fn lost_messages(&self) -> Vec<LostMessages> {
+        let lost = self.inner.lost_total.lock().expect("lost lock");
+        let mut out: Vec<_> = lost
+            .iter()
+            .map(|((t, q), c)| LostMessages {
+                topic: t.clone(),
+                queue_id: *q,
+                count: *c,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.queue_id).cmp(&(&b.topic, b.queue_id)));
+        out
+    }
+
+    /// Re-reads disk usage now (the housekeeping thread does it every second).
+    pub fn check_disk(&self) {
+        self.inner.check_disk();
+    }
+
+    /// Commit-log offsets: (min, written, flushed).
+    pub fn log_offsets(&self) -> (u64, u64, u64) {
+        let log = &self.inner.log;
+        (log.min_offset(), log.written(), log.flushed())
+    }
+
+    /// Stops the store's threads without flushing, checkpointing or marking a clean shutdown:
+    /// what the files look like after `kill -9` (the page cache survives, as it does then).
+    /// For crash tests.
+    #[doc(hidden)]
+    pub fn simulate_crash(self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.flush.lock().expect("flush lock").shutdown = true;
+        self.inner.flush_cv.notify_all();
+        self.inner.housekeeping_cv.notify_all();
+        for t in self.threads.lock().expect("threads lock").drain(..) {
+            let _ = t.join();
+        }
+        let _ = self.lock.unlock();
+        // Drop sees `closed` already set and does nothing more.
+    }
+
+    /// Flushes everything, writes the checkpoint, removes the unclean-shutdown marker and stops
+    /// the store's threads. Appends after this fail with [`StoreError::Closed`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Let in-flight appends finish: they hold the writer lock.
+        drop(self.inner.writer.lock().expect("writer lock"));
+        self.inner.flush.lock().expect("flush lock").shutdown = true;
+        self.inner.flush_cv.notify_all();
+        self.inner.housekeeping_cv.notify_all();
+        for t in self.threads.lock().expect("threads lock").drain(..) {
+            let _ = t.join();
+        }
+        let inner = &self.inner;
+        if let Some(p) = inner.poisoned.get() {
+            return Err(StoreError::Poisoned(p.clone()));
+        }
+        let w = inner.log.written();
+        inner.log.flush(inner.log.flushed(), w)?;
+        inner.dispatch_to(w)?;
+        inner.checkpoint()?;
+        AbortMarker::remove(&inner.cfg.dir)?;
+        let _ = self.lock.unlock();
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "store did not close cleanly");
+        }
+    }
+}
+
+fn load_queues(
+    root: &Path,
+    per_file: u64,
+) -> Result<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>, StoreError> {
+    let mut out: HashMap<String, HashMap<u32, Arc<ConsumeQueue>>> = HashMap::new();
+    std::fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
+    for topic in std::fs::read_dir(root).map_err(|e| StoreError::io(root, e))? {
+        let topic = topic.map_err(|e| StoreError::io(root, e))?;
+        let Some(name) = topic.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let tdir = topic.path();
+        if !tdir.is_dir() {
+            continue;
+        }
+        for q in std::fs::read_dir(&tdir).map_err(|e| StoreError::io(&tdir, e))? {
+            let q = q.map_err(|e| StoreError::io(&tdir, e))?;
+            let Some(qid) = q.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let cq = ConsumeQueue::open(root, &name, qid, per_file)?;
+            out.entry(name.clone())
+                .or_default()
+                .insert(qid, Arc::new(cq));
+        }
+    }
+    Ok(out)
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if let Some(p) = self.poisoned.get() {
+            return Err(StoreError::Poisoned(p.clone()));
+        }
+        let bp = self.disk_full_bp.load(Ordering::Relaxed);
+        if bp > 0 {
+            return Err(StoreError::DiskFull {
+                path: self.cfg.dir.clone(),
+                used_percent: bp as f64 / 100.0,
+                limit_percent: self.cfg.disk_high_watermark * 100.0,
+            });
+        }
+        Ok(())
+    }
+
+    fn poison(&self, e: &StoreError) {
+        let msg = e.to_string();
+        if self.poisoned.set(msg.clone()).is_ok() {
+            tracing::error!(error = %msg, "flush failed: the store refuses writes until restarted");
+        }
+    }
+
+    fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
+        self.queues
+            .read()
+            .expect("queues lock")
+            .get(topic)
+            .and_then(|m| m.get(&queue_id))
+            .cloned()
+    }
+
+    fn queue_or_create(&self, topic: &str, queue_id: u32) -> Result<Arc<ConsumeQueue>, StoreError> {
+        if let Some(cq) = self.queue(topic, queue_id) {
+            return Ok(cq);
+        }
+        let mut queues = self.queues.write().expect("queues lock");
+        if let Some(cq) = queues.get(topic).and_then(|m| m.get(&queue_id)) {
+            return Ok(cq.clone());
+        }
+        let cq = Arc::new(ConsumeQueue::open(
+            &self.cfg.dir.join("consumequeue"),
+            topic,
+            queue_id,
+            self.cfg.cq_entries_per_file,
+        )?);
+        queues
+            .entry(topic.to_string())
+            .or_default()
+            .insert(queue_id, cq.clone());
+        Ok(cq)
+    }
+
+    /// Builds consume-queue and index entries for records up to `end` and publishes them.
+    /// Returns how many records were dispatched.
+    fn dispatch_to(&self, end: u64) -> Result<u64, StoreError> {
+        let mut pos_guard = self.dispatched.lock().expect("dispatch lock");
+        let mut pos = *pos_guard;
+        if pos >= end {
+            return Ok(0);
+        }
+        let mut touched: Vec<(Arc<ConsumeQueue>, u64)> = Vec::new();
+        let mut n = 0;
+        while pos < end {
+            match self.log.step(pos, false) {
+                Step::Record { pos: p, len, .. } => {
+                    self.log
+                        .with_record(p, len, false, |r| -> Result<(), StoreError> {
+                            let qo = r.queue_offset();
+                            let cq = match touched.iter().find(|(c, _)| {
+                                c.queue_id() == r.queue_id() && c.topic() == r.topic()
+                            }) {
+                                Some((c, _)) => c.clone(),
+                                None => {
+                                    let c = self.queue_or_create(r.topic(), r.queue_id())?;
+                                    touched.push((c.clone(), 0));
+                                    c
+                                }
+                            };
+                            cq.put(
+                                qo,
+                                CqEntry {
+                                    phys_offset: p,
+                                    size: len as u32,
+                                    tag_hash: tag_hash(r.tag()),
+                                },
+                            )?;
+                            if let Some(t) = touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cq)) {
+                                t.1 = t.1.max(qo + 1);
+                            }
+                            let ts = r.store_timestamp();
+                            self.index.put(id_hash(r.msg_id()), p, ts)?;
+                            for key in r.keys() {
+                                self.index.put(key_hash(r.topic(), key), p, ts)?;
+                            }
+                            Ok(())
+                        })??;
+                    pos = p + len as u64;
+                    n += 1;
+                }
+                Step::NextSegment(next) => pos = next,
+                Step::End { pos: p, reason } => {
+                    return Err(commitlog::corrupt(
+                        &self.log.path_of(p),
+                        p % self.log.segment_size(),
+                        &format!("dispatch found no record below the written end: {reason}"),
+                    ));
+                }
+            }
+        }
+        *pos_guard = pos;
+        drop(pos_guard);
+        let listener = self.listener.read().expect("listener lock").clone();
+        for (cq, max) in touched {
+            cq.publish(max);
+            if let Some(l) = &listener {
+                l(cq.topic(), cq.queue_id(), max);
+            }
+        }
+        Ok(n)
+    }
+
+    fn last_record_before(&self, end: u64) -> Option<i64> {
+        // The newest queue entry below `end` gives the newest store timestamp cheaply.
+        let queues = self.queues.read().expect("queues lock");
+        let mut best = None;
+        for per in queues.values() {
+            for cq in per.values() {
+                let max = cq.max();
+                if max > cq.min() {
+                    if let Some(e) = cq.get(max - 1) {
+                        if e.phys_offset < end {
+                            if let Ok(ts) = self.log.store_timestamp(e.phys_offset) {
+                                best = best.max(Some(ts));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn wait_durable(&self, end: u64, done: Completion) {
+        if let Some(p) = self.poisoned.get() {
+            return done(Err(StoreError::Poisoned(p.clone())));
+        }
+        let mut st = self.flush.lock().expect("flush lock");
+        if st.shutdown && self.log.flushed() < end {
+            drop(st);
+            return done(Err(StoreError::Closed));
+        }
+        st.waiters.push((end, done));
+        drop(st);
+        self.flush_cv.notify_one();
+    }
+
+    fn flush_loop(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.cfg.flush_interval_ms.max(1));
+        let sync = self.cfg.flush_mode == FlushMode::Sync;
+        loop {
+            let (waiters, shutdown) = {
+                let mut st = self.flush.lock().expect("flush lock");
+                let deadline = Instant::now() + interval;
+                loop {
+                    if st.shutdown || !st.waiters.is_empty() {
+                        break;
+                    }
+                    let dirty = self.log.written() - self.log.flushed();
+                    if !sync && dirty >= self.cfg.flush_dirty_pages * mapped::PAGE {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = self
+                        .flush_cv
+                        .wait_timeout(st, deadline - now)
+                        .expect("flush lock")
+                        .0;
+                }
+                (std::mem::take(&mut st.waiters), st.shutdown)
+            };
+            // Every waiter taken registered after its records were written, so `written` read
+            // now covers all of them: one fsync serves the whole group.
+            let w = self.log.written();
+            let mut result = self.log.flush(self.log.flushed(), w);
+            if result.is_ok() && sync {
+                result = self.dispatch_to(w).map(|_| ());
+            }
+            match result {
+                Ok(()) => {
+                    for (_, done) in waiters {
+                        done(Ok(()));
+                    }
+                    self.log.release_flushed(8 << 20);
+                }
+                Err(e) => {
+                    self.poison(&e);
+                    let p = StoreError::Poisoned(e.to_string());
+                    for (_, done) in waiters {
+                        done(Err(p.clone()));
+                    }
+                }
+            }
+            if shutdown {
+                let rest = std::mem::take(&mut self.flush.lock().expect("flush lock").waiters);
+                let flushed = self.log.flushed();
+                for (end, done) in rest {
+                    done(if end <= flushed && self.poisoned.get().is_none() {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Closed)
+                    });
+                }
+                return;
+            }
+        }
+    }
+
+    fn housekeeping_loop(self: Arc<Self>) {
+        let tick = Duration::from_millis(self.cfg.checkpoint_interval_ms.clamp(10, 1000));
+        let mut last_checkpoint = Instant::now();
+        let mut last_retention = Instant::now();
+        let mut last_release = Instant::now();
+        loop {
+            {
+                let st = self.flush.lock().expect("flush lock");
+                if st.shutdown {
+                    return;
+                }
+                let (st, _) = self
+                    .housekeeping_cv
+                    .wait_timeout(st, tick)
+                    .expect("flush lock");
+                if st.shutdown {
+                    return;
+                }
+            }
+            self.check_disk();
+            if last_checkpoint.elapsed() >= Duration::from_millis(self.cfg.checkpoint_interval_ms) {
+                last_checkpoint = Instant::now();
+                if self.poisoned.get().is_none() {
+                    if let Err(e) = self.checkpoint() {
+                        self.poison(&e);
+                    }
+                }
+            }
+            if last_retention.elapsed() >= Duration::from_secs(10) {
+                last_retention = Instant::now();
+                if let Err(e) = self.run_retention(false) {
+                    tracing::error!(error = %e, "retention pass failed");
+                }
+            }
+            if last_release.elapsed() >= Duration::from_secs(30) {
+                last_release = Instant::now();
+                self.log.release_sealed();
+                self.index.release_sealed();
+                for per in self.queues.read().expect("queues lock").values() {
+                    for cq in per.values() {
+                        cq.release_sealed();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes consume queues and the index, then records what is durable.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let dispatched = *self.dispatched.lock().expect("dispatch lock");
+        let commitlog = self.log.flushed();
+        let queues: Vec<Arc<ConsumeQueue>> = self
+            .queues
+            .read()
+            .expect("queues lock")
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for cq in queues {
+            cq.flush()?;
+        }
+        self.index.flush()?;
+        Checkpoint {
+            commitlog,
+            dispatched,
+            written_at: now_ms(),
+        }
+        .write(&self.cfg.dir)
+    }
+
+    fn disk_usage(&self) -> Option<f64> {
+        let path = std::ffi::CString::new(self.cfg.dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        if r != 0 || st.f_blocks == 0 {
+            return None;
+        }
+        let used = st.f_blocks.saturating_sub(st.f_bavail) as f64;
+        Some(used / st.f_blocks as f64)
+    }
+
+    fn check_disk(&self) {
+        let Some(usage) = self.disk_usage() else {
+            return;
+        };
+        let bp = if usage > self.cfg.disk_high_watermark {
+            ((usage * 10_000.0) as u64).max(1)
+        } else {
+            0
+        };
+        let was = self.disk_full_bp.swap(bp, Ordering::Relaxed);
+        if (was == 0) != (bp == 0) {
+            if bp > 0 {
+                tracing::error!(
+                    used = usage,
+                    watermark = self.cfg.disk_high_watermark,
+                    "disk above the high watermark: refusing writes"
+                );
+            } else {
+                tracing::info!(
+                    used = usage,
+                    "disk below the high watermark: accepting writes again"
+                );
+            }
+        }
+    }
+
+    fn run_retention(&self, force: bool) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        let max_age = Duration::from_secs(self.cfg.retention_hours * 3600);
+        loop {
+            let pressure = self
+                .disk_usage()
+                .is_some_and(|u| u > self.cfg.disk_clean_watermark);
+            let in_window = force || local_hour() == Some(self.cfg.delete_hour);
+            let deleted = self.log.delete_oldest_if(|seg| {
+                if pressure {
+                    return true;
+                }
+                let age = std::fs::metadata(seg.path())
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                in_window && age.is_some_and(|a| a >= max_age)
+            })?;
+            match deleted {
+                Some(range) => {
+                    tracing::info!(
+                        start = range.0,
+                        end = range.1,
+                        pressure,
+                        "deleted commit-log segment"
+                    );
+                    report.deleted_segments.push(range);
+                }
+                None => break,
+            }
+        }
+        if report.deleted_segments.is_empty() {
+            return Ok(report);
+        }
+        report.lost = self.trim_queues_below(self.log.min_offset())?;
+        Ok(report)
+    }
+
+    fn trim_queues_below(&self, phys_min: u64) -> Result<Vec<LostMessages>, StoreError> {
+        let progress = self.progress.read().expect("progress lock").clone();
+        let queues: Vec<Arc<ConsumeQueue>> = self
+            .queues
+            .read()
+            .expect("queues lock")
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        let mut lost = Vec::new();
+        for cq in queues {
+            let (old, new) = cq.trim_below_phys(phys_min)?;
+            if new <= old {
+                continue;
+            }
+            let consumed = progress.as_ref().and_then(|p| p(cq.topic(), cq.queue_id()));
+            if let Some(c) = consumed {
+                let count = new.saturating_sub(c.max(old));
+                if count > 0 {
+                    tracing::warn!(
+                        topic = cq.topic(),
+                        queue = cq.queue_id(),
+                        count,
+                        "retention deleted unconsumed messages"
+                    );
+                    *self
+                        .lost_total
+                        .lock()
+                        .expect("lost lock")
+                        .entry((cq.topic().to_string(), cq.queue_id()))
+                        .or_default() += count;
+                    lost.push(LostMessages {
+                        topic: cq.topic().to_string(),
+                        queue_id: cq.queue_id(),
+                        count,
+                    });
+                }
+            }
+        }
+        self.index.trim_below_phys(phys_min)?;
+        Ok(lost)
+    }
+}
+
+fn local_hour() -> Option<u8> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs() as libc::time_t;
+    // SAFETY: localtime_r fills the struct we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::localtime_r(&now, &mut tm) };
+    (!r.is_null()).then_some(tm.tm_hour as u8)
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Store>();
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The directory layout, for tools and tests that look at files.
+pub fn commitlog_dir(dir: &Path) -> PathBuf {
+    dir.join("commitlog")
+}
