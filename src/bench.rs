@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::store::{FlushMode, NewMessage, Store, StoreConfig, StoreError};
+use crate::store::{FlushMode, NewMessage, ReadLimits, Store, StoreConfig, StoreError};
 
 /// Options of `quiver bench store`.
 #[derive(Debug, Clone)]
@@ -215,6 +215,9 @@ fn store_bench_in(root: &Path, opts: &StoreBenchOptions) -> anyhow::Result<Vec<B
                 size,
                 took,
             ));
+            if mode == FlushMode::Sync {
+                print_flush_stats(&store);
+            }
             if mode == FlushMode::Async && writers == 1 {
                 rows.push(read_back(&store, size)?);
             }
@@ -232,6 +235,7 @@ fn store_bench_in(root: &Path, opts: &StoreBenchOptions) -> anyhow::Result<Vec<B
         size,
         took,
     );
+    print_flush_stats(&store);
     println!(
         "{:<44} {:>29.0}%",
         "  sync pipelined / disk fdatasync bandwidth",
@@ -255,13 +259,25 @@ fn store_bench_in(root: &Path, opts: &StoreBenchOptions) -> anyhow::Result<Vec<B
     Ok(rows)
 }
 
+fn print_flush_stats(store: &Store) {
+    let (flushes, acked, time) = store.flush_stats();
+    if flushes > 0 {
+        println!(
+            "  group commit: {flushes} fsyncs, {:.1} appends per fsync, {:.0} us per fsync",
+            acked as f64 / flushes as f64,
+            time.as_secs_f64() * 1e6 / flushes as f64
+        );
+    }
+}
+
 fn read_back(store: &Store, size: usize) -> anyhow::Result<BenchRow> {
     let start = Instant::now();
     let mut n = 0u64;
     for q in 0..8u32 {
         let (mut off, max) = store.queue_bounds("bench", q);
         while off < max {
-            let r = store.get_messages("bench", q, off, 64, 4 << 20, 64, |_| true)?;
+            let r =
+                store.get_messages("bench", q, off, ReadLimits::new(64, 4 << 20, 64), |_| true)?;
             for m in &r.messages {
                 std::hint::black_box(m.view().body().len());
             }

@@ -125,6 +125,28 @@ impl StoredMessage {
     }
 }
 
+/// Bounds of one read through a consume queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// At most this many messages.
+    pub max_count: usize,
+    /// Stop before exceeding this many bytes (the first message is always returned).
+    pub max_bytes: usize,
+    /// Examine at most this many entries (bounds the work of a selective filter).
+    pub max_scan: usize,
+}
+
+impl ReadLimits {
+    /// Limits from their three values.
+    pub const fn new(max_count: usize, max_bytes: usize, max_scan: usize) -> Self {
+        Self {
+            max_count,
+            max_bytes,
+            max_scan,
+        }
+    }
+}
+
 /// Outcome of a read through a consume queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GetStatus {
@@ -232,6 +254,10 @@ struct Inner {
     listener: RwLock<Option<Arc<ArrivalListener>>>,
     progress: RwLock<Option<Arc<ConsumerProgress>>>,
     lost_total: Mutex<HashMap<(String, u32), u64>>,
+    /// Flushes done and appends they acknowledged (sync group-commit efficiency).
+    flush_count: AtomicU64,
+    flush_waiters: AtomicU64,
+    flush_nanos: AtomicU64,
 }
 
 /// The store. Cheap to share behind an `Arc`; closing flushes and marks a clean shutdown.
@@ -359,6 +385,9 @@ impl Store {
             listener: RwLock::new(None),
             progress: RwLock::new(None),
             lost_total: Mutex::new(HashMap::new()),
+            flush_count: AtomicU64::new(0),
+            flush_waiters: AtomicU64::new(0),
+            flush_nanos: AtomicU64::new(0),
             cfg,
         });
         report.records_redispatched = inner.dispatch_to(end)?;
@@ -510,19 +539,22 @@ impl Store {
         }
     }
 
-    /// Reads up to `max_count` messages (and about `max_bytes`) of (topic, queue) from
+    /// Reads up to `limits.max_count` messages (and about `max_bytes`) of (topic, queue) from
     /// `offset`, skipping entries for which `keep(entry)` is false (e.g. by tag hash) without
-    /// touching the commit log. At most `max_scan` entries are examined.
+    /// touching the commit log. At most `limits.max_scan` entries are examined.
     pub fn get_messages(
         &self,
         topic: &str,
         queue_id: u32,
         offset: u64,
-        max_count: usize,
-        max_bytes: usize,
-        max_scan: usize,
+        limits: ReadLimits,
         mut keep: impl FnMut(&CqEntry) -> bool,
     ) -> Result<GetResult, StoreError> {
+        let ReadLimits {
+            max_count,
+            max_bytes,
+            max_scan,
+        } = limits;
         let Some(cq) = self.inner.queue(topic, queue_id) else {
             let status = if offset == 0 {
                 GetStatus::NoNewMessages
@@ -742,6 +774,16 @@ impl Store {
     /// Re-reads disk usage now (the housekeeping thread does it every second).
     pub fn check_disk(&self) {
         self.inner.check_disk();
+    }
+
+    /// Flush statistics since open: (flushes, appends acknowledged by them, time in fsync).
+    pub fn flush_stats(&self) -> (u64, u64, Duration) {
+        let i = &self.inner;
+        (
+            i.flush_count.load(Ordering::Relaxed),
+            i.flush_waiters.load(Ordering::Relaxed),
+            Duration::from_nanos(i.flush_nanos.load(Ordering::Relaxed)),
+        )
     }
 
     /// Commit-log offsets: (min, written, flushed).
@@ -994,6 +1036,8 @@ impl Inner {
     fn flush_loop(self: Arc<Self>) {
         let interval = Duration::from_millis(self.cfg.flush_interval_ms.max(1));
         let sync = self.cfg.flush_mode == FlushMode::Sync;
+        let gather = Duration::from_micros(self.cfg.group_commit_wait_us);
+        let mut last_group = 0usize;
         loop {
             let (waiters, shutdown) = {
                 let mut st = self.flush.lock().expect("flush lock");
@@ -1016,12 +1060,36 @@ impl Inner {
                         .expect("flush lock")
                         .0;
                 }
+                // Group commit: when the last fsync served a large group, wait a moment for
+                // its writers to come back, so one fsync again serves many instead of
+                // splitting them into small groups (PostgreSQL's commit_delay, adaptively).
+                if sync && !st.shutdown && !gather.is_zero() {
+                    let until = Instant::now() + gather;
+                    while st.waiters.len() < last_group / 2 && !st.shutdown {
+                        let now = Instant::now();
+                        if now >= until {
+                            break;
+                        }
+                        st = self
+                            .flush_cv
+                            .wait_timeout(st, until - now)
+                            .expect("flush lock")
+                            .0;
+                    }
+                }
+                last_group = st.waiters.len();
                 (std::mem::take(&mut st.waiters), st.shutdown)
             };
             // Every waiter taken registered after its records were written, so `written` read
             // now covers all of them: one fsync serves the whole group.
             let w = self.log.written();
+            let t0 = Instant::now();
             let mut result = self.log.flush(self.log.flushed(), w);
+            self.flush_nanos
+                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.flush_count.fetch_add(1, Ordering::Relaxed);
+            self.flush_waiters
+                .fetch_add(waiters.len() as u64, Ordering::Relaxed);
             if result.is_ok() && sync {
                 result = self.dispatch_to(w).map(|_| ());
             }

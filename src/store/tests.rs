@@ -70,7 +70,13 @@ fn read_all(store: &Store, topic: &str, queue: u32) -> Vec<(u64, u128, Vec<u8>)>
     let mut off = store.queue_bounds(topic, queue).0;
     loop {
         let r = store
-            .get_messages(topic, queue, off, 32, 1 << 20, 1000, |_| true)
+            .get_messages(
+                topic,
+                queue,
+                off,
+                ReadLimits::new(32, 1 << 20, 1000),
+                |_| true,
+            )
             .expect("read");
         if r.messages.is_empty() {
             return out;
@@ -188,13 +194,15 @@ fn tag_hash_lets_reads_skip_entries_without_the_log() {
     }
     let want = tag_hash("tag1");
     let r = store
-        .get_messages("T", 0, 0, 100, 1 << 20, 1000, |e| e.tag_hash == want)
+        .get_messages("T", 0, 0, ReadLimits::new(100, 1 << 20, 1000), |e| {
+            e.tag_hash == want
+        })
         .unwrap();
     assert_eq!(r.messages.len(), 10);
     assert!(r.messages.iter().all(|m| m.view().tag() == "tag1"));
     assert_eq!(r.next_offset, 30);
     let none = store
-        .get_messages("T", 0, 0, 100, 1 << 20, 5, |_| false)
+        .get_messages("T", 0, 0, ReadLimits::new(100, 1 << 20, 5), |_| false)
         .unwrap();
     assert_eq!(
         (none.status, none.next_offset),
@@ -202,18 +210,18 @@ fn tag_hash_lets_reads_skip_entries_without_the_log() {
         "a scan bound returns promptly with the next offset"
     );
     let end = store
-        .get_messages("T", 0, 30, 100, 1 << 20, 100, |_| true)
+        .get_messages("T", 0, 30, ReadLimits::new(100, 1 << 20, 100), |_| true)
         .unwrap();
     assert_eq!(end.status, GetStatus::NoNewMessages);
     let over = store
-        .get_messages("T", 0, 31, 100, 1 << 20, 100, |_| true)
+        .get_messages("T", 0, 31, ReadLimits::new(100, 1 << 20, 100), |_| true)
         .unwrap();
     assert_eq!(
         (over.status, over.next_offset),
         (GetStatus::OffsetOverflow, 30)
     );
     let limited = store
-        .get_messages("T", 0, 0, 100, 1, 100, |_| true)
+        .get_messages("T", 0, 0, ReadLimits::new(100, 1, 100), |_| true)
         .unwrap();
     assert_eq!(
         (limited.messages.len(), limited.next_offset),
@@ -258,7 +266,9 @@ fn consume_queues_and_index_rebuilt_from_the_log_equal_the_originals() {
     );
 }
 
-fn all_entries(store: &Store) -> Vec<(String, u32, Vec<(u64, CqEntry)>)> {
+type QueueEntries = (String, u32, Vec<(u64, CqEntry)>);
+
+fn all_entries(store: &Store) -> Vec<QueueEntries> {
     store
         .queues()
         .into_iter()
@@ -392,7 +402,7 @@ fn a_corrupt_byte_in_a_sealed_segment_is_reported_with_file_and_offset() {
     let store = Store::open(cfg).unwrap();
     let mut off = 0;
     let err = loop {
-        match store.get_messages("T", 0, off, 32, 1 << 20, 1000, |_| true) {
+        match store.get_messages("T", 0, off, ReadLimits::new(32, 1 << 20, 1000), |_| true) {
             Ok(r) if r.messages.is_empty() => panic!("corruption not detected"),
             Ok(r) => off = r.next_offset,
             Err(e) => break e,
@@ -536,7 +546,7 @@ fn retention_deletes_old_segments_and_reports_unconsumed_losses() {
     );
     assert_eq!(store.lost_messages(), report.lost);
     let r = store
-        .get_messages("T", 0, 0, 10, 1 << 20, 100, |_| true)
+        .get_messages("T", 0, 0, ReadLimits::new(10, 1 << 20, 100), |_| true)
         .unwrap();
     assert_eq!((r.status, r.next_offset), (GetStatus::OffsetTooSmall, min0));
     assert_eq!(read_all(&store, "T", 0).first().map(|m| m.0), Some(min0));

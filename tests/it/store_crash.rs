@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use quiver::store::{FlushMode, RecordView, Store, StoreConfig};
+use quiver::store::{FlushMode, ReadLimits, RecordView, Store, StoreConfig};
 
 fn crash_body(id: u64) -> Vec<u8> {
     let len = 50 + (id % 700) as usize;
@@ -97,7 +97,7 @@ fn every_acked_message_survives_sigkill_and_appends_continue() {
         );
         for (&(q, off), &(id, len)) in &acked {
             let r = store
-                .get_messages("crash", q, off, 1, 1 << 20, 1, |_| true)
+                .get_messages("crash", q, off, ReadLimits::new(1, 1 << 20, 1), |_| true)
                 .unwrap_or_else(|e| panic!("reading acked ({q},{off}) failed: {e}"));
             let m = r.messages.first().unwrap_or_else(|| {
                 panic!("acked message ({q},{off}) id {id} lost after round {round}")
