@@ -235,9 +235,9 @@ impl ConsumeQueue {
             let a = (off - file.base()) * CQ_ENTRY_SIZE;
             let b = (end - file.base()) * CQ_ENTRY_SIZE;
             file.flush(a as usize, (b - a) as usize)?;
-            if end == file.base() + self.per_file {
-                file.release_all();
-            }
+            // Flushed entries are read rarely (consumers mostly tail); hand their pages back so
+            // resident memory does not grow with the backlog.
+            file.release_below(b);
             off = end;
         }
         self.flushed.store(max, Ordering::Release);

@@ -120,6 +120,12 @@ impl IndexFile {
         HEADER + self.slots as usize * 4 + (n as usize - 1) * ENTRY
     }
 
+    /// Bytes in use: header, slots and the entries written so far.
+    fn used_len(&self) -> usize {
+        let n = self.count.load(Ordering::Acquire);
+        HEADER + self.slots as usize * 4 + n as usize * ENTRY
+    }
+
     fn is_full(&self) -> bool {
         self.count.load(Ordering::Acquire) >= self.cap
     }
@@ -250,7 +256,10 @@ impl Index {
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         let files = self.files.read().expect("index lock").clone();
         for f in files.iter().rev().take(2) {
-            f.map.flush(0, f.map.len() as usize)?;
+            let used = f.used_len();
+            f.map.flush(0, used)?;
+            // Keep the slot table resident (random access); entries are appended and rarely read.
+            f.map.release_below(used as u64);
         }
         Ok(())
     }
