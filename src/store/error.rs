@@ -152,3 +152,14 @@ impl Clone for StoreError {
         }
     }
 }
+
+impl From<quiver_protocol::RecordError> for StoreError {
+    fn from(e: quiver_protocol::RecordError) -> Self {
+        use quiver_protocol::RecordError as R;
+        match e {
+            R::BodyTooLarge { size, max } => StoreError::MessageTooLarge { size, max },
+            R::PropertiesTooLarge { size, max } => StoreError::PropertiesTooLarge { size, max },
+            R::Invalid(m) => StoreError::InvalidMessage(m),
+        }
+    }
+}

@@ -11,7 +11,6 @@ mod consume_queue;
 mod error;
 mod index;
 mod mapped;
-mod record;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use quiver_protocol::record;
 
 use checkpoint::{AbortMarker, Checkpoint};
 use commitlog::{CommitLog, Cursor, Step};

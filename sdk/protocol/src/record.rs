@@ -1,36 +1,72 @@
-//! The commit-log record: its byte layout (docs/STORAGE.md), encoding straight into the
-//! mapped segment, and a zero-copy view for reading. The same bytes go to consumers as they are.
+//! The message record: one layout for the commit log on disk and for messages delivered to
+//! consumers (docs/STORAGE.md, docs/PROTOCOL.md). The broker encodes it straight into its mapped
+//! log and sends the stored bytes as they are; clients parse them with [`RecordView`].
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::error::StoreError;
+/// Why a message cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The body exceeds the limit.
+    #[error("message body of {size} bytes exceeds the maximum of {max} bytes")]
+    BodyTooLarge {
+        /// Body size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Tag, keys and properties exceed the limit.
+    #[error("tag, keys and properties take {size} bytes, more than the maximum of {max} bytes")]
+    PropertiesTooLarge {
+        /// Encoded size of the sections.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Something else is malformed.
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
 
 /// Magic + format version of a message record (`"QV"` + version 1).
-pub(crate) const RECORD_MAGIC: u32 = 0x5156_0001;
+pub const RECORD_MAGIC: u32 = 0x5156_0001;
 /// Magic of the blank filler that closes a segment whose tail is too short for the next record.
-pub(crate) const BLANK_MAGIC: u32 = 0x5156_B1A4;
+pub const BLANK_MAGIC: u32 = 0x5156_B1A4;
 /// Size of the fixed header; the variable sections follow it.
 pub const HEADER_SIZE: usize = 90;
 /// Smallest possible record: header plus the length prefixes of the empty variable sections.
-pub(crate) const MIN_RECORD_SIZE: usize = HEADER_SIZE + 1 + 2 + 2 + 2 + 4;
+pub const MIN_RECORD_SIZE: usize = HEADER_SIZE + 1 + 2 + 2 + 2 + 4;
 
 /// Record flag: another record of the same atomic batch follows this one.
 pub const FLAG_BATCH_CONT: u32 = 1;
 
 // Offsets of the fixed header fields.
-pub(crate) const OFF_TOTAL_LEN: usize = 0;
-pub(crate) const OFF_MAGIC: usize = 4;
-pub(crate) const OFF_CRC: usize = 8;
-pub(crate) const OFF_FLAGS: usize = 12;
-pub(crate) const OFF_QUEUE_ID: usize = 16;
-pub(crate) const OFF_QUEUE_OFFSET: usize = 20;
-pub(crate) const OFF_PHYS_OFFSET: usize = 28;
-pub(crate) const OFF_BORN_TS: usize = 36;
-pub(crate) const OFF_STORE_TS: usize = 44;
-pub(crate) const OFF_BORN_HOST: usize = 52;
-pub(crate) const OFF_BORN_PORT: usize = 68;
-pub(crate) const OFF_RECONSUME: usize = 70;
-pub(crate) const OFF_MSG_ID: usize = 74;
+#[doc(hidden)]
+pub const OFF_TOTAL_LEN: usize = 0;
+#[doc(hidden)]
+pub const OFF_MAGIC: usize = 4;
+#[doc(hidden)]
+pub const OFF_CRC: usize = 8;
+#[doc(hidden)]
+pub const OFF_FLAGS: usize = 12;
+#[doc(hidden)]
+pub const OFF_QUEUE_ID: usize = 16;
+#[doc(hidden)]
+pub const OFF_QUEUE_OFFSET: usize = 20;
+#[doc(hidden)]
+pub const OFF_PHYS_OFFSET: usize = 28;
+#[doc(hidden)]
+pub const OFF_BORN_TS: usize = 36;
+#[doc(hidden)]
+pub const OFF_STORE_TS: usize = 44;
+#[doc(hidden)]
+pub const OFF_BORN_HOST: usize = 52;
+#[doc(hidden)]
+pub const OFF_BORN_PORT: usize = 68;
+#[doc(hidden)]
+pub const OFF_RECONSUME: usize = 70;
+#[doc(hidden)]
+pub const OFF_MSG_ID: usize = 74;
 
 /// A message to append, borrowed from the caller (no copy until it lands in the log).
 #[derive(Debug, Clone)]
@@ -77,15 +113,15 @@ impl NewMessage<'_> {
     }
 
     /// Checks the limits and returns the encoded record size.
-    pub fn encoded_len(&self, topic: &str, limits: &RecordLimits) -> Result<usize, StoreError> {
+    pub fn encoded_len(&self, topic: &str, limits: &RecordLimits) -> Result<usize, RecordError> {
         if topic.is_empty() || topic.len() > 255 {
-            return Err(StoreError::InvalidMessage(format!(
+            return Err(RecordError::Invalid(format!(
                 "topic must be 1..=255 bytes, got {}",
                 topic.len()
             )));
         }
         if self.body.len() > limits.max_body {
-            return Err(StoreError::MessageTooLarge {
+            return Err(RecordError::BodyTooLarge {
                 size: self.body.len(),
                 max: limits.max_body,
             });
@@ -93,18 +129,18 @@ impl NewMessage<'_> {
         let (keys, props) = self.sections_len();
         let extra = self.tag.len() + keys + props;
         if extra > limits.max_properties || keys > u16::MAX as usize || props > u16::MAX as usize {
-            return Err(StoreError::PropertiesTooLarge {
+            return Err(RecordError::PropertiesTooLarge {
                 size: extra,
                 max: limits.max_properties.min(u16::MAX as usize),
             });
         }
         for key in self.keys {
             if key.is_empty() || key.len() > u16::MAX as usize {
-                return Err(StoreError::InvalidMessage("empty key".into()));
+                return Err(RecordError::Invalid("empty key".into()));
             }
         }
         if self.tag.len() > u16::MAX as usize {
-            return Err(StoreError::PropertiesTooLarge {
+            return Err(RecordError::PropertiesTooLarge {
                 size: self.tag.len(),
                 max: u16::MAX as usize,
             });
@@ -123,16 +159,23 @@ impl NewMessage<'_> {
     }
 }
 
-/// Writes one record into `buf` (exactly `encoded_len` bytes) and seals it with its CRC.
-pub(crate) struct RecordPlacement {
+/// Where and when the broker stores a record: the fields only the broker knows.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordPlacement {
+    /// Queue id within the topic.
     pub queue_id: u32,
+    /// Position in the consume queue.
     pub queue_offset: u64,
+    /// Position in the commit log.
     pub phys_offset: u64,
+    /// Broker's append time, ms since the epoch.
     pub store_timestamp: i64,
+    /// Flags the broker adds (e.g. [`FLAG_BATCH_CONT`]).
     pub extra_flags: u32,
 }
 
-pub(crate) fn encode_into(buf: &mut [u8], topic: &str, m: &NewMessage<'_>, at: &RecordPlacement) {
+/// Writes one record into `buf` (exactly `encoded_len` bytes) and seals it with its CRC.
+pub fn encode_into(buf: &mut [u8], topic: &str, m: &NewMessage<'_>, at: &RecordPlacement) {
     let total = buf.len();
     put_u32(buf, OFF_TOTAL_LEN, total as u32);
     put_u32(buf, OFF_MAGIC, RECORD_MAGIC);
@@ -177,13 +220,13 @@ pub(crate) fn encode_into(buf: &mut [u8], topic: &str, m: &NewMessage<'_>, at: &
 }
 
 /// CRC32C over the whole record except the CRC field itself.
-pub(crate) fn record_crc(rec: &[u8]) -> u32 {
+pub fn record_crc(rec: &[u8]) -> u32 {
     let crc = crc32c::crc32c(&rec[..OFF_CRC]);
     crc32c::crc32c_append(crc, &rec[OFF_CRC + 4..])
 }
 
 /// Writes a blank filler header (total length + magic) at the start of `buf`.
-pub(crate) fn encode_blank(buf: &mut [u8], len: u32) {
+pub fn encode_blank(buf: &mut [u8], len: u32) {
     put_u32(buf, OFF_TOTAL_LEN, len);
     put_u32(buf, OFF_MAGIC, BLANK_MAGIC);
 }
@@ -206,13 +249,15 @@ fn put_len16(buf: &mut [u8], at: usize, b: &[u8]) -> usize {
     put_bytes(buf, at + 2, b)
 }
 
-pub(crate) fn get_u32(buf: &[u8], at: usize) -> u32 {
+/// Little-endian u32 at `at` (panics when out of bounds; callers check lengths).
+pub fn get_u32(buf: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&buf[at..at + 4]);
     u32::from_le_bytes(a)
 }
 
-pub(crate) fn get_u64(buf: &[u8], at: usize) -> u64 {
+/// Little-endian u64 at `at` (panics when out of bounds; callers check lengths).
+pub fn get_u64(buf: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&buf[at..at + 8]);
     u64::from_le_bytes(a)
@@ -224,7 +269,7 @@ fn get_u16(buf: &[u8], at: usize) -> u16 {
 
 /// What is at a position of the log.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Probe {
+pub enum Probe {
     /// A record of this many bytes (header checked, CRC not yet).
     Record(usize),
     /// A blank filler: the rest of the segment is unused.
@@ -234,7 +279,7 @@ pub(crate) enum Probe {
 }
 
 /// Reads the length and magic at the start of `avail` (the bytes left in the segment).
-pub(crate) fn probe(avail: &[u8]) -> Probe {
+pub fn probe(avail: &[u8]) -> Probe {
     if avail.len() < 8 {
         return Probe::Blank;
     }
@@ -278,7 +323,7 @@ impl<'a> RecordView<'a> {
     }
 
     /// Parses the sections without checking the CRC (the caller did, or trusts the bytes).
-    pub(crate) fn parse_unchecked_crc(buf: &'a [u8]) -> Result<Self, &'static str> {
+    pub fn parse_unchecked_crc(buf: &'a [u8]) -> Result<Self, &'static str> {
         let mut p = HEADER_SIZE;
         let topic_len = *buf.get(p).ok_or("truncated topic")? as usize;
         p += 1;
@@ -432,9 +477,11 @@ pub fn tag_hash(tag: &str) -> u64 {
     fnv1a(FNV_OFFSET, tag.as_bytes())
 }
 
-pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64 offset basis.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-pub(crate) fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+/// FNV-1a 64 over `bytes`, continuing from `h`.
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -526,7 +573,7 @@ mod tests {
         };
         assert!(matches!(
             m.encoded_len("t", &limits()),
-            Err(StoreError::MessageTooLarge { .. })
+            Err(RecordError::BodyTooLarge { .. })
         ));
         let long = "v".repeat(40_000);
         let props = [("k", long.as_str())];
@@ -537,7 +584,7 @@ mod tests {
         };
         assert!(matches!(
             m.encoded_len("t", &limits()),
-            Err(StoreError::PropertiesTooLarge { .. })
+            Err(RecordError::PropertiesTooLarge { .. })
         ));
     }
 }

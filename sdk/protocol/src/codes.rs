@@ -1,0 +1,171 @@
+//! Stable numeric codes: commands (requests) and statuses (responses). Numbers never change
+//! meaning; new ones are only added.
+
+/// A request's command code (u16 on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Command {
+    /// Version handshake; must be the first request of a connection.
+    Hello = 1,
+    /// Queue count of a topic (optionally creating it when auto-creation is on).
+    Route = 2,
+    /// Append one message or an atomic batch to one queue.
+    Send = 10,
+    /// Read messages of one queue from an offset, optionally parking until one arrives.
+    Pull = 20,
+    /// Store a consumer group's offset for a queue.
+    CommitOffset = 21,
+    /// Read a consumer group's committed offset for a queue.
+    FetchOffset = 22,
+    /// First queue offset stored at or after a timestamp.
+    OffsetForTime = 23,
+    /// Create a topic.
+    TopicCreate = 30,
+    /// Change a topic's queue count.
+    TopicUpdate = 31,
+    /// Delete a topic.
+    TopicDelete = 32,
+    /// List topics.
+    TopicList = 33,
+    /// A topic's queues with their min/max offsets.
+    TopicDescribe = 34,
+    /// A message by its producer-assigned id.
+    MessageById = 40,
+    /// Messages of a topic by key.
+    MessageByKey = 41,
+}
+
+impl Command {
+    /// The command for a wire code, if known.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        use Command::*;
+        Some(match v {
+            1 => Hello,
+            2 => Route,
+            10 => Send,
+            20 => Pull,
+            21 => CommitOffset,
+            22 => FetchOffset,
+            23 => OffsetForTime,
+            30 => TopicCreate,
+            31 => TopicUpdate,
+            32 => TopicDelete,
+            33 => TopicList,
+            34 => TopicDescribe,
+            40 => MessageById,
+            41 => MessageByKey,
+            _ => return None,
+        })
+    }
+}
+
+/// A response status (u16 on the wire). 0 is success; everything else carries a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// The frame or its body is malformed.
+    BadRequest = 1,
+    /// The command code is unknown to this broker.
+    UnknownCommand = 2,
+    /// The client's protocol version is not supported.
+    UnsupportedVersion = 3,
+    /// A request other than Hello arrived before the handshake.
+    HandshakeRequired = 4,
+    /// The frame is larger than the broker accepts.
+    FrameTooLarge = 5,
+    /// The topic does not exist (and auto-creation is off or was not asked for).
+    TopicNotFound = 10,
+    /// A topic or group name breaks the naming rules.
+    InvalidName = 11,
+    /// The queue id is not below the topic's queue count.
+    QueueNotFound = 12,
+    /// A message body exceeds the broker's maximum.
+    MessageTooLarge = 13,
+    /// Tag, keys and properties exceed the broker's maximum.
+    PropertiesTooLarge = 14,
+    /// A user property uses a reserved name.
+    ReservedProperty = 15,
+    /// The message is malformed in another way (empty key, empty batch...).
+    InvalidMessage = 16,
+    /// The topic already exists.
+    TopicExists = 17,
+    /// The broker is overloaded; retry after a back-off.
+    Busy = 20,
+    /// The broker's disk is above its high watermark; retry later.
+    DiskFull = 21,
+    /// The store cannot accept writes (a flush failed); the broker needs attention.
+    StoreUnavailable = 22,
+    /// The broker is shutting down; retry on another broker or later.
+    ShuttingDown = 23,
+    /// The requested message or offset does not exist.
+    NotFound = 30,
+    /// An unexpected broker error.
+    Internal = 99,
+}
+
+impl Status {
+    /// The status for a wire code; unknown codes map to `Internal`.
+    pub fn from_u16(v: u16) -> Self {
+        use Status::*;
+        match v {
+            0 => Ok,
+            1 => BadRequest,
+            2 => UnknownCommand,
+            3 => UnsupportedVersion,
+            4 => HandshakeRequired,
+            5 => FrameTooLarge,
+            10 => TopicNotFound,
+            11 => InvalidName,
+            12 => QueueNotFound,
+            13 => MessageTooLarge,
+            14 => PropertiesTooLarge,
+            15 => ReservedProperty,
+            16 => InvalidMessage,
+            17 => TopicExists,
+            20 => Busy,
+            21 => DiskFull,
+            22 => StoreUnavailable,
+            23 => ShuttingDown,
+            30 => NotFound,
+            _ => Internal,
+        }
+    }
+
+    /// True when the same request may succeed if retried after a back-off.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Status::Busy | Status::DiskFull | Status::ShuttingDown)
+    }
+}
+
+/// Status of a pull response (u8 on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PullStatus {
+    /// Messages are returned.
+    Found = 0,
+    /// Nothing new before the long-poll timeout.
+    NoNewMessages = 1,
+    /// Entries were scanned but none matched the filter; continue at `next_offset`.
+    NoMatch = 2,
+    /// The offset is below the queue's minimum; `next_offset` is the minimum.
+    OffsetTooSmall = 3,
+    /// The offset is past the queue's end; `next_offset` is the end.
+    OffsetOverflow = 4,
+}
+
+impl PullStatus {
+    /// The status for a wire code.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use PullStatus::*;
+        Some(match v {
+            0 => Found,
+            1 => NoNewMessages,
+            2 => NoMatch,
+            3 => OffsetTooSmall,
+            4 => OffsetOverflow,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,821 @@
+//! Frames and the typed requests and responses they carry (layouts in docs/PROTOCOL.md).
+//!
+//! Request frame:  `u32 length | u16 command | u16 flags (0) | body`
+//! Response frame: `u32 length | u16 status  | u16 command   | body`
+//! `length` counts the bytes after the length field itself (so at least 4).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codes::{Command, PullStatus, Status};
+use crate::wire::{DecodeError, Reader, WriteExt};
+
+/// Protocol version spoken by this crate.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The TLS ALPN identifier.
+pub const ALPN: &[u8] = b"quiver/1";
+/// Bytes of a frame header (length + two u16 fields).
+pub const FRAME_HEADER: usize = 8;
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Bytes after the length field (code + flags + body).
+    pub length: u32,
+    /// Command (requests) or status (responses).
+    pub code: u16,
+    /// Flags (requests) or the echoed command (responses).
+    pub aux: u16,
+}
+
+impl FrameHeader {
+    /// Parses the 8 header bytes, refusing lengths below 4 or above `max_frame`.
+    pub fn parse(b: &[u8; FRAME_HEADER], max_frame: u32) -> Result<Self, FrameError> {
+        let length = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if length < 4 {
+            return Err(FrameError::Decode(DecodeError::Invalid {
+                field: "frame length",
+                reason: format!("{length} is below the 4-byte minimum"),
+            }));
+        }
+        if length > max_frame {
+            return Err(FrameError::TooLarge {
+                length,
+                max: max_frame,
+            });
+        }
+        Ok(Self {
+            length,
+            code: u16::from_le_bytes([b[4], b[5]]),
+            aux: u16::from_le_bytes([b[6], b[7]]),
+        })
+    }
+
+    /// Body bytes that follow the header.
+    pub fn body_len(&self) -> usize {
+        self.length as usize - 4
+    }
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Larger than allowed.
+    #[error("frame of {length} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Declared length.
+        length: u32,
+        /// Limit.
+        max: u32,
+    },
+    /// Unknown command code.
+    #[error("unknown command code {0}")]
+    UnknownCommand(u16),
+    /// Malformed body.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl FrameError {
+    /// The status a broker answers with.
+    pub fn status(&self) -> Status {
+        match self {
+            FrameError::TooLarge { .. } => Status::FrameTooLarge,
+            FrameError::UnknownCommand(_) => Status::UnknownCommand,
+            FrameError::Decode(_) => Status::BadRequest,
+        }
+    }
+}
+
+/// A message as a producer sends it (the broker adds queue, offsets and timestamps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    /// Producer-assigned unique id.
+    pub id: u128,
+    /// Producer's creation time, ms since the epoch.
+    pub born_timestamp: i64,
+    /// Message flags (0 for plain messages).
+    pub flags: u32,
+    /// At most one tag ("" for none).
+    pub tag: String,
+    /// Lookup keys.
+    pub keys: Vec<String>,
+    /// User properties.
+    pub properties: Vec<(String, String)>,
+    /// Payload (a zero-copy slice of the received frame when decoded).
+    pub body: Bytes,
+}
+
+impl WireMessage {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_u128_le(self.id);
+        b.put_i64_le(self.born_timestamp);
+        b.put_u32_le(self.flags);
+        b.put_str16(&self.tag);
+        b.put_u16_le(self.keys.len() as u16);
+        for k in &self.keys {
+            b.put_str16(k);
+        }
+        b.put_u16_le(self.properties.len() as u16);
+        for (k, v) in &self.properties {
+            b.put_str16(k);
+            b.put_str16(v);
+        }
+        b.put_u32_le(self.body.len() as u32);
+        b.put_slice(&self.body);
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let id = r.u128("message id")?;
+        let born_timestamp = r.i64("born timestamp")?;
+        let flags = r.u32("message flags")?;
+        let tag = r.str16("tag")?;
+        let nkeys = r.u16("key count")? as usize;
+        let mut keys = Vec::with_capacity(nkeys.min(64));
+        for _ in 0..nkeys {
+            keys.push(r.str16("key")?);
+        }
+        let nprops = r.u16("property count")? as usize;
+        let mut properties = Vec::with_capacity(nprops.min(64));
+        for _ in 0..nprops {
+            let k = r.str16("property name")?;
+            let v = r.str16("property value")?;
+            properties.push((k, v));
+        }
+        let body_len = r.u32("body length")? as usize;
+        let body = r.bytes(body_len, "body")?;
+        Ok(Self {
+            id,
+            born_timestamp,
+            flags,
+            tag,
+            keys,
+            properties,
+            body,
+        })
+    }
+}
+
+/// Every request a client can make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Handshake: the client's protocol version and a free-form id for logs.
+    Hello {
+        /// Protocol version the client speaks.
+        version: u16,
+        /// Client id (for logs).
+        client_id: String,
+    },
+    /// Queue count of a topic; `create` asks for auto-creation if the broker allows it.
+    Route {
+        /// Topic.
+        topic: String,
+        /// Create when missing (auto-creation on).
+        create: bool,
+    },
+    /// Append messages to one queue; more than one message is an atomic batch.
+    Send {
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue_id: u32,
+        /// The messages (at least one).
+        messages: Vec<WireMessage>,
+    },
+    /// Read a queue from an offset.
+    Pull {
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue_id: u32,
+        /// First offset wanted.
+        offset: u64,
+        /// At most this many messages.
+        max_messages: u32,
+        /// About this many bytes at most (the first message is always returned).
+        max_bytes: u32,
+        /// Park up to this long when nothing is there (0 answers at once).
+        long_poll_ms: u32,
+    },
+    /// Store a group's offset.
+    CommitOffset {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue_id: u32,
+        /// Next offset to consume.
+        offset: u64,
+    },
+    /// Read a group's offset.
+    FetchOffset {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue_id: u32,
+    },
+    /// First offset stored at or after a time.
+    OffsetForTime {
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue_id: u32,
+        /// ms since the epoch.
+        timestamp_ms: i64,
+    },
+    /// Create a topic with `queues` queues.
+    TopicCreate {
+        /// Topic.
+        topic: String,
+        /// Queue count.
+        queues: u32,
+    },
+    /// Change the queue count.
+    TopicUpdate {
+        /// Topic.
+        topic: String,
+        /// New queue count.
+        queues: u32,
+    },
+    /// Delete a topic.
+    TopicDelete {
+        /// Topic.
+        topic: String,
+    },
+    /// List topics.
+    TopicList,
+    /// Describe one topic.
+    TopicDescribe {
+        /// Topic.
+        topic: String,
+    },
+    /// Find a message by id.
+    MessageById {
+        /// Producer-assigned id.
+        id: u128,
+    },
+    /// Find messages by key.
+    MessageByKey {
+        /// Topic.
+        topic: String,
+        /// Key.
+        key: String,
+        /// At most this many.
+        max: u32,
+        /// Stored at or after (ms).
+        begin_ms: i64,
+        /// Stored at or before (ms).
+        end_ms: i64,
+    },
+}
+
+impl Request {
+    /// The command code.
+    pub fn command(&self) -> Command {
+        match self {
+            Request::Hello { .. } => Command::Hello,
+            Request::Route { .. } => Command::Route,
+            Request::Send { .. } => Command::Send,
+            Request::Pull { .. } => Command::Pull,
+            Request::CommitOffset { .. } => Command::CommitOffset,
+            Request::FetchOffset { .. } => Command::FetchOffset,
+            Request::OffsetForTime { .. } => Command::OffsetForTime,
+            Request::TopicCreate { .. } => Command::TopicCreate,
+            Request::TopicUpdate { .. } => Command::TopicUpdate,
+            Request::TopicDelete { .. } => Command::TopicDelete,
+            Request::TopicList => Command::TopicList,
+            Request::TopicDescribe { .. } => Command::TopicDescribe,
+            Request::MessageById { .. } => Command::MessageById,
+            Request::MessageByKey { .. } => Command::MessageByKey,
+        }
+    }
+
+    /// The whole frame (header + body).
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(64);
+        b.put_u32_le(0);
+        b.put_u16_le(self.command() as u16);
+        b.put_u16_le(0);
+        match self {
+            Request::Hello { version, client_id } => {
+                b.put_u16_le(*version);
+                b.put_str16(client_id);
+            }
+            Request::Route { topic, create } => {
+                b.put_str16(topic);
+                b.put_u8(*create as u8);
+            }
+            Request::Send {
+                topic,
+                queue_id,
+                messages,
+            } => {
+                b.put_str16(topic);
+                b.put_u32_le(*queue_id);
+                b.put_u32_le(messages.len() as u32);
+                for m in messages {
+                    m.encode(&mut b);
+                }
+            }
+            Request::Pull {
+                topic,
+                queue_id,
+                offset,
+                max_messages,
+                max_bytes,
+                long_poll_ms,
+            } => {
+                b.put_str16(topic);
+                b.put_u32_le(*queue_id);
+                b.put_u64_le(*offset);
+                b.put_u32_le(*max_messages);
+                b.put_u32_le(*max_bytes);
+                b.put_u32_le(*long_poll_ms);
+            }
+            Request::CommitOffset {
+                group,
+                topic,
+                queue_id,
+                offset,
+            } => {
+                b.put_str16(group);
+                b.put_str16(topic);
+                b.put_u32_le(*queue_id);
+                b.put_u64_le(*offset);
+            }
+            Request::FetchOffset {
+                group,
+                topic,
+                queue_id,
+            } => {
+                b.put_str16(group);
+                b.put_str16(topic);
+                b.put_u32_le(*queue_id);
+            }
+            Request::OffsetForTime {
+                topic,
+                queue_id,
+                timestamp_ms,
+            } => {
+                b.put_str16(topic);
+                b.put_u32_le(*queue_id);
+                b.put_i64_le(*timestamp_ms);
+            }
+            Request::TopicCreate { topic, queues } | Request::TopicUpdate { topic, queues } => {
+                b.put_str16(topic);
+                b.put_u32_le(*queues);
+            }
+            Request::TopicDelete { topic } | Request::TopicDescribe { topic } => b.put_str16(topic),
+            Request::TopicList => {}
+            Request::MessageById { id } => b.put_u128_le(*id),
+            Request::MessageByKey {
+                topic,
+                key,
+                max,
+                begin_ms,
+                end_ms,
+            } => {
+                b.put_str16(topic);
+                b.put_str16(key);
+                b.put_u32_le(*max);
+                b.put_i64_le(*begin_ms);
+                b.put_i64_le(*end_ms);
+            }
+        }
+        finish_frame(b)
+    }
+
+    /// Decodes a request body for `header.code`.
+    pub fn decode(header: &FrameHeader, body: Bytes) -> Result<Self, FrameError> {
+        let cmd = Command::from_u16(header.code).ok_or(FrameError::UnknownCommand(header.code))?;
+        let mut r = Reader::new(body);
+        let req = match cmd {
+            Command::Hello => Request::Hello {
+                version: r.u16("version")?,
+                client_id: r.str16("client id")?,
+            },
+            Command::Route => Request::Route {
+                topic: r.str16("topic")?,
+                create: r.bool("create")?,
+            },
+            Command::Send => {
+                let topic = r.str16("topic")?;
+                let queue_id = r.u32("queue id")?;
+                let n = r.u32("message count")? as usize;
+                // Each message takes at least 40 bytes: refuse counts the body cannot hold
+                // before allocating for them.
+                if n > r.remaining() / 40 + 1 {
+                    return Err(DecodeError::Invalid {
+                        field: "message count",
+                        reason: format!("{n} messages cannot fit in {} bytes", r.remaining()),
+                    }
+                    .into());
+                }
+                let mut messages = Vec::with_capacity(n);
+                for _ in 0..n {
+                    messages.push(WireMessage::decode(&mut r)?);
+                }
+                Request::Send {
+                    topic,
+                    queue_id,
+                    messages,
+                }
+            }
+            Command::Pull => Request::Pull {
+                topic: r.str16("topic")?,
+                queue_id: r.u32("queue id")?,
+                offset: r.u64("offset")?,
+                max_messages: r.u32("max messages")?,
+                max_bytes: r.u32("max bytes")?,
+                long_poll_ms: r.u32("long poll ms")?,
+            },
+            Command::CommitOffset => Request::CommitOffset {
+                group: r.str16("group")?,
+                topic: r.str16("topic")?,
+                queue_id: r.u32("queue id")?,
+                offset: r.u64("offset")?,
+            },
+            Command::FetchOffset => Request::FetchOffset {
+                group: r.str16("group")?,
+                topic: r.str16("topic")?,
+                queue_id: r.u32("queue id")?,
+            },
+            Command::OffsetForTime => Request::OffsetForTime {
+                topic: r.str16("topic")?,
+                queue_id: r.u32("queue id")?,
+                timestamp_ms: r.i64("timestamp")?,
+            },
+            Command::TopicCreate => Request::TopicCreate {
+                topic: r.str16("topic")?,
+                queues: r.u32("queues")?,
+            },
+            Command::TopicUpdate => Request::TopicUpdate {
+                topic: r.str16("topic")?,
+                queues: r.u32("queues")?,
+            },
+            Command::TopicDelete => Request::TopicDelete {
+                topic: r.str16("topic")?,
+            },
+            Command::TopicList => Request::TopicList,
+            Command::TopicDescribe => Request::TopicDescribe {
+                topic: r.str16("topic")?,
+            },
+            Command::MessageById => Request::MessageById {
+                id: r.u128("message id")?,
+            },
+            Command::MessageByKey => Request::MessageByKey {
+                topic: r.str16("topic")?,
+                key: r.str16("key")?,
+                max: r.u32("max")?,
+                begin_ms: r.i64("begin")?,
+                end_ms: r.i64("end")?,
+            },
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+/// Where one sent message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The message id.
+    pub id: u128,
+    /// Queue offset.
+    pub queue_offset: u64,
+    /// Commit-log offset.
+    pub phys_offset: u64,
+}
+
+/// A queue's readable range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Queue id.
+    pub queue_id: u32,
+    /// First readable offset.
+    pub min_offset: u64,
+    /// One past the last offset.
+    pub max_offset: u64,
+}
+
+/// A topic and its queue count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSummary {
+    /// Topic.
+    pub name: String,
+    /// Queue count.
+    pub queues: u32,
+}
+
+/// Every successful response. Errors travel as a status and a message instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Handshake accepted.
+    Hello {
+        /// Protocol version the broker speaks.
+        version: u16,
+        /// Broker name.
+        broker: String,
+        /// Largest body the broker accepts.
+        max_message_size: u32,
+        /// Largest frame the broker accepts.
+        max_frame: u32,
+    },
+    /// Queue count of a topic.
+    Route {
+        /// Queue count.
+        queues: u32,
+    },
+    /// Where the messages landed, in order.
+    Send {
+        /// Queue id.
+        queue_id: u32,
+        /// One receipt per message.
+        receipts: Vec<SendReceipt>,
+    },
+    /// Messages read.
+    Pull {
+        /// What happened.
+        status: PullStatus,
+        /// Where the next pull starts.
+        next_offset: u64,
+        /// Queue minimum.
+        min_offset: u64,
+        /// Queue end.
+        max_offset: u64,
+        /// Records in the stored layout (record.rs), each self-delimited.
+        records: Vec<Bytes>,
+    },
+    /// An offset, if there is one.
+    Offset {
+        /// `None` when nothing is committed / found.
+        offset: Option<u64>,
+    },
+    /// Done, nothing to return.
+    Done,
+    /// Topic list.
+    Topics(Vec<TopicSummary>),
+    /// One topic's queues.
+    Topic {
+        /// Topic.
+        name: String,
+        /// Its queues.
+        queues: Vec<QueueInfo>,
+    },
+    /// Records found by a lookup.
+    Messages(Vec<Bytes>),
+}
+
+impl Response {
+    /// Encodes as chunks (header first) so stored records are sent without copying.
+    pub fn encode_chunks(&self, cmd: Command) -> Vec<Bytes> {
+        let mut b = BytesMut::with_capacity(64);
+        b.put_u32_le(0);
+        b.put_u16_le(Status::Ok as u16);
+        b.put_u16_le(cmd as u16);
+        let mut tail: Vec<Bytes> = Vec::new();
+        match self {
+            Response::Hello {
+                version,
+                broker,
+                max_message_size,
+                max_frame,
+            } => {
+                b.put_u16_le(*version);
+                b.put_str16(broker);
+                b.put_u32_le(*max_message_size);
+                b.put_u32_le(*max_frame);
+            }
+            Response::Route { queues } => b.put_u32_le(*queues),
+            Response::Send { queue_id, receipts } => {
+                b.put_u32_le(*queue_id);
+                b.put_u32_le(receipts.len() as u32);
+                for r in receipts {
+                    b.put_u128_le(r.id);
+                    b.put_u64_le(r.queue_offset);
+                    b.put_u64_le(r.phys_offset);
+                }
+            }
+            Response::Pull {
+                status,
+                next_offset,
+                min_offset,
+                max_offset,
+                records,
+            } => {
+                b.put_u8(*status as u8);
+                b.put_u64_le(*next_offset);
+                b.put_u64_le(*min_offset);
+                b.put_u64_le(*max_offset);
+                b.put_u32_le(records.len() as u32);
+                tail.extend(records.iter().cloned());
+            }
+            Response::Offset { offset } => match offset {
+                Some(o) => {
+                    b.put_u8(1);
+                    b.put_u64_le(*o);
+                }
+                None => {
+                    b.put_u8(0);
+                    b.put_u64_le(0);
+                }
+            },
+            Response::Done => {}
+            Response::Topics(list) => {
+                b.put_u32_le(list.len() as u32);
+                for t in list {
+                    b.put_str16(&t.name);
+                    b.put_u32_le(t.queues);
+                }
+            }
+            Response::Topic { name, queues } => {
+                b.put_str16(name);
+                b.put_u32_le(queues.len() as u32);
+                for q in queues {
+                    b.put_u32_le(q.queue_id);
+                    b.put_u64_le(q.min_offset);
+                    b.put_u64_le(q.max_offset);
+                }
+            }
+            Response::Messages(records) => {
+                b.put_u32_le(records.len() as u32);
+                tail.extend(records.iter().cloned());
+            }
+        }
+        let total: usize = b.len() - 4 + tail.iter().map(Bytes::len).sum::<usize>();
+        b[0..4].copy_from_slice(&(total as u32).to_le_bytes());
+        let mut chunks = Vec::with_capacity(1 + tail.len());
+        chunks.push(b.freeze());
+        chunks.extend(tail);
+        chunks
+    }
+
+    /// Decodes a successful response body for `cmd`.
+    pub fn decode(cmd: Command, body: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let resp = match cmd {
+            Command::Hello => Response::Hello {
+                version: r.u16("version")?,
+                broker: r.str16("broker")?,
+                max_message_size: r.u32("max message size")?,
+                max_frame: r.u32("max frame")?,
+            },
+            Command::Route => Response::Route {
+                queues: r.u32("queues")?,
+            },
+            Command::Send => {
+                let queue_id = r.u32("queue id")?;
+                let n = r.u32("receipt count")? as usize;
+                if n > r.remaining() / 32 {
+                    return Err(DecodeError::Invalid {
+                        field: "receipt count",
+                        reason: format!("{n} receipts cannot fit"),
+                    });
+                }
+                let mut receipts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    receipts.push(SendReceipt {
+                        id: r.u128("id")?,
+                        queue_offset: r.u64("queue offset")?,
+                        phys_offset: r.u64("phys offset")?,
+                    });
+                }
+                Response::Send { queue_id, receipts }
+            }
+            Command::Pull => {
+                let status = r.u8("pull status")?;
+                let status = PullStatus::from_u8(status).ok_or(DecodeError::Invalid {
+                    field: "pull status",
+                    reason: format!("unknown value {status}"),
+                })?;
+                let next_offset = r.u64("next offset")?;
+                let min_offset = r.u64("min offset")?;
+                let max_offset = r.u64("max offset")?;
+                let records = decode_records(&mut r)?;
+                Response::Pull {
+                    status,
+                    next_offset,
+                    min_offset,
+                    max_offset,
+                    records,
+                }
+            }
+            Command::CommitOffset
+            | Command::TopicCreate
+            | Command::TopicUpdate
+            | Command::TopicDelete => Response::Done,
+            Command::FetchOffset | Command::OffsetForTime => {
+                let present = r.bool("offset present")?;
+                let o = r.u64("offset")?;
+                Response::Offset {
+                    offset: present.then_some(o),
+                }
+            }
+            Command::TopicList => {
+                let n = r.u32("topic count")? as usize;
+                let mut list = Vec::with_capacity(n.min(r.remaining() / 6));
+                for _ in 0..n {
+                    list.push(TopicSummary {
+                        name: r.str16("topic")?,
+                        queues: r.u32("queues")?,
+                    });
+                }
+                Response::Topics(list)
+            }
+            Command::TopicDescribe => {
+                let name = r.str16("topic")?;
+                let n = r.u32("queue count")? as usize;
+                let mut queues = Vec::with_capacity(n.min(r.remaining() / 20));
+                for _ in 0..n {
+                    queues.push(QueueInfo {
+                        queue_id: r.u32("queue id")?,
+                        min_offset: r.u64("min offset")?,
+                        max_offset: r.u64("max offset")?,
+                    });
+                }
+                Response::Topic { name, queues }
+            }
+            Command::MessageById | Command::MessageByKey => {
+                Response::Messages(decode_records(&mut r)?)
+            }
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+fn decode_records(r: &mut Reader) -> Result<Vec<Bytes>, DecodeError> {
+    let n = r.u32("record count")? as usize;
+    if n > r.remaining() / crate::record::MIN_RECORD_SIZE + 1 {
+        return Err(DecodeError::Invalid {
+            field: "record count",
+            reason: format!("{n} records cannot fit in {} bytes", r.remaining()),
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        // Peek the record's own length (its first field) and take the whole record.
+        let mut peek = r.clone();
+        let len = peek.u32("record length")? as usize;
+        if len < crate::record::MIN_RECORD_SIZE {
+            return Err(DecodeError::Invalid {
+                field: "record length",
+                reason: format!("{len} is below the minimum record size"),
+            });
+        }
+        out.push(r.bytes(len, "record")?);
+    }
+    Ok(out)
+}
+
+/// An error response frame: status, echoed command, and a UTF-8 message.
+pub fn encode_error(status: Status, cmd: u16, message: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(16 + message.len());
+    b.put_u32_le(0);
+    b.put_u16_le(status as u16);
+    b.put_u16_le(cmd);
+    b.put_str16(message);
+    finish_frame(b)
+}
+
+/// Decodes an error body into its message.
+pub fn decode_error(body: Bytes) -> String {
+    let mut r = Reader::new(body);
+    r.str16("error message")
+        .unwrap_or_else(|e| format!("(unreadable error message: {e})"))
+}
+
+fn finish_frame(mut b: BytesMut) -> Bytes {
+    let len = (b.len() - 4) as u32;
+    b[0..4].copy_from_slice(&len.to_le_bytes());
+    b.freeze()
+}
+
+/// Splits a whole frame into its header and body (for tests and simple clients).
+pub fn split_frame(frame: &Bytes, max_frame: u32) -> Result<(FrameHeader, Bytes), FrameError> {
+    if frame.len() < FRAME_HEADER {
+        return Err(DecodeError::Truncated {
+            field: "frame header",
+            need: FRAME_HEADER,
+            have: frame.len(),
+        }
+        .into());
+    }
+    let mut h = [0u8; FRAME_HEADER];
+    h.copy_from_slice(&frame[..FRAME_HEADER]);
+    let header = FrameHeader::parse(&h, max_frame)?;
+    if frame.len() != 4 + header.length as usize {
+        return Err(DecodeError::Invalid {
+            field: "frame length",
+            reason: format!(
+                "header says {} bytes, frame has {}",
+                header.length,
+                frame.len() - 4
+            ),
+        }
+        .into());
+    }
+    Ok((header, frame.slice(FRAME_HEADER..)))
+}

@@ -1,0 +1,20 @@
+//! The Quiver wire protocol, shared by the broker and every client: frame layout, stable
+//! command and status codes, typed requests and responses, the message record layout, and the
+//! naming rules. No async runtime and no I/O: feed it bytes, get values (docs/PROTOCOL.md).
+
+pub mod codes;
+pub mod frame;
+pub mod names;
+pub mod record;
+pub mod wire;
+
+pub use codes::{Command, PullStatus, Status};
+pub use frame::{
+    decode_error, encode_error, split_frame, FrameError, FrameHeader, QueueInfo, Request, Response,
+    SendReceipt, TopicSummary, WireMessage, ALPN, FRAME_HEADER, PROTOCOL_VERSION,
+};
+pub use record::{tag_hash, NewMessage, RecordError, RecordLimits, RecordView};
+pub use wire::DecodeError;
+
+#[cfg(test)]
+mod tests;
