@@ -269,12 +269,13 @@ impl CommitLog {
         let seg = self.checked_segment(pos, len)?;
         let off = (pos - seg.base()) as usize;
         let buf = seg.slice(off, len);
-        let valid = if check_crc {
-            RecordView::parse(buf).map(|_| ())
-        } else if record::get_u32(buf, 0) as usize == len {
-            Ok(())
-        } else {
+        let valid = if record::get_u32(buf, 0) as usize != len {
             Err("length field does not match the consume-queue entry")
+        } else if check_crc {
+            RecordView::parse(buf).map(|_| ())
+        } else {
+            // Sections are always checked, so a returned record always parses.
+            RecordView::parse_unchecked_crc(buf).map(|_| ())
         };
         valid.map_err(|reason| corrupt(seg.path(), off as u64, reason))?;
         Ok(Bytes::from_owner(SegmentBytes { seg, off, len }))

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 /// When an append is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FlushMode {
     /// Ack once the record is in the mapped log; a background thread flushes every
     /// `flush_interval_ms` or as soon as `flush_dirty_pages` pages are dirty.
@@ -26,10 +27,13 @@ impl std::str::FromStr for FlushMode {
     }
 }
 
-/// Everything the store can be told.
-#[derive(Debug, Clone)]
+/// Everything the store can be told. In the broker's config file this is the `[store]`
+/// section; `dir` is set by the broker (`<data_dir>/store`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Data directory (commitlog/, consumequeue/, index/, checkpoint, abort, lock).
+    #[serde(skip)]
     pub dir: PathBuf,
     /// Size of one commit-log segment file. Default 1 GiB.
     pub segment_size: u64,
@@ -65,6 +69,12 @@ pub struct StoreConfig {
     pub disk_clean_watermark: f64,
     /// Check each record's CRC when it is read. Default true.
     pub verify_crc_on_read: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::new(PathBuf::new())
+    }
 }
 
 impl StoreConfig {
@@ -117,6 +127,12 @@ impl StoreConfig {
         }
         if (self.max_message_size + self.max_properties_size + 512) as u64 > self.segment_size {
             return err("max_message_size must fit into one segment".into());
+        }
+        if self.disk_clean_watermark > self.disk_high_watermark {
+            return err("disk_clean_watermark must not exceed disk_high_watermark (cleaning must start before writes stop)".into());
+        }
+        if self.flush_interval_ms == 0 || self.flush_dirty_pages == 0 {
+            return err("flush_interval_ms and flush_dirty_pages must be positive".into());
         }
         if self.cq_entries_per_file == 0 || self.index_slots == 0 || self.index_entries == 0 {
             return err(

@@ -133,7 +133,7 @@ impl ConsumeQueue {
     pub(crate) fn put(&self, offset: u64, entry: CqEntry) -> Result<(), StoreError> {
         let file = match self.file_for(offset) {
             Some(f) => f,
-            None => self.add_file(offset - offset % self.per_file)?,
+            None => self.add_file(offset - offset % self.per_file, offset)?,
         };
         let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
         // SAFETY: entries at or above `max` are invisible to readers; one dispatcher writes.
@@ -141,7 +141,9 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    fn add_file(&self, base: u64) -> Result<Arc<MappedFile>, StoreError> {
+    /// Adds the file starting at `base`; for a queue's first file, `first` (the first entry
+    /// written) becomes the minimum, as a re-created topic continues at its old offsets.
+    fn add_file(&self, base: u64, first: u64) -> Result<Arc<MappedFile>, StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
         let mut files = self.files.write().expect("cq lock");
         if let Some(last) = files.last() {
@@ -156,8 +158,9 @@ impl ConsumeQueue {
                 });
             }
         } else {
-            self.min.store(base, Ordering::Release);
-            self.flushed.store(base, Ordering::Release);
+            self.min.store(first, Ordering::Release);
+            self.max.store(first, Ordering::Release);
+            self.flushed.store(first, Ordering::Release);
         }
         let file = Arc::new(MappedFile::create(
             &self.dir,
@@ -248,9 +251,20 @@ impl ConsumeQueue {
     /// and dispatched) and makes them the readable range; anything after them will be
     /// re-dispatched or was torn. Returns the new max.
     pub(crate) fn recover(&self, valid_phys: u64) -> u64 {
-        let min = self.min();
         let files = self.files.read().expect("cq lock").clone();
-        let end = files.last().map_or(min, |f| f.base() + self.per_file);
+        let base = self.min();
+        let end = files.last().map_or(base, |f| f.base() + self.per_file);
+        // A queue's first file may start with empty entries (a topic deleted and created
+        // again continues at its old offsets): the first written entry is the minimum.
+        let first_file_end = (base + self.per_file).min(end);
+        let mut min = base;
+        while min < first_file_end && self.raw(min).is_some_and(|e| e.is_empty()) {
+            min += 1;
+        }
+        if min == first_file_end {
+            min = base;
+        }
+        self.min.store(min, Ordering::Release);
         // First entry that is empty or points at/after `valid_phys`: entries are dispatched in
         // commit-log order, so the predicate is monotonic over the queue.
         let (mut lo, mut hi) = (min, end);
@@ -354,6 +368,19 @@ impl ConsumeQueue {
             }
         }
         Ok(lo)
+    }
+
+    /// Deletes every file of the queue (topic deletion).
+    pub(crate) fn delete_files(&self) -> Result<(), StoreError> {
+        let mut files = self.files.write().expect("cq lock");
+        for f in files.drain(..) {
+            f.delete()?;
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
     }
 
     pub(crate) fn release_sealed(&self) {

@@ -72,6 +72,7 @@ impl IndexFile {
         h[OFF_END_PHYS..OFF_END_PHYS + 8].copy_from_slice(&phys.to_le_bytes());
         // SAFETY: the file is new and not shared yet.
         unsafe { map.write(0, &h) };
+        map.flush(0, HEADER)?;
         Ok(Self {
             map,
             slots,
@@ -172,11 +173,12 @@ impl IndexFile {
 
     /// Walks the chain of `hash`, newest first, pushing offsets stored between the times.
     fn lookup(&self, hash: u64, begin_ts: i64, end_ts: i64, limit: usize, out: &mut Vec<u64>) {
-        let count = self.count.load(Ordering::Acquire);
+        // Bounded by capacity, not `count`: `put` publishes the slot (after the entry) before
+        // it bumps `count`, and links only ever point backwards.
         let base_ts = self.begin_ts();
         let mut n = self.slot(hash).load(Ordering::Acquire);
         let mut steps = 0u32;
-        while n != 0 && n <= count && out.len() < limit && steps <= count {
+        while n != 0 && n <= self.cap && out.len() < limit && steps <= self.cap {
             let e = self.map.slice(self.entry_at(n), ENTRY);
             let ts = base_ts + get_u32(e, 16) as i64 * 1000;
             // Deltas are whole seconds, so widen the window by one second.
@@ -208,7 +210,16 @@ impl Index {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let mut files = Vec::new();
         for (name, path) in list_files(&dir)? {
-            files.push(Arc::new(IndexFile::open(&path, name)?));
+            match IndexFile::open(&path, name) {
+                Ok(f) => files.push(Arc::new(f)),
+                // The index is derived data: an unreadable file (cut by a power loss before
+                // its header reached the disk) costs lookups, never messages.
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    tracing::warn!(file = %path.display(), %reason, "discarding an unreadable index file");
+                    std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(Self {
             dir,
@@ -258,7 +269,7 @@ impl Index {
         for f in files.iter().rev().take(2) {
             let used = f.used_len();
             f.map.flush(0, used)?;
-            // Keep the slot table resident (random access); entries are appended and rarely read.
+            // Written pages go back to the kernel (the slot table faults back in as it is used).
             f.map.release_below(used as u64);
         }
         Ok(())

@@ -30,8 +30,8 @@ pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
 
 pub(crate) struct MappedFile {
     path: PathBuf,
-    /// Kept open so the mapping's file stays reachable for `sync_data` and hole punching.
-    file: File,
+    /// Kept open for the mapping's lifetime (diagnostics via /proc show the file).
+    _file: File,
     map: MmapRaw,
     len: u64,
     /// The logical offset of byte 0 (commit-log offset, or first entry index).
@@ -86,7 +86,7 @@ impl MappedFile {
             .map_err(|e| StoreError::io(&path, e))?;
         Ok(Self {
             path,
-            file,
+            _file: file,
             map,
             len,
             base,
@@ -187,31 +187,26 @@ impl MappedFile {
         }
     }
 
-    /// Zeroes `from..len` (a torn tail found by recovery), punching a hole where supported.
+    /// Zeroes `from..len` (a torn tail found by recovery). Only pages holding non-zero bytes
+    /// are written, so the reserved (fallocated) space stays allocated and a later write on a
+    /// full disk still cannot fault.
     pub(crate) fn zero_from(&self, from: u64) -> Result<(), StoreError> {
         if from >= self.len {
             return Ok(());
         }
-        // Zero the partial page by hand, punch whole pages.
-        let page_end = ((from + PAGE - 1) & !(PAGE - 1)).min(self.len);
-        // SAFETY: recovery runs before any reader or writer exists.
-        unsafe {
-            self.slice_mut(from as usize, (page_end - from) as usize)
-                .fill(0)
-        };
-        if page_end < self.len {
-            let punched = punch_hole(&self.file, page_end, self.len - page_end);
-            if punched.is_err() {
-                let mut off = page_end;
-                while off < self.len {
-                    let n = (self.len - off).min(1 << 20);
-                    // SAFETY: as above.
-                    unsafe { self.slice_mut(off as usize, n as usize).fill(0) };
-                    off += n;
-                }
+        let mut off = from;
+        while off < self.len {
+            let page_end = ((off / PAGE + 1) * PAGE).min(self.len);
+            let n = (page_end - off) as usize;
+            if self.slice(off as usize, n).iter().any(|b| *b != 0) {
+                // SAFETY: recovery runs before any reader or writer exists.
+                unsafe { self.slice_mut(off as usize, n).fill(0) };
             }
+            off = page_end;
         }
-        self.flush(0, self.len as usize)
+        self.flush(from as usize, (self.len - from) as usize)?;
+        self.release_all();
+        Ok(())
     }
 
     /// Removes the file from disk. The mapping stays valid for whoever still holds it.
@@ -233,23 +228,6 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
         // Filesystems without fallocate: fall back to a sparse file.
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
         _ => Err(err),
-    }
-}
-
-fn punch_hole(file: &File, off: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: plain syscall on an owned, open descriptor.
-    let r = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -328,24 +328,35 @@ impl Store {
         }
         let end = pos.min(seg_end.max(min));
         if let Some(c) = cp {
-            if end < c.commitlog && c.commitlog <= seg_end {
-                let reason = report
-                    .truncated_at
-                    .as_ref()
-                    .map_or("missing data".to_string(), |(_, r)| r.clone());
+            if c.commitlog > seg_end.max(min) {
                 return Err(StoreError::Corrupt {
-                    file: log.path_of(end),
-                    offset: end - end % cfg.segment_size.max(1),
+                    file: cfg.dir.join("commitlog"),
+                    offset: seg_end,
                     reason: format!(
-                        "invalid record at commit-log offset {end} ({reason}) below the durable \
-                         checkpoint {}: flushed data is damaged; restore the segment from a replica \
-                         or backup",
+                        "the checkpoint says the log is durable up to offset {} but the segments \
+                         end at {seg_end}: a segment file is missing; restore it from a backup",
                         c.commitlog
                     ),
                 });
             }
         }
-        if report.truncated_at.is_some() || end < seg_end {
+        if let Some((at, reason)) = &report.truncated_at {
+            // Never cut away later segments that still hold valid records: that is damage
+            // in the middle of the log, not a torn tail.
+            let next = *at - *at % cfg.segment_size + cfg.segment_size;
+            if next < seg_end {
+                if let Step::Record { .. } = log.step(next, true) {
+                    return Err(StoreError::Corrupt {
+                        file: log.path_of(*at),
+                        offset: *at % cfg.segment_size,
+                        reason: format!(
+                            "invalid record ({reason}) but later segments hold valid data; \
+                             refusing to truncate the log; restore the damaged segment from a \
+                             backup"
+                        ),
+                    });
+                }
+            }
             log.truncate(end)?;
         }
         let cursor = log.start_at(end)?;
@@ -469,6 +480,8 @@ impl Store {
         if msgs.is_empty() {
             return Err(StoreError::InvalidMessage("empty batch".into()));
         }
+        // Topic names become directory names: only the documented characters get in.
+        quiver_protocol::names::check_name("topic", topic).map_err(StoreError::InvalidMessage)?;
         let limits = record::RecordLimits {
             max_body: inner.cfg.max_message_size,
             max_properties: inner.cfg.max_properties_size,
@@ -522,7 +535,12 @@ impl Store {
         };
         match inner.cfg.flush_mode {
             FlushMode::Async => {
-                inner.dispatch_to(inner.log.written())?;
+                if let Err(e) = inner.dispatch_to(inner.log.written()) {
+                    // The record is in the log but cannot be indexed: stop accepting writes
+                    // rather than acknowledge (a retry would duplicate it).
+                    inner.poison(&e);
+                    return Err(StoreError::Poisoned(e.to_string()));
+                }
                 let dirty = inner.log.written() - inner.log.flushed();
                 if dirty >= inner.cfg.flush_dirty_pages * mapped::PAGE {
                     inner.flush_cv.notify_one();
@@ -555,6 +573,7 @@ impl Store {
             max_bytes,
             max_scan,
         } = limits;
+        let max_count = max_count.max(1);
         let Some(cq) = self.inner.queue(topic, queue_id) else {
             let status = if offset == 0 {
                 GetStatus::NoNewMessages
@@ -739,6 +758,19 @@ impl Store {
         cq.search(timestamp_ms, |e| {
             self.inner.log.store_timestamp(e.phys_offset)
         })
+    }
+
+    /// Deletes a topic's consume queues: its messages can no longer be read (the commit log
+    /// keeps the bytes until retention). Queue offsets are never reused: a topic created again
+    /// continues after the old offsets, so old committed offsets cannot point at new messages.
+    pub fn delete_topic(&self, topic: &str) -> Result<u64, StoreError> {
+        let removed = self.inner.queues.write().expect("queues lock").remove(topic);
+        let mut n = 0;
+        for cq in removed.into_iter().flat_map(|m| m.into_values()) {
+            n += cq.max() - cq.min();
+            cq.delete_files()?;
+        }
+        Ok(n)
     }
 
     /// Registers who is told of new readable entries (long polling).
@@ -986,12 +1018,15 @@ impl Inner {
                 }
             }
         }
+        // Publish under the lock, so a checkpoint that reads the new position also flushes
+        // these entries.
+        for (cq, max) in &touched {
+            cq.publish(*max);
+        }
         *pos_guard = pos;
         drop(pos_guard);
-        let listener = self.listener.read().expect("listener lock").clone();
-        for (cq, max) in touched {
-            cq.publish(max);
-            if let Some(l) = &listener {
+        if let Some(l) = self.listener.read().expect("listener lock").clone() {
+            for (cq, max) in touched {
                 l(cq.topic(), cq.queue_id(), max);
             }
         }
@@ -1024,7 +1059,11 @@ impl Inner {
             return done(Err(StoreError::Poisoned(p.clone())));
         }
         let mut st = self.flush.lock().expect("flush lock");
-        if st.shutdown && self.log.flushed() < end {
+        if self.log.flushed() >= end {
+            drop(st);
+            return done(Ok(()));
+        }
+        if st.shutdown {
             drop(st);
             return done(Err(StoreError::Closed));
         }
@@ -1082,6 +1121,15 @@ impl Inner {
             };
             // Every waiter taken registered after its records were written, so `written` read
             // now covers all of them: one fsync serves the whole group.
+            if let Some(p) = self.poisoned.get() {
+                for (_, done) in waiters {
+                    done(Err(StoreError::Poisoned(p.clone())));
+                }
+                if shutdown {
+                    return;
+                }
+                continue;
+            }
             let w = self.log.written();
             let t0 = Instant::now();
             let mut result = self.log.flush(self.log.flushed(), w);

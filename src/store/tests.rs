@@ -493,6 +493,7 @@ fn disk_above_the_watermark_refuses_writes_with_a_retryable_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::small_for_tests(dir.path());
     cfg.disk_high_watermark = 0.0;
+    cfg.disk_clean_watermark = 0.0;
     let store = Store::open(cfg).unwrap();
     let err = append(&store, "T", 0, &[Msg::new(1, b"x")]).unwrap_err();
     assert!(err.is_retryable(), "{err}");
@@ -505,6 +506,7 @@ fn retention_deletes_old_segments_and_reports_unconsumed_losses() {
     let mut cfg = StoreConfig::small_for_tests(dir.path());
     cfg.retention_hours = 1;
     cfg.disk_clean_watermark = 1.0;
+    cfg.disk_high_watermark = 1.0;
     let store = Store::open(cfg).unwrap();
     let body = vec![0u8; 1000];
     for i in 0..300u128 {
@@ -579,4 +581,26 @@ fn reopen_after_crash_keeps_everything_acked_in_sync_mode() {
             "id {i} findable after recovery"
         );
     }
+}
+
+#[test]
+fn a_deleted_topic_is_unreadable_and_a_recreated_one_continues_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::small_for_tests(dir.path());
+    let store = Store::open(cfg.clone()).unwrap();
+    for i in 0..10u128 {
+        append(&store, "T", 0, &[Msg::new(i, b"old")]).unwrap();
+    }
+    assert_eq!(store.delete_topic("T").unwrap(), 10);
+    assert_eq!(store.queue_bounds("T", 0), (0, 0));
+    assert!(read_all(&store, "T", 0).is_empty());
+    let a = append(&store, "T", 0, &[Msg::new(100, b"new")]).unwrap();
+    assert_eq!(a.results[0].queue_offset, 10, "offsets are not reused");
+    assert_eq!(store.queue_bounds("T", 0), (10, 11));
+    assert_eq!(read_all(&store, "T", 0), vec![(10, 100, b"new".to_vec())]);
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(store.queue_bounds("T", 0), (10, 11), "the minimum survives a restart");
+    assert_eq!(read_all(&store, "T", 0), vec![(10, 100, b"new".to_vec())]);
 }
