@@ -1,8 +1,16 @@
 //! Quiver: a RocketMQ-class message broker over QUIC.
 //!
 //! Crate map:
+//! - [`config`]: typed configuration (defaults <- quiver.toml <- `QUIVER_*` env <- flags).
+//! - [`net`]: QUIC endpoint, TLS identity, connections and streams; frames in, frames out.
+//! - [`broker`]: request handling: topics, produce, pull with long polling, offsets, admin.
+//! - [`server`]: a running broker (store + handlers + listener) with graceful shutdown.
 //! - [`store`]: commit log, consume queues, index, flush and crash recovery (sync I/O only).
 //! - [`bench`]: the `quiver bench` measurements.
 
 pub mod bench;
+pub mod broker;
+pub mod config;
+pub mod net;
+pub mod server;
 pub mod store;

@@ -23,12 +23,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker (embedded defaults; see --print-config).
+    Serve(ServeArgs),
     /// Measure throughput, latency and memory; prints figures.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Tools for tests and diagnosis.
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (sections [broker], [tls], [store]).
+    #[arg(long, short = 'c', env = "QUIVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on (overrides broker.listen).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory (overrides broker.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => serve(a),
         Command::Bench(BenchCommand::Store(a)) => {
             std::fs::create_dir_all(&a.dir)
                 .with_context(|| format!("creating {}", a.dir.display()))?;
@@ -105,6 +124,77 @@ fn main() -> anyhow::Result<()> {
             first_id,
         }) => store_writer(dir, threads, first_id),
     }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg =
+        quiver::config::Config::load(a.config.as_deref()).context("loading configuration")?;
+    if let Some(l) = a.listen {
+        cfg.broker.listen = l;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.broker.data_dir = d;
+        cfg.store.dir = cfg.broker.data_dir.join("store");
+    }
+    if a.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("quiver-worker")
+        .build()?;
+    rt.block_on(async move {
+        let server = quiver::server::Server::start(cfg.clone()).await?;
+        let report = server.broker().store().recovery_report().clone();
+        println!(
+            "quiver broker listening on {} (QUIC, ALPN quiver/1)",
+            server.addr
+        );
+        println!("  data directory: {}", cfg.broker.data_dir.display());
+        println!("  certificate:    {}", server.cert_path.display());
+        println!("  sha256 fingerprint: {}", server.fingerprint);
+        if report.unclean {
+            println!(
+                "  recovered after an unclean shutdown in {} ms (scanned {} records{})",
+                report.took.as_millis(),
+                report.records_scanned,
+                report
+                    .truncated_at
+                    .as_ref()
+                    .map(|(at, why)| format!(", cut a torn tail at {at}: {why}"))
+                    .unwrap_or_default()
+            );
+        }
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            token.cancel();
+        });
+        server.wait().await
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 /// Body of message `id` in the crash test: derived from the id so a reader can check it.

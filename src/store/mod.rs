@@ -764,7 +764,12 @@ impl Store {
     /// keeps the bytes until retention). Queue offsets are never reused: a topic created again
     /// continues after the old offsets, so old committed offsets cannot point at new messages.
     pub fn delete_topic(&self, topic: &str) -> Result<u64, StoreError> {
-        let removed = self.inner.queues.write().expect("queues lock").remove(topic);
+        let removed = self
+            .inner
+            .queues
+            .write()
+            .expect("queues lock")
+            .remove(topic);
         let mut n = 0;
         for cq in removed.into_iter().flat_map(|m| m.into_values()) {
             n += cq.max() - cq.min();

@@ -601,6 +601,10 @@ fn a_deleted_topic_is_unreadable_and_a_recreated_one_continues_its_offsets() {
     store.close().unwrap();
     drop(store);
     let store = Store::open(cfg).unwrap();
-    assert_eq!(store.queue_bounds("T", 0), (10, 11), "the minimum survives a restart");
+    assert_eq!(
+        store.queue_bounds("T", 0),
+        (10, 11),
+        "the minimum survives a restart"
+    );
     assert_eq!(read_all(&store, "T", 0), vec![(10, 100, b"new".to_vec())]);
 }

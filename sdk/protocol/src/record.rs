@@ -180,7 +180,11 @@ pub fn encode_into(buf: &mut [u8], topic: &str, m: &NewMessage<'_>, at: &RecordP
     put_u32(buf, OFF_TOTAL_LEN, total as u32);
     put_u32(buf, OFF_MAGIC, RECORD_MAGIC);
     // The batch bit belongs to the writer: a caller's flags never set it.
-    put_u32(buf, OFF_FLAGS, (m.flags & !FLAG_BATCH_CONT) | at.extra_flags);
+    put_u32(
+        buf,
+        OFF_FLAGS,
+        (m.flags & !FLAG_BATCH_CONT) | at.extra_flags,
+    );
     put_u32(buf, OFF_QUEUE_ID, at.queue_id);
     put_u64(buf, OFF_QUEUE_OFFSET, at.queue_offset);
     put_u64(buf, OFF_PHYS_OFFSET, at.phys_offset);

@@ -1,0 +1,43 @@
+//! The Quiver client SDK: connect to a broker over QUIC (TLS 1.3, ALPN `quiver/1`), send
+//! messages with a [`Producer`], read queues with a [`PullConsumer`], and manage topics with
+//! [`Admin`].
+//!
+//! ```no_run
+//! use quiver_client::{Client, ClientConfig, Message, Producer, ProducerOptions, Tls};
+//!
+//! # async fn demo() -> Result<(), quiver_client::ClientError> {
+//! let tls = Tls::CaFile("quiver-data/tls/cert.pem".into());
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:10911".parse().unwrap(), tls)).await?;
+//! let producer = Producer::new(client.clone(), ProducerOptions::default());
+//! let sent = producer.send(Message::new("demo", "hello").with_tag("greeting")).await?;
+//! println!("{} stored at {}/{}", sent.msg_id, sent.queue_id, sent.queue_offset);
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Each request travels on its own bidirectional QUIC stream, so one [`Client`] carries any
+//! number of concurrent requests; it reconnects (with the Hello handshake) on the next request
+//! after the connection is lost.
+
+#![warn(missing_docs)]
+
+mod admin;
+mod client;
+mod consumer;
+mod error;
+mod message;
+mod producer;
+mod tls;
+
+pub use admin::Admin;
+pub use client::{BrokerInfo, Client, ClientConfig, DEFAULT_MAX_FRAME};
+pub use consumer::{PullConsumer, PullOptions, PullResult};
+pub use error::ClientError;
+pub use message::{Message, MessageId, ReceivedMessage};
+pub use producer::{
+    sharding_queue, Producer, ProducerOptions, QueueSelector, SendHandle, SendResult,
+};
+pub use tls::{fingerprint, fingerprint_hex, transport_config, Tls};
+
+pub use quiver_protocol;
+pub use quiver_protocol::{PullStatus, QueueInfo, Request, Response, Status, TopicSummary};

@@ -1,0 +1,525 @@
+//! Sending messages: queue selection, route cache, retries, sync/async/one-way/batch sends.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use quiver_protocol::record::{fnv1a, FNV_OFFSET};
+use quiver_protocol::{names, Request, Response, Status, WireMessage};
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::message::{Message, MessageId};
+
+/// How long a topic's queue count is cached.
+const ROUTE_TTL: Duration = Duration::from_secs(30);
+/// First retry back-off; doubles on every further retry.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The queue a sharding key maps to: `fnv1a64(key) % queue_count` (FNV-1a, 64-bit, offset
+/// basis `0xcbf29ce484222325`, prime `0x100000001b3`, over the key's UTF-8 bytes). Stable
+/// across processes, platforms and SDK versions, so every producer sends a key to the same
+/// queue while the topic's queue count does not change. `queue_count` 0 is treated as 1.
+pub fn sharding_queue(key: &str, queue_count: u32) -> u32 {
+    (fnv1a(FNV_OFFSET, key.as_bytes()) % u64::from(queue_count.max(1))) as u32
+}
+
+/// How a producer picks the queue of a message that has no sharding key (a message with one
+/// always goes to [`sharding_queue`]).
+#[derive(Clone, Default)]
+pub enum QueueSelector {
+    /// Rotate over the topic's queues.
+    #[default]
+    RoundRobin,
+    /// Always this queue (an error if the topic has fewer queues).
+    Fixed(u32),
+    /// A function of the message and the topic's queue count; the result is taken modulo
+    /// the queue count.
+    Custom(Arc<dyn Fn(&Message, u32) -> u32 + Send + Sync>),
+}
+
+impl fmt::Debug for QueueSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueueSelector::RoundRobin => f.write_str("RoundRobin"),
+            QueueSelector::Fixed(q) => f.debug_tuple("Fixed").field(q).finish(),
+            QueueSelector::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerOptions {
+    /// Extra attempts after a retryable failure ([`ClientError::is_retryable`]); default 2.
+    /// Back-off starts at 50 ms and doubles; all attempts share `send_timeout`.
+    pub retries: u32,
+    /// Total time allowed for one send, retries included; default 3 s.
+    pub send_timeout: Duration,
+    /// Queue choice for messages without a sharding key; default round-robin.
+    pub selector: QueueSelector,
+    /// Ask the broker to create missing topics (if its configuration allows); default true.
+    pub auto_create: bool,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            send_timeout: Duration::from_secs(3),
+            selector: QueueSelector::RoundRobin,
+            auto_create: true,
+        }
+    }
+}
+
+/// Where a sent message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    /// The message's id.
+    pub msg_id: MessageId,
+    /// Topic.
+    pub topic: String,
+    /// Queue it was appended to.
+    pub queue_id: u32,
+    /// Its offset in that queue.
+    pub queue_offset: u64,
+    /// Its offset in the broker's commit log.
+    pub commit_log_offset: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    queues: u32,
+    fetched: Instant,
+}
+
+struct Inner {
+    client: Client,
+    opts: ProducerOptions,
+    routes: Mutex<HashMap<String, Route>>,
+    round_robin: AtomicU32,
+}
+
+/// Sends messages. Cheap to clone (an `Arc`); clones share the route cache.
+///
+/// Every send validates the message, looks up the topic's queue count (cached for 30 s,
+/// refreshed early on `QueueNotFound`), picks a queue (sharding key first, then the
+/// [`QueueSelector`]) and retries retryable failures within `send_timeout`. A retried send
+/// keeps its message id, so a send whose response was lost may be stored twice with the same
+/// id (at-least-once).
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("client", &self.inner.client)
+            .field("opts", &self.inner.opts)
+            .finish()
+    }
+}
+
+/// How the queue of a send is chosen.
+#[derive(Clone, Copy)]
+enum Target {
+    /// By sharding key or selector.
+    Select,
+    /// Exactly this queue.
+    Queue(u32),
+}
+
+impl Producer {
+    /// A producer sending over `client`.
+    pub fn new(client: Client, options: ProducerOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                opts: options,
+                routes: Mutex::new(HashMap::new()),
+                round_robin: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// The client this producer sends over.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ProducerOptions {
+        &self.inner.opts
+    }
+
+    /// Sends one message and waits until the broker has stored it.
+    pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
+        let mut results = self.send_many(vec![message], Target::Select).await?;
+        results
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("no receipt for the message".into()))
+    }
+
+    /// Sends one message to a given queue (no selector, no sharding key routing).
+    pub async fn send_to_queue(
+        &self,
+        message: Message,
+        queue_id: u32,
+    ) -> Result<SendResult, ClientError> {
+        let mut results = self
+            .send_many(vec![message], Target::Queue(queue_id))
+            .await?;
+        results
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("no receipt for the message".into()))
+    }
+
+    /// Starts sending one message in a background tokio task and returns a handle to await
+    /// its result; many sends can be in flight at once on one connection. Dropping the handle
+    /// does not cancel the send. Must be called inside a tokio runtime.
+    pub fn send_async(&self, message: Message) -> SendHandle {
+        let me = self.clone();
+        SendHandle {
+            task: tokio::spawn(async move { me.send(message).await }),
+        }
+    }
+
+    /// Sends an atomic batch: all messages must have the same topic; they go in one request
+    /// to one queue (chosen by the first message's sharding key or the selector) and are
+    /// stored all together or not at all. Results are in message order.
+    pub async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>, ClientError> {
+        let Some(first) = messages.first() else {
+            return Err(ClientError::invalid("a batch needs at least one message"));
+        };
+        if let Some(m) = messages.iter().find(|m| m.topic() != first.topic()) {
+            return Err(ClientError::invalid(format!(
+                "all messages of a batch must have the same topic: {:?} and {:?}",
+                first.topic(),
+                m.topic()
+            )));
+        }
+        self.send_many(messages, Target::Select).await
+    }
+
+    /// Sends one message without waiting for the broker: returns once the request is written
+    /// to the connection. No result, no retries, and errors on the broker side are lost.
+    pub async fn send_oneway(&self, message: Message) -> Result<(), ClientError> {
+        message.validate()?;
+        let deadline = Instant::now() + self.inner.opts.send_timeout;
+        let queues = self.route(message.topic(), deadline).await?;
+        let queue_id = self.select(&message, queues)?;
+        let request = Request::Send {
+            topic: message.topic().to_string(),
+            queue_id,
+            messages: vec![message.to_wire(MessageId::new())],
+        };
+        self.inner.client.send_oneway_frame(request.encode()).await
+    }
+
+    async fn send_many(
+        &self,
+        messages: Vec<Message>,
+        target: Target,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        for m in &messages {
+            m.validate()?;
+        }
+        let topic = messages[0].topic().to_string();
+        let opts = &self.inner.opts;
+        let deadline = Instant::now() + opts.send_timeout;
+        // Ids are fixed once, so a retried send carries the same ids.
+        let wire: Vec<WireMessage> = messages
+            .iter()
+            .map(|m| m.to_wire(MessageId::new()))
+            .collect();
+        let mut attempt = 0u32;
+        loop {
+            let result = self
+                .attempt(&topic, &messages[0], &wire, target, deadline)
+                .await;
+            let err = match result {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            let status = err.status();
+            if matches!(status, Some(Status::QueueNotFound | Status::TopicNotFound)) {
+                self.forget_route(&topic);
+            }
+            // A stale route can pick a queue that no longer exists: worth one more try with a
+            // fresh route when the queue was ours to choose.
+            let retryable = err.is_retryable()
+                || (status == Some(Status::QueueNotFound) && matches!(target, Target::Select));
+            if !retryable || attempt >= opts.retries {
+                return Err(err);
+            }
+            let backoff = FIRST_BACKOFF * 2u32.saturating_pow(attempt);
+            if Instant::now() + backoff >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(topic = %topic, attempt, error = %err, "send failed; retrying");
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        topic: &str,
+        first: &Message,
+        wire: &[WireMessage],
+        target: Target,
+        deadline: Instant,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let queue_id = match target {
+            Target::Queue(q) => {
+                // Still look the route up: it creates the topic when auto-creation is on.
+                self.route(topic, deadline).await?;
+                q
+            }
+            Target::Select => {
+                let queues = self.route(topic, deadline).await?;
+                self.select(first, queues)?
+            }
+        };
+        let request = Request::Send {
+            topic: topic.to_string(),
+            queue_id,
+            messages: wire.to_vec(),
+        };
+        let timeout = self.timeout_until(deadline)?;
+        match self
+            .inner
+            .client
+            .request_with_timeout(request, timeout)
+            .await?
+        {
+            Response::Send { queue_id, receipts } => {
+                if receipts.len() != wire.len() {
+                    return Err(ClientError::Protocol(format!(
+                        "{} receipts for {} messages",
+                        receipts.len(),
+                        wire.len()
+                    )));
+                }
+                Ok(receipts
+                    .iter()
+                    .map(|r| SendResult {
+                        msg_id: MessageId(r.id),
+                        topic: topic.to_string(),
+                        queue_id,
+                        queue_offset: r.queue_offset,
+                        commit_log_offset: r.phys_offset,
+                    })
+                    .collect())
+            }
+            other => Err(ClientError::unexpected("Send", &other)),
+        }
+    }
+
+    /// Time left for one request: the smaller of the request timeout and the deadline.
+    fn timeout_until(&self, deadline: Instant) -> Result<Duration, ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout(self.inner.opts.send_timeout));
+        }
+        Ok(left.min(self.inner.client.config().request_timeout))
+    }
+
+    /// The queue for a message, given the topic's queue count.
+    fn select(&self, message: &Message, queues: u32) -> Result<u32, ClientError> {
+        if queues == 0 {
+            return Err(ClientError::Protocol(format!(
+                "topic {:?} has no queues",
+                message.topic()
+            )));
+        }
+        if let Some(key) = message.sharding_key() {
+            return Ok(sharding_queue(key, queues));
+        }
+        Ok(match &self.inner.opts.selector {
+            QueueSelector::RoundRobin => {
+                self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues
+            }
+            QueueSelector::Fixed(q) if *q < queues => *q,
+            QueueSelector::Fixed(q) => {
+                return Err(ClientError::invalid(format!(
+                    "fixed queue {q} but topic {:?} has {queues} queues",
+                    message.topic()
+                )))
+            }
+            QueueSelector::Custom(f) => f(message, queues) % queues,
+        })
+    }
+
+    /// The queue count of a topic, from the cache or the broker.
+    async fn route(&self, topic: &str, deadline: Instant) -> Result<u32, ClientError> {
+        if let Some(r) = self.cached_route(topic) {
+            return Ok(r);
+        }
+        names::check_name("topic", topic).map_err(ClientError::InvalidArgument)?;
+        let timeout = self.timeout_until(deadline)?;
+        let request = Request::Route {
+            topic: topic.to_string(),
+            create: self.inner.opts.auto_create,
+        };
+        match self
+            .inner
+            .client
+            .request_with_timeout(request, timeout)
+            .await?
+        {
+            Response::Route { queues } => {
+                if queues == 0 {
+                    return Err(ClientError::Protocol(format!(
+                        "broker reports 0 queues for topic {topic:?}"
+                    )));
+                }
+                if let Ok(mut routes) = self.inner.routes.lock() {
+                    routes.insert(
+                        topic.to_string(),
+                        Route {
+                            queues,
+                            fetched: Instant::now(),
+                        },
+                    );
+                }
+                Ok(queues)
+            }
+            other => Err(ClientError::unexpected("Route", &other)),
+        }
+    }
+
+    fn cached_route(&self, topic: &str) -> Option<u32> {
+        let routes = self.inner.routes.lock().ok()?;
+        routes
+            .get(topic)
+            .filter(|r| r.fetched.elapsed() < ROUTE_TTL)
+            .map(|r| r.queues)
+    }
+
+    fn forget_route(&self, topic: &str) {
+        if let Ok(mut routes) = self.inner.routes.lock() {
+            routes.remove(topic);
+        }
+    }
+}
+
+/// The pending result of [`Producer::send_async`]; await it for the [`SendResult`].
+#[derive(Debug)]
+pub struct SendHandle {
+    task: tokio::task::JoinHandle<Result<SendResult, ClientError>>,
+}
+
+impl Future for SendHandle {
+    type Output = Result<SendResult, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.task).poll(cx).map(|r| match r {
+            Ok(result) => result,
+            Err(e) => Err(ClientError::Internal(format!("send task failed: {e}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharding_queue_is_stable() {
+        // FNV-1a 64 reference values: these must never change.
+        assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(FNV_OFFSET, b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(
+            sharding_queue("foobar", 16),
+            (0x8594_4171_f739_67e8u64 % 16) as u32
+        );
+        for key in ["order-1", "order-2", "customer-42", ""] {
+            let q = sharding_queue(key, 8);
+            assert!(q < 8);
+            for _ in 0..10 {
+                assert_eq!(sharding_queue(key, 8), q);
+            }
+        }
+        assert_eq!(sharding_queue("x", 0), 0);
+        assert_eq!(sharding_queue("x", 1), 0);
+        // Keys spread over the queues.
+        let used: std::collections::HashSet<u32> = (0..200)
+            .map(|i| sharding_queue(&format!("k{i}"), 8))
+            .collect();
+        assert_eq!(used.len(), 8);
+    }
+
+    fn producer(selector: QueueSelector) -> Producer {
+        // select() and validation need no network: a closed client is enough.
+        Producer::new(
+            Client::closed_for_tests(),
+            ProducerOptions {
+                selector,
+                ..ProducerOptions::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn sharding_key_beats_selector() {
+        let m = Message::new("demo", "x").with_sharding_key("order-7");
+        let want = sharding_queue("order-7", 8);
+        for sel in [
+            QueueSelector::RoundRobin,
+            QueueSelector::Fixed((want + 1) % 8),
+            QueueSelector::Custom(Arc::new(|_, n| n - 1)),
+        ] {
+            let p = producer(sel);
+            for _ in 0..5 {
+                assert_eq!(p.select(&m, 8).unwrap(), want);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn selectors() {
+        let m = Message::new("demo", "x");
+        let p = producer(QueueSelector::RoundRobin);
+        let picks: Vec<u32> = (0..8).map(|_| p.select(&m, 4).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 3, 0, 1, 2, 3]);
+        let p = producer(QueueSelector::Fixed(2));
+        assert_eq!(p.select(&m, 4).unwrap(), 2);
+        assert!(matches!(
+            p.select(&m, 2),
+            Err(ClientError::InvalidArgument(_))
+        ));
+        let p = producer(QueueSelector::Custom(Arc::new(|m, n| {
+            m.body().len() as u32 + n
+        })));
+        assert_eq!(p.select(&m, 4).unwrap(), 1); // (1 + 4) % 4
+        assert!(matches!(p.select(&m, 0), Err(ClientError::Protocol(_))));
+    }
+
+    #[tokio::test]
+    async fn invalid_messages_fail_before_sending() {
+        let p = producer(QueueSelector::RoundRobin);
+        let e = p.send(Message::new("bad topic", "x")).await.unwrap_err();
+        assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+        let e = p
+            .send(Message::new("demo", "x").with_property("KEYS", "v"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+        let e = p.send_batch(vec![]).await.unwrap_err();
+        assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+        let e = p
+            .send_batch(vec![Message::new("a", "x"), Message::new("b", "y")])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+    }
+}

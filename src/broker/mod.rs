@@ -1,0 +1,641 @@
+//! Request handling: topics, produce, pull with long polling, offsets and admin, on top of the
+//! store. Takes typed requests and returns typed responses; sockets live in `net`.
+//! Appends go through one bounded queue to a dedicated thread (the store's single writer), so a
+//! broker that cannot keep up answers "busy" within `busy_timeout_ms` instead of growing memory.
+
+mod longpoll;
+mod offsets;
+mod topics;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver_protocol::names::{check_name, check_property_name};
+use quiver_protocol::{
+    PullStatus, QueueInfo, Request, Response, SendReceipt, Status, TopicSummary, WireMessage,
+    PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::{Appended, GetStatus, NewMessage, ReadLimits, Store, StoreError};
+
+use longpoll::LongPoll;
+use offsets::OffsetTable;
+use topics::TopicTable;
+
+/// An error answered to the client: a status code and a message saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerError {
+    status: Status,
+    message: String,
+}
+
+impl BrokerError {
+    /// An error with its status.
+    pub fn new(status: Status, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The wire status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+impl From<StoreError> for BrokerError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::MessageTooLarge { .. } | StoreError::BatchTooLarge { .. } => {
+                Status::MessageTooLarge
+            }
+            StoreError::PropertiesTooLarge { .. } => Status::PropertiesTooLarge,
+            StoreError::InvalidMessage(_) => Status::InvalidMessage,
+            StoreError::DiskFull { .. } => Status::DiskFull,
+            StoreError::Poisoned(_) => Status::StoreUnavailable,
+            StoreError::Closed => Status::ShuttingDown,
+            StoreError::OffsetOutOfRange { .. } => Status::NotFound,
+            _ => Status::Internal,
+        };
+        if status == Status::Internal {
+            tracing::error!(error = %e, "store error");
+        }
+        BrokerError::new(status, e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, BrokerError>;
+
+/// Limits the network layer enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request frame.
+    pub max_frame_bytes: u32,
+    /// Most concurrent connections.
+    pub max_connections: u32,
+    /// Deadline for receiving a whole request.
+    pub request_read_timeout_ms: u64,
+    /// Time in-flight requests get at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+enum AppendJob {
+    Append {
+        topic: String,
+        queue_id: u32,
+        messages: Vec<WireMessage>,
+        born: SocketAddr,
+        reply: oneshot::Sender<std::result::Result<Appended, StoreError>>,
+    },
+    Stop,
+}
+
+/// The broker's state and request handlers.
+pub struct Broker {
+    cfg: Config,
+    store: Arc<Store>,
+    topics: TopicTable,
+    offsets: Arc<OffsetTable>,
+    waiters: Arc<LongPoll>,
+    appends: mpsc::Sender<AppendJob>,
+    appender: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Broker {
+    /// Opens (and recovers) the store and loads topics and offsets. Blocking: call it from
+    /// a blocking context.
+    pub fn open(cfg: Config) -> anyhow::Result<Arc<Broker>> {
+        std::fs::create_dir_all(&cfg.broker.data_dir)?;
+        let store = Arc::new(Store::open(cfg.store.clone())?);
+        let topics = TopicTable::load(cfg.broker.data_dir.join("topics.json"))?;
+        let offsets = Arc::new(OffsetTable::load(cfg.broker.data_dir.join("offsets.json"))?);
+        let waiters = Arc::new(LongPoll::default());
+        let w = waiters.clone();
+        store.set_arrival_listener(Arc::new(move |topic, queue, _max| w.wake(topic, queue)));
+        let o = offsets.clone();
+        store.set_consumer_progress(Arc::new(move |topic, queue| o.lowest(topic, queue)));
+        let (tx, rx) = mpsc::channel(cfg.broker.append_queue);
+        let s = store.clone();
+        let appender = std::thread::Builder::new()
+            .name("quiver-append".into())
+            .spawn(move || append_loop(s, rx))?;
+        Ok(Arc::new(Broker {
+            cfg,
+            store,
+            topics,
+            offsets,
+            waiters,
+            appends: tx,
+            appender: Mutex::new(Some(appender)),
+        }))
+    }
+
+    /// The store (for diagnostics and tests).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Limits for the network layer.
+    pub fn limits(&self) -> Limits {
+        let b = &self.cfg.broker;
+        Limits {
+            max_frame_bytes: b.max_frame_bytes,
+            max_connections: b.max_connections,
+            request_read_timeout_ms: b.request_read_timeout_ms,
+            shutdown_grace_ms: b.shutdown_grace_ms,
+        }
+    }
+
+    /// The handshake answer.
+    pub fn hello(&self) -> Response {
+        Response::Hello {
+            version: PROTOCOL_VERSION,
+            broker: self.cfg.broker.name.clone(),
+            max_message_size: self.cfg.store.max_message_size as u32,
+            max_frame: self.cfg.broker.max_frame_bytes,
+        }
+    }
+
+    /// Handles one request (after the handshake).
+    pub async fn handle(&self, req: Request, remote: SocketAddr) -> Result<Response> {
+        self.handle_with_stop(req, remote, &CancellationToken::new())
+            .await
+    }
+
+    /// Handles one request; parked pulls answer early when `stop` fires.
+    pub async fn handle_with_stop(
+        &self,
+        req: Request,
+        remote: SocketAddr,
+        stop: &CancellationToken,
+    ) -> Result<Response> {
+        match req {
+            Request::Hello { .. } => Ok(self.hello()),
+            Request::Route { topic, create } => {
+                let queues = self.route(&topic, create)?;
+                Ok(Response::Route { queues })
+            }
+            Request::Send {
+                topic,
+                queue_id,
+                messages,
+            } => self.send(topic, queue_id, messages, remote).await,
+            Request::Pull {
+                topic,
+                queue_id,
+                offset,
+                max_messages,
+                max_bytes,
+                long_poll_ms,
+            } => {
+                self.pull(
+                    topic,
+                    queue_id,
+                    offset,
+                    max_messages,
+                    max_bytes,
+                    long_poll_ms,
+                    stop,
+                )
+                .await
+            }
+            Request::CommitOffset {
+                group,
+                topic,
+                queue_id,
+                offset,
+            } => {
+                name("group", &group)?;
+                self.existing_queue(&topic, queue_id)?;
+                self.offsets.commit(&group, &topic, queue_id, offset);
+                Ok(Response::Done)
+            }
+            Request::FetchOffset {
+                group,
+                topic,
+                queue_id,
+            } => {
+                name("group", &group)?;
+                self.existing_queue(&topic, queue_id)?;
+                Ok(Response::Offset {
+                    offset: self.offsets.fetch(&group, &topic, queue_id),
+                })
+            }
+            Request::OffsetForTime {
+                topic,
+                queue_id,
+                timestamp_ms,
+            } => {
+                self.existing_queue(&topic, queue_id)?;
+                let store = self.store.clone();
+                let offset =
+                    blocking(move || store.offset_for_timestamp(&topic, queue_id, timestamp_ms))
+                        .await??;
+                Ok(Response::Offset {
+                    offset: Some(offset),
+                })
+            }
+            Request::TopicCreate { topic, queues } => {
+                name("topic", &topic)?;
+                self.check_queue_count(queues)?;
+                let (_, created) = self.topics.create(&topic, queues).map_err(internal)?;
+                if !created {
+                    return Err(BrokerError::new(
+                        Status::TopicExists,
+                        format!(
+                            "topic {topic:?} already exists; use update to change its queue count"
+                        ),
+                    ));
+                }
+                tracing::info!(%topic, queues, "topic created");
+                Ok(Response::Done)
+            }
+            Request::TopicUpdate { topic, queues } => {
+                name("topic", &topic)?;
+                self.check_queue_count(queues)?;
+                if !self.topics.update(&topic, queues).map_err(internal)? {
+                    return Err(not_found(&topic));
+                }
+                tracing::info!(%topic, queues, "topic updated");
+                Ok(Response::Done)
+            }
+            Request::TopicDelete { topic } => {
+                name("topic", &topic)?;
+                if !self.topics.delete(&topic).map_err(internal)? {
+                    return Err(not_found(&topic));
+                }
+                self.offsets.forget_topic(&topic);
+                let store = self.store.clone();
+                let t = topic.clone();
+                let dropped = blocking(move || store.delete_topic(&t)).await??;
+                tracing::info!(%topic, messages = dropped, "topic deleted");
+                Ok(Response::Done)
+            }
+            Request::TopicList => Ok(Response::Topics(
+                self.topics
+                    .list()
+                    .into_iter()
+                    .map(|(name, queues)| TopicSummary { name, queues })
+                    .collect(),
+            )),
+            Request::TopicDescribe { topic } => {
+                name("topic", &topic)?;
+                let n = self
+                    .topics
+                    .queues(&topic)
+                    .ok_or_else(|| not_found(&topic))?;
+                let queues = (0..n)
+                    .map(|q| {
+                        let (min_offset, max_offset) = self.store.queue_bounds(&topic, q);
+                        QueueInfo {
+                            queue_id: q,
+                            min_offset,
+                            max_offset,
+                        }
+                    })
+                    .collect();
+                Ok(Response::Topic {
+                    name: topic,
+                    queues,
+                })
+            }
+            Request::MessageById { id } => {
+                let store = self.store.clone();
+                let found = blocking(move || store.message_by_id(id)).await??;
+                Ok(Response::Messages(found.into_iter().collect()))
+            }
+            Request::MessageByKey {
+                topic,
+                key,
+                max,
+                begin_ms,
+                end_ms,
+            } => {
+                name("topic", &topic)?;
+                let store = self.store.clone();
+                let max = max.clamp(1, 64) as usize;
+                let found =
+                    blocking(move || store.query_by_key(&topic, &key, max, begin_ms, end_ms))
+                        .await??;
+                Ok(Response::Messages(found))
+            }
+        }
+    }
+
+    fn check_queue_count(&self, queues: u32) -> Result<()> {
+        let max = self.cfg.broker.max_queues;
+        if queues == 0 || queues > max {
+            return Err(BrokerError::new(
+                Status::BadRequest,
+                format!("queue count must be 1..={max}, got {queues}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queue count of a topic, auto-creating it when asked and allowed.
+    fn route(&self, topic: &str, create: bool) -> Result<u32> {
+        name("topic", topic)?;
+        if let Some(q) = self.topics.queues(topic) {
+            return Ok(q);
+        }
+        if !create || !self.cfg.broker.auto_create_topics {
+            return Err(BrokerError::new(
+                Status::TopicNotFound,
+                format!(
+                    "topic {topic:?} does not exist{}",
+                    if self.cfg.broker.auto_create_topics {
+                        ""
+                    } else {
+                        " and auto-creation is off; create it with `quiver admin topic create`"
+                    }
+                ),
+            ));
+        }
+        let (q, created) = self
+            .topics
+            .create(topic, self.cfg.broker.default_queues)
+            .map_err(internal)?;
+        if created {
+            tracing::info!(%topic, queues = q, "topic auto-created");
+        }
+        Ok(q)
+    }
+
+    fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<u32> {
+        name("topic", topic)?;
+        let n = self.topics.queues(topic).ok_or_else(|| not_found(topic))?;
+        if queue_id >= n {
+            return Err(BrokerError::new(
+                Status::QueueNotFound,
+                format!("topic {topic:?} has {n} queues; queue {queue_id} does not exist"),
+            ));
+        }
+        Ok(n)
+    }
+
+    async fn send(
+        &self,
+        topic: String,
+        queue_id: u32,
+        messages: Vec<WireMessage>,
+        born: SocketAddr,
+    ) -> Result<Response> {
+        let queues = self.route(&topic, true)?;
+        if queue_id >= queues {
+            return Err(BrokerError::new(
+                Status::QueueNotFound,
+                format!("topic {topic:?} has {queues} queues; queue {queue_id} does not exist"),
+            ));
+        }
+        if messages.is_empty() {
+            return Err(BrokerError::new(
+                Status::InvalidMessage,
+                "a send carries at least one message",
+            ));
+        }
+        let max_body = self.cfg.store.max_message_size;
+        for m in &messages {
+            if m.body.len() > max_body {
+                return Err(BrokerError::new(
+                    Status::MessageTooLarge,
+                    format!(
+                        "message body of {} bytes exceeds the maximum of {max_body} bytes",
+                        m.body.len()
+                    ),
+                ));
+            }
+            for (k, _) in &m.properties {
+                check_property_name(k)
+                    .map_err(|e| BrokerError::new(Status::ReservedProperty, e))?;
+            }
+            if m.keys.iter().any(String::is_empty) {
+                return Err(BrokerError::new(
+                    Status::InvalidMessage,
+                    "message keys must not be empty",
+                ));
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = AppendJob::Append {
+            topic,
+            queue_id,
+            messages,
+            born,
+            reply,
+        };
+        let wait = Duration::from_millis(self.cfg.broker.busy_timeout_ms);
+        match self.appends.send_timeout(job, wait).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                return Err(BrokerError::new(
+                    Status::Busy,
+                    "broker is busy: the store's append queue is full; retry after a back-off",
+                ))
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                return Err(BrokerError::new(
+                    Status::ShuttingDown,
+                    "broker is shutting down",
+                ))
+            }
+        }
+        let appended = rx
+            .await
+            .map_err(|_| BrokerError::new(Status::ShuttingDown, "broker is shutting down"))??;
+        Ok(Response::Send {
+            queue_id,
+            receipts: appended
+                .results
+                .iter()
+                .map(|r| SendReceipt {
+                    id: r.msg_id,
+                    queue_offset: r.queue_offset,
+                    phys_offset: r.phys_offset,
+                })
+                .collect(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pull(
+        &self,
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+        max_messages: u32,
+        max_bytes: u32,
+        long_poll_ms: u32,
+        stop: &CancellationToken,
+    ) -> Result<Response> {
+        self.existing_queue(&topic, queue_id)?;
+        let max_count = if max_messages == 0 {
+            32
+        } else {
+            max_messages.min(4096)
+        } as usize;
+        // The response must fit the client's frame limit with room for its header.
+        let frame_room = (self.cfg.broker.max_frame_bytes as usize).saturating_sub(64 << 10);
+        let max_bytes = if max_bytes == 0 {
+            4 << 20
+        } else {
+            max_bytes as usize
+        }
+        .min(frame_room);
+        let limits = ReadLimits::new(max_count, max_bytes, max_count.max(4096));
+        let park = Duration::from_millis(long_poll_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
+        let deadline = tokio::time::Instant::now() + park;
+        let topic: Arc<str> = topic.into();
+        loop {
+            // Subscribe before reading, so an arrival between the read and the wait wakes us.
+            let notify = self.waiters.subscribe(&topic, queue_id);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let store = self.store.clone();
+            let t = topic.clone();
+            let r = blocking(move || store.get_messages(&t, queue_id, offset, limits, |_| true))
+                .await??;
+            let parked_out = tokio::time::Instant::now() >= deadline || stop.is_cancelled();
+            if r.status != GetStatus::NoNewMessages || parked_out {
+                let status = match r.status {
+                    GetStatus::Found => PullStatus::Found,
+                    GetStatus::NoMatch => PullStatus::NoMatch,
+                    GetStatus::NoNewMessages => PullStatus::NoNewMessages,
+                    GetStatus::OffsetTooSmall => PullStatus::OffsetTooSmall,
+                    GetStatus::OffsetOverflow => PullStatus::OffsetOverflow,
+                };
+                return Ok(Response::Pull {
+                    status,
+                    next_offset: r.next_offset,
+                    min_offset: r.min_offset,
+                    max_offset: r.max_offset,
+                    records: r.messages.into_iter().map(|m| m.bytes).collect(),
+                });
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    }
+
+    /// Writes committed offsets if they changed (called once a second and at shutdown).
+    pub fn persist_offsets(&self) -> anyhow::Result<()> {
+        self.offsets.save_if_dirty()
+    }
+
+    /// Stops the append thread, persists offsets, and closes the store cleanly. Blocking.
+    pub fn close(&self) -> anyhow::Result<()> {
+        let _ = self.appends.try_send(AppendJob::Stop);
+        if let Some(t) = self.appender.lock().expect("appender lock").take() {
+            // The Stop job may not fit a full queue: closing the store fails pending appends.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                let _ = self.appends.try_send(AppendJob::Stop);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        self.offsets.save_if_dirty()?;
+        self.store.close()?;
+        Ok(())
+    }
+}
+
+fn append_loop(store: Arc<Store>, mut rx: mpsc::Receiver<AppendJob>) {
+    while let Some(job) = rx.blocking_recv() {
+        let AppendJob::Append {
+            topic,
+            queue_id,
+            messages,
+            born,
+            reply,
+        } = job
+        else {
+            break;
+        };
+        let keys: Vec<Vec<&str>> = messages
+            .iter()
+            .map(|m| m.keys.iter().map(String::as_str).collect())
+            .collect();
+        let props: Vec<Vec<(&str, &str)>> = messages
+            .iter()
+            .map(|m| {
+                m.properties
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            })
+            .collect();
+        let msgs: Vec<NewMessage<'_>> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| NewMessage {
+                msg_id: m.id,
+                flags: m.flags,
+                born_timestamp: m.born_timestamp,
+                born_host: born,
+                reconsume_times: 0,
+                tag: &m.tag,
+                keys: &keys[i],
+                properties: &props[i],
+                body: &m.body,
+            })
+            .collect();
+        match store.append(&topic, queue_id, &msgs) {
+            Ok(pending) => pending.on_durable(move |r| {
+                let _ = reply.send(r);
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+fn name(kind: &str, value: &str) -> Result<()> {
+    check_name(kind, value).map_err(|e| BrokerError::new(Status::InvalidName, e))
+}
+
+fn not_found(topic: &str) -> BrokerError {
+    BrokerError::new(
+        Status::TopicNotFound,
+        format!("topic {topic:?} does not exist"),
+    )
+}
+
+fn internal(e: anyhow::Error) -> BrokerError {
+    tracing::error!(error = %format!("{e:#}"), "internal error");
+    BrokerError::new(Status::Internal, format!("{e:#}"))
+}
+
+/// Runs store work off the async workers (disk reads can fault pages in from disk).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BrokerError::new(Status::Internal, format!("store task failed: {e}")))
+}
+
+impl From<BrokerError> for std::io::Error {
+    fn from(e: BrokerError) -> Self {
+        std::io::Error::other(e.message)
+    }
+}

@@ -1,0 +1,87 @@
+//! The topic table: name -> queue count, persisted as `topics.json` in the data directory
+//! (written atomically on every change; changes are rare).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use anyhow::Context;
+
+pub(crate) struct TopicTable {
+    path: PathBuf,
+    topics: RwLock<BTreeMap<String, u32>>,
+}
+
+impl TopicTable {
+    pub(crate) fn load(path: PathBuf) -> anyhow::Result<Self> {
+        let topics = match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Self {
+            path,
+            topics: RwLock::new(topics),
+        })
+    }
+
+    pub(crate) fn queues(&self, topic: &str) -> Option<u32> {
+        self.topics.read().expect("topics lock").get(topic).copied()
+    }
+
+    pub(crate) fn list(&self) -> Vec<(String, u32)> {
+        let t = self.topics.read().expect("topics lock");
+        t.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Creates the topic unless it exists; returns (queue count, created).
+    pub(crate) fn create(&self, topic: &str, queues: u32) -> anyhow::Result<(u32, bool)> {
+        let mut t = self.topics.write().expect("topics lock");
+        if let Some(q) = t.get(topic) {
+            return Ok((*q, false));
+        }
+        t.insert(topic.to_string(), queues);
+        self.save(&t)?;
+        Ok((queues, true))
+    }
+
+    pub(crate) fn update(&self, topic: &str, queues: u32) -> anyhow::Result<bool> {
+        let mut t = self.topics.write().expect("topics lock");
+        match t.get_mut(topic) {
+            Some(q) => *q = queues,
+            None => return Ok(false),
+        }
+        self.save(&t)?;
+        Ok(true)
+    }
+
+    pub(crate) fn delete(&self, topic: &str) -> anyhow::Result<bool> {
+        let mut t = self.topics.write().expect("topics lock");
+        if t.remove(topic).is_none() {
+            return Ok(false);
+        }
+        self.save(&t)?;
+        Ok(true)
+    }
+
+    fn save(&self, t: &BTreeMap<String, u32>) -> anyhow::Result<()> {
+        write_atomic(&self.path, &serde_json::to_vec_pretty(t)?)
+    }
+}
+
+/// Writes a small file atomically: temp file, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

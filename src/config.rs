@@ -1,0 +1,162 @@
+//! The broker's configuration: embedded defaults, then a TOML file, then `QUIVER_*`
+//! environment variables (sections separated by `__`, e.g. `QUIVER_STORE__FLUSH_MODE=sync`,
+//! `QUIVER_BROKER__LISTEN=127.0.0.1:10911`), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreConfig;
+
+/// Everything the broker can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Network, topics and limits.
+    pub broker: BrokerConfig,
+    /// Certificate and key.
+    pub tls: TlsConfig,
+    /// The message store.
+    pub store: StoreConfig,
+}
+
+/// Network, topic and limit settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Name reported to clients in the handshake.
+    pub name: String,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory: store/, tls/, topics.json, offsets.json.
+    pub data_dir: PathBuf,
+    /// Create a topic on its first send (RocketMQ's autoCreateTopicEnable).
+    pub auto_create_topics: bool,
+    /// Queues of an auto-created topic (RocketMQ's defaultTopicQueueNums).
+    pub default_queues: u32,
+    /// Most queues a topic may have.
+    pub max_queues: u32,
+    /// Largest request frame accepted, in bytes.
+    pub max_frame_bytes: u32,
+    /// Most concurrent client connections.
+    pub max_connections: u32,
+    /// Most concurrent streams (requests in flight) per connection.
+    pub max_streams_per_connection: u32,
+    /// Longest a pull may be parked, in ms (RocketMQ's 15 s).
+    pub long_poll_max_ms: u32,
+    /// Appends waiting for the store before producers get a retryable "busy" error.
+    pub append_queue: usize,
+    /// How long a produce request may wait for room in the append queue, in ms.
+    pub busy_timeout_ms: u64,
+    /// How long a client has to send a whole request frame, in ms.
+    pub request_read_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish, in ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            name: "quiver".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 10911)),
+            data_dir: PathBuf::from("quiver-data"),
+            auto_create_topics: true,
+            default_queues: 4,
+            max_queues: 1024,
+            max_frame_bytes: (16 << 20) + (64 << 10),
+            max_connections: 4096,
+            max_streams_per_connection: 1024,
+            long_poll_max_ms: 30_000,
+            append_queue: 16_384,
+            busy_timeout_ms: 200,
+            request_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Where the certificate and key come from.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; when unset, a self-signed certificate is generated once and kept
+    /// in `<data_dir>/tls/`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (required with `cert`).
+    pub key: Option<PathBuf>,
+    /// Extra names for the generated certificate (besides localhost, 127.0.0.1 and ::1).
+    pub names: Vec<String>,
+}
+
+impl Config {
+    /// Defaults, overridden by `file` (if given), then by `QUIVER_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        let mut cfg: Config = fig.merge(Env::prefixed("QUIVER_").split("__")).extract()?;
+        cfg.store.dir = cfg.broker.data_dir.join("store");
+        Ok(cfg)
+    }
+
+    /// The effective configuration as TOML (for `quiver serve --print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}"))
+    }
+
+    /// Checks values that would make the broker misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.broker;
+        if b.default_queues == 0 || b.default_queues > b.max_queues {
+            return Err(format!(
+                "broker.default_queues must be 1..={}, got {}",
+                b.max_queues, b.default_queues
+            ));
+        }
+        if (b.max_frame_bytes as usize) < self.store.max_message_size + 64 * 1024 {
+            return Err(
+                "broker.max_frame_bytes must exceed store.max_message_size by 64 KiB".into(),
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("tls.cert and tls.key must be given together".into());
+        }
+        if b.append_queue == 0 || b.max_connections == 0 || b.max_streams_per_connection == 0 {
+            return Err("broker.append_queue, max_connections and max_streams_per_connection must be positive".into());
+        }
+        self.store.validate().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("quiver.toml");
+        std::fs::write(
+            &file,
+            "[broker]\ndefault_queues = 8\ndata_dir = \"/tmp/x\"\n[store]\nflush_mode = \"sync\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("QUIVER_BROKER__DEFAULT_QUEUES", "6");
+            let cfg = Config::load(Some(&file)).expect("loads");
+            assert_eq!(cfg.broker.default_queues, 6, "env beats file");
+            assert_eq!(cfg.store.flush_mode, crate::store::FlushMode::Sync);
+            assert_eq!(cfg.store.dir, PathBuf::from("/tmp/x/store"));
+            assert_eq!(cfg.broker.listen.port(), 10911, "untouched defaults stay");
+            assert!(cfg.to_toml().contains("flush_mode = \"sync\""));
+            Ok(())
+        });
+        std::fs::write(&file, "[broker]\nno_such_key = 1\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("no_such_key"), "{err}");
+    }
+}

@@ -1,0 +1,317 @@
+//! QUIC front door: TLS identity, the accept loop, one task per connection and per stream.
+//! One request per bidirectional stream (docs/PROTOCOL.md explains why); one-way sends on
+//! unidirectional streams. Frames are length-capped and read with a deadline; a malformed frame
+//! gets an error response and never takes the broker down. Knows nothing of the store.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_protocol::{
+    encode_error, Command, FrameError, FrameHeader, Request, Status, FRAME_HEADER, PROTOCOL_VERSION,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::broker::{Broker, BrokerError};
+
+/// Transport settings tuned for request/response traffic (see docs/PROTOCOL.md, "Transport").
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20))
+        .receive_window(quinn::VarInt::from_u32(64 << 20))
+        .send_window(64 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid timeout"),
+        ));
+    // Ask the peer to acknowledge every packet at once: with one small request per stream, the
+    // default 25 ms delayed ACK otherwise stalls stream credit and the send window.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(0));
+    t.ack_frequency_config(Some(ack));
+    let mut cc = quinn::congestion::CubicConfig::default();
+    cc.initial_window(4 << 20);
+    t.congestion_controller_factory(Arc::new(cc));
+    t
+}
+
+/// A bound, listening QUIC endpoint.
+pub struct Listener {
+    endpoint: quinn::Endpoint,
+    /// SHA-256 fingerprint of the certificate, for clients to pin.
+    pub fingerprint: String,
+    /// The certificate file (clients can use it as a CA file).
+    pub cert_path: std::path::PathBuf,
+}
+
+impl Listener {
+    /// Binds the configured address with the broker's TLS identity.
+    pub fn bind(cfg: &crate::config::Config) -> anyhow::Result<Self> {
+        let id = tls::load_or_generate(cfg)?;
+        let server = tls::server_config(&id, cfg)?;
+        let endpoint = quinn::Endpoint::server(server, cfg.broker.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on udp {}: {e}", cfg.broker.listen))?;
+        Ok(Self {
+            endpoint,
+            fingerprint: id.fingerprint,
+            cert_path: id.cert_path,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Accepts connections until `shutdown`, then closes the endpoint after in-flight
+    /// requests finish (bounded by `grace`).
+    pub async fn serve(self, broker: Arc<Broker>, shutdown: CancellationToken) {
+        let limits = broker.limits();
+        let conns = Arc::new(Semaphore::new(limits.max_connections as usize));
+        let requests = CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let Ok(permit) = conns.clone().try_acquire_owned() else {
+                warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+                incoming.refuse();
+                continue;
+            };
+            let broker = broker.clone();
+            let stop = requests.clone();
+            let t = tracker.clone();
+            let remote = incoming.remote_address();
+            tracker.spawn(
+                async move {
+                    let _permit = permit;
+                    match incoming.await {
+                        Ok(conn) => serve_connection(conn, broker, stop, t).await,
+                        Err(e) => debug!(error = %e, "handshake failed"),
+                    }
+                }
+                .instrument(tracing::info_span!("conn", %remote)),
+            );
+        }
+        // Stop accepting; let in-flight requests finish, then close every connection.
+        info!("no longer accepting connections; finishing in-flight requests");
+        tracker.close();
+        let grace = Duration::from_millis(limits.shutdown_grace_ms);
+        requests.cancel();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!("some requests did not finish within the shutdown grace period");
+        }
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"broker shutting down");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Per-connection state shared by its streams.
+struct Session {
+    remote: SocketAddr,
+    hello: AtomicBool,
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    broker: Arc<Broker>,
+    stop: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    let session = Arc::new(Session {
+        remote: conn.remote_address(),
+        hello: AtomicBool::new(false),
+    });
+    debug!("connection open");
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                // Streams already accepted run to completion under the tracker; new ones are
+                // refused by closing once the broker is idle.
+                break;
+            }
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let (b, s, st) = (broker.clone(), session.clone(), stop.clone());
+                    tracker.spawn(async move { handle_bi(send, recv, b, s, st).await }.in_current_span());
+                }
+                Err(e) => { debug!(reason = %e, "connection closed"); return; }
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let (b, s) = (broker.clone(), session.clone());
+                    tracker.spawn(async move { handle_uni(recv, b, s).await }.in_current_span());
+                }
+                Err(e) => { debug!(reason = %e, "connection closed"); return; }
+            },
+        }
+    }
+}
+
+/// Reads one frame: header, length check, body. Errors carry the status to answer with.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max_frame: u32,
+    deadline: Duration,
+) -> Result<(FrameHeader, Bytes), (Status, u16, String)> {
+    let read = async {
+        let mut h = [0u8; FRAME_HEADER];
+        recv.read_exact(&mut h).await.map_err(|e| {
+            (
+                Status::BadRequest,
+                0,
+                format!("truncated frame header: {e}"),
+            )
+        })?;
+        let header = FrameHeader::parse(&h, max_frame).map_err(|e| {
+            let code = u16::from_le_bytes([h[4], h[5]]);
+            (e.status(), code, e.to_string())
+        })?;
+        let mut body = vec![0u8; header.body_len()];
+        recv.read_exact(&mut body).await.map_err(|e| {
+            (
+                Status::BadRequest,
+                header.code,
+                format!(
+                    "truncated frame: expected {} body bytes: {e}",
+                    header.body_len()
+                ),
+            )
+        })?;
+        Ok((header, Bytes::from(body)))
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            Status::BadRequest,
+            0,
+            format!("request not received within {} ms", deadline.as_millis()),
+        )),
+    }
+}
+
+async fn handle_bi(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    stop: CancellationToken,
+) {
+    let limits = broker.limits();
+    let deadline = Duration::from_millis(limits.request_read_timeout_ms);
+    let chunks = match read_frame(&mut recv, limits.max_frame_bytes, deadline).await {
+        Ok((header, body)) => match Request::decode(&header, body) {
+            Ok(req) => {
+                let cmd = req.command();
+                match dispatch(req, &broker, &session, &stop).await {
+                    Ok(resp) => resp.encode_chunks(cmd),
+                    Err(e) => vec![encode_error(e.status(), cmd as u16, &e.to_string())],
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, code = header.code, "bad request");
+                vec![encode_error(
+                    e.status(),
+                    header.code,
+                    &frame_error_message(&e),
+                )]
+            }
+        },
+        Err((status, code, msg)) => {
+            debug!(status = %status_name(status), %msg, "bad frame");
+            let _ = recv.stop(quinn::VarInt::from_u32(status as u32));
+            vec![encode_error(status, code, &msg)]
+        }
+    };
+    let mut chunks = chunks;
+    if let Err(e) = send.write_all_chunks(&mut chunks).await {
+        debug!(error = %e, "client went away before the response");
+        return;
+    }
+    let _ = send.finish();
+}
+
+fn status_name(s: Status) -> String {
+    format!("{s:?}")
+}
+
+fn frame_error_message(e: &FrameError) -> String {
+    match e {
+        FrameError::UnknownCommand(c) => format!(
+            "unknown command code {c}; this broker speaks protocol version {PROTOCOL_VERSION}"
+        ),
+        other => other.to_string(),
+    }
+}
+
+async fn handle_uni(mut recv: quinn::RecvStream, broker: Arc<Broker>, session: Arc<Session>) {
+    let limits = broker.limits();
+    let deadline = Duration::from_millis(limits.request_read_timeout_ms);
+    let (header, body) = match read_frame(&mut recv, limits.max_frame_bytes, deadline).await {
+        Ok(f) => f,
+        Err((_, _, msg)) => {
+            debug!(%msg, "bad one-way frame");
+            return;
+        }
+    };
+    match Request::decode(&header, body) {
+        Ok(req @ Request::Send { .. }) if session.hello.load(Ordering::Acquire) => {
+            if let Err(e) = broker.handle(req, session.remote).await {
+                debug!(error = %e, "one-way send failed");
+            }
+        }
+        Ok(req) => {
+            debug!(command = ?req.command(), "one-way streams carry only sends after the handshake")
+        }
+        Err(e) => debug!(error = %e, "bad one-way request"),
+    }
+}
+
+async fn dispatch(
+    req: Request,
+    broker: &Broker,
+    session: &Session,
+    stop: &CancellationToken,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    if let Request::Hello { version, client_id } = &req {
+        if *version != PROTOCOL_VERSION {
+            return Err(BrokerError::new(
+                Status::UnsupportedVersion,
+                format!(
+                    "client speaks protocol version {version}; this broker speaks {PROTOCOL_VERSION}"
+                ),
+            ));
+        }
+        session.hello.store(true, Ordering::Release);
+        debug!(client = %client_id, "handshake");
+        return Ok(broker.hello());
+    }
+    if !session.hello.load(Ordering::Acquire) {
+        return Err(BrokerError::new(
+            Status::HandshakeRequired,
+            format!(
+                "send Hello (command {}) first on a new connection",
+                Command::Hello as u16
+            ),
+        ));
+    }
+    if stop.is_cancelled() && matches!(req, Request::Send { .. }) {
+        return Err(BrokerError::new(
+            Status::ShuttingDown,
+            "broker is shutting down",
+        ));
+    }
+    broker.handle_with_stop(req, session.remote, stop).await
+}

@@ -1,0 +1,111 @@
+//! The broker's TLS identity: the configured certificate and key, or a self-signed pair
+//! generated once and kept in `<data_dir>/tls/` so clients can pin its fingerprint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+
+/// Certificate chain, key and the end-entity fingerprint.
+#[derive(Debug)]
+pub struct Identity {
+    /// Chain, end-entity first.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of the end-entity certificate, lowercase hex.
+    pub fingerprint: String,
+    /// Where the certificate is (clients can use it as their CA file).
+    pub cert_path: PathBuf,
+}
+
+/// SHA-256 of DER bytes, lowercase hex.
+pub fn sha256_hex(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Loads the configured identity, or the generated one (creating it on first start).
+pub fn load_or_generate(cfg: &Config) -> anyhow::Result<Identity> {
+    let (cert_path, key_path) = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => {
+            let dir = cfg.broker.data_dir.join("tls");
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if !c.exists() || !k.exists() {
+                generate(&dir, &c, &k, &cfg.tls.names)?;
+            }
+            (c, k)
+        }
+        _ => bail!("tls.cert and tls.key must be given together"),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .with_context(|| format!("reading certificate {}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing certificate {}", cert_path.display()))?;
+    let Some(first) = certs.first() else {
+        bail!("{} holds no certificate", cert_path.display());
+    };
+    let fingerprint = sha256_hex(first.as_ref());
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .with_context(|| format!("reading private key {}", key_path.display()))?;
+    Ok(Identity {
+        certs,
+        key,
+        fingerprint,
+        cert_path,
+    })
+}
+
+fn generate(dir: &Path, cert: &Path, key: &Path, extra: &[String]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    names.extend(extra.iter().cloned());
+    let ck = rcgen::generate_simple_self_signed(names).context("generating a certificate")?;
+    write_private(key, ck.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(cert, ck.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed certificate");
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// The QUIC server configuration: TLS 1.3 only, ALPN `quiver/1`, no 0-RTT, stream limits.
+pub fn server_config(id: &Identity, cfg: &Config) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![quiver_protocol::ALPN.to_vec()];
+    tls.max_early_data_size = 0; // 0-RTT off: requests are not replay-safe
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = super::transport_config();
+    let streams = quinn::VarInt::from_u32(cfg.broker.max_streams_per_connection);
+    transport
+        .max_concurrent_bidi_streams(streams)
+        .max_concurrent_uni_streams(streams);
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}

@@ -1,0 +1,108 @@
+//! A running broker: store + request handling + QUIC listener, with graceful shutdown.
+//! `quiver serve` and the integration tests both start brokers through [`Server::start`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::net::Listener;
+
+/// A broker serving on its address until stopped.
+pub struct Server {
+    /// The bound UDP address.
+    pub addr: SocketAddr,
+    /// SHA-256 fingerprint of the TLS certificate (lowercase hex).
+    pub fingerprint: String,
+    /// The certificate file (usable as a client CA file).
+    pub cert_path: PathBuf,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Opens the store (recovering it), binds the listener and starts serving.
+    pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let c = cfg.clone();
+        let broker = tokio::task::spawn_blocking(move || Broker::open(c))
+            .await
+            .context("opening the broker")??;
+        let listener = match Listener::bind(&cfg) {
+            Ok(l) => l,
+            Err(e) => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                return Err(e);
+            }
+        };
+        let addr = listener.local_addr()?;
+        let fingerprint = listener.fingerprint.clone();
+        let cert_path = listener.cert_path.clone();
+        let shutdown = CancellationToken::new();
+        let (b, s) = (broker.clone(), shutdown.clone());
+        let task = tokio::spawn(async move {
+            let persist = {
+                let (b, s) = (b.clone(), s.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = s.cancelled() => break,
+                            _ = tick.tick() => {}
+                        }
+                        let b = b.clone();
+                        if let Ok(Err(e)) =
+                            tokio::task::spawn_blocking(move || b.persist_offsets()).await
+                        {
+                            tracing::error!(error = %format!("{e:#}"), "saving consumer offsets failed");
+                        }
+                    }
+                })
+            };
+            listener.serve(b.clone(), s).await;
+            let _ = persist.await;
+            tokio::task::spawn_blocking(move || b.close())
+                .await
+                .context("closing the broker")??;
+            tracing::info!("broker stopped cleanly");
+            Ok(())
+        });
+        Ok(Server {
+            addr,
+            fingerprint,
+            cert_path,
+            broker,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The broker behind the listener.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, finishes in-flight requests, flushes and closes the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after its shutdown token is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("broker task panicked")?
+    }
+}
