@@ -93,12 +93,15 @@ pub struct TlsConfig {
 
 impl Config {
     /// Defaults, overridden by `file` (if given), then by `QUIVER_*` environment variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        let mut cfg: Config = fig.merge(Env::prefixed("QUIVER_").split("__")).extract()?;
+        let mut cfg: Config = fig
+            .merge(Env::prefixed("QUIVER_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
         cfg.store.dir = cfg.broker.data_dir.join("store");
         Ok(cfg)
     }
@@ -137,6 +140,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn file_then_env_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("quiver.toml");

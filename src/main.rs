@@ -53,6 +53,87 @@ struct ServeArgs {
 enum BenchCommand {
     /// The store alone: append (async/sync, 1/8/64 writers), read, and RSS over a backlog.
     Store(StoreBenchArgs),
+    /// Producers over QUIC: msgs/s, MB/s, per-request latency percentiles.
+    Produce(NetBenchArgs),
+    /// Fill a topic, then consume it all: msgs/s, MB/s, per-pull latency percentiles.
+    Consume(NetBenchArgs),
+    /// Produce and consume at once: throughput and send-to-receive latency percentiles.
+    E2e(NetBenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct NetBenchArgs {
+    /// A running broker (default: start an embedded one on 127.0.0.1 with a temporary dir).
+    #[arg(long)]
+    addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Embedded broker's flush mode: async or sync.
+    #[arg(long, default_value = "async")]
+    flush: quiver::store::FlushMode,
+    /// Where the embedded broker keeps its temporary data.
+    #[arg(long, default_value = "target/bench-data")]
+    dir: PathBuf,
+    /// Topic (created when missing).
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Queues of the topic when it is created.
+    #[arg(long, default_value_t = 4)]
+    queues: u32,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages to send (and receive).
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Upper bound on the run, in seconds.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Requests in flight per producer (concurrent senders).
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Messages per send request (1 = one message per send).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Consumer connections (queues are spread over them).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+}
+
+/// How the client verifies the broker's certificate.
+#[derive(Args, Clone, Default)]
+struct TlsArgs {
+    /// Pin the broker certificate's SHA-256 fingerprint (printed by `quiver serve`).
+    #[arg(long, env = "QUIVER_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// Trust this CA (or self-signed certificate) file, PEM or DER.
+    #[arg(long, env = "QUIVER_CA")]
+    ca: Option<PathBuf>,
+    /// Accept any certificate. Local development only: anyone on the path can read and change
+    /// your messages.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl TlsArgs {
+    /// The chosen verification; without a choice, the local broker's certificate file.
+    fn resolve(&self, data_dir: &std::path::Path) -> anyhow::Result<Option<quiver_client::Tls>> {
+        if let Some(fp) = &self.fingerprint {
+            return Ok(Some(quiver_client::Tls::fingerprint_from_hex(fp)?));
+        }
+        if let Some(ca) = &self.ca {
+            return Ok(Some(quiver_client::Tls::CaFile(ca.clone())));
+        }
+        if self.insecure {
+            tracing::warn!("--insecure: the broker's certificate is not verified");
+            return Ok(Some(quiver_client::Tls::Insecure));
+        }
+        let local = data_dir.join("tls").join("cert.pem");
+        Ok(local.exists().then_some(quiver_client::Tls::CaFile(local)))
+    }
 }
 
 #[derive(Args)]
@@ -118,12 +199,48 @@ fn main() -> anyhow::Result<()> {
             })?;
             Ok(())
         }
+        Command::Bench(BenchCommand::Produce(a)) => {
+            net_bench(quiver::bench::net::NetBench::Produce, a)
+        }
+        Command::Bench(BenchCommand::Consume(a)) => {
+            net_bench(quiver::bench::net::NetBench::Consume, a)
+        }
+        Command::Bench(BenchCommand::E2e(a)) => {
+            net_bench(quiver::bench::net::NetBench::EndToEnd, a)
+        }
         Command::Debug(DebugCommand::StoreWriter {
             dir,
             threads,
             first_id,
         }) => store_writer(dir, threads, first_id),
     }
+}
+
+fn net_bench(kind: quiver::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Result<()> {
+    let tls = if a.addr.is_some() {
+        a.tls.resolve(std::path::Path::new("quiver-data"))?
+    } else {
+        None
+    };
+    quiver::bench::net::run(
+        kind,
+        &quiver::bench::net::NetBenchOptions {
+            addr: a.addr,
+            tls,
+            flush: a.flush,
+            dir: a.dir,
+            topic: a.topic,
+            queues: a.queues,
+            size: a.size,
+            messages: a.messages,
+            duration: std::time::Duration::from_secs(a.duration),
+            producers: a.producers,
+            inflight: a.inflight,
+            batch: a.batch,
+            consumers: a.consumers,
+        },
+    )?;
+    Ok(())
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! The connection to one broker: QUIC + TLS, the Hello handshake, one bidirectional stream per
 //! request, transparent reconnection.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -108,8 +110,8 @@ impl Traffic {
 }
 
 struct ConnectState {
-    /// The outcome of the last connection attempt, by attempt number: waiters that queued
-    /// behind a failed attempt get its error instead of trying again at once.
+    /// The last failed connection attempt, numbered when it finished: requests that were
+    /// waiting for it get its error instead of trying again at once.
     last_error: Option<(u64, ClientError)>,
 }
 
@@ -240,31 +242,49 @@ impl Client {
         let cmd = request.command();
         let frame = request.encode();
         self.check_frame_size(&conn, frame.len())?;
-        let before = Traffic::of(&conn);
-        let res = tokio::time::timeout(timeout, exchange(&conn, cmd, frame)).await;
-        match res {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                if matches!(e, ClientError::ConnectionLost(_)) {
-                    self.forget(&conn);
-                }
-                Err(e)
-            }
-            Err(_) => {
-                self.check_dead(&conn, before, timeout);
-                Err(ClientError::Timeout(timeout))
-            }
-        }
+        self.run(&conn, timeout, exchange(&conn, cmd, frame)).await
     }
 
-    /// After a timeout: if we sent packets during a window of a second or more but the
-    /// broker acknowledged none of them, the broker is gone without closing the connection
-    /// (killed, or restarted and unaware of it; its stray packets don't count, only ACK frames
-    /// that decrypt). Close the connection now so the next request reconnects, instead of
-    /// waiting for the 30 s idle timeout.
+    /// Runs one exchange on `conn` within `timeout`; on failure, drops the connection if
+    /// it is lost or the broker looks dead.
+    async fn run<T>(
+        &self,
+        conn: &Conn,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let mut fut = pin!(fut);
+        // Wait in two halves and judge liveness on the second one only, so ACKs for
+        // earlier traffic that arrive just after the start do not hide a dead broker.
+        let half = timeout / 2;
+        let res = match tokio::time::timeout(half, &mut fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                let mid = Traffic::of(conn);
+                match tokio::time::timeout(timeout - half, &mut fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.check_dead(conn, mid, timeout - half);
+                        return Err(ClientError::Timeout(timeout));
+                    }
+                }
+            }
+        };
+        if let Err(ClientError::ConnectionLost(_)) = &res {
+            self.forget(conn);
+        }
+        res
+    }
+
+    /// After a timeout: if we sent packets during the last half of the wait (half a second
+    /// or more) but the broker acknowledged none of them, the broker is gone without closing
+    /// the connection (killed, or restarted and unaware of it; its stray packets don't count,
+    /// only ACK frames that decrypt). Close the connection now so the next request
+    /// reconnects, instead of waiting for the 30 s idle timeout.
     fn check_dead(&self, conn: &Conn, before: Traffic, waited: Duration) {
         let now = Traffic::of(conn);
-        if waited >= Duration::from_secs(1) && now.sent > before.sent && now.acks == before.acks {
+        if waited >= Duration::from_millis(500) && now.sent > before.sent && now.acks == before.acks
+        {
             tracing::warn!(
                 addr = %self.inner.cfg.addr,
                 "the broker acknowledged nothing for {waited:?}; dropping the connection"
@@ -282,27 +302,14 @@ impl Client {
         let conn = self.connection().await?;
         self.check_frame_size(&conn, frame.len())?;
         let timeout = self.inner.cfg.request_timeout;
-        let before = Traffic::of(&conn);
         let write = async {
             let mut send = conn.conn.open_uni().await.map_err(conn_lost)?;
             send.write_chunk(frame).await.map_err(write_err)?;
             send.finish()
                 .map_err(|_| ClientError::Protocol("stream closed before finish".into()))?;
-            Ok::<(), ClientError>(())
+            Ok(())
         };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                if matches!(e, ClientError::ConnectionLost(_)) {
-                    self.forget(&conn);
-                }
-                Err(e)
-            }
-            Err(_) => {
-                self.check_dead(&conn, before, timeout);
-                Err(ClientError::Timeout(timeout))
-            }
-        }
+        self.run(&conn, timeout, write).await
     }
 
     /// Closes the connection and the local endpoint. Requests in flight fail; later calls
@@ -372,14 +379,16 @@ impl Client {
             }
         }
         if let Some((attempt, e)) = &state.last_error {
-            // Someone tried while we waited, and failed: report that instead of piling up
-            // one connect timeout per waiting request.
+            // An attempt finished after this request arrived, and failed: report that
+            // instead of piling up one connect timeout per waiting request.
             if *attempt > seen {
                 return Err(e.clone());
             }
         }
+        let result = self.establish().await;
+        // Numbered when done: requests that arrived during this attempt share its failure.
         let attempt = self.inner.attempts.fetch_add(1, Ordering::SeqCst) + 1;
-        match self.establish().await {
+        match result {
             Ok(c) => {
                 state.last_error = None;
                 if let Ok(mut cur) = self.inner.current.lock() {

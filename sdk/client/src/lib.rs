@@ -35,9 +35,12 @@ pub use consumer::{PullConsumer, PullOptions, PullResult};
 pub use error::ClientError;
 pub use message::{Message, MessageId, ReceivedMessage};
 pub use producer::{
-    sharding_queue, Producer, ProducerOptions, QueueSelector, SendHandle, SendResult,
+    sharding_queue, Producer, ProducerOptions, QueueSelector, SelectFn, SendHandle, SendResult,
 };
 pub use tls::{fingerprint, fingerprint_hex, transport_config, Tls};
 
 pub use quiver_protocol;
 pub use quiver_protocol::{PullStatus, QueueInfo, Request, Response, Status, TopicSummary};
+
+#[cfg(test)]
+mod e2e_tests;

@@ -19,7 +19,7 @@ use crate::error::ClientError;
 /// identify the process (a hash of the pid, the start time and a random seed), and a 32-bit
 /// per-process counter. Ids therefore sort roughly by creation time. Displayed as 32 lowercase
 /// hex digits; [`FromStr`] parses that form back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(pub u128);
 
 impl MessageId {
@@ -58,6 +58,13 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+impl Default for MessageId {
+    /// A new unique id, as [`MessageId::new`].
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl fmt::Display for MessageId {

@@ -29,6 +29,9 @@ pub fn sharding_queue(key: &str, queue_count: u32) -> u32 {
     (fnv1a(FNV_OFFSET, key.as_bytes()) % u64::from(queue_count.max(1))) as u32
 }
 
+/// A custom queue selector: the message and the topic's queue count in, a queue id out.
+pub type SelectFn = dyn Fn(&Message, u32) -> u32 + Send + Sync;
+
 /// How a producer picks the queue of a message that has no sharding key (a message with one
 /// always goes to [`sharding_queue`]).
 #[derive(Clone, Default)]
@@ -40,7 +43,7 @@ pub enum QueueSelector {
     Fixed(u32),
     /// A function of the message and the topic's queue count; the result is taken modulo
     /// the queue count.
-    Custom(Arc<dyn Fn(&Message, u32) -> u32 + Send + Sync>),
+    Custom(Arc<SelectFn>),
 }
 
 impl fmt::Debug for QueueSelector {

@@ -1,0 +1,763 @@
+//! End-to-end tests of the SDK against a small in-process QUIC mock of the broker (not the real
+//! broker: that one has its own integration tests). They check the wire contract: TLS modes,
+//! ALPN, Hello first, one bidi stream per request, one-way sends on uni streams, retries,
+//! reconnection after a restart, and record parsing.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::Endpoint;
+use quiver_protocol::record::{encode_into, NewMessage, RecordPlacement};
+use quiver_protocol::{
+    encode_error, split_frame, Command, PullStatus, QueueInfo, RecordLimits, Request, Response,
+    SendReceipt, Status, TopicSummary,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::*;
+
+const QUEUES: u32 = 4;
+
+struct Cert {
+    der: CertificateDer<'static>,
+    key: Vec<u8>,
+    pem: String,
+}
+
+fn cert() -> Cert {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    Cert {
+        der: ck.cert.der().clone(),
+        key: ck.signing_key.serialize_der(),
+        pem: ck.cert.pem(),
+    }
+}
+
+#[derive(Default)]
+struct State {
+    hellos: u32,
+    before_hello: u32,
+    /// Answer this many Send requests with Busy.
+    busy: u32,
+    oneway: u32,
+    /// (topic, queue) -> records.
+    queues: HashMap<(String, u32), Vec<Bytes>>,
+    offsets: HashMap<(String, String, u32), u64>,
+    phys: u64,
+}
+
+struct Mock {
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    state: Arc<Mutex<State>>,
+}
+
+impl Mock {
+    async fn start(cert: &Cert, addr: SocketAddr) -> Mock {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key.clone()));
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der.clone()], key)
+            .unwrap();
+        tls.alpn_protocols = vec![quiver_protocol::ALPN.to_vec()];
+        let mut sc =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+        sc.transport_config(Arc::new(transport_config()));
+        // A restarted mock reuses the port; the old socket may take a moment to go away.
+        let mut tries = 0;
+        let endpoint = loop {
+            match Endpoint::server(sc.clone(), addr) {
+                Ok(e) => break e,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
+        let state = Arc::new(Mutex::new(State::default()));
+        let (ep, st) = (endpoint.clone(), state.clone());
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        serve(conn, st).await;
+                    }
+                });
+            }
+        });
+        Mock {
+            addr: endpoint.local_addr().unwrap(),
+            endpoint,
+            state,
+        }
+    }
+
+    async fn stop(self) {
+        self.endpoint.close(0u32.into(), b"restart");
+        self.endpoint.wait_idle().await;
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+}
+
+async fn serve(conn: quinn::Connection, st: Arc<Mutex<State>>) {
+    let hello = Arc::new(AtomicBool::new(false));
+    let remote = conn.remote_address();
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((mut send, mut recv)) => {
+                    let (st, hello) = (st.clone(), hello.clone());
+                    tokio::spawn(async move {
+                        let Ok(data) = recv.read_to_end(64 << 20).await else { return };
+                        let mut chunks = respond(Bytes::from(data), &hello, &st, remote).await;
+                        let _ = send.write_all_chunks(&mut chunks).await;
+                        let _ = send.finish();
+                    });
+                }
+                Err(_) => break,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(mut recv) => {
+                    let (st, hello) = (st.clone(), hello.clone());
+                    tokio::spawn(async move {
+                        let Ok(data) = recv.read_to_end(64 << 20).await else { return };
+                        let out = respond(Bytes::from(data), &hello, &st, remote).await;
+                        if out.len() == 1 && out[0][4..6] != [0, 0] {
+                            panic!("one-way send failed");
+                        }
+                        st.lock().unwrap().oneway += 1;
+                    });
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+fn err(status: Status, cmd: Command, msg: &str) -> Vec<Bytes> {
+    vec![encode_error(status, cmd as u16, msg)]
+}
+
+async fn respond(
+    frame: Bytes,
+    hello: &AtomicBool,
+    st: &Mutex<State>,
+    remote: SocketAddr,
+) -> Vec<Bytes> {
+    let (h, body) = match split_frame(&frame, DEFAULT_MAX_FRAME) {
+        Ok(x) => x,
+        Err(e) => return vec![encode_error(e.status(), 0, &e.to_string())],
+    };
+    let req = match Request::decode(&h, body) {
+        Ok(r) => r,
+        Err(e) => return vec![encode_error(e.status(), h.code, &e.to_string())],
+    };
+    let cmd = req.command();
+    if cmd != Command::Hello && !hello.load(Ordering::SeqCst) {
+        st.lock().unwrap().before_hello += 1;
+        return err(Status::HandshakeRequired, cmd, "Hello first");
+    }
+    // Long poll: park when the queue has nothing at the offset.
+    if let Request::Pull {
+        topic,
+        queue_id,
+        offset,
+        long_poll_ms,
+        ..
+    } = &req
+    {
+        let have = st
+            .lock()
+            .unwrap()
+            .queues
+            .get(&(topic.clone(), *queue_id))
+            .map_or(0, |q| q.len() as u64);
+        if *offset >= have && *long_poll_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(u64::from(*long_poll_ms))).await;
+        }
+    }
+    let mut s = st.lock().unwrap();
+    let resp = match req {
+        Request::Hello { version, .. } => {
+            if version != quiver_protocol::PROTOCOL_VERSION {
+                return err(Status::UnsupportedVersion, cmd, "version");
+            }
+            hello.store(true, Ordering::SeqCst);
+            s.hellos += 1;
+            Response::Hello {
+                version,
+                broker: "mock".into(),
+                max_message_size: 4 << 20,
+                max_frame: DEFAULT_MAX_FRAME,
+            }
+        }
+        Request::Route { topic, create } => {
+            if topic == "missing" && !create {
+                return err(Status::TopicNotFound, cmd, "no such topic");
+            }
+            Response::Route { queues: QUEUES }
+        }
+        Request::Send {
+            topic,
+            queue_id,
+            messages,
+        } => {
+            if s.busy > 0 {
+                s.busy -= 1;
+                return err(Status::Busy, cmd, "busy");
+            }
+            if queue_id >= QUEUES {
+                return err(Status::QueueNotFound, cmd, "no such queue");
+            }
+            let mut receipts = Vec::new();
+            for m in &messages {
+                let keys: Vec<&str> = m.keys.iter().map(String::as_str).collect();
+                let props: Vec<(&str, &str)> = m
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let nm = NewMessage {
+                    msg_id: m.id,
+                    flags: m.flags,
+                    born_timestamp: m.born_timestamp,
+                    born_host: remote,
+                    reconsume_times: 0,
+                    tag: &m.tag,
+                    keys: &keys,
+                    properties: &props,
+                    body: &m.body,
+                };
+                let limits = RecordLimits {
+                    max_body: 4 << 20,
+                    max_properties: 32 << 10,
+                };
+                let len = match nm.encoded_len(&topic, &limits) {
+                    Ok(l) => l,
+                    Err(e) => return err(Status::InvalidMessage, cmd, &e.to_string()),
+                };
+                let phys = s.phys;
+                s.phys += len as u64;
+                let q = s.queues.entry((topic.clone(), queue_id)).or_default();
+                let queue_offset = q.len() as u64;
+                let mut buf = vec![0u8; len];
+                encode_into(
+                    &mut buf,
+                    &topic,
+                    &nm,
+                    &RecordPlacement {
+                        queue_id,
+                        queue_offset,
+                        phys_offset: phys,
+                        store_timestamp: 1,
+                        extra_flags: 0,
+                    },
+                );
+                q.push(Bytes::from(buf));
+                receipts.push(SendReceipt {
+                    id: m.id,
+                    queue_offset,
+                    phys_offset: phys,
+                });
+            }
+            Response::Send { queue_id, receipts }
+        }
+        Request::Pull {
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            ..
+        } => {
+            let q = s
+                .queues
+                .get(&(topic, queue_id))
+                .cloned()
+                .unwrap_or_default();
+            let end = q.len() as u64;
+            let records: Vec<Bytes> = q
+                .iter()
+                .skip(offset as usize)
+                .take(max_messages as usize)
+                .cloned()
+                .collect();
+            Response::Pull {
+                status: if records.is_empty() {
+                    PullStatus::NoNewMessages
+                } else {
+                    PullStatus::Found
+                },
+                next_offset: offset + records.len() as u64,
+                min_offset: 0,
+                max_offset: end,
+                records,
+            }
+        }
+        Request::CommitOffset {
+            group,
+            topic,
+            queue_id,
+            offset,
+        } => {
+            s.offsets.insert((group, topic, queue_id), offset);
+            Response::Done
+        }
+        Request::FetchOffset {
+            group,
+            topic,
+            queue_id,
+        } => Response::Offset {
+            offset: s.offsets.get(&(group, topic, queue_id)).copied(),
+        },
+        Request::OffsetForTime { .. } => Response::Offset { offset: None },
+        Request::TopicCreate { .. } | Request::TopicUpdate { .. } | Request::TopicDelete { .. } => {
+            Response::Done
+        }
+        Request::TopicList => Response::Topics(vec![TopicSummary {
+            name: "demo".into(),
+            queues: QUEUES,
+        }]),
+        Request::TopicDescribe { topic } => Response::Topic {
+            queues: (0..QUEUES)
+                .map(|q| QueueInfo {
+                    queue_id: q,
+                    min_offset: 0,
+                    max_offset: s
+                        .queues
+                        .get(&(topic.clone(), q))
+                        .map_or(0, |v| v.len() as u64),
+                })
+                .collect(),
+            name: topic,
+        },
+        Request::MessageById { id } => {
+            let found = s
+                .queues
+                .values()
+                .flatten()
+                .find(|r| record_msg_id(r) == id)
+                .cloned();
+            match found {
+                Some(r) => Response::Messages(vec![r]),
+                None => return err(Status::NotFound, cmd, "no such message"),
+            }
+        }
+        Request::MessageByKey {
+            topic, key, max, ..
+        } => Response::Messages(
+            s.queues
+                .iter()
+                .filter(|((t, _), _)| *t == topic)
+                .flat_map(|(_, v)| v.iter())
+                .filter(|r| {
+                    quiver_protocol::RecordView::parse(r)
+                        .map(|v| v.keys().any(|k| k == key))
+                        .unwrap_or(false)
+                })
+                .take(max as usize)
+                .cloned()
+                .collect(),
+        ),
+    };
+    resp.encode_chunks(cmd)
+}
+
+fn record_msg_id(r: &[u8]) -> u128 {
+    quiver_protocol::RecordView::parse(r)
+        .map(|v| v.msg_id())
+        .unwrap_or(0)
+}
+
+fn local() -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, 0).into()
+}
+
+fn config(addr: SocketAddr, cert: &Cert) -> ClientConfig {
+    ClientConfig::new(addr, Tls::Fingerprint(fingerprint(&cert.der)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+
+    // Pin: right and wrong.
+    let client = Client::connect(config(mock.addr, &c)).await.unwrap();
+    assert_eq!(client.broker_info().unwrap().broker, "mock");
+    client.close().await;
+    let wrong = ClientConfig::new(mock.addr, Tls::Fingerprint([0; 32]));
+    let e = Client::connect(wrong).await.unwrap_err();
+    assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+    let hex = fingerprint_hex(&c.der);
+    let client = Client::connect(ClientConfig::new(
+        mock.addr,
+        Tls::fingerprint_from_hex(&hex).unwrap(),
+    ))
+    .await
+    .unwrap();
+    client.close().await;
+
+    // The self-signed certificate as its own CA, as DER and as a PEM file.
+    Client::connect(ClientConfig::new(mock.addr, Tls::CaDer(c.der.to_vec())))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let path = std::env::temp_dir().join(format!("quiver-client-test-{}.pem", MessageId::new()));
+    std::fs::write(&path, &c.pem).unwrap();
+    Client::connect(ClientConfig::new(mock.addr, Tls::CaFile(path.clone())))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let der_path = path.with_extension("der");
+    std::fs::write(&der_path, c.der.as_ref()).unwrap();
+    Client::connect(ClientConfig::new(mock.addr, Tls::CaFile(der_path.clone())))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&der_path);
+
+    // Wrong name for the CA mode; another CA.
+    let mut cfg = ClientConfig::new(mock.addr, Tls::CaDer(c.der.to_vec()));
+    cfg.server_name = "broker.example".into();
+    assert!(matches!(
+        Client::connect(cfg).await,
+        Err(ClientError::Connect { .. })
+    ));
+    let other = cert();
+    assert!(matches!(
+        Client::connect(ClientConfig::new(mock.addr, Tls::CaDer(other.der.to_vec()))).await,
+        Err(ClientError::Connect { .. })
+    ));
+
+    // Insecure accepts anything.
+    Client::connect(ClientConfig::new(mock.addr, Tls::Insecure))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    assert_eq!(mock.state().before_hello, 0);
+    assert_eq!(mock.state().hellos, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let client = Client::connect(config(mock.addr, &c)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerOptions::default());
+
+    let r = producer
+        .send(
+            Message::new("demo", "first")
+                .with_tag("t1")
+                .with_key("k1")
+                .with_property("region", "eu"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.topic, "demo");
+    assert!(r.queue_id < QUEUES);
+    assert_eq!(r.queue_offset, 0);
+
+    // Many async sends in flight on one connection.
+    let handles: Vec<SendHandle> = (0..200)
+        .map(|i| producer.send_async(Message::new("demo", format!("m{i}"))))
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for h in handles {
+        assert!(ids.insert(h.await.unwrap().msg_id));
+    }
+
+    // Sharding key: always the same queue, whatever the selector.
+    for i in 0..5 {
+        let r = producer
+            .send(Message::new("orders", format!("o{i}")).with_sharding_key("customer-9"))
+            .await
+            .unwrap();
+        assert_eq!(r.queue_id, sharding_queue("customer-9", QUEUES));
+        assert_eq!(r.queue_offset, i);
+    }
+
+    // Batch: one queue, consecutive offsets, results in order.
+    let batch: Vec<Message> = (0..10)
+        .map(|i| Message::new("batch", format!("b{i}")).with_key(format!("bk{i}")))
+        .collect();
+    let results = producer.send_batch(batch).await.unwrap();
+    assert_eq!(results.len(), 10);
+    let q = results[0].queue_id;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!((r.queue_id, r.queue_offset), (q, i as u64));
+    }
+
+    // Explicit queue, and a queue that does not exist.
+    let r = producer
+        .send_to_queue(Message::new("demo", "q3"), 3)
+        .await
+        .unwrap();
+    assert_eq!(r.queue_id, 3);
+    let e = producer
+        .send_to_queue(Message::new("demo", "q9"), 9)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::QueueNotFound));
+
+    // One-way: arrives eventually on a uni stream.
+    producer
+        .send_oneway(Message::new("oneway", "fire"))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if mock.state().oneway == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(mock.state().oneway, 1);
+
+    // Pull everything back.
+    let consumer = PullConsumer::new(client.clone());
+    let queues = consumer.queues("demo").await.unwrap();
+    assert_eq!(queues.len(), QUEUES as usize);
+    let total: u64 = queues.iter().map(|q| q.max_offset).sum();
+    assert_eq!(total, 202);
+    let mut bodies = Vec::new();
+    for q in &queues {
+        let mut offset = consumer
+            .fetch_offset("g1", "demo", q.queue_id)
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        loop {
+            let r = consumer
+                .pull("demo", q.queue_id, offset, PullOptions::default())
+                .await
+                .unwrap();
+            if r.status != PullStatus::Found {
+                break;
+            }
+            for m in &r.messages {
+                assert_eq!(m.topic, "demo");
+                assert_eq!(m.queue_id, q.queue_id);
+                bodies.push(String::from_utf8(m.body.to_vec()).unwrap());
+                if m.body == "first" {
+                    assert_eq!(m.tag.as_deref(), Some("t1"));
+                    assert_eq!(m.keys, ["k1"]);
+                    assert_eq!(m.property("region"), Some("eu"));
+                    assert_eq!(m.born_host.ip(), Ipv4Addr::LOCALHOST);
+                }
+            }
+            offset = r.next_offset;
+        }
+        consumer
+            .commit_offset("g1", "demo", q.queue_id, offset)
+            .await
+            .unwrap();
+        assert_eq!(
+            consumer
+                .fetch_offset("g1", "demo", q.queue_id)
+                .await
+                .unwrap(),
+            Some(offset)
+        );
+    }
+    assert_eq!(bodies.len(), 202);
+    assert!(bodies.contains(&"m199".to_string()));
+
+    // Admin lookups.
+    let admin = Admin::new(client.clone());
+    let by_id = admin
+        .message_by_id(results[3].msg_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&by_id.body[..], b"b3");
+    assert_eq!(by_id.msg_id, results[3].msg_id);
+    assert!(admin.message_by_id(MessageId(7)).await.unwrap().is_none());
+    let by_key = admin.query_by_key("batch", "bk5", 10).await.unwrap();
+    assert_eq!(by_key.len(), 1);
+    assert_eq!(&by_key[0].body[..], b"b5");
+    assert_eq!(admin.list_topics().await.unwrap()[0].name, "demo");
+    admin.create_topic("new", 2).await.unwrap();
+    assert!(matches!(
+        admin.create_topic("new", 0).await,
+        Err(ClientError::InvalidArgument(_))
+    ));
+    let e = consumer
+        .offset_for_timestamp("demo", 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::NotFound));
+
+    assert_eq!(mock.state().before_hello, 0);
+    assert_eq!(mock.state().hellos, 1);
+    client.close().await;
+    assert_eq!(
+        producer.send(Message::new("demo", "late")).await,
+        Err(ClientError::Closed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_timeouts() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let client = Client::connect(config(mock.addr, &c)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerOptions::default());
+
+    mock.state().busy = 2;
+    producer.send(Message::new("demo", "x")).await.unwrap();
+    mock.state().busy = 3;
+    let e = producer.send(Message::new("demo", "x")).await.unwrap_err();
+    assert_eq!(e.status(), Some(Status::Busy));
+    assert!(e.is_retryable());
+    assert_eq!(mock.state().busy, 0);
+
+    // A long poll longer than the request timeout is fine: the timeout is extended.
+    let mut cfg = config(mock.addr, &c);
+    cfg.request_timeout = Duration::from_millis(300);
+    let short = Client::connect(cfg).await.unwrap();
+    let consumer = PullConsumer::new(short.clone());
+    let opts = PullOptions {
+        long_poll: Duration::from_millis(600),
+        ..PullOptions::default()
+    };
+    let r = consumer.pull("empty", 0, 0, opts).await.unwrap();
+    assert_eq!(r.status, PullStatus::NoNewMessages);
+    assert!(r.messages.is_empty());
+    // A plain request to a parked pull times out (the mock sleeps, the client does not wait).
+    let e = short
+        .request_with_timeout(
+            Request::Pull {
+                topic: "empty".into(),
+                queue_id: 0,
+                offset: 0,
+                max_messages: 1,
+                max_bytes: 1,
+                long_poll_ms: 600,
+            },
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    // The connection is still good (short window: no dead-broker verdict).
+    short.request(Request::TopicList).await.unwrap();
+    assert_eq!(mock.state().hellos, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_graceful_restart() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let addr = mock.addr;
+    let mut cfg = config(addr, &c);
+    cfg.connect_timeout = Duration::from_millis(500);
+    let client = Client::connect(cfg).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerOptions::default());
+    producer.send(Message::new("demo", "before")).await.unwrap();
+
+    mock.stop().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Broker down: the closed connection is noticed and reconnecting fails with a Connect
+    // error after the connect timeout, once for all the requests waiting on that attempt.
+    let started = std::time::Instant::now();
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.request(Request::TopicList).await })
+        })
+        .collect();
+    for w in waiting {
+        let e = w.await.unwrap().unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mock = Mock::start(&c, addr).await;
+    let r = producer.send(Message::new("demo", "after")).await.unwrap();
+    assert_eq!(r.queue_offset, 0, "a fresh mock");
+    assert_eq!(mock.state().hellos, 1);
+    assert_eq!(mock.state().before_hello, 0);
+}
+
+/// A UDP relay whose target can be switched, to make a broker vanish without closing.
+struct Relay {
+    addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let front = Arc::new(tokio::net::UdpSocket::bind(local()).await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind(local()).await.unwrap());
+        let target = Arc::new(Mutex::new(target));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let (f, b, t, cl) = (front.clone(), back.clone(), target.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+                *cl.lock().unwrap() = Some(from);
+                let to = *t.lock().unwrap();
+                let _ = b.send_to(&buf[..n], to).await;
+            }
+        });
+        let (f, b, t) = (front.clone(), back, target.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = b.recv_from(&mut buf).await {
+                let to = *client.lock().unwrap();
+                let current = *t.lock().unwrap();
+                if let (Some(to), true) = (to, from == current) {
+                    let _ = f.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+        Relay {
+            addr: front.local_addr().unwrap(),
+            target,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_silent_broker_death() {
+    let c = cert();
+    let old = Mock::start(&c, local()).await;
+    let relay = Relay::start(old.addr).await;
+    let mut cfg = config(relay.addr, &c);
+    cfg.request_timeout = Duration::from_millis(1200);
+    let client = Client::connect(cfg).await.unwrap();
+    client.request(Request::TopicList).await.unwrap();
+
+    // The broker "restarts" without a word: packets of the old connection now reach a new
+    // process that drops them.
+    let new = Mock::start(&c, local()).await;
+    *relay.target.lock().unwrap() = new.addr;
+    let e = client.request(Request::TopicList).await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    // The timeout showed the broker acknowledged nothing: the next request reconnects.
+    client.request(Request::TopicList).await.unwrap();
+    assert_eq!(new.state().hellos, 1);
+    drop(old);
+}

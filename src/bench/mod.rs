@@ -1,0 +1,9 @@
+//! `quiver bench`: measurements printed as figures (rates, medians and tail percentiles, never
+//! pass/fail).
+//! - [`store`]: the store alone, in process.
+//! - [`net`]: produce, consume and end-to-end over QUIC with the real SDK.
+
+pub mod net;
+pub mod store;
+
+pub use store::{disk_fdatasync_bandwidth, rss_bytes, store_bench, BenchRow, StoreBenchOptions};

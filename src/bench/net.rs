@@ -1,0 +1,493 @@
+//! `quiver bench produce|consume|e2e`: the real SDK against a broker, over QUIC on loopback.
+//! Without `--addr`, an embedded broker is started on its own runtime (its own threads) with a
+//! temporary data directory and the chosen flush mode.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use quiver_client::{
+    Admin, Client, ClientConfig, Message, Producer, ProducerOptions, PullConsumer, PullOptions,
+    QueueSelector, Tls,
+};
+
+use crate::config::Config;
+use crate::server::Server;
+use crate::store::FlushMode;
+
+/// What to run and how hard.
+#[derive(Debug, Clone)]
+pub struct NetBenchOptions {
+    /// A running broker; `None` starts an embedded one.
+    pub addr: Option<SocketAddr>,
+    /// TLS for `addr` (ignored for the embedded broker, which is pinned by fingerprint).
+    pub tls: Option<Tls>,
+    /// Embedded broker: flush mode.
+    pub flush: FlushMode,
+    /// Embedded broker: where its temporary data directory goes.
+    pub dir: PathBuf,
+    /// Topic to use (created with `queues` queues when missing).
+    pub topic: String,
+    /// Queues of the topic.
+    pub queues: u32,
+    /// Body size in bytes.
+    pub size: usize,
+    /// Messages to produce (or consume).
+    pub messages: u64,
+    /// Stop after this long even if `messages` is not reached.
+    pub duration: Duration,
+    /// Concurrent producers (each with its own connection).
+    pub producers: usize,
+    /// Requests in flight per producer.
+    pub inflight: usize,
+    /// Messages per send request (1 = single sends).
+    pub batch: usize,
+    /// Concurrent consumers (queues are spread over them).
+    pub consumers: usize,
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone)]
+pub struct NetReport {
+    /// What was measured.
+    pub name: String,
+    /// Messages moved.
+    pub messages: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Latency in microseconds (per request for produce/consume, per message end to end).
+    pub latency: Histogram<u64>,
+    /// Errors seen.
+    pub errors: u64,
+}
+
+impl NetReport {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Prints one block of figures.
+    pub fn print(&self, size: usize) {
+        let l = &self.latency;
+        println!(
+            "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ({} msgs in {:.2}s, {} errors)",
+            self.name,
+            self.rate(),
+            self.rate() * size as f64 / 1e6,
+            self.messages,
+            self.elapsed.as_secs_f64(),
+            self.errors
+        );
+        if !l.is_empty() {
+            println!(
+                "{:<28} p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
+                "  latency",
+                l.value_at_quantile(0.5) as f64 / 1000.0,
+                l.value_at_quantile(0.99) as f64 / 1000.0,
+                l.value_at_quantile(0.999) as f64 / 1000.0,
+                l.max() as f64 / 1000.0
+            );
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn progress(total: u64, label: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4));
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(label.to_string());
+    pb
+}
+
+/// A broker to talk to: embedded (stopped at the end) or external.
+struct Target {
+    config: ClientConfig,
+    embedded: Option<(
+        std::thread::JoinHandle<anyhow::Result<()>>,
+        tokio_util::sync::CancellationToken,
+        PathBuf,
+    )>,
+}
+
+impl Target {
+    fn open(opts: &NetBenchOptions) -> anyhow::Result<Target> {
+        if let Some(addr) = opts.addr {
+            let tls = opts
+                .tls
+                .clone()
+                .context("--addr needs --fingerprint, --ca or --insecure")?;
+            return Ok(Target {
+                config: ClientConfig::new(addr, tls),
+                embedded: None,
+            });
+        }
+        let dir = opts
+            .dir
+            .join(format!("quiver-bench-broker-{}", std::process::id()));
+        let mut cfg = Config::default();
+        cfg.broker.listen = "127.0.0.1:0".parse().expect("literal address");
+        cfg.broker.data_dir = dir.clone();
+        cfg.store.dir = dir.join("store");
+        cfg.store.flush_mode = opts.flush;
+        cfg.store.segment_size = 256 << 20;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bench-broker".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("broker-worker")
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let server = Server::start(cfg).await?;
+                    let token = server.shutdown_token();
+                    let _ = tx.send((server.addr, server.fingerprint.clone(), token));
+                    server.wait().await
+                })
+            })?;
+        let (addr, fp, token) = rx.recv().context("embedded broker failed to start")?;
+        let mut config = ClientConfig::new(addr, Tls::fingerprint_from_hex(&fp)?);
+        config.request_timeout = Duration::from_secs(30);
+        Ok(Target {
+            config,
+            embedded: Some((thread, token, dir)),
+        })
+    }
+
+    fn close(self) -> anyhow::Result<()> {
+        if let Some((thread, token, dir)) = self.embedded {
+            token.cancel();
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("embedded broker panicked"))??;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn body(size: usize) -> Vec<u8> {
+    let mut b = vec![b'q'; size.max(16)];
+    b.truncate(size.max(16));
+    b
+}
+
+/// Body with the send time (ns since the epoch) in its first 16 bytes, for end-to-end latency.
+fn stamped(template: &[u8]) -> Bytes {
+    let mut b = template.to_vec();
+    b[..16].copy_from_slice(&now_nanos().to_le_bytes());
+    Bytes::from(b)
+}
+
+async fn ensure_topic(client: &Client, topic: &str, queues: u32) -> anyhow::Result<()> {
+    let admin = Admin::new(client.clone());
+    if admin.describe_topic(topic).await.is_err() {
+        admin.create_topic(topic, queues).await?;
+    }
+    Ok(())
+}
+
+async fn run_producers(
+    cfg: &ClientConfig,
+    opts: &NetBenchOptions,
+    pb: &ProgressBar,
+) -> anyhow::Result<NetReport> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(histogram()));
+    let template = Arc::new(body(opts.size));
+    let start = Instant::now();
+    let deadline = start + opts.duration;
+    let claimed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..opts.producers {
+        let client = Client::connect(cfg.clone()).await?;
+        let producer = Producer::new(
+            client,
+            ProducerOptions {
+                selector: QueueSelector::RoundRobin,
+                ..ProducerOptions::default()
+            },
+        );
+        for _ in 0..opts.inflight.max(1) {
+            let (producer, sent, errors, hist, template, claimed, pb) = (
+                producer.clone(),
+                sent.clone(),
+                errors.clone(),
+                hist.clone(),
+                template.clone(),
+                claimed.clone(),
+                pb.clone(),
+            );
+            let (topic, batch, total) =
+                (opts.topic.clone(), opts.batch.max(1) as u64, opts.messages);
+            tasks.push(tokio::spawn(async move {
+                let mut local = histogram();
+                loop {
+                    let first = claimed.fetch_add(batch, Ordering::Relaxed);
+                    if first >= total || Instant::now() > deadline {
+                        break;
+                    }
+                    let n = batch.min(total - first);
+                    let t = Instant::now();
+                    let ok = if n == 1 {
+                        producer
+                            .send(Message::new(topic.as_str(), stamped(&template)))
+                            .await
+                            .map(|_| 1)
+                    } else {
+                        let msgs = (0..n)
+                            .map(|_| Message::new(topic.as_str(), stamped(&template)))
+                            .collect();
+                        producer.send_batch(msgs).await.map(|r| r.len() as u64)
+                    };
+                    match ok {
+                        Ok(k) => {
+                            let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                            sent.fetch_add(k, Ordering::Relaxed);
+                            pb.inc(k);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.add(&local);
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let latency = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
+    Ok(NetReport {
+        name: format!(
+            "produce ({}x{} in flight, batch {})",
+            opts.producers, opts.inflight, opts.batch
+        ),
+        messages: sent.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        latency,
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Consumes `total` messages from all queues; with `e2e`, records per-message latency from the
+/// stamp in the body, else per-pull latency.
+async fn run_consumers(
+    cfg: &ClientConfig,
+    opts: &NetBenchOptions,
+    total: u64,
+    e2e: bool,
+    pb: &ProgressBar,
+) -> anyhow::Result<NetReport> {
+    let got = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(histogram()));
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let deadline = start + opts.duration + Duration::from_secs(5);
+    let mut tasks = Vec::new();
+    let consumers = opts.consumers.max(1).min(opts.queues as usize);
+    for c in 0..consumers {
+        let client = Client::connect(cfg.clone()).await?;
+        let consumer = PullConsumer::new(client);
+        let queues: Vec<u32> = (0..opts.queues)
+            .filter(|q| *q as usize % consumers == c)
+            .collect();
+        for q in queues {
+            let (consumer, got, errors, hist, done, pb) = (
+                consumer.clone(),
+                got.clone(),
+                errors.clone(),
+                hist.clone(),
+                done.clone(),
+                pb.clone(),
+            );
+            let topic = opts.topic.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut local = histogram();
+                let mut offset = 0;
+                while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let t = Instant::now();
+                    let r = consumer
+                        .pull(
+                            &topic,
+                            q,
+                            offset,
+                            PullOptions {
+                                max_messages: 256,
+                                long_poll: Duration::from_millis(200),
+                                ..PullOptions::default()
+                            },
+                        )
+                        .await;
+                    match r {
+                        Ok(r) => {
+                            let n = r.messages.len() as u64;
+                            if e2e {
+                                let now = now_nanos();
+                                for m in &r.messages {
+                                    if m.body.len() >= 16 {
+                                        let mut a = [0u8; 16];
+                                        a.copy_from_slice(&m.body[..16]);
+                                        let sent = u128::from_le_bytes(a);
+                                        let _ =
+                                            local.record(
+                                                (now.saturating_sub(sent) / 1000).max(1) as u64
+                                            );
+                                    }
+                                }
+                            } else if n > 0 {
+                                let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                            }
+                            offset = r.next_offset;
+                            pb.inc(n);
+                            if got.fetch_add(n, Ordering::Relaxed) + n >= total {
+                                done.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.add(&local);
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let latency = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
+    Ok(NetReport {
+        name: format!(
+            "{} ({} consumers)",
+            if e2e { "end-to-end" } else { "consume" },
+            consumers
+        ),
+        messages: got.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        latency,
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+/// Which measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetBench {
+    /// Producers only.
+    Produce,
+    /// Produce first (not timed), then consume everything.
+    Consume,
+    /// Producers and consumers at once; latency from send to receive.
+    EndToEnd,
+}
+
+/// Runs a network benchmark and prints its figures.
+pub fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<NetReport>> {
+    let target = Target::open(opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    let cfg = target.config.clone();
+    let result = rt.block_on(async {
+        let client = Client::connect(cfg.clone()).await?;
+        ensure_topic(&client, &opts.topic, opts.queues).await?;
+        println!(
+            "quiver bench {}: {} x {}-byte messages, broker {}{}",
+            match kind {
+                NetBench::Produce => "produce",
+                NetBench::Consume => "consume",
+                NetBench::EndToEnd => "e2e",
+            },
+            opts.messages,
+            opts.size,
+            cfg.addr,
+            if target.embedded.is_some() {
+                format!(" (embedded, {:?} flush)", opts.flush)
+            } else {
+                String::new()
+            }
+        );
+        let mut reports = Vec::new();
+        match kind {
+            NetBench::Produce => {
+                let pb = progress(opts.messages, "produce");
+                let r = run_producers(&cfg, opts, &pb).await?;
+                pb.finish_and_clear();
+                r.print(opts.size);
+                reports.push(r);
+            }
+            NetBench::Consume => {
+                let pb = progress(opts.messages, "fill");
+                let fill = NetBenchOptions {
+                    batch: opts.batch.max(64),
+                    ..opts.clone()
+                };
+                let r = run_producers(&cfg, &fill, &pb).await?;
+                pb.finish_and_clear();
+                r.print(opts.size);
+                let pb = progress(r.messages, "consume");
+                let c = run_consumers(&cfg, opts, r.messages, false, &pb).await?;
+                pb.finish_and_clear();
+                c.print(opts.size);
+                reports.push(r);
+                reports.push(c);
+            }
+            NetBench::EndToEnd => {
+                let pb = progress(opts.messages, "e2e");
+                let hidden = ProgressBar::hidden();
+                let (p, c) = tokio::join!(
+                    run_producers(&cfg, opts, &hidden),
+                    run_consumers(&cfg, opts, opts.messages, true, &pb)
+                );
+                pb.finish_and_clear();
+                let (p, c) = (p?, c?);
+                p.print(opts.size);
+                c.print(opts.size);
+                reports.push(p);
+                reports.push(c);
+            }
+        }
+        client.close().await;
+        anyhow::Ok(reports)
+    });
+    drop(rt);
+    target.close()?;
+    result
+}
