@@ -30,7 +30,7 @@ pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
 
 pub(crate) struct MappedFile {
     path: PathBuf,
-    /// Kept open for the mapping's lifetime (diagnostics via /proc show the file).
+    /// Kept open for zeroing torn tails (fallocate) and syncing.
     _file: File,
     map: MmapRaw,
     len: u64,
@@ -187,24 +187,33 @@ impl MappedFile {
         }
     }
 
-    /// Zeroes `from..len` (a torn tail found by recovery). Only pages holding non-zero bytes
-    /// are written, so the reserved (fallocated) space stays allocated and a later write on a
-    /// full disk still cannot fault.
+    /// Zeroes `from..len` (a torn tail found by recovery). Whole pages are zeroed with
+    /// `FALLOC_FL_ZERO_RANGE`, which keeps the reserved space allocated (so a later write on a
+    /// full disk still cannot fault) and costs O(extents), not O(segment size); filesystems
+    /// without it get the non-zero pages overwritten by hand.
     pub(crate) fn zero_from(&self, from: u64) -> Result<(), StoreError> {
         if from >= self.len {
             return Ok(());
         }
-        let mut off = from;
-        while off < self.len {
-            let page_end = ((off / PAGE + 1) * PAGE).min(self.len);
-            let n = (page_end - off) as usize;
-            if self.slice(off as usize, n).iter().any(|b| *b != 0) {
-                // SAFETY: recovery runs before any reader or writer exists.
-                unsafe { self.slice_mut(off as usize, n).fill(0) };
+        let page_end = ((from + PAGE - 1) & !(PAGE - 1)).min(self.len);
+        // SAFETY: recovery runs before any reader or writer exists.
+        unsafe { self.slice_mut(from as usize, (page_end - from) as usize).fill(0) };
+        self.flush(from as usize, (page_end - from) as usize)?;
+        if page_end < self.len && zero_range(&self._file, page_end, self.len - page_end).is_err() {
+            let mut off = page_end;
+            while off < self.len {
+                let n = PAGE.min(self.len - off) as usize;
+                if self.slice(off as usize, n).iter().any(|b| *b != 0) {
+                    // SAFETY: as above.
+                    unsafe { self.slice_mut(off as usize, n).fill(0) };
+                }
+                off += n as u64;
             }
-            off = page_end;
+            self.flush(page_end as usize, (self.len - page_end) as usize)?;
         }
-        self.flush(from as usize, (self.len - from) as usize)?;
+        self._file
+            .sync_data()
+            .map_err(|e| StoreError::io(&self.path, e))?;
         self.release_all();
         Ok(())
     }
@@ -228,6 +237,23 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
         // Filesystems without fallocate: fall back to a sparse file.
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
         _ => Err(err),
+    }
+}
+
+fn zero_range(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: plain syscall on an owned, open descriptor.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

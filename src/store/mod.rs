@@ -301,6 +301,7 @@ impl Store {
         let mut pos = scan_from;
         let seg_end = log.segments().last().map_or(min, |s| s.base() + s.len());
         let mut batch_start = None;
+        let mut zero_tail = false;
         while pos < seg_end {
             match log.step(pos, true) {
                 Step::Record { pos: p, len, flags } => {
@@ -314,7 +315,10 @@ impl Store {
                 }
                 Step::NextSegment(next) => pos = next,
                 Step::End { pos: p, reason } => {
-                    if reason != "zeros" || unclean {
+                    // After an unclean stop, bytes past the end may hold pieces of unflushed
+                    // writes even where the end itself reads as zeros: clear them too.
+                    zero_tail = unclean || reason != "zeros";
+                    if reason != "zeros" {
                         report.truncated_at = Some((p, reason));
                     }
                     break;
@@ -340,7 +344,12 @@ impl Store {
                 });
             }
         }
-        if let Some((at, reason)) = &report.truncated_at {
+        if report.truncated_at.is_some() || zero_tail {
+            let (at, reason) = report
+                .truncated_at
+                .clone()
+                .unwrap_or((end, "unclean shutdown".into()));
+            let (at, reason) = (&at, &reason);
             // Never cut away later segments that still hold valid records: that is damage
             // in the middle of the log, not a torn tail.
             let next = *at - *at % cfg.segment_size + cfg.segment_size;

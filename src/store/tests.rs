@@ -311,22 +311,24 @@ fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
 fn torn_tail_is_truncated_and_reported_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig::small_for_tests(dir.path());
-    let end;
+    let (end, last_len);
     {
         let store = Store::open(cfg.clone()).unwrap();
+        let mut last = None;
         for i in 0..10u128 {
-            append(&store, "T", 0, &[Msg::new(i, &[9u8; 100])]).unwrap();
+            last = Some(append(&store, "T", 0, &[Msg::new(i, &[9u8; 100])]).unwrap().results[0]);
         }
         end = store.log_offsets().1;
+        last_len = last.unwrap().size as usize;
         store.simulate_crash();
     }
-    // A half-written record after the valid end: plausible header, wrong CRC, cut short.
+    // A half-written record after the valid end: the start of a real record (plausible
+    // header), cut short by the crash.
     let seg = last_segment(dir.path());
     let mut bytes = std::fs::read(&seg).unwrap();
     let at = (end % cfg.segment_size) as usize;
-    let copy: Vec<u8> = bytes[at - 150..at].to_vec();
+    let copy: Vec<u8> = bytes[at - last_len..at - last_len + 150].to_vec();
     bytes[at..at + 150].copy_from_slice(&copy);
-    bytes[at + 100..at + 150].fill(0);
     std::fs::write(&seg, bytes).unwrap();
 
     let store = Store::open(cfg).unwrap();
