@@ -361,3 +361,72 @@ async fn auto_creation_can_be_turned_off() {
     assert!(err.to_string().contains("auto-creation is off"), "{err}");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_broker_answers_busy_and_the_sdk_retries() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut cfg = crate::harness::test_config(temp.path());
+    cfg.broker.append_queue = 1;
+    cfg.broker.busy_timeout_ms = 0;
+    let broker = TestBroker::start_with(cfg).await;
+    let client = broker.client().await;
+    let body = vec![7u8; 16 << 10];
+
+    // Without retries the producer sees the retryable "busy" status, and nothing else.
+    let eager = Producer::new(
+        client.clone(),
+        ProducerOptions {
+            retries: 0,
+            ..ProducerOptions::default()
+        },
+    );
+    let started = Instant::now();
+    let handles: Vec<_> = (0..200)
+        .map(|_| eager.send_async(Message::new("flood", body.clone())))
+        .collect();
+    let mut busy = 0;
+    let mut ok = 0;
+    for h in handles {
+        match h.await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.status(), Some(Status::Busy), "{e}");
+                assert!(e.is_retryable());
+                busy += 1;
+            }
+        }
+    }
+    assert!(
+        busy > 0,
+        "200 concurrent sends overflow a one-slot append queue"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "busy answers come fast"
+    );
+
+    // With retries (back-off), every message gets in eventually.
+    let patient = Producer::new(
+        client.clone(),
+        ProducerOptions {
+            retries: 50,
+            send_timeout: Duration::from_secs(30),
+            ..ProducerOptions::default()
+        },
+    );
+    let handles: Vec<_> = (0..50)
+        .map(|_| patient.send_async(Message::new("flood", body.clone())))
+        .collect();
+    for h in handles {
+        h.await.expect("retried until accepted");
+    }
+    let stored: u64 = Admin::new(client)
+        .describe_topic("flood")
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.max_offset)
+        .sum();
+    assert_eq!(stored, ok + 50);
+    broker.stop().await;
+}

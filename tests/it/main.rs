@@ -4,4 +4,5 @@
 
 mod broker;
 mod harness;
+mod raw_frames;
 mod store_crash;

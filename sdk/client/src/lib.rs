@@ -37,7 +37,7 @@ pub use message::{Message, MessageId, ReceivedMessage};
 pub use producer::{
     sharding_queue, Producer, ProducerOptions, QueueSelector, SelectFn, SendHandle, SendResult,
 };
-pub use tls::{fingerprint, fingerprint_hex, transport_config, Tls};
+pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_config, Tls};
 
 pub use quiver_protocol;
 pub use quiver_protocol::{PullStatus, QueueInfo, Request, Response, Status, TopicSummary};

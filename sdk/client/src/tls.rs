@@ -159,7 +159,7 @@ fn load_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, 
 
 /// Builds the quinn client configuration (TLS 1.3 only, ALPN `quiver/1`, no early data, the
 /// shared [`transport_config`]).
-pub(crate) fn quinn_client_config(tls: &Tls) -> Result<quinn::ClientConfig, ClientError> {
+pub fn quinn_client_config(tls: &Tls) -> Result<quinn::ClientConfig, ClientError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
