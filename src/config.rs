@@ -55,6 +55,10 @@ pub struct BrokerConfig {
     pub request_read_timeout_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish, in ms.
     pub shutdown_grace_ms: u64,
+    /// A consumer-group member silent for this long is removed and its queues move, in ms.
+    pub group_session_timeout_ms: u64,
+    /// How often consumer-group members heartbeat, in ms (told to clients).
+    pub group_heartbeat_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -74,6 +78,8 @@ impl Default for BrokerConfig {
             busy_timeout_ms: 200,
             request_read_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
+            group_session_timeout_ms: 20_000,
+            group_heartbeat_interval_ms: 3_000,
         }
     }
 }
@@ -127,6 +133,11 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key must be given together".into());
+        }
+        if b.group_heartbeat_interval_ms == 0
+            || b.group_session_timeout_ms < 2 * b.group_heartbeat_interval_ms
+        {
+            return Err("broker.group_session_timeout_ms must be at least twice broker.group_heartbeat_interval_ms".into());
         }
         if b.append_queue == 0 || b.max_connections == 0 || b.max_streams_per_connection == 0 {
             return Err("broker.append_queue, max_connections and max_streams_per_connection must be positive".into());

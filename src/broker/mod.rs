@@ -3,18 +3,20 @@
 //! Appends go through one bounded queue to a dedicated thread (the store's single writer), so a
 //! broker that cannot keep up answers "busy" within `busy_timeout_ms` instead of growing memory.
 
+mod groups;
 mod longpoll;
 mod offsets;
 mod topics;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_protocol::names::{check_name, check_property_name};
 use quiver_protocol::{
-    PullStatus, QueueInfo, Request, Response, SendReceipt, Status, TopicSummary, WireMessage,
-    PROTOCOL_VERSION,
+    GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, Request, ResetTarget, Response,
+    SendReceipt, Status, TopicSummary, WireMessage, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::store::{Appended, GetStatus, NewMessage, ReadLimits, Store, StoreError};
 
+use groups::Groups;
 use longpoll::LongPoll;
 use offsets::OffsetTable;
 use topics::TopicTable;
@@ -110,6 +113,7 @@ pub struct Broker {
     topics: TopicTable,
     offsets: Arc<OffsetTable>,
     waiters: Arc<LongPoll>,
+    groups: Groups,
     appends: mpsc::Sender<AppendJob>,
     appender: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -132,7 +136,12 @@ impl Broker {
         let appender = std::thread::Builder::new()
             .name("quiver-append".into())
             .spawn(move || append_loop(s, rx))?;
+        let groups = Groups::new(
+            Duration::from_millis(cfg.broker.group_session_timeout_ms),
+            Duration::from_millis(cfg.broker.group_heartbeat_interval_ms),
+        );
         Ok(Arc::new(Broker {
+            groups,
             cfg,
             store,
             topics,
@@ -317,6 +326,125 @@ impl Broker {
                 let found = blocking(move || store.message_by_id(id)).await??;
                 Ok(Response::Messages(found.into_iter().collect()))
             }
+            Request::Heartbeat {
+                group,
+                member_id,
+                mode,
+                topics,
+                held,
+            } => {
+                name("group", &group)?;
+                if member_id.is_empty() || member_id.len() > 255 {
+                    return Err(BrokerError::new(
+                        Status::BadRequest,
+                        "member id must be 1..=255 bytes",
+                    ));
+                }
+                for t in &topics {
+                    name("topic", t)?;
+                    self.route(t, true)?;
+                }
+                let a = self
+                    .groups
+                    .heartbeat(
+                        &group,
+                        &member_id,
+                        &member_id,
+                        remote,
+                        mode,
+                        topics,
+                        held,
+                        |t| self.topics.queues(t),
+                    )
+                    .map_err(|e| BrokerError::new(Status::BadRequest, e))?;
+                Ok(Response::Heartbeat {
+                    generation: a.generation,
+                    session_timeout_ms: self.groups.session_timeout.as_millis() as u32,
+                    heartbeat_interval_ms: self.groups.heartbeat_interval.as_millis() as u32,
+                    settled: a.settled,
+                    owned: a.owned,
+                })
+            }
+            Request::LeaveGroup { group, member_id } => {
+                name("group", &group)?;
+                if self.groups.leave(&group, &member_id) {
+                    tracing::info!(%group, member = %member_id, "consumer left its group");
+                }
+                Ok(Response::Done)
+            }
+            Request::GroupList => {
+                let mut list: BTreeMap<String, GroupSummary> = self
+                    .offsets
+                    .groups()
+                    .into_iter()
+                    .map(|name| {
+                        let g = GroupSummary {
+                            name: name.clone(),
+                            mode: GroupMode::Clustering,
+                            members: 0,
+                        };
+                        (name, g)
+                    })
+                    .collect();
+                for (name, mode, members) in self.groups.list() {
+                    if members > 0 || list.contains_key(&name) {
+                        list.insert(
+                            name.clone(),
+                            GroupSummary {
+                                name,
+                                mode,
+                                members,
+                            },
+                        );
+                    }
+                }
+                Ok(Response::Groups(list.into_values().collect()))
+            }
+            Request::GroupDescribe { group } => self.describe_group(group),
+            Request::GroupResetOffset {
+                group,
+                topic,
+                target,
+                force,
+            } => {
+                name("group", &group)?;
+                let n = self
+                    .topics
+                    .queues(&topic)
+                    .ok_or_else(|| not_found(&topic))?;
+                self.refuse_if_online(&group, force, "reset its offsets")?;
+                for q in 0..n {
+                    let (min, max) = self.store.queue_bounds(&topic, q);
+                    let offset = match target {
+                        ResetTarget::First => min,
+                        ResetTarget::Last => max,
+                        ResetTarget::Offset(o) => o.clamp(min, max),
+                        ResetTarget::Timestamp(ts) => {
+                            let store = self.store.clone();
+                            let t = topic.clone();
+                            blocking(move || store.offset_for_timestamp(&t, q, ts)).await??
+                        }
+                    };
+                    self.offsets.commit(&group, &topic, q, offset);
+                }
+                tracing::info!(%group, %topic, ?target, "group offsets reset");
+                Ok(Response::Done)
+            }
+            Request::GroupDelete { group, force } => {
+                name("group", &group)?;
+                self.refuse_if_online(&group, force, "delete it")?;
+                let had = self.offsets.delete_group(&group);
+                let live = self.groups.online(&group) > 0;
+                self.groups.forget(&group);
+                if !had && !live {
+                    return Err(BrokerError::new(
+                        Status::GroupNotFound,
+                        format!("group {group:?} has no members and no committed offsets"),
+                    ));
+                }
+                tracing::info!(%group, "group deleted");
+                Ok(Response::Done)
+            }
             Request::MessageByKey {
                 topic,
                 key,
@@ -333,6 +461,60 @@ impl Broker {
                 Ok(Response::Messages(found))
             }
         }
+    }
+
+    fn refuse_if_online(&self, group: &str, force: bool, what: &str) -> Result<()> {
+        let online = self.groups.online(group);
+        if online > 0 && !force {
+            return Err(BrokerError::new(
+                Status::GroupOnline,
+                format!(
+                    "group {group:?} has {online} live member(s); stop them first, or use --force \
+                     to {what} anyway (live members may then overwrite offsets with their next commit)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn describe_group(&self, group: String) -> Result<Response> {
+        name("group", &group)?;
+        let live = self.groups.describe(&group);
+        let committed = self.offsets.of_group(&group);
+        if live.is_none() && committed.is_empty() {
+            return Err(BrokerError::new(
+                Status::GroupNotFound,
+                format!("group {group:?} has no members and no committed offsets"),
+            ));
+        }
+        let (mode, members, owners) =
+            live.unwrap_or((GroupMode::Clustering, Vec::new(), BTreeMap::new()));
+        let mut topics: std::collections::BTreeSet<String> =
+            committed.iter().map(|(t, _, _)| t.clone()).collect();
+        topics.extend(members.iter().flat_map(|m| m.topics.iter().cloned()));
+        let mut queues = Vec::new();
+        for topic in topics {
+            let n = self.topics.queues(&topic).unwrap_or(0);
+            for q in 0..n {
+                let committed_offset = committed
+                    .iter()
+                    .find(|(t, qq, _)| *t == topic && *qq == q)
+                    .map(|(_, _, o)| *o);
+                queues.push(GroupQueue {
+                    topic: topic.clone(),
+                    queue_id: q,
+                    committed: committed_offset,
+                    max_offset: self.store.queue_bounds(&topic, q).1,
+                    owner: owners.get(&(topic.clone(), q)).cloned(),
+                });
+            }
+        }
+        Ok(Response::Group {
+            name: group,
+            mode,
+            members,
+            queues,
+        })
     }
 
     fn check_queue_count(&self, queues: u32) -> Result<()> {

@@ -56,6 +56,39 @@ impl OffsetTable {
             .min()
     }
 
+    /// Groups with committed offsets.
+    pub(crate) fn groups(&self) -> Vec<String> {
+        self.table
+            .lock()
+            .expect("offsets lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every committed offset of a group: (topic, queue, offset).
+    pub(crate) fn of_group(&self, group: &str) -> Vec<(String, u32, u64)> {
+        let t = self.table.lock().expect("offsets lock");
+        t.get(group).map_or_else(Vec::new, |topics| {
+            topics
+                .iter()
+                .flat_map(|(topic, qs)| qs.iter().map(move |(q, o)| (topic.clone(), *q, *o)))
+                .collect()
+        })
+    }
+
+    /// Forgets a group's offsets; true when it had any.
+    pub(crate) fn delete_group(&self, group: &str) -> bool {
+        let removed = self
+            .table
+            .lock()
+            .expect("offsets lock")
+            .remove(group)
+            .is_some();
+        self.dirty.store(true, Ordering::Release);
+        removed
+    }
+
     pub(crate) fn forget_topic(&self, topic: &str) {
         let mut t = self.table.lock().expect("offsets lock");
         for topics in t.values_mut() {

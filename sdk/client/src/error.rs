@@ -99,6 +99,9 @@ fn response_kind(r: &quiver_protocol::Response) -> &'static str {
         Topics(_) => "Topics",
         Topic { .. } => "Topic",
         Messages(_) => "Messages",
+        Heartbeat { .. } => "Heartbeat",
+        Groups(_) => "Groups",
+        Group { .. } => "Group",
     }
 }
 

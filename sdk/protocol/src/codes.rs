@@ -33,6 +33,18 @@ pub enum Command {
     MessageById = 40,
     /// Messages of a topic by key.
     MessageByKey = 41,
+    /// Join or stay in a consumer group; the answer says which queues this member owns.
+    Heartbeat = 50,
+    /// Leave a consumer group at once (its queues move to the others).
+    LeaveGroup = 51,
+    /// List consumer groups.
+    GroupList = 52,
+    /// A group's members, assignments, offsets and lag.
+    GroupDescribe = 53,
+    /// Move a group's committed offsets.
+    GroupResetOffset = 54,
+    /// Delete a group and its offsets.
+    GroupDelete = 55,
 }
 
 impl Command {
@@ -54,6 +66,12 @@ impl Command {
             34 => TopicDescribe,
             40 => MessageById,
             41 => MessageByKey,
+            50 => Heartbeat,
+            51 => LeaveGroup,
+            52 => GroupList,
+            53 => GroupDescribe,
+            54 => GroupResetOffset,
+            55 => GroupDelete,
             _ => return None,
         })
     }
@@ -91,6 +109,10 @@ pub enum Status {
     InvalidMessage = 16,
     /// The topic already exists.
     TopicExists = 17,
+    /// The consumer group does not exist.
+    GroupNotFound = 18,
+    /// The group has live members; the operation needs `force`.
+    GroupOnline = 19,
     /// The broker is overloaded; retry after a back-off.
     Busy = 20,
     /// The broker's disk is above its high watermark; retry later.
@@ -124,6 +146,8 @@ impl Status {
             15 => ReservedProperty,
             16 => InvalidMessage,
             17 => TopicExists,
+            18 => GroupNotFound,
+            19 => GroupOnline,
             20 => Busy,
             21 => DiskFull,
             22 => StoreUnavailable,

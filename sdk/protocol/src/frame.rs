@@ -155,6 +155,84 @@ impl WireMessage {
     }
 }
 
+/// How a consumer group shares its topics' queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GroupMode {
+    /// Each queue is owned by one live member at a time (offsets kept by the broker).
+    Clustering = 0,
+    /// Every member receives every queue (offsets kept by each member).
+    Broadcasting = 1,
+}
+
+impl GroupMode {
+    /// The mode for a wire value.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(GroupMode::Clustering),
+            1 => Some(GroupMode::Broadcasting),
+            _ => None,
+        }
+    }
+}
+
+/// A (topic, queue id) pair.
+pub type QueueRef = (String, u32);
+
+/// Where a reset moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    /// Each queue's first readable offset.
+    First,
+    /// Each queue's end (skip everything stored).
+    Last,
+    /// The first offset stored at or after this time (ms since the epoch).
+    Timestamp(i64),
+    /// This exact offset on every queue (clamped to the queue's range).
+    Offset(u64),
+}
+
+/// One group in a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Group name.
+    pub name: String,
+    /// Mode of its members.
+    pub mode: GroupMode,
+    /// Live members.
+    pub members: u32,
+}
+
+/// One live member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Member id (unique per consumer instance).
+    pub member_id: String,
+    /// Client id from the handshake (for people).
+    pub client_id: String,
+    /// The member's address.
+    pub remote: String,
+    /// Topics it subscribes to.
+    pub topics: Vec<String>,
+    /// Queues it owns now.
+    pub owned: Vec<QueueRef>,
+}
+
+/// One queue of a group's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupQueue {
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue_id: u32,
+    /// Committed offset, if any.
+    pub committed: Option<u64>,
+    /// The queue's end.
+    pub max_offset: u64,
+    /// Member owning it now (clustering), if any.
+    pub owner: Option<String>,
+}
+
 /// Every request a client can make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -269,6 +347,51 @@ pub enum Request {
         /// Stored at or before (ms).
         end_ms: i64,
     },
+    /// Join or stay in a group, reporting the queues this member still works on.
+    Heartbeat {
+        /// Consumer group.
+        group: String,
+        /// This member's id (unique per consumer instance).
+        member_id: String,
+        /// Clustering or broadcasting.
+        mode: GroupMode,
+        /// Topics the member subscribes to.
+        topics: Vec<String>,
+        /// Queues the member still holds (processing or committing).
+        held: Vec<QueueRef>,
+    },
+    /// Leave a group now.
+    LeaveGroup {
+        /// Consumer group.
+        group: String,
+        /// Member id.
+        member_id: String,
+    },
+    /// List groups.
+    GroupList,
+    /// Describe a group.
+    GroupDescribe {
+        /// Consumer group.
+        group: String,
+    },
+    /// Move a group's offsets on a topic.
+    GroupResetOffset {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Where to.
+        target: ResetTarget,
+        /// Allowed while members are online.
+        force: bool,
+    },
+    /// Delete a group's offsets (refused while members are online unless `force`).
+    GroupDelete {
+        /// Consumer group.
+        group: String,
+        /// Allowed while members are online.
+        force: bool,
+    },
 }
 
 impl Request {
@@ -289,6 +412,12 @@ impl Request {
             Request::TopicDescribe { .. } => Command::TopicDescribe,
             Request::MessageById { .. } => Command::MessageById,
             Request::MessageByKey { .. } => Command::MessageByKey,
+            Request::Heartbeat { .. } => Command::Heartbeat,
+            Request::LeaveGroup { .. } => Command::LeaveGroup,
+            Request::GroupList => Command::GroupList,
+            Request::GroupDescribe { .. } => Command::GroupDescribe,
+            Request::GroupResetOffset { .. } => Command::GroupResetOffset,
+            Request::GroupDelete { .. } => Command::GroupDelete,
         }
     }
 
@@ -383,6 +512,50 @@ impl Request {
                 b.put_i64_le(*begin_ms);
                 b.put_i64_le(*end_ms);
             }
+            Request::Heartbeat {
+                group,
+                member_id,
+                mode,
+                topics,
+                held,
+            } => {
+                b.put_str16(group);
+                b.put_str16(member_id);
+                b.put_u8(*mode as u8);
+                b.put_u16_le(topics.len() as u16);
+                for t in topics {
+                    b.put_str16(t);
+                }
+                put_queue_refs(&mut b, held);
+            }
+            Request::LeaveGroup { group, member_id } => {
+                b.put_str16(group);
+                b.put_str16(member_id);
+            }
+            Request::GroupList => {}
+            Request::GroupDescribe { group } => b.put_str16(group),
+            Request::GroupResetOffset {
+                group,
+                topic,
+                target,
+                force,
+            } => {
+                b.put_str16(group);
+                b.put_str16(topic);
+                let (kind, value) = match target {
+                    ResetTarget::First => (0u8, 0i64),
+                    ResetTarget::Last => (1, 0),
+                    ResetTarget::Timestamp(t) => (2, *t),
+                    ResetTarget::Offset(o) => (3, *o as i64),
+                };
+                b.put_u8(kind);
+                b.put_i64_le(value);
+                b.put_u8(*force as u8);
+            }
+            Request::GroupDelete { group, force } => {
+                b.put_str16(group);
+                b.put_u8(*force as u8);
+            }
         }
         finish_frame(b)
     }
@@ -471,6 +644,65 @@ impl Request {
                 max: r.u32("max")?,
                 begin_ms: r.i64("begin")?,
                 end_ms: r.i64("end")?,
+            },
+            Command::Heartbeat => {
+                let group = r.str16("group")?;
+                let member_id = r.str16("member id")?;
+                let mode = r.u8("group mode")?;
+                let mode = GroupMode::from_u8(mode).ok_or(DecodeError::Invalid {
+                    field: "group mode",
+                    reason: format!("unknown value {mode}"),
+                })?;
+                let n = r.u16("topic count")? as usize;
+                let mut topics = Vec::with_capacity(n.min(r.remaining() / 2));
+                for _ in 0..n {
+                    topics.push(r.str16("topic")?);
+                }
+                let held = get_queue_refs(&mut r)?;
+                Request::Heartbeat {
+                    group,
+                    member_id,
+                    mode,
+                    topics,
+                    held,
+                }
+            }
+            Command::LeaveGroup => Request::LeaveGroup {
+                group: r.str16("group")?,
+                member_id: r.str16("member id")?,
+            },
+            Command::GroupList => Request::GroupList,
+            Command::GroupDescribe => Request::GroupDescribe {
+                group: r.str16("group")?,
+            },
+            Command::GroupResetOffset => {
+                let group = r.str16("group")?;
+                let topic = r.str16("topic")?;
+                let kind = r.u8("reset target")?;
+                let value = r.i64("reset value")?;
+                let target = match kind {
+                    0 => ResetTarget::First,
+                    1 => ResetTarget::Last,
+                    2 => ResetTarget::Timestamp(value),
+                    3 => ResetTarget::Offset(value as u64),
+                    k => {
+                        return Err(DecodeError::Invalid {
+                            field: "reset target",
+                            reason: format!("unknown value {k}"),
+                        }
+                        .into())
+                    }
+                };
+                Request::GroupResetOffset {
+                    group,
+                    topic,
+                    target,
+                    force: r.bool("force")?,
+                }
+            }
+            Command::GroupDelete => Request::GroupDelete {
+                group: r.str16("group")?,
+                force: r.bool("force")?,
             },
         };
         r.finish()?;
@@ -566,6 +798,32 @@ pub enum Response {
     },
     /// Records found by a lookup.
     Messages(Vec<Bytes>),
+    /// The queues this member owns now.
+    Heartbeat {
+        /// Increases whenever the group's assignment changes.
+        generation: u64,
+        /// A member silent for this long is removed.
+        session_timeout_ms: u32,
+        /// How often to heartbeat.
+        heartbeat_interval_ms: u32,
+        /// False while queues are still moving (heartbeat again soon).
+        settled: bool,
+        /// Queues owned by this member: work on exactly these.
+        owned: Vec<QueueRef>,
+    },
+    /// Group list.
+    Groups(Vec<GroupSummary>),
+    /// One group in detail.
+    Group {
+        /// Group name.
+        name: String,
+        /// Mode.
+        mode: GroupMode,
+        /// Live members.
+        members: Vec<MemberInfo>,
+        /// Queues of the subscribed topics with offsets.
+        queues: Vec<GroupQueue>,
+    },
 }
 
 impl Response {
@@ -643,6 +901,56 @@ impl Response {
                 b.put_u32_le(records.len() as u32);
                 tail.extend(records.iter().cloned());
             }
+            Response::Heartbeat {
+                generation,
+                session_timeout_ms,
+                heartbeat_interval_ms,
+                settled,
+                owned,
+            } => {
+                b.put_u64_le(*generation);
+                b.put_u32_le(*session_timeout_ms);
+                b.put_u32_le(*heartbeat_interval_ms);
+                b.put_u8(*settled as u8);
+                put_queue_refs(&mut b, owned);
+            }
+            Response::Groups(list) => {
+                b.put_u32_le(list.len() as u32);
+                for g in list {
+                    b.put_str16(&g.name);
+                    b.put_u8(g.mode as u8);
+                    b.put_u32_le(g.members);
+                }
+            }
+            Response::Group {
+                name,
+                mode,
+                members,
+                queues,
+            } => {
+                b.put_str16(name);
+                b.put_u8(*mode as u8);
+                b.put_u32_le(members.len() as u32);
+                for m in members {
+                    b.put_str16(&m.member_id);
+                    b.put_str16(&m.client_id);
+                    b.put_str16(&m.remote);
+                    b.put_u16_le(m.topics.len() as u16);
+                    for t in &m.topics {
+                        b.put_str16(t);
+                    }
+                    put_queue_refs(&mut b, &m.owned);
+                }
+                b.put_u32_le(queues.len() as u32);
+                for q in queues {
+                    b.put_str16(&q.topic);
+                    b.put_u32_le(q.queue_id);
+                    b.put_u8(q.committed.is_some() as u8);
+                    b.put_u64_le(q.committed.unwrap_or(0));
+                    b.put_u64_le(q.max_offset);
+                    b.put_str16(q.owner.as_deref().unwrap_or(""));
+                }
+            }
         }
         let total: usize = b.len() - 4 + tail.iter().map(Bytes::len).sum::<usize>();
         b[0..4].copy_from_slice(&(total as u32).to_le_bytes());
@@ -705,7 +1013,77 @@ impl Response {
             Command::CommitOffset
             | Command::TopicCreate
             | Command::TopicUpdate
-            | Command::TopicDelete => Response::Done,
+            | Command::TopicDelete
+            | Command::LeaveGroup
+            | Command::GroupResetOffset
+            | Command::GroupDelete => Response::Done,
+            Command::Heartbeat => Response::Heartbeat {
+                generation: r.u64("generation")?,
+                session_timeout_ms: r.u32("session timeout")?,
+                heartbeat_interval_ms: r.u32("heartbeat interval")?,
+                settled: r.bool("settled")?,
+                owned: get_queue_refs(&mut r)?,
+            },
+            Command::GroupList => {
+                let n = r.u32("group count")? as usize;
+                let mut list = Vec::with_capacity(n.min(r.remaining() / 7));
+                for _ in 0..n {
+                    let name = r.str16("group")?;
+                    let mode = get_mode(&mut r)?;
+                    list.push(GroupSummary {
+                        name,
+                        mode,
+                        members: r.u32("members")?,
+                    });
+                }
+                Response::Groups(list)
+            }
+            Command::GroupDescribe => {
+                let name = r.str16("group")?;
+                let mode = get_mode(&mut r)?;
+                let n = r.u32("member count")? as usize;
+                let mut members = Vec::with_capacity(n.min(r.remaining() / 10));
+                for _ in 0..n {
+                    let member_id = r.str16("member id")?;
+                    let client_id = r.str16("client id")?;
+                    let remote = r.str16("remote")?;
+                    let nt = r.u16("topic count")? as usize;
+                    let mut topics = Vec::with_capacity(nt.min(r.remaining() / 2));
+                    for _ in 0..nt {
+                        topics.push(r.str16("topic")?);
+                    }
+                    members.push(MemberInfo {
+                        member_id,
+                        client_id,
+                        remote,
+                        topics,
+                        owned: get_queue_refs(&mut r)?,
+                    });
+                }
+                let n = r.u32("queue count")? as usize;
+                let mut queues = Vec::with_capacity(n.min(r.remaining() / 25));
+                for _ in 0..n {
+                    let topic = r.str16("topic")?;
+                    let queue_id = r.u32("queue id")?;
+                    let has = r.bool("committed present")?;
+                    let committed = r.u64("committed")?;
+                    let max_offset = r.u64("max offset")?;
+                    let owner = r.str16("owner")?;
+                    queues.push(GroupQueue {
+                        topic,
+                        queue_id,
+                        committed: has.then_some(committed),
+                        max_offset,
+                        owner: (!owner.is_empty()).then_some(owner),
+                    });
+                }
+                Response::Group {
+                    name,
+                    mode,
+                    members,
+                    queues,
+                }
+            }
             Command::FetchOffset | Command::OffsetForTime => {
                 let present = r.bool("offset present")?;
                 let o = r.u64("offset")?;
@@ -744,6 +1122,38 @@ impl Response {
         r.finish()?;
         Ok(resp)
     }
+}
+
+fn put_queue_refs(b: &mut BytesMut, refs: &[QueueRef]) {
+    b.put_u32_le(refs.len() as u32);
+    for (t, q) in refs {
+        b.put_str16(t);
+        b.put_u32_le(*q);
+    }
+}
+
+fn get_queue_refs(r: &mut Reader) -> Result<Vec<QueueRef>, DecodeError> {
+    let n = r.u32("queue count")? as usize;
+    if n > r.remaining() / 6 {
+        return Err(DecodeError::Invalid {
+            field: "queue count",
+            reason: format!("{n} queues cannot fit in {} bytes", r.remaining()),
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = r.str16("topic")?;
+        out.push((t, r.u32("queue id")?));
+    }
+    Ok(out)
+}
+
+fn get_mode(r: &mut Reader) -> Result<GroupMode, DecodeError> {
+    let v = r.u8("group mode")?;
+    GroupMode::from_u8(v).ok_or(DecodeError::Invalid {
+        field: "group mode",
+        reason: format!("unknown value {v}"),
+    })
 }
 
 fn decode_records(r: &mut Reader) -> Result<Vec<Bytes>, DecodeError> {

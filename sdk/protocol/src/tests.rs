@@ -111,7 +111,56 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     end_ms
                 }
             ),
+        (
+            arb_string(),
+            arb_string(),
+            any::<bool>(),
+            proptest::collection::vec(arb_string(), 0..3),
+            arb_refs()
+        )
+            .prop_map(|(group, member_id, b, topics, held)| Request::Heartbeat {
+                group,
+                member_id,
+                mode: if b {
+                    GroupMode::Broadcasting
+                } else {
+                    GroupMode::Clustering
+                },
+                topics,
+                held
+            }),
+        (arb_string(), arb_string())
+            .prop_map(|(group, member_id)| Request::LeaveGroup { group, member_id }),
+        Just(Request::GroupList),
+        arb_string().prop_map(|group| Request::GroupDescribe { group }),
+        (
+            arb_string(),
+            arb_string(),
+            0u8..4,
+            any::<i64>(),
+            any::<bool>()
+        )
+            .prop_map(|(group, topic, k, v, force)| {
+                let target = match k {
+                    0 => ResetTarget::First,
+                    1 => ResetTarget::Last,
+                    2 => ResetTarget::Timestamp(v),
+                    _ => ResetTarget::Offset(v as u64),
+                };
+                Request::GroupResetOffset {
+                    group,
+                    topic,
+                    target,
+                    force,
+                }
+            }),
+        (arb_string(), any::<bool>())
+            .prop_map(|(group, force)| Request::GroupDelete { group, force }),
     ]
+}
+
+fn arb_refs() -> impl Strategy<Value = Vec<QueueRef>> {
+    proptest::collection::vec((arb_string(), any::<u32>()), 0..4)
 }
 
 fn record(body: &[u8]) -> Bytes {
@@ -222,6 +271,66 @@ fn arb_response() -> impl Strategy<Value = (Command, Response)> {
                             max_offset
                         })
                         .collect()
+                }
+            )),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>(),
+            arb_refs()
+        )
+            .prop_map(
+                |(generation, session_timeout_ms, heartbeat_interval_ms, settled, owned)| (
+                    Command::Heartbeat,
+                    Response::Heartbeat {
+                        generation,
+                        session_timeout_ms,
+                        heartbeat_interval_ms,
+                        settled,
+                        owned
+                    }
+                )
+            ),
+        proptest::collection::vec((arb_string(), any::<u32>()), 0..3).prop_map(|g| (
+            Command::GroupList,
+            Response::Groups(
+                g.into_iter()
+                    .map(|(name, members)| GroupSummary {
+                        name,
+                        mode: GroupMode::Clustering,
+                        members
+                    })
+                    .collect()
+            )
+        )),
+        (
+            arb_string(),
+            arb_string(),
+            arb_refs(),
+            proptest::option::of(any::<u64>()),
+            any::<u64>(),
+            proptest::option::of("[a-z]{1,8}")
+        )
+            .prop_map(|(name, member_id, owned, committed, max_offset, owner)| (
+                Command::GroupDescribe,
+                Response::Group {
+                    name,
+                    mode: GroupMode::Broadcasting,
+                    members: vec![MemberInfo {
+                        member_id,
+                        client_id: "c".into(),
+                        remote: "127.0.0.1:1".into(),
+                        topics: vec!["t".into()],
+                        owned
+                    }],
+                    queues: vec![GroupQueue {
+                        topic: "t".into(),
+                        queue_id: 1,
+                        committed,
+                        max_offset,
+                        owner
+                    }],
                 }
             )),
     ]

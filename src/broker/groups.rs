@@ -1,0 +1,456 @@
+//! Consumer groups: membership by heartbeat, and a sticky, broker-side assignment of queues.
+//!
+//! Clustering mode: each topic's queues are divided evenly among the live members subscribed to
+//! it; when members come or go, only the queues that must move do move. A queue is granted to
+//! its new owner only once no other live member still reports holding it (the old owner
+//! released it after committing) or that member's session expired, so two members do not work
+//! the same queue at once in the normal case.
+//!
+//! Broadcasting mode: every member gets every queue of its topics; offsets are the members'.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use quiver_protocol::{GroupMode, MemberInfo, QueueRef};
+
+struct Member {
+    client_id: String,
+    remote: SocketAddr,
+    topics: Vec<String>,
+    /// What the member says it still works on (it commits before it lets go).
+    held: BTreeSet<QueueRef>,
+    /// What the last answer gave it: it may be working on these before its next heartbeat.
+    granted: BTreeSet<QueueRef>,
+    last_seen: Instant,
+}
+
+struct Group {
+    mode: GroupMode,
+    generation: u64,
+    members: BTreeMap<String, Member>,
+    /// Clustering: the owner each queue should have.
+    target: BTreeMap<QueueRef, String>,
+    /// Queue counts the current target was computed with.
+    counts: BTreeMap<String, u32>,
+}
+
+/// What a heartbeat answers.
+pub(crate) struct Assignment {
+    pub(crate) generation: u64,
+    pub(crate) owned: Vec<QueueRef>,
+    pub(crate) settled: bool,
+}
+
+pub(crate) struct Groups {
+    pub(crate) session_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    groups: Mutex<HashMap<String, Group>>,
+}
+
+impl Groups {
+    pub(crate) fn new(session_timeout: Duration, heartbeat_interval: Duration) -> Self {
+        Self {
+            session_timeout,
+            heartbeat_interval,
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a heartbeat and answers with the queues this member owns now.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        client_id: &str,
+        remote: SocketAddr,
+        mode: GroupMode,
+        topics: Vec<String>,
+        held: Vec<QueueRef>,
+        queue_count: impl Fn(&str) -> Option<u32>,
+    ) -> Result<Assignment, String> {
+        let now = Instant::now();
+        let mut all = self.groups.lock().expect("groups lock");
+        let g = all.entry(group.to_string()).or_insert_with(|| Group {
+            mode,
+            generation: 0,
+            members: BTreeMap::new(),
+            target: BTreeMap::new(),
+            counts: BTreeMap::new(),
+        });
+        let mut changed = expire(g, now, self.session_timeout);
+        if g.members.is_empty() {
+            g.mode = mode;
+        } else if g.mode != mode {
+            return Err(format!(
+                "group {group:?} runs in {:?} mode; a member cannot join it in {mode:?} mode",
+                g.mode
+            ));
+        }
+        let mut topics = topics;
+        topics.sort();
+        topics.dedup();
+        match g.members.get_mut(member_id) {
+            Some(m) => {
+                if m.topics != topics {
+                    m.topics = topics;
+                    changed = true;
+                }
+                m.held = held.into_iter().collect();
+                m.last_seen = now;
+                m.remote = remote;
+            }
+            None => {
+                g.members.insert(
+                    member_id.to_string(),
+                    Member {
+                        client_id: client_id.to_string(),
+                        remote,
+                        topics,
+                        held: held.into_iter().collect(),
+                        granted: BTreeSet::new(),
+                        last_seen: now,
+                    },
+                );
+                changed = true;
+            }
+        }
+        // Queue counts can change under a running group (topic update).
+        let topics: BTreeSet<&String> = g.members.values().flat_map(|m| m.topics.iter()).collect();
+        let counts: BTreeMap<String, u32> = topics
+            .into_iter()
+            .map(|t| (t.clone(), queue_count(t).unwrap_or(0)))
+            .collect();
+        if counts != g.counts {
+            g.counts = counts;
+            changed = true;
+        }
+        if changed {
+            g.generation += 1;
+            if g.mode == GroupMode::Clustering {
+                g.target = rebalance(g);
+            }
+        }
+        let a = answer(g, member_id);
+        if let Some(m) = g.members.get_mut(member_id) {
+            m.granted = a.owned.iter().cloned().collect();
+        }
+        Ok(a)
+    }
+
+    /// Removes a member at once (clean leave). Returns whether it was there.
+    pub(crate) fn leave(&self, group: &str, member_id: &str) -> bool {
+        let mut all = self.groups.lock().expect("groups lock");
+        let Some(g) = all.get_mut(group) else {
+            return false;
+        };
+        let was = g.members.remove(member_id).is_some();
+        if was {
+            g.generation += 1;
+            if g.mode == GroupMode::Clustering {
+                g.target = rebalance(g);
+            }
+        }
+        was
+    }
+
+    /// Live groups: (name, mode, live members).
+    pub(crate) fn list(&self) -> Vec<(String, GroupMode, u32)> {
+        let now = Instant::now();
+        let mut all = self.groups.lock().expect("groups lock");
+        all.iter_mut()
+            .map(|(name, g)| {
+                if expire(g, now, self.session_timeout) && g.mode == GroupMode::Clustering {
+                    g.generation += 1;
+                    g.target = rebalance(g);
+                }
+                (name.clone(), g.mode, g.members.len() as u32)
+            })
+            .collect()
+    }
+
+    /// A group's mode, members and who owns which queue now.
+    pub(crate) fn describe(
+        &self,
+        group: &str,
+    ) -> Option<(GroupMode, Vec<MemberInfo>, BTreeMap<QueueRef, String>)> {
+        let now = Instant::now();
+        let mut all = self.groups.lock().expect("groups lock");
+        let g = all.get_mut(group)?;
+        if expire(g, now, self.session_timeout) && g.mode == GroupMode::Clustering {
+            g.generation += 1;
+            g.target = rebalance(g);
+        }
+        let mut owners = BTreeMap::new();
+        let members = g
+            .members
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|id| {
+                let m = &g.members[&id];
+                let owned: Vec<QueueRef> = m.granted.iter().cloned().collect();
+                for q in &owned {
+                    owners.insert(q.clone(), id.clone());
+                }
+                MemberInfo {
+                    member_id: id.clone(),
+                    client_id: m.client_id.clone(),
+                    remote: m.remote.to_string(),
+                    topics: m.topics.clone(),
+                    owned,
+                }
+            })
+            .collect();
+        Some((g.mode, members, owners))
+    }
+
+    /// Live members of a group.
+    pub(crate) fn online(&self, group: &str) -> usize {
+        let now = Instant::now();
+        let all = self.groups.lock().expect("groups lock");
+        all.get(group).map_or(0, |g| {
+            g.members
+                .values()
+                .filter(|m| now.duration_since(m.last_seen) < self.session_timeout)
+                .count()
+        })
+    }
+
+    pub(crate) fn forget(&self, group: &str) {
+        self.groups.lock().expect("groups lock").remove(group);
+    }
+}
+
+/// Drops members silent for longer than the session timeout; true when any went.
+fn expire(g: &mut Group, now: Instant, timeout: Duration) -> bool {
+    let before = g.members.len();
+    g.members.retain(|id, m| {
+        let alive = now.duration_since(m.last_seen) < timeout;
+        if !alive {
+            tracing::info!(member = %id, client = %m.client_id, "consumer group member timed out");
+        }
+        alive
+    });
+    g.members.len() != before
+}
+
+/// The queues `member` owns now: in clustering, its target queues that no other live member
+/// still holds; in broadcasting, every queue of its topics.
+fn answer(g: &Group, member: &str) -> Assignment {
+    let Some(me) = g.members.get(member) else {
+        return Assignment {
+            generation: g.generation,
+            owned: Vec::new(),
+            settled: true,
+        };
+    };
+    if g.mode == GroupMode::Broadcasting {
+        let owned = me
+            .topics
+            .iter()
+            .flat_map(|t| (0..g.counts.get(t).copied().unwrap_or(0)).map(move |q| (t.clone(), q)))
+            .collect();
+        return Assignment {
+            generation: g.generation,
+            owned,
+            settled: true,
+        };
+    }
+    let mut owned = Vec::new();
+    let mut settled = true;
+    for (q, owner) in &g.target {
+        if owner != member {
+            continue;
+        }
+        let busy_elsewhere = g
+            .members
+            .iter()
+            .any(|(id, m)| id != member && (m.held.contains(q) || m.granted.contains(q)));
+        if busy_elsewhere {
+            settled = false;
+        } else {
+            owned.push(q.clone());
+        }
+    }
+    // Queues it still holds but no longer owns: it must release them.
+    if me
+        .held
+        .iter()
+        .any(|q| g.target.get(q).map(String::as_str) != Some(member))
+    {
+        settled = false;
+    }
+    Assignment {
+        generation: g.generation,
+        owned,
+        settled,
+    }
+}
+
+/// Sticky, even assignment per topic: members keep what they have up to their quota; only
+/// the surplus and the unowned queues move.
+fn rebalance(g: &Group) -> BTreeMap<QueueRef, String> {
+    let mut target = BTreeMap::new();
+    for (topic, &n) in &g.counts {
+        let members: Vec<&String> = g
+            .members
+            .iter()
+            .filter(|(_, m)| m.topics.contains(topic))
+            .map(|(id, _)| id)
+            .collect();
+        if members.is_empty() || n == 0 {
+            continue;
+        }
+        let mut holdings: BTreeMap<&String, Vec<u32>> =
+            members.iter().map(|m| (*m, Vec::new())).collect();
+        for ((t, q), owner) in &g.target {
+            if t == topic && *q < n {
+                if let Some(h) = holdings.get_mut(owner) {
+                    h.push(*q);
+                }
+            }
+        }
+        let base = n as usize / members.len();
+        let extra = n as usize % members.len();
+        // Members holding the most get the larger quotas, so fewer queues move.
+        let mut order: Vec<&String> = members.clone();
+        order.sort_by(|a, b| holdings[b].len().cmp(&holdings[a].len()).then(a.cmp(b)));
+        let quota: HashMap<&String, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (*m, base + usize::from(i < extra)))
+            .collect();
+        let mut taken = BTreeSet::new();
+        let mut counts: HashMap<&String, usize> = HashMap::new();
+        for m in &order {
+            for q in holdings[m].iter().take(quota[m]) {
+                target.insert((topic.clone(), *q), (*m).clone());
+                taken.insert(*q);
+                *counts.entry(m).or_default() += 1;
+            }
+        }
+        let mut free = (0..n).filter(|q| !taken.contains(q));
+        for m in &order {
+            while counts.get(m).copied().unwrap_or(0) < quota[m] {
+                let Some(q) = free.next() else { break };
+                target.insert((topic.clone(), q), (*m).clone());
+                *counts.entry(m).or_default() += 1;
+            }
+        }
+    }
+    target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(g: &Groups, member: &str, held: &[u32]) -> Assignment {
+        g.heartbeat(
+            "G",
+            member,
+            member,
+            "127.0.0.1:1".parse().unwrap(),
+            GroupMode::Clustering,
+            vec!["T".into()],
+            held.iter().map(|q| ("T".to_string(), *q)).collect(),
+            |_| Some(8),
+        )
+        .unwrap()
+    }
+
+    fn qs(a: &Assignment) -> Vec<u32> {
+        a.owned.iter().map(|(_, q)| *q).collect()
+    }
+
+    #[test]
+    fn queues_spread_evenly_and_only_the_necessary_ones_move() {
+        let g = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        let a = qs(&hb(&g, "a", &[]));
+        assert_eq!(a.len(), 8, "a lone member owns everything");
+        let b = hb(&g, "b", &[]);
+        assert!(qs(&b).is_empty(), "b waits until a lets go");
+        assert!(!b.settled);
+        let a2 = qs(&hb(&g, "a", &a));
+        assert_eq!(a2.len(), 4, "a keeps four");
+        let a3 = hb(&g, "a", &a2);
+        assert!(a3.settled);
+        let b = qs(&hb(&g, "b", &[]));
+        assert_eq!(b.len(), 4);
+        assert!(a2.iter().all(|q| !b.contains(q)));
+        // A third member: each of a and b gives up only what it must.
+        let _ = hb(&g, "c", &[]);
+        let a4 = qs(&hb(&g, "a", &a2));
+        let b4 = qs(&hb(&g, "b", &b));
+        assert!(
+            a4.iter().all(|q| a2.contains(q)) && b4.iter().all(|q| b.contains(q)),
+            "nothing moves between a and b"
+        );
+        // a and b report that they let go of the surplus; then c gets it.
+        let _ = hb(&g, "a", &a4);
+        let _ = hb(&g, "b", &b4);
+        let c = qs(&hb(&g, "c", &[]));
+        assert_eq!(a4.len() + b4.len() + c.len(), 8);
+        assert_eq!(c.len(), 2, "8 queues over 3 members: 3, 3, 2");
+        // Clean leave: c's queues go to the others at once.
+        assert!(g.leave("G", "c"));
+        let a5 = qs(&hb(&g, "a", &a4));
+        let b5 = qs(&hb(&g, "b", &b4));
+        assert_eq!(a5.len() + b5.len(), 8);
+        assert!(a4.iter().all(|q| a5.contains(q)) && b4.iter().all(|q| b5.contains(q)));
+    }
+
+    #[test]
+    fn a_silent_member_expires_and_its_queues_move() {
+        let g = Groups::new(Duration::from_millis(50), Duration::from_millis(10));
+        let a = qs(&hb(&g, "a", &[]));
+        let _ = hb(&g, "b", &[]);
+        let a = qs(&hb(&g, "a", &a));
+        assert_eq!(a.len(), 4);
+        std::thread::sleep(Duration::from_millis(80));
+        let b = qs(&hb(&g, "b", &[]));
+        assert_eq!(
+            b.len(),
+            8,
+            "a's queues (held until its session expired) now go to b"
+        );
+        assert_eq!(g.online("G"), 1);
+    }
+
+    #[test]
+    fn broadcasting_members_each_get_every_queue_and_modes_do_not_mix() {
+        let g = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        let bc = |m: &str| {
+            g.heartbeat(
+                "B",
+                m,
+                m,
+                "127.0.0.1:1".parse().unwrap(),
+                GroupMode::Broadcasting,
+                vec!["T".into()],
+                vec![],
+                |_| Some(3),
+            )
+        };
+        assert_eq!(bc("x").unwrap().owned.len(), 3);
+        assert_eq!(bc("y").unwrap().owned.len(), 3);
+        let err = g
+            .heartbeat(
+                "B",
+                "z",
+                "z",
+                "127.0.0.1:1".parse().unwrap(),
+                GroupMode::Clustering,
+                vec!["T".into()],
+                vec![],
+                |_| Some(3),
+            )
+            .err()
+            .unwrap();
+        assert!(err.contains("Broadcasting"), "{err}");
+    }
+}
