@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use quiver::bench::{store_bench, StoreBenchOptions};
 use quiver::store::{FlushMode, NewMessage, Store, StoreConfig};
 
+mod cli;
+
+use cli::TlsArgs;
+
 #[derive(Parser)]
 #[command(
     name = "quiver",
@@ -25,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run the broker (embedded defaults; see --print-config).
     Serve(ServeArgs),
+    /// Send messages (arguments, or one per stdin line).
+    Produce(cli::produce::ProduceArgs),
+    /// Print a topic's messages; --follow waits for new ones.
+    Consume(cli::consume::ConsumeArgs),
+    /// Manage topics and look messages up.
+    Admin(cli::admin::AdminArgs),
     /// Measure throughput, latency and memory; prints figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -103,39 +113,6 @@ struct NetBenchArgs {
     consumers: usize,
 }
 
-/// How the client verifies the broker's certificate.
-#[derive(Args, Clone, Default)]
-struct TlsArgs {
-    /// Pin the broker certificate's SHA-256 fingerprint (printed by `quiver serve`).
-    #[arg(long, env = "QUIVER_FINGERPRINT")]
-    fingerprint: Option<String>,
-    /// Trust this CA (or self-signed certificate) file, PEM or DER.
-    #[arg(long, env = "QUIVER_CA")]
-    ca: Option<PathBuf>,
-    /// Accept any certificate. Local development only: anyone on the path can read and change
-    /// your messages.
-    #[arg(long)]
-    insecure: bool,
-}
-
-impl TlsArgs {
-    /// The chosen verification; without a choice, the local broker's certificate file.
-    fn resolve(&self, data_dir: &std::path::Path) -> anyhow::Result<Option<quiver_client::Tls>> {
-        if let Some(fp) = &self.fingerprint {
-            return Ok(Some(quiver_client::Tls::fingerprint_from_hex(fp)?));
-        }
-        if let Some(ca) = &self.ca {
-            return Ok(Some(quiver_client::Tls::CaFile(ca.clone())));
-        }
-        if self.insecure {
-            tracing::warn!("--insecure: the broker's certificate is not verified");
-            return Ok(Some(quiver_client::Tls::Insecure));
-        }
-        let local = data_dir.join("tls").join("cert.pem");
-        Ok(local.exists().then_some(quiver_client::Tls::CaFile(local)))
-    }
-}
-
 #[derive(Args)]
 struct StoreBenchArgs {
     /// Where to put the benchmark's data (same disk as the broker's, for honest figures).
@@ -176,16 +153,25 @@ enum DebugCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Client commands log warnings only (their output is the point); RUST_LOG overrides.
+    let client = matches!(
+        cli.command,
+        Command::Produce(_) | Command::Consume(_) | Command::Admin(_)
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if client { "warn" } else { "info" })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Serve(a) => serve(a),
+        Command::Produce(a) => cli::run(cli::produce::run(a)),
+        Command::Consume(a) => cli::run(cli::consume::run(a)),
+        Command::Admin(a) => cli::run(cli::admin::run(a)),
         Command::Bench(BenchCommand::Store(a)) => {
             std::fs::create_dir_all(&a.dir)
                 .with_context(|| format!("creating {}", a.dir.display()))?;

@@ -1,7 +1,7 @@
 //! Test harness: a real broker on a free loopback port with a temporary data directory, and
 //! clients that pin its certificate fingerprint.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use quiver::config::Config;
@@ -10,7 +10,7 @@ use quiver_client::{Client, ClientConfig, Tls};
 
 pub struct TestBroker {
     pub server: Option<Server>,
-    pub dir: PathBuf,
+    cfg: Config,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -31,19 +31,24 @@ pub fn test_config(dir: &Path) -> Config {
 
 impl TestBroker {
     pub async fn start() -> TestBroker {
+        Self::start_tuned(|_| {}).await
+    }
+
+    /// A broker in its own temporary directory, with `tune` applied to the test config.
+    pub async fn start_tuned(tune: impl FnOnce(&mut Config)) -> TestBroker {
         let temp = tempfile::tempdir().unwrap();
-        let dir = temp.path().to_path_buf();
-        let mut b = Self::start_with(test_config(&dir)).await;
+        let mut cfg = test_config(temp.path());
+        tune(&mut cfg);
+        let mut b = Self::start_with(cfg).await;
         b._temp = Some(temp);
         b
     }
 
     pub async fn start_with(cfg: Config) -> TestBroker {
-        let dir = cfg.broker.data_dir.clone();
-        let server = Server::start(cfg).await.expect("broker starts");
+        let server = Server::start(cfg.clone()).await.expect("broker starts");
         TestBroker {
             server: Some(server),
-            dir,
+            cfg,
             _temp: None,
         }
     }
@@ -71,7 +76,7 @@ impl TestBroker {
         let old = self.server.take().expect("running");
         let addr = old.addr;
         old.stop().await.expect("clean stop");
-        let mut cfg = test_config(&self.dir);
+        let mut cfg = self.cfg.clone();
         cfg.broker.listen = addr;
         self.server = Some(Server::start(cfg).await.expect("broker restarts"));
     }

@@ -3,6 +3,7 @@
 #![allow(unreachable_pub)]
 
 mod broker;
+mod cli;
 mod harness;
 mod raw_frames;
 mod store_crash;

@@ -1,0 +1,295 @@
+//! `quiver admin`: topics and message lookups.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use quiver_client::{Admin, MessageId};
+use serde::Serialize;
+
+use super::output::{message_block, message_header, message_line, MessageJson, Out};
+use super::ClientArgs;
+
+/// Arguments of `quiver admin`.
+#[derive(Args)]
+pub(crate) struct AdminArgs {
+    #[command(subcommand)]
+    command: AdminCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create, change, delete, list and describe topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Look messages up by id or by key.
+    #[command(subcommand)]
+    Message(MessageCommand),
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic (fails if it exists).
+    Create {
+        /// Topic name: 1-127 characters from A-Z a-z 0-9 _ % | -
+        name: String,
+        /// Number of queues.
+        #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+        queues: u32,
+    },
+    /// Change a topic's queue count.
+    Update {
+        /// Topic name.
+        name: String,
+        /// New number of queues.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        queues: u32,
+    },
+    /// Delete a topic and its messages.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+    /// List topics with their queue counts.
+    List,
+    /// Show each queue's offset range and message count.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MessageCommand {
+    /// Show a message by its id (printed by `quiver produce`).
+    Get {
+        /// Message id: 32 hex digits.
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
+    /// Find a topic's messages by lookup key (`quiver produce --key`).
+    Query {
+        /// Topic.
+        #[arg(long, short = 't')]
+        topic: String,
+        /// Lookup key.
+        #[arg(long)]
+        key: String,
+        /// At most this many messages (the broker caps it at 64).
+        #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=64))]
+        max: u32,
+    },
+}
+
+#[derive(Serialize)]
+struct TopicDone<'a> {
+    topic: &'a str,
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queues: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct TopicRow<'a> {
+    topic: &'a str,
+    queues: u32,
+}
+
+#[derive(Serialize)]
+struct QueueRow<'a> {
+    topic: &'a str,
+    queue: u32,
+    min_offset: u64,
+    max_offset: u64,
+    messages: u64,
+}
+
+/// Runs `quiver admin ...`.
+pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    // Check what can be checked before connecting.
+    let id = match &args.command {
+        AdminCommand::Topic(
+            TopicCommand::Create { name, .. }
+            | TopicCommand::Update { name, .. }
+            | TopicCommand::Delete { name }
+            | TopicCommand::Describe { name },
+        ) => {
+            super::check_name("topic", name)?;
+            None
+        }
+        AdminCommand::Topic(TopicCommand::List) => None,
+        AdminCommand::Message(MessageCommand::Get { id }) => Some(
+            id.parse::<MessageId>()
+                .map_err(|_| anyhow::anyhow!("a message id is 32 hex digits, got {id:?}"))?,
+        ),
+        AdminCommand::Message(MessageCommand::Query { topic, key, .. }) => {
+            super::check_name("topic", topic)?;
+            anyhow::ensure!(!key.is_empty(), "the key is empty");
+            None
+        }
+    };
+    let client = args.client.connect().await?;
+    let admin = Admin::new(client.clone());
+    let mut out = Out::new(args.client.json);
+    let result = run_command(&admin, &mut out, args.command, id).await;
+    client.close().await;
+    result
+}
+
+async fn run_command(
+    admin: &Admin,
+    out: &mut Out,
+    command: AdminCommand,
+    id: Option<MessageId>,
+) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Topic(TopicCommand::Create { name, queues }) => {
+            admin
+                .create_topic(&name, queues)
+                .await
+                .with_context(|| format!("creating topic {name:?}"))?;
+            done(out, &name, "created", Some(queues))
+        }
+        AdminCommand::Topic(TopicCommand::Update { name, queues }) => {
+            admin
+                .update_topic(&name, queues)
+                .await
+                .with_context(|| format!("updating topic {name:?}"))?;
+            done(out, &name, "updated", Some(queues))
+        }
+        AdminCommand::Topic(TopicCommand::Delete { name }) => {
+            admin
+                .delete_topic(&name)
+                .await
+                .with_context(|| format!("deleting topic {name:?}"))?;
+            done(out, &name, "deleted", None)
+        }
+        AdminCommand::Topic(TopicCommand::List) => {
+            let mut topics = admin.list_topics().await.context("listing topics")?;
+            topics.sort_by(|a, b| a.name.cmp(&b.name));
+            if out.json {
+                for t in &topics {
+                    out.json(&TopicRow {
+                        topic: &t.name,
+                        queues: t.queues,
+                    })?;
+                }
+                return Ok(());
+            }
+            if topics.is_empty() {
+                eprintln!("no topics");
+                return Ok(());
+            }
+            let w = topics
+                .iter()
+                .map(|t| t.name.len())
+                .max()
+                .unwrap_or(0)
+                .max(5);
+            out.line(&format!("{:<w$}  {:>6}", "TOPIC", "QUEUES"))?;
+            for t in &topics {
+                out.line(&format!("{:<w$}  {:>6}", t.name, t.queues))?;
+            }
+            Ok(())
+        }
+        AdminCommand::Topic(TopicCommand::Describe { name }) => {
+            let queues = admin
+                .describe_topic(&name)
+                .await
+                .with_context(|| format!("describing topic {name:?}"))?;
+            let rows: Vec<QueueRow<'_>> = queues
+                .iter()
+                .map(|q| QueueRow {
+                    topic: &name,
+                    queue: q.queue_id,
+                    min_offset: q.min_offset,
+                    max_offset: q.max_offset,
+                    messages: q.max_offset.saturating_sub(q.min_offset),
+                })
+                .collect();
+            if out.json {
+                for r in &rows {
+                    out.json(r)?;
+                }
+                return Ok(());
+            }
+            let total: u64 = rows.iter().map(|r| r.messages).sum();
+            out.line(&format!(
+                "topic {name}: {} queue{}, {total} message{}",
+                rows.len(),
+                if rows.len() == 1 { "" } else { "s" },
+                if total == 1 { "" } else { "s" },
+            ))?;
+            out.line(&format!(
+                "{:>5}  {:>12}  {:>12}  {:>12}",
+                "QUEUE", "MIN OFFSET", "MAX OFFSET", "MESSAGES"
+            ))?;
+            for r in &rows {
+                out.line(&format!(
+                    "{:>5}  {:>12}  {:>12}  {:>12}",
+                    r.queue, r.min_offset, r.max_offset, r.messages
+                ))?;
+            }
+            Ok(())
+        }
+        AdminCommand::Message(MessageCommand::Get { .. }) => {
+            let id = id.context("message id")?;
+            let m = admin
+                .message_by_id(id)
+                .await
+                .with_context(|| format!("looking up message {id}"))?
+                .with_context(|| format!("message {id} not found"))?;
+            if out.json {
+                return out.json(&MessageJson::from(&m));
+            }
+            for l in message_block(&m) {
+                out.line(&l)?;
+            }
+            Ok(())
+        }
+        AdminCommand::Message(MessageCommand::Query { topic, key, max }) => {
+            let found = admin
+                .query_by_key(&topic, &key, max)
+                .await
+                .with_context(|| format!("querying topic {topic:?} for key {key:?}"))?;
+            if out.json {
+                for m in &found {
+                    out.json(&MessageJson::from(m))?;
+                }
+                return Ok(());
+            }
+            if found.is_empty() {
+                eprintln!("no message of topic {topic:?} has key {key:?}");
+                return Ok(());
+            }
+            out.line(&message_header())?;
+            for m in &found {
+                out.line(&message_line(m))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn done(
+    out: &mut Out,
+    topic: &str,
+    action: &'static str,
+    queues: Option<u32>,
+) -> anyhow::Result<()> {
+    if out.json {
+        return out.json(&TopicDone {
+            topic,
+            action,
+            queues,
+        });
+    }
+    match queues {
+        Some(q) => out.line(&format!(
+            "{action} topic {topic} ({q} queue{})",
+            if q == 1 { "" } else { "s" }
+        ))?,
+        None => out.line(&format!("{action} topic {topic}"))?,
+    }
+    Ok(())
+}

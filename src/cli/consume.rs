@@ -1,0 +1,378 @@
+//! `quiver consume`: print the messages of a topic's queues, once or following new ones.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use quiver_client::{
+    ClientError, PullConsumer, PullOptions, PullResult, PullStatus, QueueInfo, ReceivedMessage,
+    Status,
+};
+use tokio::sync::mpsc;
+
+use super::output::{message_header, message_line, MessageJson, Out};
+use super::ClientArgs;
+
+/// How long one `--follow` pull waits at the broker for a new message.
+const LONG_POLL: Duration = Duration::from_secs(15);
+/// Messages asked for in one pull.
+const PULL_BATCH: u32 = 32;
+
+/// Arguments of `quiver consume`.
+#[derive(Args)]
+#[command(after_help = "\
+Reads every queue of the topic (or only --queue) from the start position and prints each \
+message: `queue/offset id tag keys props body`, the body as text when it is UTF-8, else as \
+0x<hex> with its length. With --json: one object per line with every field (id, topic, queue, \
+offset, commit_log_offset, tag, keys, properties, born_timestamp, store_timestamp, born_host, \
+reconsume_times, flags, body_len, body_encoding, body); `body` is the text when the payload is \
+valid UTF-8 (body_encoding \"utf8\"), else standard base64 (body_encoding \"base64\").
+
+Start position (--from): `first` (the oldest message still stored), `last` (only messages \
+stored from now on), an OFFSET (the same in every queue read), or @TIMESTAMP_MS (the first \
+message stored at or after that time, in ms since the Unix epoch). Default: with --group, the \
+group's committed offset on each queue that has one; everywhere else `first`.
+
+Without --follow, stops when every queue is read to its end; with --follow, keeps long polling \
+(15 s per pull) for new messages until --max is reached or Ctrl-C. The queue set is taken once \
+at the start.
+
+--group G is the simple pull mode: it reads from G's committed offsets and, after printing \
+each pulled batch, commits the offset that follows the last message printed, so the next run with --group G continues there. It does not join \
+a consumer group: there is no membership or rebalancing yet (a later release adds it), so two \
+runs with the same group read the same messages.
+
+Examples:
+  quiver consume --topic orders --max 10
+  quiver consume --topic orders --from last --follow --json | jq .body
+  quiver consume --topic orders --group billing")]
+pub(crate) struct ConsumeArgs {
+    /// Topic to read.
+    #[arg(long, short = 't')]
+    topic: String,
+    /// Read only this queue (default: every queue of the topic).
+    #[arg(long, short = 'q', value_name = "N")]
+    queue: Option<u32>,
+    /// Where to start: first, last, OFFSET or @TIMESTAMP_MS (see below).
+    #[arg(long, value_name = "first|last|OFFSET|@TIMESTAMP_MS")]
+    from: Option<From>,
+    /// Keep waiting for new messages (until --max or Ctrl-C).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Stop after printing N messages.
+    #[arg(long, short = 'n', value_name = "N")]
+    max: Option<u64>,
+    /// Consumer group whose offsets are read at the start and committed after printing
+    /// (simple pull mode, no rebalancing; see below).
+    #[arg(long, short = 'g', value_name = "G")]
+    group: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// The start position of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum From {
+    First,
+    Last,
+    Offset(u64),
+    Timestamp(i64),
+}
+
+impl FromStr for From {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "first" | "earliest" => Ok(From::First),
+            "last" | "latest" => Ok(From::Last),
+            _ => {
+                if let Some(ts) = s.strip_prefix('@') {
+                    ts.parse().map(From::Timestamp).map_err(|_| {
+                        format!("expected @TIMESTAMP_MS (ms since the Unix epoch), got {s:?}")
+                    })
+                } else {
+                    s.parse().map(From::Offset).map_err(|_| {
+                        format!("expected first, last, an offset or @TIMESTAMP_MS, got {s:?}")
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Messages pulled from one queue.
+struct Pulled {
+    queue: u32,
+    messages: Vec<ReceivedMessage>,
+}
+
+struct Printer {
+    out: Out,
+    consumer: PullConsumer,
+    topic: String,
+    group: Option<String>,
+    printed: u64,
+    max: u64,
+}
+
+impl Printer {
+    fn done(&self) -> bool {
+        self.printed >= self.max
+    }
+
+    /// Prints the messages (up to --max), then commits the group's offset after the last
+    /// one printed.
+    async fn print(&mut self, p: Pulled) -> anyhow::Result<()> {
+        let mut next = None;
+        for m in &p.messages {
+            if self.done() {
+                break;
+            }
+            if self.out.json {
+                self.out.json(&MessageJson::from(m))?;
+            } else {
+                if self.printed == 0 {
+                    self.out.line(&message_header())?;
+                }
+                self.out.line(&message_line(m))?;
+            }
+            self.printed += 1;
+            next = Some(m.queue_offset + 1);
+        }
+        if let (Some(group), Some(next)) = (&self.group, next) {
+            self.consumer
+                .commit_offset(group, &self.topic, p.queue, next)
+                .await
+                .with_context(|| {
+                    format!(
+                        "committing offset {next} of group {group:?} on {}/{}",
+                        self.topic, p.queue
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `quiver consume`.
+pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    super::check_name("topic", &args.topic)?;
+    if let Some(g) = &args.group {
+        super::check_name("group", g)?;
+    }
+    let client = args.client.connect().await?;
+    let consumer = PullConsumer::new(client.clone());
+    let result = consume(&args, consumer).await;
+    client.close().await;
+    result
+}
+
+async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<()> {
+    let topic = args.topic.as_str();
+    let mut queues = consumer
+        .queues(topic)
+        .await
+        .with_context(|| format!("describing topic {topic:?}"))?;
+    if let Some(q) = args.queue {
+        let n = queues.len();
+        queues.retain(|i| i.queue_id == q);
+        if queues.is_empty() {
+            anyhow::bail!("topic {topic:?} has {n} queues; queue {q} does not exist");
+        }
+    }
+    let mut cursors = Vec::with_capacity(queues.len());
+    for q in &queues {
+        cursors.push((q.queue_id, start_offset(args, &consumer, q).await?));
+    }
+    let mut printer = Printer {
+        out: Out::new(args.client.json),
+        consumer: consumer.clone(),
+        topic: topic.to_string(),
+        group: args.group.clone(),
+        printed: 0,
+        max: args.max.unwrap_or(u64::MAX),
+    };
+    if printer.done() {
+        return Ok(());
+    }
+    if !args.follow {
+        // One queue after the other, each to its end.
+        for (queue, mut offset) in cursors {
+            while !printer.done() {
+                let want = (printer.max - printer.printed).min(u64::from(PULL_BATCH)) as u32;
+                let r = pull(&consumer, topic, queue, offset, want, Duration::ZERO).await?;
+                let moved = r.next_offset > offset;
+                offset = r.next_offset;
+                match r.status {
+                    PullStatus::Found if !r.messages.is_empty() => {
+                        printer
+                            .print(Pulled {
+                                queue,
+                                messages: r.messages,
+                            })
+                            .await?;
+                    }
+                    PullStatus::NoMatch | PullStatus::OffsetTooSmall if moved => {}
+                    _ => break,
+                }
+            }
+        }
+        return Ok(());
+    }
+    // --follow: one long-polling task per queue feeds the printer.
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Pulled>>(cursors.len().max(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (queue, offset) in cursors {
+        let (tx, consumer, topic) = (tx.clone(), consumer.clone(), topic.to_string());
+        tasks.spawn(follow_queue(consumer, topic, queue, offset, tx));
+    }
+    drop(tx);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    while !printer.done() {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(Ok(p)) => printer.print(p).await?,
+                Some(Err(e)) => return Err(e),
+                None => break,
+            },
+            _ = &mut ctrl_c => break,
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Long-polls one queue forever, sending what it finds; stops when the printer is gone or on
+/// an error that retrying will not fix.
+async fn follow_queue(
+    consumer: PullConsumer,
+    topic: String,
+    queue: u32,
+    mut offset: u64,
+    tx: mpsc::Sender<anyhow::Result<Pulled>>,
+) {
+    loop {
+        match pull(&consumer, &topic, queue, offset, PULL_BATCH, LONG_POLL).await {
+            Ok(r) => {
+                // Found / NoMatch: past what was read; OffsetTooSmall / OffsetOverflow: the
+                // queue's first / next offset; NoNewMessages: unchanged.
+                offset = r.next_offset;
+                if r.status == PullStatus::Found && !r.messages.is_empty() {
+                    let p = Pulled {
+                        queue,
+                        messages: r.messages,
+                    };
+                    if tx.send(Ok(p)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) if retryable(&e) => {
+                eprintln!("warning: pulling {topic}/{queue}: {e:#}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn retryable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<ClientError>()
+            .is_some_and(|e| e.is_retryable())
+    })
+}
+
+async fn pull(
+    consumer: &PullConsumer,
+    topic: &str,
+    queue: u32,
+    offset: u64,
+    max_messages: u32,
+    long_poll: Duration,
+) -> anyhow::Result<PullResult> {
+    consumer
+        .pull(
+            topic,
+            queue,
+            offset,
+            PullOptions {
+                max_messages,
+                long_poll,
+                ..PullOptions::default()
+            },
+        )
+        .await
+        .with_context(|| format!("pulling {topic}/{queue} at offset {offset}"))
+}
+
+/// Where reading a queue starts (see the --help text).
+async fn start_offset(
+    args: &ConsumeArgs,
+    consumer: &PullConsumer,
+    q: &QueueInfo,
+) -> anyhow::Result<u64> {
+    let topic = args.topic.as_str();
+    let from = match (args.from, &args.group) {
+        (Some(f), _) => f,
+        (None, Some(group)) => {
+            let committed = consumer
+                .fetch_offset(group, topic, q.queue_id)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reading the committed offset of group {group:?} on {topic}/{}",
+                        q.queue_id
+                    )
+                })?;
+            match committed {
+                Some(o) => From::Offset(o),
+                None => From::First,
+            }
+        }
+        (None, None) => From::First,
+    };
+    Ok(match from {
+        From::First => q.min_offset,
+        From::Last => q.max_offset,
+        From::Offset(o) => o,
+        From::Timestamp(ts) => match consumer.offset_for_timestamp(topic, q.queue_id, ts).await {
+            Ok(o) => o,
+            Err(ClientError::Broker {
+                status: Status::NotFound,
+                ..
+            }) => q.max_offset,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "finding the offset for time {ts} in {topic}/{}",
+                    q.queue_id
+                )))
+            }
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!("first".parse::<From>(), Ok(From::First));
+        assert_eq!("last".parse::<From>(), Ok(From::Last));
+        assert_eq!("42".parse::<From>(), Ok(From::Offset(42)));
+        assert_eq!(
+            "@1700000000000".parse::<From>(),
+            Ok(From::Timestamp(1_700_000_000_000))
+        );
+        assert!("@x".parse::<From>().is_err());
+        assert!("-1".parse::<From>().is_err());
+        assert!("soon".parse::<From>().is_err());
+    }
+}

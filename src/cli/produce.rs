@@ -1,0 +1,196 @@
+//! `quiver produce`: send messages from arguments or from stdin lines.
+
+use anyhow::Context;
+use clap::Args;
+use quiver_client::{Message, Producer, ProducerOptions, QueueSelector, SendResult};
+use tokio::io::AsyncBufReadExt;
+
+use super::output::{Out, SentJson};
+use super::ClientArgs;
+
+/// Arguments of `quiver produce`.
+#[derive(Args)]
+#[command(after_help = "\
+Each BODY argument is one message. Without BODY, stdin is read and every line (without its \
+line ending; empty lines are skipped) is one message.
+
+A missing topic is created by the broker with its default queue count when the broker allows \
+auto-creation (broker.auto_create_topics); otherwise create it with `quiver admin topic create`.
+
+Prints one row per message: message id, topic, queue and offset (with --json: one object per \
+line with id, topic, queue, offset, commit_log_offset).
+
+Examples:
+  quiver produce --topic orders --tag created --key order-1 'hello'
+  seq 1 1000 | quiver produce --topic numbers --batch 100 --json")]
+pub(crate) struct ProduceArgs {
+    /// Topic to send to.
+    #[arg(long, short = 't')]
+    topic: String,
+    /// Tag of every message (consumers can filter on it).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Lookup key of every message (repeatable; `quiver admin message query` finds them).
+    #[arg(long = "key", value_name = "K")]
+    keys: Vec<String>,
+    /// User property NAME=VALUE of every message (repeatable).
+    #[arg(long = "prop", value_name = "NAME=VALUE", value_parser = parse_prop)]
+    props: Vec<(String, String)>,
+    /// Sharding key: messages with the same key go to the same queue, in order.
+    #[arg(long, value_name = "S", conflicts_with = "queue")]
+    sharding_key: Option<String>,
+    /// Send to this queue (default: round-robin over the topic's queues).
+    #[arg(long, short = 'q', value_name = "N")]
+    queue: Option<u32>,
+    /// Send messages in atomic batches of N (each batch goes to one queue in one request).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
+    /// Message bodies; without any, stdin is read line by line.
+    #[arg(value_name = "BODY")]
+    bodies: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn parse_prop(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    quiver_client::quiver_protocol::names::check_property_name(k)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl ProduceArgs {
+    fn message(&self, body: Vec<u8>) -> Message {
+        let mut m = Message::new(self.topic.clone(), body)
+            .with_keys(self.keys.iter().cloned())
+            .with_tag(self.tag.clone().unwrap_or_default());
+        for (k, v) in &self.props {
+            m = m.with_property(k.clone(), v.clone());
+        }
+        if let Some(s) = &self.sharding_key {
+            m = m.with_sharding_key(s.clone());
+        }
+        m
+    }
+}
+
+struct Sender<'a> {
+    args: &'a ProduceArgs,
+    producer: Producer,
+    out: Out,
+    header_done: bool,
+    sent: u64,
+}
+
+impl Sender<'_> {
+    async fn send(&mut self, bodies: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let n = bodies.len();
+        let messages: Vec<Message> = bodies.into_iter().map(|b| self.args.message(b)).collect();
+        let results: Vec<SendResult> = if n == 1 {
+            let m = messages.into_iter().next().expect("one message");
+            vec![self.producer.send(m).await.with_context(|| {
+                format!(
+                    "sending message {} to topic {:?}",
+                    self.sent + 1,
+                    self.args.topic
+                )
+            })?]
+        } else {
+            self.producer.send_batch(messages).await.with_context(|| {
+                format!(
+                    "sending a batch of {n} messages (messages {} to {}) to topic {:?}",
+                    self.sent + 1,
+                    self.sent + n as u64,
+                    self.args.topic
+                )
+            })?
+        };
+        self.sent += n as u64;
+        for r in &results {
+            if self.out.json {
+                self.out.json(&SentJson::from(r))?;
+            } else {
+                let topic_w = r.topic.len().max(5);
+                if !self.header_done {
+                    self.out.line(&format!(
+                        "{:<32}  {:<topic_w$}  {:>5}  {:>10}",
+                        "MSG ID", "TOPIC", "QUEUE", "OFFSET"
+                    ))?;
+                    self.header_done = true;
+                }
+                self.out.line(&format!(
+                    "{}  {:<topic_w$}  {:>5}  {:>10}",
+                    r.msg_id, r.topic, r.queue_id, r.queue_offset
+                ))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `quiver produce`.
+pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
+    super::check_name("topic", &args.topic)?;
+    let client = args.client.connect().await?;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerOptions {
+            selector: match args.queue {
+                Some(q) => QueueSelector::Fixed(q),
+                None => QueueSelector::RoundRobin,
+            },
+            ..ProducerOptions::default()
+        },
+    );
+    let mut sender = Sender {
+        args: &args,
+        producer,
+        out: Out::new(args.client.json),
+        header_done: false,
+        sent: 0,
+    };
+    let batch = args.batch as usize;
+    let result = async {
+        if !args.bodies.is_empty() {
+            for chunk in args.bodies.chunks(batch) {
+                sender
+                    .send(chunk.iter().map(|b| b.as_bytes().to_vec()).collect())
+                    .await?;
+            }
+            return Ok(());
+        }
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let mut pending = Vec::with_capacity(batch);
+        loop {
+            let mut line = Vec::new();
+            let n = stdin
+                .read_until(b'\n', &mut line)
+                .await
+                .context("reading stdin")?;
+            if n == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            if line.is_empty() {
+                continue;
+            }
+            pending.push(line);
+            if pending.len() >= batch {
+                sender.send(std::mem::take(&mut pending)).await?;
+            }
+        }
+        sender.send(pending).await
+    }
+    .await;
+    client.close().await;
+    result
+}

@@ -1,0 +1,555 @@
+//! The `quiver produce | consume | admin` commands: the real binary against a real broker,
+//! pinning its certificate fingerprint.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::TestBroker;
+
+/// What one run of the binary produced.
+#[derive(Debug)]
+struct Run {
+    ok: bool,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// stdout as one JSON value per line.
+    fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect()
+    }
+
+    fn expect_ok(self, what: &str) -> Run {
+        assert!(self.ok, "{what} failed: {self:#?}");
+        self
+    }
+
+    fn expect_fail(self, what: &str) -> Run {
+        assert!(!self.ok, "{what} should fail: {self:#?}");
+        assert_eq!(self.code, Some(1), "{what}: exit code {self:#?}");
+        self
+    }
+}
+
+/// Runs the binary with `args` (and `stdin` piped in when given), without the caller's
+/// QUIVER_* environment, in a directory without a local broker.
+fn run_raw(args: Vec<String>, stdin: Option<Vec<u8>>) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    cmd.args(&args)
+        .env_remove("QUIVER_BROKER")
+        .env_remove("QUIVER_FINGERPRINT")
+        .env_remove("QUIVER_CA")
+        .env_remove("RUST_LOG")
+        .current_dir(std::env::temp_dir())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("quiver starts");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(&input).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("quiver runs");
+    Run {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the binary against `broker`.
+struct Quiver {
+    addr: String,
+    fingerprint: String,
+}
+
+impl Quiver {
+    fn new(broker: &TestBroker) -> Self {
+        Quiver {
+            addr: broker.server().addr.to_string(),
+            fingerprint: broker.server().fingerprint.clone(),
+        }
+    }
+
+    fn args(&self, args: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--broker".into(),
+            self.addr.clone(),
+            "--fingerprint".into(),
+            self.fingerprint.clone(),
+        ]);
+        v
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        let args = self.args(args);
+        tokio::task::spawn_blocking(move || run_raw(args, None))
+            .await
+            .unwrap()
+    }
+
+    async fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+        let (args, stdin) = (self.args(args), stdin.to_vec());
+        tokio::task::spawn_blocking(move || run_raw(args, Some(stdin)))
+            .await
+            .unwrap()
+    }
+}
+
+fn bodies(records: &[Value]) -> Vec<String> {
+    let mut b: Vec<String> = records
+        .iter()
+        .map(|r| r["body"].as_str().expect("body").to_string())
+        .collect();
+    b.sort();
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_from_args_and_stdin_then_consume() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+
+    // From arguments, with everything a message can carry.
+    let sent = q
+        .run(&[
+            "produce",
+            "--topic",
+            "cli",
+            "--tag",
+            "created",
+            "--key",
+            "order-1",
+            "--key",
+            "o1",
+            "--prop",
+            "region=eu",
+            "--json",
+            "first",
+            "second",
+        ])
+        .await
+        .expect_ok("produce from args")
+        .json();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for s in &sent {
+        assert_eq!(s["topic"], "cli");
+        assert_eq!(s["id"].as_str().unwrap().len(), 32);
+        assert!(s["queue"].is_u64() && s["offset"].is_u64(), "{s}");
+    }
+
+    // From stdin: one message per line, batches of 2, empty lines skipped, CRLF stripped.
+    let sent = q
+        .run_stdin(
+            &["produce", "--topic", "cli", "--batch", "2", "--json"],
+            b"line 1\nline 2\n\nline 3\r\nline 4\nline 5",
+        )
+        .await
+        .expect_ok("produce from stdin")
+        .json();
+    assert_eq!(sent.len(), 5, "{sent:?}");
+    // A batch lands contiguously in one queue.
+    assert_eq!(sent[0]["queue"], sent[1]["queue"]);
+    assert_eq!(
+        sent[1]["offset"].as_u64().unwrap(),
+        sent[0]["offset"].as_u64().unwrap() + 1
+    );
+
+    // Human output: a header and one row per message.
+    let human = q
+        .run(&["produce", "--topic", "cli", "--queue", "2", "third"])
+        .await
+        .expect_ok("produce human");
+    let lines: Vec<&str> = human.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{human:?}");
+    assert!(lines[0].starts_with("MSG ID"), "{human:?}");
+    assert!(
+        lines[1].contains(" cli ") && lines[1].contains(" 2 "),
+        "{human:?}"
+    );
+
+    // Everything comes back, across all queues.
+    let all = q
+        .run(&["consume", "--topic", "cli", "--json"])
+        .await
+        .expect_ok("consume all")
+        .json();
+    assert_eq!(
+        bodies(&all),
+        ["first", "line 1", "line 2", "line 3", "line 4", "line 5", "second", "third"]
+    );
+    let first = all.iter().find(|m| m["body"] == "first").unwrap();
+    assert_eq!(first["tag"], "created");
+    assert_eq!(first["keys"], serde_json::json!(["order-1", "o1"]));
+    assert_eq!(first["properties"]["region"], "eu");
+    assert_eq!(first["body_encoding"], "utf8");
+    assert_eq!(first["topic"], "cli");
+
+    // --max stops early.
+    let some = q
+        .run(&["consume", "--topic", "cli", "--max", "3", "--json"])
+        .await
+        .expect_ok("consume --max")
+        .json();
+    assert_eq!(some.len(), 3);
+
+    // --queue reads one queue only; human rows start with queue/offset.
+    let q2 = q
+        .run(&["consume", "--topic", "cli", "--queue", "2"])
+        .await
+        .expect_ok("consume --queue");
+    assert!(q2
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with("QUEUE/OFFSET"));
+    assert!(
+        q2.stdout.lines().skip(1).all(|l| l.starts_with("2/")),
+        "{q2:?}"
+    );
+    assert!(q2.stdout.contains("third"), "{q2:?}");
+
+    // --group commits what it printed; the next run continues there.
+    let a = q
+        .run(&[
+            "consume", "--topic", "cli", "--group", "g1", "--max", "3", "--json",
+        ])
+        .await
+        .expect_ok("group run 1")
+        .json();
+    let b = q
+        .run(&["consume", "--topic", "cli", "--group", "g1", "--json"])
+        .await
+        .expect_ok("group run 2")
+        .json();
+    assert_eq!(a.len(), 3);
+    assert_eq!(b.len(), 5);
+    let mut both: Vec<Value> = a.into_iter().chain(b).collect();
+    both.sort_by_key(|m| m["id"].as_str().unwrap().to_string());
+    both.dedup_by_key(|m| m["id"].clone());
+    assert_eq!(both.len(), 8, "no message twice, none lost");
+    let c = q
+        .run(&["consume", "--topic", "cli", "--group", "g1", "--json"])
+        .await
+        .expect_ok("group run 3");
+    assert_eq!(c.stdout, "", "all committed");
+
+    // A binary body: base64 in JSON, hex for people.
+    q.run_stdin(&["produce", "--topic", "bin", "--json"], b"\xff\x00\x01\n")
+        .await
+        .expect_ok("produce binary");
+    let bin = q
+        .run(&["consume", "--topic", "bin", "--json"])
+        .await
+        .expect_ok("consume binary")
+        .json();
+    assert_eq!(bin.len(), 1);
+    assert_eq!(bin[0]["body_encoding"], "base64");
+    assert_eq!(bin[0]["body"], "/wAB");
+    assert_eq!(bin[0]["body_len"], 3);
+    let human = q
+        .run(&["consume", "--topic", "bin"])
+        .await
+        .expect_ok("consume binary, human");
+    assert!(human.stdout.contains("0xff0001 (3 bytes)"), "{human:?}");
+
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_topic_lifecycle() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+
+    let created = q
+        .run(&["admin", "topic", "create", "adm", "--queues", "3"])
+        .await
+        .expect_ok("create");
+    assert_eq!(created.stdout.trim(), "created topic adm (3 queues)");
+    let again = q
+        .run(&["admin", "topic", "create", "adm"])
+        .await
+        .expect_fail("create twice");
+    assert!(again.stderr.contains("already exists"), "{again:?}");
+
+    let list = q
+        .run(&["admin", "topic", "list", "--json"])
+        .await
+        .expect_ok("list")
+        .json();
+    assert!(
+        list.contains(&serde_json::json!({"topic": "adm", "queues": 3})),
+        "{list:?}"
+    );
+    let human = q
+        .run(&["admin", "topic", "list"])
+        .await
+        .expect_ok("list human");
+    assert!(human.stdout.starts_with("TOPIC"), "{human:?}");
+    assert!(human
+        .stdout
+        .lines()
+        .any(|l| l.split_whitespace().eq(["adm", "3"])));
+
+    q.run(&["produce", "--topic", "adm", "--queue", "1", "a", "b"])
+        .await
+        .expect_ok("produce");
+    let described = q
+        .run(&["admin", "topic", "describe", "adm", "--json"])
+        .await
+        .expect_ok("describe")
+        .json();
+    assert_eq!(described.len(), 3);
+    assert_eq!(
+        described[1],
+        serde_json::json!({"topic": "adm", "queue": 1, "min_offset": 0, "max_offset": 2, "messages": 2})
+    );
+    assert_eq!(described[0]["messages"], 0);
+    // Global options also work before the subcommand.
+    let human = q
+        .run(&["admin", "--json", "topic", "describe", "adm"])
+        .await
+        .expect_ok("describe, --json first");
+    assert_eq!(human.json().len(), 3);
+    let human = q
+        .run(&["admin", "topic", "describe", "adm"])
+        .await
+        .expect_ok("describe human");
+    assert!(
+        human.stdout.starts_with("topic adm: 3 queues, 2 messages"),
+        "{human:?}"
+    );
+
+    let updated = q
+        .run(&["admin", "topic", "update", "adm", "--queues", "5", "--json"])
+        .await
+        .expect_ok("update")
+        .json();
+    assert_eq!(
+        updated,
+        [serde_json::json!({"topic": "adm", "action": "updated", "queues": 5})]
+    );
+    let described = q
+        .run(&["admin", "topic", "describe", "adm", "--json"])
+        .await
+        .expect_ok("describe after update")
+        .json();
+    assert_eq!(described.len(), 5);
+
+    q.run(&["admin", "topic", "delete", "adm"])
+        .await
+        .expect_ok("delete");
+    let list = q
+        .run(&["admin", "topic", "list", "--json"])
+        .await
+        .expect_ok("list after delete")
+        .json();
+    assert!(list.iter().all(|t| t["topic"] != "adm"), "{list:?}");
+    let gone = q
+        .run(&["admin", "topic", "describe", "adm"])
+        .await
+        .expect_fail("describe deleted");
+    assert!(gone.stderr.contains("does not exist"), "{gone:?}");
+
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_message_get_and_query() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+
+    let sent = q
+        .run(&[
+            "produce", "--topic", "look", "--key", "k-1", "--tag", "t", "--json", "find me",
+        ])
+        .await
+        .expect_ok("produce")
+        .json();
+    let id = sent[0]["id"].as_str().unwrap().to_string();
+
+    let got = q
+        .run(&["admin", "message", "get", "--id", &id, "--json"])
+        .await
+        .expect_ok("get --json")
+        .json();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["id"], id.as_str());
+    assert_eq!(got[0]["body"], "find me");
+    assert_eq!(got[0]["topic"], "look");
+    assert_eq!(got[0]["queue"], sent[0]["queue"]);
+    assert_eq!(got[0]["offset"], sent[0]["offset"]);
+
+    let human = q
+        .run(&["admin", "message", "get", "--id", &id])
+        .await
+        .expect_ok("get");
+    assert!(
+        human.stdout.starts_with(&format!("id:           {id}\n")),
+        "{human:?}"
+    );
+    assert!(human.stdout.contains("find me"), "{human:?}");
+
+    let found = q
+        .run(&[
+            "admin", "message", "query", "--topic", "look", "--key", "k-1", "--json",
+        ])
+        .await
+        .expect_ok("query")
+        .json();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["id"], id.as_str());
+    let none = q
+        .run(&[
+            "admin", "message", "query", "--topic", "look", "--key", "nope", "--json",
+        ])
+        .await
+        .expect_ok("query, no match");
+    assert_eq!(none.stdout, "");
+
+    let missing = q
+        .run(&["admin", "message", "get", "--id", &"0".repeat(32)])
+        .await
+        .expect_fail("get unknown id");
+    assert!(missing.stderr.contains("not found"), "{missing:?}");
+    let bad = q
+        .run(&["admin", "message", "get", "--id", "xyz"])
+        .await
+        .expect_fail("get bad id");
+    assert!(bad.stderr.contains("32 hex digits"), "{bad:?}");
+
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_with_a_clear_message() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+
+    let bad = q
+        .run(&["produce", "--topic", "bad topic", "x"])
+        .await
+        .expect_fail("bad topic name");
+    assert!(
+        bad.stderr.contains("topic name \"bad topic\"") && bad.stderr.contains("position 3"),
+        "{bad:?}"
+    );
+    assert_eq!(bad.stdout, "");
+    let bad = q
+        .run(&["consume", "--topic", "a/b"])
+        .await
+        .expect_fail("consume bad topic");
+    assert!(bad.stderr.contains("topic name \"a/b\""), "{bad:?}");
+    let bad = q
+        .run(&["admin", "topic", "create", "x y"])
+        .await
+        .expect_fail("create bad topic");
+    assert!(bad.stderr.contains("topic name \"x y\""), "{bad:?}");
+
+    let missing = q
+        .run(&["consume", "--topic", "never-created"])
+        .await
+        .expect_fail("consume missing topic");
+    assert!(missing.stderr.contains("does not exist"), "{missing:?}");
+    let bad = q
+        .run(&["produce", "--topic", "t", "--queue", "7", "x"])
+        .await
+        .expect_fail("queue out of range");
+    assert!(bad.stderr.contains("queue 7"), "{bad:?}");
+
+    // Reserved property names are refused by the argument parser (exit 2, usage error).
+    let reserved = tokio::task::spawn_blocking({
+        let args = q.args(&["produce", "--topic", "t", "--prop", "KEYS=x", "x"]);
+        move || run_raw(args, None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(reserved.code, Some(2), "{reserved:?}");
+    assert!(reserved.stderr.contains("reserved"), "{reserved:?}");
+
+    // No TLS choice and no local broker certificate: say what to pass.
+    let no_tls = tokio::task::spawn_blocking({
+        let addr = q.addr.clone();
+        move || {
+            run_raw(
+                vec![
+                    "admin".into(),
+                    "topic".into(),
+                    "list".into(),
+                    "--broker".into(),
+                    addr,
+                    "--data-dir".into(),
+                    "/nonexistent/quiver-data".into(),
+                ],
+                None,
+            )
+        }
+    })
+    .await
+    .unwrap()
+    .expect_fail("no TLS choice");
+    assert!(
+        no_tls.stderr.contains("--fingerprint")
+            && no_tls.stderr.contains("--ca")
+            && no_tls.stderr.contains("--insecure"),
+        "{no_tls:?}"
+    );
+
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_waits_for_new_messages() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+    q.run(&["admin", "topic", "create", "live", "--queues", "2"])
+        .await
+        .expect_ok("create");
+    q.run(&["produce", "--topic", "live", "old"])
+        .await
+        .expect_ok("produce old");
+
+    // Starts at a time after "old" was stored, so only what is sent from then on shows up
+    // (whenever the consumer gets to resolving its start offsets).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let follow = tokio::task::spawn_blocking({
+        let from = format!("@{since}");
+        let args = q.args(&[
+            "consume", "--topic", "live", "--from", &from, "--follow", "--max", "3", "--json",
+        ]);
+        move || run_raw(args, None)
+    });
+    // Most likely the consumer is parked in a long poll by now.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    q.run(&["produce", "--topic", "live", "new 1", "new 2", "new 3"])
+        .await
+        .expect_ok("produce new");
+    let out = tokio::time::timeout(Duration::from_secs(20), follow)
+        .await
+        .expect("--follow --max 3 returns")
+        .unwrap()
+        .expect_ok("follow");
+    assert_eq!(bodies(&out.json()), ["new 1", "new 2", "new 3"]);
+
+    broker.stop().await;
+}
