@@ -45,7 +45,7 @@ pub struct BrokerConfig {
     pub max_connections: u32,
     /// Most concurrent streams (requests in flight) per connection.
     pub max_streams_per_connection: u32,
-    /// Longest a pull may be parked, in ms (RocketMQ's 15 s).
+    /// Longest a pull may be parked, in ms (RocketMQ parks up to 15 s; clients choose).
     pub long_poll_max_ms: u32,
     /// Appends waiting for the store before producers get a retryable "busy" error.
     pub append_queue: usize,
@@ -126,10 +126,10 @@ impl Config {
                 b.max_queues, b.default_queues
             ));
         }
-        if (b.max_frame_bytes as usize) < self.store.max_message_size + 64 * 1024 {
-            return Err(
-                "broker.max_frame_bytes must exceed store.max_message_size by 64 KiB".into(),
-            );
+        if (b.max_frame_bytes as usize)
+            < self.store.max_message_size + self.store.max_properties_size + 64 * 1024
+        {
+            return Err("broker.max_frame_bytes must exceed store.max_message_size + store.max_properties_size by 64 KiB (one stored message must fit a response)".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key must be given together".into());

@@ -455,9 +455,16 @@ impl Broker {
                 name("topic", &topic)?;
                 let store = self.store.clone();
                 let max = max.clamp(1, 64) as usize;
-                let found =
+                let mut found =
                     blocking(move || store.query_by_key(&topic, &key, max, begin_ms, end_ms))
                         .await??;
+                // The answer must fit one frame: keep the newest records that do.
+                let room = (self.cfg.broker.max_frame_bytes as usize).saturating_sub(64 << 10);
+                let mut used = 0;
+                found.retain(|r| {
+                    used += r.len();
+                    used <= room
+                });
                 Ok(Response::Messages(found))
             }
         }
@@ -576,13 +583,8 @@ impl Broker {
         messages: Vec<WireMessage>,
         born: SocketAddr,
     ) -> Result<Response> {
-        let queues = self.route(&topic, true)?;
-        if queue_id >= queues {
-            return Err(BrokerError::new(
-                Status::QueueNotFound,
-                format!("topic {topic:?} has {queues} queues; queue {queue_id} does not exist"),
-            ));
-        }
+        // Validate everything before the topic may be auto-created.
+        name("topic", &topic)?;
         if messages.is_empty() {
             return Err(BrokerError::new(
                 Status::InvalidMessage,
@@ -610,6 +612,13 @@ impl Broker {
                     "message keys must not be empty",
                 ));
             }
+        }
+        let queues = self.route(&topic, true)?;
+        if queue_id >= queues {
+            return Err(BrokerError::new(
+                Status::QueueNotFound,
+                format!("topic {topic:?} has {queues} queues; queue {queue_id} does not exist"),
+            ));
         }
         let (reply, rx) = oneshot::channel();
         let job = AppendJob::Append {

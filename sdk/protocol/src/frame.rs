@@ -577,9 +577,9 @@ impl Request {
                 let topic = r.str16("topic")?;
                 let queue_id = r.u32("queue id")?;
                 let n = r.u32("message count")? as usize;
-                // Each message takes at least 40 bytes: refuse counts the body cannot hold
-                // before allocating for them.
-                if n > r.remaining() / 40 + 1 {
+                // Each message takes at least 38 bytes (id 16, born 8, flags 4, four empty
+                // length prefixes 10): refuse counts the body cannot hold before allocating.
+                if n > r.remaining() / 38 {
                     return Err(DecodeError::Invalid {
                         field: "message count",
                         reason: format!("{n} messages cannot fit in {} bytes", r.remaining()),
