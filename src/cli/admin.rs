@@ -25,6 +25,9 @@ enum AdminCommand {
     /// Look messages up by id or by key.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Consumer groups: list, describe, reset offsets, delete.
+    #[command(subcommand)]
+    Group(super::group::GroupCommand),
 }
 
 #[derive(Subcommand)]
@@ -127,6 +130,12 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             anyhow::ensure!(!key.is_empty(), "the key is empty");
             None
         }
+        AdminCommand::Group(g) => {
+            for (kind, name) in g.names() {
+                super::check_name(kind, name)?;
+            }
+            None
+        }
     };
     let client = args.client.connect().await?;
     let admin = Admin::new(client.clone());
@@ -143,6 +152,7 @@ async fn run_command(
     id: Option<MessageId>,
 ) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Group(g) => super::group::run(admin, out, g).await,
         AdminCommand::Topic(TopicCommand::Create { name, queues }) => {
             admin
                 .create_topic(&name, queues)

@@ -197,7 +197,10 @@ impl MappedFile {
         }
         let page_end = ((from + PAGE - 1) & !(PAGE - 1)).min(self.len);
         // SAFETY: recovery runs before any reader or writer exists.
-        unsafe { self.slice_mut(from as usize, (page_end - from) as usize).fill(0) };
+        unsafe {
+            self.slice_mut(from as usize, (page_end - from) as usize)
+                .fill(0)
+        };
         self.flush(from as usize, (page_end - from) as usize)?;
         if page_end < self.len && zero_range(&self._file, page_end, self.len - page_end).is_err() {
             let mut off = page_end;

@@ -316,7 +316,11 @@ fn torn_tail_is_truncated_and_reported_and_appends_continue() {
         let store = Store::open(cfg.clone()).unwrap();
         let mut last = None;
         for i in 0..10u128 {
-            last = Some(append(&store, "T", 0, &[Msg::new(i, &[9u8; 100])]).unwrap().results[0]);
+            last = Some(
+                append(&store, "T", 0, &[Msg::new(i, &[9u8; 100])])
+                    .unwrap()
+                    .results[0],
+            );
         }
         end = store.log_offsets().1;
         last_len = last.unwrap().size as usize;
