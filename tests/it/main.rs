@@ -4,6 +4,7 @@
 
 mod broker;
 mod cli;
+mod groups;
 mod harness;
 mod raw_frames;
 mod store_crash;

@@ -1,12 +1,29 @@
-//! Topic management and message lookups.
+//! Topic and consumer-group management, and message lookups.
 
-use quiver_protocol::{names, QueueInfo, Request, Response, Status, TopicSummary};
+use quiver_protocol::{
+    names, GroupMode, GroupQueue, GroupSummary, MemberInfo, QueueInfo, Request, ResetTarget,
+    Response, Status, TopicSummary,
+};
 
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::message::{MessageId, ReceivedMessage};
 
-/// Administrative calls: topics and message lookups. Cheap to clone.
+/// A consumer group in detail (see [`Admin::describe_group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Group name.
+    pub name: String,
+    /// Mode of its members (clustering when it has none).
+    pub mode: GroupMode,
+    /// Its live members and the queues each owns now.
+    pub members: Vec<MemberInfo>,
+    /// Every queue of its topics (subscribed or with committed offsets): committed offset,
+    /// queue end and current owner.
+    pub queues: Vec<GroupQueue>,
+}
+
+/// Administrative calls: topics, consumer groups and message lookups. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Admin {
     client: Client,
@@ -144,5 +161,69 @@ impl Admin {
             }) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Consumer groups: those with live members or committed offsets.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        match self.client.request(Request::GroupList).await? {
+            Response::Groups(list) => Ok(list),
+            other => Err(ClientError::unexpected("GroupList", &other)),
+        }
+    }
+
+    /// A group's mode, live members and queues. Fails with status `GroupNotFound` when the
+    /// group has neither members nor committed offsets.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
+        check("group", group)?;
+        let request = Request::GroupDescribe {
+            group: group.to_string(),
+        };
+        match self.client.request(request).await? {
+            Response::Group {
+                name,
+                mode,
+                members,
+                queues,
+            } => Ok(GroupDescription {
+                name,
+                mode,
+                members,
+                queues,
+            }),
+            other => Err(ClientError::unexpected("GroupDescribe", &other)),
+        }
+    }
+
+    /// Moves a group's committed offsets on every queue of `topic` to `target`. Refused
+    /// (status `GroupOnline`) while the group has live members, unless `force`; live members
+    /// may then overwrite the new offsets with their next commit.
+    pub async fn reset_group_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        target: ResetTarget,
+        force: bool,
+    ) -> Result<(), ClientError> {
+        check("group", group)?;
+        check("topic", topic)?;
+        let request = Request::GroupResetOffset {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            target,
+            force,
+        };
+        self.done("GroupResetOffset", request).await
+    }
+
+    /// Deletes a group's committed offsets and membership. Refused (status `GroupOnline`)
+    /// while it has live members, unless `force`; fails with `GroupNotFound` when there is
+    /// nothing to delete.
+    pub async fn delete_group(&self, group: &str, force: bool) -> Result<(), ClientError> {
+        check("group", group)?;
+        let request = Request::GroupDelete {
+            group: group.to_string(),
+            force,
+        };
+        self.done("GroupDelete", request).await
     }
 }

@@ -14,8 +14,8 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::Endpoint;
 use quiver_protocol::record::{encode_into, NewMessage, RecordPlacement};
 use quiver_protocol::{
-    encode_error, split_frame, Command, PullStatus, QueueInfo, RecordLimits, Request, Response,
-    SendReceipt, Status, TopicSummary,
+    encode_error, split_frame, Command, GroupMode, GroupSummary, PullStatus, QueueInfo, QueueRef,
+    RecordLimits, Request, ResetTarget, Response, SendReceipt, Status, TopicSummary,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -49,6 +49,11 @@ struct State {
     queues: HashMap<(String, u32), Vec<Bytes>>,
     offsets: HashMap<(String, String, u32), u64>,
     phys: u64,
+    /// Group membership: member -> last `held`; members that left; what Heartbeat grants
+    /// (every queue of the topics when `None`).
+    held: HashMap<String, Vec<QueueRef>>,
+    left: Vec<String>,
+    grant: Option<Vec<QueueRef>>,
 }
 
 struct Mock {
@@ -371,6 +376,52 @@ async fn respond(
                 .cloned()
                 .collect(),
         ),
+        Request::Heartbeat {
+            member_id,
+            topics,
+            held,
+            ..
+        } => {
+            s.held.insert(member_id, held);
+            let owned = s.grant.clone().unwrap_or_else(|| {
+                topics
+                    .iter()
+                    .flat_map(|t| (0..QUEUES).map(move |q| (t.clone(), q)))
+                    .collect()
+            });
+            Response::Heartbeat {
+                generation: 1,
+                session_timeout_ms: 5_000,
+                heartbeat_interval_ms: 100,
+                settled: true,
+                owned,
+            }
+        }
+        Request::LeaveGroup { member_id, .. } => {
+            s.left.push(member_id);
+            Response::Done
+        }
+        Request::GroupList => Response::Groups(vec![GroupSummary {
+            name: "g".into(),
+            mode: GroupMode::Broadcasting,
+            members: 2,
+        }]),
+        Request::GroupDescribe { group } => Response::Group {
+            name: group,
+            mode: GroupMode::Clustering,
+            members: Vec::new(),
+            queues: Vec::new(),
+        },
+        Request::GroupResetOffset { group, topic, .. } => {
+            for q in 0..QUEUES {
+                s.offsets.insert((group.clone(), topic.clone(), q), 0);
+            }
+            Response::Done
+        }
+        Request::GroupDelete { group, .. } => {
+            s.offsets.retain(|(g, _, _), _| *g != group);
+            Response::Done
+        }
     };
     resp.encode_chunks(cmd)
 }
@@ -760,4 +811,273 @@ async fn survives_a_silent_broker_death() {
     client.request(Request::TopicList).await.unwrap();
     assert_eq!(new.state().hellos, 1);
     drop(old);
+}
+
+/// Polls `cond` every 20 ms for up to 10 s.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A batch listener recording bodies; `m7` fails once and `m11` panics once.
+fn recording_listener(
+    seen: Seen,
+    attempts: Arc<Mutex<HashMap<String, u32>>>,
+) -> impl Fn(
+    Vec<ReceivedMessage>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ConsumeResult> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move |batch| {
+        let (seen, attempts) = (seen.clone(), attempts.clone());
+        Box::pin(async move {
+            for m in &batch {
+                let body = String::from_utf8(m.body.to_vec()).unwrap();
+                let n = {
+                    let mut a = attempts.lock().unwrap();
+                    let e = a.entry(body.clone()).or_insert(0);
+                    *e += 1;
+                    *e
+                };
+                if body == "m7" && n == 1 {
+                    return ConsumeResult::ReconsumeLater;
+                }
+                if body == "m11" && n == 1 {
+                    panic!("listener panic expected by the test");
+                }
+            }
+            seen.lock().unwrap().extend(
+                batch
+                    .iter()
+                    .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
+            );
+            ConsumeResult::Success
+        })
+    }
+}
+
+fn queue_lens(mock: &Mock, topic: &str) -> Vec<u64> {
+    let s = mock.state();
+    (0..QUEUES)
+        .map(|q| {
+            s.queues
+                .get(&(topic.to_string(), q))
+                .map_or(0, |v| v.len() as u64)
+        })
+        .collect()
+}
+
+fn committed(mock: &Mock, group: &str, topic: &str) -> Vec<Option<u64>> {
+    let s = mock.state();
+    (0..QUEUES)
+        .map(|q| {
+            s.offsets
+                .get(&(group.to_string(), topic.to_string(), q))
+                .copied()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_consumes_commits_releases_and_leaves() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let client = Client::connect(config(mock.addr, &c)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerOptions::default());
+    for i in 0..40 {
+        producer
+            .send(Message::new("demo", format!("m{i}")))
+            .await
+            .unwrap();
+    }
+
+    // Clustering, from the first message, batches of 3, one failure and one panic.
+    let seen: Seen = Arc::default();
+    let attempts = Arc::new(Mutex::new(HashMap::new()));
+    let mut opts = PushConsumerOptions::new("g");
+    opts.consume_from = ConsumeFrom::First;
+    opts.batch_size = 3;
+    opts.long_poll = Duration::from_millis(100);
+    opts.commit_interval = Duration::from_millis(50);
+    let consumer = PushConsumer::start(
+        client.clone(),
+        vec!["demo".into()],
+        opts,
+        recording_listener(seen.clone(), attempts.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(consumer
+        .member_id()
+        .starts_with(&format!("{}-", client.config().client_id)));
+    wait_until("all 40 messages", || seen.lock().unwrap().len() >= 40).await;
+    {
+        let mut got = seen.lock().unwrap().clone();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 40, "each message succeeded exactly once");
+        let a = attempts.lock().unwrap();
+        assert!(a["m7"] >= 2 && a["m11"] >= 2, "{a:?}");
+    }
+    assert_eq!(consumer.owned_queues().len(), QUEUES as usize);
+    let lens = queue_lens(&mock, "demo");
+    wait_until("offsets committed to the queue ends", || {
+        committed(&mock, "g", "demo") == lens.iter().map(|l| Some(*l)).collect::<Vec<_>>()
+    })
+    .await;
+
+    // The broker takes queues 1..3 away: they are released and no longer held.
+    mock.state().grant = Some(vec![("demo".to_string(), 0)]);
+    let member = consumer.member_id().to_string();
+    wait_until("queues released", || {
+        consumer.owned_queues() == [("demo".to_string(), 0)]
+            && mock.state().held.get(&member).map(Vec::as_slice)
+                == Some(&[("demo".to_string(), 0)][..])
+    })
+    .await;
+    producer
+        .send_to_queue(Message::new("demo", "n0"), 0)
+        .await
+        .unwrap();
+    producer
+        .send_to_queue(Message::new("demo", "n1"), 1)
+        .await
+        .unwrap();
+    wait_until("n0", || seen.lock().unwrap().contains(&"n0".to_string())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!seen.lock().unwrap().contains(&"n1".to_string()));
+
+    consumer.shutdown().await.unwrap();
+    consumer.shutdown().await.unwrap();
+    assert_eq!(mock.state().left, std::slice::from_ref(&member));
+    assert_eq!(committed(&mock, "g", "demo")[0], Some(lens[0] + 1));
+    mock.state().grant = None;
+
+    // A new group starting from Last pins the queue ends and sees only later messages.
+    let seen2: Seen = Arc::default();
+    let s2 = seen2.clone();
+    let mut opts = PushConsumerOptions::new("g2");
+    opts.long_poll = Duration::from_millis(100);
+    let last = PushConsumer::start_single(client.clone(), vec!["demo".into()], opts, move |m| {
+        let s2 = s2.clone();
+        async move {
+            s2.lock()
+                .unwrap()
+                .push(String::from_utf8(m.body.to_vec()).unwrap());
+            Ok::<(), String>(())
+        }
+    })
+    .await
+    .unwrap();
+    let ends: Vec<Option<u64>> = queue_lens(&mock, "demo").into_iter().map(Some).collect();
+    wait_until("start offsets pinned", || {
+        committed(&mock, "g2", "demo") == ends
+    })
+    .await;
+    producer
+        .send_to_queue(Message::new("demo", "late"), 2)
+        .await
+        .unwrap();
+    wait_until("late", || !seen2.lock().unwrap().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*seen2.lock().unwrap(), ["late"]);
+    last.shutdown().await.unwrap();
+
+    // Broadcasting keeps its offsets in a local file and resumes from it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.json");
+    let seen3: Seen = Arc::default();
+    let mut opts = PushConsumerOptions::new("b");
+    opts.mode = GroupMode::Broadcasting;
+    opts.consume_from = ConsumeFrom::First;
+    opts.long_poll = Duration::from_millis(100);
+    opts.offset_store_path = Some(path.clone());
+    let total: u64 = queue_lens(&mock, "demo").iter().sum();
+    let bc = PushConsumer::start(
+        client.clone(),
+        vec!["demo".into()],
+        opts.clone(),
+        recording_listener(seen3.clone(), Arc::default()),
+    )
+    .await
+    .unwrap();
+    wait_until("broadcast consumption", || {
+        seen3.lock().unwrap().len() as u64 >= total
+    })
+    .await;
+    bc.shutdown().await.unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(file["group"], "b");
+    let stored: u64 = file["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stored, total);
+    assert!(committed(&mock, "b", "demo").iter().all(Option::is_none));
+    let seen4: Seen = Arc::default();
+    let again = PushConsumer::start(
+        client.clone(),
+        vec!["demo".into()],
+        opts,
+        recording_listener(seen4.clone(), Arc::default()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(again.owned_queues().len(), QUEUES as usize);
+    assert!(
+        seen4.lock().unwrap().is_empty(),
+        "resumed after the stored offsets"
+    );
+    again.shutdown().await.unwrap();
+
+    // kill: no commit, no leave; shutdown afterwards does nothing.
+    let killed = PushConsumer::start(
+        client.clone(),
+        vec!["demo".into()],
+        PushConsumerOptions::new("k"),
+        |_batch| async { ConsumeResult::Success },
+    )
+    .await
+    .unwrap();
+    wait_until("k owns its queues", || {
+        killed.owned_queues().len() == QUEUES as usize
+    })
+    .await;
+    killed.kill();
+    assert!(killed.owned_queues().is_empty());
+    killed.shutdown().await.unwrap();
+    assert!(!mock.state().left.contains(&killed.member_id().to_string()));
+
+    // Admin group calls.
+    let admin = Admin::new(client.clone());
+    let groups = admin.list_groups().await.unwrap();
+    assert_eq!(groups[0].mode, GroupMode::Broadcasting);
+    let d = admin.describe_group("g").await.unwrap();
+    assert_eq!((d.name.as_str(), d.mode), ("g", GroupMode::Clustering));
+    admin
+        .reset_group_offset("g", "demo", ResetTarget::First, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed(&mock, "g", "demo"),
+        vec![Some(0); QUEUES as usize]
+    );
+    admin.delete_group("g", false).await.unwrap();
+    assert_eq!(committed(&mock, "g", "demo"), vec![None; QUEUES as usize]);
+    assert!(matches!(
+        admin.delete_group("bad group", false).await,
+        Err(ClientError::InvalidArgument(_))
+    ));
+    client.close().await;
 }

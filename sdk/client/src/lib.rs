@@ -1,6 +1,7 @@
 //! The Quiver client SDK: connect to a broker over QUIC (TLS 1.3, ALPN `quiver/1`), send
-//! messages with a [`Producer`], read queues with a [`PullConsumer`], and manage topics with
-//! [`Admin`].
+//! messages with a [`Producer`], consume as a member of a consumer group with a
+//! [`PushConsumer`], read queues at explicit offsets with a [`PullConsumer`], and manage topics
+//! and groups with [`Admin`].
 //!
 //! ```no_run
 //! use quiver_client::{Client, ClientConfig, Message, Producer, ProducerOptions, Tls};
@@ -27,9 +28,10 @@ mod consumer;
 mod error;
 mod message;
 mod producer;
+mod push;
 mod tls;
 
-pub use admin::Admin;
+pub use admin::{Admin, GroupDescription};
 pub use client::{BrokerInfo, Client, ClientConfig, DEFAULT_MAX_FRAME};
 pub use consumer::{PullConsumer, PullOptions, PullResult};
 pub use error::ClientError;
@@ -37,10 +39,14 @@ pub use message::{Message, MessageId, ReceivedMessage};
 pub use producer::{
     sharding_queue, Producer, ProducerOptions, QueueSelector, SelectFn, SendHandle, SendResult,
 };
+pub use push::{ConsumeFrom, ConsumeResult, IntoConsumeResult, PushConsumer, PushConsumerOptions};
 pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_config, Tls};
 
 pub use quiver_protocol;
-pub use quiver_protocol::{PullStatus, QueueInfo, Request, Response, Status, TopicSummary};
+pub use quiver_protocol::{
+    GroupMode, GroupQueue, GroupSummary, MemberInfo, PullStatus, QueueInfo, QueueRef, Request,
+    ResetTarget, Response, Status, TopicSummary,
+};
 
 #[cfg(test)]
 mod e2e_tests;
