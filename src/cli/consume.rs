@@ -38,10 +38,12 @@ Without --follow, stops when every queue is read to its end; with --follow, keep
 (15 s per pull) for new messages until --max is reached or Ctrl-C. The queue set is taken once \
 at the start.
 
---group G is the simple pull mode: it reads from G's committed offsets and, after printing \
-each pulled batch, commits the offset that follows the last message printed, so the next run with --group G continues there. It does not join \
-a consumer group: there is no membership or rebalancing yet (a later release adds it), so two \
-runs with the same group read the same messages.
+--group G joins consumer group G as a member (clustering): the broker gives this member its \
+share of the topic's queues (all of them if it is alone; start several to share the work), it \
+starts at G's committed offsets (or --from: first, last or @TIMESTAMP_MS when G has none), and \
+commits what it printed, so the next run continues there. Without --follow it stops after \
+2 s without a new message; with --follow, at --max or Ctrl-C. It always leaves the group \
+cleanly, so its queues move to the other members at once.
 
 Examples:
   quiver consume --topic orders --max 10
@@ -63,8 +65,8 @@ pub(crate) struct ConsumeArgs {
     /// Stop after printing N messages.
     #[arg(long, short = 'n', value_name = "N")]
     max: Option<u64>,
-    /// Consumer group whose offsets are read at the start and committed after printing
-    /// (simple pull mode, no rebalancing; see below).
+    /// Join this consumer group: share the queues with its other members, start at its
+    /// committed offsets, commit what is printed (see below).
     #[arg(long, short = 'g', value_name = "G")]
     group: Option<String>,
     #[command(flatten)]
@@ -104,15 +106,11 @@ impl FromStr for From {
 
 /// Messages pulled from one queue.
 struct Pulled {
-    queue: u32,
     messages: Vec<ReceivedMessage>,
 }
 
 struct Printer {
     out: Out,
-    consumer: PullConsumer,
-    topic: String,
-    group: Option<String>,
     printed: u64,
     max: u64,
 }
@@ -122,10 +120,8 @@ impl Printer {
         self.printed >= self.max
     }
 
-    /// Prints the messages (up to --max), then commits the group's offset after the last
-    /// one printed.
+    /// Prints the messages (up to --max).
     async fn print(&mut self, p: Pulled) -> anyhow::Result<()> {
-        let mut next = None;
         for m in &p.messages {
             if self.done() {
                 break;
@@ -139,18 +135,6 @@ impl Printer {
                 self.out.line(&message_line(m))?;
             }
             self.printed += 1;
-            next = Some(m.queue_offset + 1);
-        }
-        if let (Some(group), Some(next)) = (&self.group, next) {
-            self.consumer
-                .commit_offset(group, &self.topic, p.queue, next)
-                .await
-                .with_context(|| {
-                    format!(
-                        "committing offset {next} of group {group:?} on {}/{}",
-                        self.topic, p.queue
-                    )
-                })?;
         }
         Ok(())
     }
@@ -163,6 +147,11 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         super::check_name("group", g)?;
     }
     let client = args.client.connect().await?;
+    if args.group.is_some() {
+        let result = consume_in_group(&args, client.clone()).await;
+        client.close().await;
+        return result;
+    }
     let consumer = PullConsumer::new(client.clone());
     let result = consume(&args, consumer).await;
     client.close().await;
@@ -188,9 +177,6 @@ async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<(
     }
     let mut printer = Printer {
         out: Out::new(args.client.json),
-        consumer: consumer.clone(),
-        topic: topic.to_string(),
-        group: args.group.clone(),
         printed: 0,
         max: args.max.unwrap_or(u64::MAX),
     };
@@ -209,7 +195,6 @@ async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<(
                     PullStatus::Found if !r.messages.is_empty() => {
                         printer
                             .print(Pulled {
-                                queue,
                                 messages: r.messages,
                             })
                             .await?;
@@ -245,6 +230,102 @@ async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<(
     Ok(())
 }
 
+/// How long `consume --group` without --follow waits for another message before it stops.
+const GROUP_IDLE: Duration = Duration::from_secs(2);
+
+/// `consume --group`: a member of the group (push consumer), printing what it is given.
+async fn consume_in_group(args: &ConsumeArgs, client: quiver_client::Client) -> anyhow::Result<()> {
+    use quiver_client::{ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerOptions};
+    use tokio::sync::oneshot;
+
+    let group = args.group.clone().context("group")?;
+    anyhow::ensure!(
+        args.queue.is_none(),
+        "--queue cannot be combined with --group: the group decides which queues a member reads"
+    );
+    let consume_from = match args.from {
+        None | Some(From::First) => ConsumeFrom::First,
+        Some(From::Last) => ConsumeFrom::Last,
+        Some(From::Timestamp(ts)) => ConsumeFrom::Timestamp(ts),
+        Some(From::Offset(_)) => anyhow::bail!(
+            "--from OFFSET cannot be combined with --group; move the group with \
+             `quiver admin group reset-offset {group} --topic {} --to OFFSET`",
+            args.topic
+        ),
+    };
+    let options = PushConsumerOptions {
+        consume_from,
+        // One message at a time, so what is committed is exactly what was printed.
+        max_in_flight: 1,
+        ..PushConsumerOptions::new(group.clone())
+    };
+    let (tx, mut rx) = mpsc::channel::<(ReceivedMessage, oneshot::Sender<bool>)>(1);
+    let consumer =
+        PushConsumer::start_single(client, vec![args.topic.clone()], options, move |m| {
+            let tx = tx.clone();
+            async move {
+                let (ack, printed) = oneshot::channel();
+                if tx.send((m, ack)).await.is_err() {
+                    return ConsumeResult::ReconsumeLater;
+                }
+                match printed.await {
+                    Ok(true) => ConsumeResult::Success,
+                    _ => ConsumeResult::ReconsumeLater,
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("joining group {group:?}"))?;
+    let mut out = Out::new(args.client.json);
+    let max = args.max.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let result: anyhow::Result<()> = async {
+        while printed < max {
+            let next = async {
+                if args.follow {
+                    rx.recv().await
+                } else {
+                    tokio::time::timeout(GROUP_IDLE, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            };
+            let (m, ack) = tokio::select! {
+                item = next => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                _ = &mut ctrl_c => break,
+            };
+            if out.json {
+                out.json(&MessageJson::from(&m))?;
+            } else {
+                if printed == 0 {
+                    out.line(&message_header())?;
+                }
+                out.line(&message_line(&m))?;
+            }
+            printed += 1;
+            let _ = ack.send(true);
+        }
+        Ok(())
+    }
+    .await;
+    // Anything handed over but not printed stays uncommitted for the next member.
+    rx.close();
+    while let Ok((_, ack)) = rx.try_recv() {
+        let _ = ack.send(false);
+    }
+    consumer
+        .shutdown()
+        .await
+        .with_context(|| format!("leaving group {group:?}"))?;
+    result
+}
+
 /// Long-polls one queue forever, sending what it finds; stops when the printer is gone or on
 /// an error that retrying will not fix.
 async fn follow_queue(
@@ -262,7 +343,6 @@ async fn follow_queue(
                 offset = r.next_offset;
                 if r.status == PullStatus::Found && !r.messages.is_empty() {
                     let p = Pulled {
-                        queue,
                         messages: r.messages,
                     };
                     if tx.send(Ok(p)).await.is_err() {
@@ -319,26 +399,7 @@ async fn start_offset(
     q: &QueueInfo,
 ) -> anyhow::Result<u64> {
     let topic = args.topic.as_str();
-    let from = match (args.from, &args.group) {
-        (Some(f), _) => f,
-        (None, Some(group)) => {
-            let committed = consumer
-                .fetch_offset(group, topic, q.queue_id)
-                .await
-                .with_context(|| {
-                    format!(
-                        "reading the committed offset of group {group:?} on {topic}/{}",
-                        q.queue_id
-                    )
-                })?;
-            match committed {
-                Some(o) => From::Offset(o),
-                None => From::First,
-            }
-        }
-        (None, None) => From::First,
-    };
-    Ok(match from {
+    Ok(match args.from.unwrap_or(From::First) {
         From::First => q.min_offset,
         From::Last => q.max_offset,
         From::Offset(o) => o,

@@ -553,3 +553,90 @@ async fn follow_waits_for_new_messages() {
 
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_group_describe_reset_and_delete() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+    q.run(&["admin", "topic", "create", "grp", "--queues", "2"])
+        .await
+        .expect_ok("create");
+    q.run_stdin(&["produce", "--topic", "grp"], b"a\nb\nc\nd\n")
+        .await
+        .expect_ok("produce");
+    let got = q
+        .run(&[
+            "consume", "--topic", "grp", "--group", "billing", "--max", "2", "--json",
+        ])
+        .await
+        .expect_ok("consume");
+    assert_eq!(got.json().len(), 2);
+
+    let list = q
+        .run(&["admin", "group", "list", "--json"])
+        .await
+        .expect_ok("list")
+        .json();
+    assert!(
+        list.iter()
+            .any(|g| g["group"] == "billing" && g["members"] == 0),
+        "{list:?}"
+    );
+    let rows = q
+        .run(&["admin", "group", "describe", "billing", "--json"])
+        .await
+        .expect_ok("describe")
+        .json();
+    let lag: u64 = rows.iter().map(|r| r["lag"].as_u64().unwrap()).sum();
+    assert_eq!(lag, 2, "4 produced, 2 consumed: {rows:?}");
+    let human = q
+        .run(&["admin", "group", "describe", "billing"])
+        .await
+        .expect_ok("describe");
+    assert!(human.stdout.contains("total lag 2"), "{}", human.stdout);
+
+    q.run(&[
+        "admin",
+        "group",
+        "reset-offset",
+        "billing",
+        "--topic",
+        "grp",
+        "--to",
+        "first",
+    ])
+    .await
+    .expect_ok("reset");
+    let rows = q
+        .run(&["admin", "group", "describe", "billing", "--json"])
+        .await
+        .expect_ok("describe")
+        .json();
+    assert_eq!(
+        rows.iter().map(|r| r["lag"].as_u64().unwrap()).sum::<u64>(),
+        4
+    );
+    let bad = q
+        .run(&[
+            "admin",
+            "group",
+            "reset-offset",
+            "billing",
+            "--topic",
+            "grp",
+            "--to",
+            "soon",
+        ])
+        .await;
+    assert!(!bad.ok && bad.stderr.contains("first, last"), "{bad:?}");
+
+    q.run(&["admin", "group", "delete", "billing"])
+        .await
+        .expect_ok("delete");
+    let gone = q
+        .run(&["admin", "group", "describe", "billing"])
+        .await
+        .expect_fail("describe deleted");
+    assert!(gone.stderr.contains("no members"), "{gone:?}");
+    broker.stop().await;
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use quiver_client::{
     Admin, ConsumeFrom, ConsumeResult, GroupMode, Message, MessageId, Producer, ProducerOptions,
-    PullConsumer, PushConsumer, PushConsumerOptions, QueueRef, ReceivedMessage,
+    PullConsumer, PushConsumer, PushConsumerOptions, QueueRef, ReceivedMessage, ResetTarget,
 };
 
 use crate::harness::TestBroker;
@@ -195,6 +195,28 @@ async fn a_clean_leave_moves_queues_at_once() {
     let a = member(&broker, "a", options("g3"), seen.clone()).await;
     let b = member(&broker, "b", options("g3"), seen.clone()).await;
     settled(&[&a, &b], 4).await;
+    // While members are online, offsets move only with force.
+    let admin = Admin::new(broker.client().await);
+    let err = admin
+        .reset_group_offset("g3", "orders", ResetTarget::First, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(quiver_client::Status::GroupOnline),
+        "{err}"
+    );
+    admin
+        .reset_group_offset("g3", "orders", ResetTarget::First, true)
+        .await
+        .expect("forced reset");
+    let d = admin.describe_group("g3").await.unwrap();
+    assert_eq!(d.members.len(), 2);
+    assert_eq!(
+        d.queues.iter().filter(|q| q.owner.is_some()).count(),
+        4,
+        "describe shows each queue's owner"
+    );
     let left = Instant::now();
     b.shutdown().await.unwrap();
     wait_until("a to own every queue", Duration::from_secs(5), || {
