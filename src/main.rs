@@ -111,6 +111,10 @@ struct NetBenchArgs {
     /// Consumer connections (queues are spread over them).
     #[arg(long, default_value_t = 1)]
     consumers: usize,
+    /// consume: join this consumer group with --consumers push consumers while producing,
+    /// and report consumed msgs/s and end-to-end latency.
+    #[arg(long)]
+    group: Option<String>,
 }
 
 #[derive(Args)]
@@ -224,6 +228,7 @@ fn net_bench(kind: quiver::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Res
             inflight: a.inflight,
             batch: a.batch,
             consumers: a.consumers,
+            group: a.group,
         },
     )?;
     Ok(())

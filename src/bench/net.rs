@@ -50,6 +50,9 @@ pub struct NetBenchOptions {
     pub batch: usize,
     /// Concurrent consumers (queues are spread over them).
     pub consumers: usize,
+    /// Consume as push consumers in this group (the broker spreads the queues), while
+    /// producing, measuring end-to-end latency.
+    pub group: Option<String>,
 }
 
 /// Figures of one run.
@@ -405,6 +408,77 @@ async fn run_consumers(
     })
 }
 
+/// `consumers` push consumers in `group` receive `total` messages while producers send them;
+/// latency is send-to-listener per message.
+async fn run_group_consumers(
+    cfg: &ClientConfig,
+    opts: &NetBenchOptions,
+    group: &str,
+    total: u64,
+    pb: &ProgressBar,
+) -> anyhow::Result<(NetReport, Vec<quiver_client::PushConsumer>)> {
+    use quiver_client::{ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerOptions};
+    let got = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(histogram()));
+    let start = Instant::now();
+    let mut members = Vec::new();
+    for _ in 0..opts.consumers.max(1) {
+        let client = Client::connect(cfg.clone()).await?;
+        let (got, hist, pb) = (got.clone(), hist.clone(), pb.clone());
+        let options = PushConsumerOptions {
+            consume_from: ConsumeFrom::First,
+            batch_size: 32,
+            ..PushConsumerOptions::new(group)
+        };
+        let member = PushConsumer::start(
+            client,
+            vec![opts.topic.clone()],
+            options,
+            move |batch: Vec<quiver_client::ReceivedMessage>| {
+                let (got, hist, pb) = (got.clone(), hist.clone(), pb.clone());
+                async move {
+                    let now = now_nanos();
+                    if let Ok(mut h) = hist.lock() {
+                        for m in &batch {
+                            if m.body.len() >= 16 {
+                                let mut a = [0u8; 16];
+                                a.copy_from_slice(&m.body[..16]);
+                                let _ = h.record(
+                                    (now.saturating_sub(u128::from_le_bytes(a)) / 1000).max(1)
+                                        as u64,
+                                );
+                            }
+                        }
+                    }
+                    got.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    pb.inc(batch.len() as u64);
+                    ConsumeResult::Success
+                }
+            },
+        )
+        .await?;
+        members.push(member);
+    }
+    let deadline = start + opts.duration + Duration::from_secs(5);
+    while got.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let latency = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram());
+    Ok((
+        NetReport {
+            name: format!("group consume ({} members)", members.len()),
+            messages: got.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+            latency,
+            errors: 0,
+        },
+        members,
+    ))
+}
+
 /// Which measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetBench {
@@ -452,6 +526,24 @@ pub fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<NetRepo
                 pb.finish_and_clear();
                 r.print(opts.size);
                 reports.push(r);
+            }
+            NetBench::Consume if opts.group.is_some() => {
+                let group = opts.group.clone().unwrap_or_default();
+                let pb = progress(opts.messages, "consume");
+                let hidden = ProgressBar::hidden();
+                let (p, c) = tokio::join!(
+                    run_producers(&cfg, opts, &hidden),
+                    run_group_consumers(&cfg, opts, &group, opts.messages, &pb)
+                );
+                pb.finish_and_clear();
+                let (p, (c, members)) = (p?, c?);
+                for m in members {
+                    m.shutdown().await?;
+                }
+                p.print(opts.size);
+                c.print(opts.size);
+                reports.push(p);
+                reports.push(c);
             }
             NetBench::Consume => {
                 let pb = progress(opts.messages, "fill");
