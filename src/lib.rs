@@ -7,10 +7,12 @@
 //! - [`server`]: a running broker (store + handlers + listener) with graceful shutdown.
 //! - [`store`]: commit log, consume queues, index, flush and crash recovery (sync I/O only).
 //! - [`bench`]: the `quiver bench` measurements.
+//! - [`filter`]: tag and SQL92 subscription filters, compiled once and evaluated per message.
 
 pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod filter;
 pub mod net;
 pub mod server;
 pub mod store;

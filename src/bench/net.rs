@@ -432,7 +432,7 @@ async fn run_group_consumers(
         };
         let member = PushConsumer::start(
             client,
-            vec![opts.topic.clone()],
+            vec![opts.topic.clone().into()],
             options,
             move |batch: Vec<quiver_client::ReceivedMessage>| {
                 let (got, hist, pb) = (got.clone(), hist.clone(), pb.clone());

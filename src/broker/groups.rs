@@ -13,12 +13,15 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use quiver_protocol::{GroupMode, MemberInfo, QueueRef};
+use quiver_protocol::{GroupMode, MemberInfo, QueueRef, Subscription};
 
 struct Member {
     client_id: String,
     remote: SocketAddr,
+    /// Subscribed topics, sorted (derived from `subs`).
     topics: Vec<String>,
+    /// Subscriptions, sorted by topic: every member of a group must have the same.
+    subs: Vec<Subscription>,
     /// What the member says it still works on (it commits before it lets go).
     held: BTreeSet<QueueRef>,
     /// What the last answer gave it: it may be working on these before its next heartbeat.
@@ -67,10 +70,10 @@ impl Groups {
         client_id: &str,
         remote: SocketAddr,
         mode: GroupMode,
-        topics: Vec<String>,
+        subs: Vec<Subscription>,
         held: Vec<QueueRef>,
         queue_count: impl Fn(&str) -> Option<u32>,
-    ) -> Result<Assignment, String> {
+    ) -> Result<Assignment, GroupError> {
         let now = Instant::now();
         let mut all = self.groups.lock().expect("groups lock");
         let g = all.entry(group.to_string()).or_insert_with(|| Group {
@@ -84,18 +87,34 @@ impl Groups {
         if g.members.is_empty() {
             g.mode = mode;
         } else if g.mode != mode {
-            return Err(format!(
+            return Err(GroupError::Mode(format!(
                 "group {group:?} runs in {:?} mode; a member cannot join it in {mode:?} mode",
                 g.mode
-            ));
+            )));
         }
-        let mut topics = topics;
-        topics.sort();
-        topics.dedup();
+        let mut subs = subs;
+        subs.sort_by(|a, b| a.topic.cmp(&b.topic));
+        subs.dedup();
+        // Every member subscribes alike (RocketMQ silently loses messages otherwise).
+        if let Some((other_id, other)) = g
+            .members
+            .iter()
+            .find(|(id, m)| *id != member_id && m.subs != subs)
+        {
+            return Err(GroupError::Conflict(format!(
+                "group {group:?}: member {other_id} subscribes to {}; this member to {}; every \
+                 member of a group must subscribe to the same topics with the same filters \
+                 (use another group for a different subscription)",
+                describe_subs(&other.subs),
+                describe_subs(&subs)
+            )));
+        }
+        let topics: Vec<String> = subs.iter().map(|s| s.topic.clone()).collect();
         match g.members.get_mut(member_id) {
             Some(m) => {
-                if m.topics != topics {
+                if m.subs != subs {
                     m.topics = topics;
+                    m.subs = subs;
                     changed = true;
                 }
                 m.held = held.into_iter().collect();
@@ -109,6 +128,7 @@ impl Groups {
                         client_id: client_id.to_string(),
                         remote,
                         topics,
+                        subs,
                         held: held.into_iter().collect(),
                         granted: BTreeSet::new(),
                         last_seen: now,
@@ -223,6 +243,28 @@ impl Groups {
     pub(crate) fn forget(&self, group: &str) {
         self.groups.lock().expect("groups lock").remove(group);
     }
+}
+
+/// Why a heartbeat is refused.
+#[derive(Debug)]
+pub(crate) enum GroupError {
+    /// The group runs in the other mode.
+    Mode(String),
+    /// The member subscribes differently from the others.
+    Conflict(String),
+}
+
+fn describe_subs(subs: &[Subscription]) -> String {
+    use quiver_protocol::FilterSpec;
+    let parts: Vec<String> = subs
+        .iter()
+        .map(|s| match &s.filter {
+            FilterSpec::All => format!("{} (all)", s.topic),
+            FilterSpec::Tag(e) => format!("{} (tag {e:?})", s.topic),
+            FilterSpec::Sql(e) => format!("{} (sql {e:?})", s.topic),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 /// Drops members silent for longer than the session timeout; true when any went.
@@ -356,7 +398,7 @@ mod tests {
             member,
             "127.0.0.1:1".parse().unwrap(),
             GroupMode::Clustering,
-            vec!["T".into()],
+            vec![Subscription::from("T")],
             held.iter().map(|q| ("T".to_string(), *q)).collect(),
             |_| Some(8),
         )
@@ -451,6 +493,9 @@ mod tests {
             )
             .err()
             .unwrap();
-        assert!(err.contains("Broadcasting"), "{err}");
+        assert!(
+            matches!(&err, GroupError::Mode(m) if m.contains("Broadcasting")),
+            "{err:?}"
+        );
     }
 }

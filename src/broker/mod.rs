@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use quiver_protocol::names::{check_name, check_property_name};
 use quiver_protocol::{
-    GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, Request, ResetTarget, Response,
-    SendReceipt, Status, TopicSummary, WireMessage, PROTOCOL_VERSION,
+    FilterSpec, GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, Request, ResetTarget,
+    Response, SendReceipt, Status, TopicSummary, WireMessage, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::filter::{Filter, FilterCache, FilterKind};
 use crate::store::{Appended, GetStatus, NewMessage, ReadLimits, Store, StoreError};
 
 use groups::Groups;
@@ -114,6 +115,8 @@ pub struct Broker {
     offsets: Arc<OffsetTable>,
     waiters: Arc<LongPoll>,
     groups: Groups,
+    /// Compiled filters by (kind, text): compiled once, shared by every pull.
+    filters: FilterCache,
     appends: mpsc::Sender<AppendJob>,
     appender: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -142,6 +145,7 @@ impl Broker {
         );
         Ok(Arc::new(Broker {
             groups,
+            filters: FilterCache::new(1024),
             cfg,
             store,
             topics,
@@ -209,7 +213,9 @@ impl Broker {
                 max_messages,
                 max_bytes,
                 long_poll_ms,
+                filter,
             } => {
+                let filter = self.compile_filter(&filter)?;
                 self.pull(
                     topic,
                     queue_id,
@@ -217,6 +223,7 @@ impl Broker {
                     max_messages,
                     max_bytes,
                     long_poll_ms,
+                    filter,
                     stop,
                 )
                 .await
@@ -330,7 +337,7 @@ impl Broker {
                 group,
                 member_id,
                 mode,
-                topics,
+                subscriptions,
                 held,
             } => {
                 name("group", &group)?;
@@ -340,9 +347,12 @@ impl Broker {
                         "member id must be 1..=255 bytes",
                     ));
                 }
-                for t in &topics {
-                    name("topic", t)?;
-                    self.route(t, true)?;
+                for s in &subscriptions {
+                    name("topic", &s.topic)?;
+                    self.route(&s.topic, true)?;
+                    // A bad expression is refused when the member subscribes, never at the
+                    // first message.
+                    self.compile_filter(&s.filter)?;
                 }
                 let a = self
                     .groups
@@ -352,11 +362,16 @@ impl Broker {
                         &member_id,
                         remote,
                         mode,
-                        topics,
+                        subscriptions,
                         held,
                         |t| self.topics.queues(t),
                     )
-                    .map_err(|e| BrokerError::new(Status::BadRequest, e))?;
+                    .map_err(|e| match e {
+                        groups::GroupError::Mode(m) => BrokerError::new(Status::BadRequest, m),
+                        groups::GroupError::Conflict(m) => {
+                            BrokerError::new(Status::SubscriptionConflict, m)
+                        }
+                    })?;
                 Ok(Response::Heartbeat {
                     generation: a.generation,
                     session_timeout_ms: self.groups.session_timeout.as_millis() as u32,
@@ -524,6 +539,23 @@ impl Broker {
         })
     }
 
+    /// Compiles (or finds in the cache) a subscription's filter; `None` means every message.
+    fn compile_filter(&self, spec: &FilterSpec) -> Result<Option<Arc<Filter>>> {
+        let (kind, expr) = match spec {
+            FilterSpec::All => return Ok(None),
+            FilterSpec::Tag(e) => (FilterKind::Tag, e),
+            FilterSpec::Sql(e) => (FilterKind::Sql, e),
+        };
+        match self.filters.get_or_compile(kind, expr) {
+            Ok(f) if f.is_all() => Ok(None),
+            Ok(f) => Ok(Some(f)),
+            Err(e) => Err(BrokerError::new(
+                Status::InvalidFilter,
+                format!("invalid {} filter {expr:?}: {e}", kind.name()),
+            )),
+        }
+    }
+
     fn check_queue_count(&self, queues: u32) -> Result<()> {
         let max = self.cfg.broker.max_queues;
         if queues == 0 || queues > max {
@@ -670,9 +702,11 @@ impl Broker {
         max_messages: u32,
         max_bytes: u32,
         long_poll_ms: u32,
+        filter: Option<Arc<Filter>>,
         stop: &CancellationToken,
     ) -> Result<Response> {
         self.existing_queue(&topic, queue_id)?;
+        let mut offset = offset;
         let max_count = if max_messages == 0 {
             32
         } else {
@@ -699,12 +733,32 @@ impl Broker {
 
             let store = self.store.clone();
             let t = topic.clone();
-            let r = blocking(move || store.get_messages(&t, queue_id, offset, limits, |_| true))
-                .await??;
+            let f = filter.clone();
+            let r = blocking(move || match f {
+                None => store.get_messages(&t, queue_id, offset, limits, |_| true),
+                // Tag hashes in the consume queue skip most non-matching entries without a
+                // commit-log read; the record check is exact (no hash collision gets through).
+                Some(f) => store.get_messages_where(
+                    &t,
+                    queue_id,
+                    offset,
+                    limits,
+                    |e| f.may_match_hash(e.tag_hash),
+                    |r| f.matches(r),
+                ),
+            })
+            .await??;
             let parked_out = tokio::time::Instant::now() >= deadline || stop.is_cancelled();
-            if r.status != GetStatus::NoNewMessages || parked_out {
+            // Everything up to the end was scanned and nothing matched: for this subscriber that
+            // is "nothing new": park from the new position.
+            if r.status == GetStatus::NoMatch && r.next_offset >= r.max_offset && !parked_out {
+                offset = r.next_offset;
+            } else if r.status != GetStatus::NoNewMessages || parked_out {
                 let status = match r.status {
                     GetStatus::Found => PullStatus::Found,
+                    GetStatus::NoMatch if r.next_offset >= r.max_offset => {
+                        PullStatus::NoNewMessages
+                    }
                     GetStatus::NoMatch => PullStatus::NoMatch,
                     GetStatus::NoNewMessages => PullStatus::NoNewMessages,
                     GetStatus::OffsetTooSmall => PullStatus::OffsetTooSmall,

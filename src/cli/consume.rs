@@ -69,8 +69,25 @@ pub(crate) struct ConsumeArgs {
     /// committed offsets, commit what is printed (see below).
     #[arg(long, short = 'g', value_name = "G")]
     group: Option<String>,
+    /// Only messages whose tag matches: `TagA || TagB` (`*` = all). Evaluated on the broker.
+    #[arg(long, conflicts_with = "sql", value_name = "EXPR")]
+    tag: Option<String>,
+    /// Only messages whose properties match a SQL92 expression, e.g.
+    /// "region IN ('eu','us') AND amount > 100". Evaluated on the broker (docs/FILTERS.md).
+    #[arg(long, value_name = "EXPR")]
+    sql: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+impl ConsumeArgs {
+    fn filter(&self) -> quiver_client::FilterSpec {
+        match (&self.tag, &self.sql) {
+            (Some(t), _) => quiver_client::FilterSpec::Tag(t.clone()),
+            (None, Some(s)) => quiver_client::FilterSpec::Sql(s.clone()),
+            (None, None) => quiver_client::FilterSpec::All,
+        }
+    }
 }
 
 /// The start position of a queue.
@@ -160,6 +177,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 
 async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<()> {
     let topic = args.topic.as_str();
+    let filter = args.filter();
     let mut queues = consumer
         .queues(topic)
         .await
@@ -188,7 +206,16 @@ async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<(
         for (queue, mut offset) in cursors {
             while !printer.done() {
                 let want = (printer.max - printer.printed).min(u64::from(PULL_BATCH)) as u32;
-                let r = pull(&consumer, topic, queue, offset, want, Duration::ZERO).await?;
+                let r = pull(
+                    &consumer,
+                    topic,
+                    queue,
+                    offset,
+                    want,
+                    Duration::ZERO,
+                    &filter,
+                )
+                .await?;
                 let moved = r.next_offset > offset;
                 offset = r.next_offset;
                 match r.status {
@@ -211,7 +238,14 @@ async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<(
     let mut tasks = tokio::task::JoinSet::new();
     for (queue, offset) in cursors {
         let (tx, consumer, topic) = (tx.clone(), consumer.clone(), topic.to_string());
-        tasks.spawn(follow_queue(consumer, topic, queue, offset, tx));
+        tasks.spawn(follow_queue(
+            consumer,
+            topic,
+            queue,
+            offset,
+            filter.clone(),
+            tx,
+        ));
     }
     drop(tx);
     let ctrl_c = tokio::signal::ctrl_c();
@@ -260,22 +294,25 @@ async fn consume_in_group(args: &ConsumeArgs, client: quiver_client::Client) -> 
         ..PushConsumerOptions::new(group.clone())
     };
     let (tx, mut rx) = mpsc::channel::<(ReceivedMessage, oneshot::Sender<bool>)>(1);
-    let consumer =
-        PushConsumer::start_single(client, vec![args.topic.clone()], options, move |m| {
-            let tx = tx.clone();
-            async move {
-                let (ack, printed) = oneshot::channel();
-                if tx.send((m, ack)).await.is_err() {
-                    return ConsumeResult::ReconsumeLater;
-                }
-                match printed.await {
-                    Ok(true) => ConsumeResult::Success,
-                    _ => ConsumeResult::ReconsumeLater,
-                }
+    let sub = quiver_client::Subscription {
+        topic: args.topic.clone(),
+        filter: args.filter(),
+    };
+    let consumer = PushConsumer::start_single(client, vec![sub], options, move |m| {
+        let tx = tx.clone();
+        async move {
+            let (ack, printed) = oneshot::channel();
+            if tx.send((m, ack)).await.is_err() {
+                return ConsumeResult::ReconsumeLater;
             }
-        })
-        .await
-        .with_context(|| format!("joining group {group:?}"))?;
+            match printed.await {
+                Ok(true) => ConsumeResult::Success,
+                _ => ConsumeResult::ReconsumeLater,
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("joining group {group:?}"))?;
     let mut out = Out::new(args.client.json);
     let max = args.max.unwrap_or(u64::MAX);
     let mut printed = 0u64;
@@ -333,10 +370,15 @@ async fn follow_queue(
     topic: String,
     queue: u32,
     mut offset: u64,
+    filter: quiver_client::FilterSpec,
     tx: mpsc::Sender<anyhow::Result<Pulled>>,
 ) {
     loop {
-        match pull(&consumer, &topic, queue, offset, PULL_BATCH, LONG_POLL).await {
+        match pull(
+            &consumer, &topic, queue, offset, PULL_BATCH, LONG_POLL, &filter,
+        )
+        .await
+        {
             Ok(r) => {
                 // Found / NoMatch: past what was read; OffsetTooSmall / OffsetOverflow: the
                 // queue's first / next offset; NoNewMessages: unchanged.
@@ -376,6 +418,7 @@ async fn pull(
     offset: u64,
     max_messages: u32,
     long_poll: Duration,
+    filter: &quiver_client::FilterSpec,
 ) -> anyhow::Result<PullResult> {
     consumer
         .pull(
@@ -385,6 +428,7 @@ async fn pull(
             PullOptions {
                 max_messages,
                 long_poll,
+                filter: filter.clone(),
                 ..PullOptions::default()
             },
         )

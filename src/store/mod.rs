@@ -575,7 +575,22 @@ impl Store {
         queue_id: u32,
         offset: u64,
         limits: ReadLimits,
+        keep: impl FnMut(&CqEntry) -> bool,
+    ) -> Result<GetResult, StoreError> {
+        self.get_messages_where(topic, queue_id, offset, limits, keep, |_| true)
+    }
+
+    /// Like [`Store::get_messages`], with a second filter on the record itself (run after the
+    /// entry filter, on the record read from the log): e.g. an exact tag check or a SQL filter.
+    /// Offsets advance past records either filter refuses.
+    pub fn get_messages_where(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        limits: ReadLimits,
         mut keep: impl FnMut(&CqEntry) -> bool,
+        mut keep_record: impl FnMut(&RecordView<'_>) -> bool,
     ) -> Result<GetResult, StoreError> {
         let ReadLimits {
             max_count,
@@ -632,6 +647,11 @@ impl Store {
             }
             match self.inner.log.read(e.phys_offset, e.size as usize, verify) {
                 Ok(b) => {
+                    // `read` checked the sections, so the view parses.
+                    let wanted = RecordView::parse_unchecked_crc(&b).is_ok_and(|r| keep_record(&r));
+                    if !wanted {
+                        return true;
+                    }
                     bytes += b.len();
                     result.messages.push(StoredMessage {
                         queue_offset: off,

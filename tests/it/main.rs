@@ -4,6 +4,7 @@
 
 mod broker;
 mod cli;
+mod filters;
 mod groups;
 mod harness;
 mod raw_frames;

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use quiver_protocol::{names, PullStatus, QueueInfo, Request, Response};
+use quiver_protocol::{names, FilterSpec, PullStatus, QueueInfo, Request, Response};
 
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::message::ReceivedMessage;
 
 /// Limits of one pull.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullOptions {
     /// At most this many messages; default 32.
     pub max_messages: u32,
@@ -19,6 +19,9 @@ pub struct PullOptions {
     /// answering `NoNewMessages` (long polling); default zero (answer at once). Sent in
     /// whole milliseconds, at most `u32::MAX`.
     pub long_poll: Duration,
+    /// Only messages matching this filter are returned (evaluated on the broker); offsets
+    /// advance past the others. Default: every message.
+    pub filter: FilterSpec,
 }
 
 impl Default for PullOptions {
@@ -27,6 +30,7 @@ impl Default for PullOptions {
             max_messages: 32,
             max_bytes: 4 << 20,
             long_poll: Duration::ZERO,
+            filter: FilterSpec::All,
         }
     }
 }
@@ -87,6 +91,7 @@ impl PullConsumer {
             max_messages: options.max_messages,
             max_bytes: options.max_bytes,
             long_poll_ms,
+            filter: options.filter,
         };
         match self.client.request(request).await? {
             Response::Pull {

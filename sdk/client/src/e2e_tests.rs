@@ -378,15 +378,15 @@ async fn respond(
         ),
         Request::Heartbeat {
             member_id,
-            topics,
+            subscriptions,
             held,
             ..
         } => {
             s.held.insert(member_id, held);
             let owned = s.grant.clone().unwrap_or_else(|| {
-                topics
+                subscriptions
                     .iter()
-                    .flat_map(|t| (0..QUEUES).map(move |q| (t.clone(), q)))
+                    .flat_map(|sub| (0..QUEUES).map(move |q| (sub.topic.clone(), q)))
                     .collect()
             });
             Response::Heartbeat {
@@ -702,6 +702,7 @@ async fn retries_and_timeouts() {
                 max_messages: 1,
                 max_bytes: 1,
                 long_poll_ms: 600,
+                filter: quiver_protocol::FilterSpec::All,
             },
             Duration::from_millis(100),
         )

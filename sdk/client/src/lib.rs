@@ -44,8 +44,8 @@ pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_confi
 
 pub use quiver_protocol;
 pub use quiver_protocol::{
-    GroupMode, GroupQueue, GroupSummary, MemberInfo, PullStatus, QueueInfo, QueueRef, Request,
-    ResetTarget, Response, Status, TopicSummary,
+    FilterSpec, GroupMode, GroupQueue, GroupSummary, MemberInfo, PullStatus, QueueInfo, QueueRef,
+    Request, ResetTarget, Response, Status, Subscription, TopicSummary,
 };
 
 #[cfg(test)]

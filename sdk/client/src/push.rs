@@ -4,6 +4,8 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
+
+use quiver_protocol::{FilterSpec, Subscription};
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -297,7 +299,7 @@ impl PushConsumer {
     /// anyway and keeps trying in the background.
     pub async fn start<F, Fut>(
         client: Client,
-        topics: Vec<String>,
+        subscriptions: Vec<Subscription>,
         options: PushConsumerOptions,
         listener: F,
     ) -> Result<PushConsumer, ClientError>
@@ -310,14 +312,14 @@ impl PushConsumer {
             let fut = listener(batch);
             Box::pin(async move { fut.await.into_consume_result() })
         });
-        Self::start_boxed(client, topics, options, listener).await
+        Self::start_boxed(client, subscriptions, options, listener).await
     }
 
     /// Like [`PushConsumer::start`] with a listener taking one message at a time
     /// (`options.batch_size` is ignored: it is 1).
     pub async fn start_single<F, Fut>(
         client: Client,
-        topics: Vec<String>,
+        subscriptions: Vec<Subscription>,
         mut options: PushConsumerOptions,
         listener: F,
     ) -> Result<PushConsumer, ClientError>
@@ -336,21 +338,29 @@ impl PushConsumer {
                 }
             })
         });
-        Self::start_boxed(client, topics, options, listener).await
+        Self::start_boxed(client, subscriptions, options, listener).await
     }
 
     async fn start_boxed(
         client: Client,
-        topics: Vec<String>,
+        subscriptions: Vec<Subscription>,
         options: PushConsumerOptions,
         listener: Listener,
     ) -> Result<PushConsumer, ClientError> {
         options.validate()?;
-        let topics: Vec<String> = topics
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut filters: BTreeMap<String, FilterSpec> = BTreeMap::new();
+        for s in subscriptions {
+            if let Some(f) = filters.get(&s.topic) {
+                if *f != s.filter {
+                    return Err(ClientError::invalid(format!(
+                        "topic {:?} is subscribed twice with different filters",
+                        s.topic
+                    )));
+                }
+            }
+            filters.insert(s.topic, s.filter);
+        }
+        let topics: Vec<String> = filters.keys().cloned().collect();
         if topics.is_empty() {
             return Err(ClientError::invalid("subscribe to at least one topic"));
         }
@@ -369,6 +379,7 @@ impl PushConsumer {
             client,
             member_id,
             topics,
+            filters,
             permits: Arc::new(Semaphore::new(options.max_in_flight)),
             opts: options,
             listener,
@@ -483,6 +494,8 @@ struct Shared {
     consumer: PullConsumer,
     member_id: String,
     topics: Vec<String>,
+    /// Each subscribed topic's filter (evaluated by the broker at pull time).
+    filters: BTreeMap<String, FilterSpec>,
     opts: PushConsumerOptions,
     listener: Listener,
     /// Listener calls in flight, consumer-wide.
@@ -679,7 +692,14 @@ async fn heartbeat(shared: &Shared) -> Result<Answer, ClientError> {
         group: shared.opts.group.clone(),
         member_id: shared.member_id.clone(),
         mode: shared.opts.mode,
-        topics: shared.topics.clone(),
+        subscriptions: shared
+            .topics
+            .iter()
+            .map(|t| Subscription {
+                topic: t.clone(),
+                filter: shared.filters.get(t).cloned().unwrap_or_default(),
+            })
+            .collect(),
         held,
     };
     match shared.client.request(request).await? {
@@ -1185,6 +1205,7 @@ async fn pull_loop(
             max_messages: o.pull_batch.min(room_msgs).max(1),
             max_bytes: room_bytes.max(1) as u32,
             long_poll: o.long_poll,
+            filter: shared.filters.get(topic).cloned().unwrap_or_default(),
         };
         let r = tokio::select! {
             r = shared.consumer.pull(topic, queue_id, offset, options) => r,

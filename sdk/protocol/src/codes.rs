@@ -113,6 +113,10 @@ pub enum Status {
     GroupNotFound = 18,
     /// The group has live members; the operation needs `force`.
     GroupOnline = 19,
+    /// A filter expression is malformed; the message says what and where (column).
+    InvalidFilter = 24,
+    /// A member subscribes differently from the rest of its group.
+    SubscriptionConflict = 25,
     /// The broker is overloaded; retry after a back-off.
     Busy = 20,
     /// The broker's disk is above its high watermark; retry later.
@@ -148,6 +152,8 @@ impl Status {
             17 => TopicExists,
             18 => GroupNotFound,
             19 => GroupOnline,
+            24 => InvalidFilter,
+            25 => SubscriptionConflict,
             20 => Busy,
             21 => DiskFull,
             22 => StoreUnavailable,

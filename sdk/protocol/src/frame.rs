@@ -179,6 +179,79 @@ impl GroupMode {
 /// A (topic, queue id) pair.
 pub type QueueRef = (String, u32);
 
+/// Which messages of a topic a consumer wants; evaluated on the broker, so non-matching
+/// messages never cross the network (language in docs/FILTERS.md).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum FilterSpec {
+    /// Every message.
+    #[default]
+    All,
+    /// A tag expression: `*`, or `TagA || TagB`.
+    Tag(String),
+    /// A SQL92 expression over message properties, e.g. `region IN ('eu','us') AND amount > 5`.
+    Sql(String),
+}
+
+impl FilterSpec {
+    fn encode(&self, b: &mut BytesMut) {
+        match self {
+            FilterSpec::All => {
+                b.put_u8(0);
+                b.put_str16("");
+            }
+            FilterSpec::Tag(e) => {
+                b.put_u8(1);
+                b.put_str16(e);
+            }
+            FilterSpec::Sql(e) => {
+                b.put_u8(2);
+                b.put_str16(e);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let kind = r.u8("filter kind")?;
+        let expr = r.str16("filter expression")?;
+        match kind {
+            0 => Ok(FilterSpec::All),
+            1 => Ok(FilterSpec::Tag(expr)),
+            2 => Ok(FilterSpec::Sql(expr)),
+            k => Err(DecodeError::Invalid {
+                field: "filter kind",
+                reason: format!("unknown value {k}"),
+            }),
+        }
+    }
+}
+
+/// A topic a group member consumes, with its filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subscription {
+    /// Topic.
+    pub topic: String,
+    /// Which of its messages.
+    pub filter: FilterSpec,
+}
+
+impl From<&str> for Subscription {
+    fn from(topic: &str) -> Self {
+        Subscription {
+            topic: topic.to_string(),
+            filter: FilterSpec::All,
+        }
+    }
+}
+
+impl From<String> for Subscription {
+    fn from(topic: String) -> Self {
+        Subscription {
+            topic,
+            filter: FilterSpec::All,
+        }
+    }
+}
+
 /// Where a reset moves a group's offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetTarget {
@@ -273,6 +346,9 @@ pub enum Request {
         max_bytes: u32,
         /// Park up to this long when nothing is there (0 answers at once).
         long_poll_ms: u32,
+        /// Only messages matching this filter are returned; offsets still advance past the
+        /// others.
+        filter: FilterSpec,
     },
     /// Store a group's offset.
     CommitOffset {
@@ -355,8 +431,8 @@ pub enum Request {
         member_id: String,
         /// Clustering or broadcasting.
         mode: GroupMode,
-        /// Topics the member subscribes to.
-        topics: Vec<String>,
+        /// What the member subscribes to (every member of a group must subscribe alike).
+        subscriptions: Vec<Subscription>,
         /// Queues the member still holds (processing or committing).
         held: Vec<QueueRef>,
     },
@@ -455,6 +531,7 @@ impl Request {
                 max_messages,
                 max_bytes,
                 long_poll_ms,
+                filter,
             } => {
                 b.put_str16(topic);
                 b.put_u32_le(*queue_id);
@@ -462,6 +539,7 @@ impl Request {
                 b.put_u32_le(*max_messages);
                 b.put_u32_le(*max_bytes);
                 b.put_u32_le(*long_poll_ms);
+                filter.encode(&mut b);
             }
             Request::CommitOffset {
                 group,
@@ -516,15 +594,16 @@ impl Request {
                 group,
                 member_id,
                 mode,
-                topics,
+                subscriptions,
                 held,
             } => {
                 b.put_str16(group);
                 b.put_str16(member_id);
                 b.put_u8(*mode as u8);
-                b.put_u16_le(topics.len() as u16);
-                for t in topics {
-                    b.put_str16(t);
+                b.put_u16_le(subscriptions.len() as u16);
+                for s in subscriptions {
+                    b.put_str16(&s.topic);
+                    s.filter.encode(&mut b);
                 }
                 put_queue_refs(&mut b, held);
             }
@@ -603,6 +682,7 @@ impl Request {
                 max_messages: r.u32("max messages")?,
                 max_bytes: r.u32("max bytes")?,
                 long_poll_ms: r.u32("long poll ms")?,
+                filter: FilterSpec::decode(&mut r)?,
             },
             Command::CommitOffset => Request::CommitOffset {
                 group: r.str16("group")?,
@@ -653,17 +733,19 @@ impl Request {
                     field: "group mode",
                     reason: format!("unknown value {mode}"),
                 })?;
-                let n = r.u16("topic count")? as usize;
-                let mut topics = Vec::with_capacity(n.min(r.remaining() / 2));
+                let n = r.u16("subscription count")? as usize;
+                let mut subscriptions = Vec::with_capacity(n.min(r.remaining() / 5));
                 for _ in 0..n {
-                    topics.push(r.str16("topic")?);
+                    let topic = r.str16("topic")?;
+                    let filter = FilterSpec::decode(&mut r)?;
+                    subscriptions.push(Subscription { topic, filter });
                 }
                 let held = get_queue_refs(&mut r)?;
                 Request::Heartbeat {
                     group,
                     member_id,
                     mode,
-                    topics,
+                    subscriptions,
                     held,
                 }
             }

@@ -10,9 +10,9 @@ pub mod wire;
 
 pub use codes::{Command, PullStatus, Status};
 pub use frame::{
-    decode_error, encode_error, split_frame, FrameError, FrameHeader, GroupMode, GroupQueue,
-    GroupSummary, MemberInfo, QueueInfo, QueueRef, Request, ResetTarget, Response, SendReceipt,
-    TopicSummary, WireMessage, ALPN, FRAME_HEADER, PROTOCOL_VERSION,
+    decode_error, encode_error, split_frame, FilterSpec, FrameError, FrameHeader, GroupMode,
+    GroupQueue, GroupSummary, MemberInfo, QueueInfo, QueueRef, Request, ResetTarget, Response,
+    SendReceipt, Subscription, TopicSummary, WireMessage, ALPN, FRAME_HEADER, PROTOCOL_VERSION,
 };
 pub use record::{tag_hash, NewMessage, RecordError, RecordLimits, RecordView};
 pub use wire::DecodeError;

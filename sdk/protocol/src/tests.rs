@@ -62,7 +62,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     offset,
                     max_messages,
                     max_bytes,
-                    long_poll_ms
+                    long_poll_ms,
+                    filter: FilterSpec::Tag("a || b".into()),
                 }
             ),
         (arb_string(), arb_string(), any::<u32>(), any::<u64>()).prop_map(
@@ -126,7 +127,18 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 } else {
                     GroupMode::Clustering
                 },
-                topics,
+                subscriptions: topics
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, topic)| Subscription {
+                        topic: topic.clone(),
+                        filter: match i % 3 {
+                            0 => FilterSpec::All,
+                            1 => FilterSpec::Tag(topic),
+                            _ => FilterSpec::Sql(topic),
+                        },
+                    })
+                    .collect(),
                 held
             }),
         (arb_string(), arb_string())
