@@ -187,8 +187,7 @@ async fn bad_expressions_are_refused_at_subscribe_time_with_a_column() {
         |_m: ReceivedMessage| async { ConsumeResult::Success },
     )
     .await
-    .err()
-    .expect("refused when subscribing");
+    .expect_err("refused when subscribing");
     assert_eq!(err.status(), Some(Status::InvalidFilter), "{err}");
     broker.stop().await;
 }
@@ -226,8 +225,7 @@ async fn members_of_a_group_must_subscribe_alike() {
         .expect("first member");
     let err = start(FilterSpec::Tag("B".into()))
         .await
-        .err()
-        .expect("a different filter is refused");
+        .expect_err("a different filter is refused");
     assert_eq!(err.status(), Some(Status::SubscriptionConflict), "{err}");
     assert!(
         err.to_string().contains("\"A\"") && err.to_string().contains("\"B\""),
