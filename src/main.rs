@@ -69,6 +69,18 @@ enum BenchCommand {
     Consume(NetBenchArgs),
     /// Produce and consume at once: throughput and send-to-receive latency percentiles.
     E2e(NetBenchArgs),
+    /// Pull-path scan rate for tag and SQL subscriptions matching 1%, 10% and 100%.
+    Filter {
+        /// Where to put the benchmark's data.
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+        /// Messages in the scanned queue.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        /// Message body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -194,6 +206,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Consume(a)) => {
             net_bench(quiver::bench::net::NetBench::Consume, a)
+        }
+        Command::Bench(BenchCommand::Filter {
+            dir,
+            messages,
+            size,
+        }) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            quiver::bench::filter::filter_bench(&dir, messages, size)
         }
         Command::Bench(BenchCommand::E2e(a)) => {
             net_bench(quiver::bench::net::NetBench::EndToEnd, a)

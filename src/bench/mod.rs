@@ -2,7 +2,9 @@
 //! pass/fail).
 //! - [`store`]: the store alone, in process.
 //! - [`net`]: produce, consume and end-to-end over QUIC with the real SDK.
+//! - [`filter`]: pull-path scan rates for selective tag and SQL subscriptions.
 
+pub mod filter;
 pub mod net;
 pub mod store;
 

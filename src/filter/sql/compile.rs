@@ -103,6 +103,12 @@ impl<'m> Compiler<'m> {
                 let attr = self.attr(expr, "BETWEEN")?;
                 let lo = self.bound(low)?;
                 let hi = self.bound(high)?;
+                if lo.compare(hi) == Some(std::cmp::Ordering::Greater) {
+                    return self.err(
+                        low,
+                        format!("BETWEEN {lo} AND {hi} can never be true: the lower bound is greater than the upper bound"),
+                    );
+                }
                 Ok(negate(*negated, Node::Test(attr, Test::Between(lo, hi))))
             }
             Expr::InList {
