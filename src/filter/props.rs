@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use quiver_protocol::record::HEADER_SIZE;
 use quiver_protocol::RecordView;
 
 /// Read access to the parts of a message a filter looks at.
@@ -23,8 +24,15 @@ pub trait MessageProps {
 }
 
 impl MessageProps for RecordView<'_> {
+    /// Same answer as [`RecordView::property`] (the first property of that name; a value
+    /// that is not UTF-8 reads as ""), but compares raw name bytes and checks UTF-8 only for
+    /// the value found: this lookup runs for every message a SQL filter looks at.
     fn property(&self, name: &str) -> Option<&str> {
-        RecordView::property(self, name)
+        match properties_section(self.bytes()) {
+            Some(section) => find_property(section, name.as_bytes())
+                .map(|v| std::str::from_utf8(v).unwrap_or("")),
+            None => RecordView::property(self, name),
+        }
     }
     fn tag(&self) -> &str {
         RecordView::tag(self)
@@ -130,4 +138,43 @@ impl MessageProps for PropertyMap {
     fn topic(&self) -> &str {
         &self.topic
     }
+}
+
+/// The properties section of a record (layout: docs/STORAGE.md §2): after the fixed header
+/// come the topic (`u8` length), the tag (`u16`), the keys section (`u16` byte length) and the
+/// properties section (`u16` byte length), all little-endian.
+fn properties_section(rec: &[u8]) -> Option<&[u8]> {
+    let mut p = HEADER_SIZE;
+    p += 1 + usize::from(*rec.get(p)?);
+    p += 2 + usize::from(read_u16(rec, p)?);
+    p += 2 + usize::from(read_u16(rec, p)?);
+    let len = usize::from(read_u16(rec, p)?);
+    rec.get(p + 2..p + 2 + len)
+}
+
+/// The value of the first property named `name` in a properties section (`u16` length +
+/// name, `u16` length + value, repeated). Only names of the right length are compared.
+fn find_property<'a>(section: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut p = 0;
+    while p < section.len() {
+        let key_len = usize::from(read_u16(section, p)?);
+        let key_start = p + 2;
+        let value_at = key_start + key_len;
+        let value_len = usize::from(read_u16(section, value_at)?);
+        let value_start = value_at + 2;
+        let end = value_start + value_len;
+        if end > section.len() {
+            return None;
+        }
+        if key_len == name.len() && section[key_start..value_at] == *name {
+            return Some(&section[value_start..end]);
+        }
+        p = end;
+    }
+    None
+}
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at + 2)?;
+    Some(u16::from_le_bytes([s[0], s[1]]))
 }

@@ -54,7 +54,7 @@ impl TagFilter {
                 // Point at the `||` before the empty alternative (or at the start).
                 return Err(FilterError::at(
                     if start == 0 { 1 } else { column - 2 },
-                    "empty tag between '||' separators; write e.g. `TagA || TagB`",
+                    "empty tag between '||' separators; write e.g. TagA || TagB",
                 ));
             }
             if let Some(bar) = tag.find('|') {

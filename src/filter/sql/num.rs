@@ -40,6 +40,9 @@ impl Num {
             }
             // Too large for i64: read as a float below.
         }
+        if let Some(f) = short_decimal(digits) {
+            return Some(Num::Float(if neg { -f } else { f }));
+        }
         if !valid_decimal(digits) {
             return None;
         }
@@ -73,6 +76,41 @@ impl fmt::Display for Num {
             Num::Float(x) => write!(f, "{x:?}"),
         }
     }
+}
+
+/// Powers of ten that are exact in an `f64`.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// Fast path for `digits . digits` without an exponent and with at most 15 digits in all:
+/// the digits form an integer below 2^53 and the divisor is an exact power of ten, so one
+/// IEEE division gives the correctly rounded value, the same as `str::parse::<f64>`.
+fn short_decimal(b: &[u8]) -> Option<f64> {
+    if b.len() > 16 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    let mut digits = 0;
+    let mut frac: Option<usize> = None;
+    for &c in b {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                digits += 1;
+                if let Some(f) = frac.as_mut() {
+                    *f += 1;
+                }
+            }
+            b'.' if frac.is_none() => frac = Some(0),
+            _ => return None,
+        }
+    }
+    let frac = frac?;
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    Some(mantissa as f64 / POW10[frac])
 }
 
 /// `digits [. digits?] | . digits`, then an optional exponent (sign already stripped).
@@ -132,6 +170,33 @@ mod tests {
         ] {
             assert_eq!(Num::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn short_decimal_fast_path_equals_the_full_parser() {
+        let mut x: u64 = 12345;
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let int = (x >> 20) % 10_000_000;
+            let frac_digits = ((x >> 8) % 9) as usize;
+            let frac = (x >> 40) % 10u64.pow(frac_digits as u32);
+            let text = format!("{int}.{frac:0frac_digits$}");
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(Num::parse(&text), Some(Num::Float(want)), "{text}");
+            let neg = format!("-{text}");
+            assert_eq!(Num::parse(&neg), Some(Num::Float(-want)), "{neg}");
+        }
+        assert_eq!(Num::parse("0.1"), Some(Num::Float(0.1)));
+        assert_eq!(
+            Num::parse("123456789012345.6"),
+            Some(Num::Float(123_456_789_012_345.6))
+        );
+        assert_eq!(
+            Num::parse("-0.0").map(|n| n.as_f64().is_sign_negative()),
+            Some(true)
+        );
     }
 
     #[test]
