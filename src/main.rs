@@ -33,8 +33,11 @@ enum Command {
     Produce(cli::produce::ProduceArgs),
     /// Print a topic's messages; --follow waits for new ones.
     Consume(cli::consume::ConsumeArgs),
-    /// Manage topics and look messages up.
+    /// Manage topics, consumer groups, and look messages up.
     Admin(cli::admin::AdminArgs),
+    /// Check or evaluate a tag / SQL92 filter expression locally (no broker needed).
+    #[command(subcommand)]
+    Filter(cli::filter::FilterCommand),
     /// Measure throughput, latency and memory; prints figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -173,7 +176,7 @@ fn main() -> anyhow::Result<()> {
     // Client commands log warnings only (their output is the point); RUST_LOG overrides.
     let client = matches!(
         cli.command,
-        Command::Produce(_) | Command::Consume(_) | Command::Admin(_)
+        Command::Produce(_) | Command::Consume(_) | Command::Admin(_) | Command::Filter(_)
     );
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -188,6 +191,7 @@ fn main() -> anyhow::Result<()> {
         Command::Produce(a) => cli::run(cli::produce::run(a)),
         Command::Consume(a) => cli::run(cli::consume::run(a)),
         Command::Admin(a) => cli::run(cli::admin::run(a)),
+        Command::Filter(c) => cli::run(async move { cli::filter::run(c) }),
         Command::Bench(BenchCommand::Store(a)) => {
             std::fs::create_dir_all(&a.dir)
                 .with_context(|| format!("creating {}", a.dir.display()))?;

@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod consume;
+pub(crate) mod filter;
 pub(crate) mod group;
 pub(crate) mod output;
 pub(crate) mod produce;

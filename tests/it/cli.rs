@@ -640,3 +640,92 @@ async fn admin_group_describe_reset_and_delete() {
     assert!(gone.stderr.contains("no members"), "{gone:?}");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_from_the_shell() {
+    // Local checks need no broker.
+    let check = |args: &[&str]| {
+        let mut v: Vec<String> = vec!["filter".into()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        run_raw(v, None)
+    };
+    let ok = check(&["check", "NOT a = 1 AND b IN ('x','y')"]).expect_ok("check");
+    assert_eq!(ok.stdout.trim(), "NOT (a = 1) AND b IN ('x', 'y')");
+    let bad = check(&["check", "a = 1 b"]).expect_fail("trailing tokens");
+    assert!(bad.stderr.contains("column 7"), "{bad:?}");
+    assert_eq!(
+        check(&["eval", "a > 3", "--prop", "a=3.5"])
+            .expect_ok("eval")
+            .stdout
+            .trim(),
+        "true"
+    );
+    assert_eq!(
+        check(&["eval", "a > 3", "--prop", "a=abc"])
+            .expect_ok("eval")
+            .stdout
+            .trim(),
+        "unknown"
+    );
+    assert_eq!(
+        check(&["eval", "a > 3", "--prop", "a=2"])
+            .expect_ok("eval")
+            .stdout
+            .trim(),
+        "false"
+    );
+    assert_eq!(
+        check(&["eval", "--tag", "A || B", "--msg-tag", "C"])
+            .expect_ok("eval")
+            .stdout
+            .trim(),
+        "false"
+    );
+    check(&["eval", "a == 1"]).expect_fail("bad expression");
+
+    // consume --tag / --sql ask the broker to filter.
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+    q.run(&["admin", "topic", "create", "f", "--queues", "1"])
+        .await
+        .expect_ok("create");
+    for (tag, region) in [("A", "eu"), ("B", "us"), ("A", "us"), ("C", "eu")] {
+        q.run(&[
+            "produce",
+            "--topic",
+            "f",
+            "--tag",
+            tag,
+            "--prop",
+            &format!("region={region}"),
+            &format!("{tag}-{region}"),
+        ])
+        .await
+        .expect_ok("produce");
+    }
+    let tagged = q
+        .run(&["consume", "--topic", "f", "--tag", "A || C", "--json"])
+        .await
+        .expect_ok("consume --tag")
+        .json();
+    assert_eq!(bodies(&tagged), vec!["A-eu", "A-us", "C-eu"]);
+    let sql = q
+        .run(&[
+            "consume",
+            "--topic",
+            "f",
+            "--sql",
+            "region = 'us'",
+            "--json",
+        ])
+        .await
+        .expect_ok("consume --sql")
+        .json();
+    assert_eq!(bodies(&sql), vec!["A-us", "B-us"]);
+    let bad = q
+        .run(&["consume", "--topic", "f", "--sql", "region = \"us\""])
+        .await
+        .expect_fail("bad sql");
+    assert!(bad.stderr.contains("single quotes"), "{bad:?}");
+    broker.stop().await;
+}
