@@ -196,6 +196,26 @@ fn body(size: usize) -> Vec<u8> {
     b
 }
 
+/// Waits for the worker tasks and returns their merged latency histogram.
+async fn join_all(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    hist: &Mutex<Histogram<u64>>,
+) -> anyhow::Result<Histogram<u64>> {
+    for t in tasks {
+        t.await?;
+    }
+    Ok(hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| histogram()))
+}
+
+/// Microseconds since the send time stamped in the body's first 16 bytes.
+fn stamp_latency_us(body: &[u8], now_ns: u128) -> Option<u64> {
+    let stamp: [u8; 16] = body.get(..16)?.try_into().ok()?;
+    Some((now_ns.saturating_sub(u128::from_le_bytes(stamp)) / 1000).max(1) as u64)
+}
+
 /// Body with the send time (ns since the epoch) in its first 16 bytes, for end-to-end latency.
 fn stamped(template: &[u8]) -> Bytes {
     let mut b = template.to_vec();
@@ -282,13 +302,7 @@ async fn run_producers(
             }));
         }
     }
-    for t in tasks {
-        t.await?;
-    }
-    let latency = hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let latency = join_all(tasks, &hist).await?;
     Ok(NetReport {
         name: format!(
             "produce ({}x{} in flight, batch {})",
@@ -357,14 +371,8 @@ async fn run_consumers(
                             if e2e {
                                 let now = now_nanos();
                                 for m in &r.messages {
-                                    if m.body.len() >= 16 {
-                                        let mut a = [0u8; 16];
-                                        a.copy_from_slice(&m.body[..16]);
-                                        let sent = u128::from_le_bytes(a);
-                                        let _ =
-                                            local.record(
-                                                (now.saturating_sub(sent) / 1000).max(1) as u64
-                                            );
+                                    if let Some(us) = stamp_latency_us(&m.body, now) {
+                                        let _ = local.record(us);
                                     }
                                 }
                             } else if n > 0 {
@@ -388,13 +396,7 @@ async fn run_consumers(
             }));
         }
     }
-    for t in tasks {
-        t.await?;
-    }
-    let latency = hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| histogram());
+    let latency = join_all(tasks, &hist).await?;
     Ok(NetReport {
         name: format!(
             "{} ({} consumers)",
@@ -440,13 +442,8 @@ async fn run_group_consumers(
                     let now = now_nanos();
                     if let Ok(mut h) = hist.lock() {
                         for m in &batch {
-                            if m.body.len() >= 16 {
-                                let mut a = [0u8; 16];
-                                a.copy_from_slice(&m.body[..16]);
-                                let _ = h.record(
-                                    (now.saturating_sub(u128::from_le_bytes(a)) / 1000).max(1)
-                                        as u64,
-                                );
+                            if let Some(us) = stamp_latency_us(&m.body, now) {
+                                let _ = h.record(us);
                             }
                         }
                     }
