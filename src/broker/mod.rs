@@ -347,12 +347,29 @@ impl Broker {
                         "member id must be 1..=255 bytes",
                     ));
                 }
-                for s in &subscriptions {
+                // Validate everything before a topic may be auto-created. A bad expression is
+                // refused when the member subscribes, never at the first message; equivalent
+                // filters (`*` and none, `A||B` and `A || B`) compare equal by canonical form.
+                let mut subscriptions = subscriptions;
+                let mut seen = std::collections::BTreeSet::new();
+                for s in &mut subscriptions {
                     name("topic", &s.topic)?;
+                    if !seen.insert(s.topic.clone()) {
+                        return Err(BrokerError::new(
+                            Status::BadRequest,
+                            format!("topic {:?} is subscribed more than once", s.topic),
+                        ));
+                    }
+                    s.filter = match self.compile_filter(&s.filter)? {
+                        None => FilterSpec::All,
+                        Some(f) => match f.kind() {
+                            FilterKind::Tag => FilterSpec::Tag(f.canonical()),
+                            FilterKind::Sql => FilterSpec::Sql(f.canonical()),
+                        },
+                    };
+                }
+                for s in &subscriptions {
                     self.route(&s.topic, true)?;
-                    // A bad expression is refused when the member subscribes, never at the
-                    // first message.
-                    self.compile_filter(&s.filter)?;
                 }
                 let a = self
                     .groups
@@ -706,6 +723,7 @@ impl Broker {
         stop: &CancellationToken,
     ) -> Result<Response> {
         self.existing_queue(&topic, queue_id)?;
+        let first_offset = offset;
         let mut offset = offset;
         let max_count = if max_messages == 0 {
             32
@@ -722,7 +740,8 @@ impl Broker {
         .min(frame_room);
         let limits = ReadLimits::new(max_count, max_bytes, max_count.max(4096));
         let park = Duration::from_millis(long_poll_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
-        let deadline = tokio::time::Instant::now() + park;
+        let parked_at = tokio::time::Instant::now();
+        let deadline = parked_at + park;
         let topic: Arc<str> = topic.into();
         loop {
             // Subscribe before reading, so an arrival between the read and the wait wakes us.
@@ -748,7 +767,12 @@ impl Broker {
                 ),
             })
             .await??;
-            let parked_out = tokio::time::Instant::now() >= deadline || stop.is_cancelled();
+            let now = tokio::time::Instant::now();
+            // A filtered pull that has skipped non-matching arrivals for a while answers, so
+            // the consumer's offset (and its lag) follows within about a second.
+            let progress_due = parked_at + Duration::from_secs(1);
+            let report_progress = r.next_offset > first_offset && now >= progress_due;
+            let parked_out = now >= deadline || stop.is_cancelled() || report_progress;
             // Everything up to the end was scanned and nothing matched: for this subscriber that
             // is "nothing new": park from the new position.
             if r.status == GetStatus::NoMatch && r.next_offset >= r.max_offset && !parked_out {
@@ -772,9 +796,15 @@ impl Broker {
                     records: r.messages.into_iter().map(|m| m.bytes).collect(),
                 });
             }
+            // Skipped entries are reported within a second even if nothing else arrives.
+            let wake = if offset > first_offset {
+                deadline.min(progress_due)
+            } else {
+                deadline
+            };
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = stop.cancelled() => {}
             }
         }

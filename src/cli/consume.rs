@@ -380,8 +380,8 @@ async fn follow_queue(
         .await
         {
             Ok(r) => {
-                // Found / NoMatch: past what was read; OffsetTooSmall / OffsetOverflow: the
-                // queue's first / next offset; NoNewMessages: unchanged.
+                // Always continue at next_offset: past what was read or scanned (a filter
+                // skips non-matching messages), or the queue's first / next offset.
                 offset = r.next_offset;
                 if r.status == PullStatus::Found && !r.messages.is_empty() {
                     let p = Pulled {

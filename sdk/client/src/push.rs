@@ -1237,6 +1237,11 @@ async fn pull_loop(
                 }
             }
             PullStatus::NoNewMessages => {
+                // With a filter the broker may have scanned past non-matching messages:
+                // continue (and commit) from there, never re-scan them.
+                if r.next_offset > offset {
+                    lock(&q.pq).jump(r.next_offset);
+                }
                 if o.long_poll.is_zero() && !pause(SHORT_POLL_PAUSE, &mut stop).await {
                     return;
                 }
