@@ -39,6 +39,8 @@ pub struct BrokerConfig {
     pub default_queues: u32,
     /// Most queues a topic may have.
     pub max_queues: u32,
+    /// Most topics the broker creates automatically (explicit creation is not limited).
+    pub max_topics: usize,
     /// Largest request frame accepted, in bytes.
     pub max_frame_bytes: u32,
     /// Most concurrent client connections.
@@ -49,6 +51,8 @@ pub struct BrokerConfig {
     pub long_poll_max_ms: u32,
     /// Appends waiting for the store before producers get a retryable "busy" error.
     pub append_queue: usize,
+    /// Bytes of messages waiting for the store before producers get "busy" (bounds memory).
+    pub append_queue_bytes: usize,
     /// How long a produce request may wait for room in the append queue, in ms.
     pub busy_timeout_ms: u64,
     /// How long a client has to send a whole request frame, in ms.
@@ -70,11 +74,13 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             default_queues: 4,
             max_queues: 1024,
+            max_topics: 10_000,
             max_frame_bytes: (16 << 20) + (64 << 10),
             max_connections: 4096,
             max_streams_per_connection: 1024,
             long_poll_max_ms: 30_000,
             append_queue: 16_384,
+            append_queue_bytes: 256 << 20,
             busy_timeout_ms: 200,
             request_read_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
@@ -138,6 +144,9 @@ impl Config {
             || b.group_session_timeout_ms < 2 * b.group_heartbeat_interval_ms
         {
             return Err("broker.group_session_timeout_ms must be at least twice broker.group_heartbeat_interval_ms".into());
+        }
+        if b.append_queue_bytes < b.max_frame_bytes as usize {
+            return Err("broker.append_queue_bytes must be at least broker.max_frame_bytes".into());
         }
         if b.append_queue == 0 || b.max_connections == 0 || b.max_streams_per_connection == 0 {
             return Err("broker.append_queue, max_connections and max_streams_per_connection must be positive".into());

@@ -245,6 +245,136 @@ impl Groups {
     }
 }
 
+/// What the broker remembers of a group across a restart: its members and the queues each
+/// was working on, so that after a restart a queue is not handed to a new owner while its old
+/// owner (still running) has not heartbeated yet.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Snapshot {
+    groups: BTreeMap<String, GroupSnapshot>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct GroupSnapshot {
+    broadcasting: bool,
+    members: BTreeMap<String, MemberSnapshot>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MemberSnapshot {
+    client_id: String,
+    remote: String,
+    /// (topic, kind 0 all / 1 tag / 2 sql, expression)
+    subs: Vec<(String, u8, String)>,
+    working: Vec<QueueRef>,
+}
+
+impl Groups {
+    /// The members of every group and what they work on, for `groups.json`.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        use quiver_protocol::FilterSpec;
+        let all = self.groups.lock().expect("groups lock");
+        let groups = all
+            .iter()
+            .filter(|(_, g)| !g.members.is_empty())
+            .map(|(name, g)| {
+                let members = g
+                    .members
+                    .iter()
+                    .map(|(id, m)| {
+                        let subs = m
+                            .subs
+                            .iter()
+                            .map(|s| match &s.filter {
+                                FilterSpec::All => (s.topic.clone(), 0, String::new()),
+                                FilterSpec::Tag(e) => (s.topic.clone(), 1, e.clone()),
+                                FilterSpec::Sql(e) => (s.topic.clone(), 2, e.clone()),
+                            })
+                            .collect();
+                        let working = m.held.union(&m.granted).cloned().collect();
+                        let snap = MemberSnapshot {
+                            client_id: m.client_id.clone(),
+                            remote: m.remote.to_string(),
+                            subs,
+                            working,
+                        };
+                        (id.clone(), snap)
+                    })
+                    .collect();
+                let snap = GroupSnapshot {
+                    broadcasting: g.mode == GroupMode::Broadcasting,
+                    members,
+                };
+                (name.clone(), snap)
+            })
+            .collect();
+        Snapshot { groups }
+    }
+
+    /// Restores members from a snapshot as if they had just heartbeated: each keeps its
+    /// queues until it heartbeats again or its session expires.
+    pub(crate) fn restore(&self, snap: Snapshot) {
+        use quiver_protocol::FilterSpec;
+        let now = Instant::now();
+        let mut all = self.groups.lock().expect("groups lock");
+        for (name, gs) in snap.groups {
+            let mut members = BTreeMap::new();
+            let mut target = BTreeMap::new();
+            for (id, ms) in gs.members {
+                let subs: Vec<Subscription> = ms
+                    .subs
+                    .into_iter()
+                    .map(|(topic, kind, expr)| Subscription {
+                        topic,
+                        filter: match kind {
+                            1 => FilterSpec::Tag(expr),
+                            2 => FilterSpec::Sql(expr),
+                            _ => FilterSpec::All,
+                        },
+                    })
+                    .collect();
+                for q in &ms.working {
+                    target.insert(q.clone(), id.clone());
+                }
+                let working: BTreeSet<QueueRef> = ms.working.into_iter().collect();
+                members.insert(
+                    id,
+                    Member {
+                        client_id: ms.client_id,
+                        remote: ms
+                            .remote
+                            .parse()
+                            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                        topics: subs.iter().map(|s| s.topic.clone()).collect(),
+                        subs,
+                        held: working.clone(),
+                        granted: working,
+                        last_seen: now,
+                    },
+                );
+            }
+            let mode = if gs.broadcasting {
+                GroupMode::Broadcasting
+            } else {
+                GroupMode::Clustering
+            };
+            all.insert(
+                name,
+                Group {
+                    mode,
+                    generation: 1,
+                    members,
+                    target: if mode == GroupMode::Clustering {
+                        target
+                    } else {
+                        BTreeMap::new()
+                    },
+                    counts: BTreeMap::new(),
+                },
+            );
+        }
+    }
+}
+
 /// Why a heartbeat is refused.
 #[derive(Debug)]
 pub(crate) enum GroupError {
@@ -355,6 +485,24 @@ fn rebalance(g: &Group) -> BTreeMap<QueueRef, String> {
                     h.push(*q);
                 }
             }
+        }
+        // Queues nobody is targeted for but a member still works on (e.g. after a broker
+        // restart) count as that member's.
+        for (id, m) in &g.members {
+            for (t, q) in &m.held {
+                if t == topic && *q < n && !g.target.contains_key(&(t.clone(), *q)) {
+                    if let Some(h) = holdings.get_mut(id) {
+                        if !h.contains(q) {
+                            h.push(*q);
+                        }
+                    }
+                }
+            }
+        }
+        // When a member must give some up, it keeps the ones it is working on.
+        for (id, h) in holdings.iter_mut() {
+            let held = &g.members[*id].held;
+            h.sort_by_key(|q| (!held.contains(&(topic.clone(), *q)), *q));
         }
         let base = n as usize / members.len();
         let extra = n as usize % members.len();
@@ -497,5 +645,50 @@ mod tests {
             matches!(&err, GroupError::Mode(m) if m.contains("Broadcasting")),
             "{err:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    #[test]
+    fn after_a_restart_queues_stay_with_the_members_working_on_them() {
+        let g = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        let hb = |g: &Groups, m: &str, held: &[u32]| -> Vec<u32> {
+            g.heartbeat(
+                "G",
+                m,
+                m,
+                "127.0.0.1:1".parse().unwrap(),
+                GroupMode::Clustering,
+                vec![Subscription::from("T")],
+                held.iter().map(|q| ("T".to_string(), *q)).collect(),
+                |_| Some(8),
+            )
+            .unwrap()
+            .owned
+            .iter()
+            .map(|(_, q)| *q)
+            .collect()
+        };
+        let a = hb(&g, "a", &[]);
+        let _ = hb(&g, "b", &[]);
+        let a = hb(&g, "a", &a);
+        let a = hb(&g, "a", &a);
+        let b = hb(&g, "b", &[]);
+        assert_eq!((a.len(), b.len()), (4, 4));
+        let json = serde_json::to_vec(&g.snapshot()).unwrap();
+
+        // The broker restarts; b heartbeats first. a (restored) keeps its queues.
+        let g2 = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        g2.restore(serde_json::from_slice(&json).unwrap());
+        let b2 = hb(&g2, "b", &b);
+        assert_eq!(
+            b2, b,
+            "b keeps what it works on and gets nothing a still holds"
+        );
+        let a2 = hb(&g2, "a", &a);
+        assert_eq!(a2, a);
     }
 }

@@ -8,6 +8,7 @@ mod longpoll;
 mod offsets;
 mod topics;
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,8 @@ enum AppendJob {
         messages: Vec<WireMessage>,
         born: SocketAddr,
         reply: oneshot::Sender<std::result::Result<Appended, StoreError>>,
+        /// Bytes of the append-queue budget this job holds until it is in the log.
+        _budget: tokio::sync::OwnedSemaphorePermit,
     },
     Stop,
 }
@@ -111,13 +114,15 @@ enum AppendJob {
 pub struct Broker {
     cfg: Config,
     store: Arc<Store>,
-    topics: TopicTable,
+    topics: Arc<TopicTable>,
     offsets: Arc<OffsetTable>,
     waiters: Arc<LongPoll>,
     groups: Groups,
     /// Compiled filters by (kind, text): compiled once, shared by every pull.
     filters: FilterCache,
     appends: mpsc::Sender<AppendJob>,
+    /// Byte budget of the append queue: memory held by waiting appends stays bounded.
+    append_budget: Arc<tokio::sync::Semaphore>,
     appender: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -127,7 +132,7 @@ impl Broker {
     pub fn open(cfg: Config) -> anyhow::Result<Arc<Broker>> {
         std::fs::create_dir_all(&cfg.broker.data_dir)?;
         let store = Arc::new(Store::open(cfg.store.clone())?);
-        let topics = TopicTable::load(cfg.broker.data_dir.join("topics.json"))?;
+        let topics = Arc::new(TopicTable::load(cfg.broker.data_dir.join("topics.json"))?);
         let offsets = Arc::new(OffsetTable::load(cfg.broker.data_dir.join("offsets.json"))?);
         let waiters = Arc::new(LongPoll::default());
         let w = waiters.clone();
@@ -143,6 +148,20 @@ impl Broker {
             Duration::from_millis(cfg.broker.group_session_timeout_ms),
             Duration::from_millis(cfg.broker.group_heartbeat_interval_ms),
         );
+        // Members known before a restart keep their queues until they heartbeat again or
+        // their session expires, so no queue gets a second worker across the restart.
+        let groups_path = cfg.broker.data_dir.join("groups.json");
+        match std::fs::read(&groups_path) {
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(snap) => groups.restore(snap),
+                Err(e) => {
+                    tracing::warn!(file = %groups_path.display(), error = %e, "ignoring unreadable group snapshot")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", groups_path.display())),
+        }
+        let append_budget = Arc::new(tokio::sync::Semaphore::new(cfg.broker.append_queue_bytes));
         Ok(Arc::new(Broker {
             groups,
             filters: FilterCache::new(1024),
@@ -151,6 +170,7 @@ impl Broker {
             topics,
             offsets,
             waiters,
+            append_budget,
             appends: tx,
             appender: Mutex::new(Some(appender)),
         }))
@@ -198,7 +218,7 @@ impl Broker {
         match req {
             Request::Hello { .. } => Ok(self.hello()),
             Request::Route { topic, create } => {
-                let queues = self.route(&topic, create)?;
+                let queues = self.route(&topic, create).await?;
                 Ok(Response::Route { queues })
             }
             Request::Send {
@@ -350,6 +370,15 @@ impl Broker {
                 // Validate everything before a topic may be auto-created. A bad expression is
                 // refused when the member subscribes, never at the first message; equivalent
                 // filters (`*` and none, `A||B` and `A || B`) compare equal by canonical form.
+                if subscriptions.len() > 256 {
+                    return Err(BrokerError::new(
+                        Status::BadRequest,
+                        format!(
+                            "{} subscriptions; a member may subscribe to at most 256 topics",
+                            subscriptions.len()
+                        ),
+                    ));
+                }
                 let mut subscriptions = subscriptions;
                 let mut seen = std::collections::BTreeSet::new();
                 for s in &mut subscriptions {
@@ -369,8 +398,13 @@ impl Broker {
                     };
                 }
                 for s in &subscriptions {
-                    self.route(&s.topic, true)?;
+                    self.route(&s.topic, true).await?;
                 }
+                // Only real queues of subscribed topics count as held (bounded memory).
+                let mut held = held;
+                held.retain(|(t, q)| {
+                    seen.contains(t) && self.topics.queues(t).is_some_and(|n| *q < n)
+                });
                 let a = self
                     .groups
                     .heartbeat(
@@ -585,7 +619,7 @@ impl Broker {
     }
 
     /// Queue count of a topic, auto-creating it when asked and allowed.
-    fn route(&self, topic: &str, create: bool) -> Result<u32> {
+    async fn route(&self, topic: &str, create: bool) -> Result<u32> {
         name("topic", topic)?;
         if let Some(q) = self.topics.queues(topic) {
             return Ok(q);
@@ -603,9 +637,24 @@ impl Broker {
                 ),
             ));
         }
-        let (q, created) = self
-            .topics
-            .create(topic, self.cfg.broker.default_queues)
+        let max_topics = self.cfg.broker.max_topics;
+        if self.topics.len() >= max_topics {
+            return Err(BrokerError::new(
+                Status::InvalidName,
+                format!(
+                    "the broker holds {max_topics} topics (broker.max_topics); topic {topic:?} \
+                     is not created automatically; delete unused topics or raise the limit"
+                ),
+            ));
+        }
+        // Creating writes and fsyncs topics.json: off the async workers.
+        let (topics, t, queues) = (
+            self.topics.clone(),
+            topic.to_string(),
+            self.cfg.broker.default_queues,
+        );
+        let (q, created) = blocking(move || topics.create(&t, queues))
+            .await?
             .map_err(internal)?;
         if created {
             tracing::info!(%topic, queues = q, "topic auto-created");
@@ -662,13 +711,49 @@ impl Broker {
                 ));
             }
         }
-        let queues = self.route(&topic, true)?;
+        let queues = self.route(&topic, true).await?;
         if queue_id >= queues {
             return Err(BrokerError::new(
                 Status::QueueNotFound,
                 format!("topic {topic:?} has {queues} queues; queue {queue_id} does not exist"),
             ));
         }
+        let wait = Duration::from_millis(self.cfg.broker.busy_timeout_ms);
+        let busy = || {
+            BrokerError::new(
+                Status::Busy,
+                "broker is busy: the store's append queue is full; retry after a back-off",
+            )
+        };
+        let bytes: usize = messages
+            .iter()
+            .map(|m| {
+                64 + m.body.len()
+                    + m.tag.len()
+                    + m.keys.iter().map(|k| k.len() + 8).sum::<usize>()
+                    + m.properties
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 16)
+                        .sum::<usize>()
+            })
+            .sum();
+        let permits =
+            u32::try_from(bytes.min(self.cfg.broker.append_queue_bytes)).unwrap_or(u32::MAX);
+        let budget = match tokio::time::timeout(
+            wait,
+            self.append_budget.clone().acquire_many_owned(permits),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                return Err(BrokerError::new(
+                    Status::ShuttingDown,
+                    "broker is shutting down",
+                ))
+            }
+            Err(_) => return Err(busy()),
+        };
         let (reply, rx) = oneshot::channel();
         let job = AppendJob::Append {
             topic,
@@ -676,20 +761,15 @@ impl Broker {
             messages,
             born,
             reply,
+            _budget: budget,
         };
-        let wait = Duration::from_millis(self.cfg.broker.busy_timeout_ms);
         match self.appends.send_timeout(job, wait).await {
             Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                return Err(BrokerError::new(
-                    Status::Busy,
-                    "broker is busy: the store's append queue is full; retry after a back-off",
-                ))
-            }
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(busy()),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => {
                 return Err(BrokerError::new(
-                    Status::ShuttingDown,
-                    "broker is shutting down",
+                    Status::StoreUnavailable,
+                    "the broker's append thread has stopped; the broker needs a restart",
                 ))
             }
         }
@@ -810,9 +890,13 @@ impl Broker {
         }
     }
 
-    /// Writes committed offsets if they changed (called once a second and at shutdown).
+    /// Writes committed offsets if they changed, and the group membership snapshot (called
+    /// once a second and at shutdown).
     pub fn persist_offsets(&self) -> anyhow::Result<()> {
-        self.offsets.save_if_dirty()
+        let offsets = self.offsets.save_if_dirty();
+        let snap = serde_json::to_vec(&self.groups.snapshot())?;
+        topics::write_atomic(&self.cfg.broker.data_dir.join("groups.json"), &snap)?;
+        offsets
     }
 
     /// Stops the append thread, persists offsets, and closes the store cleanly. Blocking.
@@ -829,9 +913,10 @@ impl Broker {
                 let _ = t.join();
             }
         }
-        self.offsets.save_if_dirty()?;
+        // Close the store whatever happens to the small files: a clean store is what matters.
+        let saved = self.persist_offsets();
         self.store.close()?;
-        Ok(())
+        saved
     }
 }
 
@@ -843,6 +928,7 @@ fn append_loop(store: Arc<Store>, mut rx: mpsc::Receiver<AppendJob>) {
             messages,
             born,
             reply,
+            _budget,
         } = job
         else {
             break;

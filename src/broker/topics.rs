@@ -1,5 +1,6 @@
 //! The topic table: name -> queue count, persisted as `topics.json` in the data directory
-//! (written atomically on every change; changes are rare).
+//! (written atomically on every change, and the table in memory changes only once the file
+//! did; changes are rare).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +32,10 @@ impl TopicTable {
         self.topics.read().expect("topics lock").get(topic).copied()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.topics.read().expect("topics lock").len()
+    }
+
     pub(crate) fn list(&self) -> Vec<(String, u32)> {
         let t = self.topics.read().expect("topics lock");
         t.iter().map(|(k, v)| (k.clone(), *v)).collect()
@@ -42,27 +47,33 @@ impl TopicTable {
         if let Some(q) = t.get(topic) {
             return Ok((*q, false));
         }
-        t.insert(topic.to_string(), queues);
-        self.save(&t)?;
+        let mut next = t.clone();
+        next.insert(topic.to_string(), queues);
+        self.save(&next)?;
+        *t = next;
         Ok((queues, true))
     }
 
     pub(crate) fn update(&self, topic: &str, queues: u32) -> anyhow::Result<bool> {
         let mut t = self.topics.write().expect("topics lock");
-        match t.get_mut(topic) {
+        let mut next = t.clone();
+        match next.get_mut(topic) {
             Some(q) => *q = queues,
             None => return Ok(false),
         }
-        self.save(&t)?;
+        self.save(&next)?;
+        *t = next;
         Ok(true)
     }
 
     pub(crate) fn delete(&self, topic: &str) -> anyhow::Result<bool> {
         let mut t = self.topics.write().expect("topics lock");
-        if t.remove(topic).is_none() {
+        let mut next = t.clone();
+        if next.remove(topic).is_none() {
             return Ok(false);
         }
-        self.save(&t)?;
+        self.save(&next)?;
+        *t = next;
         Ok(true)
     }
 

@@ -215,7 +215,16 @@ async fn handle_bi(
         Ok((header, body)) => match Request::decode(&header, body) {
             Ok(req) => {
                 let cmd = req.command();
-                match dispatch(req, &broker, &session, &stop).await {
+                // A client that gives up (timeout, closed connection) stops the stream: the
+                // request (e.g. a parked pull) ends with it instead of lingering.
+                let result = tokio::select! {
+                    r = dispatch(req, &broker, &session, &stop) => r,
+                    _ = send.stopped() => {
+                        debug!(command = ?cmd, "client abandoned the request");
+                        return;
+                    }
+                };
+                match result {
                     Ok(resp) => resp.encode_chunks(cmd),
                     Err(e) => vec![encode_error(e.status(), cmd as u16, &e.to_string())],
                 }
@@ -241,6 +250,9 @@ async fn handle_bi(
         return;
     }
     let _ = send.finish();
+    // Keep the stream (and so the connection) until the client has the whole response: at
+    // shutdown, dropping it early could discard an acknowledgement the client never received.
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
 }
 
 fn status_name(s: Status) -> String {
