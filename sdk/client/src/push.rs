@@ -1346,6 +1346,11 @@ async fn consume(
         if result == ConsumeResult::Success {
             break;
         }
+        if *stop.borrow() {
+            // Stopping (queue released or shutdown): the messages stay uncommitted for the
+            // next owner; nothing to retry here.
+            return;
+        }
         for m in &batch {
             on_failed(m);
         }
