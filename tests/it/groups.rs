@@ -419,3 +419,38 @@ async fn consume_from_last_starts_at_the_end_even_for_a_young_queue() {
     c.shutdown().await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_queue_gets_two_workers_across_a_broker_restart() {
+    let mut broker = group_broker().await;
+    Admin::new(broker.client().await)
+        .create_topic("orders", 8)
+        .await
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let a = member(&broker, "a", options("g8"), seen.clone()).await;
+    let b = member(&broker, "b", options("g8"), seen.clone()).await;
+    settled(&[&a, &b], 8).await;
+    let before = (owned(&a), owned(&b));
+
+    broker.restart().await;
+    // Both members keep running and reconnect by themselves; sample who owns what.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2 * SESSION_MS) {
+        let (oa, ob) = (owned(&a), owned(&b));
+        assert!(
+            oa.is_disjoint(&ob),
+            "a queue owned by both members: {oa:?} / {ob:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    settled(&[&a, &b], 8).await;
+    assert_eq!(
+        (owned(&a), owned(&b)),
+        before,
+        "each member kept its queues across the restart"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    broker.stop().await;
+}
