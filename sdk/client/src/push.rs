@@ -831,6 +831,7 @@ async fn membership(
                 next = Instant::now();
             }
             Event::Beat => {
+                let sent = Instant::now();
                 let r = tokio::select! {
                     r = heartbeat(&shared) => Some(r),
                     _ = stopped(&mut stop) => None,
@@ -839,6 +840,8 @@ async fn membership(
                     None => break,
                     Some(Ok(a)) => {
                         next = beat.answered(&shared, a, &done_tx);
+                        // The broker's clock for this member started when the request left.
+                        beat.last_ok = Some(sent);
                     }
                     Some(Err(ClientError::Closed)) => {
                         tracing::error!(
@@ -851,8 +854,10 @@ async fn membership(
                         tracing::warn!(group = %shared.opts.group, error = %e, "heartbeat failed");
                         next = Instant::now() + beat.interval.min(ERROR_PAUSE);
                         let silent = beat.last_ok.map(|t| t.elapsed());
+                        // Let go well before the broker's session ends, so draining in-flight
+                        // messages does not overlap with the next owner.
                         if shared.opts.mode == GroupMode::Clustering
-                            && silent.is_some_and(|s| s >= beat.session_timeout)
+                            && silent.is_some_and(|s| s >= beat.session_timeout * 2 / 3)
                             && lock(&shared.queues).values().any(|q| !q.is_stopping())
                         {
                             tracing::warn!(
