@@ -509,13 +509,15 @@ pub(crate) fn decode_response(
     max_frame: u32,
 ) -> Result<Response, ClientError> {
     let (header, body) = split_frame(&frame, max_frame.saturating_add(4))?;
-    if header.aux != cmd as u16 {
+    // An error about an unreadable request header cannot name the command: it echoes 0.
+    let is_error = header.code != Status::Ok as u16;
+    if header.aux != cmd as u16 && !(is_error && header.aux == 0) {
         return Err(ClientError::Protocol(format!(
             "response is for command {}, expected {}",
             header.aux, cmd as u16
         )));
     }
-    if header.code != Status::Ok as u16 {
+    if is_error {
         return Err(ClientError::Broker {
             status: Status::from_u16(header.code),
             message: decode_error(body),
