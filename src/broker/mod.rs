@@ -287,7 +287,10 @@ impl Broker {
             Request::TopicCreate { topic, queues } => {
                 name("topic", &topic)?;
                 self.check_queue_count(queues)?;
-                let (_, created) = self.topics.create(&topic, queues).map_err(internal)?;
+                let (topics, t) = (self.topics.clone(), topic.clone());
+                let (_, created) = blocking(move || topics.create(&t, queues))
+                    .await?
+                    .map_err(internal)?;
                 if !created {
                     return Err(BrokerError::new(
                         Status::TopicExists,
@@ -302,7 +305,11 @@ impl Broker {
             Request::TopicUpdate { topic, queues } => {
                 name("topic", &topic)?;
                 self.check_queue_count(queues)?;
-                if !self.topics.update(&topic, queues).map_err(internal)? {
+                let (topics, t) = (self.topics.clone(), topic.clone());
+                if !blocking(move || topics.update(&t, queues))
+                    .await?
+                    .map_err(internal)?
+                {
                     return Err(not_found(&topic));
                 }
                 tracing::info!(%topic, queues, "topic updated");
@@ -310,7 +317,14 @@ impl Broker {
             }
             Request::TopicDelete { topic } => {
                 name("topic", &topic)?;
-                if !self.topics.delete(&topic).map_err(internal)? {
+                // While the store drops the queues, sends must not re-create the topic (their
+                // acknowledged messages would be dropped with it).
+                let _deleting = self.topics.begin_delete(&topic);
+                let (topics, t) = (self.topics.clone(), topic.clone());
+                if !blocking(move || topics.delete(&t))
+                    .await?
+                    .map_err(internal)?
+                {
                     return Err(not_found(&topic));
                 }
                 self.offsets.forget_topic(&topic);
@@ -635,6 +649,12 @@ impl Broker {
                         " and auto-creation is off; create it with `quiver admin topic create`"
                     }
                 ),
+            ));
+        }
+        if self.topics.is_deleting(topic) {
+            return Err(BrokerError::new(
+                Status::Busy,
+                format!("topic {topic:?} is being deleted; retry in a moment"),
             ));
         }
         let max_topics = self.cfg.broker.max_topics;

@@ -11,6 +11,24 @@ use anyhow::Context;
 pub(crate) struct TopicTable {
     path: PathBuf,
     topics: RwLock<BTreeMap<String, u32>>,
+    /// Topics whose deletion is in progress: not auto-created meanwhile.
+    deleting: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// Marks a topic as being deleted until dropped.
+pub(crate) struct Deleting<'a> {
+    table: &'a TopicTable,
+    topic: String,
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        self.table
+            .deleting
+            .lock()
+            .expect("deleting lock")
+            .remove(&self.topic);
+    }
 }
 
 impl TopicTable {
@@ -25,11 +43,27 @@ impl TopicTable {
         Ok(Self {
             path,
             topics: RwLock::new(topics),
+            deleting: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
     pub(crate) fn queues(&self, topic: &str) -> Option<u32> {
         self.topics.read().expect("topics lock").get(topic).copied()
+    }
+
+    pub(crate) fn begin_delete(&self, topic: &str) -> Deleting<'_> {
+        self.deleting
+            .lock()
+            .expect("deleting lock")
+            .insert(topic.to_string());
+        Deleting {
+            table: self,
+            topic: topic.to_string(),
+        }
+    }
+
+    pub(crate) fn is_deleting(&self, topic: &str) -> bool {
+        self.deleting.lock().expect("deleting lock").contains(topic)
     }
 
     pub(crate) fn len(&self) -> usize {
