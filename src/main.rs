@@ -68,7 +68,8 @@ enum BenchCommand {
     Store(StoreBenchArgs),
     /// Producers over QUIC: msgs/s, MB/s, per-request latency percentiles.
     Produce(NetBenchArgs),
-    /// Fill a topic, then consume it all: msgs/s, MB/s, per-pull latency percentiles.
+    /// Fill a topic, then consume it all: msgs/s, MB/s, per-pull latency percentiles; with
+    /// --group, consume as push-consumer group members while producing (end-to-end latency).
     Consume(NetBenchArgs),
     /// Produce and consume at once: throughput and send-to-receive latency percentiles.
     E2e(NetBenchArgs),
