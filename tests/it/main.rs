@@ -7,5 +7,6 @@ mod cli;
 mod filters;
 mod groups;
 mod harness;
+mod ordered;
 mod raw_frames;
 mod store_crash;

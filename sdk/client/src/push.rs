@@ -96,6 +96,12 @@ pub struct PushConsumerOptions {
     pub shutdown_timeout: Duration,
     /// How often changed offsets are committed; default 1 s.
     pub commit_interval: Duration,
+    /// Orderly consumption: each queue's messages go to the listener one batch at a time, in
+    /// queue order; a batch that fails is retried in place (after a 1 s pause) and never
+    /// skipped. Queues still run in parallel with each other. In a clustering group a queue has
+    /// one owner at a time and moves only after its owner released it (having committed) or
+    /// its session expired, so order holds across a rebalance. Default false.
+    pub orderly: bool,
 }
 
 impl Default for PushConsumerOptions {
@@ -114,6 +120,7 @@ impl Default for PushConsumerOptions {
             offset_store_path: None,
             shutdown_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
+            orderly: false,
         }
     }
 }
@@ -1284,7 +1291,8 @@ async fn dispatch_loop(
             biased;
             _ = stopped(&mut stop) => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            batch = rx.recv() => {
+            // Orderly: the next batch of this queue waits until the previous one is consumed.
+            batch = rx.recv(), if !shared.opts.orderly || tasks.is_empty() => {
                 let Some(batch) = batch else { break };
                 let permit = tokio::select! {
                     p = shared.permits.clone().acquire_owned() => p,
