@@ -114,17 +114,18 @@ async fn each_queue_is_consumed_one_message_at_a_time_in_order_and_failures_do_n
     let c = orderly_member(&broker, track.clone(), Some((0, 5)), 0).await;
     wait_done(&track, 120).await;
     assert_in_order(&track);
-    let t = track.lock().unwrap();
-    assert_eq!(
-        t.attempts[&(0, 5)],
-        3,
-        "the failing message was retried in place"
-    );
-    assert!(
-        t.done[&0].starts_with(&[0, 1, 2, 3, 4, 5, 6]),
-        "nothing after it ran first"
-    );
-    drop(t);
+    {
+        let t = track.lock().unwrap();
+        assert_eq!(
+            t.attempts[&(0, 5)],
+            3,
+            "the failing message was retried in place"
+        );
+        assert!(
+            t.done[&0].starts_with(&[0, 1, 2, 3, 4, 5, 6]),
+            "nothing after it ran first"
+        );
+    }
     c.shutdown().await.unwrap();
     broker.stop().await;
 }
