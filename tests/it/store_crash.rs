@@ -24,6 +24,8 @@ fn config(dir: &std::path::Path) -> StoreConfig {
     cfg.index_entries = 4096;
     cfg.max_message_size = 64 << 10;
     cfg.max_properties_size = 4 << 10;
+    cfg.disk_high_watermark = 1.0;
+    cfg.disk_clean_watermark = 1.0;
     cfg
 }
 
