@@ -120,6 +120,8 @@ pub struct Broker {
     groups: Groups,
     /// Compiled filters by (kind, text): compiled once, shared by every pull.
     filters: FilterCache,
+    /// The group snapshot last written to `groups.json` (written only when it changes).
+    groups_saved: Mutex<Vec<u8>>,
     appends: mpsc::Sender<AppendJob>,
     /// Byte budget of the append queue: memory held by waiting appends stays bounded.
     append_budget: Arc<tokio::sync::Semaphore>,
@@ -165,6 +167,7 @@ impl Broker {
         Ok(Arc::new(Broker {
             groups,
             filters: FilterCache::new(1024),
+            groups_saved: Mutex::new(Vec::new()),
             cfg,
             store,
             topics,
@@ -915,7 +918,11 @@ impl Broker {
     pub fn persist_offsets(&self) -> anyhow::Result<()> {
         let offsets = self.offsets.save_if_dirty();
         let snap = serde_json::to_vec(&self.groups.snapshot())?;
-        topics::write_atomic(&self.cfg.broker.data_dir.join("groups.json"), &snap)?;
+        let mut last = self.groups_saved.lock().expect("groups snapshot lock");
+        if *last != snap {
+            topics::write_atomic(&self.cfg.broker.data_dir.join("groups.json"), &snap)?;
+            *last = snap;
+        }
         offsets
     }
 
