@@ -229,28 +229,7 @@ impl Broker {
                 queue_id,
                 messages,
             } => self.send(topic, queue_id, messages, remote).await,
-            Request::Pull {
-                topic,
-                queue_id,
-                offset,
-                max_messages,
-                max_bytes,
-                long_poll_ms,
-                filter,
-            } => {
-                let filter = self.compile_filter(&filter)?;
-                self.pull(
-                    topic,
-                    queue_id,
-                    offset,
-                    max_messages,
-                    max_bytes,
-                    long_poll_ms,
-                    filter,
-                    stop,
-                )
-                .await
-            }
+            req @ Request::Pull { .. } => self.pull(req, stop).await,
             Request::CommitOffset {
                 group,
                 topic,
@@ -813,18 +792,23 @@ impl Broker {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn pull(
-        &self,
-        topic: String,
-        queue_id: u32,
-        offset: u64,
-        max_messages: u32,
-        max_bytes: u32,
-        long_poll_ms: u32,
-        filter: Option<Arc<Filter>>,
-        stop: &CancellationToken,
-    ) -> Result<Response> {
+    async fn pull(&self, req: Request, stop: &CancellationToken) -> Result<Response> {
+        let Request::Pull {
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            max_bytes,
+            long_poll_ms,
+            filter,
+        } = req
+        else {
+            return Err(BrokerError::new(
+                Status::Internal,
+                "pull called with another request",
+            ));
+        };
+        let filter = self.compile_filter(&filter)?;
         self.existing_queue(&topic, queue_id)?;
         let first_offset = offset;
         let mut offset = offset;

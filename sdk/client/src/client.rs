@@ -173,29 +173,17 @@ impl Client {
             addr: cfg.addr,
             reason: format!("cannot bind a UDP socket on {bind}: {e}"),
         })?;
-        let client = Client {
-            inner: Arc::new(Inner {
-                cfg,
-                endpoint,
-                quic,
-                current: StdMutex::new(None),
-                connect_lock: tokio::sync::Mutex::new(ConnectState { last_error: None }),
-                attempts: AtomicU64::new(0),
-                generations: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
-            }),
-        };
+        let client = Client::with_parts(cfg, endpoint, quic, false);
         client.connection().await?;
         Ok(client)
     }
 
-    /// A client that is already closed (no network needed), for unit tests of code that
-    /// fails before any request.
-    #[cfg(test)]
-    pub(crate) fn closed_for_tests() -> Client {
-        let cfg = ClientConfig::new((Ipv4Addr::LOCALHOST, 9).into(), Tls::Insecure);
-        let quic = quinn_client_config(&cfg.tls).expect("config");
-        let endpoint = Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
+    fn with_parts(
+        cfg: ClientConfig,
+        endpoint: Endpoint,
+        quic: quinn::ClientConfig,
+        closed: bool,
+    ) -> Client {
         Client {
             inner: Arc::new(Inner {
                 cfg,
@@ -205,9 +193,19 @@ impl Client {
                 connect_lock: tokio::sync::Mutex::new(ConnectState { last_error: None }),
                 attempts: AtomicU64::new(0),
                 generations: AtomicU64::new(0),
-                closed: AtomicBool::new(true),
+                closed: AtomicBool::new(closed),
             }),
         }
+    }
+
+    /// A client that is already closed (no network needed), for unit tests of code that
+    /// fails before any request.
+    #[cfg(test)]
+    pub(crate) fn closed_for_tests() -> Client {
+        let cfg = ClientConfig::new((Ipv4Addr::LOCALHOST, 9).into(), Tls::Insecure);
+        let quic = quinn_client_config(&cfg.tls).expect("config");
+        let endpoint = Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
+        Client::with_parts(cfg, endpoint, quic, true)
     }
 
     /// The configuration this client was created with.
