@@ -9,6 +9,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::plugin::PluginConfig;
 use crate::store::StoreConfig;
 
 /// Everything the broker can be told.
@@ -21,6 +22,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The message store.
     pub store: StoreConfig,
+    /// WebAssembly plugins: default limits and failure handling.
+    pub plugins: PluginConfig,
 }
 
 /// Network, topic and limit settings.
@@ -137,6 +140,7 @@ impl Config {
         {
             return Err("broker.max_frame_bytes must exceed store.max_message_size + store.max_properties_size by 64 KiB (one stored message must fit a response)".into());
         }
+        self.plugins.validate()?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key must be given together".into());
         }

@@ -8,11 +8,13 @@
 //! - [`store`]: commit log, consume queues, index, flush and crash recovery (sync I/O only).
 //! - [`bench`]: the `quiver bench` measurements.
 //! - [`filter`]: tag and SQL92 subscription filters, compiled once and evaluated per message.
+//! - [`plugin`]: WebAssembly filter and transform plugins (wasmtime), per batch.
 
 pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod filter;
 pub mod net;
+pub mod plugin;
 pub mod server;
 pub mod store;

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use quiver_protocol::{GroupMode, MemberInfo, QueueRef, Subscription};
+use quiver_protocol::{
+    GroupMode, MemberInfo, PluginFailurePolicy, PluginRef, QueueRef, Subscription,
+};
 
 struct Member {
     client_id: String,
@@ -265,6 +267,9 @@ struct MemberSnapshot {
     remote: String,
     /// (topic, kind 0 all / 1 tag / 2 sql, expression)
     subs: Vec<(String, u8, String)>,
+    /// Plugins per subscription, in the order of `subs`: (name, failure policy code).
+    #[serde(default)]
+    plugins: Vec<Vec<(String, u8)>>,
     working: Vec<QueueRef>,
 }
 
@@ -290,11 +295,22 @@ impl Groups {
                                 FilterSpec::Sql(e) => (s.topic.clone(), 2, e.clone()),
                             })
                             .collect();
+                        let plugins = m
+                            .subs
+                            .iter()
+                            .map(|s| {
+                                s.plugins
+                                    .iter()
+                                    .map(|p| (p.name.clone(), p.on_error as u8))
+                                    .collect()
+                            })
+                            .collect();
                         let working = m.held.union(&m.granted).cloned().collect();
                         let snap = MemberSnapshot {
                             client_id: m.client_id.clone(),
                             remote: m.remote.to_string(),
                             subs,
+                            plugins,
                             working,
                         };
                         (id.clone(), snap)
@@ -320,6 +336,7 @@ impl Groups {
             let mut members = BTreeMap::new();
             let mut target = BTreeMap::new();
             for (id, ms) in gs.members {
+                let mut plugins = ms.plugins.into_iter();
                 let subs: Vec<Subscription> = ms
                     .subs
                     .into_iter()
@@ -330,6 +347,15 @@ impl Groups {
                             2 => FilterSpec::Sql(expr),
                             _ => FilterSpec::All,
                         },
+                        plugins: plugins
+                            .next()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(name, policy)| PluginRef {
+                                name,
+                                on_error: PluginFailurePolicy::from_u8(policy).unwrap_or_default(),
+                            })
+                            .collect(),
                     })
                     .collect();
                 for q in &ms.working {

@@ -8,22 +8,27 @@ mod longpoll;
 mod offsets;
 mod topics;
 
+pub(crate) use topics::write_atomic;
+
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quiver_protocol::names::{check_name, check_property_name};
+use quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION;
 use quiver_protocol::{
-    FilterSpec, GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, Request, ResetTarget,
-    Response, SendReceipt, Status, TopicSummary, WireMessage, PROTOCOL_VERSION,
+    FilterSpec, GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, RecordLimits, Request,
+    ResetTarget, Response, SendReceipt, Status, TopicSummary, WireMessage, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::filter::{Filter, FilterCache, FilterKind};
+use crate::plugin::{LoadSpec, PluginError, PluginHost};
 use crate::store::{Appended, GetStatus, NewMessage, ReadLimits, Store, StoreError};
 
 use groups::Groups;
@@ -126,6 +131,8 @@ pub struct Broker {
     /// Byte budget of the append queue: memory held by waiting appends stays bounded.
     append_budget: Arc<tokio::sync::Semaphore>,
     appender: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Loaded WebAssembly plugins (docs/PLUGINS.md).
+    plugins: Arc<PluginHost>,
 }
 
 impl Broker {
@@ -164,7 +171,19 @@ impl Broker {
             Err(e) => return Err(e).with_context(|| format!("reading {}", groups_path.display())),
         }
         let append_budget = Arc::new(tokio::sync::Semaphore::new(cfg.broker.append_queue_bytes));
+        let plugins = Arc::new(
+            PluginHost::open(
+                cfg.plugins.clone(),
+                cfg.broker.data_dir.join("plugins"),
+                RecordLimits {
+                    max_body: cfg.store.max_message_size,
+                    max_properties: cfg.store.max_properties_size,
+                },
+            )
+            .context("opening the plugin registry")?,
+        );
         Ok(Arc::new(Broker {
+            plugins,
             groups,
             filters: FilterCache::new(1024),
             groups_saved: Mutex::new(Vec::new()),
@@ -182,6 +201,11 @@ impl Broker {
     /// The store (for diagnostics and tests).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The loaded plugins.
+    pub fn plugins(&self) -> &Arc<PluginHost> {
+        &self.plugins
     }
 
     /// Limits for the network layer.
@@ -507,6 +531,59 @@ impl Broker {
                 tracing::info!(%group, "group deleted");
                 Ok(Response::Done)
             }
+            Request::PluginLoad {
+                name,
+                wasm,
+                config,
+                memory_limit_bytes,
+                time_limit_ms,
+            } => {
+                let host = self.plugins.clone();
+                let spec = LoadSpec {
+                    wasm,
+                    config: Some(config),
+                    memory_limit_bytes,
+                    time_limit_ms,
+                };
+                let info = blocking(move || host.load(&name, spec)).await??;
+                Ok(Response::Plugins(vec![info]))
+            }
+            Request::PluginReload {
+                name,
+                wasm,
+                config,
+                memory_limit_bytes,
+                time_limit_ms,
+            } => {
+                let host = self.plugins.clone();
+                let spec = LoadSpec {
+                    wasm,
+                    config,
+                    memory_limit_bytes,
+                    time_limit_ms,
+                };
+                let info = blocking(move || host.reload(&name, spec)).await??;
+                Ok(Response::Plugins(vec![info]))
+            }
+            Request::PluginUnload { name, force } => {
+                let host = self.plugins.clone();
+                blocking(move || host.unload(&name, force)).await??;
+                Ok(Response::Done)
+            }
+            Request::PluginList => Ok(Response::Plugins(self.plugins.list())),
+            Request::PluginDescribe { name } => {
+                Ok(Response::Plugins(vec![self.plugins.describe(&name)?]))
+            }
+            Request::PluginAttach { name, topic } => {
+                let host = self.plugins.clone();
+                blocking(move || host.attach(&name, &topic)).await??;
+                Ok(Response::Done)
+            }
+            Request::PluginDetach { name, topic } => {
+                let host = self.plugins.clone();
+                blocking(move || host.detach(&name, &topic)).await??;
+                Ok(Response::Done)
+            }
             Request::MessageByKey {
                 topic,
                 key,
@@ -720,6 +797,14 @@ impl Broker {
                 format!("topic {topic:?} has {queues} queues; queue {queue_id} does not exist"),
             ));
         }
+        // The topic's ingress plugins validate, enrich or redact before anything is stored.
+        let chain = self.plugins.ingress_chain(&topic)?;
+        let messages = if chain.is_empty() {
+            messages
+        } else {
+            let (host, t) = (self.plugins.clone(), topic.clone());
+            blocking(move || host.apply_to_send(&chain, &t, queue_id, messages)).await??
+        };
         let wait = Duration::from_millis(self.cfg.broker.busy_timeout_ms);
         let busy = || {
             BrokerError::new(
@@ -801,6 +886,7 @@ impl Broker {
             max_bytes,
             long_poll_ms,
             filter,
+            plugins,
         } = req
         else {
             return Err(BrokerError::new(
@@ -810,6 +896,14 @@ impl Broker {
         };
         let filter = self.compile_filter(&filter)?;
         self.existing_queue(&topic, queue_id)?;
+        if plugins.len() > MAX_PLUGINS_PER_SUBSCRIPTION {
+            return Err(BrokerError::new(
+                Status::BadRequest,
+                format!("at most {MAX_PLUGINS_PER_SUBSCRIPTION} plugins per subscription"),
+            ));
+        }
+        // Unknown plugins fail the pull at once, whatever the failure policy.
+        self.plugins.resolve(&plugins)?;
         let first_offset = offset;
         let mut offset = offset;
         let max_count = if max_messages == 0 {
@@ -840,20 +934,40 @@ impl Broker {
             let store = self.store.clone();
             let t = topic.clone();
             let f = filter.clone();
-            let r = blocking(move || match f {
-                None => store.get_messages(&t, queue_id, offset, limits, |_| true),
-                // Tag hashes in the consume queue skip most non-matching entries without a
-                // commit-log read; the record check is exact (no hash collision gets through).
-                Some(f) => store.get_messages_where(
-                    &t,
-                    queue_id,
-                    offset,
-                    limits,
-                    |e| f.may_match_hash(e.tag_hash),
-                    |r| f.matches(r),
-                ),
+            // The current version of each plugin: a reload applies from the next batch on.
+            let chain = self.plugins.resolve(&plugins)?;
+            let host = self.plugins.clone();
+            let (r, records) = blocking(move || -> Result<_> {
+                let r = match f {
+                    None => store.get_messages(&t, queue_id, offset, limits, |_| true),
+                    // Tag hashes in the consume queue skip most non-matching entries without a
+                    // commit-log read; the record check is exact (no hash collision gets
+                    // through).
+                    Some(f) => store.get_messages_where(
+                        &t,
+                        queue_id,
+                        offset,
+                        limits,
+                        |e| f.may_match_hash(e.tag_hash),
+                        |r| f.matches(r),
+                    ),
+                }?;
+                let records: Vec<Bytes> = r.messages.iter().map(|m| m.bytes.clone()).collect();
+                // Plugins run after the tag/SQL filter, on what it kept.
+                let records = if chain.is_empty() || records.is_empty() {
+                    records
+                } else {
+                    host.apply_to_records(&chain, &t, queue_id, records)?
+                };
+                Ok((r, records))
             })
             .await??;
+            // Plugins that dropped every message leave the pull where a filter would.
+            let status = if r.status == GetStatus::Found && records.is_empty() {
+                GetStatus::NoMatch
+            } else {
+                r.status
+            };
             let now = tokio::time::Instant::now();
             // A filtered pull that has skipped non-matching arrivals for a while answers, so
             // the consumer's offset (and its lag) follows within about a second.
@@ -862,10 +976,10 @@ impl Broker {
             let parked_out = now >= deadline || stop.is_cancelled() || report_progress;
             // Everything up to the end was scanned and nothing matched: for this subscriber that
             // is "nothing new": park from the new position.
-            if r.status == GetStatus::NoMatch && r.next_offset >= r.max_offset && !parked_out {
+            if status == GetStatus::NoMatch && r.next_offset >= r.max_offset && !parked_out {
                 offset = r.next_offset;
-            } else if r.status != GetStatus::NoNewMessages || parked_out {
-                let status = match r.status {
+            } else if status != GetStatus::NoNewMessages || parked_out {
+                let status = match status {
                     GetStatus::Found => PullStatus::Found,
                     GetStatus::NoMatch if r.next_offset >= r.max_offset => {
                         PullStatus::NoNewMessages
@@ -880,7 +994,7 @@ impl Broker {
                     next_offset: r.next_offset,
                     min_offset: r.min_offset,
                     max_offset: r.max_offset,
-                    records: r.messages.into_iter().map(|m| m.bytes).collect(),
+                    records,
                 });
             }
             // Skipped entries are reported within a second even if nothing else arrives.
@@ -1004,6 +1118,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BrokerError::new(Status::Internal, format!("store task failed: {e}")))
+}
+
+impl From<PluginError> for BrokerError {
+    fn from(e: PluginError) -> Self {
+        let status = match &e {
+            PluginError::NotFound(_) => Status::PluginNotFound,
+            PluginError::Exists(_) => Status::PluginExists,
+            PluginError::Invalid { .. } => Status::InvalidPlugin,
+            PluginError::Failed { .. } => Status::PluginFailed,
+            PluginError::Unhealthy { .. } => Status::PluginUnhealthy,
+            PluginError::Rejected { .. } => Status::PluginRejected,
+            PluginError::InUse { .. } => Status::PluginInUse,
+            PluginError::BadRequest(_) => Status::BadRequest,
+            PluginError::Internal(_) => Status::Internal,
+        };
+        BrokerError::new(status, e.to_string())
+    }
 }
 
 impl From<BrokerError> for std::io::Error {

@@ -28,6 +28,9 @@ enum AdminCommand {
     /// Consumer groups: list, describe, reset offsets, delete.
     #[command(subcommand)]
     Group(super::group::GroupCommand),
+    /// WebAssembly plugins: load, reload, unload, list, describe, attach to a topic, detach.
+    #[command(subcommand)]
+    Plugin(super::plugin::PluginCommand),
 }
 
 #[derive(Subcommand)]
@@ -136,6 +139,12 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             None
         }
+        AdminCommand::Plugin(p) => {
+            for (kind, name) in p.names() {
+                super::check_name(kind, name)?;
+            }
+            None
+        }
     };
     let client = args.client.connect().await?;
     let admin = Admin::new(client.clone());
@@ -153,6 +162,7 @@ async fn run_command(
 ) -> anyhow::Result<()> {
     match command {
         AdminCommand::Group(g) => super::group::run(admin, out, g).await,
+        AdminCommand::Plugin(p) => super::plugin::run(admin, out, p).await,
         AdminCommand::Topic(TopicCommand::Create { name, queues }) => {
             admin
                 .create_topic(&name, queues)

@@ -76,16 +76,38 @@ pub(crate) struct ConsumeArgs {
     /// "region IN ('eu','us') AND amount > 100". Evaluated on the broker (docs/FILTERS.md).
     #[arg(long, value_name = "EXPR")]
     sql: Option<String>,
+    /// Run this loaded WebAssembly plugin on the broker after the filter (repeat for a chain,
+    /// run in order). `NAME:skip` or `NAME:deliver` choose what a failing plugin does to a
+    /// batch (default `fail`: the pull fails). See docs/PLUGINS.md.
+    #[arg(long = "plugin", value_name = "NAME[:fail|skip|deliver]", value_parser = parse_plugin_ref)]
+    plugins: Vec<quiver_client::PluginRef>,
     #[command(flatten)]
     client: ClientArgs,
 }
 
+fn parse_plugin_ref(s: &str) -> Result<quiver_client::PluginRef, String> {
+    let (name, policy) = match s.rsplit_once(':') {
+        Some((n, p)) => (
+            n,
+            quiver_client::PluginFailurePolicy::parse(p)
+                .ok_or_else(|| format!("unknown failure policy {p:?}: fail, skip or deliver"))?,
+        ),
+        None => (s, quiver_client::PluginFailurePolicy::Fail),
+    };
+    quiver_client::quiver_protocol::names::check_name("plugin", name)?;
+    Ok(quiver_client::PluginRef::new(name).on_error(policy))
+}
+
 impl ConsumeArgs {
-    fn filter(&self) -> quiver_client::FilterSpec {
-        match (&self.tag, &self.sql) {
+    fn subscription(&self) -> quiver_client::Subscription {
+        let filter = match (&self.tag, &self.sql) {
             (Some(t), _) => quiver_client::FilterSpec::Tag(t.clone()),
             (None, Some(s)) => quiver_client::FilterSpec::Sql(s.clone()),
             (None, None) => quiver_client::FilterSpec::All,
+        };
+        quiver_client::Subscription {
+            plugins: self.plugins.clone(),
+            ..quiver_client::Subscription::new(self.topic.clone(), filter)
         }
     }
 }
@@ -177,7 +199,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 
 async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<()> {
     let topic = args.topic.as_str();
-    let filter = args.filter();
+    let filter = args.subscription();
     let mut queues = consumer
         .queues(topic)
         .await
@@ -294,10 +316,7 @@ async fn consume_in_group(args: &ConsumeArgs, client: quiver_client::Client) -> 
         ..PushConsumerOptions::new(group.clone())
     };
     let (tx, mut rx) = mpsc::channel::<(ReceivedMessage, oneshot::Sender<bool>)>(1);
-    let sub = quiver_client::Subscription {
-        topic: args.topic.clone(),
-        filter: args.filter(),
-    };
+    let sub = args.subscription();
     let consumer = PushConsumer::start_single(client, vec![sub], options, move |m| {
         let tx = tx.clone();
         async move {
@@ -370,7 +389,7 @@ async fn follow_queue(
     topic: String,
     queue: u32,
     mut offset: u64,
-    filter: quiver_client::FilterSpec,
+    filter: quiver_client::Subscription,
     tx: mpsc::Sender<anyhow::Result<Pulled>>,
 ) {
     loop {
@@ -418,7 +437,7 @@ async fn pull(
     offset: u64,
     max_messages: u32,
     long_poll: Duration,
-    filter: &quiver_client::FilterSpec,
+    filter: &quiver_client::Subscription,
 ) -> anyhow::Result<PullResult> {
     consumer
         .pull(
@@ -428,7 +447,8 @@ async fn pull(
             PullOptions {
                 max_messages,
                 long_poll,
-                filter: filter.clone(),
+                filter: filter.filter.clone(),
+                plugins: filter.plugins.clone(),
                 ..PullOptions::default()
             },
         )

@@ -7,6 +7,7 @@ pub(crate) mod consume;
 pub(crate) mod filter;
 pub(crate) mod group;
 pub(crate) mod output;
+pub(crate) mod plugin;
 pub(crate) mod produce;
 
 use std::future::Future;

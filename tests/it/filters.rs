@@ -176,10 +176,7 @@ async fn bad_expressions_are_refused_at_subscribe_time_with_a_column() {
     assert_eq!(err.status(), Some(Status::InvalidFilter), "{err}");
     assert!(err.to_string().contains("column"), "{err}");
 
-    let sub = Subscription {
-        topic: "mixed".into(),
-        filter: FilterSpec::Sql("a == 1".into()),
-    };
+    let sub = Subscription::new("mixed", FilterSpec::Sql("a == 1".into()));
     let err = PushConsumer::start_single(
         client.clone(),
         vec![sub],
@@ -202,10 +199,7 @@ async fn members_of_a_group_must_subscribe_alike() {
         let broker = &broker;
         async move {
             let client = broker.client().await;
-            let sub = Subscription {
-                topic: "mixed".into(),
-                filter,
-            };
+            let sub = Subscription::new("mixed", filter);
             let opts = PushConsumerOptions {
                 consume_from: ConsumeFrom::First,
                 ..PushConsumerOptions::new("alike")

@@ -8,5 +8,6 @@ mod filters;
 mod groups;
 mod harness;
 mod ordered;
+mod plugins;
 mod raw_frames;
 mod store_crash;

@@ -1,8 +1,9 @@
 //! Topic and consumer-group management, and message lookups.
 
+use bytes::Bytes;
 use quiver_protocol::{
-    names, GroupMode, GroupQueue, GroupSummary, MemberInfo, QueueInfo, Request, ResetTarget,
-    Response, Status, TopicSummary,
+    names, GroupMode, GroupQueue, GroupSummary, MemberInfo, PluginInfo, QueueInfo, Request,
+    ResetTarget, Response, Status, TopicSummary,
 };
 
 use crate::client::Client;
@@ -225,5 +226,114 @@ impl Admin {
             force,
         };
         self.done("GroupDelete", request).await
+    }
+
+    async fn plugins(&self, what: &str, request: Request) -> Result<Vec<PluginInfo>, ClientError> {
+        match self.client.request(request).await? {
+            Response::Plugins(list) => Ok(list),
+            other => Err(ClientError::unexpected(what, &other)),
+        }
+    }
+
+    async fn one_plugin(&self, what: &str, request: Request) -> Result<PluginInfo, ClientError> {
+        self.plugins(what, request)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol(format!("empty answer to {what}")))
+    }
+
+    /// Loads a WebAssembly plugin (binary, or WAT text) under a new `name`, with its
+    /// configuration and limits (`None` = the broker's defaults: 16 MiB, 100 ms per batch).
+    /// The broker compiles it, checks its exports and imports, runs its `quiver_init`, and keeps
+    /// it across restarts. Fails with `InvalidPlugin` saying what is wrong, or `PluginExists`.
+    pub async fn load_plugin(
+        &self,
+        name: &str,
+        wasm: impl Into<Bytes>,
+        config: Vec<(String, String)>,
+        memory_limit_bytes: Option<u64>,
+        time_limit_ms: Option<u32>,
+    ) -> Result<PluginInfo, ClientError> {
+        check("plugin", name)?;
+        let request = Request::PluginLoad {
+            name: name.to_string(),
+            wasm: wasm.into(),
+            config,
+            memory_limit_bytes: memory_limit_bytes.unwrap_or(0),
+            time_limit_ms: time_limit_ms.unwrap_or(0),
+        };
+        self.one_plugin("PluginLoad", request).await
+    }
+
+    /// Replaces a plugin atomically: a new module (`None` keeps the current one), a new
+    /// configuration (`None` keeps it), new limits (`None` keeps them). Batches already running
+    /// finish on the old version. A reload also clears an unhealthy mark.
+    pub async fn reload_plugin(
+        &self,
+        name: &str,
+        wasm: Option<Bytes>,
+        config: Option<Vec<(String, String)>>,
+        memory_limit_bytes: Option<u64>,
+        time_limit_ms: Option<u32>,
+    ) -> Result<PluginInfo, ClientError> {
+        check("plugin", name)?;
+        let request = Request::PluginReload {
+            name: name.to_string(),
+            wasm: wasm.unwrap_or_default(),
+            config,
+            memory_limit_bytes: memory_limit_bytes.unwrap_or(0),
+            time_limit_ms: time_limit_ms.unwrap_or(0),
+        };
+        self.one_plugin("PluginReload", request).await
+    }
+
+    /// Unloads a plugin. Refused (`PluginInUse`) while it is attached to a topic's ingress,
+    /// unless `force`, which detaches it first. Subscriptions naming it then fail their pulls
+    /// with `PluginNotFound`.
+    pub async fn unload_plugin(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        check("plugin", name)?;
+        let request = Request::PluginUnload {
+            name: name.to_string(),
+            force,
+        };
+        self.done("PluginUnload", request).await
+    }
+
+    /// Every loaded plugin with its health and counters.
+    pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>, ClientError> {
+        self.plugins("PluginList", Request::PluginList).await
+    }
+
+    /// One plugin.
+    pub async fn describe_plugin(&self, name: &str) -> Result<PluginInfo, ClientError> {
+        check("plugin", name)?;
+        let request = Request::PluginDescribe {
+            name: name.to_string(),
+        };
+        self.one_plugin("PluginDescribe", request).await
+    }
+
+    /// Appends a plugin to `topic`'s ingress chain: from now on every send to the topic runs
+    /// through it before anything is stored.
+    pub async fn attach_plugin(&self, name: &str, topic: &str) -> Result<(), ClientError> {
+        check("plugin", name)?;
+        check("topic", topic)?;
+        let request = Request::PluginAttach {
+            name: name.to_string(),
+            topic: topic.to_string(),
+        };
+        self.done("PluginAttach", request).await
+    }
+
+    /// Removes a plugin from `topic`'s ingress chain.
+    pub async fn detach_plugin(&self, name: &str, topic: &str) -> Result<(), ClientError> {
+        check("plugin", name)?;
+        check("topic", topic)?;
+        let request = Request::PluginDetach {
+            name: name.to_string(),
+            topic: topic.to_string(),
+        };
+        self.done("PluginDetach", request).await
     }
 }

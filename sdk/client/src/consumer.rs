@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use quiver_protocol::{names, FilterSpec, PullStatus, QueueInfo, Request, Response};
+use quiver_protocol::{names, FilterSpec, PluginRef, PullStatus, QueueInfo, Request, Response};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -22,6 +22,9 @@ pub struct PullOptions {
     /// Only messages matching this filter are returned (evaluated on the broker); offsets
     /// advance past the others. Default: every message.
     pub filter: FilterSpec,
+    /// WebAssembly plugins the broker runs after the filter, in order (docs/PLUGINS.md);
+    /// only what they keep, as they transformed it, is returned. Default: none.
+    pub plugins: Vec<PluginRef>,
 }
 
 impl Default for PullOptions {
@@ -31,6 +34,7 @@ impl Default for PullOptions {
             max_bytes: 4 << 20,
             long_poll: Duration::ZERO,
             filter: FilterSpec::All,
+            plugins: Vec::new(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl PullConsumer {
             max_bytes: options.max_bytes,
             long_poll_ms,
             filter: options.filter,
+            plugins: options.plugins,
         };
         match self.client.request(request).await? {
             Response::Pull {

@@ -422,6 +422,20 @@ async fn respond(
             s.offsets.retain(|(g, _, _), _| *g != group);
             Response::Done
         }
+        // Plugins are not part of this mock (tests/it/plugins.rs covers them on a real broker).
+        Request::PluginLoad { .. }
+        | Request::PluginReload { .. }
+        | Request::PluginUnload { .. }
+        | Request::PluginList
+        | Request::PluginDescribe { .. }
+        | Request::PluginAttach { .. }
+        | Request::PluginDetach { .. } => {
+            return vec![quiver_protocol::encode_error(
+                quiver_protocol::Status::UnknownCommand,
+                cmd as u16,
+                "the mock broker has no plugins",
+            )]
+        }
     };
     resp.encode_chunks(cmd)
 }
@@ -703,6 +717,7 @@ async fn retries_and_timeouts() {
                 max_bytes: 1,
                 long_poll_ms: 600,
                 filter: quiver_protocol::FilterSpec::All,
+                plugins: Vec::new(),
             },
             Duration::from_millis(100),
         )

@@ -102,6 +102,7 @@ fn response_kind(r: &quiver_protocol::Response) -> &'static str {
         Heartbeat { .. } => "Heartbeat",
         Groups(_) => "Groups",
         Group { .. } => "Group",
+        Plugins(_) => "Plugins",
     }
 }
 

@@ -44,8 +44,9 @@ pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_confi
 
 pub use quiver_protocol;
 pub use quiver_protocol::{
-    FilterSpec, GroupMode, GroupQueue, GroupSummary, MemberInfo, PullStatus, QueueInfo, QueueRef,
-    Request, ResetTarget, Response, Status, Subscription, TopicSummary,
+    FilterSpec, GroupMode, GroupQueue, GroupSummary, MemberInfo, PluginFailurePolicy, PluginInfo,
+    PluginKind, PluginRef, PullStatus, QueueInfo, QueueRef, Request, ResetTarget, Response, Status,
+    Subscription, TopicSummary,
 };
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 
-use quiver_protocol::{FilterSpec, Subscription};
+use quiver_protocol::Subscription;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -355,17 +355,24 @@ impl PushConsumer {
         listener: Listener,
     ) -> Result<PushConsumer, ClientError> {
         options.validate()?;
-        let mut filters: BTreeMap<String, FilterSpec> = BTreeMap::new();
+        let mut filters: BTreeMap<String, Subscription> = BTreeMap::new();
         for s in subscriptions {
             if let Some(f) = filters.get(&s.topic) {
-                if *f != s.filter {
+                if *f != s {
                     return Err(ClientError::invalid(format!(
-                        "topic {:?} is subscribed twice with different filters",
+                        "topic {:?} is subscribed twice with different filters or plugins",
                         s.topic
                     )));
                 }
             }
-            filters.insert(s.topic, s.filter);
+            if s.plugins.len() > quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION {
+                return Err(ClientError::invalid(format!(
+                    "topic {:?}: at most {} plugins per subscription",
+                    s.topic,
+                    quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION
+                )));
+            }
+            filters.insert(s.topic.clone(), s);
         }
         let topics: Vec<String> = filters.keys().cloned().collect();
         if topics.is_empty() {
@@ -501,8 +508,8 @@ struct Shared {
     consumer: PullConsumer,
     member_id: String,
     topics: Vec<String>,
-    /// Each subscribed topic's filter (evaluated by the broker at pull time).
-    filters: BTreeMap<String, FilterSpec>,
+    /// Each subscribed topic's filter and plugins (run by the broker at pull time).
+    filters: BTreeMap<String, Subscription>,
     opts: PushConsumerOptions,
     listener: Listener,
     /// Listener calls in flight, consumer-wide.
@@ -702,9 +709,12 @@ async fn heartbeat(shared: &Shared) -> Result<Answer, ClientError> {
         subscriptions: shared
             .topics
             .iter()
-            .map(|t| Subscription {
-                topic: t.clone(),
-                filter: shared.filters.get(t).cloned().unwrap_or_default(),
+            .map(|t| {
+                shared
+                    .filters
+                    .get(t)
+                    .cloned()
+                    .unwrap_or_else(|| Subscription::from(t.as_str()))
             })
             .collect(),
         held,
@@ -1213,11 +1223,13 @@ async fn pull_loop(
         }
         let room_msgs = (o.max_buffered_messages_per_queue - count).min(u32::MAX as usize) as u32;
         let room_bytes = (o.max_buffered_bytes_per_queue - bytes).min(MAX_PULL_BYTES);
+        let sub = shared.filters.get(topic);
         let options = PullOptions {
             max_messages: o.pull_batch.min(room_msgs).max(1),
             max_bytes: room_bytes.max(1) as u32,
             long_poll: o.long_poll,
-            filter: shared.filters.get(topic).cloned().unwrap_or_default(),
+            filter: sub.map(|s| s.filter.clone()).unwrap_or_default(),
+            plugins: sub.map(|s| s.plugins.clone()).unwrap_or_default(),
         };
         let r = tokio::select! {
             r = shared.consumer.pull(topic, queue_id, offset, options) => r,

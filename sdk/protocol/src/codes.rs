@@ -45,6 +45,20 @@ pub enum Command {
     GroupResetOffset = 54,
     /// Delete a group and its offsets.
     GroupDelete = 55,
+    /// Load a WebAssembly plugin under a new name.
+    PluginLoad = 60,
+    /// Replace a loaded plugin's module and/or configuration atomically.
+    PluginReload = 61,
+    /// Unload a plugin.
+    PluginUnload = 62,
+    /// List loaded plugins.
+    PluginList = 63,
+    /// Describe one plugin.
+    PluginDescribe = 64,
+    /// Attach a plugin to a topic's ingress chain.
+    PluginAttach = 65,
+    /// Detach a plugin from a topic's ingress chain.
+    PluginDetach = 66,
 }
 
 impl Command {
@@ -72,6 +86,13 @@ impl Command {
             53 => GroupDescribe,
             54 => GroupResetOffset,
             55 => GroupDelete,
+            60 => PluginLoad,
+            61 => PluginReload,
+            62 => PluginUnload,
+            63 => PluginList,
+            64 => PluginDescribe,
+            65 => PluginAttach,
+            66 => PluginDetach,
             _ => return None,
         })
     }
@@ -127,6 +148,22 @@ pub enum Status {
     ShuttingDown = 23,
     /// The requested message or offset does not exist.
     NotFound = 30,
+    /// No plugin is loaded under that name.
+    PluginNotFound = 40,
+    /// A plugin with that name is already loaded (use reload).
+    PluginExists = 41,
+    /// The module is not a valid plugin (bad WebAssembly, wrong exports or imports, refused
+    /// configuration); the message says what.
+    InvalidPlugin = 42,
+    /// The plugin trapped, ran out of time or memory, or returned malformed output on this
+    /// batch; nothing was appended (ingress) or the pull can be retried (subscription).
+    PluginFailed = 43,
+    /// An ingress plugin rejected a message; nothing of the send was stored.
+    PluginRejected = 44,
+    /// The plugin failed too many times in a row and is disabled until reloaded.
+    PluginUnhealthy = 45,
+    /// The plugin is attached to topics; detach it first or unload with force.
+    PluginInUse = 46,
     /// An unexpected broker error.
     Internal = 99,
 }
@@ -159,6 +196,13 @@ impl Status {
             22 => StoreUnavailable,
             23 => ShuttingDown,
             30 => NotFound,
+            40 => PluginNotFound,
+            41 => PluginExists,
+            42 => InvalidPlugin,
+            43 => PluginFailed,
+            44 => PluginRejected,
+            45 => PluginUnhealthy,
+            46 => PluginInUse,
             _ => Internal,
         }
     }

@@ -7,10 +7,13 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codes::{Command, PullStatus, Status};
+use crate::plugins::{
+    get_pairs, get_plugin_refs, put_pairs, put_plugin_refs, PluginInfo, PluginRef,
+};
 use crate::wire::{DecodeError, Reader, WriteExt};
 
 /// Protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The TLS ALPN identifier.
 pub const ALPN: &[u8] = b"quiver/1";
 /// Bytes of a frame header (length + two u16 fields).
@@ -225,30 +228,43 @@ impl FilterSpec {
     }
 }
 
-/// A topic a group member consumes, with its filter.
+/// A topic a group member consumes, with its filter and plugins.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subscription {
     /// Topic.
     pub topic: String,
     /// Which of its messages.
     pub filter: FilterSpec,
+    /// WebAssembly plugins run on the broker after the filter, in order (docs/PLUGINS.md).
+    pub plugins: Vec<PluginRef>,
+}
+
+impl Subscription {
+    /// A subscription to `topic` with a filter and no plugins.
+    pub fn new(topic: impl Into<String>, filter: FilterSpec) -> Self {
+        Subscription {
+            topic: topic.into(),
+            filter,
+            plugins: Vec::new(),
+        }
+    }
+
+    /// The same subscription with one more plugin at the end of its chain.
+    pub fn plugin(mut self, plugin: PluginRef) -> Self {
+        self.plugins.push(plugin);
+        self
+    }
 }
 
 impl From<&str> for Subscription {
     fn from(topic: &str) -> Self {
-        Subscription {
-            topic: topic.to_string(),
-            filter: FilterSpec::All,
-        }
+        Subscription::new(topic, FilterSpec::All)
     }
 }
 
 impl From<String> for Subscription {
     fn from(topic: String) -> Self {
-        Subscription {
-            topic,
-            filter: FilterSpec::All,
-        }
+        Subscription::new(topic, FilterSpec::All)
     }
 }
 
@@ -349,6 +365,8 @@ pub enum Request {
         /// Only messages matching this filter are returned; offsets still advance past the
         /// others.
         filter: FilterSpec,
+        /// Plugins run after the filter, in order (docs/PLUGINS.md).
+        plugins: Vec<PluginRef>,
     },
     /// Store a group's offset.
     CommitOffset {
@@ -450,6 +468,60 @@ pub enum Request {
         /// Consumer group.
         group: String,
     },
+    /// Load a WebAssembly plugin under a new name.
+    PluginLoad {
+        /// Name (topic naming rules).
+        name: String,
+        /// The module: WebAssembly binary (or WAT text).
+        wasm: Bytes,
+        /// Configuration given to the plugin's `quiver_init`.
+        config: Vec<(String, String)>,
+        /// Memory limit per instance in bytes; 0 = the broker's default.
+        memory_limit_bytes: u64,
+        /// Time limit per batch in ms; 0 = the broker's default.
+        time_limit_ms: u32,
+    },
+    /// Replace a plugin atomically: in-flight batches finish on the old version.
+    PluginReload {
+        /// Name.
+        name: String,
+        /// A new module, or empty to keep the current one.
+        wasm: Bytes,
+        /// A new configuration, or `None` to keep the current one.
+        config: Option<Vec<(String, String)>>,
+        /// A new memory limit; 0 = keep.
+        memory_limit_bytes: u64,
+        /// A new time limit; 0 = keep.
+        time_limit_ms: u32,
+    },
+    /// Unload a plugin (refused while attached to topics unless `force`, which detaches it).
+    PluginUnload {
+        /// Name.
+        name: String,
+        /// Detach from topics first.
+        force: bool,
+    },
+    /// List loaded plugins.
+    PluginList,
+    /// Describe one plugin.
+    PluginDescribe {
+        /// Name.
+        name: String,
+    },
+    /// Append a plugin to a topic's ingress chain (run on every send before it is stored).
+    PluginAttach {
+        /// Plugin name.
+        name: String,
+        /// Topic.
+        topic: String,
+    },
+    /// Remove a plugin from a topic's ingress chain.
+    PluginDetach {
+        /// Plugin name.
+        name: String,
+        /// Topic.
+        topic: String,
+    },
     /// Move a group's offsets on a topic.
     GroupResetOffset {
         /// Consumer group.
@@ -494,6 +566,13 @@ impl Request {
             Request::GroupDescribe { .. } => Command::GroupDescribe,
             Request::GroupResetOffset { .. } => Command::GroupResetOffset,
             Request::GroupDelete { .. } => Command::GroupDelete,
+            Request::PluginLoad { .. } => Command::PluginLoad,
+            Request::PluginReload { .. } => Command::PluginReload,
+            Request::PluginUnload { .. } => Command::PluginUnload,
+            Request::PluginList => Command::PluginList,
+            Request::PluginDescribe { .. } => Command::PluginDescribe,
+            Request::PluginAttach { .. } => Command::PluginAttach,
+            Request::PluginDetach { .. } => Command::PluginDetach,
         }
     }
 
@@ -532,6 +611,7 @@ impl Request {
                 max_bytes,
                 long_poll_ms,
                 filter,
+                plugins,
             } => {
                 b.put_str16(topic);
                 b.put_u32_le(*queue_id);
@@ -540,6 +620,7 @@ impl Request {
                 b.put_u32_le(*max_bytes);
                 b.put_u32_le(*long_poll_ms);
                 filter.encode(&mut b);
+                put_plugin_refs(&mut b, plugins);
             }
             Request::CommitOffset {
                 group,
@@ -604,6 +685,7 @@ impl Request {
                 for s in subscriptions {
                     b.put_str16(&s.topic);
                     s.filter.encode(&mut b);
+                    put_plugin_refs(&mut b, &s.plugins);
                 }
                 put_queue_refs(&mut b, held);
             }
@@ -634,6 +716,45 @@ impl Request {
             Request::GroupDelete { group, force } => {
                 b.put_str16(group);
                 b.put_u8(*force as u8);
+            }
+            Request::PluginLoad {
+                name,
+                wasm,
+                config,
+                memory_limit_bytes,
+                time_limit_ms,
+            } => {
+                b.put_str16(name);
+                b.put_u32_le(wasm.len() as u32);
+                b.put_slice(wasm);
+                put_pairs(&mut b, config);
+                b.put_u64_le(*memory_limit_bytes);
+                b.put_u32_le(*time_limit_ms);
+            }
+            Request::PluginReload {
+                name,
+                wasm,
+                config,
+                memory_limit_bytes,
+                time_limit_ms,
+            } => {
+                b.put_str16(name);
+                b.put_u32_le(wasm.len() as u32);
+                b.put_slice(wasm);
+                b.put_u8(config.is_some() as u8);
+                put_pairs(&mut b, config.as_deref().unwrap_or(&[]));
+                b.put_u64_le(*memory_limit_bytes);
+                b.put_u32_le(*time_limit_ms);
+            }
+            Request::PluginUnload { name, force } => {
+                b.put_str16(name);
+                b.put_u8(*force as u8);
+            }
+            Request::PluginList => {}
+            Request::PluginDescribe { name } => b.put_str16(name),
+            Request::PluginAttach { name, topic } | Request::PluginDetach { name, topic } => {
+                b.put_str16(name);
+                b.put_str16(topic);
             }
         }
         finish_frame(b)
@@ -683,6 +804,7 @@ impl Request {
                 max_bytes: r.u32("max bytes")?,
                 long_poll_ms: r.u32("long poll ms")?,
                 filter: FilterSpec::decode(&mut r)?,
+                plugins: get_plugin_refs(&mut r)?,
             },
             Command::CommitOffset => Request::CommitOffset {
                 group: r.str16("group")?,
@@ -738,7 +860,12 @@ impl Request {
                 for _ in 0..n {
                     let topic = r.str16("topic")?;
                     let filter = FilterSpec::decode(&mut r)?;
-                    subscriptions.push(Subscription { topic, filter });
+                    let plugins = get_plugin_refs(&mut r)?;
+                    subscriptions.push(Subscription {
+                        topic,
+                        filter,
+                        plugins,
+                    });
                 }
                 let held = get_queue_refs(&mut r)?;
                 Request::Heartbeat {
@@ -785,6 +912,47 @@ impl Request {
             Command::GroupDelete => Request::GroupDelete {
                 group: r.str16("group")?,
                 force: r.bool("force")?,
+            },
+            Command::PluginLoad => {
+                let name = r.str16("plugin name")?;
+                let n = r.u32("module length")? as usize;
+                Request::PluginLoad {
+                    name,
+                    wasm: r.bytes(n, "module")?,
+                    config: get_pairs(&mut r)?,
+                    memory_limit_bytes: r.u64("memory limit")?,
+                    time_limit_ms: r.u32("time limit")?,
+                }
+            }
+            Command::PluginReload => {
+                let name = r.str16("plugin name")?;
+                let n = r.u32("module length")? as usize;
+                let wasm = r.bytes(n, "module")?;
+                let has_config = r.bool("config present")?;
+                let config = get_pairs(&mut r)?;
+                Request::PluginReload {
+                    name,
+                    wasm,
+                    config: has_config.then_some(config),
+                    memory_limit_bytes: r.u64("memory limit")?,
+                    time_limit_ms: r.u32("time limit")?,
+                }
+            }
+            Command::PluginUnload => Request::PluginUnload {
+                name: r.str16("plugin name")?,
+                force: r.bool("force")?,
+            },
+            Command::PluginList => Request::PluginList,
+            Command::PluginDescribe => Request::PluginDescribe {
+                name: r.str16("plugin name")?,
+            },
+            Command::PluginAttach => Request::PluginAttach {
+                name: r.str16("plugin name")?,
+                topic: r.str16("topic")?,
+            },
+            Command::PluginDetach => Request::PluginDetach {
+                name: r.str16("plugin name")?,
+                topic: r.str16("topic")?,
             },
         };
         r.finish()?;
@@ -906,6 +1074,8 @@ pub enum Response {
         /// Queues of the subscribed topics with offsets.
         queues: Vec<GroupQueue>,
     },
+    /// Loaded plugins (one for load, reload and describe; all for list).
+    Plugins(Vec<PluginInfo>),
 }
 
 impl Response {
@@ -1033,6 +1203,12 @@ impl Response {
                     b.put_str16(q.owner.as_deref().unwrap_or(""));
                 }
             }
+            Response::Plugins(list) => {
+                b.put_u32_le(list.len() as u32);
+                for p in list {
+                    p.encode(&mut b);
+                }
+            }
         }
         let total: usize = b.len() - 4 + tail.iter().map(Bytes::len).sum::<usize>();
         b[0..4].copy_from_slice(&(total as u32).to_le_bytes());
@@ -1098,7 +1274,21 @@ impl Response {
             | Command::TopicDelete
             | Command::LeaveGroup
             | Command::GroupResetOffset
-            | Command::GroupDelete => Response::Done,
+            | Command::GroupDelete
+            | Command::PluginUnload
+            | Command::PluginAttach
+            | Command::PluginDetach => Response::Done,
+            Command::PluginLoad
+            | Command::PluginReload
+            | Command::PluginList
+            | Command::PluginDescribe => {
+                let n = r.u32("plugin count")? as usize;
+                let mut list = Vec::with_capacity(n.min(r.remaining() / 64));
+                for _ in 0..n {
+                    list.push(PluginInfo::decode(&mut r)?);
+                }
+                Response::Plugins(list)
+            }
             Command::Heartbeat => Response::Heartbeat {
                 generation: r.u64("generation")?,
                 session_timeout_ms: r.u32("session timeout")?,

@@ -5,6 +5,7 @@
 pub mod codes;
 pub mod frame;
 pub mod names;
+pub mod plugins;
 pub mod record;
 pub mod wire;
 
@@ -14,6 +15,7 @@ pub use frame::{
     GroupQueue, GroupSummary, MemberInfo, QueueInfo, QueueRef, Request, ResetTarget, Response,
     SendReceipt, Subscription, TopicSummary, WireMessage, ALPN, FRAME_HEADER, PROTOCOL_VERSION,
 };
+pub use plugins::{PluginFailurePolicy, PluginInfo, PluginKind, PluginRef};
 pub use record::{tag_hash, NewMessage, RecordError, RecordLimits, RecordView};
 pub use wire::DecodeError;
 

@@ -435,6 +435,14 @@ impl<'a> RecordView<'a> {
             ))
         })
     }
+    /// The raw keys section: repeated `u16 len | bytes` (docs/STORAGE.md).
+    pub fn keys_section(&self) -> &'a [u8] {
+        self.keys
+    }
+    /// The raw properties section: repeated `u16 len | name | u16 len | value`.
+    pub fn properties_section(&self) -> &'a [u8] {
+        self.props
+    }
     /// One property by name.
     pub fn property(&self, name: &str) -> Option<&'a str> {
         self.properties().find(|(k, _)| *k == name).map(|(_, v)| v)

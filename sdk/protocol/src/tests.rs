@@ -53,19 +53,63 @@ fn arb_request() -> impl Strategy<Value = Request> {
             any::<u64>(),
             any::<u32>(),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            arb_plugin_refs()
         )
             .prop_map(
-                |(topic, queue_id, offset, max_messages, max_bytes, long_poll_ms)| Request::Pull {
-                    topic,
-                    queue_id,
-                    offset,
-                    max_messages,
-                    max_bytes,
-                    long_poll_ms,
-                    filter: FilterSpec::Tag("a || b".into()),
+                |(topic, queue_id, offset, max_messages, max_bytes, long_poll_ms, plugins)| {
+                    Request::Pull {
+                        topic,
+                        queue_id,
+                        offset,
+                        max_messages,
+                        max_bytes,
+                        long_poll_ms,
+                        filter: FilterSpec::Tag("a || b".into()),
+                        plugins,
+                    }
                 }
             ),
+        (
+            arb_string(),
+            proptest::collection::vec(any::<u8>(), 0..200),
+            arb_pairs(),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(name, wasm, config, memory_limit_bytes, time_limit_ms)| {
+                Request::PluginLoad {
+                    name,
+                    wasm: Bytes::from(wasm),
+                    config,
+                    memory_limit_bytes,
+                    time_limit_ms,
+                }
+            }),
+        (
+            arb_string(),
+            proptest::collection::vec(any::<u8>(), 0..50),
+            proptest::option::of(arb_pairs()),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(name, wasm, config, memory_limit_bytes, time_limit_ms)| {
+                Request::PluginReload {
+                    name,
+                    wasm: Bytes::from(wasm),
+                    config,
+                    memory_limit_bytes,
+                    time_limit_ms,
+                }
+            }),
+        (arb_string(), any::<bool>())
+            .prop_map(|(name, force)| Request::PluginUnload { name, force }),
+        Just(Request::PluginList),
+        arb_string().prop_map(|name| Request::PluginDescribe { name }),
+        (arb_string(), arb_string())
+            .prop_map(|(name, topic)| Request::PluginAttach { name, topic }),
+        (arb_string(), arb_string())
+            .prop_map(|(name, topic)| Request::PluginDetach { name, topic }),
         (arb_string(), arb_string(), any::<u32>(), any::<u64>()).prop_map(
             |(group, topic, queue_id, offset)| Request::CommitOffset {
                 group,
@@ -116,7 +160,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             arb_string(),
             arb_string(),
             any::<bool>(),
-            proptest::collection::vec(arb_string(), 0..3),
+            proptest::collection::vec((arb_string(), arb_plugin_refs()), 0..3),
             arb_refs()
         )
             .prop_map(|(group, member_id, b, topics, held)| Request::Heartbeat {
@@ -130,13 +174,14 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 subscriptions: topics
                     .into_iter()
                     .enumerate()
-                    .map(|(i, topic)| Subscription {
+                    .map(|(i, (topic, plugins))| Subscription {
                         topic: topic.clone(),
                         filter: match i % 3 {
                             0 => FilterSpec::All,
                             1 => FilterSpec::Tag(topic),
                             _ => FilterSpec::Sql(topic),
                         },
+                        plugins,
                     })
                     .collect(),
                 held
@@ -169,6 +214,71 @@ fn arb_request() -> impl Strategy<Value = Request> {
         (arb_string(), any::<bool>())
             .prop_map(|(group, force)| Request::GroupDelete { group, force }),
     ]
+}
+
+fn arb_pairs() -> impl Strategy<Value = Vec<(String, String)>> {
+    proptest::collection::vec((arb_string(), arb_string()), 0..4)
+}
+
+fn arb_plugin_refs() -> impl Strategy<Value = Vec<PluginRef>> {
+    proptest::collection::vec(
+        (arb_string(), 0u8..3).prop_map(|(name, p)| PluginRef {
+            name,
+            on_error: PluginFailurePolicy::from_u8(p).unwrap(),
+        }),
+        0..4,
+    )
+}
+
+fn arb_plugin_info() -> impl Strategy<Value = PluginInfo> {
+    (
+        (
+            arb_string(),
+            any::<bool>(),
+            any::<u32>(),
+            "[0-9a-f]{64}",
+            any::<u64>(),
+        ),
+        (
+            arb_pairs(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<u32>(),
+        ),
+        (arb_string(), any::<[u64; 4]>(), any::<i64>()),
+        proptest::collection::vec(arb_string(), 0..3),
+    )
+        .prop_map(
+            |(
+                (name, filter, version, sha256, size),
+                (config, memory_limit_bytes, time_limit_ms, healthy, consecutive_failures),
+                (last_error, counts, loaded_at_ms),
+                topics,
+            )| PluginInfo {
+                name,
+                kind: if filter {
+                    PluginKind::Filter
+                } else {
+                    PluginKind::Transform
+                },
+                version,
+                sha256,
+                size,
+                config,
+                memory_limit_bytes,
+                time_limit_ms,
+                healthy,
+                consecutive_failures,
+                last_error,
+                batches: counts[0],
+                messages_in: counts[1],
+                messages_out: counts[2],
+                failures: counts[3],
+                loaded_at_ms,
+                topics,
+            },
+        )
 }
 
 fn arb_refs() -> impl Strategy<Value = Vec<QueueRef>> {
@@ -259,6 +369,9 @@ fn arb_response() -> impl Strategy<Value = (Command, Response)> {
         proptest::option::of(any::<u64>())
             .prop_map(|offset| (Command::FetchOffset, Response::Offset { offset })),
         Just((Command::TopicDelete, Response::Done)),
+        Just((Command::PluginAttach, Response::Done)),
+        proptest::collection::vec(arb_plugin_info(), 0..3)
+            .prop_map(|l| (Command::PluginList, Response::Plugins(l))),
         proptest::collection::vec((arb_string(), any::<u32>()), 0..4).prop_map(|l| (
             Command::TopicList,
             Response::Topics(
