@@ -73,6 +73,25 @@ enum BenchCommand {
     Consume(NetBenchArgs),
     /// Produce and consume at once: throughput and send-to-receive latency percentiles.
     E2e(NetBenchArgs),
+    /// WebAssembly plugins: per-message cost of a filter at batch sizes 1, 32 and 256, and
+    /// pull throughput over QUIC with and without a plugin attached.
+    Plugin {
+        /// A filter plugin to measure instead of the built-in trivial one (.wasm or .wat).
+        #[arg(long, value_name = "FILE")]
+        wasm: Option<PathBuf>,
+        /// Its configuration, KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Message body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Messages for the pull comparison.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Where the embedded broker keeps its temporary data.
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// Pull-path scan rate for tag and SQL subscriptions matching 1%, 10% and 100%.
     Filter {
         /// Where to put the benchmark's data.
@@ -131,6 +150,9 @@ struct NetBenchArgs {
     /// and report consumed msgs/s and end-to-end latency.
     #[arg(long)]
     group: Option<String>,
+    /// consume/e2e: load this WebAssembly plugin (.wasm or .wat) and run it on every pull.
+    #[arg(long, value_name = "FILE")]
+    plugin: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -220,6 +242,34 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             quiver::bench::filter::filter_bench(&dir, messages, size)
         }
+        Command::Bench(BenchCommand::Plugin {
+            wasm,
+            config,
+            size,
+            messages,
+            dir,
+        }) => {
+            let module = wasm
+                .as_ref()
+                .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+                .transpose()?;
+            let config = config
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("expected KEY=VALUE, got {kv:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            quiver::bench::plugin::plugin_bench(&quiver::bench::plugin::PluginBenchOptions {
+                module,
+                config,
+                size,
+                messages,
+                dir,
+            })
+        }
         Command::Bench(BenchCommand::E2e(a)) => {
             net_bench(quiver::bench::net::NetBench::EndToEnd, a)
         }
@@ -254,6 +304,12 @@ fn net_bench(kind: quiver::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Res
             batch: a.batch,
             consumers: a.consumers,
             group: a.group,
+            plugin: a
+                .plugin
+                .as_ref()
+                .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+                .transpose()?
+                .map(|module| (module, Vec::new())),
         },
     )?;
     Ok(())

@@ -53,7 +53,13 @@ pub struct NetBenchOptions {
     /// Consume as push consumers in this group (the broker spreads the queues), while
     /// producing, measuring end-to-end latency.
     pub group: Option<String>,
+    /// A plugin module and its configuration, loaded as `bench-plugin` and run on every pull
+    /// of the consumers.
+    pub plugin: Option<(Vec<u8>, Vec<(String, String)>)>,
 }
+
+/// Name the benchmark loads its plugin under.
+pub const BENCH_PLUGIN: &str = "bench-plugin";
 
 /// Figures of one run.
 #[derive(Debug, Clone)]
@@ -348,6 +354,11 @@ async fn run_consumers(
                 pb.clone(),
             );
             let topic = opts.topic.clone();
+            let plugins = if opts.plugin.is_some() {
+                vec![quiver_client::PluginRef::new(BENCH_PLUGIN)]
+            } else {
+                Vec::new()
+            };
             tasks.push(tokio::spawn(async move {
                 let mut local = histogram();
                 let mut offset = 0;
@@ -361,13 +372,20 @@ async fn run_consumers(
                             PullOptions {
                                 max_messages: 256,
                                 long_poll: Duration::from_millis(200),
+                                plugins: plugins.clone(),
                                 ..PullOptions::default()
                             },
                         )
                         .await;
                     match r {
                         Ok(r) => {
-                            let n = r.messages.len() as u64;
+                            // Messages processed: with a plugin that drops messages, the
+                            // offset still moves past them.
+                            let n = if e2e {
+                                r.messages.len() as u64
+                            } else {
+                                r.next_offset.saturating_sub(offset)
+                            };
                             if e2e {
                                 let now = now_nanos();
                                 for m in &r.messages {
@@ -399,9 +417,14 @@ async fn run_consumers(
     let latency = join_all(tasks, &hist).await?;
     Ok(NetReport {
         name: format!(
-            "{} ({} consumers)",
+            "{} ({} consumers{})",
             if e2e { "end-to-end" } else { "consume" },
-            consumers
+            consumers,
+            if opts.plugin.is_some() {
+                ", plugin on every pull"
+            } else {
+                ""
+            }
         ),
         messages: got.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
@@ -499,6 +522,27 @@ pub fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<NetRepo
     let result = rt.block_on(async {
         let client = Client::connect(cfg.clone()).await?;
         ensure_topic(&client, &opts.topic, opts.queues).await?;
+        if let Some((module, config)) = &opts.plugin {
+            let admin = quiver_client::Admin::new(client.clone());
+            let loaded = admin
+                .load_plugin(BENCH_PLUGIN, module.clone(), config.clone(), None, None)
+                .await;
+            match loaded {
+                Ok(_) => {}
+                Err(e) if e.status() == Some(quiver_client::Status::PluginExists) => {
+                    admin
+                        .reload_plugin(
+                            BENCH_PLUGIN,
+                            Some(module.clone().into()),
+                            Some(config.clone()),
+                            None,
+                            None,
+                        )
+                        .await?;
+                }
+                Err(e) => return Err(e).context("loading the benchmark plugin"),
+            }
+        }
         println!(
             "quiver bench {}: {} x {}-byte messages, broker {}{}",
             match kind {
