@@ -55,8 +55,11 @@ pub struct NetBenchOptions {
     pub group: Option<String>,
     /// A plugin module and its configuration, loaded as `bench-plugin` and run on every pull
     /// of the consumers.
-    pub plugin: Option<(Vec<u8>, Vec<(String, String)>)>,
+    pub plugin: Option<BenchPlugin>,
 }
+
+/// A plugin module (binary or WAT) and its configuration.
+pub type BenchPlugin = (Vec<u8>, Vec<(String, String)>);
 
 /// Name the benchmark loads its plugin under.
 pub const BENCH_PLUGIN: &str = "bench-plugin";
