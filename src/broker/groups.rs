@@ -414,10 +414,21 @@ fn describe_subs(subs: &[Subscription]) -> String {
     use quiver_protocol::FilterSpec;
     let parts: Vec<String> = subs
         .iter()
-        .map(|s| match &s.filter {
-            FilterSpec::All => format!("{} (all)", s.topic),
-            FilterSpec::Tag(e) => format!("{} (tag {e:?})", s.topic),
-            FilterSpec::Sql(e) => format!("{} (sql {e:?})", s.topic),
+        .map(|s| {
+            let filter = match &s.filter {
+                FilterSpec::All => format!("{} (all)", s.topic),
+                FilterSpec::Tag(e) => format!("{} (tag {e:?})", s.topic),
+                FilterSpec::Sql(e) => format!("{} (sql {e:?})", s.topic),
+            };
+            if s.plugins.is_empty() {
+                return filter;
+            }
+            let plugins: Vec<String> = s
+                .plugins
+                .iter()
+                .map(|p| format!("{}:{}", p.name, p.on_error.name()))
+                .collect();
+            format!("{filter} plugins [{}]", plugins.join(", "))
         })
         .collect();
     format!("[{}]", parts.join(", "))

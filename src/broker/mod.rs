@@ -20,8 +20,9 @@ use bytes::Bytes;
 use quiver_protocol::names::{check_name, check_property_name};
 use quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION;
 use quiver_protocol::{
-    FilterSpec, GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, RecordLimits, Request,
-    ResetTarget, Response, SendReceipt, Status, TopicSummary, WireMessage, PROTOCOL_VERSION,
+    FilterSpec, GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, RecordLimits,
+    RecordView, Request, ResetTarget, Response, SendReceipt, Status, TopicSummary, WireMessage,
+    PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -937,7 +938,7 @@ impl Broker {
             // The current version of each plugin: a reload applies from the next batch on.
             let chain = self.plugins.resolve(&plugins)?;
             let host = self.plugins.clone();
-            let (r, records) = blocking(move || -> Result<_> {
+            let (r, records, next_offset) = blocking(move || -> Result<_> {
                 let r = match f {
                     None => store.get_messages(&t, queue_id, offset, limits, |_| true),
                     // Tag hashes in the consume queue skip most non-matching entries without a
@@ -954,12 +955,29 @@ impl Broker {
                 }?;
                 let records: Vec<Bytes> = r.messages.iter().map(|m| m.bytes.clone()).collect();
                 // Plugins run after the tag/SQL filter, on what it kept.
-                let records = if chain.is_empty() || records.is_empty() {
-                    records
+                let (records, next_offset) = if chain.is_empty() || records.is_empty() {
+                    (records, r.next_offset)
                 } else {
-                    host.apply_to_records(&chain, &t, queue_id, records)?
+                    let mut records = host.apply_to_records(&chain, &t, queue_id, records)?;
+                    // A transform may enlarge messages: the answer still keeps to the byte
+                    // budget (and the frame), continuing at the first message left out.
+                    let mut used = 0usize;
+                    let cut = records.iter().position(|rec| {
+                        used += rec.len();
+                        used > max_bytes
+                    });
+                    match cut {
+                        Some(i) if i > 0 => {
+                            let next = RecordView::parse_unchecked_crc(&records[i])
+                                .map(|v| v.queue_offset())
+                                .unwrap_or(r.next_offset);
+                            records.truncate(i);
+                            (records, next)
+                        }
+                        _ => (records, r.next_offset),
+                    }
                 };
-                Ok((r, records))
+                Ok((r, records, next_offset))
             })
             .await??;
             // Plugins that dropped every message leave the pull where a filter would.
@@ -991,7 +1009,7 @@ impl Broker {
                 };
                 return Ok(Response::Pull {
                     status,
-                    next_offset: r.next_offset,
+                    next_offset,
                     min_offset: r.min_offset,
                     max_offset: r.max_offset,
                     records,
@@ -1123,7 +1141,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl From<PluginError> for BrokerError {
     fn from(e: PluginError) -> Self {
         let status = match &e {
-            PluginError::NotFound(_) => Status::PluginNotFound,
+            PluginError::NotFound(_) | PluginError::MissingFromChain { .. } => {
+                Status::PluginNotFound
+            }
             PluginError::Exists(_) => Status::PluginExists,
             PluginError::Invalid { .. } => Status::InvalidPlugin,
             PluginError::Failed { .. } => Status::PluginFailed,

@@ -406,9 +406,9 @@ impl Guest {
         }
         if let Some(init) = init {
             let cfg = abi::encode_pairs(config);
-            let addr = guest.input(rt, cfg.len())?;
-            guest.memory.data_mut(&mut guest.store)[addr..addr + cfg.len()].copy_from_slice(&cfg);
             guest.store.set_epoch_deadline(rt.ticks(time_limit_ms));
+            let addr = guest.input(cfg.len())?;
+            guest.memory.data_mut(&mut guest.store)[addr..addr + cfg.len()].copy_from_slice(&cfg);
             let ok = init
                 .call(&mut guest.store, cfg.len() as i32)
                 .map_err(|e| classify(&guest.store, e, time_limit_ms, memory_limit))?;
@@ -428,11 +428,11 @@ impl Guest {
         self.kind
     }
 
-    /// Asks the guest for an input region of `len` bytes; returns its start.
-    fn input(&mut self, rt: &Runtime, len: usize) -> Result<usize, Failure> {
+    /// Asks the guest for an input region of `len` bytes; returns its start. The caller has
+    /// set the deadline (one per batch, shared by this call and the entry point).
+    fn input(&mut self, len: usize) -> Result<usize, Failure> {
         let len32 = i32::try_from(len)
             .map_err(|_| Failure::Abi(format!("batch of {len} bytes is too large")))?;
-        self.store.set_epoch_deadline(rt.ticks(self.time_limit_ms));
         let addr = self
             .buffer
             .call(&mut self.store, len32)
@@ -468,7 +468,10 @@ impl Guest {
         limits: OutputLimits,
     ) -> Result<Outcome, Failure> {
         let len = abi::batch_len(topic, inputs);
-        let addr = self.input(rt, len)?;
+        // One time limit for the whole batch: the buffer request and the entry point.
+        self.store.data_mut().limiter.hit = false;
+        self.store.set_epoch_deadline(rt.ticks(self.time_limit_ms));
+        let addr = self.input(len)?;
         {
             let mem = self.memory.data_mut(&mut self.store);
             abi::write_batch(
@@ -481,7 +484,6 @@ impl Guest {
             )
             .map_err(Failure::Abi)?;
         }
-        self.store.set_epoch_deadline(rt.ticks(self.time_limit_ms));
         let out = self
             .entry
             .call(&mut self.store, len as i32)

@@ -101,6 +101,14 @@ pub enum PluginError {
     /// No plugin under that name.
     #[error("no plugin named {0:?} is loaded (see `quiver admin plugin list`)")]
     NotFound(String),
+    /// A topic's ingress chain names a plugin that is not loaded.
+    #[error("plugin {name:?} is attached to the ingress of topic {topic:?} but is not loaded; sends to the topic are refused until it is loaded again or detached")]
+    MissingFromChain {
+        /// Plugin name.
+        name: String,
+        /// Topic.
+        topic: String,
+    },
     /// The name is taken.
     #[error("a plugin named {0:?} is already loaded; use `quiver admin plugin reload`")]
     Exists(String),
@@ -350,6 +358,9 @@ struct RegistryFile {
 struct State {
     plugins: HashMap<String, Arc<Plugin>>,
     ingress: BTreeMap<String, Vec<String>>,
+    /// Registered plugins that could not be loaded at startup, with why: kept in the registry
+    /// (and their module on disk) until an operator reloads or unloads them.
+    broken: BTreeMap<String, (Entry, String)>,
 }
 
 /// A resolved chain of plugins for one subscription.
@@ -417,12 +428,15 @@ impl PluginHost {
         let mut state = State {
             plugins: HashMap::new(),
             ingress: file.ingress,
+            broken: BTreeMap::new(),
         };
         for e in file.plugins {
             let wasm = match std::fs::read(host.module_path(&e.sha256)) {
                 Ok(w) => w,
                 Err(err) => {
-                    tracing::error!(plugin = e.name, error = %err, "plugin module missing; plugin not loaded");
+                    let why = format!("its module file is unreadable: {err}");
+                    tracing::error!(plugin = e.name, error = %why, "plugin not loaded; reload or unload it");
+                    state.broken.insert(e.name.clone(), (e, why));
                     continue;
                 }
             };
@@ -437,7 +451,8 @@ impl PluginHost {
                     state.plugins.insert(e.name.clone(), Arc::new(p));
                 }
                 Err(err) => {
-                    tracing::error!(plugin = e.name, error = %err, "plugin cannot be loaded; left out")
+                    tracing::error!(plugin = e.name, error = %err, "plugin not loaded; reload or unload it");
+                    state.broken.insert(e.name.clone(), (e, err));
                 }
             }
         }
@@ -560,6 +575,7 @@ impl PluginHost {
                     loaded_at_ms: p.loaded_at_ms,
                 })
                 .collect();
+            plugins.extend(st.broken.values().map(|(e, _)| e.clone()));
             plugins.sort_by(|a, b| a.name.cmp(&b.name));
             RegistryFile {
                 plugins,
@@ -570,13 +586,15 @@ impl PluginHost {
             serde_json::to_vec_pretty(&file).map_err(|e| PluginError::Internal(e.to_string()))?;
         write_atomic(&self.registry_path(), &bytes)
             .map_err(|e| PluginError::Internal(format!("writing the registry: {e}")))?;
-        // Modules no plugin uses any more are removed.
-        let used: Vec<String> = file.plugins.iter().map(|e| e.sha256.clone()).collect();
+        // Only the modules of registered plugins, and their form compiled for this engine, stay.
+        let keep: Vec<PathBuf> = file
+            .plugins
+            .iter()
+            .flat_map(|e| [self.module_path(&e.sha256), self.compiled_path(&e.sha256)])
+            .collect();
         if let Ok(dir) = std::fs::read_dir(self.dir.join("modules")) {
             for f in dir.flatten() {
-                let name = f.file_name().to_string_lossy().into_owned();
-                let sha = name.split(['.', '-']).next().unwrap_or("");
-                if !used.iter().any(|u| u == sha) {
+                if !keep.contains(&f.path()) {
                     let _ = std::fs::remove_file(f.path());
                 }
             }
@@ -613,7 +631,7 @@ impl PluginHost {
     pub fn load(&self, name: &str, spec: LoadSpec) -> Result<PluginInfo, PluginError> {
         check_name("plugin", name).map_err(PluginError::BadRequest)?;
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        if self.read().plugins.contains_key(name) {
+        if self.read().plugins.contains_key(name) || self.read().broken.contains_key(name) {
             return Err(PluginError::Exists(name.into()));
         }
         if self.read().plugins.len() >= self.cfg.max_plugins {
@@ -661,7 +679,22 @@ impl PluginHost {
     /// ones use the new one. Blocking (compiles).
     pub fn reload(&self, name: &str, spec: LoadSpec) -> Result<PluginInfo, PluginError> {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.get(name)?;
+        // The current registration: a loaded plugin, or one that failed to load at startup.
+        let old = match self.get(name) {
+            Ok(p) => Entry {
+                name: name.into(),
+                sha256: p.sha256.clone(),
+                config: p.config.clone(),
+                memory_limit_bytes: p.memory_limit,
+                time_limit_ms: p.time_limit_ms,
+                version: p.version,
+                loaded_at_ms: p.loaded_at_ms,
+            },
+            Err(e) => match self.read().broken.get(name) {
+                Some((entry, _)) => entry.clone(),
+                None => return Err(e),
+            },
+        };
         let wasm = if spec.wasm.is_empty() {
             std::fs::read(self.module_path(&old.sha256))
                 .map(Bytes::from)
@@ -670,13 +703,13 @@ impl PluginHost {
             spec.wasm
         };
         let (memory, time) = self.limits(
-            nonzero(spec.memory_limit_bytes, old.memory_limit),
+            nonzero(spec.memory_limit_bytes, old.memory_limit_bytes),
             nonzero(spec.time_limit_ms, old.time_limit_ms),
         )?;
         let entry = Entry {
             name: name.into(),
             sha256: sha256_hex(&wasm),
-            config: spec.config.unwrap_or_else(|| old.config.clone()),
+            config: spec.config.unwrap_or(old.config),
             memory_limit_bytes: memory,
             time_limit_ms: time,
             version: old.version + 1,
@@ -690,7 +723,11 @@ impl PluginHost {
             })?;
         self.store_module(&entry.sha256, &wasm)?;
         let plugin = Arc::new(plugin);
-        self.write().plugins.insert(name.into(), plugin.clone());
+        {
+            let mut st = self.write();
+            st.plugins.insert(name.into(), plugin.clone());
+            st.broken.remove(name);
+        }
         self.persist()?;
         tracing::info!(
             plugin = name,
@@ -704,7 +741,9 @@ impl PluginHost {
     /// Unloads a plugin; `force` first detaches it from topics.
     pub fn unload(&self, name: &str, force: bool) -> Result<(), PluginError> {
         let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        self.get(name)?;
+        if self.get(name).is_err() && !self.read().broken.contains_key(name) {
+            return Err(PluginError::NotFound(name.into()));
+        }
         let topics = self.topics_of(name);
         if !topics.is_empty() && !force {
             return Err(PluginError::InUse {
@@ -715,6 +754,7 @@ impl PluginHost {
         {
             let mut st = self.write();
             st.plugins.remove(name);
+            st.broken.remove(name);
             for chain in st.ingress.values_mut() {
                 chain.retain(|p| p != name);
             }
@@ -739,6 +779,15 @@ impl PluginHost {
 
     /// One plugin.
     pub fn describe(&self, name: &str) -> Result<PluginInfo, PluginError> {
+        if let Some((_, why)) = self.read().broken.get(name) {
+            return Err(PluginError::Invalid {
+                name: name.into(),
+                reason: format!(
+                    "registered but not loaded at startup ({why}); reload it (with a new module \
+                     if needed) or unload it"
+                ),
+            });
+        }
         let p = self.get(name)?;
         Ok(p.info(self.topics_of(name)))
     }
@@ -823,12 +872,13 @@ impl PluginHost {
         names
             .iter()
             .map(|n| {
-                st.plugins.get(n).cloned().ok_or_else(|| {
-                    PluginError::NotFound(format!(
-                        "{n} (attached to the ingress of topic {topic:?}; sends are refused \
-                         until it is loaded or detached)"
-                    ))
-                })
+                st.plugins
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| PluginError::MissingFromChain {
+                        name: n.clone(),
+                        topic: topic.to_string(),
+                    })
             })
             .collect()
     }
@@ -872,30 +922,33 @@ impl PluginHost {
             for range in self.batches(records.iter().map(|r| r.len() + abi::DESCRIPTOR)) {
                 let part = &records[range];
                 let inputs: Vec<Input<'_>> = part.iter().map(|r| Input::Record(r)).collect();
-                match plugin.run(self, topic, queue_id, false, &inputs) {
-                    Ok(Outcome::Verdicts(v)) => next.extend(
-                        part.iter()
-                            .zip(v)
-                            .filter(|(_, keep)| *keep)
-                            .map(|(r, _)| r.clone()),
-                    ),
-                    Ok(Outcome::Transformed(entries)) => {
-                        for e in entries {
-                            if let Action::Keep {
+                let result = match plugin.run(self, topic, queue_id, false, &inputs) {
+                    Ok(Outcome::Verdicts(v)) => Ok(part
+                        .iter()
+                        .zip(v)
+                        .filter(|(_, keep)| *keep)
+                        .map(|(r, _)| r.clone())
+                        .collect::<Vec<_>>()),
+                    Ok(Outcome::Transformed(entries)) => entries
+                        .into_iter()
+                        .filter_map(|e| match e.action {
+                            Action::Keep {
                                 tag,
                                 keys,
                                 properties,
                                 body,
-                            } = e.action
-                            {
-                                let rec = reencode(&part[e.index], &tag, &keys, &properties, &body)
-                                    .map_err(|reason| {
-                                        plugin.failed(self, topic, Failure::Abi(reason))
-                                    })?;
-                                next.push(rec);
-                            }
-                        }
-                    }
+                            } => Some(
+                                reencode(&part[e.index], &tag, &keys, &properties, &body).map_err(
+                                    |reason| plugin.failed(self, topic, Failure::Abi(reason)),
+                                ),
+                            ),
+                            Action::Reject(_) => None,
+                        })
+                        .collect(),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(kept) => next.extend(kept),
                     Err(e) => match policy {
                         PluginFailurePolicy::Fail => return Err(e),
                         PluginFailurePolicy::Skip => {}

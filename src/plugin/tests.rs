@@ -392,3 +392,46 @@ fn limits_from_a_load_are_checked() {
         Err(PluginError::BadRequest(_))
     ));
 }
+
+#[test]
+fn a_plugin_that_cannot_start_stays_registered_until_reloaded_or_unloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sha = {
+        let h = host(dir.path());
+        let info = h
+            .load("keep", spec(fixture!("keep_tag"), &[("tag", "a")]))
+            .unwrap();
+        h.attach("keep", "orders").unwrap();
+        info.sha256
+    };
+    // The module file is damaged and its compiled form gone.
+    let modules = dir.path().join("plugins/modules");
+    for f in std::fs::read_dir(&modules).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    std::fs::write(modules.join(format!("{sha}.wasm")), b"garbage").unwrap();
+    let h = host(dir.path());
+    assert!(h.list().is_empty());
+    let err = h.describe("keep").unwrap_err();
+    assert!(err.to_string().contains("not loaded at startup"), "{err}");
+    // Sends to its topic are refused rather than let through unvalidated.
+    let err = h.ingress_chain("orders").err().expect("refused");
+    assert!(
+        matches!(err, PluginError::MissingFromChain { .. }),
+        "{err:?}"
+    );
+    // Other registry changes keep it (and its module file).
+    h.load("other", spec(fixture!("trap"), &[])).unwrap();
+    assert!(modules.join(format!("{sha}.wasm")).exists());
+    assert!(matches!(
+        h.load("keep", spec(fixture!("keep_tag"), &[])),
+        Err(PluginError::Exists(_))
+    ));
+    // Reloading with a good module brings it back with its configuration and attachment.
+    let info = h
+        .reload("keep", spec(fixture!("keep_tag"), &[("tag", "a")]))
+        .unwrap();
+    assert_eq!(info.version, 2);
+    assert_eq!(info.topics, vec!["orders".to_string()]);
+    assert_eq!(h.ingress_chain("orders").unwrap().len(), 1);
+}

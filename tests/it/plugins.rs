@@ -564,3 +564,65 @@ async fn plugins_survive_a_restart() {
     assert_eq!(got[0].property("seen"), Some("1"));
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transform_that_enlarges_messages_keeps_the_pull_within_its_byte_budget() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    let admin = Admin::new(client.clone());
+    admin.create_topic("grow", 1).await.unwrap();
+    let pad = "p".repeat(10_000);
+    admin
+        .load_plugin(
+            "pad",
+            plugin_wasm("enrich"),
+            cfg(&[("set.pad", &pad)]),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), ProducerOptions::default());
+    for i in 0..10 {
+        producer
+            .send(Message::new("grow", format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let consumer = PullConsumer::new(client.clone());
+    let mut offset = 0;
+    let mut got = Vec::new();
+    let mut pulls = 0;
+    while offset < 10 {
+        let r = consumer
+            .pull(
+                "grow",
+                0,
+                offset,
+                PullOptions {
+                    max_bytes: 25_000,
+                    plugins: vec![PluginRef::new("pad")],
+                    ..PullOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let bytes: usize = r.messages.iter().map(|m| m.body.len() + 10_100).sum();
+        assert!(
+            r.messages.len() <= 2,
+            "{} messages, ~{bytes} bytes",
+            r.messages.len()
+        );
+        assert_eq!(r.next_offset, offset + r.messages.len() as u64);
+        got.extend(r.messages);
+        offset = r.next_offset;
+        pulls += 1;
+        assert!(pulls < 20);
+    }
+    assert_eq!(
+        bodies(&got),
+        (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|m| m.property("pad") == Some(pad.as_str())));
+    broker.stop().await;
+}

@@ -87,6 +87,12 @@ impl PullConsumer {
         options: PullOptions,
     ) -> Result<PullResult, ClientError> {
         check("topic", topic)?;
+        if options.plugins.len() > quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION {
+            return Err(ClientError::invalid(format!(
+                "at most {} plugins per pull",
+                quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION
+            )));
+        }
         let long_poll_ms = u32::try_from(options.long_poll.as_millis()).unwrap_or(u32::MAX);
         let request = Request::Pull {
             topic: topic.to_string(),

@@ -2,7 +2,7 @@
 
 use crate::sections::Properties;
 
-/// The plugin's configuration: the key/value pairs given when the plugin is attached, in order,
+/// The plugin's configuration: the key/value pairs given when the plugin is loaded or reloaded, in order,
 /// handed to the `#[quiver_plugin::init]` function.
 ///
 /// To keep settings for the filter or transform, parse them in the init function and store them
