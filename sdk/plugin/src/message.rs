@@ -320,29 +320,37 @@ impl<'a> TransformResult<'a> for Result<Option<Message<'a>>, Reject> {
 /// empty, starting with `__`, or one of the names reserved for the system (`TAGS`, `KEYS`,
 /// `UNIQ_KEY`, `DELAY`, …). The comparison is exact and case-sensitive.
 pub fn is_reserved_property(name: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "TAGS",
-        "KEYS",
-        "UNIQ_KEY",
-        "DELAY",
-        "DELAY_LEVEL",
-        "DELIVER_AT",
-        "TRAN_MSG",
-        "PGROUP",
-        "RETRY_TOPIC",
-        "REAL_TOPIC",
-        "REAL_QID",
-        "RECONSUME_TIME",
-        "MAX_RECONSUME_TIMES",
-        "ORIGIN_MESSAGE_ID",
-        "SHARDING_KEY",
-    ];
     name.is_empty() || name.starts_with("__") || RESERVED.contains(&name)
 }
+
+/// The broker's reserved property names (the same list as `quiver_protocol::names`, which this
+/// crate does not depend on so plugins stay small; a test keeps the two equal).
+const RESERVED: &[&str] = &[
+    "TAGS",
+    "KEYS",
+    "UNIQ_KEY",
+    "DELAY",
+    "DELAY_LEVEL",
+    "DELIVER_AT",
+    "TRAN_MSG",
+    "PGROUP",
+    "RETRY_TOPIC",
+    "REAL_TOPIC",
+    "REAL_QID",
+    "RECONSUME_TIME",
+    "MAX_RECONSUME_TIMES",
+    "ORIGIN_MESSAGE_ID",
+    "SHARDING_KEY",
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_names_match_the_broker() {
+        assert_eq!(RESERVED, quiver_protocol::names::RESERVED_PROPERTIES);
+    }
 
     #[test]
     fn standalone_message_and_setters() {
