@@ -939,7 +939,7 @@ impl Broker {
             let chain = self.plugins.resolve(&plugins)?;
             let host = self.plugins.clone();
             let (r, records, next_offset) = blocking(move || -> Result<_> {
-                let r = match f {
+                let mut r = match f {
                     None => store.get_messages(&t, queue_id, offset, limits, |_| true),
                     // Tag hashes in the consume queue skip most non-matching entries without a
                     // commit-log read; the record check is exact (no hash collision gets
@@ -953,7 +953,10 @@ impl Broker {
                         |r| f.matches(r),
                     ),
                 }?;
-                let records: Vec<Bytes> = r.messages.iter().map(|m| m.bytes.clone()).collect();
+                let records: Vec<Bytes> = std::mem::take(&mut r.messages)
+                    .into_iter()
+                    .map(|m| m.bytes)
+                    .collect();
                 // Plugins run after the tag/SQL filter, on what it kept.
                 let (records, next_offset) = if chain.is_empty() || records.is_empty() {
                     (records, r.next_offset)
