@@ -9,6 +9,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::messaging::MessagingConfig;
 use crate::plugin::PluginConfig;
 use crate::store::StoreConfig;
 
@@ -24,6 +25,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// WebAssembly plugins: default limits and failure handling.
     pub plugins: PluginConfig,
+    /// Scheduled messages, retries and transactions.
+    pub messaging: MessagingConfig,
 }
 
 /// Network, topic and limit settings.
@@ -141,6 +144,7 @@ impl Config {
             return Err("broker.max_frame_bytes must exceed store.max_message_size + store.max_properties_size by 64 KiB (one stored message must fit a response)".into());
         }
         self.plugins.validate()?;
+        self.messaging.validate()?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key must be given together".into());
         }

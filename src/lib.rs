@@ -14,6 +14,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod filter;
+pub mod messaging;
 pub mod net;
 pub mod plugin;
 pub mod server;

@@ -6,6 +6,7 @@
 mod groups;
 mod longpoll;
 mod offsets;
+mod special;
 mod topics;
 
 pub(crate) use topics::write_atomic;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quiver_protocol::names::{check_name, check_property_name};
+use quiver_protocol::names::{self, check_name, check_property_name};
 use quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION;
 use quiver_protocol::{
     FilterSpec, GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, RecordLimits,
@@ -29,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::filter::{Filter, FilterCache, FilterKind};
+use crate::messaging::timer::{QueueCount, Timer};
+use crate::messaging::tx::{Transactions, TxTiming};
 use crate::plugin::{LoadSpec, PluginError, PluginHost};
 use crate::store::{Appended, GetStatus, NewMessage, ReadLimits, Store, StoreError};
 
@@ -134,6 +137,16 @@ pub struct Broker {
     appender: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Loaded WebAssembly plugins (docs/PLUGINS.md).
     plugins: Arc<PluginHost>,
+    /// Scheduled messages.
+    timer: Arc<Timer>,
+    /// Transactional half messages.
+    tx: Arc<Transactions>,
+    /// Delay levels and retry back-offs (validated at start).
+    delay_levels: Vec<Duration>,
+    retry_delays: Vec<Duration>,
+    /// Stops the transaction housekeeping thread.
+    housekeeping_stop: Arc<std::sync::atomic::AtomicBool>,
+    housekeeping: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Broker {
@@ -145,11 +158,62 @@ impl Broker {
         let topics = Arc::new(TopicTable::load(cfg.broker.data_dir.join("topics.json"))?);
         let offsets = Arc::new(OffsetTable::load(cfg.broker.data_dir.join("offsets.json"))?);
         let waiters = Arc::new(LongPoll::default());
+        let t = topics.clone();
+        let queue_count: Arc<QueueCount> = Arc::new(move |name: &str| {
+            if let Some(n) = t.queues(name) {
+                return Some(n);
+            }
+            // System topics users read are created on first use, with one queue.
+            if special::is_broker_created(name) {
+                return t.create(name, 1).ok().map(|(n, _)| n);
+            }
+            None
+        });
+        let timer = Arc::new(
+            Timer::open(
+                store.clone(),
+                cfg.broker.data_dir.join("timer"),
+                cfg.messaging.timer_slot_ms,
+                cfg.messaging.timer_slots,
+                queue_count.clone(),
+            )
+            .context("opening the timer")?,
+        );
+        let tx = Arc::new(
+            Transactions::open(
+                store.clone(),
+                TxTiming {
+                    check_timeout_ms: cfg.messaging.tx_check_timeout_ms as i64,
+                    check_interval_ms: cfg.messaging.tx_check_interval_ms as i64,
+                    max_checks: cfg.messaging.tx_max_checks,
+                },
+                queue_count,
+            )
+            .context("recovering transactions")?,
+        );
         let w = waiters.clone();
-        store.set_arrival_listener(Arc::new(move |topic, queue, _max| w.wake(topic, queue)));
+        let tm = timer.clone();
+        store.set_arrival_listener(Arc::new(move |topic, queue, _max| {
+            if topic == names::SCHEDULE_TOPIC {
+                tm.notify();
+            }
+            w.wake(topic, queue)
+        }));
+        let housekeeping_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, t) = (housekeeping_stop.clone(), tx.clone());
+        let housekeeping = std::thread::Builder::new()
+            .name("quiver-tx-check".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    t.discard_expired();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })?;
+        let delay_levels = cfg.messaging.levels().map_err(anyhow::Error::msg)?;
+        let retry_delays = cfg.messaging.retries().map_err(anyhow::Error::msg)?;
         let o = offsets.clone();
         store.set_consumer_progress(Arc::new(move |topic, queue| o.lowest(topic, queue)));
-        let (tx, rx) = mpsc::channel(cfg.broker.append_queue);
+        let (append_tx, rx) = mpsc::channel(cfg.broker.append_queue);
         let s = store.clone();
         let appender = std::thread::Builder::new()
             .name("quiver-append".into())
@@ -185,6 +249,12 @@ impl Broker {
         );
         Ok(Arc::new(Broker {
             plugins,
+            timer,
+            tx,
+            delay_levels,
+            retry_delays,
+            housekeeping_stop,
+            housekeeping: Mutex::new(Some(housekeeping)),
             groups,
             filters: FilterCache::new(1024),
             groups_saved: Mutex::new(Vec::new()),
@@ -194,7 +264,7 @@ impl Broker {
             offsets,
             waiters,
             append_budget,
-            appends: tx,
+            appends: append_tx,
             appender: Mutex::new(Some(appender)),
         }))
     }
@@ -207,6 +277,16 @@ impl Broker {
     /// The loaded plugins.
     pub fn plugins(&self) -> &Arc<PluginHost> {
         &self.plugins
+    }
+
+    /// Scheduled-message counters.
+    pub fn timer_stats(&self) -> crate::messaging::timer::TimerStats {
+        self.timer.stats()
+    }
+
+    /// Half messages not yet committed or rolled back.
+    pub fn unresolved_transactions(&self) -> usize {
+        self.tx.unresolved()
     }
 
     /// Limits for the network layer.
@@ -254,6 +334,46 @@ impl Broker {
                 queue_id,
                 messages,
             } => self.send(topic, queue_id, messages, remote).await,
+            Request::SendSpecial {
+                topic,
+                queue_id,
+                mode,
+                messages,
+            } => {
+                self.send_special(topic, queue_id, mode, messages, remote)
+                    .await
+            }
+            Request::CancelScheduled { id } => self.cancel_scheduled(id).await,
+            Request::EndTransaction {
+                group,
+                id,
+                handle,
+                state,
+                from_check,
+            } => self.end_transaction(group, id, handle, state, from_check).await,
+            Request::PollTransactionChecks {
+                group,
+                producer_id,
+                max,
+                wait_ms,
+            } => self.poll_checks(group, producer_id, max, wait_ms, stop).await,
+            Request::SendBack {
+                group,
+                id,
+                handle,
+                delay_level,
+                max_reconsume,
+                to_dlq,
+            } => {
+                self.send_back(group, id, handle, delay_level, max_reconsume, to_dlq)
+                    .await
+            }
+            Request::DlqResend {
+                group,
+                id,
+                from_offset,
+                max,
+            } => self.dlq_resend(group, id, from_offset, max).await,
             req @ Request::Pull { .. } => self.pull(req, stop).await,
             Request::CommitOffset {
                 group,
@@ -698,6 +818,13 @@ impl Broker {
         if let Some(q) = self.topics.queues(topic) {
             return Ok(q);
         }
+        if create && special::is_broker_created(topic) {
+            let (topics, t) = (self.topics.clone(), topic.to_string());
+            let (q, _) = blocking(move || topics.create(&t, 1))
+                .await?
+                .map_err(internal)?;
+            return Ok(q);
+        }
         if !create || !self.cfg.broker.auto_create_topics {
             return Err(BrokerError::new(
                 Status::TopicNotFound,
@@ -761,8 +888,27 @@ impl Broker {
         messages: Vec<WireMessage>,
         born: SocketAddr,
     ) -> Result<Response> {
+        let messages = self.accept(&topic, queue_id, messages).await?;
+        let appended = self.store_messages(topic, queue_id, messages, born).await?;
+        Ok(receipts(queue_id, &appended))
+    }
+
+    /// Validates a send, routes it (auto-creating the topic) and runs the topic's ingress
+    /// plugins: what comes out is ready to store.
+    async fn accept(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        messages: Vec<WireMessage>,
+    ) -> Result<Vec<WireMessage>> {
         // Validate everything before the topic may be auto-created.
-        name("topic", &topic)?;
+        name("topic", topic)?;
+        if names::is_system_topic(topic) {
+            return Err(BrokerError::new(
+                Status::InvalidName,
+                format!("topic {topic:?} is a system topic; only the broker writes to it"),
+            ));
+        }
         if messages.is_empty() {
             return Err(BrokerError::new(
                 Status::InvalidMessage,
@@ -791,7 +937,7 @@ impl Broker {
                 ));
             }
         }
-        let queues = self.route(&topic, true).await?;
+        let queues = self.route(topic, true).await?;
         if queue_id >= queues {
             return Err(BrokerError::new(
                 Status::QueueNotFound,
@@ -799,13 +945,22 @@ impl Broker {
             ));
         }
         // The topic's ingress plugins validate, enrich or redact before anything is stored.
-        let chain = self.plugins.ingress_chain(&topic)?;
-        let messages = if chain.is_empty() {
-            messages
-        } else {
-            let (host, t) = (self.plugins.clone(), topic.clone());
-            blocking(move || host.apply_to_send(&chain, &t, queue_id, messages)).await??
-        };
+        let chain = self.plugins.ingress_chain(topic)?;
+        if chain.is_empty() {
+            return Ok(messages);
+        }
+        let (host, t) = (self.plugins.clone(), topic.to_string());
+        Ok(blocking(move || host.apply_to_send(&chain, &t, queue_id, messages)).await??)
+    }
+
+    /// Appends through the append thread (bounded queue) and waits until durable.
+    async fn store_messages(
+        &self,
+        topic: String,
+        queue_id: u32,
+        messages: Vec<WireMessage>,
+        born: SocketAddr,
+    ) -> Result<Appended> {
         let wait = Duration::from_millis(self.cfg.broker.busy_timeout_ms);
         let busy = || {
             BrokerError::new(
@@ -861,21 +1016,9 @@ impl Broker {
                 ))
             }
         }
-        let appended = rx
+        Ok(rx
             .await
-            .map_err(|_| BrokerError::new(Status::ShuttingDown, "broker is shutting down"))??;
-        Ok(Response::Send {
-            queue_id,
-            receipts: appended
-                .results
-                .iter()
-                .map(|r| SendReceipt {
-                    id: r.msg_id,
-                    queue_offset: r.queue_offset,
-                    phys_offset: r.phys_offset,
-                })
-                .collect(),
-        })
+            .map_err(|_| BrokerError::new(Status::ShuttingDown, "broker is shutting down"))??)
     }
 
     async fn pull(&self, req: Request, stop: &CancellationToken) -> Result<Response> {
@@ -1059,6 +1202,12 @@ impl Broker {
                 let _ = t.join();
             }
         }
+        self.housekeeping_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.housekeeping.lock().expect("housekeeping lock").take() {
+            let _ = t.join();
+        }
+        self.timer.close();
         // Close the store whatever happens to the small files: a clean store is what matters.
         let saved = self.persist_offsets();
         self.store.close()?;
@@ -1115,6 +1264,22 @@ fn append_loop(store: Arc<Store>, mut rx: mpsc::Receiver<AppendJob>) {
                 let _ = reply.send(Err(e));
             }
         }
+    }
+}
+
+/// The answer to a send.
+fn receipts(queue_id: u32, appended: &Appended) -> Response {
+    Response::Send {
+        queue_id,
+        receipts: appended
+            .results
+            .iter()
+            .map(|r| SendReceipt {
+                id: r.msg_id,
+                queue_offset: r.queue_offset,
+                phys_offset: r.phys_offset,
+            })
+            .collect(),
     }
 }
 

@@ -739,6 +739,21 @@ impl Store {
         Ok(None)
     }
 
+    /// Every stored record with this id (a scheduled, retried or transactional message has
+    /// one record per stage: the system topic's, then the real topic's), newest first.
+    pub fn messages_by_id(&self, id: u128) -> Result<Vec<Bytes>, StoreError> {
+        let mut out = Vec::new();
+        for phys in self.inner.index.lookup(id_hash(id), i64::MIN, i64::MAX, 64) {
+            let Ok(b) = self.message_at(phys) else {
+                continue;
+            };
+            if RecordView::parse_unchecked_crc(&b).is_ok_and(|r| r.msg_id() == id) {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
     /// Messages of `topic` carrying `key`, stored between the times (ms), newest first.
     pub fn query_by_key(
         &self,

@@ -103,6 +103,8 @@ fn response_kind(r: &quiver_protocol::Response) -> &'static str {
         Groups(_) => "Groups",
         Group { .. } => "Group",
         Plugins(_) => "Plugins",
+        SentBack { .. } => "SentBack",
+        Count(_) => "Count",
     }
 }
 

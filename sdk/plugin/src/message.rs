@@ -341,6 +341,8 @@ const RESERVED: &[&str] = &[
     "MAX_RECONSUME_TIMES",
     "ORIGIN_MESSAGE_ID",
     "SHARDING_KEY",
+    "TIMER_CANCEL",
+    "TRAN_CHECK_TIMES",
 ];
 
 #[cfg(test)]

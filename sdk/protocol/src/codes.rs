@@ -11,10 +11,23 @@ pub enum Command {
     Route = 2,
     /// Append one message or an atomic batch to one queue.
     Send = 10,
+    /// Send a scheduled (delayed) message or a transactional half message.
+    SendSpecial = 11,
+    /// Cancel a scheduled message that is not yet due, by id.
+    CancelScheduled = 12,
+    /// Commit or roll back a half message (a producer's decision or its answer to a check).
+    EndTransaction = 13,
+    /// A transactional producer waits for the broker's check-back requests of its group.
+    PollTransactionChecks = 14,
     /// Read messages of one queue from an offset, optionally parking until one arrives.
     Pull = 20,
     /// Store a consumer group's offset for a queue.
     CommitOffset = 21,
+    /// A consumer hands a message back: it is delivered again later to its group (retry
+    /// topic) or moved to the group's dead-letter queue.
+    SendBack = 24,
+    /// Resend messages of a group's dead-letter queue to its retry topic.
+    DlqResend = 25,
     /// Read a consumer group's committed offset for a queue.
     FetchOffset = 22,
     /// First queue offset stored at or after a timestamp.
@@ -69,10 +82,16 @@ impl Command {
             1 => Hello,
             2 => Route,
             10 => Send,
+            11 => SendSpecial,
+            12 => CancelScheduled,
+            13 => EndTransaction,
+            14 => PollTransactionChecks,
             20 => Pull,
             21 => CommitOffset,
             22 => FetchOffset,
             23 => OffsetForTime,
+            24 => SendBack,
+            25 => DlqResend,
             30 => TopicCreate,
             31 => TopicUpdate,
             32 => TopicDelete,
@@ -148,6 +167,12 @@ pub enum Status {
     ShuttingDown = 23,
     /// The requested message or offset does not exist.
     NotFound = 30,
+    /// The scheduled message is already due or delivered: it can no longer be cancelled.
+    AlreadyDue = 31,
+    /// The transaction was already committed or rolled back (the other decision is refused).
+    TransactionResolved = 32,
+    /// A delay, delay level or deliver-at time is out of the allowed range.
+    InvalidDelay = 33,
     /// No plugin is loaded under that name.
     PluginNotFound = 40,
     /// A plugin with that name is already loaded (use reload).
@@ -196,6 +221,9 @@ impl Status {
             22 => StoreUnavailable,
             23 => ShuttingDown,
             30 => NotFound,
+            31 => AlreadyDue,
+            32 => TransactionResolved,
+            33 => InvalidDelay,
             40 => PluginNotFound,
             41 => PluginExists,
             42 => InvalidPlugin,

@@ -13,7 +13,7 @@ use crate::plugins::{
 use crate::wire::{DecodeError, Reader, WriteExt};
 
 /// Protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The TLS ALPN identifier.
 pub const ALPN: &[u8] = b"quiver/1";
 /// Bytes of a frame header (length + two u16 fields).
@@ -322,6 +322,83 @@ pub struct GroupQueue {
     pub owner: Option<String>,
 }
 
+/// How a [`Request::SendSpecial`] stores its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendMode {
+    /// Visible to consumers at this time (ms since the Unix epoch, broker clock); a past time
+    /// means at once.
+    DeliverAt(i64),
+    /// Visible after this many milliseconds, counted from the broker's arrival time.
+    DelayMs(i64),
+    /// Visible after the broker's delay level `n` (1-based; by default level 1 is 1 s and
+    /// level 18 is 2 h).
+    DelayLevel(u8),
+    /// A transactional half message of producer group `group`: invisible until committed.
+    Half {
+        /// Producer group whose live producers answer check-backs.
+        group: String,
+    },
+}
+
+impl SendMode {
+    fn encode(&self, b: &mut BytesMut) {
+        let (kind, value, group) = match self {
+            SendMode::DeliverAt(t) => (1u8, *t, ""),
+            SendMode::DelayMs(d) => (2, *d, ""),
+            SendMode::DelayLevel(l) => (3, i64::from(*l), ""),
+            SendMode::Half { group } => (4, 0, group.as_str()),
+        };
+        b.put_u8(kind);
+        b.put_i64_le(value);
+        b.put_str16(group);
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let kind = r.u8("send mode")?;
+        let value = r.i64("send mode value")?;
+        let group = r.str16("producer group")?;
+        Ok(match kind {
+            1 => SendMode::DeliverAt(value),
+            2 => SendMode::DelayMs(value),
+            3 => SendMode::DelayLevel(u8::try_from(value).map_err(|_| DecodeError::Invalid {
+                field: "delay level",
+                reason: format!("{value} is not 0..=255"),
+            })?),
+            4 => SendMode::Half { group },
+            k => {
+                return Err(DecodeError::Invalid {
+                    field: "send mode",
+                    reason: format!("unknown kind {k}"),
+                })
+            }
+        })
+    }
+}
+
+/// A transaction's outcome as the producer reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TransactionState {
+    /// Not known yet: the broker asks again later (check-back).
+    Unknown = 0,
+    /// The local transaction committed: the message becomes visible.
+    Commit = 1,
+    /// The local transaction rolled back: the message is never visible.
+    Rollback = 2,
+}
+
+impl TransactionState {
+    /// The state for a wire code.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => TransactionState::Unknown,
+            1 => TransactionState::Commit,
+            2 => TransactionState::Rollback,
+            _ => return None,
+        })
+    }
+}
+
 /// Every request a client can make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -540,6 +617,75 @@ pub enum Request {
         /// Allowed while members are online.
         force: bool,
     },
+    /// Send scheduled messages or a half message (answered like `Send`; the receipts'
+    /// offsets are those of the system topic holding them until they are due or committed).
+    SendSpecial {
+        /// The topic the messages are for.
+        topic: String,
+        /// Queue id in that topic.
+        queue_id: u32,
+        /// Schedule or transaction.
+        mode: SendMode,
+        /// The messages (a half message is sent alone).
+        messages: Vec<WireMessage>,
+    },
+    /// Cancel a scheduled message by id; refused once it is due.
+    CancelScheduled {
+        /// The message id.
+        id: u128,
+    },
+    /// Decide a half message.
+    EndTransaction {
+        /// Producer group.
+        group: String,
+        /// The message id.
+        id: u128,
+        /// The half message's commit-log offset (from its send receipt or check record).
+        handle: u64,
+        /// The outcome.
+        state: TransactionState,
+        /// True when answering a check-back.
+        from_check: bool,
+    },
+    /// Wait (up to `wait_ms`) for check-back requests for `group`; answered with
+    /// `Messages`: the half messages to check.
+    PollTransactionChecks {
+        /// Producer group.
+        group: String,
+        /// This producer's id (for logs and `describe`).
+        producer_id: String,
+        /// Most checks to return.
+        max: u32,
+        /// Longest wait when nothing is to be checked.
+        wait_ms: u32,
+    },
+    /// Hand a consumed message back (consume failed): it comes back to `group` after a
+    /// back-off, or goes to the group's dead-letter queue.
+    SendBack {
+        /// Consumer group.
+        group: String,
+        /// The message id.
+        id: u128,
+        /// The record's commit-log offset (as pulled).
+        handle: u64,
+        /// Delay level to use; 0 means the group's back-off for its reconsume count.
+        delay_level: u8,
+        /// The group's maximum reconsume count: beyond it the message goes to the DLQ.
+        max_reconsume: u32,
+        /// Straight to the dead-letter queue (orderly consumers after their attempts).
+        to_dlq: bool,
+    },
+    /// Resend dead-lettered messages of `group` to its retry topic.
+    DlqResend {
+        /// Consumer group.
+        group: String,
+        /// Only this message id; `None` resends every message from `from_offset` on.
+        id: Option<u128>,
+        /// First DLQ offset to resend (all-messages form).
+        from_offset: u64,
+        /// Most messages to resend.
+        max: u32,
+    },
 }
 
 impl Request {
@@ -573,6 +719,12 @@ impl Request {
             Request::PluginDescribe { .. } => Command::PluginDescribe,
             Request::PluginAttach { .. } => Command::PluginAttach,
             Request::PluginDetach { .. } => Command::PluginDetach,
+            Request::SendSpecial { .. } => Command::SendSpecial,
+            Request::CancelScheduled { .. } => Command::CancelScheduled,
+            Request::EndTransaction { .. } => Command::EndTransaction,
+            Request::PollTransactionChecks { .. } => Command::PollTransactionChecks,
+            Request::SendBack { .. } => Command::SendBack,
+            Request::DlqResend { .. } => Command::DlqResend,
         }
     }
 
@@ -756,6 +908,72 @@ impl Request {
                 b.put_str16(name);
                 b.put_str16(topic);
             }
+            Request::SendSpecial {
+                topic,
+                queue_id,
+                mode,
+                messages,
+            } => {
+                b.put_str16(topic);
+                b.put_u32_le(*queue_id);
+                mode.encode(&mut b);
+                b.put_u32_le(messages.len() as u32);
+                for m in messages {
+                    m.encode(&mut b);
+                }
+            }
+            Request::CancelScheduled { id } => b.put_u128_le(*id),
+            Request::EndTransaction {
+                group,
+                id,
+                handle,
+                state,
+                from_check,
+            } => {
+                b.put_str16(group);
+                b.put_u128_le(*id);
+                b.put_u64_le(*handle);
+                b.put_u8(*state as u8);
+                b.put_u8(*from_check as u8);
+            }
+            Request::PollTransactionChecks {
+                group,
+                producer_id,
+                max,
+                wait_ms,
+            } => {
+                b.put_str16(group);
+                b.put_str16(producer_id);
+                b.put_u32_le(*max);
+                b.put_u32_le(*wait_ms);
+            }
+            Request::SendBack {
+                group,
+                id,
+                handle,
+                delay_level,
+                max_reconsume,
+                to_dlq,
+            } => {
+                b.put_str16(group);
+                b.put_u128_le(*id);
+                b.put_u64_le(*handle);
+                b.put_u8(*delay_level);
+                b.put_u32_le(*max_reconsume);
+                b.put_u8(*to_dlq as u8);
+            }
+            Request::DlqResend {
+                group,
+                id,
+                from_offset,
+                max,
+            } => {
+                b.put_str16(group);
+                b.put_u8(id.is_some() as u8);
+                b.put_u128_le(id.unwrap_or(0));
+                b.put_u64_le(*from_offset);
+                b.put_u32_le(*max);
+            }
         }
         finish_frame(b)
     }
@@ -776,20 +994,7 @@ impl Request {
             Command::Send => {
                 let topic = r.str16("topic")?;
                 let queue_id = r.u32("queue id")?;
-                let n = r.u32("message count")? as usize;
-                // Each message takes at least 38 bytes (id 16, born 8, flags 4, four empty
-                // length prefixes 10): refuse counts the body cannot hold before allocating.
-                if n > r.remaining() / 38 {
-                    return Err(DecodeError::Invalid {
-                        field: "message count",
-                        reason: format!("{n} messages cannot fit in {} bytes", r.remaining()),
-                    }
-                    .into());
-                }
-                let mut messages = Vec::with_capacity(n);
-                for _ in 0..n {
-                    messages.push(WireMessage::decode(&mut r)?);
-                }
+                let messages = decode_messages(&mut r)?;
                 Request::Send {
                     topic,
                     queue_id,
@@ -954,10 +1159,79 @@ impl Request {
                 name: r.str16("plugin name")?,
                 topic: r.str16("topic")?,
             },
+            Command::SendSpecial => {
+                let topic = r.str16("topic")?;
+                let queue_id = r.u32("queue id")?;
+                let mode = SendMode::decode(&mut r)?;
+                let messages = decode_messages(&mut r)?;
+                Request::SendSpecial {
+                    topic,
+                    queue_id,
+                    mode,
+                    messages,
+                }
+            }
+            Command::CancelScheduled => Request::CancelScheduled { id: r.u128("id")? },
+            Command::EndTransaction => Request::EndTransaction {
+                group: r.str16("group")?,
+                id: r.u128("id")?,
+                handle: r.u64("handle")?,
+                state: {
+                    let v = r.u8("transaction state")?;
+                    TransactionState::from_u8(v).ok_or(DecodeError::Invalid {
+                        field: "transaction state",
+                        reason: format!("unknown value {v}"),
+                    })?
+                },
+                from_check: r.bool("from check")?,
+            },
+            Command::PollTransactionChecks => Request::PollTransactionChecks {
+                group: r.str16("group")?,
+                producer_id: r.str16("producer id")?,
+                max: r.u32("max")?,
+                wait_ms: r.u32("wait ms")?,
+            },
+            Command::SendBack => Request::SendBack {
+                group: r.str16("group")?,
+                id: r.u128("id")?,
+                handle: r.u64("handle")?,
+                delay_level: r.u8("delay level")?,
+                max_reconsume: r.u32("max reconsume")?,
+                to_dlq: r.bool("to dlq")?,
+            },
+            Command::DlqResend => {
+                let group = r.str16("group")?;
+                let has_id = r.bool("has id")?;
+                let id = r.u128("id")?;
+                Request::DlqResend {
+                    group,
+                    id: has_id.then_some(id),
+                    from_offset: r.u64("from offset")?,
+                    max: r.u32("max")?,
+                }
+            }
         };
         r.finish()?;
         Ok(req)
     }
+}
+
+/// A message count and the messages.
+fn decode_messages(r: &mut Reader) -> Result<Vec<WireMessage>, DecodeError> {
+    let n = r.u32("message count")? as usize;
+    // Each message takes at least 38 bytes (id 16, born 8, flags 4, four empty length
+    // prefixes 10): refuse counts the body cannot hold before allocating.
+    if n > r.remaining() / 38 {
+        return Err(DecodeError::Invalid {
+            field: "message count",
+            reason: format!("{n} messages cannot fit in {} bytes", r.remaining()),
+        });
+    }
+    let mut messages = Vec::with_capacity(n);
+    for _ in 0..n {
+        messages.push(WireMessage::decode(r)?);
+    }
+    Ok(messages)
 }
 
 /// Where one sent message landed.
@@ -1076,6 +1350,15 @@ pub enum Response {
     },
     /// Loaded plugins (one for load, reload and describe; all for list).
     Plugins(Vec<PluginInfo>),
+    /// Where a handed-back message went.
+    SentBack {
+        /// True when it went to the dead-letter queue (no more automatic deliveries).
+        to_dlq: bool,
+        /// Its reconsume count from now on.
+        reconsume_times: u32,
+    },
+    /// How many items an operation affected.
+    Count(u64),
 }
 
 impl Response {
@@ -1209,6 +1492,14 @@ impl Response {
                     p.encode(&mut b);
                 }
             }
+            Response::SentBack {
+                to_dlq,
+                reconsume_times,
+            } => {
+                b.put_u8(*to_dlq as u8);
+                b.put_u32_le(*reconsume_times);
+            }
+            Response::Count(n) => b.put_u64_le(*n),
         }
         let total: usize = b.len() - 4 + tail.iter().map(Bytes::len).sum::<usize>();
         b[0..4].copy_from_slice(&(total as u32).to_le_bytes());
@@ -1231,7 +1522,7 @@ impl Response {
             Command::Route => Response::Route {
                 queues: r.u32("queues")?,
             },
-            Command::Send => {
+            Command::Send | Command::SendSpecial => {
                 let queue_id = r.u32("queue id")?;
                 let n = r.u32("receipt count")? as usize;
                 if n > r.remaining() / 32 {
@@ -1277,7 +1568,14 @@ impl Response {
             | Command::GroupDelete
             | Command::PluginUnload
             | Command::PluginAttach
-            | Command::PluginDetach => Response::Done,
+            | Command::PluginDetach
+            | Command::CancelScheduled
+            | Command::EndTransaction => Response::Done,
+            Command::SendBack => Response::SentBack {
+                to_dlq: r.bool("to dlq")?,
+                reconsume_times: r.u32("reconsume times")?,
+            },
+            Command::DlqResend => Response::Count(r.u64("count")?),
             Command::PluginLoad
             | Command::PluginReload
             | Command::PluginList
@@ -1387,7 +1685,7 @@ impl Response {
                 }
                 Response::Topic { name, queues }
             }
-            Command::MessageById | Command::MessageByKey => {
+            Command::MessageById | Command::MessageByKey | Command::PollTransactionChecks => {
                 Response::Messages(decode_records(&mut r)?)
             }
         };

@@ -13,7 +13,8 @@ pub use codes::{Command, PullStatus, Status};
 pub use frame::{
     decode_error, encode_error, split_frame, FilterSpec, FrameError, FrameHeader, GroupMode,
     GroupQueue, GroupSummary, MemberInfo, QueueInfo, QueueRef, Request, ResetTarget, Response,
-    SendReceipt, Subscription, TopicSummary, WireMessage, ALPN, FRAME_HEADER, PROTOCOL_VERSION,
+    SendMode, SendReceipt, Subscription, TopicSummary, TransactionState, WireMessage, ALPN,
+    FRAME_HEADER, PROTOCOL_VERSION,
 };
 pub use plugins::{PluginFailurePolicy, PluginInfo, PluginKind, PluginRef};
 pub use record::{tag_hash, NewMessage, RecordError, RecordLimits, RecordView};

@@ -21,7 +21,43 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
     "MAX_RECONSUME_TIMES",
     "ORIGIN_MESSAGE_ID",
     "SHARDING_KEY",
+    "TIMER_CANCEL",
+    "TRAN_CHECK_TIMES",
 ];
+
+/// System topic holding scheduled messages until they are due.
+pub const SCHEDULE_TOPIC: &str = "%SCHEDULE%";
+/// System topic holding transactional half messages.
+pub const HALF_TOPIC: &str = "%HALF%";
+/// System topic recording transaction outcomes (one op record per decision or check).
+pub const HALF_OP_TOPIC: &str = "%HALF_OP%";
+/// System topic receiving half messages whose check-backs ran out.
+pub const TRANS_CHECK_MAX_TOPIC: &str = "%TRANS_CHECK_MAX%";
+/// Prefix of a consumer group's retry topic.
+pub const RETRY_PREFIX: &str = "%RETRY%";
+/// Prefix of a consumer group's dead-letter topic.
+pub const DLQ_PREFIX: &str = "%DLQ%";
+
+/// A consumer group's retry topic.
+pub fn retry_topic(group: &str) -> String {
+    format!("{RETRY_PREFIX}{group}")
+}
+
+/// A consumer group's dead-letter topic.
+pub fn dlq_topic(group: &str) -> String {
+    format!("{DLQ_PREFIX}{group}")
+}
+
+/// True for topics only the broker writes (clients may read retry and DLQ topics).
+pub fn is_system_topic(topic: &str) -> bool {
+    topic.starts_with('%')
+        && (topic == SCHEDULE_TOPIC
+            || topic == HALF_TOPIC
+            || topic == HALF_OP_TOPIC
+            || topic == TRANS_CHECK_MAX_TOPIC
+            || topic.starts_with(RETRY_PREFIX)
+            || topic.starts_with(DLQ_PREFIX))
+}
 
 /// Checks a topic or group name; the error says what is wrong.
 pub fn check_name(kind: &str, name: &str) -> Result<(), String> {

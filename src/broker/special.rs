@@ -1,0 +1,374 @@
+//! Handlers of the messaging semantics: scheduled sends and cancels, transactions, send-back
+//! to the retry topic or the dead-letter queue, DLQ resend (docs/SEMANTICS.md).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_protocol::names::{
+    self, dlq_topic, retry_topic, HALF_TOPIC, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TOPIC,
+};
+use quiver_protocol::{RecordView, Response, SendMode, Status, TransactionState, WireMessage};
+use tokio_util::sync::CancellationToken;
+
+use super::{blocking, name, receipts, Broker, BrokerError, Result};
+use crate::messaging::timer::CancelError;
+use crate::messaging::tx::{Transactions, TxError};
+use crate::messaging::{original_topic, Moved};
+use crate::store::{now_ms, GetStatus, ReadLimits};
+
+/// Topics the broker creates on first use (one queue): retry, dead-letter and check-max.
+pub(crate) fn is_broker_created(topic: &str) -> bool {
+    topic.starts_with(names::RETRY_PREFIX)
+        || topic.starts_with(names::DLQ_PREFIX)
+        || topic == TRANS_CHECK_MAX_TOPIC
+}
+
+/// Most check records answered at once.
+const MAX_CHECKS_PER_POLL: u32 = 64;
+
+impl From<CancelError> for BrokerError {
+    fn from(e: CancelError) -> Self {
+        let status = match &e {
+            CancelError::NotFound(_) => Status::NotFound,
+            CancelError::AlreadyDue(_) => Status::AlreadyDue,
+            CancelError::Store(s) => return BrokerError::from_store_ref(s, e.to_string()),
+            CancelError::Io(_) => Status::Internal,
+        };
+        BrokerError::new(status, e.to_string())
+    }
+}
+
+impl From<TxError> for BrokerError {
+    fn from(e: TxError) -> Self {
+        let status = match &e {
+            TxError::NotFound { .. } => Status::NotFound,
+            TxError::Resolved { .. } => Status::TransactionResolved,
+            TxError::Busy(_) => Status::Busy,
+            TxError::TopicGone(_) => Status::TopicNotFound,
+            TxError::Store(s) => return BrokerError::from_store_ref(s, e.to_string()),
+        };
+        BrokerError::new(status, e.to_string())
+    }
+}
+
+impl BrokerError {
+    fn from_store_ref(e: &crate::store::StoreError, message: String) -> BrokerError {
+        let status = BrokerError::from(clone_store_error(e)).status();
+        BrokerError::new(status, message)
+    }
+}
+
+/// Store errors are not `Clone`; the status mapping only needs the kind.
+fn clone_store_error(e: &crate::store::StoreError) -> crate::store::StoreError {
+    use crate::store::StoreError as E;
+    match e {
+        E::Closed => E::Closed,
+        E::Poisoned(s) => E::Poisoned(s.clone()),
+        E::InvalidMessage(s) => E::InvalidMessage(s.clone()),
+        other => E::Poisoned(other.to_string()),
+    }
+}
+
+impl Broker {
+    /// A scheduled send or a half message.
+    pub(super) async fn send_special(
+        &self,
+        topic: String,
+        queue_id: u32,
+        mode: SendMode,
+        messages: Vec<WireMessage>,
+        born: SocketAddr,
+    ) -> Result<Response> {
+        let now = now_ms();
+        let max_delay = self.cfg.messaging.max_delay_ms as i64;
+        let invalid = |m: String| BrokerError::new(Status::InvalidDelay, m);
+        // Check the mode before anything is created.
+        let (due, level) = match &mode {
+            SendMode::DeliverAt(t) => (*t, None),
+            SendMode::DelayMs(d) if *d < 0 => {
+                return Err(invalid(format!("delay of {d} ms is negative")))
+            }
+            SendMode::DelayMs(d) => (now.saturating_add(*d), None),
+            SendMode::DelayLevel(l) => {
+                let n = self.delay_levels.len();
+                let Some(d) = (*l as usize)
+                    .checked_sub(1)
+                    .and_then(|i| self.delay_levels.get(i))
+                else {
+                    return Err(invalid(format!("delay level {l} does not exist; levels are 1..={n}")));
+                };
+                (now + d.as_millis() as i64, Some(*l))
+            }
+            SendMode::Half { group } => {
+                name("producer group", group)?;
+                if messages.len() != 1 {
+                    return Err(BrokerError::new(
+                        Status::InvalidMessage,
+                        "a transactional message is sent alone, not in a batch",
+                    ));
+                }
+                (0, None)
+            }
+        };
+        if !matches!(mode, SendMode::Half { .. }) && due - now > max_delay {
+            return Err(invalid(format!(
+                "due in {} ms; the broker allows at most {max_delay} ms (messaging.max_delay_ms)",
+                due - now
+            )));
+        }
+        let mut messages = self.accept(&topic, queue_id, messages).await?;
+        let system = |extra: &[(&str, String)]| {
+            let mut props = vec![
+                ("REAL_TOPIC".to_string(), topic.clone()),
+                ("REAL_QID".to_string(), queue_id.to_string()),
+            ];
+            props.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            props
+        };
+        match mode {
+            SendMode::Half { group } => {
+                let props = system(&[
+                    ("PGROUP", group.clone()),
+                    ("TRAN_MSG", "true".to_string()),
+                ]);
+                messages[0].properties.extend(props);
+                let appended = self
+                    .store_messages(HALF_TOPIC.to_string(), 0, messages, born)
+                    .await?;
+                for r in &appended.results {
+                    self.tx
+                        .added(r.phys_offset, r.msg_id, &group, appended.store_timestamp);
+                }
+                Ok(receipts(queue_id, &appended))
+            }
+            _ if due <= now => {
+                // Already due: a plain send.
+                let appended = self.store_messages(topic, queue_id, messages, born).await?;
+                Ok(receipts(queue_id, &appended))
+            }
+            _ => {
+                let mut extra = vec![("DELIVER_AT", due.to_string())];
+                if let Some(l) = level {
+                    extra.push(("DELAY_LEVEL", l.to_string()));
+                }
+                let props = system(&extra);
+                for m in &mut messages {
+                    m.properties.extend(props.iter().cloned());
+                }
+                let appended = self
+                    .store_messages(SCHEDULE_TOPIC.to_string(), 0, messages, born)
+                    .await?;
+                Ok(receipts(queue_id, &appended))
+            }
+        }
+    }
+
+    pub(super) async fn cancel_scheduled(&self, id: u128) -> Result<Response> {
+        let timer = self.timer.clone();
+        blocking(move || timer.cancel(id)).await??;
+        Ok(Response::Done)
+    }
+
+    pub(super) async fn end_transaction(
+        &self,
+        group: String,
+        id: u128,
+        handle: u64,
+        state: TransactionState,
+        from_check: bool,
+    ) -> Result<Response> {
+        name("producer group", &group)?;
+        let tx = self.tx.clone();
+        blocking(move || tx.end(id, handle, state)).await??;
+        tracing::debug!(%group, id = %format!("{id:032x}"), ?state, from_check, "transaction decided");
+        Ok(Response::Done)
+    }
+
+    pub(super) async fn poll_checks(
+        &self,
+        group: String,
+        producer_id: String,
+        max: u32,
+        wait_ms: u32,
+        stop: &CancellationToken,
+    ) -> Result<Response> {
+        name("producer group", &group)?;
+        let max = max.clamp(1, MAX_CHECKS_PER_POLL) as usize;
+        let wait = Duration::from_millis(wait_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.tx.has_due(&group) {
+                let (tx, g) = (self.tx.clone(), group.clone());
+                let mut records = blocking(move || tx.take_checks(&g, max)).await?;
+                if !records.is_empty() {
+                    // One frame: keep what fits.
+                    let room = (self.cfg.broker.max_frame_bytes as usize).saturating_sub(64 << 10);
+                    let mut used = 0;
+                    records.retain(|r| {
+                        used += r.len();
+                        used <= room
+                    });
+                    tracing::debug!(%group, producer = %producer_id, checks = records.len(), "transaction check-back");
+                    return Ok(Response::Messages(records));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                return Ok(Response::Messages(Vec::new()));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Transactions::poll_step()) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    }
+
+    pub(super) async fn send_back(
+        &self,
+        group: String,
+        id: u128,
+        handle: u64,
+        delay_level: u8,
+        max_reconsume: u32,
+        to_dlq: bool,
+    ) -> Result<Response> {
+        name("group", &group)?;
+        let level = if delay_level == 0 {
+            None
+        } else {
+            let n = self.delay_levels.len();
+            Some(
+                *self
+                    .delay_levels
+                    .get(delay_level as usize - 1)
+                    .ok_or_else(|| {
+                        BrokerError::new(
+                            Status::InvalidDelay,
+                            format!("delay level {delay_level} does not exist; levels are 1..={n}"),
+                        )
+                    })?,
+            )
+        };
+        let retries = self.retry_delays.clone();
+        let max_reconsume = if max_reconsume == 0 { 16 } else { max_reconsume };
+        // Make sure the group's topics exist (the retry topic is subscribed by its members).
+        let retry = retry_topic(&group);
+        let dlq = dlq_topic(&group);
+        self.route(&retry, true).await?;
+        self.route(&dlq, true).await?;
+        let store = self.store.clone();
+        blocking(move || -> Result<Response> {
+            let b = store.message_at(handle)?;
+            let v = match RecordView::parse_unchecked_crc(&b) {
+                Ok(v) if v.msg_id() == id => v,
+                _ => {
+                    return Err(BrokerError::new(
+                        Status::NotFound,
+                        format!("no message {id:032x} at commit-log offset {handle}"),
+                    ))
+                }
+            };
+            let reconsume = v.reconsume_times() + 1;
+            let body = crate::messaging::body_of(&b).map(|(b, _)| b).unwrap_or_default();
+            let mut m = Moved::from_record(&v, body, false);
+            m.set("RETRY_TOPIC", original_topic(&v));
+            m.reconsume_times = reconsume;
+            if to_dlq || reconsume > max_reconsume {
+                m.remove("DELIVER_AT");
+                m.append_blocking(&store, &dlq, 0)?;
+                tracing::info!(group = %dlq, id = %format!("{id:032x}"), reconsume, "message moved to the dead-letter queue");
+                return Ok(Response::SentBack {
+                    to_dlq: true,
+                    reconsume_times: reconsume,
+                });
+            }
+            let delay = level.unwrap_or_else(|| {
+                retries[(reconsume as usize - 1).min(retries.len() - 1)]
+            });
+            m.set("REAL_TOPIC", retry.clone());
+            m.set("REAL_QID", "0");
+            m.set("DELIVER_AT", (now_ms() + delay.as_millis() as i64).to_string());
+            m.append_blocking(&store, SCHEDULE_TOPIC, 0)?;
+            Ok(Response::SentBack {
+                to_dlq: false,
+                reconsume_times: reconsume,
+            })
+        })
+        .await?
+    }
+
+    pub(super) async fn dlq_resend(
+        &self,
+        group: String,
+        id: Option<u128>,
+        from_offset: u64,
+        max: u32,
+    ) -> Result<Response> {
+        name("group", &group)?;
+        let dlq = dlq_topic(&group);
+        if self.topics.queues(&dlq).is_none() {
+            return Err(BrokerError::new(
+                Status::NotFound,
+                format!("group {group:?} has no dead-letter queue ({dlq} does not exist)"),
+            ));
+        }
+        let retry = retry_topic(&group);
+        self.route(&retry, true).await?;
+        let store = self.store.clone();
+        let max = max.clamp(1, 10_000) as usize;
+        let count = blocking(move || -> Result<u64> {
+            let mut records: Vec<Bytes> = Vec::new();
+            match id {
+                Some(id) => {
+                    let found = store.messages_by_id(id)?;
+                    if let Some(b) = found.into_iter().find(|b| {
+                        RecordView::parse_unchecked_crc(b).is_ok_and(|v| v.topic() == dlq)
+                    }) {
+                        records.push(b);
+                    } else {
+                        return Err(BrokerError::new(
+                            Status::NotFound,
+                            format!("message {id:032x} is not in {dlq}"),
+                        ));
+                    }
+                }
+                None => {
+                    let mut offset = from_offset;
+                    while records.len() < max {
+                        let want = (max - records.len()).min(1024);
+                        let r = store.get_messages(
+                            &dlq,
+                            0,
+                            offset,
+                            ReadLimits::new(want, 16 << 20, want),
+                            |_| true,
+                        )?;
+                        match r.status {
+                            GetStatus::Found => {
+                                records.extend(r.messages.into_iter().map(|m| m.bytes));
+                                offset = r.next_offset;
+                            }
+                            GetStatus::OffsetTooSmall => offset = r.next_offset,
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            let mut n = 0;
+            for b in &records {
+                let Ok(v) = RecordView::parse_unchecked_crc(b) else {
+                    continue;
+                };
+                let body = crate::messaging::body_of(b).map(|(b, _)| b).unwrap_or_default();
+                let mut m = Moved::from_record(&v, body, false);
+                m.reconsume_times = 0;
+                m.append_blocking(&store, &retry, 0)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await??;
+        tracing::info!(%group, count, "dead-letter messages resent to the retry topic");
+        Ok(Response::Count(count))
+    }
+}
