@@ -30,16 +30,18 @@ mod message;
 mod producer;
 mod push;
 mod tls;
+mod transaction;
 
 pub use admin::{Admin, GroupDescription};
 pub use client::{BrokerInfo, Client, ClientConfig, DEFAULT_MAX_FRAME};
 pub use consumer::{PullConsumer, PullOptions, PullResult};
 pub use error::ClientError;
-pub use message::{Message, MessageId, ReceivedMessage};
+pub use message::{Delivery, Message, MessageId, ReceivedMessage};
 pub use producer::{
     sharding_queue, Producer, ProducerOptions, QueueSelector, SelectFn, SendHandle, SendResult,
 };
 pub use push::{ConsumeFrom, ConsumeResult, IntoConsumeResult, PushConsumer, PushConsumerOptions};
+pub use transaction::{TransactionChecker, TransactionSendResult, TransactionState};
 pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_config, Tls};
 
 pub use quiver_protocol;

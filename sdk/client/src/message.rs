@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quiver_protocol::{names, RecordView, WireMessage};
@@ -116,6 +116,19 @@ pub struct Message {
     keys: Vec<String>,
     properties: Vec<(String, String)>,
     sharding_key: Option<String>,
+    delivery: Option<Delivery>,
+}
+
+/// When a scheduled message becomes visible to consumers (see
+/// [`Message::with_delay`], [`Message::with_deliver_at`], [`Message::with_delay_level`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// At this time, ms since the Unix epoch (the broker's clock).
+    At(i64),
+    /// This long after the broker stores it.
+    After(Duration),
+    /// After the broker's delay level `n` (1 = 1 s ... 18 = 2 h by default).
+    Level(u8),
 }
 
 impl Message {
@@ -128,7 +141,37 @@ impl Message {
             keys: Vec::new(),
             properties: Vec::new(),
             sharding_key: None,
+            delivery: None,
         }
+    }
+
+    /// Makes this a scheduled message, visible `delay` after the broker stores it (up to the
+    /// broker's `messaging.max_delay_ms`, 30 days by default). Millisecond precision.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delivery = Some(Delivery::After(delay));
+        self
+    }
+
+    /// Makes this a scheduled message, visible at `at` (a time in the past means at once).
+    pub fn with_deliver_at(mut self, at: SystemTime) -> Self {
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.delivery = Some(Delivery::At(ms));
+        self
+    }
+
+    /// Makes this a scheduled message using one of the broker's delay levels (RocketMQ's
+    /// `1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h`, level 1 first).
+    pub fn with_delay_level(mut self, level: u8) -> Self {
+        self.delivery = Some(Delivery::Level(level));
+        self
+    }
+
+    /// When the message becomes visible, if it is scheduled.
+    pub fn delivery(&self) -> Option<Delivery> {
+        self.delivery
     }
 
     /// Sets the tag (at most one; consumers can filter on it). An empty tag means none.
@@ -250,6 +293,15 @@ impl Message {
         if self.body.len() > u32::MAX as usize {
             return Err(ClientError::invalid("message body larger than 4 GiB"));
         }
+        match self.delivery {
+            Some(Delivery::Level(0)) => {
+                return Err(ClientError::invalid("delay levels start at 1"))
+            }
+            Some(Delivery::After(d)) if d.as_millis() > i64::MAX as u128 => {
+                return Err(ClientError::invalid("delay too long"))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -271,7 +323,8 @@ impl Message {
 /// The body is a zero-copy slice of the record bytes, which are a slice of the response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
-    /// Topic.
+    /// Topic. For a message delivered again through its group's retry topic, the topic it
+    /// was sent to (the `RETRY_TOPIC` property); `raw()` keeps the stored record as it is.
     pub topic: String,
     /// Queue id within the topic.
     pub queue_id: u32,
@@ -308,8 +361,18 @@ impl ReceivedMessage {
         let v = RecordView::parse(&record)
             .map_err(|e| ClientError::Protocol(format!("bad message record: {e}")))?;
         let tag = v.tag();
+        // A retried message shows the topic it was first sent to; a half message being
+        // checked shows the topic it is for.
+        let stored = v.topic();
+        let topic = if stored.starts_with(names::RETRY_PREFIX) {
+            v.property("RETRY_TOPIC").unwrap_or(stored)
+        } else if stored == names::HALF_TOPIC {
+            v.property("REAL_TOPIC").unwrap_or(stored)
+        } else {
+            stored
+        };
         Ok(Self {
-            topic: v.topic().to_string(),
+            topic: topic.to_string(),
             queue_id: v.queue_id(),
             queue_offset: v.queue_offset(),
             commit_log_offset: v.phys_offset(),

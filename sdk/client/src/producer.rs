@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use quiver_protocol::record::{fnv1a, FNV_OFFSET};
-use quiver_protocol::{names, Request, Response, Status, WireMessage};
+use quiver_protocol::{names, Request, Response, SendMode, Status, WireMessage};
 
 use crate::client::Client;
 use crate::error::ClientError;
-use crate::message::{Message, MessageId};
+use crate::message::{Delivery, Message, MessageId};
 
 /// How long a topic's queue count is cached.
 const ROUTE_TTL: Duration = Duration::from_secs(30);
@@ -68,6 +68,10 @@ pub struct ProducerOptions {
     pub selector: QueueSelector,
     /// Ask the broker to create missing topics (if its configuration allows); default true.
     pub auto_create: bool,
+    /// Producer group (`[A-Za-z0-9_%|-]`, 1 to 127 characters): transactional messages
+    /// belong to it, and any live producer of the group with a transaction checker answers
+    /// the broker's check-backs; default `DEFAULT_PRODUCER`.
+    pub group: String,
 }
 
 impl Default for ProducerOptions {
@@ -77,6 +81,7 @@ impl Default for ProducerOptions {
             send_timeout: Duration::from_secs(3),
             selector: QueueSelector::RoundRobin,
             auto_create: true,
+            group: "DEFAULT_PRODUCER".into(),
         }
     }
 }
@@ -132,7 +137,7 @@ impl fmt::Debug for Producer {
 
 /// How the queue of a send is chosen.
 #[derive(Clone, Copy)]
-enum Target {
+pub(crate) enum Target {
     /// By sharding key or selector.
     Select,
     /// Exactly this queue.
@@ -164,7 +169,7 @@ impl Producer {
 
     /// Sends one message and waits until the broker has stored it.
     pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
-        let mut results = self.send_many(vec![message], Target::Select).await?;
+        let mut results = self.send_many(vec![message], Target::Select, None).await?;
         results
             .pop()
             .ok_or_else(|| ClientError::Protocol("no receipt for the message".into()))
@@ -177,7 +182,7 @@ impl Producer {
         queue_id: u32,
     ) -> Result<SendResult, ClientError> {
         let mut results = self
-            .send_many(vec![message], Target::Queue(queue_id))
+            .send_many(vec![message], Target::Queue(queue_id), None)
             .await?;
         results
             .pop()
@@ -208,7 +213,29 @@ impl Producer {
                 m.topic()
             )));
         }
-        self.send_many(messages, Target::Select).await
+        if let Some(m) = messages.iter().find(|m| m.delivery() != first.delivery()) {
+            return Err(ClientError::invalid(format!(
+                "all messages of a batch must have the same delivery time: {:?} and {:?}",
+                first.delivery(),
+                m.delivery()
+            )));
+        }
+        self.send_many(messages, Target::Select, None).await
+    }
+
+    /// Cancels a scheduled message that is not yet due (by the id its send returned).
+    /// Fails with [`Status::AlreadyDue`] once it is due or delivered and
+    /// [`Status::NotFound`] for an unknown id.
+    pub async fn cancel_scheduled(&self, id: MessageId) -> Result<(), ClientError> {
+        match self
+            .inner
+            .client
+            .request(Request::CancelScheduled { id: id.0 })
+            .await?
+        {
+            Response::Done => Ok(()),
+            other => Err(ClientError::unexpected("CancelScheduled", &other)),
+        }
     }
 
     /// Sends one message without waiting for the broker: returns once the request is written
@@ -218,18 +245,20 @@ impl Producer {
         let deadline = Instant::now() + self.inner.opts.send_timeout;
         let queues = self.route(message.topic(), deadline).await?;
         let queue_id = self.select(&message, queues)?;
-        let request = Request::Send {
-            topic: message.topic().to_string(),
+        let request = make_request(
+            message.topic().to_string(),
             queue_id,
-            messages: vec![message.to_wire(MessageId::new())],
-        };
+            vec![message.to_wire(MessageId::new())],
+            special_mode(&message, None),
+        );
         self.inner.client.send_oneway_frame(request.encode()).await
     }
 
-    async fn send_many(
+    pub(crate) async fn send_many(
         &self,
         messages: Vec<Message>,
         target: Target,
+        half_group: Option<&str>,
     ) -> Result<Vec<SendResult>, ClientError> {
         for m in &messages {
             m.validate()?;
@@ -245,7 +274,7 @@ impl Producer {
         let mut attempt = 0u32;
         loop {
             let result = self
-                .attempt(&topic, &messages[0], &wire, target, deadline)
+                .attempt(&topic, &messages[0], &wire, target, deadline, half_group)
                 .await;
             let err = match result {
                 Ok(r) => return Ok(r),
@@ -279,6 +308,7 @@ impl Producer {
         wire: &[WireMessage],
         target: Target,
         deadline: Instant,
+        half_group: Option<&str>,
     ) -> Result<Vec<SendResult>, ClientError> {
         let queue_id = match target {
             Target::Queue(q) => {
@@ -291,11 +321,12 @@ impl Producer {
                 self.select(first, queues)?
             }
         };
-        let request = Request::Send {
-            topic: topic.to_string(),
+        let request = make_request(
+            topic.to_string(),
             queue_id,
-            messages: wire.to_vec(),
-        };
+            wire.to_vec(),
+            special_mode(first, half_group),
+        );
         let timeout = self.timeout_until(deadline)?;
         match self
             .inner
@@ -411,6 +442,41 @@ impl Producer {
         if let Ok(mut routes) = self.inner.routes.lock() {
             routes.remove(topic);
         }
+    }
+}
+
+/// The system mode of a send: scheduled (from the message), half (transactions) or none.
+fn special_mode(message: &Message, half_group: Option<&str>) -> Option<SendMode> {
+    if let Some(group) = half_group {
+        return Some(SendMode::Half {
+            group: group.to_string(),
+        });
+    }
+    message.delivery().map(|d| match d {
+        Delivery::At(ms) => SendMode::DeliverAt(ms),
+        Delivery::After(d) => SendMode::DelayMs(d.as_millis().min(i64::MAX as u128) as i64),
+        Delivery::Level(l) => SendMode::DelayLevel(l),
+    })
+}
+
+fn make_request(
+    topic: String,
+    queue_id: u32,
+    messages: Vec<WireMessage>,
+    mode: Option<SendMode>,
+) -> Request {
+    match mode {
+        None => Request::Send {
+            topic,
+            queue_id,
+            messages,
+        },
+        Some(mode) => Request::SendSpecial {
+            topic,
+            queue_id,
+            mode,
+            messages,
+        },
     }
 }
 

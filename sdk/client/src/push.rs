@@ -102,6 +102,18 @@ pub struct PushConsumerOptions {
     /// one owner at a time and moves only after its owner released it (having committed) or
     /// its session expired, so order holds across a rebalance. Default false.
     pub orderly: bool,
+    /// Clustering mode: a message whose listener fails (ReconsumeLater, an error, a panic or
+    /// `consume_timeout`) is handed back to the broker and delivered again through the
+    /// group's retry topic `%RETRY%<group>` after the broker's back-off (10 s, 30 s, 1 m, ...
+    /// by default), its `reconsume_times` counting up; after this many reconsumptions it goes
+    /// to the group's dead-letter topic `%DLQ%<group>` instead. Orderly consumers retry in
+    /// place and dead-letter after this many attempts. Default 16.
+    pub max_reconsume_times: u32,
+    /// A listener call running longer than this counts as failed (its future is dropped);
+    /// default 15 min.
+    pub consume_timeout: Duration,
+    /// Pause before an orderly consumer retries a failed batch in place; default 1 s.
+    pub orderly_retry_pause: Duration,
 }
 
 impl Default for PushConsumerOptions {
@@ -121,6 +133,9 @@ impl Default for PushConsumerOptions {
             shutdown_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
             orderly: false,
+            max_reconsume_times: 16,
+            consume_timeout: Duration::from_secs(15 * 60),
+            orderly_retry_pause: Duration::from_secs(1),
         }
     }
 }
@@ -170,6 +185,12 @@ impl PushConsumerOptions {
         if self.commit_interval.is_zero() {
             return Err(ClientError::invalid("commit_interval must not be zero"));
         }
+        if self.max_reconsume_times == 0 {
+            return Err(ClientError::invalid("max_reconsume_times must be at least 1"));
+        }
+        if self.consume_timeout.is_zero() {
+            return Err(ClientError::invalid("consume_timeout must not be zero"));
+        }
         Ok(())
     }
 }
@@ -179,8 +200,10 @@ impl PushConsumerOptions {
 pub enum ConsumeResult {
     /// Processed: their offsets may be committed.
     Success,
-    /// Not processed: the same messages are given to the listener again after a 1 s pause
-    /// (for now with no limit; the queue's committed offset waits for them).
+    /// Not processed. Clustering: each message is handed back and delivered again through
+    /// the group's retry topic after a back-off, then dead-lettered after
+    /// `max_reconsume_times`. Orderly: retried in place after `orderly_retry_pause`, then
+    /// dead-lettered. Broadcasting: retried in place after 1 s.
     ReconsumeLater,
 }
 
@@ -267,11 +290,16 @@ type Listener = Arc<dyn Fn(Vec<ReceivedMessage>) -> ListenerFuture + Send + Sync
 ///   message still in flight. It is committed every `commit_interval` when it changed, when a
 ///   queue is released, and at shutdown. Delivery is at least once.
 /// * **Failures.** [`ConsumeResult::ReconsumeLater`], a listener error (see
-///   [`IntoConsumeResult`]) or a listener panic: the batch is consumed again after a 1 s
-///   pause, as long as it takes (the queue's committed offset waits for it). Retry topics and
-///   a dead-letter queue come later. Network and broker errors in the background loops are
-///   logged (with `tracing`) and retried after a short pause; the [`Client`] reconnects by
-///   itself, so a consumer survives broker restarts.
+///   [`IntoConsumeResult`]), a listener panic or `consume_timeout`: in clustering mode each
+///   message is handed back to the broker (`SendBack`) and its offset moves on; the broker
+///   delivers it again through `%RETRY%<group>` (which every member subscribes to) after its
+///   back-off, with `reconsume_times` one higher and the same id, keys and properties; after
+///   `max_reconsume_times` it goes to `%DLQ%<group>`. Orderly consumers retry the batch in
+///   place after `orderly_retry_pause` and dead-letter it after `max_reconsume_times`
+///   attempts, so a queue's order is never broken. If the hand-back itself fails, the batch is
+///   retried in place. Network and broker errors in the background loops are logged (with
+///   `tracing`) and retried after a short pause; the [`Client`] reconnects by itself, so a
+///   consumer survives broker restarts.
 ///
 /// Stop it with [`PushConsumer::shutdown`] (heartbeats go on while it drains, so the queues
 /// move only once committed). Dropping it without that starts the same graceful shutdown in
@@ -374,13 +402,27 @@ impl PushConsumer {
             }
             filters.insert(s.topic.clone(), s);
         }
-        let topics: Vec<String> = filters.keys().cloned().collect();
-        if topics.is_empty() {
+        if filters.is_empty() {
             return Err(ClientError::invalid("subscribe to at least one topic"));
         }
-        for t in &topics {
+        for t in filters.keys() {
             names::check_name("topic", t).map_err(ClientError::InvalidArgument)?;
         }
+        if options.mode == GroupMode::Clustering && !options.orderly {
+            // Failed messages come back through the group's retry topic. The subscribed
+            // topics' filter applies to it when they share one (a retried message passed it
+            // once already).
+            let mut all = filters.values().map(|s| &s.filter);
+            let first = all.next().cloned().unwrap_or_default();
+            let filter = if all.all(|f| *f == first) {
+                first
+            } else {
+                quiver_protocol::FilterSpec::All
+            };
+            let retry = names::retry_topic(&options.group);
+            filters.insert(retry.clone(), Subscription::new(retry, filter));
+        }
+        let topics: Vec<String> = filters.keys().cloned().collect();
         let offsets = match options.mode {
             GroupMode::Clustering => OffsetStore::Broker,
             GroupMode::Broadcasting => {
@@ -1340,8 +1382,10 @@ async fn dispatch_loop(
     }
 }
 
-/// Runs the listener on one batch until it succeeds (pausing between attempts, without
-/// holding a permit), then marks the batch consumed. Stops retrying when the queue stops.
+/// Runs the listener on one batch until it succeeds or the batch is handed back (clustering:
+/// retry topic or dead-letter queue; orderly: dead-letter queue after its attempts), pausing
+/// between attempts without holding a permit, then marks the batch consumed. Stops retrying
+/// when the queue stops.
 async fn consume(
     shared: Arc<Shared>,
     q: Arc<QueueState>,
@@ -1350,24 +1394,35 @@ async fn consume(
     mut stop: watch::Receiver<bool>,
 ) {
     let offsets: Vec<u64> = batch.iter().map(|m| m.queue_offset).collect();
+    let o = &shared.opts;
+    let mut batch = batch;
     let mut permit = Some(permit);
     let mut attempts: u32 = 0;
     loop {
         attempts += 1;
         let listener = shared.listener.clone();
         let input = batch.clone();
-        let result = AssertUnwindSafe(async move { listener(input).await })
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|p| {
-                tracing::error!(
-                    topic = %q.queue.0,
-                    queue = q.queue.1,
-                    "push consumer listener panicked: {}",
-                    panic_message(&*p)
-                );
-                ConsumeResult::ReconsumeLater
-            });
+        let timeout = o.consume_timeout;
+        let result = AssertUnwindSafe(async move {
+            match tokio::time::timeout(timeout, listener(input)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("push consumer listener exceeded consume_timeout ({timeout:?})");
+                    ConsumeResult::ReconsumeLater
+                }
+            }
+        })
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| {
+            tracing::error!(
+                topic = %q.queue.0,
+                queue = q.queue.1,
+                "push consumer listener panicked: {}",
+                panic_message(&*p)
+            );
+            ConsumeResult::ReconsumeLater
+        });
         if result == ConsumeResult::Success {
             break;
         }
@@ -1376,19 +1431,40 @@ async fn consume(
             // next owner; nothing to retry here.
             return;
         }
-        for m in &batch {
+        let pause_for = if o.orderly {
+            if attempts >= o.max_reconsume_times {
+                // The queue moves on: the batch goes to the dead-letter queue.
+                batch = send_back(&shared, batch, true).await;
+                if batch.is_empty() {
+                    break;
+                }
+            }
+            o.orderly_retry_pause
+        } else if o.mode == GroupMode::Clustering {
+            batch = send_back(&shared, batch, false).await;
+            if batch.is_empty() {
+                break;
+            }
+            RECONSUME_PAUSE
+        } else {
+            RECONSUME_PAUSE
+        };
+        for m in &mut batch {
             on_failed(m);
+            if o.orderly {
+                m.reconsume_times = attempts;
+            }
         }
         tracing::warn!(
             topic = %q.queue.0,
             queue = q.queue.1,
-            first_offset = offsets.first().copied(),
-            messages = offsets.len(),
+            first_offset = batch.first().map(|m| m.queue_offset),
+            messages = batch.len(),
             attempts,
-            "messages not consumed; consuming them again in {RECONSUME_PAUSE:?}"
+            "messages not consumed; consuming them again in {pause_for:?}"
         );
         drop(permit.take());
-        if !pause(RECONSUME_PAUSE, &mut stop).await {
+        if !pause(pause_for, &mut stop).await {
             return;
         }
         permit = tokio::select! {
@@ -1404,9 +1480,55 @@ async fn consume(
     q.drained.notify_one();
 }
 
-/// Called for every message of a batch that was not consumed (ReconsumeLater, an error or
-/// a panic), before it is retried in place. The hook where retry topics and the dead-letter
-/// queue will plug in.
+/// Hands failed messages back to the broker (retry topic, or the dead-letter queue when
+/// `to_dlq` or out of reconsumptions). Returns the messages that could not be handed back:
+/// they are retried in place.
+async fn send_back(
+    shared: &Shared,
+    batch: Vec<ReceivedMessage>,
+    to_dlq: bool,
+) -> Vec<ReceivedMessage> {
+    let mut left = Vec::new();
+    for m in batch {
+        let req = Request::SendBack {
+            group: shared.opts.group.clone(),
+            id: m.msg_id.0,
+            handle: m.commit_log_offset,
+            delay_level: 0,
+            max_reconsume: shared.opts.max_reconsume_times,
+            to_dlq,
+        };
+        match shared.client.request(req).await {
+            Ok(Response::SentBack {
+                to_dlq,
+                reconsume_times,
+            }) => {
+                if to_dlq {
+                    tracing::warn!(
+                        group = %shared.opts.group,
+                        msg_id = %m.msg_id,
+                        reconsume_times,
+                        "message moved to the dead-letter queue"
+                    );
+                } else {
+                    tracing::debug!(msg_id = %m.msg_id, reconsume_times, "message handed back for a retry");
+                }
+            }
+            Ok(other) => {
+                tracing::warn!(error = %ClientError::unexpected("SendBack", &other), "send-back failed");
+                left.push(m);
+            }
+            Err(e) => {
+                tracing::warn!(msg_id = %m.msg_id, error = %e, "send-back failed; retrying in place");
+                left.push(m);
+            }
+        }
+    }
+    left
+}
+
+/// Called for every message of a batch that is retried in place (orderly, broadcasting, or a
+/// send-back that failed).
 fn on_failed(msg: &ReceivedMessage) {
     tracing::debug!(
         msg_id = %msg.msg_id,
