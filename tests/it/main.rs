@@ -7,6 +7,7 @@ mod cli;
 mod filters;
 mod groups;
 mod harness;
+mod messaging;
 mod ordered;
 mod plugins;
 mod raw_frames;

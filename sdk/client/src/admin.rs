@@ -336,4 +336,54 @@ impl Admin {
         };
         self.done("PluginDetach", request).await
     }
+
+    /// Messages in `group`'s dead-letter queue (`%DLQ%<group>`), from queue offset `from`, at
+    /// most `max`; their `topic` is the dead-letter topic and the `RETRY_TOPIC` property names
+    /// the topic they were first sent to. An empty list when the group has no DLQ.
+    pub async fn dlq_list(
+        &self,
+        group: &str,
+        from: u64,
+        max: u32,
+    ) -> Result<Vec<ReceivedMessage>, ClientError> {
+        check("group", group)?;
+        let topic = quiver_protocol::names::dlq_topic(group);
+        let consumer = crate::consumer::PullConsumer::new(self.client.clone());
+        let options = crate::consumer::PullOptions {
+            max_messages: max.clamp(1, 4096),
+            long_poll: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        match consumer.pull(&topic, 0, from, options).await {
+            Ok(r) => Ok(r.messages),
+            Err(ClientError::Broker {
+                status: Status::TopicNotFound,
+                ..
+            }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Resends dead-lettered messages of `group` to its retry topic, where the group's
+    /// consumers get them again with a fresh reconsume count: one message by id, or up to
+    /// `max` messages from DLQ offset `from`. Returns how many were resent.
+    pub async fn dlq_resend(
+        &self,
+        group: &str,
+        id: Option<MessageId>,
+        from: u64,
+        max: u32,
+    ) -> Result<u64, ClientError> {
+        check("group", group)?;
+        let request = Request::DlqResend {
+            group: group.to_string(),
+            id: id.map(|i| i.0),
+            from_offset: from,
+            max,
+        };
+        match self.client.request(request).await? {
+            Response::Count(n) => Ok(n),
+            other => Err(ClientError::unexpected("DlqResend", &other)),
+        }
+    }
 }

@@ -1,0 +1,550 @@
+//! Messaging semantics over QUIC: scheduled messages (timing, restart, cancel), transactions
+//! (commit, rollback, check-back by another producer, check limit, restart), retries with
+//! back-off and the dead-letter queue (push and orderly consumers, resend).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use quiver::config::Config;
+use quiver_client::{
+    Admin, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId, Producer,
+    ProducerOptions, PullConsumer, PullOptions, PushConsumer, PushConsumerOptions,
+    ReceivedMessage, Status, Subscription, TransactionState,
+};
+
+use crate::harness::TestBroker;
+
+fn fast(cfg: &mut Config) {
+    let m = &mut cfg.messaging;
+    m.delay_levels = vec!["200ms".into(), "400ms".into(), "1s".into()];
+    m.retry_delays = vec!["100ms".into(), "200ms".into()];
+    m.tx_check_timeout_ms = 300;
+    m.tx_check_interval_ms = 300;
+    m.tx_max_checks = 3;
+    m.max_delay_ms = 3_600_000;
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Pulls every queue of `topic` from the start until `want` messages are there or `within`
+/// passes (then a last look so extras show up).
+async fn collect(
+    broker: &TestBroker,
+    topic: &str,
+    want: usize,
+    within: Duration,
+) -> Vec<ReceivedMessage> {
+    let c = PullConsumer::new(broker.client().await);
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = Vec::new();
+        if let Ok(queues) = c.queues(topic).await {
+            for q in queues {
+                let mut offset = q.min_offset;
+                loop {
+                    let opts = PullOptions {
+                        max_messages: 256,
+                        long_poll: Duration::ZERO,
+                        ..Default::default()
+                    };
+                    let r = c.pull(topic, q.queue_id, offset, opts).await.unwrap();
+                    if r.messages.is_empty() {
+                        break;
+                    }
+                    offset = r.next_offset;
+                    all.extend(r.messages);
+                }
+            }
+        }
+        if all.len() >= want || Instant::now() >= deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status(e: &ClientError) -> Option<Status> {
+    e.status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_messages_become_visible_at_their_time() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let producer = Producer::new(broker.client().await, ProducerOptions::default());
+    let sent_at = now_ms();
+    let mut due = HashMap::new();
+    let r = producer
+        .send(Message::new("sched", "a").with_delay(Duration::from_millis(700)))
+        .await
+        .unwrap();
+    due.insert(r.msg_id, sent_at + 700);
+    let r = producer
+        .send(Message::new("sched", "b").with_delay_level(2)) // 400ms
+        .await
+        .unwrap();
+    due.insert(r.msg_id, sent_at + 400);
+    let at = SystemTime::now() + Duration::from_millis(1000);
+    let r = producer
+        .send(Message::new("sched", "c").with_deliver_at(at).with_key("k1"))
+        .await
+        .unwrap();
+    due.insert(r.msg_id, sent_at + 1000);
+    // Nothing is visible right away.
+    assert!(collect(&broker, "sched", 1, Duration::ZERO).await.is_empty());
+    let got = collect(&broker, "sched", 3, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    for m in &got {
+        let due_at: i64 = m.property("DELIVER_AT").unwrap().parse().unwrap();
+        let want = due[&m.msg_id];
+        assert!((due_at - want).abs() < 200, "DELIVER_AT {due_at} vs {want}");
+        assert!(
+            m.store_timestamp >= due_at,
+            "visible {} ms early",
+            due_at - m.store_timestamp
+        );
+        assert!(
+            m.store_timestamp - due_at < 1000,
+            "{} ms late",
+            m.store_timestamp - due_at
+        );
+        assert!(m.property("REAL_TOPIC").is_none(), "staging properties removed");
+    }
+    let c = got.iter().find(|m| m.body.as_ref() == b"c").unwrap();
+    assert_eq!(c.keys, vec!["k1".to_string()]);
+    // Arrival order follows due time.
+    let mut got = got;
+    got.sort_by_key(|m| m.store_timestamp);
+    let order: Vec<&[u8]> = got.iter().map(|m| m.body.as_ref()).collect();
+    assert_eq!(order, vec![&b"b"[..], b"a", b"c"]);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_delays_and_system_topics_are_refused() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let producer = Producer::new(broker.client().await, ProducerOptions::default());
+    let e = producer
+        .send(Message::new("sched2", "x").with_delay_level(9))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::InvalidDelay), "{e}");
+    let e = producer
+        .send(Message::new("sched2", "x").with_delay(Duration::from_secs(7200)))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::InvalidDelay), "{e}");
+    assert!(e.to_string().contains("max_delay_ms"), "{e}");
+    assert!(producer
+        .send(Message::new("sched2", "x").with_delay_level(0))
+        .await
+        .is_err());
+    let e = producer
+        .send(Message::new("%SCHEDULE%", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::InvalidName), "{e}");
+    let e = producer
+        .send(Message::new("%DLQ%g", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::InvalidName), "{e}");
+    // A past deliver-at time is delivered at once.
+    producer
+        .send(
+            Message::new("sched2", "late")
+                .with_deliver_at(SystemTime::now() - Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(&broker, "sched2", 1, Duration::from_secs(5))
+            .await
+            .len(),
+        1
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_messages_survive_a_restart_once_each() {
+    let mut broker = TestBroker::start_tuned(fast).await;
+    let producer = Producer::new(broker.client().await, ProducerOptions::default());
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        // Half due before the restart, half after it; some due while the broker is down.
+        let delay = if i % 2 == 0 { 200 + i * 5 } else { 1500 + i * 10 };
+        let r = producer
+            .send(
+                Message::new("sched3", format!("m{i}"))
+                    .with_delay(Duration::from_millis(delay)),
+            )
+            .await
+            .unwrap();
+        ids.push(r.msg_id);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    broker.restart().await;
+    let got = collect(&broker, "sched3", 40, Duration::from_secs(15)).await;
+    // Give a duplicate the chance to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got2 = collect(&broker, "sched3", 41, Duration::ZERO).await;
+    assert_eq!(got.len(), 40);
+    assert_eq!(got2.len(), 40, "a scheduled message was delivered twice");
+    let mut seen: Vec<MessageId> = got2.iter().map(|m| m.msg_id).collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_message_can_be_cancelled_before_it_is_due() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let producer = Producer::new(broker.client().await, ProducerOptions::default());
+    let keep = producer
+        .send(Message::new("sched4", "keep").with_delay(Duration::from_millis(1200)))
+        .await
+        .unwrap();
+    let drop_it = producer
+        .send(Message::new("sched4", "drop").with_delay(Duration::from_millis(1200)))
+        .await
+        .unwrap();
+    producer.cancel_scheduled(drop_it.msg_id).await.unwrap();
+    // Cancelling twice is fine; an unknown id is not found.
+    producer.cancel_scheduled(drop_it.msg_id).await.unwrap();
+    let e = producer
+        .cancel_scheduled(MessageId::new())
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::NotFound), "{e}");
+    let got = collect(&broker, "sched4", 2, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].msg_id, keep.msg_id);
+    // Once delivered it can no longer be cancelled.
+    let e = producer.cancel_scheduled(keep.msg_id).await.unwrap_err();
+    assert_eq!(status(&e), Some(Status::AlreadyDue), "{e}");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn committed_transactions_are_visible_and_rolled_back_ones_never() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let opts = ProducerOptions {
+        group: "tx-shop".into(),
+        ..Default::default()
+    };
+    let producer = Producer::new(broker.client().await, opts);
+    let c = producer
+        .send_in_transaction(Message::new("tx1", "commit-me"), |_, _| {
+            TransactionState::Commit
+        })
+        .await
+        .unwrap();
+    assert!(c.reported);
+    let r = producer
+        .send_in_transaction(Message::new("tx1", "roll-me"), |_, _| {
+            TransactionState::Rollback
+        })
+        .await
+        .unwrap();
+    assert!(r.reported);
+    // A second decision the other way is refused; the same one is fine.
+    producer
+        .end_transaction(&c.send, TransactionState::Commit)
+        .await
+        .unwrap();
+    let e = producer
+        .end_transaction(&r.send, TransactionState::Commit)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::TransactionResolved), "{e}");
+    // Wait past a few check intervals: the rolled back one never shows up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = collect(&broker, "tx1", 2, Duration::ZERO).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].body.as_ref(), b"commit-me");
+    assert_eq!(got[0].msg_id, c.send.msg_id);
+    assert!(got[0].property("TRAN_MSG").is_none());
+    assert_eq!(broker.server().broker().unresolved_transactions(), 0);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_producer_of_the_group_answers_the_check_of_a_crashed_one() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let opts = ProducerOptions {
+        group: "tx-inventory".into(),
+        ..Default::default()
+    };
+    // The first producer stores a half message and dies before deciding.
+    let crashed_client = broker.client().await;
+    let crashed = Producer::new(crashed_client.clone(), opts.clone());
+    let half = crashed
+        .send_half(Message::new("tx2", "deduct").with_key("order-1"))
+        .await
+        .unwrap();
+    crashed_client.close().await;
+    drop(crashed);
+    assert!(
+        collect(&broker, "tx2", 1, Duration::from_millis(200))
+            .await
+            .is_empty(),
+        "a half message is invisible"
+    );
+    // A new producer of the same group answers the check-back.
+    let checks = Arc::new(Mutex::new(Vec::new()));
+    let producer = Producer::new(broker.client().await, opts);
+    let seen = checks.clone();
+    let checker = producer.start_transaction_checker(move |m: ReceivedMessage| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push((m.msg_id, m.topic.clone(), m.keys.clone()));
+            TransactionState::Commit
+        }
+    });
+    let got = collect(&broker, "tx2", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].msg_id, half.msg_id);
+    // Checks stop as soon as the outcome is known.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let checks = checks.lock().unwrap().clone();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0].1, "tx2", "the check shows the real topic");
+    assert_eq!(checks[0].2, vec!["order-1".to_string()]);
+    checker.stop();
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_outcomes_are_checked_at_most_max_times_then_discarded() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let opts = ProducerOptions {
+        group: "tx-unsure".into(),
+        ..Default::default()
+    };
+    let producer = Producer::new(broker.client().await, opts);
+    let r = producer
+        .send_in_transaction(Message::new("tx3", "maybe"), |_, _| {
+            TransactionState::Unknown
+        })
+        .await
+        .unwrap();
+    // With no producer answering, nothing is counted: wait, then start a checker.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let count = Arc::new(Mutex::new(0u32));
+    let n = count.clone();
+    let _checker = producer.start_transaction_checker(move |_m| {
+        let n = n.clone();
+        async move {
+            *n.lock().unwrap() += 1;
+            TransactionState::Unknown
+        }
+    });
+    let dead = collect(&broker, "%TRANS_CHECK_MAX%", 1, Duration::from_secs(15)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].msg_id, r.send.msg_id);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(*count.lock().unwrap(), 3, "exactly tx_max_checks real checks");
+    assert!(collect(&broker, "tx3", 1, Duration::ZERO).await.is_empty());
+    let e = producer
+        .end_transaction(&r.send, TransactionState::Commit)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::TransactionResolved), "{e}");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_messages_and_decisions_survive_a_restart() {
+    let mut broker = TestBroker::start_tuned(|c| {
+        fast(c);
+        c.messaging.tx_check_timeout_ms = 60_000;
+    })
+    .await;
+    let opts = ProducerOptions {
+        group: "tx-restart".into(),
+        ..Default::default()
+    };
+    let producer = Producer::new(broker.client().await, opts.clone());
+    let a = producer.send_half(Message::new("tx4", "a")).await.unwrap();
+    let b = producer.send_half(Message::new("tx4", "b")).await.unwrap();
+    producer
+        .end_transaction(&b, TransactionState::Rollback)
+        .await
+        .unwrap();
+    broker.restart().await;
+    assert_eq!(broker.server().broker().unresolved_transactions(), 1);
+    let producer = Producer::new(broker.client().await, opts);
+    producer
+        .end_transaction(&a, TransactionState::Commit)
+        .await
+        .unwrap();
+    let e = producer
+        .end_transaction(&b, TransactionState::Commit)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(Status::TransactionResolved), "{e}");
+    let got = collect(&broker, "tx4", 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].msg_id, a.msg_id);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_listener_reaches_the_dlq_after_exactly_max_attempts() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let producer = Producer::new(broker.client().await, ProducerOptions::default());
+    // Tag filter on the subscription: it applies to the retry topic too.
+    let attempts: Arc<Mutex<BTreeMap<String, Vec<u32>>>> = Arc::default();
+    let seen = attempts.clone();
+    let opts = PushConsumerOptions {
+        consume_from: ConsumeFrom::First,
+        long_poll: Duration::from_millis(200),
+        max_reconsume_times: 3,
+        ..PushConsumerOptions::new("billing")
+    };
+    let consumer = PushConsumer::start_single(
+        broker.client().await,
+        vec![Subscription::new("pay", FilterSpec::Tag("card".into()))],
+        opts,
+        move |m: ReceivedMessage| {
+            let seen = seen.clone();
+            async move {
+                assert_eq!(m.topic, "pay", "retries show the original topic");
+                assert_eq!(m.tag.as_deref(), Some("card"));
+                let key = m.keys.first().cloned().unwrap_or_default();
+                seen.lock().unwrap().entry(key.clone()).or_default().push(m.reconsume_times);
+                if key == "bad" {
+                    if m.reconsume_times == 1 {
+                        panic!("listener panic counts as a failure");
+                    }
+                    return Err("payment service down");
+                }
+                if key == "flaky" && m.reconsume_times == 0 {
+                    return Ok(ConsumeResult::ReconsumeLater);
+                }
+                Ok(ConsumeResult::Success)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let bad = producer
+        .send(
+            Message::new("pay", "b")
+                .with_tag("card")
+                .with_key("bad")
+                .with_property("amount", "42"),
+        )
+        .await
+        .unwrap();
+    producer
+        .send(Message::new("pay", "f").with_tag("card").with_key("flaky"))
+        .await
+        .unwrap();
+    producer
+        .send(Message::new("pay", "c").with_tag("cash").with_key("cash"))
+        .await
+        .unwrap();
+    let admin = Admin::new(broker.client().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dlq = loop {
+        let d = admin.dlq_list("billing", 0, 10).await.unwrap();
+        if !d.is_empty() || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].msg_id, bad.msg_id, "same id through retries");
+    assert_eq!(dlq[0].keys, vec!["bad".to_string()]);
+    assert_eq!(dlq[0].property("amount"), Some("42"));
+    assert_eq!(dlq[0].property("RETRY_TOPIC"), Some("pay"));
+    assert_eq!(dlq[0].reconsume_times, 4);
+    // Never delivered again by itself.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    {
+        let a = attempts.lock().unwrap();
+        assert_eq!(a["bad"], vec![0, 1, 2, 3], "1 delivery + 3 reconsumptions");
+        assert_eq!(a["flaky"], vec![0, 1]);
+        assert!(!a.contains_key("cash"), "the filter applies");
+    }
+    // Resent from the DLQ: delivered once more, with a fresh count.
+    let n = admin
+        .dlq_resend("billing", Some(bad.msg_id), 0, 1)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attempts.lock().unwrap()["bad"].len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(attempts.lock().unwrap()["bad"][4], 0);
+    consumer.shutdown().await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orderly_consumer_dead_letters_after_its_attempts_and_moves_on() {
+    let broker = TestBroker::start_tuned(fast).await;
+    let admin = Admin::new(broker.client().await);
+    admin.create_topic("steps2", 1).await.unwrap();
+    let producer = Producer::new(broker.client().await, ProducerOptions::default());
+    for i in 0..5 {
+        producer
+            .send(Message::new("steps2", format!("{i}")).with_sharding_key("order-9"))
+            .await
+            .unwrap();
+    }
+    let log: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let seen = log.clone();
+    let opts = PushConsumerOptions {
+        consume_from: ConsumeFrom::First,
+        orderly: true,
+        long_poll: Duration::from_millis(200),
+        max_reconsume_times: 3,
+        orderly_retry_pause: Duration::from_millis(50),
+        ..PushConsumerOptions::new("orderly-dlq")
+    };
+    let consumer = PushConsumer::start_single(
+        broker.client().await,
+        vec!["steps2".into()],
+        opts,
+        move |m: ReceivedMessage| {
+            let seen = seen.clone();
+            async move {
+                let body = String::from_utf8_lossy(&m.body).to_string();
+                seen.lock().unwrap().push((body.clone(), m.reconsume_times));
+                if body == "2" {
+                    ConsumeResult::ReconsumeLater
+                } else {
+                    ConsumeResult::Success
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while log.lock().unwrap().len() < 7 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let order: Vec<(String, u32)> = log.lock().unwrap().clone();
+    let want: Vec<(String, u32)> = [("0", 0), ("1", 0), ("2", 0), ("2", 1), ("2", 2), ("3", 0), ("4", 0)]
+        .iter()
+        .map(|(b, r)| (b.to_string(), *r))
+        .collect();
+    assert_eq!(order, want);
+    let dlq = admin.dlq_list("orderly-dlq", 0, 10).await.unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].body.as_ref(), b"2");
+    consumer.shutdown().await.unwrap();
+    broker.stop().await;
+}
