@@ -235,10 +235,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 5. A check that was already delivered can no longer be cancelled.
     match producer.cancel_scheduled(checks["order-1"]).await {
         Ok(()) => println!("cancelling order-1's delivered check succeeded (unexpected)"),
-        Err(e) => println!(
-            "cancelling order-1's delivered check fails as it should: {:?} ({e})",
-            e.status()
-        ),
+        Err(e) => println!("cancelling order-1's delivered check fails as it should: {e}"),
     }
 
     println!("final order states:");

@@ -92,6 +92,43 @@ enum BenchCommand {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// Scheduled messages: delivery lateness p50/p99/max for MESSAGES due within WINDOW,
+    /// then broker memory with PENDING scheduled messages waiting.
+    Schedule {
+        /// Scheduled messages for the lateness measurement.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Seconds within which they are due.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+        /// Pending messages for the memory measurement (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        pending: u64,
+        /// Message body size in bytes.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Sends in flight.
+        #[arg(long, default_value_t = 128)]
+        inflight: usize,
+        /// Where the embedded broker keeps its temporary data.
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
+    /// Transactional sends (half message + commit) against plain sync sends.
+    Tx {
+        /// Messages per round.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+        /// Message body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Sends in flight.
+        #[arg(long, default_value_t = 64)]
+        inflight: usize,
+        /// Where the embedded broker keeps its temporary data.
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// Pull-path scan rate for tag and SQL subscriptions matching 1%, 10% and 100%.
     Filter {
         /// Where to put the benchmark's data.
@@ -270,6 +307,34 @@ fn main() -> anyhow::Result<()> {
                 dir,
             })
         }
+        Command::Bench(BenchCommand::Schedule {
+            messages,
+            window,
+            pending,
+            size,
+            inflight,
+            dir,
+        }) => quiver::bench::messaging::schedule_bench(&quiver::bench::messaging::MessagingBenchOptions {
+            dir,
+            messages,
+            window: std::time::Duration::from_secs(window),
+            pending,
+            size,
+            inflight,
+        }),
+        Command::Bench(BenchCommand::Tx {
+            messages,
+            size,
+            inflight,
+            dir,
+        }) => quiver::bench::messaging::tx_bench(&quiver::bench::messaging::MessagingBenchOptions {
+            dir,
+            messages,
+            window: std::time::Duration::ZERO,
+            pending: 0,
+            size,
+            inflight,
+        }),
         Command::Bench(BenchCommand::E2e(a)) => {
             net_bench(quiver::bench::net::NetBench::EndToEnd, a)
         }

@@ -422,8 +422,15 @@ async fn respond(
             s.offsets.retain(|(g, _, _), _| *g != group);
             Response::Done
         }
-        // Plugins are not part of this mock (tests/it/plugins.rs covers them on a real broker).
-        Request::PluginLoad { .. }
+        // Plugins and messaging semantics are not part of this mock (tests/it/plugins.rs and
+        // tests/it/messaging.rs cover them on a real broker).
+        Request::SendSpecial { .. }
+        | Request::CancelScheduled { .. }
+        | Request::EndTransaction { .. }
+        | Request::PollTransactionChecks { .. }
+        | Request::SendBack { .. }
+        | Request::DlqResend { .. }
+        | Request::PluginLoad { .. }
         | Request::PluginReload { .. }
         | Request::PluginUnload { .. }
         | Request::PluginList
@@ -433,7 +440,7 @@ async fn respond(
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,
-                "the mock broker has no plugins",
+                "the mock broker has no plugins or messaging semantics",
             )]
         }
     };
