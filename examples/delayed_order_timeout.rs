@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quiver_client::{
-    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message,
-    MessageId, Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage,
-    Subscription, Tls,
+    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId,
+    Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage, Subscription,
+    Tls,
 };
 use tokio::sync::mpsc;
 

@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_client::{
-    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message,
-    MessageId, Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage,
-    Subscription, Tls,
+    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId,
+    Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage, Subscription,
+    Tls,
 };
 use tokio::sync::mpsc;
 
@@ -173,7 +173,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  {order} (queue {}): {}{}",
             p.queue.map_or("?".to_string(), |q| q.to_string()),
             p.seen.join(" -> "),
-            if p.errors == 0 { "" } else { "  <- out of order" }
+            if p.errors == 0 {
+                ""
+            } else {
+                "  <- out of order"
+            }
         );
     }
     if errors == 0 && consumed == total {

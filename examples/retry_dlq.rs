@@ -28,6 +28,14 @@
 //!   pin; without it, `quiver-data/tls/cert.pem` (the broker's self-signed certificate) is
 //!   trusted as the CA.
 //!
+//! The dead-letter queue can also be listed, and its messages resent to the group (with a fresh
+//! reconsume count), from the command line:
+//!
+//! ```text
+//! quiver admin dlq list notify-retry-demo
+//! quiver admin dlq resend notify-retry-demo --id <message id>
+//! ```
+//!
 //! Every message carries a `run` property: messages of earlier runs (in the topic or in the
 //! dead-letter queue) are ignored.
 
@@ -36,8 +44,8 @@ use std::time::{Duration, Instant};
 
 use quiver_client::quiver_protocol::names;
 use quiver_client::{
-    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message,
-    MessageId, Producer, ProducerOptions, PullConsumer, PullOptions, PullStatus, PushConsumer,
+    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId,
+    Producer, ProducerOptions, PullConsumer, PullOptions, PullStatus, PushConsumer,
     PushConsumerOptions, ReceivedMessage, Status, Subscription, Tls,
 };
 use tokio::sync::mpsc;
@@ -144,14 +152,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         );
                         return ConsumeResult::Success;
                     }
+                    let via = if m.reconsume_times == 0 {
+                        m.topic.clone()
+                    } else {
+                        names::retry_topic(GROUP)
+                    };
                     println!(
-                        "[{:6.2}s] {key:<9} reconsume_times={} (attempt {} of {}, from queue {}/{}) -> fails, ReconsumeLater",
+                        "[{:6.2}s] {key:<9} reconsume_times={} (attempt {} of {}, via {via}) -> fails, ReconsumeLater",
                         t(),
                         m.reconsume_times,
                         m.reconsume_times + 1,
                         MAX_RECONSUME_TIMES + 1,
-                        m.queue_id,
-                        m.queue_offset,
                     );
                     let _ = attempt_tx.send(m.reconsume_times);
                     ConsumeResult::ReconsumeLater
@@ -198,6 +209,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 m.property("RETRY_TOPIC").unwrap_or("?")
             );
             println!("  body            {:?}", String::from_utf8_lossy(&m.body));
+            println!("list it with `quiver admin dlq list {GROUP}`, send it back with `quiver admin dlq resend {GROUP} --id {}`", m.msg_id);
         }
         None => println!("the poison message did not reach {dlq}"),
     }

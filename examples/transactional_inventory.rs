@@ -41,9 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_client::{
-    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message,
-    MessageId, Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage,
-    Subscription, Tls, TransactionState,
+    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId,
+    Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage, Subscription,
+    Tls, TransactionState,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::mpsc;
@@ -85,13 +85,18 @@ struct Order {
     mode: Mode,
 }
 
+const fn order(id: &'static str, sku: &'static str, qty: i64, mode: Mode) -> Order {
+    Order { id, sku, qty, mode }
+}
+
+/// The stock starts at 5 apples and 3 pears.
 const ORDERS: &[Order] = &[
-    Order { id: "order-1", sku: "apple", qty: 2, mode: Mode::Normal },
-    Order { id: "order-2", sku: "apple", qty: 2, mode: Mode::Normal },
-    Order { id: "order-3", sku: "apple", qty: 3, mode: Mode::Normal }, // only 1 apple left
-    Order { id: "order-4", sku: "pear", qty: 1, mode: Mode::DiesAfterCommit },
-    Order { id: "order-5", sku: "pear", qty: 1, mode: Mode::DiesBeforeCommit },
-    Order { id: "order-6", sku: "apple", qty: 1, mode: Mode::Normal },
+    order("order-1", "apple", 2, Mode::Normal),
+    order("order-2", "apple", 2, Mode::Normal),
+    order("order-3", "apple", 3, Mode::Normal), // only 1 apple left: rolled back
+    order("order-4", "pear", 1, Mode::DiesAfterCommit),
+    order("order-5", "pear", 1, Mode::DiesBeforeCommit),
+    order("order-6", "apple", 1, Mode::Normal),
 ];
 
 type Db = Arc<Mutex<Connection>>;
@@ -107,7 +112,11 @@ fn open_db() -> rusqlite::Result<Connection> {
 }
 
 /// The local transaction: deduct the stock and record the message id, atomically.
-fn deduct_stock(conn: &mut Connection, msg_id: MessageId, order: &Order) -> rusqlite::Result<TransactionState> {
+fn deduct_stock(
+    conn: &mut Connection,
+    msg_id: MessageId,
+    order: &Order,
+) -> rusqlite::Result<TransactionState> {
     let tx = conn.transaction()?;
     let updated = tx.execute(
         "UPDATE inventory SET qty = qty - ?1 WHERE sku = ?2 AND qty >= ?1",
@@ -348,7 +357,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if leaked.is_empty() && missing.is_empty() {
         println!("every committed order was delivered; no rolled-back order was");
     } else {
-        println!("UNEXPECTED: rolled back but delivered {leaked:?}, committed but missing {missing:?}");
+        println!(
+            "UNEXPECTED: rolled back but delivered {leaked:?}, committed but missing {missing:?}"
+        );
     }
     print_tables(&db)?;
 

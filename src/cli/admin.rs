@@ -31,6 +31,39 @@ enum AdminCommand {
     /// WebAssembly plugins: load, reload, unload, list, describe, attach to a topic, detach.
     #[command(subcommand)]
     Plugin(super::plugin::PluginCommand),
+    /// A consumer group's dead-letter queue (`%DLQ%<group>`): list, resend.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered messages of a group.
+    List {
+        /// Consumer group.
+        group: String,
+        /// First DLQ offset to show.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        from: u64,
+        /// At most this many messages.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        max: u32,
+    },
+    /// Resend dead-lettered messages to the group's retry topic: one by --id, or all from
+    /// --from (at most --max). The group's consumers get them again with a fresh count.
+    Resend {
+        /// Consumer group.
+        group: String,
+        /// Only this message (32 hex digits).
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// First DLQ offset to resend (without --id).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        from: u64,
+        /// At most this many messages (without --id).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        max: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +102,12 @@ enum TopicCommand {
 enum MessageCommand {
     /// Show a message by its id (printed by `quiver produce`).
     Get {
+        /// Message id: 32 hex digits.
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
+    /// Cancel a scheduled message that is not yet due (`quiver produce --delay`).
+    Cancel {
         /// Message id: 32 hex digits.
         #[arg(long, value_name = "ID")]
         id: String,
@@ -124,10 +163,17 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             None
         }
         AdminCommand::Topic(TopicCommand::List) => None,
-        AdminCommand::Message(MessageCommand::Get { id }) => Some(
-            id.parse::<MessageId>()
-                .map_err(|_| anyhow::anyhow!("a message id is 32 hex digits, got {id:?}"))?,
-        ),
+        AdminCommand::Message(MessageCommand::Get { id } | MessageCommand::Cancel { id }) => {
+            Some(parse_id(id)?)
+        }
+        AdminCommand::Dlq(DlqCommand::List { group, .. }) => {
+            super::check_name("group", group)?;
+            None
+        }
+        AdminCommand::Dlq(DlqCommand::Resend { group, id, .. }) => {
+            super::check_name("group", group)?;
+            id.as_deref().map(parse_id).transpose()?
+        }
         AdminCommand::Message(MessageCommand::Query { topic, key, .. }) => {
             super::check_name("topic", topic)?;
             anyhow::ensure!(!key.is_empty(), "the key is empty");
@@ -267,6 +313,59 @@ async fn run_command(
             }
             Ok(())
         }
+        AdminCommand::Message(MessageCommand::Cancel { .. }) => {
+            let id = id.context("message id")?;
+            quiver_client::Producer::new(admin.client().clone(), Default::default())
+                .cancel_scheduled(id)
+                .await
+                .with_context(|| format!("cancelling scheduled message {id}"))?;
+            if out.json {
+                return out.json(&serde_json::json!({"id": id.to_string(), "action": "cancelled"}));
+            }
+            out.line(&format!("scheduled message {id} cancelled"))?;
+            Ok(())
+        }
+        AdminCommand::Dlq(DlqCommand::List { group, from, max }) => {
+            let found = admin
+                .dlq_list(&group, from, max)
+                .await
+                .with_context(|| format!("listing the dead-letter queue of {group:?}"))?;
+            if out.json {
+                for m in &found {
+                    out.json(&MessageJson::from(m))?;
+                }
+                return Ok(());
+            }
+            if found.is_empty() {
+                eprintln!("group {group:?} has no dead-lettered messages from offset {from}");
+                return Ok(());
+            }
+            out.line(&format!("{}  RECONSUMED  FROM TOPIC", message_header()))?;
+            for m in &found {
+                out.line(&format!(
+                    "{}  {:>10}  {}",
+                    message_line(m),
+                    m.reconsume_times,
+                    m.property("RETRY_TOPIC").unwrap_or("-")
+                ))?;
+            }
+            Ok(())
+        }
+        AdminCommand::Dlq(DlqCommand::Resend {
+            group, from, max, ..
+        }) => {
+            let n = admin
+                .dlq_resend(&group, id, from, max)
+                .await
+                .with_context(|| format!("resending from the dead-letter queue of {group:?}"))?;
+            if out.json {
+                return out.json(&serde_json::json!({"group": group, "resent": n}));
+            }
+            out.line(&format!(
+                "{n} message(s) resent to %RETRY%{group}; the group's consumers get them again"
+            ))?;
+            Ok(())
+        }
         AdminCommand::Message(MessageCommand::Query { topic, key, max }) => {
             let found = admin
                 .query_by_key(&topic, &key, max)
@@ -289,6 +388,11 @@ async fn run_command(
             Ok(())
         }
     }
+}
+
+fn parse_id(id: &str) -> anyhow::Result<MessageId> {
+    id.parse::<MessageId>()
+        .map_err(|_| anyhow::anyhow!("a message id is 32 hex digits, got {id:?}"))
 }
 
 fn done(

@@ -321,12 +321,13 @@ async fn consume_in_group(args: &ConsumeArgs, client: quiver_client::Client) -> 
         let tx = tx.clone();
         async move {
             let (ack, printed) = oneshot::channel();
+            // Not printed (stopping): left uncommitted for the next member, not retried.
             if tx.send((m, ack)).await.is_err() {
-                return ConsumeResult::ReconsumeLater;
+                return ConsumeResult::Suspend;
             }
             match printed.await {
                 Ok(true) => ConsumeResult::Success,
-                _ => ConsumeResult::ReconsumeLater,
+                _ => ConsumeResult::Suspend,
             }
         }
     })

@@ -45,11 +45,21 @@ pub(crate) struct ProduceArgs {
     /// Send messages in atomic batches of N (each batch goes to one queue in one request).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: u32,
+    /// Scheduled: deliver each message this long after it is stored (e.g. 10s, 5m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_delay, conflicts_with = "delay_level")]
+    delay: Option<std::time::Duration>,
+    /// Scheduled: deliver after the broker's delay level N (1 = 1s ... 18 = 2h by default).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    delay_level: Option<u8>,
     /// Message bodies; without any, stdin is read line by line.
     #[arg(value_name = "BODY")]
     bodies: Vec<String>,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
+    quiver::messaging::parse_duration(s)
 }
 
 fn parse_prop(s: &str) -> Result<(String, String), String> {
@@ -70,6 +80,12 @@ impl ProduceArgs {
         }
         if let Some(s) = &self.sharding_key {
             m = m.with_sharding_key(s.clone());
+        }
+        if let Some(d) = self.delay {
+            m = m.with_delay(d);
+        }
+        if let Some(l) = self.delay_level {
+            m = m.with_delay_level(l);
         }
         m
     }

@@ -205,6 +205,11 @@ pub enum ConsumeResult {
     /// `max_reconsume_times`. Orderly: retried in place after `orderly_retry_pause`, then
     /// dead-lettered. Broadcasting: retried in place after 1 s.
     ReconsumeLater,
+    /// Not processed, and not to be handed back: the batch stays where it is and is given to
+    /// the listener again after a 1 s pause (the queue's committed offset waits for it); when
+    /// the queue is being released or the consumer stops, it is left uncommitted for the next
+    /// owner. For listeners that cannot take a message right now (e.g. shutting down).
+    Suspend,
 }
 
 /// What a listener's future may return: a [`ConsumeResult`], or a `Result` whose error (logged)
@@ -1431,7 +1436,9 @@ async fn consume(
             // next owner; nothing to retry here.
             return;
         }
-        let pause_for = if o.orderly {
+        let pause_for = if result == ConsumeResult::Suspend {
+            RECONSUME_PAUSE
+        } else if o.orderly {
             if attempts >= o.max_reconsume_times {
                 // The queue moves on: the batch goes to the dead-letter queue.
                 batch = send_back(&shared, batch, true).await;
