@@ -413,6 +413,7 @@ impl Broker {
             }
             Request::TopicCreate { topic, queues } => {
                 name("topic", &topic)?;
+                internal_topic(&topic)?;
                 self.check_queue_count(queues)?;
                 let (topics, t) = (self.topics.clone(), topic.clone());
                 let (_, created) = blocking(move || topics.create(&t, queues))
@@ -444,6 +445,7 @@ impl Broker {
             }
             Request::TopicDelete { topic } => {
                 name("topic", &topic)?;
+                internal_topic(&topic)?;
                 // While the store drops the queues, sends must not re-create the topic (their
                 // acknowledged messages would be dropped with it).
                 let _deleting = self.topics.begin_delete(&topic);
@@ -815,6 +817,7 @@ impl Broker {
     /// Queue count of a topic, auto-creating it when asked and allowed.
     async fn route(&self, topic: &str, create: bool) -> Result<u32> {
         name("topic", topic)?;
+        internal_topic(topic)?;
         if let Some(q) = self.topics.queues(topic) {
             return Ok(q);
         }
@@ -1281,6 +1284,24 @@ fn receipts(queue_id: u32, appended: &Appended) -> Response {
             })
             .collect(),
     }
+}
+
+/// Refuses the broker's internal topics (scheduled, half and op records) as user topics:
+/// they are read only by the timer and the transaction checker.
+fn internal_topic(topic: &str) -> Result<()> {
+    if [
+        names::SCHEDULE_TOPIC,
+        names::HALF_TOPIC,
+        names::HALF_OP_TOPIC,
+    ]
+    .contains(&topic)
+    {
+        return Err(BrokerError::new(
+            Status::InvalidName,
+            format!("topic {topic:?} is internal to the broker"),
+        ));
+    }
+    Ok(())
 }
 
 fn name(kind: &str, value: &str) -> Result<()> {

@@ -111,10 +111,10 @@ impl Broker {
                 (0, None)
             }
         };
-        if !matches!(mode, SendMode::Half { .. }) && due - now > max_delay {
+        if !matches!(mode, SendMode::Half { .. }) && due.saturating_sub(now) > max_delay {
             return Err(invalid(format!(
                 "due in {} ms; the broker allows at most {max_delay} ms (messaging.max_delay_ms)",
-                due - now
+                due.saturating_sub(now)
             )));
         }
         let mut messages = self.accept(&topic, queue_id, messages).await?;

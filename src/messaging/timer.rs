@@ -732,7 +732,9 @@ impl Inner {
         let mut waits: Vec<PendingAppend> = Vec::new();
         for e in &entries {
             if e.deliver_at >= end {
-                self.roll(e);
+                while !self.roll(e) && !self.stopping() {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
                 continue;
             }
             if e.kind == KIND_CANCEL {
@@ -750,8 +752,19 @@ impl Inner {
                 }
                 std::thread::sleep(Duration::from_millis(left.min(20) as u64));
             }
-            if let Some(p) = self.deliver(e) {
-                waits.push(p);
+            // A store that cannot take the message (disk full...) is retried, never skipped:
+            // later slots wait.
+            loop {
+                match self.deliver(e) {
+                    Ok(Some(p)) => waits.push(p),
+                    Ok(None) => {}
+                    Err(()) if !self.stopping() => {
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                    Err(()) => {}
+                }
+                break;
             }
         }
         for p in waits {
@@ -802,30 +815,41 @@ impl Inner {
         done
     }
 
-    fn roll(&self, e: &Entry) {
-        let Some(b) = self.record(e) else { return };
+    /// Re-queues an entry due beyond this slot; false when the store refused (retry).
+    fn roll(&self, e: &Entry) -> bool {
+        let Some(b) = self.record(e) else { return true };
         let Ok(v) = RecordView::parse_unchecked_crc(&b) else {
-            return;
+            return true;
         };
         if self.already_done(e, &v, SCHEDULE_TOPIC) {
-            return;
+            return true;
         }
         let body = super::body_of(&b).map(|(b, _)| b).unwrap_or_default();
         let m = Moved::from_record(&v, body, true);
         match m.append_blocking(&self.store, SCHEDULE_TOPIC, 0) {
             Ok(_) => {
                 self.rolled.fetch_add(1, Ordering::Relaxed);
+                true
             }
-            Err(err) => tracing::error!(error = %err, "cannot re-queue a scheduled message"),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot re-queue a scheduled message; retrying");
+                false
+            }
         }
     }
 
-    fn deliver(&self, e: &Entry) -> Option<PendingAppend> {
-        let b = self.record(e)?;
-        let v = RecordView::parse_unchecked_crc(&b).ok()?;
+    /// Appends a due message to its topic. `Err` when the store refused it (retry).
+    #[allow(clippy::result_unit_err)]
+    fn deliver(&self, e: &Entry) -> Result<Option<PendingAppend>, ()> {
+        let Some(b) = self.record(e) else {
+            return Ok(None);
+        };
+        let Ok(v) = RecordView::parse_unchecked_crc(&b) else {
+            return Ok(None);
+        };
         let Some(topic) = v.property("REAL_TOPIC") else {
             tracing::error!("scheduled record without REAL_TOPIC; dropped");
-            return None;
+            return Ok(None);
         };
         let qid: u32 = v
             .property("REAL_QID")
@@ -833,10 +857,10 @@ impl Inner {
             .unwrap_or(0);
         let Some(queues) = (self.queues)(topic) else {
             tracing::warn!(%topic, id = %format!("{:032x}", e.id), "topic of a due scheduled message no longer exists; dropped");
-            return None;
+            return Ok(None);
         };
         if self.already_done(e, &v, topic) {
-            return None;
+            return Ok(None);
         }
         let body = super::body_of(&b).map(|(b, _)| b).unwrap_or_default();
         let m = Moved::from_record(&v, body, false);
@@ -863,11 +887,11 @@ impl Inner {
         {
             Ok(p) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
-                Some(p)
+                Ok(Some(p))
             }
             Err(err) => {
-                tracing::error!(%topic, error = %err, "cannot deliver a due scheduled message");
-                None
+                tracing::error!(%topic, error = %err, "cannot deliver a due scheduled message; retrying");
+                Err(())
             }
         }
     }

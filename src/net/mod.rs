@@ -279,13 +279,17 @@ async fn handle_uni(mut recv: quinn::RecvStream, broker: Arc<Broker>, session: A
         }
     };
     match Request::decode(&header, body) {
-        Ok(req @ Request::Send { .. }) if session.hello.load(Ordering::Acquire) => {
+        Ok(
+            req @ (Request::Send { .. }
+            | Request::SendSpecial { .. }
+            | Request::EndTransaction { .. }),
+        ) if session.hello.load(Ordering::Acquire) => {
             if let Err(e) = broker.handle(req, session.remote).await {
-                debug!(error = %e, "one-way send failed");
+                debug!(error = %e, "one-way request failed");
             }
         }
         Ok(req) => {
-            debug!(command = ?req.command(), "one-way streams carry only sends after the handshake")
+            debug!(command = ?req.command(), "one-way streams carry only sends and transaction decisions after the handshake")
         }
         Err(e) => debug!(error = %e, "bad one-way request"),
     }

@@ -26,7 +26,8 @@ pub struct TransactionSendResult {
     pub send: SendResult,
     /// What the local transaction decided.
     pub state: TransactionState,
-    /// Whether the decision reached the broker. When false (or the state is `Unknown`), the
+    /// Whether the decision was written to the connection (it is sent one-way, as in
+    /// RocketMQ). When false, when it is lost on the way, or when the state is `Unknown`, the
     /// broker asks the group's checker later.
     pub reported: bool,
 }
@@ -61,7 +62,9 @@ impl Producer {
     }
 
     /// Sends `message` as a half message, runs `local` (your local transaction, e.g. a
-    /// database update) and commits or rolls back by its answer. A panic in `local` counts as
+    /// database update) and commits or rolls back by its answer, one-way (use
+    /// [`Producer::send_half`] and [`Producer::end_transaction`] to wait for the broker's
+    /// acknowledgement of the decision). A panic in `local` counts as
     /// `Unknown`. If the decision is lost, the broker checks back with the group's checker
     /// ([`Producer::start_transaction_checker`]).
     ///
@@ -91,7 +94,16 @@ impl Producer {
                 tracing::error!(msg_id = %send.msg_id, "local transaction panicked; state unknown");
                 TransactionState::Unknown
             });
-        let reported = match self.end_transaction(&send, state).await {
+        // One-way, as RocketMQ does: a decision that gets lost is recovered by the check-back,
+        // and the send does not wait for a second round trip.
+        let request = Request::EndTransaction {
+            group: self.options().group.clone(),
+            id: send.msg_id.0,
+            handle: send.commit_log_offset,
+            state,
+            from_check: false,
+        };
+        let reported = match self.client().send_oneway_frame(request.encode()).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(msg_id = %send.msg_id, error = %e, "transaction decision not delivered; the broker will check back");
