@@ -314,27 +314,31 @@ fn main() -> anyhow::Result<()> {
             size,
             inflight,
             dir,
-        }) => quiver::bench::messaging::schedule_bench(&quiver::bench::messaging::MessagingBenchOptions {
-            dir,
-            messages,
-            window: std::time::Duration::from_secs(window),
-            pending,
-            size,
-            inflight,
-        }),
+        }) => quiver::bench::messaging::schedule_bench(
+            &quiver::bench::messaging::MessagingBenchOptions {
+                dir,
+                messages,
+                window: std::time::Duration::from_secs(window),
+                pending,
+                size,
+                inflight,
+            },
+        ),
         Command::Bench(BenchCommand::Tx {
             messages,
             size,
             inflight,
             dir,
-        }) => quiver::bench::messaging::tx_bench(&quiver::bench::messaging::MessagingBenchOptions {
-            dir,
-            messages,
-            window: std::time::Duration::ZERO,
-            pending: 0,
-            size,
-            inflight,
-        }),
+        }) => {
+            quiver::bench::messaging::tx_bench(&quiver::bench::messaging::MessagingBenchOptions {
+                dir,
+                messages,
+                window: std::time::Duration::ZERO,
+                pending: 0,
+                size,
+                inflight,
+            })
+        }
         Command::Bench(BenchCommand::E2e(a)) => {
             net_bench(quiver::bench::net::NetBench::EndToEnd, a)
         }

@@ -84,7 +84,8 @@ async fn start(opts: &MessagingBenchOptions, name: &str) -> anyhow::Result<Embed
     cfg.store.disk_high_watermark = 1.0;
     cfg.store.disk_clean_watermark = 1.0;
     let server = Server::start(cfg).await?;
-    let mut config = ClientConfig::new(server.addr, Tls::fingerprint_from_hex(&server.fingerprint)?);
+    let mut config =
+        ClientConfig::new(server.addr, Tls::fingerprint_from_hex(&server.fingerprint)?);
     config.request_timeout = Duration::from_secs(30);
     Ok(Embedded {
         server,
@@ -159,7 +160,8 @@ async fn schedule(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
     );
     let took = send_all(&producer, n, opts.inflight, |i| {
         let due = base + (i as i64 * 7919) % window;
-        Message::new(topic, body.clone()).with_deliver_at(UNIX_EPOCH + Duration::from_millis(due as u64))
+        Message::new(topic, body.clone())
+            .with_deliver_at(UNIX_EPOCH + Duration::from_millis(due as u64))
     })
     .await?;
     println!(
@@ -193,7 +195,8 @@ async fn schedule(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
                     received.push(now - due);
                 }
                 offset = r.next_offset;
-                if Instant::now() > deadline || r.messages.is_empty() && now > base + window + 3_000 {
+                if Instant::now() > deadline || r.messages.is_empty() && now > base + window + 3_000
+                {
                     return anyhow::Ok((visible, received));
                 }
             }
@@ -215,7 +218,10 @@ async fn schedule(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
         stats.delivered,
         stats.pending
     );
-    for (name, v) in [("visible (store time - due)", &visible), ("received (consumer - due)", &received)] {
+    for (name, v) in [
+        ("visible (store time - due)", &visible),
+        ("received (consumer - due)", &received),
+    ] {
         println!(
             "  lateness {name:<28} p50 {:>4} ms  p99 {:>4} ms  max {:>5} ms  min {:>4} ms",
             pct(v, 0.5),
@@ -314,10 +320,7 @@ async fn tx(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
             r??;
         }
         let txd = start.elapsed();
-        let (pr, tr) = (
-            n as f64 / plain.as_secs_f64(),
-            n as f64 / txd.as_secs_f64(),
-        );
+        let (pr, tr) = (n as f64 / plain.as_secs_f64(), n as f64 / txd.as_secs_f64());
         println!(
             "round {round}: sync send {pr:>9.0} msgs/s   send_in_transaction {tr:>9.0} msgs/s   ratio {:.2}",
             tr / pr

@@ -350,13 +350,19 @@ impl Broker {
                 handle,
                 state,
                 from_check,
-            } => self.end_transaction(group, id, handle, state, from_check).await,
+            } => {
+                self.end_transaction(group, id, handle, state, from_check)
+                    .await
+            }
             Request::PollTransactionChecks {
                 group,
                 producer_id,
                 max,
                 wait_ms,
-            } => self.poll_checks(group, producer_id, max, wait_ms, stop).await,
+            } => {
+                self.poll_checks(group, producer_id, max, wait_ms, stop)
+                    .await
+            }
             Request::SendBack {
                 group,
                 id,

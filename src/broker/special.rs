@@ -96,7 +96,9 @@ impl Broker {
                     .checked_sub(1)
                     .and_then(|i| self.delay_levels.get(i))
                 else {
-                    return Err(invalid(format!("delay level {l} does not exist; levels are 1..={n}")));
+                    return Err(invalid(format!(
+                        "delay level {l} does not exist; levels are 1..={n}"
+                    )));
                 };
                 (now + d.as_millis() as i64, Some(*l))
             }
@@ -128,10 +130,7 @@ impl Broker {
         };
         match mode {
             SendMode::Half { group } => {
-                let props = system(&[
-                    ("PGROUP", group.clone()),
-                    ("TRAN_MSG", "true".to_string()),
-                ]);
+                let props = system(&[("PGROUP", group.clone()), ("TRAN_MSG", "true".to_string())]);
                 messages[0].properties.extend(props);
                 let appended = self
                     .store_messages(HALF_TOPIC.to_string(), 0, messages, born)
@@ -250,7 +249,11 @@ impl Broker {
             )
         };
         let retries = self.retry_delays.clone();
-        let max_reconsume = if max_reconsume == 0 { 16 } else { max_reconsume };
+        let max_reconsume = if max_reconsume == 0 {
+            16
+        } else {
+            max_reconsume
+        };
         // Make sure the group's topics exist (the retry topic is subscribed by its members).
         let retry = retry_topic(&group);
         let dlq = dlq_topic(&group);
@@ -359,7 +362,9 @@ impl Broker {
                 let Ok(v) = RecordView::parse_unchecked_crc(b) else {
                     continue;
                 };
-                let body = crate::messaging::body_of(b).map(|(b, _)| b).unwrap_or_default();
+                let body = crate::messaging::body_of(b)
+                    .map(|(b, _)| b)
+                    .unwrap_or_default();
                 let mut m = Moved::from_record(&v, body, false);
                 m.reconsume_times = 0;
                 m.append_blocking(&store, &retry, 0)?;

@@ -72,7 +72,9 @@ impl MessagingConfig {
             return Err("messaging.max_delay_ms must be positive".into());
         }
         if self.tx_check_interval_ms == 0 || self.tx_check_timeout_ms == 0 {
-            return Err("messaging.tx_check_timeout_ms and tx_check_interval_ms must be positive".into());
+            return Err(
+                "messaging.tx_check_timeout_ms and tx_check_interval_ms must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -143,7 +145,11 @@ pub(crate) struct Moved {
 
 impl Moved {
     /// The record's fields; `keep_staging` keeps the system staging properties.
-    pub(crate) fn from_record(rec: &RecordView<'_>, body: bytes::Bytes, keep_staging: bool) -> Self {
+    pub(crate) fn from_record(
+        rec: &RecordView<'_>,
+        body: bytes::Bytes,
+        keep_staging: bool,
+    ) -> Self {
         Moved {
             msg_id: rec.msg_id(),
             flags: rec.flags() & !quiver_protocol::record::FLAG_BATCH_CONT,
@@ -199,7 +205,9 @@ impl Moved {
             properties: &props,
             body: &self.body,
         };
-        store.append(topic, queue_id, std::slice::from_ref(&m))?.wait()
+        store
+            .append(topic, queue_id, std::slice::from_ref(&m))?
+            .wait()
     }
 }
 

@@ -173,7 +173,10 @@ impl Log {
                 .open(self.dir.join(format!("{start:020}")))?;
             self.segments.insert(start, f);
         }
-        let f = self.segments.get(&start).ok_or_else(|| std::io::Error::other("segment"))?;
+        let f = self
+            .segments
+            .get(&start)
+            .ok_or_else(|| std::io::Error::other("segment"))?;
         Ok((f, pos - start))
     }
 
@@ -317,9 +320,10 @@ impl Timer {
         let started_at = now_ms();
         let ckpt_path = dir.join("checkpoint.json");
         let ckpt: Option<Checkpoint> = match std::fs::read(&ckpt_path) {
-            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
-                std::io::Error::other(format!("{}: {e}", ckpt_path.display()))
-            })?),
+            Ok(b) => Some(
+                serde_json::from_slice(&b)
+                    .map_err(|e| std::io::Error::other(format!("{}: {e}", ckpt_path.display())))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -360,7 +364,8 @@ impl Timer {
         }
         let dispatched = if log.len < ckpt.log_len {
             // Torn: re-dispatch from the last checkpoint whose log we still have.
-            ckpt.dispatched.min(dispatched_upto(&store, &log, ckpt.live_from))
+            ckpt.dispatched
+                .min(dispatched_upto(&store, &log, ckpt.live_from))
         } else {
             ckpt.dispatched
         };

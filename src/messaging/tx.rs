@@ -118,9 +118,13 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 fn scan(store: &Store, topic: &str, mut f: impl FnMut(&RecordView<'_>)) -> Result<(), StoreError> {
     let (mut offset, _) = store.queue_bounds(topic, 0);
     loop {
-        let r = store.get_messages(topic, 0, offset, ReadLimits::new(1024, 8 << 20, 1024), |_| {
-            true
-        })?;
+        let r = store.get_messages(
+            topic,
+            0,
+            offset,
+            ReadLimits::new(1024, 8 << 20, 1024),
+            |_| true,
+        )?;
         match r.status {
             GetStatus::Found | GetStatus::NoMatch => {
                 for m in &r.messages {
@@ -177,8 +181,13 @@ impl Transactions {
             }
             let checks = checks.get(&h).copied().unwrap_or(0);
             // After a restart producers get a check timeout to reconnect first.
-            let next = (half.store_timestamp() + timing.check_timeout_ms)
-                .max(now + if checks > 0 { timing.check_timeout_ms } else { 0 });
+            let next = (half.store_timestamp() + timing.check_timeout_ms).max(
+                now + if checks > 0 {
+                    timing.check_timeout_ms
+                } else {
+                    0
+                },
+            );
             st.pending.insert(
                 h,
                 Pending {
@@ -284,7 +293,8 @@ impl Transactions {
 
     fn write_outcome(&self, id: u128, handle: u64, outcome: Outcome) -> Result<(), TxError> {
         let b = self.half(id, handle)?;
-        let v = RecordView::parse_unchecked_crc(&b).map_err(|_| TxError::NotFound { id, handle })?;
+        let v =
+            RecordView::parse_unchecked_crc(&b).map_err(|_| TxError::NotFound { id, handle })?;
         let body = super::body_of(&b).map(|(b, _)| b).unwrap_or_default();
         match outcome {
             Outcome::Commit => {

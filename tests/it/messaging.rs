@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use quiver::config::Config;
 use quiver_client::{
     Admin, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId, Producer,
-    ProducerOptions, PullConsumer, PullOptions, PushConsumer, PushConsumerOptions,
-    ReceivedMessage, Status, Subscription, TransactionState,
+    ProducerOptions, PullConsumer, PullOptions, PushConsumer, PushConsumerOptions, ReceivedMessage,
+    Status, Subscription, TransactionState,
 };
 
 use crate::harness::TestBroker;
@@ -91,12 +91,18 @@ async fn scheduled_messages_become_visible_at_their_time() {
     due.insert(r.msg_id, sent_at + 400);
     let at = SystemTime::now() + Duration::from_millis(1000);
     let r = producer
-        .send(Message::new("sched", "c").with_deliver_at(at).with_key("k1"))
+        .send(
+            Message::new("sched", "c")
+                .with_deliver_at(at)
+                .with_key("k1"),
+        )
         .await
         .unwrap();
     due.insert(r.msg_id, sent_at + 1000);
     // Nothing is visible right away.
-    assert!(collect(&broker, "sched", 1, Duration::ZERO).await.is_empty());
+    assert!(collect(&broker, "sched", 1, Duration::ZERO)
+        .await
+        .is_empty());
     let got = collect(&broker, "sched", 3, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 3, "{got:?}");
     for m in &got {
@@ -113,7 +119,10 @@ async fn scheduled_messages_become_visible_at_their_time() {
             "{} ms late",
             m.store_timestamp - due_at
         );
-        assert!(m.property("REAL_TOPIC").is_none(), "staging properties removed");
+        assert!(
+            m.property("REAL_TOPIC").is_none(),
+            "staging properties removed"
+        );
     }
     let c = got.iter().find(|m| m.body.as_ref() == b"c").unwrap();
     assert_eq!(c.keys, vec!["k1".to_string()]);
@@ -178,12 +187,13 @@ async fn scheduled_messages_survive_a_restart_once_each() {
     let mut ids = Vec::new();
     for i in 0..40u64 {
         // Half due before the restart, half after it; some due while the broker is down.
-        let delay = if i % 2 == 0 { 200 + i * 5 } else { 1500 + i * 10 };
+        let delay = if i % 2 == 0 {
+            200 + i * 5
+        } else {
+            1500 + i * 10
+        };
         let r = producer
-            .send(
-                Message::new("sched3", format!("m{i}"))
-                    .with_delay(Duration::from_millis(delay)),
-            )
+            .send(Message::new("sched3", format!("m{i}")).with_delay(Duration::from_millis(delay)))
             .await
             .unwrap();
         ids.push(r.msg_id);
@@ -304,7 +314,9 @@ async fn a_new_producer_of_the_group_answers_the_check_of_a_crashed_one() {
     let checker = producer.start_transaction_checker(move |m: ReceivedMessage| {
         let seen = seen.clone();
         async move {
-            seen.lock().unwrap().push((m.msg_id, m.topic.clone(), m.keys.clone()));
+            seen.lock()
+                .unwrap()
+                .push((m.msg_id, m.topic.clone(), m.keys.clone()));
             TransactionState::Commit
         }
     });
@@ -350,7 +362,11 @@ async fn unknown_outcomes_are_checked_at_most_max_times_then_discarded() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].msg_id, r.send.msg_id);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(*count.lock().unwrap(), 3, "exactly tx_max_checks real checks");
+    assert_eq!(
+        *count.lock().unwrap(),
+        3,
+        "exactly tx_max_checks real checks"
+    );
     assert!(collect(&broker, "tx3", 1, Duration::ZERO).await.is_empty());
     let e = producer
         .end_transaction(&r.send, TransactionState::Commit)
@@ -419,7 +435,11 @@ async fn a_failing_listener_reaches_the_dlq_after_exactly_max_attempts() {
                 assert_eq!(m.topic, "pay", "retries show the original topic");
                 assert_eq!(m.tag.as_deref(), Some("card"));
                 let key = m.keys.first().cloned().unwrap_or_default();
-                seen.lock().unwrap().entry(key.clone()).or_default().push(m.reconsume_times);
+                seen.lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(m.reconsume_times);
                 if key == "bad" {
                     if m.reconsume_times == 1 {
                         panic!("listener panic counts as a failure");
@@ -537,10 +557,18 @@ async fn an_orderly_consumer_dead_letters_after_its_attempts_and_moves_on() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let order: Vec<(String, u32)> = log.lock().unwrap().clone();
-    let want: Vec<(String, u32)> = [("0", 0), ("1", 0), ("2", 0), ("2", 1), ("2", 2), ("3", 0), ("4", 0)]
-        .iter()
-        .map(|(b, r)| (b.to_string(), *r))
-        .collect();
+    let want: Vec<(String, u32)> = [
+        ("0", 0),
+        ("1", 0),
+        ("2", 0),
+        ("2", 1),
+        ("2", 2),
+        ("3", 0),
+        ("4", 0),
+    ]
+    .iter()
+    .map(|(b, r)| (b.to_string(), *r))
+    .collect();
     assert_eq!(order, want);
     let dlq = admin.dlq_list("orderly-dlq", 0, 10).await.unwrap();
     assert_eq!(dlq.len(), 1);

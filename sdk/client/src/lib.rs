@@ -41,8 +41,8 @@ pub use producer::{
     sharding_queue, Producer, ProducerOptions, QueueSelector, SelectFn, SendHandle, SendResult,
 };
 pub use push::{ConsumeFrom, ConsumeResult, IntoConsumeResult, PushConsumer, PushConsumerOptions};
-pub use transaction::{TransactionChecker, TransactionSendResult, TransactionState};
 pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_config, Tls};
+pub use transaction::{TransactionChecker, TransactionSendResult, TransactionState};
 
 pub use quiver_protocol;
 pub use quiver_protocol::{

@@ -186,7 +186,9 @@ impl PushConsumerOptions {
             return Err(ClientError::invalid("commit_interval must not be zero"));
         }
         if self.max_reconsume_times == 0 {
-            return Err(ClientError::invalid("max_reconsume_times must be at least 1"));
+            return Err(ClientError::invalid(
+                "max_reconsume_times must be at least 1",
+            ));
         }
         if self.consume_timeout.is_zero() {
             return Err(ClientError::invalid("consume_timeout must not be zero"));

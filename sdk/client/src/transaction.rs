@@ -6,8 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_protocol::{names, Request, Response};
 pub use quiver_protocol::TransactionState;
+use quiver_protocol::{names, Request, Response};
 use tokio::task::JoinHandle;
 
 use crate::error::ClientError;
@@ -89,8 +89,8 @@ impl Producer {
         F: FnOnce(&Message, MessageId) -> TransactionState,
     {
         let send = self.send_half(message.clone()).await?;
-        let state = catch_unwind(AssertUnwindSafe(|| local(&message, send.msg_id)))
-            .unwrap_or_else(|_| {
+        let state =
+            catch_unwind(AssertUnwindSafe(|| local(&message, send.msg_id))).unwrap_or_else(|_| {
                 tracing::error!(msg_id = %send.msg_id, "local transaction panicked; state unknown");
                 TransactionState::Unknown
             });
@@ -129,7 +129,11 @@ impl Producer {
     {
         let producer = self.clone();
         let checker = Arc::new(checker);
-        let producer_id = format!("{}-{}", producer.client().config().client_id, MessageId::new());
+        let producer_id = format!(
+            "{}-{}",
+            producer.client().config().client_id,
+            MessageId::new()
+        );
         let task = tokio::spawn(async move {
             let group = producer.options().group.clone();
             loop {
