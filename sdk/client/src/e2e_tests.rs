@@ -384,8 +384,10 @@ async fn respond(
         } => {
             s.held.insert(member_id, held);
             let owned = s.grant.clone().unwrap_or_else(|| {
+                // The mock has no retry topics: it grants only the subscribed topics' queues.
                 subscriptions
                     .iter()
+                    .filter(|sub| !sub.topic.starts_with("%RETRY%"))
                     .flat_map(|sub| (0..QUEUES).map(move |q| (sub.topic.clone(), q)))
                     .collect()
             });
