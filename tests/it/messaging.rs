@@ -264,6 +264,12 @@ async fn committed_transactions_are_visible_and_rolled_back_ones_never() {
         .await
         .unwrap();
     assert!(r.reported);
+    // The decisions travel one-way: wait until the broker has applied both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while broker.server().broker().unresolved_transactions() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(broker.server().broker().unresolved_transactions(), 0);
     // A second decision the other way is refused; the same one is fine.
     producer
         .end_transaction(&c.send, TransactionState::Commit)
