@@ -29,10 +29,10 @@ const MAX_CHECKS_PER_POLL: u32 = 64;
 
 impl From<CancelError> for BrokerError {
     fn from(e: CancelError) -> Self {
-        let status = match &e {
+        let status = match e {
+            CancelError::Store(s) => return BrokerError::from(s),
             CancelError::NotFound(_) => Status::NotFound,
             CancelError::AlreadyDue(_) => Status::AlreadyDue,
-            CancelError::Store(s) => return BrokerError::from_store_ref(s, e.to_string()),
             CancelError::Io(_) => Status::Internal,
         };
         BrokerError::new(status, e.to_string())
@@ -41,32 +41,14 @@ impl From<CancelError> for BrokerError {
 
 impl From<TxError> for BrokerError {
     fn from(e: TxError) -> Self {
-        let status = match &e {
+        let status = match e {
+            TxError::Store(s) => return BrokerError::from(s),
             TxError::NotFound { .. } => Status::NotFound,
             TxError::Resolved { .. } => Status::TransactionResolved,
             TxError::Busy(_) => Status::Busy,
             TxError::TopicGone(_) => Status::TopicNotFound,
-            TxError::Store(s) => return BrokerError::from_store_ref(s, e.to_string()),
         };
         BrokerError::new(status, e.to_string())
-    }
-}
-
-impl BrokerError {
-    fn from_store_ref(e: &crate::store::StoreError, message: String) -> BrokerError {
-        let status = BrokerError::from(clone_store_error(e)).status();
-        BrokerError::new(status, message)
-    }
-}
-
-/// Store errors are not `Clone`; the status mapping only needs the kind.
-fn clone_store_error(e: &crate::store::StoreError) -> crate::store::StoreError {
-    use crate::store::StoreError as E;
-    match e {
-        E::Closed => E::Closed,
-        E::Poisoned(s) => E::Poisoned(s.clone()),
-        E::InvalidMessage(s) => E::InvalidMessage(s.clone()),
-        other => E::Poisoned(other.to_string()),
     }
 }
 

@@ -181,13 +181,13 @@ impl Moved {
         self.properties.retain(|(k, _)| k != name);
     }
 
-    /// Appends this message to (topic, queue) and waits until it is durable. Blocking.
-    pub(crate) fn append_blocking(
+    /// Appends this message to (topic, queue); durability is reported by the result.
+    pub(crate) fn append(
         &self,
         store: &crate::store::Store,
         topic: &str,
         queue_id: u32,
-    ) -> Result<crate::store::Appended, crate::store::StoreError> {
+    ) -> Result<crate::store::PendingAppend, crate::store::StoreError> {
         let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
         let props: Vec<(&str, &str)> = self
             .properties
@@ -205,9 +205,17 @@ impl Moved {
             properties: &props,
             body: &self.body,
         };
-        store
-            .append(topic, queue_id, std::slice::from_ref(&m))?
-            .wait()
+        store.append(topic, queue_id, std::slice::from_ref(&m))
+    }
+
+    /// Appends this message to (topic, queue) and waits until it is durable. Blocking.
+    pub(crate) fn append_blocking(
+        &self,
+        store: &crate::store::Store,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<crate::store::Appended, crate::store::StoreError> {
+        self.append(store, topic, queue_id)?.wait()
     }
 }
 

@@ -869,27 +869,7 @@ impl Inner {
         }
         let body = super::body_of(&b).map(|(b, _)| b).unwrap_or_default();
         let m = Moved::from_record(&v, body, false);
-        let keys: Vec<&str> = m.keys.iter().map(String::as_str).collect();
-        let props: Vec<(&str, &str)> = m
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let nm = quiver_protocol::NewMessage {
-            msg_id: m.msg_id,
-            flags: m.flags,
-            born_timestamp: m.born_timestamp,
-            born_host: m.born_host,
-            reconsume_times: m.reconsume_times,
-            tag: &m.tag,
-            keys: &keys,
-            properties: &props,
-            body: &m.body,
-        };
-        match self
-            .store
-            .append(topic, qid % queues.max(1), std::slice::from_ref(&nm))
-        {
+        match m.append(&self.store, topic, qid % queues.max(1)) {
             Ok(p) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(p))
