@@ -1,6 +1,8 @@
-//! The broker's configuration: embedded defaults, then a TOML file, then `QUIVER_*`
-//! environment variables (sections separated by `__`, e.g. `QUIVER_STORE__FLUSH_MODE=sync`,
-//! `QUIVER_BROKER__LISTEN=127.0.0.1:10911`), then command-line flags.
+//! The broker's configuration: embedded defaults, then a TOML file, then
+//! `QUIVER_<SECTION>__<KEY>` environment variables (e.g. `QUIVER_STORE__FLUSH_MODE=sync`,
+//! `QUIVER_BROKER__LISTEN=127.0.0.1:10911`), then command-line flags. Other `QUIVER_*`
+//! variables (`QUIVER_CONFIG`, which names the file, and the CLI's `QUIVER_BROKER`,
+//! `QUIVER_FINGERPRINT`, `QUIVER_CA`...) are not configuration keys and are ignored here.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,12 @@ pub struct BrokerConfig {
     pub busy_timeout_ms: u64,
     /// How long a client has to send a whole request frame, in ms.
     pub request_read_timeout_ms: u64,
+    /// Request bytes one connection may hold in the broker's buffers at once (requests being
+    /// received and being handled). Memory is taken as bytes arrive, never by a claimed length;
+    /// beyond this a request waits up to `busy_timeout_ms`, then gets a retryable `Busy`.
+    pub connection_request_bytes: usize,
+    /// Request bytes all connections together may hold in the broker's buffers at once.
+    pub request_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish, in ms.
     pub shutdown_grace_ms: u64,
     /// A consumer-group member silent for this long is removed and its queues move, in ms.
@@ -89,6 +97,8 @@ impl Default for BrokerConfig {
             append_queue_bytes: 256 << 20,
             busy_timeout_ms: 200,
             request_read_timeout_ms: 10_000,
+            connection_request_bytes: 64 << 20,
+            request_bytes: 512 << 20,
             shutdown_grace_ms: 5_000,
             group_session_timeout_ms: 20_000,
             group_heartbeat_interval_ms: 3_000,
@@ -109,6 +119,15 @@ pub struct TlsConfig {
     pub names: Vec<String>,
 }
 
+/// The environment variables that are configuration keys: `QUIVER_<SECTION>__<KEY>` only.
+/// Every section is a table, so a key without `__` can never name a setting: such variables
+/// belong to the CLI (or name the config file) and are left alone.
+fn config_env() -> Env {
+    Env::prefixed("QUIVER_")
+        .filter(|k| k.as_str().contains("__"))
+        .split("__")
+}
+
 impl Config {
     /// Defaults, overridden by `file` (if given), then by `QUIVER_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
@@ -116,10 +135,7 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        let mut cfg: Config = fig
-            .merge(Env::prefixed("QUIVER_").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+        let mut cfg: Config = fig.merge(config_env()).extract().map_err(Box::new)?;
         cfg.store.dir = cfg.broker.data_dir.join("store");
         Ok(cfg)
     }
@@ -156,6 +172,14 @@ impl Config {
         if b.append_queue_bytes < b.max_frame_bytes as usize {
             return Err("broker.append_queue_bytes must be at least broker.max_frame_bytes".into());
         }
+        if b.connection_request_bytes < b.max_frame_bytes as usize
+            || b.request_bytes < b.connection_request_bytes
+        {
+            return Err("broker.connection_request_bytes must be at least broker.max_frame_bytes, and broker.request_bytes at least broker.connection_request_bytes".into());
+        }
+        if b.request_bytes > u32::MAX as usize {
+            return Err("broker.request_bytes must be below 4 GiB".into());
+        }
         if b.append_queue == 0 || b.max_connections == 0 || b.max_streams_per_connection == 0 {
             return Err("broker.append_queue, max_connections and max_streams_per_connection must be positive".into());
         }
@@ -188,6 +212,26 @@ mod tests {
             Ok(())
         });
         std::fs::write(&file, "[broker]\nno_such_key = 1\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            // The CLI's own variables and QUIVER_CONFIG are not config keys: serve ignores them.
+            for (k, v) in [
+                ("QUIVER_FINGERPRINT", "ab:cd"),
+                ("QUIVER_CA", "/tmp/ca.pem"),
+                ("QUIVER_BROKER", "127.0.0.1:1"),
+                ("QUIVER_CONFIG", "/tmp/quiver.toml"),
+                ("QUIVER_", "x"),
+            ] {
+                jail.set_env(k, v);
+            }
+            jail.set_env("QUIVER_STORE__FLUSH_MODE", "sync");
+            let cfg = Config::load(None).expect("client variables do not stop serve");
+            assert_eq!(cfg.store.flush_mode, crate::store::FlushMode::Sync);
+            // A misspelled config key still fails loudly.
+            jail.set_env("QUIVER_BROKER__NO_SUCH_KEY", "1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("no_such_key"), "{err}");
+            Ok(())
+        });
         let err = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("no_such_key"), "{err}");
     }
