@@ -245,6 +245,11 @@ fn main() -> anyhow::Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr is a closed pipe: `quiver serve 2>&1 |
+        // head`) is dropped. By default the subscriber reports that with eprintln!, which
+        // panics on the same closed pipe, in whatever task logged: the signal handler's
+        // panic would leave SIGTERM ignored.
+        .log_internal_errors(false)
         .init();
     match cli.command {
         Command::Serve(a) => serve(a),
@@ -405,16 +410,18 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let server = quiver::server::Server::start(cfg.clone()).await?;
         let report = server.broker().store().recovery_report().clone();
-        println!(
-            "quiver broker listening on {} (QUIC, ALPN quiver/1)",
+        // The banner goes to stdout, which may be a pipe its reader closed: a failed write
+        // must not stop the broker (println! would panic).
+        let mut banner = format!(
+            "quiver broker listening on {} (QUIC, ALPN quiver/1)\n",
             server.addr
         );
-        println!("  data directory: {}", cfg.broker.data_dir.display());
-        println!("  certificate:    {}", server.cert_path.display());
-        println!("  sha256 fingerprint: {}", server.fingerprint);
+        banner += &format!("  data directory: {}\n", cfg.broker.data_dir.display());
+        banner += &format!("  certificate:    {}\n", server.cert_path.display());
+        banner += &format!("  sha256 fingerprint: {}\n", server.fingerprint);
         if report.unclean {
-            println!(
-                "  recovered after an unclean shutdown in {} ms (scanned {} records{})",
+            banner += &format!(
+                "  recovered after an unclean shutdown in {} ms (scanned {} records{})\n",
                 report.took.as_millis(),
                 report.records_scanned,
                 report
@@ -424,11 +431,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
                     .unwrap_or_default()
             );
         }
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+        }
         let token = server.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutdown requested");
+            // Cancel first: nothing (not even a failed log write) may stand between the
+            // signal and the shutdown.
             token.cancel();
+            tracing::info!("shutdown requested");
         });
         server.wait().await
     })
