@@ -48,12 +48,28 @@ pub struct BrokerError {
 }
 
 impl BrokerError {
-    /// An error with its status.
+    /// An error with its status. The message of an `Internal` or `StoreUnavailable` error
+    /// stays in the broker's log (it may name server files); the client gets an error id that
+    /// matches the log line instead.
     pub fn new(status: Status, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
+        let message = message.into();
+        if matches!(status, Status::Internal | Status::StoreUnavailable) {
+            return Self::logged(status, &message);
         }
+        Self { status, message }
+    }
+
+    /// Logs `detail` as an ERROR under a new error id and answers with the id only.
+    fn logged(status: Status, detail: &str) -> Self {
+        let id = next_error_id();
+        tracing::error!(error_id = %id, status = ?status, "{detail}");
+        let message = match status {
+            Status::StoreUnavailable => format!(
+                "the store refuses writes (a flush failed or the append thread stopped); the broker must be restarted (error id {id} in the broker's log)"
+            ),
+            _ => format!("internal error (error id {id} in the broker's log)"),
+        };
+        Self { status, message }
     }
 
     /// The wire status.
@@ -70,6 +86,21 @@ impl std::fmt::Display for BrokerError {
 
 impl std::error::Error for BrokerError {}
 
+/// A new error id, `<process start, hex seconds>-<counter>`: unique across restarts, and short
+/// enough to quote in a support ticket.
+fn next_error_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    format!("{start:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 impl From<StoreError> for BrokerError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
@@ -84,8 +115,13 @@ impl From<StoreError> for BrokerError {
             StoreError::OffsetOutOfRange { .. } => Status::NotFound,
             _ => Status::Internal,
         };
-        if status == Status::Internal {
-            tracing::error!(error = %e, "store error");
+        if let StoreError::DiskFull { .. } = &e {
+            // The store's text names the data directory: keep it in the log.
+            tracing::debug!(error = %e, "write refused");
+            return BrokerError::new(
+                status,
+                "the broker's disk is (nearly) full: writes are refused until space is freed; retry later",
+            );
         }
         BrokerError::new(status, e.to_string())
     }
@@ -104,6 +140,12 @@ pub struct Limits {
     pub request_read_timeout_ms: u64,
     /// Time in-flight requests get at shutdown.
     pub shutdown_grace_ms: u64,
+    /// Request bytes one connection may hold buffered.
+    pub connection_request_bytes: usize,
+    /// Request bytes all connections may hold buffered.
+    pub request_bytes: usize,
+    /// How long a request waits for buffer room before `Busy`.
+    pub busy_timeout_ms: u64,
 }
 
 enum AppendJob {
@@ -297,6 +339,9 @@ impl Broker {
             max_connections: b.max_connections,
             request_read_timeout_ms: b.request_read_timeout_ms,
             shutdown_grace_ms: b.shutdown_grace_ms,
+            connection_request_bytes: b.connection_request_bytes,
+            request_bytes: b.request_bytes,
+            busy_timeout_ms: b.busy_timeout_ms,
         }
     }
 
@@ -326,7 +371,18 @@ impl Broker {
         match req {
             Request::Hello { .. } => Ok(self.hello()),
             Request::Route { topic, create } => {
-                let queues = self.route(&topic, create).await?;
+                // Clients never create system topics: the broker does, when it first needs
+                // one (a refused send to `%DLQ%x` must not leave a topic behind).
+                if create && names::is_system_topic(&topic) && self.topics.queues(&topic).is_none()
+                {
+                    return Err(BrokerError::new(
+                        Status::InvalidName,
+                        format!("topic {topic:?} is a system topic: only the broker creates and writes it"),
+                    ));
+                }
+                let queues = self
+                    .route(&topic, create && !names::is_system_topic(&topic))
+                    .await?;
                 Ok(Response::Route { queues })
             }
             Request::Send {
@@ -419,7 +475,7 @@ impl Broker {
             }
             Request::TopicCreate { topic, queues } => {
                 name("topic", &topic)?;
-                internal_topic(&topic)?;
+                client_writable_topic(&topic, "created")?;
                 self.check_queue_count(queues)?;
                 let (topics, t) = (self.topics.clone(), topic.clone());
                 let (_, created) = blocking(move || topics.create(&t, queues))
@@ -438,6 +494,7 @@ impl Broker {
             }
             Request::TopicUpdate { topic, queues } => {
                 name("topic", &topic)?;
+                client_writable_topic(&topic, "changed")?;
                 self.check_queue_count(queues)?;
                 let (topics, t) = (self.topics.clone(), topic.clone());
                 if !blocking(move || topics.update(&t, queues))
@@ -451,7 +508,11 @@ impl Broker {
             }
             Request::TopicDelete { topic } => {
                 name("topic", &topic)?;
-                internal_topic(&topic)?;
+                // Dead letters are the operator's to clear; every other system topic holds
+                // the broker's own state (pending retries, transaction outcomes).
+                if !topic.starts_with(names::DLQ_PREFIX) {
+                    client_writable_topic(&topic, "deleted")?;
+                }
                 // While the store drops the queues, sends must not re-create the topic (their
                 // acknowledged messages would be dropped with it).
                 let _deleting = self.topics.begin_delete(&topic);
@@ -547,7 +608,12 @@ impl Broker {
                     };
                 }
                 for s in &subscriptions {
-                    self.route(&s.topic, true).await?;
+                    // A member may cause its own group's retry and dead-letter topics to be
+                    // created; no other system topic is created for a client.
+                    let own = s.topic == names::retry_topic(&group)
+                        || s.topic == names::dlq_topic(&group);
+                    self.route(&s.topic, own || !names::is_system_topic(&s.topic))
+                        .await?;
                 }
                 // Only real queues of subscribed topics count as held (bounded memory).
                 let mut held = held;
@@ -627,6 +693,15 @@ impl Broker {
                     .topics
                     .queues(&topic)
                     .ok_or_else(|| not_found(&topic))?;
+                // A misspelled name must not create a group.
+                if self.offsets.of_group(&group).is_empty()
+                    && !self.groups.list().iter().any(|(g, _, _)| *g == group)
+                {
+                    return Err(BrokerError::new(
+                        Status::GroupNotFound,
+                        format!("group {group:?} has no members and no committed offsets; check the name (a group exists once a member joined or committed an offset)"),
+                    ));
+                }
                 self.refuse_if_online(&group, force, "reset its offsets")?;
                 for q in 0..n {
                     let (min, max) = self.store.queue_bounds(&topic, q);
@@ -1294,6 +1369,19 @@ fn receipts(queue_id: u32, appended: &Appended) -> Response {
 
 /// Refuses the broker's internal topics (scheduled, half and op records) as user topics:
 /// they are read only by the timer and the transaction checker.
+/// Refuses admin changes to system topics (§9.5 of docs/PROTOCOL.md): the broker creates them
+/// and owns their queues.
+fn client_writable_topic(topic: &str, what: &str) -> Result<()> {
+    internal_topic(topic)?;
+    if names::is_system_topic(topic) {
+        return Err(BrokerError::new(
+            Status::InvalidName,
+            format!("topic {topic:?} is a system topic: the broker creates it when needed, and it cannot be {what} by a client"),
+        ));
+    }
+    Ok(())
+}
+
 fn internal_topic(topic: &str) -> Result<()> {
     if [
         names::SCHEDULE_TOPIC,
@@ -1322,7 +1410,6 @@ fn not_found(topic: &str) -> BrokerError {
 }
 
 fn internal(e: anyhow::Error) -> BrokerError {
-    tracing::error!(error = %format!("{e:#}"), "internal error");
     BrokerError::new(Status::Internal, format!("{e:#}"))
 }
 

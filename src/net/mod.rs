@@ -14,7 +14,7 @@ use bytes::Bytes;
 use quiver_protocol::{
     encode_error, Command, FrameError, FrameHeader, Request, Status, FRAME_HEADER, PROTOCOL_VERSION,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -74,6 +74,7 @@ impl Listener {
     pub async fn serve(self, broker: Arc<Broker>, shutdown: CancellationToken) {
         let limits = broker.limits();
         let conns = Arc::new(Semaphore::new(limits.max_connections as usize));
+        let request_bytes = Arc::new(Semaphore::new(limits.request_bytes));
         let requests = CancellationToken::new();
         let tracker = tokio_util::task::TaskTracker::new();
         loop {
@@ -91,13 +92,17 @@ impl Listener {
             };
             let broker = broker.clone();
             let stop = requests.clone();
-            let t = tracker.clone();
+            let budget = Budget {
+                connection: Arc::new(Semaphore::new(limits.connection_request_bytes)),
+                broker: request_bytes.clone(),
+                wait: Duration::from_millis(limits.busy_timeout_ms),
+            };
             let remote = incoming.remote_address();
             tracker.spawn(
                 async move {
                     let _permit = permit;
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, broker, stop, t).await,
+                        Ok(conn) => serve_connection(conn, broker, stop, budget).await,
                         Err(e) => debug!(error = %e, "handshake failed"),
                     }
                 }
@@ -113,7 +118,7 @@ impl Listener {
             warn!("some requests did not finish within the shutdown grace period");
         }
         self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"broker shutting down");
+            .close(quinn::VarInt::from_u32(0), SHUTDOWN_REASON);
         self.endpoint.wait_idle().await;
     }
 }
@@ -122,50 +127,121 @@ impl Listener {
 struct Session {
     remote: SocketAddr,
     hello: AtomicBool,
+    /// Request-buffer budgets: this connection's and the whole broker's.
+    budget: Budget,
+}
+
+/// Bytes of request buffers that may be held at once, per connection and in the whole broker.
+/// A request takes from both as its bytes arrive (never by the length it claims) and gives
+/// them back when it has been handled.
+#[derive(Clone)]
+struct Budget {
+    connection: Arc<Semaphore>,
+    broker: Arc<Semaphore>,
+    /// How long a request waits for room before it is answered `Busy`.
+    wait: Duration,
+}
+
+/// Buffer bytes a request holds in both budgets; returned on drop.
+#[derive(Default)]
+struct Held {
+    connection: Option<OwnedSemaphorePermit>,
+    broker: Option<OwnedSemaphorePermit>,
+}
+
+impl Held {
+    fn bytes(&self) -> usize {
+        self.connection.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// Takes `n` more bytes from the connection's budget, then the broker's (always in this
+    /// order, so two requests cannot each hold what the other waits for across budgets).
+    async fn grow(&mut self, n: usize, budget: &Budget) -> Result<(), ()> {
+        let n = u32::try_from(n).map_err(|_| ())?;
+        let take = async {
+            let c = budget.connection.clone().acquire_many_owned(n).await;
+            let b = budget.broker.clone().acquire_many_owned(n).await;
+            match (c, b) {
+                (Ok(c), Ok(b)) => Ok((c, b)),
+                _ => Err(()),
+            }
+        };
+        let (c, b) = tokio::time::timeout(budget.wait, take)
+            .await
+            .map_err(|_| ())??;
+        merge(&mut self.connection, c);
+        merge(&mut self.broker, b);
+        Ok(())
+    }
+}
+
+fn merge(slot: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
+    match slot {
+        Some(held) => held.merge(p),
+        None => *slot = Some(p),
+    }
 }
 
 async fn serve_connection(
     conn: quinn::Connection,
     broker: Arc<Broker>,
     stop: CancellationToken,
-    tracker: tokio_util::task::TaskTracker,
+    budget: Budget,
 ) {
     let session = Arc::new(Session {
         remote: conn.remote_address(),
         hello: AtomicBool::new(false),
+        budget,
     });
+    let streams = tokio_util::task::TaskTracker::new();
     debug!("connection open");
-    loop {
+    let shutting_down = loop {
         tokio::select! {
-            _ = stop.cancelled() => {
-                // Streams already accepted run to completion under the tracker; new ones are
-                // refused by closing once the broker is idle.
-                break;
-            }
+            _ = stop.cancelled() => break true,
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let (b, s, st) = (broker.clone(), session.clone(), stop.clone());
-                    tracker.spawn(async move { handle_bi(send, recv, b, s, st).await }.in_current_span());
+                    streams.spawn(async move { handle_bi(send, recv, b, s, st).await }.in_current_span());
                 }
-                Err(e) => { debug!(reason = %e, "connection closed"); return; }
+                Err(e) => { debug!(reason = %e, "connection closed"); break false; }
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
                     let (b, s) = (broker.clone(), session.clone());
-                    tracker.spawn(async move { handle_uni(recv, b, s).await }.in_current_span());
+                    streams.spawn(async move { handle_uni(recv, b, s).await }.in_current_span());
                 }
-                Err(e) => { debug!(reason = %e, "connection closed"); return; }
+                Err(e) => { debug!(reason = %e, "connection closed"); break false; }
             },
         }
+    };
+    // Requests already accepted run to completion (the listener bounds this by the shutdown
+    // grace period); then the connection is closed with the reason PROTOCOL.md §2 gives.
+    // Dropping the last handle instead would close it with an empty reason.
+    streams.close();
+    streams.wait().await;
+    if shutting_down {
+        conn.close(quinn::VarInt::from_u32(0), SHUTDOWN_REASON);
     }
 }
 
-/// Reads one frame: header, length check, body. Errors carry the status to answer with.
+/// The reason of the connection close a shutting-down broker sends (docs/PROTOCOL.md §2).
+const SHUTDOWN_REASON: &[u8] = b"broker shutting down";
+
+/// A frame's body is read in pieces of at most this many bytes.
+const READ_CHUNK: usize = 64 << 10;
+
+type FrameFailure = (Status, u16, String);
+
+/// Reads one frame: header, length check, body. The body buffer grows with the bytes that
+/// arrive (at most doubling, never beyond the claimed length) and its memory is taken from the
+/// session's budgets first, so a length a peer claims but never sends costs nothing. Errors
+/// carry the status to answer with.
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     max_frame: u32,
     deadline: Duration,
-) -> Result<(FrameHeader, Bytes), (Status, u16, String)> {
+    budget: &Budget,
+) -> Result<(FrameHeader, Bytes, Held), FrameFailure> {
     let read = async {
         let mut h = [0u8; FRAME_HEADER];
         recv.read_exact(&mut h).await.map_err(|e| {
@@ -179,18 +255,49 @@ async fn read_frame(
             let code = u16::from_le_bytes([h[4], h[5]]);
             (e.status(), code, e.to_string())
         })?;
-        let mut body = vec![0u8; header.body_len()];
-        recv.read_exact(&mut body).await.map_err(|e| {
+        let len = header.body_len();
+        let truncated = |got: usize, e: String| {
             (
                 Status::BadRequest,
                 header.code,
-                format!(
-                    "truncated frame: expected {} body bytes: {e}",
-                    header.body_len()
-                ),
+                format!("truncated frame: expected {len} body bytes, got {got}{e}"),
             )
-        })?;
-        Ok((header, Bytes::from(body)))
+        };
+        let busy = || {
+            (
+                Status::Busy,
+                header.code,
+                "the broker holds too many request bytes from this connection or in total; retry later"
+                    .to_string(),
+            )
+        };
+        let mut held = Held::default();
+        let mut body: Vec<u8> = Vec::new();
+        while body.len() < len {
+            let chunk = match recv
+                .read_chunk((len - body.len()).min(READ_CHUNK), true)
+                .await
+            {
+                Ok(Some(c)) => c.bytes,
+                Ok(None) => return Err(truncated(body.len(), String::new())),
+                Err(e) => return Err(truncated(body.len(), format!(": {e}"))),
+            };
+            if body.is_empty() && chunk.len() == len {
+                // The whole body in one piece: keep quinn's buffer, no copy.
+                held.grow(len, budget).await.map_err(|_| busy())?;
+                return Ok((header, chunk, held));
+            }
+            let need = body.len() + chunk.len();
+            if need > body.capacity() {
+                let cap = (body.capacity() * 2).max(need).min(len);
+                held.grow(cap.saturating_sub(held.bytes()), budget)
+                    .await
+                    .map_err(|_| busy())?;
+                body.reserve_exact(cap - body.len());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((header, Bytes::from(body), held))
     };
     match tokio::time::timeout(deadline, read).await {
         Ok(r) => r,
@@ -211,39 +318,41 @@ async fn handle_bi(
 ) {
     let limits = broker.limits();
     let deadline = Duration::from_millis(limits.request_read_timeout_ms);
-    let chunks = match read_frame(&mut recv, limits.max_frame_bytes, deadline).await {
-        Ok((header, body)) => match Request::decode(&header, body) {
-            Ok(req) => {
-                let cmd = req.command();
-                // A client that gives up (timeout, closed connection) stops the stream: the
-                // request (e.g. a parked pull) ends with it instead of lingering.
-                let result = tokio::select! {
-                    r = dispatch(req, &broker, &session, &stop) => r,
-                    _ = send.stopped() => {
-                        debug!(command = ?cmd, "client abandoned the request");
-                        return;
+    let chunks =
+        match read_frame(&mut recv, limits.max_frame_bytes, deadline, &session.budget).await {
+            // `_held` keeps the request's bytes counted until it has been handled.
+            Ok((header, body, _held)) => match Request::decode(&header, body) {
+                Ok(req) => {
+                    let cmd = req.command();
+                    // A client that gives up (timeout, closed connection) stops the stream: the
+                    // request (e.g. a parked pull) ends with it instead of lingering.
+                    let result = tokio::select! {
+                        r = dispatch(req, &broker, &session, &stop) => r,
+                        _ = send.stopped() => {
+                            debug!(command = ?cmd, "client abandoned the request");
+                            return;
+                        }
+                    };
+                    match result {
+                        Ok(resp) => resp.encode_chunks(cmd),
+                        Err(e) => vec![encode_error(e.status(), cmd as u16, &e.to_string())],
                     }
-                };
-                match result {
-                    Ok(resp) => resp.encode_chunks(cmd),
-                    Err(e) => vec![encode_error(e.status(), cmd as u16, &e.to_string())],
                 }
+                Err(e) => {
+                    debug!(error = %e, code = header.code, "bad request");
+                    vec![encode_error(
+                        e.status(),
+                        header.code,
+                        &frame_error_message(&e),
+                    )]
+                }
+            },
+            Err((status, code, msg)) => {
+                debug!(status = %status_name(status), %msg, "bad frame");
+                let _ = recv.stop(quinn::VarInt::from_u32(status as u32));
+                vec![encode_error(status, code, &msg)]
             }
-            Err(e) => {
-                debug!(error = %e, code = header.code, "bad request");
-                vec![encode_error(
-                    e.status(),
-                    header.code,
-                    &frame_error_message(&e),
-                )]
-            }
-        },
-        Err((status, code, msg)) => {
-            debug!(status = %status_name(status), %msg, "bad frame");
-            let _ = recv.stop(quinn::VarInt::from_u32(status as u32));
-            vec![encode_error(status, code, &msg)]
-        }
-    };
+        };
     let mut chunks = chunks;
     if let Err(e) = send.write_all_chunks(&mut chunks).await {
         debug!(error = %e, "client went away before the response");
@@ -271,13 +380,14 @@ fn frame_error_message(e: &FrameError) -> String {
 async fn handle_uni(mut recv: quinn::RecvStream, broker: Arc<Broker>, session: Arc<Session>) {
     let limits = broker.limits();
     let deadline = Duration::from_millis(limits.request_read_timeout_ms);
-    let (header, body) = match read_frame(&mut recv, limits.max_frame_bytes, deadline).await {
-        Ok(f) => f,
-        Err((_, _, msg)) => {
-            debug!(%msg, "bad one-way frame");
-            return;
-        }
-    };
+    let (header, body, _held) =
+        match read_frame(&mut recv, limits.max_frame_bytes, deadline, &session.budget).await {
+            Ok(f) => f,
+            Err((_, _, msg)) => {
+                debug!(%msg, "bad one-way frame");
+                return;
+            }
+        };
     match Request::decode(&header, body) {
         Ok(
             req @ (Request::Send { .. }

@@ -11,4 +11,5 @@ mod messaging;
 mod ordered;
 mod plugins;
 mod raw_frames;
+mod serve_process;
 mod store_crash;

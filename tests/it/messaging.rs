@@ -10,7 +10,7 @@ use quiver::config::Config;
 use quiver_client::{
     Admin, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId, Producer,
     ProducerOptions, PullConsumer, PullOptions, PushConsumer, PushConsumerOptions, ReceivedMessage,
-    Status, Subscription, TransactionState,
+    ResetTarget, Status, Subscription, TransactionState,
 };
 
 use crate::harness::TestBroker;
@@ -158,11 +158,53 @@ async fn bad_delays_and_system_topics_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(status(&e), Some(Status::InvalidName), "{e}");
-    let e = producer
-        .send(Message::new("%DLQ%g", "x"))
+    for system in ["%DLQ%g", "%RETRY%g", "%TRANS_CHECK_MAX%"] {
+        let e = producer.send(Message::new(system, "x")).await.unwrap_err();
+        assert_eq!(status(&e), Some(Status::InvalidName), "{system}: {e}");
+    }
+    // A refused send leaves no topic behind, and admin requests cannot make system topics.
+    let admin = Admin::new(broker.client().await);
+    let topics = admin.list_topics().await.unwrap();
+    assert!(
+        topics.iter().all(|t| !t.name.starts_with('%')),
+        "{topics:?}"
+    );
+    for system in [
+        "%DLQ%g",
+        "%RETRY%g",
+        "%TRANS_CHECK_MAX%",
+        "%SCHEDULE%",
+        "%HALF%",
+    ] {
+        let e = admin.create_topic(system, 1).await.unwrap_err();
+        assert_eq!(status(&e), Some(Status::InvalidName), "{system}: {e}");
+        let e = admin.delete_topic(system).await.unwrap_err();
+        assert!(
+            matches!(
+                status(&e),
+                Some(Status::InvalidName | Status::TopicNotFound)
+            ),
+            "{system}: {e}"
+        );
+    }
+    assert!(admin
+        .list_topics()
+        .await
+        .unwrap()
+        .iter()
+        .all(|t| !t.name.starts_with('%')));
+    // Resetting the offsets of a group nobody knows (a typo) creates nothing.
+    let e = admin
+        .reset_group_offset("no-such-grup", "sched2", ResetTarget::First, false)
         .await
         .unwrap_err();
-    assert_eq!(status(&e), Some(Status::InvalidName), "{e}");
+    assert_eq!(status(&e), Some(Status::GroupNotFound), "{e}");
+    assert!(admin
+        .list_groups()
+        .await
+        .unwrap()
+        .iter()
+        .all(|g| g.name != "no-such-grup"));
     // A past deliver-at time is delivered at once.
     producer
         .send(

@@ -26,6 +26,7 @@ fn example_plugins() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            ensure_wasm_target()?;
             let target = repo().join("target").join("wasm-plugins");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let out = std::process::Command::new(cargo)
@@ -53,6 +54,43 @@ fn example_plugins() -> PathBuf {
         })
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// rustup installs the targets of rust-toolchain.toml only with the toolchain itself: on a
+/// machine where the pinned toolchain was already installed without them, add the one the
+/// example plugins need (and say so), instead of failing with "can't find crate for std".
+fn ensure_wasm_target() -> Result<(), String> {
+    const TARGET: &str = "wasm32-unknown-unknown";
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = std::process::Command::new(&rustc)
+        .current_dir(repo())
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("running {rustc} --print sysroot: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot
+        .join("lib/rustlib")
+        .join(TARGET)
+        .join("lib")
+        .is_dir()
+    {
+        return Ok(());
+    }
+    eprintln!("the Rust target {TARGET} is missing: running `rustup target add {TARGET}`");
+    let out = std::process::Command::new("rustup")
+        .current_dir(repo())
+        .args(["target", "add", TARGET])
+        .output()
+        .map_err(|e| {
+            format!("the Rust target {TARGET} is missing and rustup cannot be run ({e}); install the target")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "`rustup target add {TARGET}` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 fn plugin_wasm(name: &str) -> Vec<u8> {

@@ -1,0 +1,260 @@
+//! `quiver serve` as a real process: what its environment, its pipes and hostile peers do to it.
+//! Each test starts the binary on 127.0.0.1 port 0 in a temporary directory and reads the
+//! address and fingerprint from its banner.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use quiver_client::{quinn_client_config, Tls};
+use quiver_protocol::{split_frame, Command as Cmd, Request, Status, PROTOCOL_VERSION};
+
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: String,
+    /// The banner's reader: dropping it closes the read end of the stdout pipe.
+    stdout: Option<BufReader<std::process::ChildStdout>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(envs: &[(&str, &str)]) -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("QUIVER_BROKER__LISTEN", "127.0.0.1:0")
+        .env("QUIVER_STORE__SEGMENT_SIZE", "1048576")
+        .env("QUIVER_STORE__MAX_MESSAGE_SIZE", "262144")
+        .env("QUIVER_STORE__INDEX_SLOTS", "1024")
+        .env("QUIVER_STORE__INDEX_ENTRIES", "4096")
+        .env("QUIVER_STORE__DISK_HIGH_WATERMARK", "1.0")
+        .env("QUIVER_STORE__DISK_CLEAN_WATERMARK", "1.0")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("quiver serve starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut addr, mut fingerprint) = (None, None);
+    let mut line = String::new();
+    while fingerprint.is_none() {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "serve exited before its banner: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Some(a) = line.strip_prefix("quiver broker listening on ") {
+            addr = Some(a.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        if let Some(f) = line.trim().strip_prefix("sha256 fingerprint: ") {
+            fingerprint = Some(f.to_string());
+        }
+    }
+    Serve {
+        child,
+        addr: addr.expect("the banner names the address"),
+        fingerprint: fingerprint.unwrap(),
+        stdout: Some(stdout),
+        _dir: dir,
+    }
+}
+
+/// Waits for the process to exit, at most `limit`.
+fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+async fn connect(s: &Serve) -> (quinn::Endpoint, quinn::Connection) {
+    let tls = Tls::fingerprint_from_hex(&s.fingerprint).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn_client_config(&tls).unwrap());
+    let conn = endpoint
+        .connect(s.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
+async fn exchange(conn: &quinn::Connection, req: &Request) -> Status {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&req.encode()).await.unwrap();
+    let _ = send.finish();
+    let resp = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("the broker answers")
+        .unwrap();
+    let (h, _) = split_frame(&bytes::Bytes::from(resp), 1 << 20).unwrap();
+    Status::from_u16(h.code)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// The CLI's own variables (documented in the README) and `QUIVER_CONFIG` do not stop serve;
+/// `QUIVER_CONFIG` names the file it reads.
+#[test]
+fn client_variables_do_not_stop_serve_and_quiver_config_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quiver.toml");
+    std::fs::write(&file, "[broker]\nname = \"from-the-file\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--print-config"])
+        .env("QUIVER_CONFIG", &file)
+        .env("QUIVER_FINGERPRINT", "00:11")
+        .env("QUIVER_CA", "/nonexistent/ca.pem")
+        .env("QUIVER_BROKER", "127.0.0.1:10911")
+        .env("QUIVER_STORE__FLUSH_MODE", "sync")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "serve refused its environment: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("name = \"from-the-file\""), "{stdout}");
+    assert!(stdout.contains("flush_mode = \"sync\""), "{stdout}");
+}
+
+/// `quiver serve 2>&1 | head -5`: once the reader of its output is gone, SIGTERM still stops
+/// the broker cleanly.
+#[test]
+fn sigterm_stops_serve_after_its_output_pipes_closed() {
+    let mut s = serve(&[]);
+    // Close the read ends of both pipes, as `head` does when it has its lines.
+    drop(s.stdout.take());
+    drop(s.child.stderr.take());
+    // Make the broker write log lines into the closed pipe before the signal.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_e, conn) = connect(&s).await;
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client_id: "pipe".into(),
+        };
+        assert_eq!(exchange(&conn, &hello).await, Status::Ok);
+        conn.close(0u32.into(), b"bye");
+    });
+    let pid = s.child.id() as libc::pid_t;
+    // SAFETY: kill(2) with a pid this test spawned and still owns (not yet reaped).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = exits_within(&mut s.child, Duration::from_secs(15))
+        .expect("SIGTERM stops the broker even though its stderr is a closed pipe");
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}
+
+/// A connection open when the broker stops is closed with the reason PROTOCOL.md §2 gives.
+#[test]
+fn shutdown_closes_connections_with_a_reason() {
+    let mut s = serve(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_e, conn) = rt.block_on(connect(&s));
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+        client_id: "reason".into(),
+    };
+    assert_eq!(rt.block_on(exchange(&conn, &hello)), Status::Ok);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let reason = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(15), conn.closed())
+            .await
+            .expect("the broker closes the connection")
+    });
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(u64::from(c.error_code), 0);
+            assert_eq!(&c.reason[..], b"broker shutting down");
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    assert!(exits_within(&mut s.child, Duration::from_secs(15)).is_some());
+}
+
+/// Streams that send only a request header claiming the largest frame and then stall cost
+/// the broker (almost) nothing: memory follows the bytes that arrive, not the claimed length.
+#[test]
+fn claimed_frame_lengths_do_not_reserve_memory() {
+    let s = serve(&[("QUIVER_BROKER__REQUEST_READ_TIMEOUT_MS", "1000")]);
+    let pid = s.child.id();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_e, good) = connect(&s).await;
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            client_id: "good".into(),
+        };
+        assert_eq!(exchange(&good, &hello).await, Status::Ok);
+        let before = rss_kib(pid);
+        // Largest frame the broker accepts by default (16 MiB + 64 KiB).
+        let claimed: u32 = (16 << 20) + (64 << 10);
+        let mut header = BytesMut::new();
+        header.put_u32_le(claimed);
+        header.put_u16_le(Cmd::Send as u16);
+        header.put_u16_le(0);
+        let mut peak = before;
+        for round in 0..2 {
+            let (_e, conn) = connect(&s).await;
+            let mut streams = Vec::new();
+            for _ in 0..200 {
+                let (mut send, recv) = conn.open_bi().await.unwrap();
+                send.write_all(&header).await.unwrap();
+                streams.push((send, recv));
+            }
+            // Let the broker take all of them in; meanwhile others are still served.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let ping = Request::TopicList;
+            assert_eq!(
+                exchange(&good, &ping).await,
+                Status::Ok,
+                "round {round}: the broker keeps serving others"
+            );
+            peak = peak.max(rss_kib(pid));
+            // The broker gives up on them after its read timeout (1 s here).
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            peak = peak.max(rss_kib(pid));
+            drop(streams);
+        }
+        let grown_mib = peak.saturating_sub(before) / 1024;
+        assert!(
+            grown_mib <= 64,
+            "2 x 200 stalled streams grew the broker's RSS by {grown_mib} MiB (from {} MiB)",
+            before / 1024
+        );
+    });
+}
