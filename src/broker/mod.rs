@@ -1444,3 +1444,50 @@ impl From<BrokerError> for std::io::Error {
         std::io::Error::other(e.message)
     }
 }
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// What the store knows about its files stays in the broker's log: clients get an error id.
+    #[test]
+    fn errors_sent_to_clients_name_no_server_paths() {
+        let dir = std::path::PathBuf::from("/srv/quiver-data/store");
+        let errors = [
+            StoreError::Corrupt {
+                file: dir.join("commitlog/00000000000000000000"),
+                offset: 42,
+                reason: "bad crc".into(),
+            },
+            StoreError::io(
+                dir.join("commitlog/00000000001073741824.tmp"),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ),
+            StoreError::DiskFull {
+                path: dir.clone(),
+                used_percent: 97.0,
+                limit_percent: 90.0,
+            },
+            StoreError::Poisoned(format!("msync of {} failed", dir.display())),
+            StoreError::Locked(dir.clone()),
+        ];
+        for e in errors {
+            let detail = e.to_string();
+            assert!(
+                detail.contains("/srv/"),
+                "the log keeps the detail: {detail}"
+            );
+            let sent = BrokerError::from(e);
+            assert!(
+                !sent.to_string().contains('/'),
+                "{:?}: {sent}",
+                sent.status()
+            );
+            if matches!(sent.status(), Status::Internal | Status::StoreUnavailable) {
+                assert!(sent.to_string().contains("error id"), "{sent}");
+            }
+        }
+        let plain = BrokerError::new(Status::Internal, "open /srv/x: denied");
+        assert!(!plain.to_string().contains("/srv"), "{plain}");
+    }
+}
