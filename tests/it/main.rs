@@ -11,4 +11,5 @@ mod messaging;
 mod ordered;
 mod plugins;
 mod raw_frames;
+mod reconnect;
 mod store_crash;
