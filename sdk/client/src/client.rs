@@ -633,6 +633,14 @@ impl Client {
             Ok(Err(e @ (ConnectionError::TimedOut | ConnectionError::Reset))) => {
                 return Err(unreachable(e.to_string()))
             }
+            // At its connection limit (many clients reconnecting at once): try again later.
+            Ok(Err(ConnectionError::ConnectionClosed(c)))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                return Err(unreachable(format!(
+                    "the broker refused the connection: {c}"
+                )))
+            }
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Err(_) => {
                 return Err(unreachable(format!(

@@ -54,6 +54,8 @@ struct State {
     held: HashMap<String, Vec<QueueRef>>,
     left: Vec<String>,
     grant: Option<Vec<QueueRef>>,
+    /// Refuse this many new connections (CONNECTION_REFUSED, as at the connection limit).
+    refuse: u32,
 }
 
 struct Mock {
@@ -97,6 +99,14 @@ impl Mock {
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 let st = st.clone();
+                {
+                    let mut s = st.lock().unwrap();
+                    if s.refuse > 0 {
+                        s.refuse -= 1;
+                        incoming.refuse();
+                        continue;
+                    }
+                }
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
                         serve(conn, st).await;
@@ -791,6 +801,37 @@ async fn survives_a_graceful_restart() {
     assert_eq!(mock.state().hellos, 1);
     assert_eq!(mock.state().before_hello, 0);
     assert_eq!(client.generation(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_retried_with_back_off() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let client = Client::connect(config(mock.addr, &c)).await.unwrap();
+    // The broker restarts and refuses the first two connections (at its limit while many
+    // clients reconnect): the request still gets through, after back-off.
+    let (addr, state) = (mock.addr, mock.state.clone());
+    mock.stop().await;
+    state.lock().unwrap().refuse = 2;
+    let mock = Mock::start_with(&c, addr, state).await;
+    let started = std::time::Instant::now();
+    client.request(Request::TopicList).await.unwrap();
+    // Two failed attempts: waits of 50 to 100 ms, then 100 to 200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mock.state().refuse, 0);
+    assert_eq!(client.generation(), 2);
+    // A refused first connection is a clear, retryable error.
+    mock.state().refuse = u32::MAX;
+    let e = Client::connect(config(addr, &c)).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Unreachable { reason, .. } if reason.contains("refused")),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
 }
 
 /// A UDP relay whose target can be switched, to make a broker vanish without closing.
