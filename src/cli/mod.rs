@@ -95,7 +95,10 @@ impl ClientArgs {
         match Client::connect(cfg).await {
             Ok(c) => Ok(c),
             // Already says where and why.
-            Err(e @ quiver_client::ClientError::Connect { .. }) => Err(e.into()),
+            Err(
+                e @ (quiver_client::ClientError::Connect { .. }
+                | quiver_client::ClientError::Unreachable { .. }),
+            ) => Err(e.into()),
             Err(e) => Err(anyhow::Error::new(e)
                 .context(format!("connecting to the broker at {}", self.broker))),
         }

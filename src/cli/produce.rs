@@ -20,6 +20,11 @@ auto-creation (broker.auto_create_topics); otherwise create it with `quiver admi
 Prints one row per message: message id, topic, queue and offset (with --json: one object per \
 line with id, topic, queue, offset, commit_log_offset).
 
+When the connection is lost (the broker restarted, even after kill -9), sends reconnect and are \
+retried within --send-timeout; a message whose first attempt may have been stored before the \
+connection dropped can then be stored twice, with the same id (at-least-once; see \
+docs/SEMANTICS.md). A send that still fails stops the command with the error.
+
 Examples:
   quiver produce --topic orders --tag created --key order-1 'hello'
   seq 1 1000 | quiver produce --topic numbers --batch 100 --json")]
@@ -51,6 +56,14 @@ pub(crate) struct ProduceArgs {
     /// Scheduled: deliver after the broker's delay level N (1 = 1s ... 18 = 2h by default).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
     delay_level: Option<u8>,
+    /// Time allowed for one send (or batch), retries and reconnecting included: a broker
+    /// that restarts within it is ridden out (e.g. 500ms, 10s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+    send_timeout: std::time::Duration,
+    /// Extra attempts of a send after a retryable failure (lost connection, unreachable or
+    /// busy broker), within --send-timeout.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    retries: u32,
     /// Message bodies; without any, stdin is read line by line.
     #[arg(value_name = "BODY")]
     bodies: Vec<String>,
@@ -60,6 +73,13 @@ pub(crate) struct ProduceArgs {
 
 fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
     quiver::messaging::parse_duration(s)
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match quiver::messaging::parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_prop(s: &str) -> Result<(String, String), String> {
@@ -159,6 +179,8 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
                 Some(q) => QueueSelector::Fixed(q),
                 None => QueueSelector::RoundRobin,
             },
+            send_timeout: args.send_timeout,
+            retries: args.retries,
             ..ProducerOptions::default()
         },
     );

@@ -12,4 +12,5 @@ mod ordered;
 mod plugins;
 mod raw_frames;
 mod serve_process;
+mod reconnect;
 mod store_crash;

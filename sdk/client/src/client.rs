@@ -1,11 +1,12 @@
 //! The connection to one broker: QUIC + TLS, the Hello handshake, one bidirectional stream per
-//! request, transparent reconnection.
+//! request, a liveness watchdog, and reconnection with back-off.
 
+use std::collections::hash_map::RandomState;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +14,11 @@ use quinn::{ConnectionError, Endpoint, ReadError, ReadToEndError, VarInt, WriteE
 use quiver_protocol::{
     decode_error, split_frame, Command, Request, Response, Status, PROTOCOL_VERSION,
 };
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::ClientError;
-use crate::tls::{quinn_client_config, Tls};
+use crate::tls::{quinn_client_config, transport_config, Tls};
 
 /// Largest response accepted before the broker has told its `max_frame` (16 MiB + 64 KiB).
 pub const DEFAULT_MAX_FRAME: u32 = (16 << 20) + (64 << 10);
@@ -36,10 +39,26 @@ pub struct ClientConfig {
     /// A free-form id sent in the Hello handshake (shows in broker logs); default
     /// `quiver-client-<pid>-<random>`.
     pub client_id: String,
-    /// Time allowed for the QUIC/TLS handshake; default 3 s.
+    /// Time allowed for one connection attempt's QUIC/TLS handshake; default 3 s.
     pub connect_timeout: Duration,
-    /// Time allowed for one request (a long-poll pull gets its poll time on top); default 5 s.
+    /// Time allowed for one request, reconnecting included (a long-poll pull gets its poll
+    /// time on top); default 5 s.
     pub request_timeout: Duration,
+    /// The connection is declared dead, and closed, when the broker has acknowledged none of
+    /// the packets sent to it for this long (at least two of them, so a lone ACK does not
+    /// count): a broker killed or restarted without closing its connections is noticed this
+    /// quickly instead of after the 30 s idle timeout. Requests in flight then fail with
+    /// [`ClientError::ConnectionLost`] and the next request reconnects. An idle connection
+    /// sends a keep-alive ping at this period (at most every 100 ms, at least every 5 s) so
+    /// that the check also works between requests and under long polls. Default 1 s; zero
+    /// turns the check off (then only the 30 s idle timeout ends a dead connection).
+    pub liveness_timeout: Duration,
+    /// Wait after the first failed reconnection attempt; it doubles after each further
+    /// failure up to `reconnect_backoff_max`, and each wait is randomised between half and
+    /// all of it so that many clients do not reconnect in step. Default 100 ms.
+    pub reconnect_backoff: Duration,
+    /// Longest wait between two reconnection attempts; default 5 s.
+    pub reconnect_backoff_max: Duration,
 }
 
 impl ClientConfig {
@@ -56,6 +75,9 @@ impl ClientConfig {
             ),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
+            liveness_timeout: Duration::from_secs(1),
+            reconnect_backoff: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
         }
     }
 }
@@ -80,6 +102,9 @@ struct Conn {
     info: BrokerInfo,
     /// Increases with every new connection (to invalidate only the one that failed).
     generation: u64,
+    /// Why this client closed the connection itself (the liveness verdict), for the errors
+    /// of the requests that were in flight.
+    verdict: Arc<OnceLock<String>>,
 }
 
 impl Conn {
@@ -90,29 +115,146 @@ impl Conn {
     fn limit(&self) -> usize {
         self.info.max_frame as usize + 8
     }
-}
 
-/// Packet counters of a connection, to tell a dead broker from a slow one.
-#[derive(Clone, Copy)]
-struct Traffic {
-    sent: u64,
-    acks: u64,
-}
-
-impl Traffic {
-    fn of(conn: &Conn) -> Self {
-        let s = conn.conn.stats();
-        Traffic {
-            sent: s.udp_tx.datagrams,
-            acks: s.frame_rx.acks,
+    /// The error of a request whose connection went away.
+    fn lost(&self, e: ConnectionError) -> ClientError {
+        match (&e, self.verdict.get()) {
+            (ConnectionError::LocallyClosed, Some(why)) => ClientError::ConnectionLost(why.clone()),
+            _ => ClientError::ConnectionLost(e.to_string()),
         }
     }
 }
 
+/// Frames received on a connection (every frame counted here was decrypted, so it came from
+/// the broker that holds the connection's keys; a restarted broker's stray packets do not
+/// count).
+fn frames_received(s: &quinn::ConnectionStats) -> u64 {
+    let f = &s.frame_rx;
+    [
+        f.acks,
+        f.ack_frequency,
+        f.crypto,
+        f.connection_close,
+        f.data_blocked,
+        f.datagram,
+        u64::from(f.handshake_done),
+        f.immediate_ack,
+        f.max_data,
+        f.max_stream_data,
+        f.max_streams_bidi,
+        f.max_streams_uni,
+        f.new_connection_id,
+        f.new_token,
+        f.path_challenge,
+        f.path_response,
+        f.ping,
+        f.reset_stream,
+        f.retire_connection_id,
+        f.stream_data_blocked,
+        f.streams_blocked_bidi,
+        f.streams_blocked_uni,
+        f.stop_sending,
+        f.stream,
+    ]
+    .iter()
+    .fold(0u64, |a, b| a.wrapping_add(*b))
+}
+
+/// The liveness verdict on a connection, from its packet counters sampled over time: dead
+/// when at least two datagrams were sent since the broker's last frame arrived and that has
+/// lasted `timeout` (counted from the sample that first saw the second one). One unanswered
+/// datagram is not enough: it may be an ACK, which the broker does not acknowledge. A live
+/// broker acknowledges at once (the client asks for immediate ACKs), so this only fires
+/// when nothing comes back: the broker was killed, restarted (its new process cannot
+/// decrypt the old connection's packets), or the network is cut.
+#[derive(Debug)]
+struct Liveness {
+    timeout: Duration,
+    /// Frames received at the last sample where that count changed.
+    rx: u64,
+    /// Datagrams sent at that sample.
+    tx_at_rx: u64,
+    /// The first sample that saw two or more datagrams unanswered.
+    since: Option<Instant>,
+}
+
+impl Liveness {
+    fn new(timeout: Duration, rx: u64, tx: u64) -> Self {
+        Self {
+            timeout,
+            rx,
+            tx_at_rx: tx,
+            since: None,
+        }
+    }
+
+    /// Takes a sample; true when the broker must be considered dead.
+    fn observe(&mut self, now: Instant, rx: u64, tx: u64) -> bool {
+        if rx != self.rx {
+            self.rx = rx;
+            self.tx_at_rx = tx;
+            self.since = None;
+            return false;
+        }
+        if tx.saturating_sub(self.tx_at_rx) < 2 {
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.duration_since(since) >= self.timeout
+    }
+}
+
+/// Watches one connection until it closes; closes it when [`Liveness`] says the broker is
+/// gone.
+async fn watchdog(conn: Conn, timeout: Duration, addr: SocketAddr) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let stats = conn.conn.stats();
+    let mut live = Liveness::new(timeout, frames_received(&stats), stats.udp_tx.datagrams);
+    loop {
+        tokio::select! {
+            _ = conn.conn.closed() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let s = conn.conn.stats();
+        if live.observe(Instant::now(), frames_received(&s), s.udp_tx.datagrams) {
+            let why = format!("the broker acknowledged nothing for {timeout:?}");
+            tracing::warn!(%addr, generation = conn.generation, "{why}; dropping the connection");
+            let _ = conn.verdict.set(why);
+            conn.conn
+                .close(VarInt::from_u32(CLOSE_CODE), b"broker unresponsive");
+            return;
+        }
+    }
+}
+
+/// The keep-alive period for a liveness timeout: the timeout itself, between 100 ms and the
+/// transport's default 5 s.
+fn keep_alive_interval(liveness_timeout: Duration) -> Duration {
+    liveness_timeout.clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// The wait before the next attempt after `failures` failed ones (1 or more): `base`
+/// doubled per further failure, capped at `max`, then scaled into [half, all] of it by
+/// `unit` (a random number in [0, 1]).
+fn backoff(failures: u32, base: Duration, max: Duration, unit: f64) -> Duration {
+    let doubled = base.saturating_mul(1u32 << failures.saturating_sub(1).min(30));
+    let wait = doubled.min(max);
+    wait / 2 + wait.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A random number in [0, 1] (from the std hasher's random keys; good enough for jitter).
+fn random_unit() -> f64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(crate::message::MessageId::new().0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The reconnection state, behind the connect lock.
 struct ConnectState {
-    /// The last failed connection attempt, numbered when it finished: requests that were
-    /// waiting for it get its error instead of trying again at once.
-    last_error: Option<(u64, ClientError)>,
+    /// Failed attempts since the last successful one.
+    failures: u32,
+    /// No attempt before this instant (the back-off).
+    not_before: Option<Instant>,
 }
 
 struct Inner {
@@ -120,9 +262,13 @@ struct Inner {
     endpoint: Endpoint,
     quic: quinn::ClientConfig,
     current: StdMutex<Option<Conn>>,
+    /// Serialises connection attempts: one at a time, shared by every waiting request.
     connect_lock: tokio::sync::Mutex<ConnectState>,
-    attempts: AtomicU64,
+    /// The error of the last failed attempt (readable without the connect lock).
+    last_error: StdMutex<Option<ClientError>>,
     generations: AtomicU64,
+    /// The generation of the newest connection (0 before the first).
+    generation_tx: watch::Sender<u64>,
     closed: AtomicBool,
 }
 
@@ -140,10 +286,21 @@ impl Drop for Inner {
 /// A connection to one broker, shared by producers, consumers and admin calls.
 ///
 /// Cloning is cheap (an `Arc`); all clones share the connection. Every request uses its own
-/// QUIC stream, so any number of requests can be in flight at once. When the connection is
-/// lost (for example because the broker restarted), requests in flight fail with
-/// [`ClientError::ConnectionLost`] and the next request reconnects, including the Hello
-/// handshake, so a long-lived `Client` survives broker restarts.
+/// QUIC stream, so any number of requests can be in flight at once.
+///
+/// **Surviving broker restarts.** A watchdog closes the connection when the broker stops
+/// acknowledging packets for [`ClientConfig::liveness_timeout`] (a broker killed with
+/// `kill -9`, or restarted, never closes its connections). Requests in flight on a lost
+/// connection fail with [`ClientError::ConnectionLost`] (the broker may or may not have
+/// processed them). The next request reconnects, with the Hello handshake, inside its own
+/// timeout: attempts are made one at a time for all waiting requests, the first at once,
+/// then after a back-off ([`ClientConfig::reconnect_backoff`], doubling up to
+/// [`ClientConfig::reconnect_backoff_max`], randomised). A request still without a
+/// connection at its deadline fails with the last attempt's error (usually
+/// [`ClientError::Unreachable`]); a broker that stays down therefore never makes a request
+/// hang longer than its timeout, and the next request tries again. Each new connection
+/// bumps [`Client::generation`]; [`Client::subscribe_generation`] lets long-lived users (the
+/// [`crate::PushConsumer`]) notice it and re-register.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -154,16 +311,24 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("addr", &self.inner.cfg.addr)
             .field("client_id", &self.inner.cfg.client_id)
+            .field("generation", &self.generation())
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 impl Client {
-    /// Connects to the broker and performs the Hello handshake. Must be called inside a
-    /// tokio runtime.
+    /// Connects to the broker and performs the Hello handshake (one attempt, within
+    /// `connect_timeout` + `request_timeout`). Must be called inside a tokio runtime.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let quic = quinn_client_config(&cfg.tls)?;
+        let mut quic = quinn_client_config(&cfg.tls)?;
+        if !cfg.liveness_timeout.is_zero() {
+            // An idle connection pings this often, so a dead broker is noticed even when no
+            // request is in flight (or only a long poll, which sends nothing while it waits).
+            let mut transport = transport_config();
+            transport.keep_alive_interval(Some(keep_alive_interval(cfg.liveness_timeout)));
+            quic.transport_config(Arc::new(transport));
+        }
         let bind: SocketAddr = if cfg.addr.is_ipv6() {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
@@ -173,8 +338,10 @@ impl Client {
             addr: cfg.addr,
             reason: format!("cannot bind a UDP socket on {bind}: {e}"),
         })?;
+        let limit = cfg.connect_timeout + cfg.request_timeout;
         let client = Client::with_parts(cfg, endpoint, quic, false);
-        client.connection().await?;
+        let conn = client.establish(Instant::now() + limit).await?;
+        client.install(conn);
         Ok(client)
     }
 
@@ -190,9 +357,13 @@ impl Client {
                 endpoint,
                 quic,
                 current: StdMutex::new(None),
-                connect_lock: tokio::sync::Mutex::new(ConnectState { last_error: None }),
-                attempts: AtomicU64::new(0),
+                connect_lock: tokio::sync::Mutex::new(ConnectState {
+                    failures: 0,
+                    not_before: None,
+                }),
+                last_error: StdMutex::new(None),
                 generations: AtomicU64::new(0),
+                generation_tx: watch::channel(0).0,
                 closed: AtomicBool::new(closed),
             }),
         }
@@ -213,9 +384,23 @@ impl Client {
         &self.inner.cfg
     }
 
-    /// What the broker said in the last successful handshake (`None` before the first one).
+    /// What the broker said in the last successful handshake (`None` when there is no
+    /// connection right now).
     pub fn broker_info(&self) -> Option<BrokerInfo> {
         self.current().map(|c| c.info)
+    }
+
+    /// The generation of the current connection: 1 after [`Client::connect`], higher after
+    /// every reconnection (it increases with every connection whose QUIC handshake
+    /// succeeded).
+    pub fn generation(&self) -> u64 {
+        *self.inner.generation_tx.borrow()
+    }
+
+    /// A receiver that sees [`Client::generation`] change on every reconnection (the broker
+    /// may have restarted: whatever it kept per connection or in memory is gone).
+    pub fn subscribe_generation(&self) -> watch::Receiver<u64> {
+        self.inner.generation_tx.subscribe()
     }
 
     /// Sends a request and waits for its response, with the configured request timeout
@@ -229,44 +414,33 @@ impl Client {
         self.request_with_timeout(request, timeout).await
     }
 
-    /// Like [`Client::request`] with an explicit timeout for the exchange (connecting, when
-    /// needed, has its own `connect_timeout` on top).
+    /// Like [`Client::request`] with an explicit timeout for the whole call: reconnecting
+    /// when there is no connection, then the exchange.
     pub async fn request_with_timeout(
         &self,
         request: Request,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        let conn = self.connection().await?;
+        let deadline = Instant::now() + timeout;
+        let conn = self.connection(deadline).await?;
         let cmd = request.command();
         let frame = request.encode();
         self.check_frame_size(&conn, frame.len())?;
-        self.run(&conn, timeout, exchange(&conn, cmd, frame)).await
+        self.run(&conn, deadline, timeout, exchange(&conn, cmd, frame))
+            .await
     }
 
-    /// Runs one exchange on `conn` within `timeout`; on failure, drops the connection if
-    /// it is lost or the broker looks dead.
+    /// Runs one exchange on `conn` until `deadline`; forgets the connection when it is lost.
     async fn run<T>(
         &self,
         conn: &Conn,
+        deadline: Instant,
         timeout: Duration,
         fut: impl Future<Output = Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
-        let mut fut = pin!(fut);
-        // Wait in two halves and judge liveness on the second one only, so ACKs for
-        // earlier traffic that arrive just after the start do not hide a dead broker.
-        let half = timeout / 2;
-        let res = match tokio::time::timeout(half, &mut fut).await {
+        let res = match tokio::time::timeout_at(deadline, fut).await {
             Ok(r) => r,
-            Err(_) => {
-                let mid = Traffic::of(conn);
-                match tokio::time::timeout(timeout - half, &mut fut).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.check_dead(conn, mid, timeout - half);
-                        return Err(ClientError::Timeout(timeout));
-                    }
-                }
-            }
+            Err(_) => Err(ClientError::Timeout(timeout)),
         };
         if let Err(ClientError::ConnectionLost(_)) = &res {
             self.forget(conn);
@@ -274,40 +448,25 @@ impl Client {
         res
     }
 
-    /// After a timeout: if we sent packets during the last half of the wait (half a second
-    /// or more) but the broker acknowledged none of them, the broker is gone without closing
-    /// the connection (killed, or restarted and unaware of it; its stray packets don't count,
-    /// only ACK frames that decrypt). Close the connection now so the next request
-    /// reconnects, instead of waiting for the 30 s idle timeout.
-    fn check_dead(&self, conn: &Conn, before: Traffic, waited: Duration) {
-        let now = Traffic::of(conn);
-        if waited >= Duration::from_millis(500) && now.sent > before.sent && now.acks == before.acks
-        {
-            tracing::warn!(
-                addr = %self.inner.cfg.addr,
-                "the broker acknowledged nothing for {waited:?}; dropping the connection"
-            );
-            conn.conn
-                .close(VarInt::from_u32(CLOSE_CODE), b"broker unresponsive");
-            self.forget(conn);
-        }
-    }
-
     /// Sends an already encoded request frame one-way, on its own unidirectional stream: no
     /// response comes back, and errors the broker finds are only logged there. Returns once
-    /// the frame is written to the connection (not when the broker has processed it).
+    /// the frame is written to the connection (not when the broker has processed it), within
+    /// the request timeout (reconnecting included).
     pub async fn send_oneway_frame(&self, frame: Bytes) -> Result<(), ClientError> {
-        let conn = self.connection().await?;
-        self.check_frame_size(&conn, frame.len())?;
         let timeout = self.inner.cfg.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let conn = self.connection(deadline).await?;
+        self.check_frame_size(&conn, frame.len())?;
         let write = async {
-            let mut send = conn.conn.open_uni().await.map_err(conn_lost)?;
-            send.write_chunk(frame).await.map_err(write_err)?;
+            let mut send = conn.conn.open_uni().await.map_err(|e| conn.lost(e))?;
+            send.write_chunk(frame)
+                .await
+                .map_err(|e| write_err(&conn, e))?;
             send.finish()
                 .map_err(|_| ClientError::Protocol("stream closed before finish".into()))?;
             Ok(())
         };
-        self.run(&conn, timeout, write).await
+        self.run(&conn, deadline, timeout, write).await
     }
 
     /// Closes the connection and the local endpoint. Requests in flight fail; later calls
@@ -344,6 +503,14 @@ impl Client {
         self.inner.current.lock().ok().and_then(|c| c.clone())
     }
 
+    /// The cached connection when it is alive; `Closed` once the client is closed.
+    fn live(&self) -> Result<Option<Conn>, ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        Ok(self.current().filter(Conn::alive))
+    }
+
     /// Drops the cached connection if it is still `conn` (a newer one is kept).
     fn forget(&self, conn: &Conn) {
         if let Ok(mut cur) = self.inner.current.lock() {
@@ -356,70 +523,129 @@ impl Client {
         }
     }
 
-    /// The live connection, connecting (with the handshake) when there is none.
-    async fn connection(&self) -> Result<Conn, ClientError> {
-        if self.is_closed() {
-            return Err(ClientError::Closed);
+    /// Makes `conn` the current connection, starts its watchdog and announces its generation.
+    fn install(&self, conn: Conn) {
+        let generation = conn.generation;
+        let timeout = self.inner.cfg.liveness_timeout;
+        if !timeout.is_zero() {
+            tokio::spawn(watchdog(conn.clone(), timeout, self.inner.cfg.addr));
         }
-        if let Some(c) = self.current() {
-            if c.alive() {
+        if let Ok(mut cur) = self.inner.current.lock() {
+            *cur = Some(conn);
+        }
+        self.inner.generation_tx.send_replace(generation);
+    }
+
+    /// The error for a request that reached its deadline without a connection.
+    fn no_connection(&self) -> ClientError {
+        self.inner
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| ClientError::Unreachable {
+                addr: self.inner.cfg.addr,
+                reason: "no connection before the request's deadline".into(),
+            })
+    }
+
+    /// The live connection; when there is none, reconnects (with the handshake) until
+    /// `deadline`, one attempt at a time for all waiting requests, with back-off between
+    /// failed attempts. A non-retryable failure (certificate rejected, Hello refused) is
+    /// returned at once.
+    async fn connection(&self, deadline: Instant) -> Result<Conn, ClientError> {
+        if let Some(c) = self.live()? {
+            return Ok(c);
+        }
+        let Ok(mut state) = tokio::time::timeout_at(deadline, self.inner.connect_lock.lock()).await
+        else {
+            return Err(self.no_connection());
+        };
+        loop {
+            if let Some(c) = self.live()? {
                 return Ok(c);
             }
-        }
-        let seen = self.inner.attempts.load(Ordering::SeqCst);
-        let mut state = self.inner.connect_lock.lock().await;
-        if self.is_closed() {
-            return Err(ClientError::Closed);
-        }
-        if let Some(c) = self.current() {
-            if c.alive() {
-                return Ok(c);
-            }
-        }
-        if let Some((attempt, e)) = &state.last_error {
-            // An attempt finished after this request arrived, and failed: report that
-            // instead of piling up one connect timeout per waiting request.
-            if *attempt > seen {
-                return Err(e.clone());
-            }
-        }
-        let result = self.establish().await;
-        // Numbered when done: requests that arrived during this attempt share its failure.
-        let attempt = self.inner.attempts.fetch_add(1, Ordering::SeqCst) + 1;
-        match result {
-            Ok(c) => {
-                state.last_error = None;
-                if let Ok(mut cur) = self.inner.current.lock() {
-                    *cur = Some(c.clone());
+            if let Some(at) = state.not_before {
+                if at >= deadline {
+                    return Err(self.no_connection());
                 }
-                Ok(c)
+                tokio::time::sleep_until(at).await;
+                if let Some(c) = self.live()? {
+                    return Ok(c);
+                }
             }
-            Err(e) => {
-                state.last_error = Some((attempt, e.clone()));
-                Err(e)
+            if Instant::now() >= deadline {
+                return Err(self.no_connection());
+            }
+            match self.establish(deadline).await {
+                Ok(c) => {
+                    state.failures = 0;
+                    state.not_before = None;
+                    if let Ok(mut e) = self.inner.last_error.lock() {
+                        *e = None;
+                    }
+                    if c.generation > 1 {
+                        tracing::info!(addr = %self.inner.cfg.addr, generation = c.generation, "reconnected");
+                    }
+                    self.install(c.clone());
+                    return Ok(c);
+                }
+                Err(_) if self.is_closed() => return Err(ClientError::Closed),
+                Err(e) => {
+                    state.failures = state.failures.saturating_add(1);
+                    let cfg = &self.inner.cfg;
+                    let wait = backoff(
+                        state.failures,
+                        cfg.reconnect_backoff,
+                        cfg.reconnect_backoff_max,
+                        random_unit(),
+                    );
+                    state.not_before = Some(Instant::now() + wait);
+                    tracing::debug!(addr = %cfg.addr, failures = state.failures, error = %e, "connection attempt failed; next in {wait:?}");
+                    if let Ok(mut last) = self.inner.last_error.lock() {
+                        *last = Some(e.clone());
+                    }
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                }
             }
         }
     }
 
-    /// A new connection: QUIC + TLS handshake, then Hello.
-    async fn establish(&self) -> Result<Conn, ClientError> {
+    /// A new connection: QUIC + TLS handshake (within `connect_timeout`), then Hello
+    /// (within `request_timeout`), all before `deadline`.
+    async fn establish(&self, deadline: Instant) -> Result<Conn, ClientError> {
         let cfg = &self.inner.cfg;
-        let fail = |reason: String| ClientError::Connect {
-            addr: cfg.addr,
-            reason,
-        };
+        let addr = cfg.addr;
+        let fail = |reason: String| ClientError::Connect { addr, reason };
+        let unreachable = |reason: String| ClientError::Unreachable { addr, reason };
         let connecting = self
             .inner
             .endpoint
-            .connect_with(self.inner.quic.clone(), cfg.addr, &cfg.server_name)
+            .connect_with(self.inner.quic.clone(), addr, &cfg.server_name)
             .map_err(|e| fail(e.to_string()))?;
-        let conn = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
+        let started = Instant::now();
+        let limit = (started + cfg.connect_timeout).min(deadline);
+        let conn = match tokio::time::timeout_at(limit, connecting).await {
             Ok(Ok(c)) => c,
+            // No answer at all: the broker is down or restarting (or the network is cut).
+            Ok(Err(e @ (ConnectionError::TimedOut | ConnectionError::Reset))) => {
+                return Err(unreachable(e.to_string()))
+            }
+            // At its connection limit (many clients reconnecting at once): try again later.
+            Ok(Err(ConnectionError::ConnectionClosed(c)))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                return Err(unreachable(format!(
+                    "the broker refused the connection: {c}"
+                )))
+            }
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Err(_) => {
-                return Err(fail(format!(
+                return Err(unreachable(format!(
                     "no QUIC handshake within {:?}",
-                    cfg.connect_timeout
+                    limit.duration_since(started)
                 )))
             }
         };
@@ -433,13 +659,15 @@ impl Client {
                 max_frame: DEFAULT_MAX_FRAME,
             },
             generation,
+            verdict: Arc::default(),
         };
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             client_id: cfg.client_id.clone(),
         };
-        let resp = match tokio::time::timeout(
-            cfg.request_timeout,
+        let limit = (Instant::now() + cfg.request_timeout).min(deadline);
+        let resp = match tokio::time::timeout_at(
+            limit,
             exchange(&c, Command::Hello, hello.encode()),
         )
         .await
@@ -475,8 +703,10 @@ impl Client {
             Err(e) => {
                 c.conn.close(VarInt::from_u32(CLOSE_CODE), b"hello failed");
                 Err(match e {
-                    // Keep the broker's verdict (e.g. UnsupportedVersion) as it is.
+                    // Keep the broker's verdict (e.g. UnsupportedVersion, ShuttingDown) as it is.
                     ClientError::Broker { .. } => e,
+                    // Lost or unanswered: the broker went away during the handshake.
+                    e if e.is_retryable() => unreachable(format!("handshake failed: {e}")),
                     other => fail(format!("handshake failed: {other}")),
                 })
             }
@@ -486,8 +716,10 @@ impl Client {
 
 /// One request/response exchange on a fresh bidirectional stream.
 async fn exchange(conn: &Conn, cmd: Command, frame: Bytes) -> Result<Response, ClientError> {
-    let (mut send, mut recv) = conn.conn.open_bi().await.map_err(conn_lost)?;
-    send.write_chunk(frame).await.map_err(write_err)?;
+    let (mut send, mut recv) = conn.conn.open_bi().await.map_err(|e| conn.lost(e))?;
+    send.write_chunk(frame)
+        .await
+        .map_err(|e| write_err(conn, e))?;
     send.finish()
         .map_err(|_| ClientError::Protocol("stream closed before finish".into()))?;
     let data = recv.read_to_end(conn.limit()).await.map_err(|e| match e {
@@ -524,13 +756,9 @@ pub(crate) fn decode_response(
     Ok(Response::decode(cmd, body)?)
 }
 
-fn conn_lost(e: ConnectionError) -> ClientError {
-    ClientError::ConnectionLost(e.to_string())
-}
-
-fn write_err(e: WriteError) -> ClientError {
+fn write_err(conn: &Conn, e: WriteError) -> ClientError {
     match e {
-        WriteError::ConnectionLost(e) => conn_lost(e),
+        WriteError::ConnectionLost(e) => conn.lost(e),
         WriteError::Stopped(code) => {
             ClientError::Protocol(format!("broker refused the request stream (code {code})"))
         }
@@ -540,9 +768,9 @@ fn write_err(e: WriteError) -> ClientError {
 
 fn read_err(conn: &Conn, e: ReadError) -> ClientError {
     match e {
-        ReadError::ConnectionLost(e) => conn_lost(e),
+        ReadError::ConnectionLost(e) => conn.lost(e),
         ReadError::Reset(code) => match conn.conn.close_reason() {
-            Some(reason) => conn_lost(reason),
+            Some(reason) => conn.lost(reason),
             None => {
                 ClientError::Protocol(format!("broker reset the response stream (code {code})"))
             }
@@ -607,6 +835,60 @@ mod tests {
         assert_eq!(cfg.connect_timeout, Duration::from_secs(3));
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
         assert!(cfg.client_id.starts_with("quiver-client-"));
+        assert_eq!(cfg.liveness_timeout, Duration::from_secs(1));
+        assert_eq!(cfg.reconnect_backoff, Duration::from_millis(100));
+        assert_eq!(cfg.reconnect_backoff_max, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        let ms = |failures, unit| backoff(failures, base, max, unit).as_millis();
+        // Lowest (unit 0) and highest (unit 1) waits per failure count.
+        assert_eq!((ms(1, 0.0), ms(1, 1.0)), (50, 100));
+        assert_eq!((ms(2, 0.0), ms(2, 1.0)), (100, 200));
+        assert_eq!((ms(3, 0.0), ms(3, 1.0)), (200, 400));
+        assert_eq!((ms(6, 0.0), ms(6, 1.0)), (1600, 3200));
+        assert_eq!((ms(7, 0.0), ms(7, 1.0)), (2500, 5000));
+        assert_eq!((ms(1000, 0.0), ms(u32::MAX, 1.0)), (2500, 5000));
+        assert_eq!(ms(2, 0.5), 150);
+        // Out-of-range randomness is clamped.
+        assert_eq!(ms(1, 7.0), 100);
+        for _ in 0..100 {
+            let u = random_unit();
+            assert!((0.0..=1.0).contains(&u), "{u}");
+        }
+        let spread: std::collections::HashSet<u128> = (0..20)
+            .map(|_| backoff(3, base, max, random_unit()).as_micros())
+            .collect();
+        assert!(spread.len() > 1, "jitter varies");
+    }
+
+    #[test]
+    fn liveness_needs_two_unanswered_datagrams_for_the_whole_timeout() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut l = Liveness::new(Duration::from_secs(1), 10, 100);
+        // Quiet connection: nothing sent, nothing received.
+        assert!(!l.observe(at(5_000), 10, 100));
+        // One datagram (an ACK) unanswered for ever is not a verdict.
+        assert!(!l.observe(at(6_000), 10, 101));
+        assert!(!l.observe(at(60_000), 10, 101));
+        // A request after that long quiet spell: the clock starts now, not at the ACK.
+        assert!(!l.observe(at(60_100), 10, 102));
+        // The broker answers in time: all forgotten.
+        assert!(!l.observe(at(60_300), 12, 103));
+        assert!(!l.observe(at(61_500), 12, 103));
+        // A request and its retransmissions go unanswered: dead after the timeout.
+        assert!(!l.observe(at(62_000), 12, 105));
+        assert!(!l.observe(at(62_500), 12, 107));
+        assert!(!l.observe(at(62_999), 12, 108));
+        assert!(l.observe(at(63_000), 12, 108));
+        // A frame arriving resets the verdict.
+        assert!(!l.observe(at(63_100), 13, 108));
+        assert!(!l.observe(at(63_200), 13, 110));
+        assert!(!l.observe(at(64_100), 13, 111));
+        assert!(l.observe(at(64_200), 13, 111));
     }
 
     #[tokio::test]
@@ -616,6 +898,7 @@ mod tests {
         let mut cfg = ClientConfig::new(silent.local_addr().unwrap(), Tls::Insecure);
         cfg.connect_timeout = Duration::from_millis(200);
         let err = Client::connect(cfg).await.unwrap_err();
-        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+        assert!(err.is_retryable());
     }
 }

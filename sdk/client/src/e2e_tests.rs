@@ -54,6 +54,8 @@ struct State {
     held: HashMap<String, Vec<QueueRef>>,
     left: Vec<String>,
     grant: Option<Vec<QueueRef>>,
+    /// Refuse this many new connections (CONNECTION_REFUSED, as at the connection limit).
+    refuse: u32,
 }
 
 struct Mock {
@@ -64,6 +66,11 @@ struct Mock {
 
 impl Mock {
     async fn start(cert: &Cert, addr: SocketAddr) -> Mock {
+        Self::start_with(cert, addr, Arc::default()).await
+    }
+
+    /// A mock serving `state` (a "restarted" broker that kept its data).
+    async fn start_with(cert: &Cert, addr: SocketAddr, state: Arc<Mutex<State>>) -> Mock {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key.clone()));
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -88,11 +95,18 @@ impl Mock {
                 Err(e) => panic!("bind {addr}: {e}"),
             }
         };
-        let state = Arc::new(Mutex::new(State::default()));
         let (ep, st) = (endpoint.clone(), state.clone());
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 let st = st.clone();
+                {
+                    let mut s = st.lock().unwrap();
+                    if s.refuse > 0 {
+                        s.refuse -= 1;
+                        incoming.refuse();
+                        continue;
+                    }
+                }
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
                         serve(conn, st).await;
@@ -745,14 +759,17 @@ async fn survives_a_graceful_restart() {
     let addr = mock.addr;
     let mut cfg = config(addr, &c);
     cfg.connect_timeout = Duration::from_millis(500);
+    cfg.request_timeout = Duration::from_secs(1);
     let client = Client::connect(cfg).await.unwrap();
+    assert_eq!(client.generation(), 1);
     let producer = Producer::new(client.clone(), ProducerOptions::default());
     producer.send(Message::new("demo", "before")).await.unwrap();
 
     mock.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // Broker down: the closed connection is noticed and reconnecting fails with a Connect
-    // error after the connect timeout, once for all the requests waiting on that attempt.
+    // Broker down: requests keep reconnecting (one attempt at a time for all of them, with
+    // back-off) until their own timeout, then fail with Unreachable, not one connect
+    // timeout after the other.
     let started = std::time::Instant::now();
     let waiting: Vec<_> = (0..8)
         .map(|_| {
@@ -762,19 +779,59 @@ async fn survives_a_graceful_restart() {
         .collect();
     for w in waiting {
         let e = w.await.unwrap().unwrap_err();
-        assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
+        assert!(e.is_retryable());
     }
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_millis(1400),
-        "{:?}",
-        started.elapsed()
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1800),
+        "{took:?}"
     );
 
+    // A send started while the broker is down succeeds once it is back within the send
+    // timeout, on the same producer and client.
+    let send = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.send(Message::new("demo", "after")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mock = Mock::start(&c, addr).await;
-    let r = producer.send(Message::new("demo", "after")).await.unwrap();
+    let r = send.await.unwrap().unwrap();
     assert_eq!(r.queue_offset, 0, "a fresh mock");
     assert_eq!(mock.state().hellos, 1);
     assert_eq!(mock.state().before_hello, 0);
+    assert_eq!(client.generation(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_retried_with_back_off() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let client = Client::connect(config(mock.addr, &c)).await.unwrap();
+    // The broker restarts and refuses the first two connections (at its limit while many
+    // clients reconnect): the request still gets through, after back-off.
+    let (addr, state) = (mock.addr, mock.state.clone());
+    mock.stop().await;
+    state.lock().unwrap().refuse = 2;
+    let mock = Mock::start_with(&c, addr, state).await;
+    let started = std::time::Instant::now();
+    client.request(Request::TopicList).await.unwrap();
+    // Two failed attempts: waits of 50 to 100 ms, then 100 to 200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mock.state().refuse, 0);
+    assert_eq!(client.generation(), 2);
+    // A refused first connection is a clear, retryable error.
+    mock.state().refuse = u32::MAX;
+    let e = Client::connect(config(addr, &c)).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Unreachable { reason, .. } if reason.contains("refused")),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
 }
 
 /// A UDP relay whose target can be switched, to make a broker vanish without closing.
@@ -821,21 +878,107 @@ async fn survives_a_silent_broker_death() {
     let c = cert();
     let old = Mock::start(&c, local()).await;
     let relay = Relay::start(old.addr).await;
-    let mut cfg = config(relay.addr, &c);
-    cfg.request_timeout = Duration::from_millis(1200);
-    let client = Client::connect(cfg).await.unwrap();
-    client.request(Request::TopicList).await.unwrap();
+    // Default timeouts: a 5 s request timeout, a 3 s send timeout, a 1 s liveness timeout.
+    let client = Client::connect(config(relay.addr, &c)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerOptions::default());
+    producer.send(Message::new("demo", "first")).await.unwrap();
 
-    // The broker "restarts" without a word: packets of the old connection now reach a new
-    // process that drops them.
+    // The broker "restarts" without a word (kill -9): packets of the old connection now
+    // reach a new process that cannot read them. A request in flight fails quickly with
+    // ConnectionLost, not after its 5 s timeout.
     let new = Mock::start(&c, local()).await;
     *relay.target.lock().unwrap() = new.addr;
+    let started = std::time::Instant::now();
     let e = client.request(Request::TopicList).await.unwrap_err();
-    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
-    // The timeout showed the broker acknowledged nothing: the next request reconnects.
+    assert!(
+        matches!(&e, ClientError::ConnectionLost(m) if m.contains("acknowledged nothing")),
+        "{e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The next request reconnects.
     client.request(Request::TopicList).await.unwrap();
     assert_eq!(new.state().hellos, 1);
-    drop(old);
+    assert_eq!(client.generation(), 2);
+
+    // Again, under a send: the producer notices, reconnects and retries within its 3 s.
+    let third = Mock::start(&c, local()).await;
+    *relay.target.lock().unwrap() = third.addr;
+    let started = std::time::Instant::now();
+    let r = producer.send(Message::new("demo", "second")).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!((r.queue_offset, third.state().hellos), (0, 1));
+    assert_eq!(client.generation(), 3);
+    drop((old, new));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_rejoins_and_recommits_after_a_restart() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let addr = mock.addr;
+    let client = Client::connect(config(addr, &c)).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerOptions::default());
+    for i in 0..12 {
+        producer
+            .send(Message::new("demo", format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    let seen: Seen = Arc::default();
+    let mut opts = PushConsumerOptions::new("r");
+    opts.consume_from = ConsumeFrom::First;
+    opts.long_poll = Duration::from_millis(100);
+    opts.commit_interval = Duration::from_millis(50);
+    let consumer = PushConsumer::start(
+        client.clone(),
+        vec!["demo".into()],
+        opts,
+        recording_listener(seen.clone(), Arc::default()),
+    )
+    .await
+    .unwrap();
+    let ends: Vec<Option<u64>> = queue_lens(&mock, "demo").into_iter().map(Some).collect();
+    wait_until("12 consumed and committed", || {
+        seen.lock().unwrap().len() == 12 && committed(&mock, "r", "demo") == ends
+    })
+    .await;
+
+    // The broker restarts with its messages but without the group: membership and the last
+    // commits are lost (as after a kill -9 before they were flushed).
+    let state = mock.state.clone();
+    mock.stop().await;
+    {
+        let mut s = state.lock().unwrap();
+        s.offsets.clear();
+        s.held.clear();
+    }
+    let mock = Mock::start_with(&c, addr, state).await;
+    let member = consumer.member_id().to_string();
+    wait_until("re-joined and offsets committed again", || {
+        mock.state().held.contains_key(&member) && committed(&mock, "r", "demo") == ends
+    })
+    .await;
+    assert!(client.generation() >= 2);
+    // The same consumer goes on with new messages; nothing is consumed twice.
+    for i in 0..8 {
+        producer
+            .send(Message::new("demo", format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    wait_until("20 consumed", || seen.lock().unwrap().len() >= 20).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 20, "{got:?}");
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 20);
+    consumer.shutdown().await.unwrap();
+    client.close().await;
 }
 
 /// Polls `cond` every 20 ms for up to 10 s.

@@ -11,10 +11,21 @@ use quiver_protocol::{DecodeError, FrameError, Status};
 /// [`crate::Producer`] uses it for its automatic retries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// The QUIC/TLS connection to the broker could not be established (unreachable broker,
-    /// handshake timeout, certificate rejected, wrong ALPN...).
+    /// The QUIC/TLS connection to the broker could not be established for a reason that
+    /// retrying will not fix (certificate rejected, wrong ALPN, no local UDP socket...). A
+    /// broker that does not answer at all is [`ClientError::Unreachable`].
     #[error("cannot connect to the broker at {addr}: {reason}")]
     Connect {
+        /// Broker address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The broker did not answer a connection attempt: it is down, restarting, or the
+    /// network is cut. Retryable; a [`crate::Client`] keeps trying (with back-off) on later
+    /// requests.
+    #[error("the broker at {addr} is unreachable: {reason}")]
+    Unreachable {
         /// Broker address.
         addr: SocketAddr,
         /// What went wrong.
@@ -58,11 +69,14 @@ pub enum ClientError {
 
 impl ClientError {
     /// True when the same request may succeed if retried after a back-off: the broker said
-    /// `Busy`, `DiskFull` or `ShuttingDown`, the request timed out, or the connection was lost.
+    /// `Busy`, `DiskFull` or `ShuttingDown`, the request timed out, the connection was lost,
+    /// or the broker was unreachable.
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Broker { status, .. } => status.is_retryable(),
-            ClientError::Timeout(_) | ClientError::ConnectionLost(_) => true,
+            ClientError::Timeout(_)
+            | ClientError::ConnectionLost(_)
+            | ClientError::Unreachable { .. } => true,
             _ => false,
         }
     }
@@ -141,6 +155,17 @@ mod tests {
         assert!(!broker(Status::Internal).is_retryable());
         assert!(ClientError::Timeout(Duration::from_secs(1)).is_retryable());
         assert!(ClientError::ConnectionLost("gone".into()).is_retryable());
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(ClientError::Unreachable {
+            addr,
+            reason: "down".into()
+        }
+        .is_retryable());
+        assert!(!ClientError::Connect {
+            addr,
+            reason: "bad certificate".into()
+        }
+        .is_retryable());
         assert!(!ClientError::Protocol("bad".into()).is_retryable());
         assert!(!ClientError::InvalidArgument("bad".into()).is_retryable());
         assert!(!ClientError::Tls("bad".into()).is_retryable());

@@ -17,8 +17,10 @@
 //! ```
 //!
 //! Each request travels on its own bidirectional QUIC stream, so one [`Client`] carries any
-//! number of concurrent requests; it reconnects (with the Hello handshake) on the next request
-//! after the connection is lost.
+//! number of concurrent requests. It survives broker restarts (`kill -9` included): a dead
+//! connection is noticed within [`ClientConfig::liveness_timeout`], the next request reconnects
+//! (with back-off and the Hello handshake), producers retry within their send timeout and push
+//! consumers re-join their group; see [`Client`].
 
 #![warn(missing_docs)]
 

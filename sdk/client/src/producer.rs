@@ -60,9 +60,13 @@ impl fmt::Debug for QueueSelector {
 #[derive(Debug, Clone)]
 pub struct ProducerOptions {
     /// Extra attempts after a retryable failure ([`ClientError::is_retryable`]); default 2.
-    /// Back-off starts at 50 ms and doubles; all attempts share `send_timeout`.
+    /// Back-off starts at 50 ms and doubles; all attempts share `send_timeout`. Reconnecting
+    /// after a lost connection happens inside an attempt (see [`Client`]), so two retries
+    /// are enough to ride out a broker restart that fits in `send_timeout`.
     pub retries: u32,
-    /// Total time allowed for one send, retries included; default 3 s.
+    /// Total time allowed for one send, retries and reconnecting included; default 3 s.
+    /// Never exceeded, even when the broker is down: the send then fails with the last
+    /// error (for example [`ClientError::Unreachable`]).
     pub send_timeout: Duration,
     /// Queue choice for messages without a sharding key; default round-robin.
     pub selector: QueueSelector,
@@ -118,9 +122,18 @@ struct Inner {
 ///
 /// Every send validates the message, looks up the topic's queue count (cached for 30 s,
 /// refreshed early on `QueueNotFound`), picks a queue (sharding key first, then the
-/// [`QueueSelector`]) and retries retryable failures within `send_timeout`. A retried send
-/// keeps its message id, so a send whose response was lost may be stored twice with the same
-/// id (at-least-once).
+/// [`QueueSelector`]) and retries retryable failures within `send_timeout`.
+///
+/// **Duplicates.** A retried send keeps its message ids, and delivery is at least once: a
+/// send (or batch) is stored twice, with the same id(s), when an attempt reached the broker
+/// and was stored but its answer never came back: the attempt failed with
+/// [`ClientError::ConnectionLost`] (for example the broker was killed right after storing it,
+/// or the client declared the connection dead) or [`ClientError::Timeout`], and a retry then
+/// succeeded. Retries after [`ClientError::Unreachable`] (nothing was sent) or an error status
+/// from the broker (`Busy`, `DiskFull`, `ShuttingDown`, `QueueNotFound`: nothing was stored)
+/// never duplicate. A send that finally fails may still have been stored. Consumers that must
+/// not process a message twice deduplicate by [`SendResult::msg_id`] (the same id comes back
+/// in [`crate::ReceivedMessage::msg_id`]). One-way sends are never retried (at most once).
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,

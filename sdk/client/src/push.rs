@@ -305,8 +305,15 @@ type Listener = Arc<dyn Fn(Vec<ReceivedMessage>) -> ListenerFuture + Send + Sync
 ///   place after `orderly_retry_pause` and dead-letter it after `max_reconsume_times`
 ///   attempts, so a queue's order is never broken. If the hand-back itself fails, the batch is
 ///   retried in place. Network and broker errors in the background loops are logged (with
-///   `tracing`) and retried after a short pause; the [`Client`] reconnects by itself, so a
-///   consumer survives broker restarts.
+///   `tracing`) and retried after a short pause.
+/// * **Broker restarts.** The [`Client`] notices a dead connection and reconnects by itself
+///   (see its documentation). When its [`Client::generation`] changes, the consumer sends a
+///   heartbeat at once, which re-joins the group on a restarted broker, and commits every
+///   queue's offset again at the next commit tick (a broker killed with `kill -9` may have
+///   lost the last commits). Queue workers keep their place: they go on pulling where they
+///   were, which is at or after the committed offset, so nothing is skipped; what was
+///   consumed but not yet committed when the broker died is delivered again only if the
+///   queue moves to another member. The consumer never needs to be recreated.
 ///
 /// Stop it with [`PushConsumer::shutdown`] (heartbeats go on while it drains, so the queues
 /// move only once committed). Dropping it without that starts the same graceful shutdown in
@@ -877,16 +884,20 @@ async fn membership(
     if let Some(a) = first {
         next = beat.answered(&shared, a, &done_tx);
     }
+    let mut generations = shared.client.subscribe_generation();
+    generations.borrow_and_update();
     enum Event {
         Stop,
         Done(WorkerDone),
         Beat,
+        Reconnected,
     }
     loop {
         let event = tokio::select! {
             biased;
             _ = stopped(&mut stop) => Event::Stop,
             Some(d) = done_rx.recv() => Event::Done(d),
+            Ok(()) = generations.changed() => Event::Reconnected,
             _ = tokio::time::sleep_until(next) => Event::Beat,
         };
         match event {
@@ -894,6 +905,17 @@ async fn membership(
             Event::Done(d) => {
                 finished(&shared, d);
                 // Tell the broker at once that the queue is free.
+                next = Instant::now();
+            }
+            Event::Reconnected => {
+                let generation = *generations.borrow_and_update();
+                tracing::info!(
+                    group = %shared.opts.group,
+                    member = %shared.member_id,
+                    generation,
+                    "client reconnected; re-joining the group"
+                );
+                reconnected(&shared);
                 next = Instant::now();
             }
             Event::Beat => {
@@ -1070,6 +1092,22 @@ fn apply(shared: &Arc<Shared>, owned: Vec<QueueRef>, done_tx: &mpsc::UnboundedSe
             let _ = done_tx.send(WorkerDone { state, result });
         });
         *lock(&state.task) = Some(handle.abort_handle());
+    }
+}
+
+/// The client has a new connection: the broker may have restarted and lost this member
+/// (re-joined by the next heartbeat, sent at once) and offsets committed shortly before it
+/// died. Every queue's committable offset is committed again at the next commit tick, even
+/// when it did not move.
+fn reconnected(shared: &Shared) {
+    if !matches!(shared.offsets, OffsetStore::Broker) {
+        return;
+    }
+    for q in lock(&shared.queues).values() {
+        let mut pq = lock(&q.pq);
+        if !pq.closed {
+            pq.committed = None;
+        }
     }
 }
 
