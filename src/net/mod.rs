@@ -55,8 +55,20 @@ impl Listener {
     pub fn bind(cfg: &crate::config::Config) -> anyhow::Result<Self> {
         let id = tls::load_or_generate(cfg)?;
         let server = tls::server_config(&id, cfg)?;
-        let endpoint = quinn::Endpoint::server(server, cfg.broker.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on udp {}: {e}", cfg.broker.listen))?;
+        let mut endpoint_cfg = quinn::EndpointConfig::default();
+        endpoint_cfg.reset_key(Arc::new(tls::stateless_reset_key(&id)));
+        let cid_key = tls::connection_id_key(&id);
+        endpoint_cfg.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let listen = cfg.broker.listen;
+        let endpoint = std::net::UdpSocket::bind(listen)
+            .and_then(|socket| {
+                let runtime = quinn::default_runtime()
+                    .ok_or_else(|| std::io::Error::other("no async runtime"))?;
+                quinn::Endpoint::new(endpoint_cfg, Some(server), socket, runtime)
+            })
+            .map_err(|e| anyhow::anyhow!("cannot listen on udp {listen}: {e}"))?;
         Ok(Self {
             endpoint,
             fingerprint: id.fingerprint,

@@ -23,6 +23,32 @@ pub struct Identity {
     pub cert_path: PathBuf,
 }
 
+/// The key of the QUIC stateless resets this broker sends, derived from its TLS private key so
+/// that it survives restarts. A broker restarted after a crash then answers packets of the
+/// connections its previous process had with a stateless reset that those clients accept
+/// (RFC 9000 §10.3): they learn at once that the connection is gone and reconnect, instead of
+/// waiting for their liveness check.
+pub fn stateless_reset_key(id: &Identity) -> ring::hmac::Key {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"quiver stateless reset key v1\0");
+    ctx.update(id.key.secret_der());
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ctx.finish().as_ref())
+}
+
+/// The key of this broker's connection ids, derived from its TLS private key. quinn's default
+/// generator keys its ids with a random per-process key, so a restarted broker would drop an
+/// old connection's packets as invalid instead of answering them with the stateless reset
+/// that tells the client to reconnect; with a stable key it recognises them.
+pub fn connection_id_key(id: &Identity) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"quiver connection id key v1\0");
+    ctx.update(id.key.secret_der());
+    let d = ctx.finish();
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_le_bytes(k)
+}
+
 /// SHA-256 of DER bytes, lowercase hex.
 pub fn sha256_hex(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)

@@ -11,6 +11,6 @@ mod messaging;
 mod ordered;
 mod plugins;
 mod raw_frames;
-mod serve_process;
 mod reconnect;
+mod serve_process;
 mod store_crash;

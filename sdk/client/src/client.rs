@@ -50,7 +50,7 @@ pub struct ClientConfig {
     /// quickly instead of after the 30 s idle timeout. Requests in flight then fail with
     /// [`ClientError::ConnectionLost`] and the next request reconnects. An idle connection
     /// sends a keep-alive ping at this period (at most every 100 ms, at least every 5 s) so
-    /// that the check also works between requests and under long polls. Default 1 s; zero
+    /// that the check also works between requests and under long polls. Default 3 s; zero
     /// turns the check off (then only the 30 s idle timeout ends a dead connection).
     pub liveness_timeout: Duration,
     /// Wait after the first failed reconnection attempt; it doubles after each further
@@ -75,7 +75,7 @@ impl ClientConfig {
             ),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
-            liveness_timeout: Duration::from_secs(1),
+            liveness_timeout: Duration::from_secs(3),
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
         }
@@ -835,7 +835,7 @@ mod tests {
         assert_eq!(cfg.connect_timeout, Duration::from_secs(3));
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
         assert!(cfg.client_id.starts_with("quiver-client-"));
-        assert_eq!(cfg.liveness_timeout, Duration::from_secs(1));
+        assert_eq!(cfg.liveness_timeout, Duration::from_secs(3));
         assert_eq!(cfg.reconnect_backoff, Duration::from_millis(100));
         assert_eq!(cfg.reconnect_backoff_max, Duration::from_secs(5));
     }
