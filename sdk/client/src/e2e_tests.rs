@@ -878,8 +878,12 @@ async fn survives_a_silent_broker_death() {
     let c = cert();
     let old = Mock::start(&c, local()).await;
     let relay = Relay::start(old.addr).await;
-    // Default timeouts: a 5 s request timeout, a 3 s send timeout, a 1 s liveness timeout.
-    let client = Client::connect(config(relay.addr, &c)).await.unwrap();
+    // A 5 s request timeout and a 3 s send timeout (the defaults), a 1 s liveness timeout.
+    // The mock brokers do not share a stateless-reset key (a real broker restarted on its
+    // data directory does), so only the liveness check can notice the switch.
+    let mut cfg = config(relay.addr, &c);
+    cfg.liveness_timeout = Duration::from_secs(1);
+    let client = Client::connect(cfg).await.unwrap();
     let producer = Producer::new(client.clone(), ProducerOptions::default());
     producer.send(Message::new("demo", "first")).await.unwrap();
 
