@@ -439,6 +439,8 @@ impl CommitLog {
         self.min.store(segs[0].base(), Ordering::Release);
         drop(segs);
         seg.delete()?;
+        // Otherwise a power loss can bring the segment back.
+        super::mapped::sync_dir(&self.dir)?;
         Ok(Some((seg.base(), seg.base() + self.segment_size)))
     }
 
