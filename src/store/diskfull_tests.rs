@@ -278,3 +278,72 @@ fn a_real_enospc_is_retryable_and_the_store_recovers_when_space_returns() {
     got.sort();
     assert_eq!(got, acked, "after reopening");
 }
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Under disk pressure, retention deletes segments whatever their age: each deletion and
+/// each queue's count of deleted (and, where known, unconsumed) messages is a WARN.
+#[test]
+fn deleting_under_disk_pressure_warns_with_counts_per_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::small_for_tests(dir.path());
+    cfg.disk_clean_watermark = 0.5;
+    let free = Arc::new(AtomicU64::new(1 << 40));
+    fake_disk(&mut cfg, &free);
+    let store = Store::open(cfg).unwrap();
+    for id in 0..300u128 {
+        append_one(&store, (id % 2) as u32, id, 1000).unwrap();
+    }
+    // Queue 0 consumed up to 10; nobody consumes queue 1.
+    store.set_consumer_progress(Arc::new(|_t: &str, q: u32| (q == 0).then_some(10)));
+    free.store(1 << 30, Ordering::Relaxed); // 99.9% used: above the clean watermark
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let report =
+        tracing::subscriber::with_default(subscriber, || store.run_retention(false)).unwrap();
+    assert!(report.deleted_segments.len() >= 3, "{report:?}");
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let segment_lines: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("deleted commit-log segment"))
+        .collect();
+    assert_eq!(segment_lines.len(), report.deleted_segments.len(), "{log}");
+    assert!(segment_lines.iter().all(|l| l.contains("WARN")), "{log}");
+    let (min0, _) = store.queue_bounds("T", 0);
+    let (min1, _) = store.queue_bounds("T", 1);
+    let queue_line = |q: u32| {
+        lines
+            .iter()
+            .find(|l| l.contains("disk pressure deleted") && l.contains(&format!("queue={q}")))
+            .unwrap_or_else(|| panic!("no line for queue {q}: {log}"))
+            .to_string()
+    };
+    let q0 = queue_line(0);
+    assert!(q0.contains("WARN"), "{q0}");
+    assert!(q0.contains(&format!("deleted={min0}")), "{q0}");
+    assert!(
+        q0.contains(&format!("unconsumed=Some({})", min0 - 10)),
+        "{q0}"
+    );
+    let q1 = queue_line(1);
+    assert!(q1.contains("WARN"), "{q1}");
+    assert!(q1.contains(&format!("deleted={min1}")), "{q1}");
+    assert!(q1.contains("unconsumed=None"), "{q1}");
+}
