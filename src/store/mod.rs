@@ -367,20 +367,35 @@ impl Store {
                 .clone()
                 .unwrap_or((end, "unclean shutdown".into()));
             let (at, reason) = (&at, &reason);
-            // Never cut away later segments that still hold valid records: that is damage
-            // in the middle of the log, not a torn tail.
+            // Later segments that still hold valid records mean damage in the middle of the
+            // log, not a torn tail: refuse to cut them away. Except past the checkpoint after
+            // an unclean stop: nothing there is known durable, and a power loss writes pages
+            // back in no particular order, so a later segment's unsynced page may have
+            // reached the disk while this one's did not. (Nothing acknowledged in sync mode
+            // lies past an invalid record, as a flush covers everything below its end.)
             let next = *at - *at % cfg.segment_size + cfg.segment_size;
             if next < seg_end {
                 if let Step::Record { .. } = log.step(next, true) {
-                    return Err(StoreError::Corrupt {
-                        file: log.path_of(*at),
-                        offset: *at % cfg.segment_size,
-                        reason: format!(
-                            "invalid record ({reason}) but later segments hold valid data; \
-                             refusing to truncate the log; restore the damaged segment from a \
-                             backup"
-                        ),
-                    });
+                    let past_durable = unclean && cp.is_some_and(|c| end >= c.commitlog);
+                    if !past_durable {
+                        return Err(StoreError::Corrupt {
+                            file: log.path_of(*at),
+                            offset: *at % cfg.segment_size,
+                            reason: format!(
+                                "invalid record ({reason}) but later segments hold valid \
+                                 data; refusing to truncate the log; restore the damaged \
+                                 segment from a backup"
+                            ),
+                        });
+                    }
+                    tracing::warn!(
+                        at = *at,
+                        %reason,
+                        dropped_from = next,
+                        "invalid record past the checkpoint after an unclean stop, with \
+                         records after it: unsynced writes of a power loss; cutting the log \
+                         there and dropping the later segments"
+                    );
                 }
             }
             log.truncate(end)?;
