@@ -185,7 +185,8 @@ impl MappedFile {
     /// Copies `data` to `off`.
     ///
     /// # Safety
-    /// No other thread may read or write `off..off + data.len()` during the call.
+    /// No other thread may read or write `off..off + data.len()` during the call, and no
+    /// slice over that range may be alive.
     pub(crate) unsafe fn write(&self, off: usize, data: &[u8]) {
         let dst = self.ptr(off, data.len());
         // SAFETY: `dst..dst + data.len()` is inside the live mapping (checked by `ptr`) and
