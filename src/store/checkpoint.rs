@@ -60,10 +60,14 @@ impl Checkpoint {
     pub(crate) fn write(&self, dir: &Path) -> Result<(), StoreError> {
         let tmp = dir.join("checkpoint.tmp");
         let path = dir.join("checkpoint");
+        #[cfg(test)]
+        super::powerloss::check(&path)?;
         let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
         f.write_all(&self.encode())
             .and_then(|_| f.sync_data())
             .map_err(|e| StoreError::io(&tmp, e))?;
+        #[cfg(test)]
+        super::powerloss::check(&path)?;
         std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
         sync_dir(dir)
     }
@@ -80,6 +84,8 @@ impl AbortMarker {
 
     pub(crate) fn create(dir: &Path) -> Result<(), StoreError> {
         let path = dir.join("abort");
+        #[cfg(test)]
+        super::powerloss::check(&path)?;
         File::create(&path)
             .and_then(|f| f.sync_all())
             .map_err(|e| StoreError::io(&path, e))?;
@@ -88,6 +94,8 @@ impl AbortMarker {
 
     pub(crate) fn remove(dir: &Path) -> Result<(), StoreError> {
         let path = dir.join("abort");
+        #[cfg(test)]
+        super::powerloss::check(&path)?;
         match std::fs::remove_file(&path) {
             Ok(()) => sync_dir(dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -4,13 +4,13 @@
 //! It does not know consume queues, indexes or flush policy.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
 use super::error::StoreError;
-use super::mapped::{list_files, MappedFile};
+use super::mapped::{list_files, MappedFile, SpaceCheck};
 use super::record::{self, NewMessage, Probe, RecordPlacement, RecordView, FLAG_BATCH_CONT};
 
 pub(crate) struct CommitLog {
@@ -24,6 +24,10 @@ pub(crate) struct CommitLog {
     flushed: AtomicU64,
     /// First readable offset (start of the oldest segment).
     min: AtomicU64,
+    /// Set once the appender exists (`start_at`); from then on walks stop at `written`.
+    live: AtomicBool,
+    /// Free-space check for new segments (keeps `disk_headroom_bytes`).
+    space: SpaceCheck,
 }
 
 /// Where the next record goes; only the appender (under the store's write lock) holds it.
@@ -51,13 +55,19 @@ struct SegmentBytes {
 
 impl AsRef<[u8]> for SegmentBytes {
     fn as_ref(&self) -> &[u8] {
-        self.seg.slice(self.off, self.len)
+        // SAFETY: built by `read` over a range below `written` (published, never written
+        // again: the appender only writes past `written`, recovery runs before any reader).
+        unsafe { self.seg.slice(self.off, self.len) }
     }
 }
 
 impl CommitLog {
     /// Opens the segments in `dir` (creating the directory). Positions are set by recovery.
-    pub(crate) fn open(dir: PathBuf, segment_size: u64) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        dir: PathBuf,
+        segment_size: u64,
+        space: SpaceCheck,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let mut segments = Vec::new();
         for (base, path) in list_files(&dir)? {
@@ -91,6 +101,8 @@ impl CommitLog {
             written: AtomicU64::new(min),
             flushed: AtomicU64::new(min),
             min: AtomicU64::new(min),
+            live: AtomicBool::new(false),
+            space,
         })
     }
 
@@ -133,11 +145,17 @@ impl CommitLog {
             Some(seg) => seg,
             None => self.add_segment(base)?,
         };
+        self.live.store(true, Ordering::Release);
         Ok(Cursor { active, pos })
     }
 
     fn add_segment(&self, base: u64) -> Result<Arc<MappedFile>, StoreError> {
-        let seg = Arc::new(MappedFile::create(&self.dir, base, self.segment_size)?);
+        let seg = Arc::new(MappedFile::create(
+            &self.dir,
+            base,
+            self.segment_size,
+            &self.space,
+        )?);
         let mut segs = self.segments.write().expect("segments lock");
         if segs.is_empty() {
             self.min.store(base, Ordering::Release);
@@ -176,8 +194,9 @@ impl CommitLog {
         let mut pos = cur.pos;
         for (i, (m, size)) in msgs.iter().zip(sizes).enumerate() {
             let off = (pos - cur.active.base()) as usize;
-            // SAFETY: `pos..pos+size` is past `written`, so no reader looks at it, and the
-            // cursor is owned by the single appender.
+            // SAFETY: `pos..pos+size` is at or past `written`, so no reader forms a slice over
+            // it (walks and reads stop at `written`), and the cursor is owned by the single
+            // appender (under the store's writer lock).
             let buf = unsafe { cur.active.slice_mut(off, *size) };
             let placement = RecordPlacement {
                 queue_id,
@@ -195,13 +214,15 @@ impl CommitLog {
         Ok(())
     }
 
-    /// Closes the active segment with a blank filler and moves to a new one.
+    /// Closes the active segment with a blank filler and moves to a new one. When the new
+    /// segment cannot be allocated (disk full) nothing is published and the cursor stays: the
+    /// filler lies past `written`, and the next append writes over it or rolls again.
     fn roll(&self, cur: &mut Cursor) -> Result<(), StoreError> {
         let seg_end = cur.active.base() + self.segment_size;
         let left = seg_end - cur.pos;
         if left >= 8 {
             let off = (cur.pos - cur.active.base()) as usize;
-            // SAFETY: unpublished range owned by the appender.
+            // SAFETY: unpublished range (at or past `written`) owned by the appender.
             record::encode_blank(unsafe { cur.active.slice_mut(off, 8) }, left as u32);
         }
         let next = self.add_segment(seg_end)?;
@@ -211,7 +232,9 @@ impl CommitLog {
         Ok(())
     }
 
-    /// Looks at what is stored at `pos` without checking a CRC unless `check_crc`.
+    /// Looks at what is stored at `pos` without checking a CRC unless `check_crc`. Once the
+    /// appender exists, only published bytes (below `written`) are looked at; before that
+    /// (recovery) the walk may look up to the end of the segment.
     pub(crate) fn step(&self, pos: u64, check_crc: bool) -> Step {
         let Some(seg) = self.segment_for(pos) else {
             return Step::End {
@@ -219,8 +242,24 @@ impl CommitLog {
                 reason: "no segment holds this offset".into(),
             };
         };
+        let seg_end = seg.base() + self.segment_size;
+        let limit = if self.live.load(Ordering::Acquire) {
+            self.written().min(seg_end)
+        } else {
+            seg_end
+        };
+        // Anything short of a full header before the limit, inside the segment, is not
+        // published yet (a published segment tail shorter than a header reaches `seg_end`).
+        if pos >= limit || (limit < seg_end && limit - pos < 8) {
+            return Step::End {
+                pos,
+                reason: "end of the written data".into(),
+            };
+        }
         let off = (pos - seg.base()) as usize;
-        let avail = seg.slice(off, self.segment_size as usize - off);
+        // SAFETY: `pos..limit` is below `written` (loaded with Acquire, so the appender's
+        // writes are visible and it never writes there again), or no appender exists yet.
+        let avail = unsafe { seg.slice(off, (limit - pos) as usize) };
         match record::probe(avail) {
             Probe::Blank => Step::NextSegment(seg.base() + self.segment_size),
             Probe::End(reason) => Step::End {
@@ -252,7 +291,8 @@ impl CommitLog {
     ) -> Result<T, StoreError> {
         let seg = self.checked_segment(pos, len)?;
         let off = (pos - seg.base()) as usize;
-        let buf = seg.slice(off, len);
+        // SAFETY: `checked_segment` bounded the range by `written` (Acquire): published.
+        let buf = unsafe { seg.slice(off, len) };
         let parsed = if check_crc {
             RecordView::parse(buf)
         } else {
@@ -268,7 +308,8 @@ impl CommitLog {
     pub(crate) fn read(&self, pos: u64, len: usize, check_crc: bool) -> Result<Bytes, StoreError> {
         let seg = self.checked_segment(pos, len)?;
         let off = (pos - seg.base()) as usize;
-        let buf = seg.slice(off, len);
+        // SAFETY: `checked_segment` bounded the range by `written` (Acquire): published.
+        let buf = unsafe { seg.slice(off, len) };
         let valid = if record::get_u32(buf, 0) as usize != len {
             Err("length field does not match the consume-queue entry")
         } else if check_crc {
@@ -285,7 +326,8 @@ impl CommitLog {
     pub(crate) fn read_header_len(&self, pos: u64) -> Result<usize, StoreError> {
         let seg = self.checked_segment(pos, record::HEADER_SIZE)?;
         let off = (pos - seg.base()) as usize;
-        let h = seg.slice(off, 8);
+        // SAFETY: `checked_segment` bounded the range by `written` (Acquire): published.
+        let h = unsafe { seg.slice(off, 8) };
         if record::get_u32(h, record::OFF_MAGIC) != record::RECORD_MAGIC {
             return Err(corrupt(
                 seg.path(),
@@ -300,7 +342,8 @@ impl CommitLog {
     pub(crate) fn store_timestamp(&self, pos: u64) -> Result<i64, StoreError> {
         let seg = self.checked_segment(pos, record::HEADER_SIZE)?;
         let off = (pos - seg.base()) as usize;
-        let h = seg.slice(off, record::HEADER_SIZE);
+        // SAFETY: `checked_segment` bounded the range by `written` (Acquire): published.
+        let h = unsafe { seg.slice(off, record::HEADER_SIZE) };
         Ok(record::get_u64(h, record::OFF_STORE_TS) as i64)
     }
 
@@ -396,6 +439,8 @@ impl CommitLog {
         self.min.store(segs[0].base(), Ordering::Release);
         drop(segs);
         seg.delete()?;
+        // Otherwise a power loss can bring the segment back.
+        super::mapped::sync_dir(&self.dir)?;
         Ok(Some((seg.base(), seg.base() + self.segment_size)))
     }
 

@@ -1,6 +1,7 @@
 //! Store configuration with the defaults documented in docs/STORAGE.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,8 +68,79 @@ pub struct StoreConfig {
     /// Above this fraction of disk used, the oldest segments are deleted whatever their age
     /// (losses are reported). Default 0.85.
     pub disk_clean_watermark: f64,
+    /// Free space kept when a commit-log segment is allocated: a new segment is refused with
+    /// the retryable `DiskFull` if fewer than `segment_size + disk_headroom_bytes` bytes are
+    /// available. Consume-queue and index files may use the headroom (they only need their
+    /// own size), so dispatch of what the log holds does not run out first. Default 256 MiB.
+    pub disk_headroom_bytes: u64,
     /// Check each record's CRC when it is read. Default true.
     pub verify_crc_on_read: bool,
+    /// Where free space is measured (`statvfs` of `dir`); tests replace it.
+    #[serde(skip)]
+    pub disk_space: DiskSpaceSource,
+}
+
+/// Size and free space of the filesystem holding the store, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Size of the filesystem.
+    pub total: u64,
+    /// Bytes an unprivileged writer can still allocate (`f_bavail`).
+    pub available: u64,
+}
+
+type SpaceFn = dyn Fn(&Path) -> Option<DiskSpace> + Send + Sync;
+
+/// How the store measures [`DiskSpace`]: `statvfs` by default, or a function (a test saying
+/// "the disk has N bytes free"). `None` from the function means "unknown": nothing is refused
+/// for lack of a measurement, and `ENOSPC` from the filesystem still gives `DiskFull`.
+#[derive(Clone, Default)]
+pub struct DiskSpaceSource(Option<Arc<SpaceFn>>);
+
+impl DiskSpaceSource {
+    /// Measures with `statvfs` on the data directory (the default).
+    pub fn statvfs() -> Self {
+        Self(None)
+    }
+
+    /// Measures with `f`, called with the data directory.
+    pub fn custom(f: impl Fn(&Path) -> Option<DiskSpace> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    /// The current size and free space of the filesystem holding `dir`.
+    pub fn query(&self, dir: &Path) -> Option<DiskSpace> {
+        match &self.0 {
+            Some(f) => f(dir),
+            None => statvfs(dir),
+        }
+    }
+}
+
+impl std::fmt::Debug for DiskSpaceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "custom"
+        } else {
+            "statvfs"
+        })
+    }
+}
+
+fn statvfs(dir: &Path) -> Option<DiskSpace> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `st` is ours to fill.
+    let r = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if r != 0 || st.f_blocks == 0 {
+        return None;
+    }
+    let unit = st.f_frsize as u64;
+    Some(DiskSpace {
+        total: (st.f_blocks as u64).saturating_mul(unit),
+        available: (st.f_bavail as u64).saturating_mul(unit),
+    })
 }
 
 impl Default for StoreConfig {
@@ -97,7 +169,9 @@ impl StoreConfig {
             delete_hour: 4,
             disk_high_watermark: 0.90,
             disk_clean_watermark: 0.85,
+            disk_headroom_bytes: 256 << 20,
             verify_crc_on_read: true,
+            disk_space: DiskSpaceSource::statvfs(),
         }
     }
 
@@ -113,6 +187,7 @@ impl StoreConfig {
             // Tests must not depend on how full the machine's disk happens to be.
             disk_high_watermark: 1.0,
             disk_clean_watermark: 1.0,
+            disk_headroom_bytes: 0,
             ..Self::new(dir)
         }
     }

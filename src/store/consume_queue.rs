@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::error::StoreError;
-use super::mapped::{list_files, MappedFile};
+use super::mapped::{list_files, sync_dir, MappedFile, SpaceCheck};
 use super::record::{get_u32, get_u64};
 
 /// Size of one consume-queue entry in bytes.
@@ -60,6 +60,8 @@ pub(crate) struct ConsumeQueue {
     min: AtomicU64,
     /// Entries below are on disk.
     flushed: AtomicU64,
+    /// Free-space check for new files (they may use the headroom: keep = 0).
+    space: SpaceCheck,
 }
 
 impl ConsumeQueue {
@@ -68,6 +70,7 @@ impl ConsumeQueue {
         topic: &str,
         queue_id: u32,
         per_file: u64,
+        space: SpaceCheck,
     ) -> Result<Self, StoreError> {
         let dir = root.join(topic).join(queue_id.to_string());
         let mut files: Vec<Arc<MappedFile>> = Vec::new();
@@ -99,6 +102,7 @@ impl ConsumeQueue {
             max: AtomicU64::new(min),
             min: AtomicU64::new(min),
             flushed: AtomicU64::new(min),
+            space,
         })
     }
 
@@ -144,7 +148,18 @@ impl ConsumeQueue {
     /// Adds the file starting at `base`; for a queue's first file, `first` (the first entry
     /// written) becomes the minimum, as a re-created topic continues at its old offsets.
     fn add_file(&self, base: u64, first: u64) -> Result<Arc<MappedFile>, StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+            // The new `<topic>/<queue>` names must survive a power loss, or the queue's
+            // entries below the checkpoint would vanish with them (recovery only re-dispatches
+            // past the checkpoint). `create` below syncs the queue directory itself.
+            if let Some(topic_dir) = self.dir.parent() {
+                sync_dir(topic_dir)?;
+                if let Some(root) = topic_dir.parent() {
+                    sync_dir(root)?;
+                }
+            }
+        }
         let mut files = self.files.write().expect("cq lock");
         if let Some(last) = files.last() {
             if base != last.base() + self.per_file {
@@ -166,6 +181,7 @@ impl ConsumeQueue {
             &self.dir,
             base,
             self.per_file * CQ_ENTRY_SIZE,
+            &self.space,
         )?);
         files.push(file.clone());
         Ok(file)
@@ -187,7 +203,11 @@ impl ConsumeQueue {
     fn raw(&self, offset: u64) -> Option<CqEntry> {
         let file = self.file_for(offset)?;
         let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
-        Some(CqEntry::decode(file.slice(at, CQ_ENTRY_SIZE as usize)))
+        // SAFETY: callers read entries below `max` (Acquire), which the dispatcher wrote
+        // before publishing and never writes again, or run during recovery (no writer).
+        Some(CqEntry::decode(unsafe {
+            file.slice(at, CQ_ENTRY_SIZE as usize)
+        }))
     }
 
     /// Reads up to `max_count` readable entries from `from`, calling `f(offset, entry)`;
@@ -206,10 +226,14 @@ impl ConsumeQueue {
                 break;
             };
             let file_end = (file.base() + self.per_file).min(end);
-            let bytes = file.slice(
-                ((off - file.base()) * CQ_ENTRY_SIZE) as usize,
-                ((file_end - off) * CQ_ENTRY_SIZE) as usize,
-            );
+            // SAFETY: entries below `max` (loaded with Acquire) are published and never
+            // written again; the dispatcher writes at or past `max` only.
+            let bytes = unsafe {
+                file.slice(
+                    ((off - file.base()) * CQ_ENTRY_SIZE) as usize,
+                    ((file_end - off) * CQ_ENTRY_SIZE) as usize,
+                )
+            };
             for chunk in bytes.chunks_exact(CQ_ENTRY_SIZE as usize) {
                 let e = CqEntry::decode(chunk);
                 let keep_going = f(off, e);

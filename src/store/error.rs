@@ -18,15 +18,16 @@ pub enum StoreError {
     /// what it acknowledged. Restart the broker to recover from the last durable state.
     #[error("store is poisoned after a failed flush ({0}); restart the broker to recover")]
     Poisoned(String),
-    /// Disk usage is above the high watermark; writes resume when space is freed.
-    #[error("disk usage {used_percent:.1}% is above the {limit_percent:.1}% watermark on {path}; free space or raise store.disk_high_watermark")]
+    /// The disk is (nearly) full: usage is above the high watermark, allocating a file would
+    /// eat into the configured headroom, or the filesystem answered `ENOSPC`/`EDQUOT`. Nothing
+    /// was stored; the same request succeeds once space is freed. The message names no path
+    /// (it may reach clients); `path` is for the broker's own logs.
+    #[error("disk full: {cause}")]
     DiskFull {
-        /// Data directory.
+        /// The data directory or file concerned (for logs, not for clients).
         path: PathBuf,
-        /// Current usage.
-        used_percent: f64,
-        /// Configured high watermark.
-        limit_percent: f64,
+        /// What ran out.
+        cause: DiskFullCause,
     },
     /// The body exceeds the configured maximum.
     #[error("message body of {size} bytes exceeds the maximum of {max} bytes")]
@@ -94,10 +95,67 @@ impl StoreError {
         matches!(self, StoreError::DiskFull { .. })
     }
 
+    /// An I/O error on `path`. `ENOSPC` and `EDQUOT` become the retryable
+    /// [`StoreError::DiskFull`]: a full disk is never an internal error, wherever in the write
+    /// path it shows up.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            path: path.into(),
-            source,
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull {
+                path: path.into(),
+                cause: DiskFullCause::NoSpace(source.to_string()),
+            },
+            _ => StoreError::Io {
+                path: path.into(),
+                source,
+            },
+        }
+    }
+}
+
+/// Why the store refused a write for lack of disk space.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiskFullCause {
+    /// Usage (from `statvfs`) is above `store.disk_high_watermark`.
+    Watermark {
+        /// Current usage, percent.
+        used_percent: f64,
+        /// Configured high watermark, percent.
+        limit_percent: f64,
+    },
+    /// Allocating a file of `needed` bytes would leave less than the headroom free.
+    Headroom {
+        /// Size of the file to allocate.
+        needed: u64,
+        /// Bytes available to the store's user on the filesystem.
+        available: u64,
+        /// Configured `store.disk_headroom_bytes` (0 for derived files, which may use it).
+        headroom: u64,
+    },
+    /// The filesystem itself answered "no space left" (or "quota exceeded").
+    NoSpace(String),
+}
+
+impl std::fmt::Display for DiskFullCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskFullCause::Watermark {
+                used_percent,
+                limit_percent,
+            } => write!(
+                f,
+                "disk usage {used_percent:.1}% is above the {limit_percent:.1}% watermark; \
+                 free space or raise store.disk_high_watermark"
+            ),
+            DiskFullCause::Headroom {
+                needed,
+                available,
+                headroom,
+            } => write!(
+                f,
+                "allocating {needed} bytes with {available} bytes available would leave less \
+                 than the {headroom}-byte headroom (store.disk_headroom_bytes); free space"
+            ),
+            DiskFullCause::NoSpace(os) => write!(f, "{os}; free space"),
         }
     }
 }
@@ -110,14 +168,9 @@ impl Clone for StoreError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             StoreError::Poisoned(s) => StoreError::Poisoned(s.clone()),
-            StoreError::DiskFull {
-                path,
-                used_percent,
-                limit_percent,
-            } => StoreError::DiskFull {
+            StoreError::DiskFull { path, cause } => StoreError::DiskFull {
                 path: path.clone(),
-                used_percent: *used_percent,
-                limit_percent: *limit_percent,
+                cause: cause.clone(),
             },
             StoreError::MessageTooLarge { size, max } => StoreError::MessageTooLarge {
                 size: *size,

@@ -4,11 +4,11 @@
 //! hash, so callers confirm each hit against the record itself (no false positives escape).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::error::StoreError;
-use super::mapped::{list_files, MappedFile};
+use super::mapped::{list_files, MappedFile, SpaceCheck};
 use super::record::{fnv1a, get_u32, get_u64, FNV_OFFSET};
 
 const MAGIC: u32 = 0x5156_4958; // "QVIX"
@@ -59,8 +59,9 @@ impl IndexFile {
         cap: u32,
         ts: i64,
         phys: u64,
+        space: &SpaceCheck,
     ) -> Result<Self, StoreError> {
-        let map = MappedFile::create(dir, name, Self::size(slots, cap))?;
+        let map = MappedFile::create(dir, name, Self::size(slots, cap), space)?;
         let mut h = [0u8; HEADER];
         h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         h[4..8].copy_from_slice(&1u32.to_le_bytes());
@@ -93,7 +94,8 @@ impl IndexFile {
             ));
         }
         let map = MappedFile::open(path, name, len)?;
-        let h = map.slice(0, HEADER);
+        // SAFETY: the file is not shared yet.
+        let h = unsafe { map.slice(0, HEADER) };
         let (slots, cap) = (get_u32(h, OFF_SLOTS), get_u32(h, OFF_CAP));
         if get_u32(h, 0) != MAGIC || Self::size(slots, cap) != len || slots == 0 {
             return Err(super::commitlog::corrupt(path, 0, "bad index header"));
@@ -109,12 +111,43 @@ impl IndexFile {
         })
     }
 
+    /// For the file that will take inserts, before it is shared: a slot that reached the disk
+    /// after the header did (a power loss between their pages) names an entry past `count`.
+    /// The next `put` would rewrite that entry while a lookup that followed the slot reads
+    /// it, so start past every slot instead: entries a reader can reach are never written
+    /// again. O(slots), so only done for the newest file (sealed files are never written).
+    fn raise_count_past_slots(&mut self) {
+        // SAFETY: not shared yet (called from `Index::open`); in bounds (size checked at open).
+        let table = unsafe { self.map.slice(HEADER, self.slots as usize * 4) };
+        let top = table
+            .chunks_exact(4)
+            .map(|s| get_u32(s, 0).min(self.cap))
+            .max()
+            .unwrap_or(0);
+        let count = self.count.get_mut();
+        *count = (*count).max(top);
+    }
+
     fn slot(&self, hash: u64) -> &AtomicU32 {
         let at = HEADER + (hash % self.slots as u64) as usize * 4;
-        let p = self.map.slice(at, 4).as_ptr() as *const AtomicU32;
-        // SAFETY: 4-byte aligned (the mapping is page aligned, HEADER is a multiple of 4), in
-        // bounds, and every access to slot memory goes through this atomic.
-        unsafe { &*p }
+        // SAFETY: once the file is shared, slot memory is only ever accessed through these
+        // 4-byte atomics (`create` and `open` touch it before sharing; no slice covers it
+        // afterwards; `flush`/msync and page release are not Rust accesses). Alignment and
+        // bounds are checked by `atomic_u32`.
+        unsafe { self.map.atomic_u32(at) }
+    }
+
+    /// A u64 header field, shared with lookups (stored little-endian like the rest).
+    fn field(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: once shared, header bytes 16..64 (count, times, offsets) are only accessed
+        // through these atomics: `OFF_BEGIN_TS` and the fields below are 8-byte aligned and
+        // each has exactly one width (`OFF_COUNT` is the 4-byte one, see `count_field`).
+        unsafe { self.map.atomic_u64(off) }
+    }
+
+    fn count_field(&self) -> &AtomicU32 {
+        // SAFETY: as in `field`; bytes 16..20 are only ever accessed as this u32.
+        unsafe { self.map.atomic_u32(OFF_COUNT) }
     }
 
     fn entry_at(&self, n: u32) -> usize {
@@ -132,15 +165,15 @@ impl IndexFile {
     }
 
     fn begin_ts(&self) -> i64 {
-        get_u64(self.map.slice(0, HEADER), OFF_BEGIN_TS) as i64
+        u64::from_le(self.field(OFF_BEGIN_TS).load(Ordering::Relaxed)) as i64
     }
 
     fn end_ts(&self) -> i64 {
-        get_u64(self.map.slice(0, HEADER), OFF_END_TS) as i64
+        u64::from_le(self.field(OFF_END_TS).load(Ordering::Acquire)) as i64
     }
 
     fn end_phys(&self) -> u64 {
-        get_u64(self.map.slice(0, HEADER), OFF_END_PHYS)
+        u64::from_le(self.field(OFF_END_PHYS).load(Ordering::Acquire))
     }
 
     /// Adds an entry; single writer (the dispatcher).
@@ -154,21 +187,23 @@ impl IndexFile {
         e[8..16].copy_from_slice(&phys.to_le_bytes());
         e[16..20].copy_from_slice(&delta.to_le_bytes());
         e[20..24].copy_from_slice(&prev.to_le_bytes());
-        // SAFETY: entry `n` is past `count`, so no reader follows a link to it yet.
+        // SAFETY: entry `n` is past every slot value and every link (`count` starts past them
+        // at open and only this writer raises it), so no reader reaches it before the slot
+        // store below publishes it.
         unsafe { self.map.write(self.entry_at(n), &e) };
+        // Header first, so a lookup that finds the entry also finds the file's time range
+        // covering it (Release here, Acquire in `end_ts`).
+        if ts > self.end_ts() {
+            self.field(OFF_END_TS)
+                .store((ts as u64).to_le(), Ordering::Release);
+        }
+        if phys > self.end_phys() {
+            self.field(OFF_END_PHYS)
+                .store(phys.to_le(), Ordering::Release);
+        }
         slot.store(n, Ordering::Release);
         self.count.store(n, Ordering::Release);
-        // SAFETY: header fields past the constants are written only by the single writer;
-        // readers read them as plain integers where a stale value is harmless.
-        unsafe {
-            self.map.write(OFF_COUNT, &n.to_le_bytes());
-            if ts > self.end_ts() {
-                self.map.write(OFF_END_TS, &ts.to_le_bytes());
-            }
-            if phys > self.end_phys() {
-                self.map.write(OFF_END_PHYS, &phys.to_le_bytes());
-            }
-        }
+        self.count_field().store(n.to_le(), Ordering::Release);
     }
 
     /// Walks the chain of `hash`, newest first, pushing offsets stored between the times.
@@ -179,7 +214,10 @@ impl IndexFile {
         let mut n = self.slot(hash).load(Ordering::Acquire);
         let mut steps = 0u32;
         while n != 0 && n <= self.cap && out.len() < limit && steps <= self.cap {
-            let e = self.map.slice(self.entry_at(n), ENTRY);
+            // SAFETY: entry `n` was reached through a slot (Acquire) or a backward link of an
+            // entry reached so; it was written before that slot store and is never written
+            // again (`put` only writes past every reachable entry).
+            let e = unsafe { self.map.slice(self.entry_at(n), ENTRY) };
             let ts = base_ts + get_u32(e, 16) as i64 * 1000;
             // Deltas are whole seconds, so widen the window by one second.
             if get_u64(e, 0) == hash && ts + 1000 >= begin_ts && ts <= end_ts {
@@ -202,16 +240,22 @@ pub(crate) struct Index {
     dir: PathBuf,
     slots: u32,
     cap: u32,
+    space: SpaceCheck,
     files: RwLock<Vec<Arc<IndexFile>>>,
 }
 
 impl Index {
-    pub(crate) fn open(dir: PathBuf, slots: u32, cap: u32) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        dir: PathBuf,
+        slots: u32,
+        cap: u32,
+        space: SpaceCheck,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let mut files = Vec::new();
         for (name, path) in list_files(&dir)? {
             match IndexFile::open(&path, name) {
-                Ok(f) => files.push(Arc::new(f)),
+                Ok(f) => files.push(f),
                 // The index is derived data: an unreadable file (cut by a power loss before
                 // its header reached the disk) costs lookups, never messages.
                 Err(StoreError::Corrupt { reason, .. }) => {
@@ -221,10 +265,15 @@ impl Index {
                 Err(e) => return Err(e),
             }
         }
+        if let Some(last) = files.last_mut() {
+            last.raise_count_past_slots();
+        }
+        let files = files.into_iter().map(Arc::new).collect();
         Ok(Self {
             dir,
             slots,
             cap,
+            space,
             files: RwLock::new(files),
         })
     }
@@ -237,7 +286,13 @@ impl Index {
             last => {
                 let name = last.map_or(phys, |f| phys.max(f.map.base() + 1));
                 let f = Arc::new(IndexFile::create(
-                    &self.dir, name, self.slots, self.cap, ts, phys,
+                    &self.dir,
+                    name,
+                    self.slots,
+                    self.cap,
+                    ts,
+                    phys,
+                    &self.space,
                 )?);
                 self.files.write().expect("index lock").push(f.clone());
                 f
@@ -301,10 +356,14 @@ impl Index {
 mod tests {
     use super::*;
 
+    fn space(dir: &Path) -> SpaceCheck {
+        SpaceCheck::new(dir.into(), super::super::DiskSpaceSource::statvfs(), 0)
+    }
+
     #[test]
     fn lookups_follow_chains_across_files() {
         let dir = tempfile::tempdir().unwrap();
-        let idx = Index::open(dir.path().to_path_buf(), 4, 8).unwrap();
+        let idx = Index::open(dir.path().to_path_buf(), 4, 8, space(dir.path())).unwrap();
         for i in 0..20u64 {
             let h = if i % 2 == 0 {
                 key_hash("t", "even")
@@ -332,12 +391,37 @@ mod tests {
         assert!(late.iter().all(|p| *p >= 900), "{late:?}");
         idx.flush().unwrap();
         drop(idx);
-        let idx = Index::open(dir.path().to_path_buf(), 4, 8).unwrap();
+        let idx = Index::open(dir.path().to_path_buf(), 4, 8, space(dir.path())).unwrap();
         assert_eq!(
             idx.lookup(key_hash("t", "k19"), 0, i64::MAX, 10),
             vec![1900]
         );
         assert_eq!(idx.trim_below_phys(1000).unwrap(), 1);
         assert!(idx.lookup(key_hash("t", "k1"), 0, i64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn a_count_torn_below_the_slots_never_lets_an_insert_rewrite_a_reachable_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path().to_path_buf(), 4, 64, space(dir.path())).unwrap();
+        let h = key_hash("t", "k");
+        for i in 0..6u64 {
+            idx.put(h, i * 100, 1_000_000).unwrap();
+        }
+        idx.flush().unwrap();
+        drop(idx);
+        // The header page says 2 entries while the slot page says 6 (written back out of order
+        // before a power loss).
+        let path = list_files(dir.path()).unwrap()[0].1.clone();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[OFF_COUNT..OFF_COUNT + 4].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let idx = Index::open(dir.path().to_path_buf(), 4, 64, space(dir.path())).unwrap();
+        idx.put(h, 600, 1_000_000).unwrap();
+        assert_eq!(
+            idx.lookup(h, 0, i64::MAX, 100),
+            vec![600, 500, 400, 300, 200, 100, 0],
+            "the chain the slot names is intact"
+        );
     }
 }

@@ -3,16 +3,68 @@
 //! error at file creation, never a SIGBUS on a later write into a sparse page.
 //!
 //! Concurrency contract: one writer at a time writes a region that no reader looks at yet, then
-//! publishes it through an atomic (owned by the caller); readers only read published regions.
+//! publishes it through an atomic (owned by the caller) with `Release`; readers load that atomic
+//! with `Acquire` and only ever form slices over published regions. Bytes that are written while
+//! others may read them (index slots and header fields) are accessed only as atomics. All of
+//! this is what the `unsafe` methods below ask of their callers; the mapping itself is never
+//! turned into a Rust reference as a whole.
+//!
+//! Every allocation asks [`SpaceCheck`] first, so a full disk refuses a new file with the
+//! retryable `DiskFull` before the filesystem does.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw, UncheckedAdvice};
 
-use super::error::StoreError;
+use super::config::DiskSpaceSource;
+use super::error::{DiskFullCause, StoreError};
+
+/// The free-space check made before a file is allocated.
+#[derive(Debug, Clone)]
+pub(crate) struct SpaceCheck {
+    dir: PathBuf,
+    source: DiskSpaceSource,
+    /// Bytes that must stay available after the allocation.
+    keep: u64,
+}
+
+impl SpaceCheck {
+    /// Checks against `source` measured on `dir`, keeping `keep` bytes free.
+    pub(crate) fn new(dir: PathBuf, source: DiskSpaceSource, keep: u64) -> Self {
+        Self { dir, source, keep }
+    }
+
+    /// The same measurement with another amount to keep (derived files keep nothing: they
+    /// may use the headroom the commit log leaves).
+    pub(crate) fn keeping(&self, keep: u64) -> Self {
+        Self {
+            keep,
+            ..self.clone()
+        }
+    }
+
+    /// `Ok` when `len` more bytes leave at least the headroom available (or when space is
+    /// unknown); otherwise `DiskFull`, before anything is written.
+    pub(crate) fn before_alloc(&self, len: u64) -> Result<(), StoreError> {
+        let Some(space) = self.source.query(&self.dir) else {
+            return Ok(());
+        };
+        if space.available < len.saturating_add(self.keep) {
+            return Err(StoreError::DiskFull {
+                path: self.dir.clone(),
+                cause: DiskFullCause::Headroom {
+                    needed: len,
+                    available: space.available,
+                    headroom: self.keep,
+                },
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Width of file names: a zero-padded decimal offset, as RocketMQ names its files.
 pub(crate) const NAME_WIDTH: usize = 20;
@@ -42,8 +94,18 @@ pub(crate) struct MappedFile {
 
 impl MappedFile {
     /// Creates a new file of `len` bytes with reserved space, then makes its name durable.
-    pub(crate) fn create(dir: &Path, base: u64, len: u64) -> Result<Self, StoreError> {
+    /// Refused with `DiskFull` when `space` says the disk is too full, or when the filesystem
+    /// answers `ENOSPC`; nothing is left behind then.
+    pub(crate) fn create(
+        dir: &Path,
+        base: u64,
+        len: u64,
+        space: &SpaceCheck,
+    ) -> Result<Self, StoreError> {
+        space.before_alloc(len)?;
         let path = dir.join(file_name(base));
+        #[cfg(test)]
+        super::powerloss::check(&path)?;
         let tmp = dir.join(format!("{}.tmp", file_name(base)));
         let file = OpenOptions::new()
             .read(true)
@@ -57,7 +119,11 @@ impl MappedFile {
             StoreError::io(&tmp, e)
         })?;
         std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-        sync_dir(dir)?;
+        if let Err(e) = sync_dir(dir) {
+            // Not durable: take the name back so a retry starts clean.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         Self::map(path, file, base, len)
     }
 
@@ -106,39 +172,80 @@ impl MappedFile {
         self.base
     }
 
+    /// A pointer to byte `off` of the mapping, with write provenance (from the mapping's
+    /// mutable base, never from a shared slice). Panics when `off + len` is past the end.
+    fn ptr(&self, off: usize, len: usize) -> *mut u8 {
+        let end = off.checked_add(len).expect("offset overflow");
+        assert!(end <= self.len as usize, "access past the mapped file");
+        // SAFETY: `off <= len` of the mapping (asserted), so the result stays inside (or one
+        // past the end of) the same allocation.
+        unsafe { self.map.as_mut_ptr().add(off) }
+    }
+
     /// Copies `data` to `off`.
     ///
     /// # Safety
-    /// No other thread may read or write `off..off + data.len()` during the call.
+    /// No other thread may read or write `off..off + data.len()` during the call, and no
+    /// slice over that range may be alive.
     pub(crate) unsafe fn write(&self, off: usize, data: &[u8]) {
-        assert!(
-            off + data.len() <= self.len as usize,
-            "write past the mapped file"
-        );
-        // SAFETY: in bounds (asserted); exclusivity is the caller's promise.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off), data.len())
-        }
+        let dst = self.ptr(off, data.len());
+        // SAFETY: `dst..dst + data.len()` is inside the live mapping (checked by `ptr`) and
+        // writable (shared read-write mapping, pointer from the mutable base); `data` is a
+        // Rust slice, so it cannot overlap memory nobody may touch; exclusivity of the
+        // destination is the caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) }
     }
 
     /// A mutable view of `off..off + len` for encoding in place.
     ///
     /// # Safety
-    /// No other thread may read or write that range while the slice lives.
+    /// No other thread may read or write that range while the slice lives, and no other
+    /// slice over it may be alive.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice_mut(&self, off: usize, len: usize) -> &mut [u8] {
-        assert!(off + len <= self.len as usize, "slice past the mapped file");
-        // SAFETY: in bounds; exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off), len) }
+        let p = self.ptr(off, len);
+        // SAFETY: in bounds of the live mapping (checked by `ptr`), writable, and any byte
+        // pattern is a valid `u8`; exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
     }
 
-    /// A view of `off..off + len`. Bounds are checked; the caller reads only published bytes
-    /// (unpublished bytes are still memory-safe to read as `u8`, just meaningless).
-    pub(crate) fn slice(&self, off: usize, len: usize) -> &[u8] {
-        let end = off.checked_add(len).expect("offset overflow");
-        assert!(end <= self.len as usize, "read past the mapped file");
-        // SAFETY: in bounds of a live mapping; u8 has no invalid bit patterns.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off), len) }
+    /// A view of `off..off + len`.
+    ///
+    /// # Safety
+    /// No thread may write `off..off + len` while the slice lives (normally: the range was
+    /// published with `Release` and the caller loaded the publishing atomic with `Acquire`,
+    /// and writers only write unpublished ranges), and nothing in it may be accessed as an
+    /// atomic meanwhile.
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &[u8] {
+        let p = self.ptr(off, len);
+        // SAFETY: in bounds of a live mapping (checked by `ptr`), `u8` has no invalid bit
+        // patterns, and the range is not written while the slice lives (caller's promise).
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    /// The 4-byte field at `off` as an atomic (index slots and header counters).
+    ///
+    /// # Safety
+    /// While the reference lives, every access to `off..off + 4` by any thread must be atomic
+    /// and of this size (no slice may cover it, no `write` may touch it).
+    pub(crate) unsafe fn atomic_u32(&self, off: usize) -> &AtomicU32 {
+        let p = self.ptr(off, 4);
+        assert!(p.align_offset(4) == 0, "misaligned atomic field");
+        // SAFETY: aligned (asserted), in bounds and writable for the life of `self` (the
+        // mapping is unmapped only on drop); the caller promises every concurrent access to
+        // these bytes is a 4-byte atomic.
+        unsafe { AtomicU32::from_ptr(p.cast()) }
+    }
+
+    /// The 8-byte field at `off` as an atomic (index header fields).
+    ///
+    /// # Safety
+    /// As for [`Self::atomic_u32`], with 8-byte accesses.
+    pub(crate) unsafe fn atomic_u64(&self, off: usize) -> &AtomicU64 {
+        let p = self.ptr(off, 8);
+        assert!(p.align_offset(8) == 0, "misaligned atomic field");
+        // SAFETY: as in `atomic_u32`.
+        unsafe { AtomicU64::from_ptr(p.cast()) }
     }
 
     /// Writes dirty pages of `off..off + len` to disk and waits (msync MS_SYNC).
@@ -148,7 +255,10 @@ impl MappedFile {
         }
         self.map
             .flush_range(off, len)
-            .map_err(|e| StoreError::io(&self.path, e))
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        #[cfg(test)]
+        super::powerloss::capture(&self.path, &self._file, off as u64, len as u64)?;
+        Ok(())
     }
 
     /// Hands resident pages below `upto` back to the kernel so resident memory stays flat as
@@ -196,7 +306,8 @@ impl MappedFile {
             return Ok(());
         }
         let page_end = ((from + PAGE - 1) & !(PAGE - 1)).min(self.len);
-        // SAFETY: recovery runs before any reader or writer exists.
+        // SAFETY: recovery runs before any reader or writer exists, so nothing else touches
+        // the file's bytes.
         unsafe {
             self.slice_mut(from as usize, (page_end - from) as usize)
                 .fill(0)
@@ -206,7 +317,11 @@ impl MappedFile {
             let mut off = page_end;
             while off < self.len {
                 let n = PAGE.min(self.len - off) as usize;
-                if self.slice(off as usize, n).iter().any(|b| *b != 0) {
+                // SAFETY: as above.
+                if unsafe { self.slice(off as usize, n) }
+                    .iter()
+                    .any(|b| *b != 0)
+                {
                     // SAFETY: as above.
                     unsafe { self.slice_mut(off as usize, n).fill(0) };
                 }
@@ -217,12 +332,16 @@ impl MappedFile {
         self._file
             .sync_data()
             .map_err(|e| StoreError::io(&self.path, e))?;
+        #[cfg(test)]
+        super::powerloss::capture(&self.path, &self._file, from, self.len - from)?;
         self.release_all();
         Ok(())
     }
 
     /// Removes the file from disk. The mapping stays valid for whoever still holds it.
     pub(crate) fn delete(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        super::powerloss::check(&self.path)?;
         std::fs::remove_file(&self.path).map_err(|e| StoreError::io(&self.path, e))
     }
 }
@@ -262,6 +381,8 @@ fn zero_range(file: &File, off: u64, len: u64) -> std::io::Result<()> {
 
 /// fsyncs a directory so that created, renamed or deleted names survive a power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(test)]
+    super::powerloss::check(dir)?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, e))
@@ -297,7 +418,8 @@ mod tests {
     #[test]
     fn create_write_reopen_and_zero_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let f = MappedFile::create(dir.path(), 4096 * 3, 4096 * 4).unwrap();
+        let space = SpaceCheck::new(dir.path().into(), DiskSpaceSource::statvfs(), 0);
+        let f = MappedFile::create(dir.path(), 4096 * 3, 4096 * 4, &space).unwrap();
         assert_eq!(f.path().file_name().unwrap(), "00000000000000012288");
         unsafe { f.write(10, b"hello") };
         unsafe { f.write(9000, b"world") };
@@ -306,12 +428,13 @@ mod tests {
         let files = list_files(dir.path()).unwrap();
         assert_eq!(files.len(), 1);
         let f = MappedFile::open(&files[0].1, files[0].0, 4096 * 4).unwrap();
-        assert_eq!(f.slice(10, 5), b"hello");
+        // SAFETY (whole test): one thread.
+        assert_eq!(unsafe { f.slice(10, 5) }, b"hello");
         f.zero_from(12).unwrap();
-        assert_eq!(f.slice(10, 5), b"he\0\0\0");
-        assert_eq!(f.slice(9000, 5), &[0u8; 5]);
+        assert_eq!(unsafe { f.slice(10, 5) }, b"he\0\0\0");
+        assert_eq!(unsafe { f.slice(9000, 5) }, &[0u8; 5]);
         f.release_all();
-        assert_eq!(f.slice(10, 2), b"he");
+        assert_eq!(unsafe { f.slice(10, 2) }, b"he");
         assert!(MappedFile::open(&files[0].1, 0, 4096).is_err());
     }
 }

@@ -11,6 +11,8 @@ mod consume_queue;
 mod error;
 mod index;
 mod mapped;
+#[cfg(test)]
+mod powerloss;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,10 +29,11 @@ use checkpoint::{AbortMarker, Checkpoint};
 use commitlog::{CommitLog, Cursor, Step};
 use consume_queue::ConsumeQueue;
 use index::Index;
+use mapped::SpaceCheck;
 
-pub use config::{FlushMode, StoreConfig};
+pub use config::{DiskSpace, DiskSpaceSource, FlushMode, StoreConfig};
 pub use consume_queue::{CqEntry, CQ_ENTRY_SIZE};
-pub use error::StoreError;
+pub use error::{DiskFullCause, StoreError};
 pub use index::{id_hash, key_hash};
 pub use record::{tag_hash, NewMessage, RecordView, FLAG_BATCH_CONT, HEADER_SIZE};
 
@@ -250,6 +253,8 @@ struct Inner {
     poisoned: OnceLock<String>,
     /// Disk usage in basis points when above the high watermark, else 0.
     disk_full_bp: AtomicU64,
+    /// Free-space check for consume-queue files (may use the headroom).
+    derived_space: SpaceCheck,
     closed: AtomicBool,
     listener: RwLock<Option<Arc<ArrivalListener>>>,
     progress: RwLock<Option<Arc<ConsumerProgress>>>,
@@ -282,13 +287,25 @@ impl Store {
         }
         let unclean = AbortMarker::exists(&cfg.dir);
         let cp = Checkpoint::read(&cfg.dir)?;
-        let log = CommitLog::open(cfg.dir.join("commitlog"), cfg.segment_size)?;
+        // New segments keep the headroom; derived files (queues, index) may use it.
+        let space = SpaceCheck::new(
+            cfg.dir.clone(),
+            cfg.disk_space.clone(),
+            cfg.disk_headroom_bytes,
+        );
+        let derived_space = space.keeping(0);
+        let log = CommitLog::open(cfg.dir.join("commitlog"), cfg.segment_size, space)?;
         let cq_root = cfg.dir.join("consumequeue");
         let index_dir = cfg.dir.join("index");
         // Deleting consumequeue/ or index/ asks for a full rebuild from the log.
         let rebuild_all = !cq_root.exists() || !index_dir.exists();
-        let index = Index::open(index_dir, cfg.index_slots, cfg.index_entries)?;
-        let queues = load_queues(&cq_root, cfg.cq_entries_per_file)?;
+        let index = Index::open(
+            index_dir,
+            cfg.index_slots,
+            cfg.index_entries,
+            derived_space.clone(),
+        )?;
+        let queues = load_queues(&cq_root, cfg.cq_entries_per_file, &derived_space)?;
 
         // 1. Find the valid end of the commit log, scanning only past the checkpoint.
         let min = log.min_offset();
@@ -350,20 +367,35 @@ impl Store {
                 .clone()
                 .unwrap_or((end, "unclean shutdown".into()));
             let (at, reason) = (&at, &reason);
-            // Never cut away later segments that still hold valid records: that is damage
-            // in the middle of the log, not a torn tail.
+            // Later segments that still hold valid records mean damage in the middle of the
+            // log, not a torn tail: refuse to cut them away. Except past the checkpoint after
+            // an unclean stop: nothing there is known durable, and a power loss writes pages
+            // back in no particular order, so a later segment's unsynced page may have
+            // reached the disk while this one's did not. (Nothing acknowledged in sync mode
+            // lies past an invalid record, as a flush covers everything below its end.)
             let next = *at - *at % cfg.segment_size + cfg.segment_size;
             if next < seg_end {
                 if let Step::Record { .. } = log.step(next, true) {
-                    return Err(StoreError::Corrupt {
-                        file: log.path_of(*at),
-                        offset: *at % cfg.segment_size,
-                        reason: format!(
-                            "invalid record ({reason}) but later segments hold valid data; \
-                             refusing to truncate the log; restore the damaged segment from a \
-                             backup"
-                        ),
-                    });
+                    let past_durable = unclean && cp.is_some_and(|c| end >= c.commitlog);
+                    if !past_durable {
+                        return Err(StoreError::Corrupt {
+                            file: log.path_of(*at),
+                            offset: *at % cfg.segment_size,
+                            reason: format!(
+                                "invalid record ({reason}) but later segments hold valid \
+                                 data; refusing to truncate the log; restore the damaged \
+                                 segment from a backup"
+                            ),
+                        });
+                    }
+                    tracing::warn!(
+                        at = *at,
+                        %reason,
+                        dropped_from = next,
+                        "invalid record past the checkpoint after an unclean stop, with \
+                         records after it: unsynced writes of a power loss; cutting the log \
+                         there and dropping the later segments"
+                    );
                 }
             }
             log.truncate(end)?;
@@ -401,6 +433,7 @@ impl Store {
             housekeeping_cv: Condvar::new(),
             poisoned: OnceLock::new(),
             disk_full_bp: AtomicU64::new(0),
+            derived_space,
             closed: AtomicBool::new(false),
             listener: RwLock::new(None),
             progress: RwLock::new(None),
@@ -411,7 +444,7 @@ impl Store {
             cfg,
         });
         report.records_redispatched = inner.dispatch_to(end)?;
-        inner.trim_queues_below(inner.log.min_offset())?;
+        inner.trim_queues_below(inner.log.min_offset(), false)?;
         {
             let mut w = inner.writer.lock().expect("writer lock");
             let queues = inner.queues.read().expect("queues lock");
@@ -544,11 +577,21 @@ impl Store {
         };
         match inner.cfg.flush_mode {
             FlushMode::Async => {
-                if let Err(e) = inner.dispatch_to(inner.log.written()) {
-                    // The record is in the log but cannot be indexed: stop accepting writes
-                    // rather than acknowledge (a retry would duplicate it).
-                    inner.poison(&e);
-                    return Err(StoreError::Poisoned(e.to_string()));
+                match inner.dispatch_to(inner.log.written()) {
+                    Ok(_) => {}
+                    // No room for a consume-queue or index file: the record is in the log,
+                    // which is all an async ack promises; it becomes readable when the flush
+                    // thread's next dispatch finds room (a refusal would make the producer
+                    // store it twice).
+                    Err(e @ StoreError::DiskFull { .. }) => {
+                        tracing::warn!(error = %e, "dispatch deferred: disk full");
+                    }
+                    Err(e) => {
+                        // The record is in the log but cannot be indexed: stop accepting
+                        // writes rather than acknowledge (a retry would duplicate it).
+                        inner.poison(&e);
+                        return Err(StoreError::Poisoned(e.to_string()));
+                    }
                 }
                 let dirty = inner.log.written() - inner.log.flushed();
                 if dirty >= inner.cfg.flush_dirty_pages * mapped::PAGE {
@@ -928,6 +971,7 @@ impl Drop for Store {
 fn load_queues(
     root: &Path,
     per_file: u64,
+    space: &SpaceCheck,
 ) -> Result<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>, StoreError> {
     let mut out: HashMap<String, HashMap<u32, Arc<ConsumeQueue>>> = HashMap::new();
     std::fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
@@ -945,7 +989,7 @@ fn load_queues(
             let Some(qid) = q.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            let cq = ConsumeQueue::open(root, &name, qid, per_file)?;
+            let cq = ConsumeQueue::open(root, &name, qid, per_file, space.clone())?;
             out.entry(name.clone())
                 .or_default()
                 .insert(qid, Arc::new(cq));
@@ -966,8 +1010,10 @@ impl Inner {
         if bp > 0 {
             return Err(StoreError::DiskFull {
                 path: self.cfg.dir.clone(),
-                used_percent: bp as f64 / 100.0,
-                limit_percent: self.cfg.disk_high_watermark * 100.0,
+                cause: error::DiskFullCause::Watermark {
+                    used_percent: bp as f64 / 100.0,
+                    limit_percent: self.cfg.disk_high_watermark * 100.0,
+                },
             });
         }
         Ok(())
@@ -1002,6 +1048,7 @@ impl Inner {
             topic,
             queue_id,
             self.cfg.cq_entries_per_file,
+            self.derived_space.clone(),
         )?);
         queues
             .entry(topic.to_string())
@@ -1181,16 +1228,39 @@ impl Inner {
             }
             let w = self.log.written();
             let t0 = Instant::now();
-            let mut result = self.log.flush(self.log.flushed(), w);
+            let flushed = self.log.flush(self.log.flushed(), w);
             self.flush_nanos
                 .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.flush_count.fetch_add(1, Ordering::Relaxed);
             self.flush_waiters
                 .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-            if result.is_ok() && sync {
-                result = self.dispatch_to(w).map(|_| ());
-            }
-            match result {
+            // Dispatch what is in the log: in sync mode the records just made durable; in
+            // async mode only what an append could not dispatch itself (disk full).
+            let dispatched = match &flushed {
+                Ok(()) => self.dispatch_to(w).map(|_| ()),
+                Err(_) => Ok(()),
+            };
+            let outcome = match (flushed, dispatched) {
+                (Ok(()), Ok(())) => Ok(()),
+                // Durable, so acknowledged; readable once a consume-queue or index file can
+                // be allocated (retried every cycle).
+                (Ok(()), Err(e @ StoreError::DiskFull { .. })) => {
+                    tracing::warn!(error = %e, "dispatch deferred: disk full");
+                    Ok(())
+                }
+                // Sync mode, no space for the write-back: nothing in `flushed..w` was
+                // acknowledged, so refuse this group with the retryable error and try again
+                // next cycle. In async mode those records were acknowledged: poison below.
+                (Err(e @ StoreError::DiskFull { .. }), _) if sync => {
+                    tracing::warn!(error = %e, "flush failed: disk full");
+                    Err(e)
+                }
+                (Ok(()), Err(e)) | (Err(e), _) => {
+                    self.poison(&e);
+                    Err(StoreError::Poisoned(e.to_string()))
+                }
+            };
+            match outcome {
                 Ok(()) => {
                     for (_, done) in waiters {
                         done(Ok(()));
@@ -1198,10 +1268,8 @@ impl Inner {
                     self.log.release_flushed(8 << 20);
                 }
                 Err(e) => {
-                    self.poison(&e);
-                    let p = StoreError::Poisoned(e.to_string());
                     for (_, done) in waiters {
-                        done(Err(p.clone()));
+                        done(Err(e.clone()));
                     }
                 }
             }
@@ -1225,6 +1293,7 @@ impl Inner {
         let mut last_checkpoint = Instant::now();
         let mut last_retention = Instant::now();
         let mut last_release = Instant::now();
+        let mut checkpoint_deferred = false;
         loop {
             {
                 let st = self.flush.lock().expect("flush lock");
@@ -1243,8 +1312,23 @@ impl Inner {
             if last_checkpoint.elapsed() >= Duration::from_millis(self.cfg.checkpoint_interval_ms) {
                 last_checkpoint = Instant::now();
                 if self.poisoned.get().is_none() {
-                    if let Err(e) = self.checkpoint() {
-                        self.poison(&e);
+                    match self.checkpoint() {
+                        Ok(()) => {
+                            if checkpoint_deferred {
+                                checkpoint_deferred = false;
+                                tracing::info!("checkpoint written again");
+                            }
+                        }
+                        // A full disk stops the checkpoint from advancing, nothing more: the
+                        // previous one stays valid (atomic rename), and recovery just scans
+                        // further. Try again next time.
+                        Err(e @ StoreError::DiskFull { .. }) => {
+                            if !checkpoint_deferred {
+                                checkpoint_deferred = true;
+                                tracing::warn!(error = %e, "checkpoint deferred: disk full");
+                            }
+                        }
+                        Err(e) => self.poison(&e),
                     }
                 }
             }
@@ -1291,15 +1375,12 @@ impl Inner {
     }
 
     fn disk_usage(&self) -> Option<f64> {
-        let path = std::ffi::CString::new(self.cfg.dir.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-        if r != 0 || st.f_blocks == 0 {
+        let space = self.cfg.disk_space.query(&self.cfg.dir)?;
+        if space.total == 0 {
             return None;
         }
-        let used = st.f_blocks.saturating_sub(st.f_bavail) as f64;
-        Some(used / st.f_blocks as f64)
+        let used = space.total.saturating_sub(space.available) as f64;
+        Some(used / space.total as f64)
     }
 
     fn check_disk(&self) {
@@ -1331,6 +1412,7 @@ impl Inner {
     fn run_retention(&self, force: bool) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
         let max_age = Duration::from_secs(self.cfg.retention_hours * 3600);
+        let mut under_pressure = false;
         loop {
             let pressure = self
                 .disk_usage()
@@ -1348,12 +1430,21 @@ impl Inner {
             })?;
             match deleted {
                 Some(range) => {
-                    tracing::info!(
-                        start = range.0,
-                        end = range.1,
-                        pressure,
-                        "deleted commit-log segment"
-                    );
+                    if pressure {
+                        under_pressure = true;
+                        tracing::warn!(
+                            start = range.0,
+                            end = range.1,
+                            "disk above the clean watermark: deleted commit-log segment \
+                             whatever its age"
+                        );
+                    } else {
+                        tracing::info!(
+                            start = range.0,
+                            end = range.1,
+                            "deleted expired commit-log segment"
+                        );
+                    }
                     report.deleted_segments.push(range);
                 }
                 None => break,
@@ -1362,11 +1453,17 @@ impl Inner {
         if report.deleted_segments.is_empty() {
             return Ok(report);
         }
-        report.lost = self.trim_queues_below(self.log.min_offset())?;
+        report.lost = self.trim_queues_below(self.log.min_offset(), under_pressure)?;
         Ok(report)
     }
 
-    fn trim_queues_below(&self, phys_min: u64) -> Result<Vec<LostMessages>, StoreError> {
+    /// Moves every queue's minimum past `phys_min`. Unconsumed messages deleted are logged at
+    /// WARN per queue; under disk pressure so is every queue's count of deleted messages.
+    fn trim_queues_below(
+        &self,
+        phys_min: u64,
+        pressure: bool,
+    ) -> Result<Vec<LostMessages>, StoreError> {
         let progress = self.progress.read().expect("progress lock").clone();
         let queues: Vec<Arc<ConsumeQueue>> = self
             .queues
@@ -1382,6 +1479,15 @@ impl Inner {
                 continue;
             }
             let consumed = progress.as_ref().and_then(|p| p(cq.topic(), cq.queue_id()));
+            if pressure {
+                tracing::warn!(
+                    topic = cq.topic(),
+                    queue = cq.queue_id(),
+                    deleted = new - old,
+                    unconsumed = ?consumed.map(|c| new.saturating_sub(c.max(old))),
+                    "disk pressure deleted messages of this queue"
+                );
+            }
             if let Some(c) = consumed {
                 let count = new.saturating_sub(c.max(old));
                 if count > 0 {
@@ -1426,6 +1532,9 @@ fn _assert_send_sync() {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod diskfull_tests;
 
 /// The directory layout, for tools and tests that look at files.
 pub fn commitlog_dir(dir: &Path) -> PathBuf {
