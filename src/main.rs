@@ -487,6 +487,7 @@ fn store_writer(dir: PathBuf, threads: u32, first_id: u64) -> anyhow::Result<()>
     cfg.max_properties_size = 4 << 10;
     cfg.disk_high_watermark = 1.0;
     cfg.disk_clean_watermark = 1.0;
+    cfg.disk_headroom_bytes = 0;
     let store = Arc::new(Store::open(cfg).context("opening the store")?);
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(first_id));

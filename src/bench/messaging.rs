@@ -83,6 +83,7 @@ async fn start(opts: &MessagingBenchOptions, name: &str) -> anyhow::Result<Embed
     cfg.store.segment_size = 256 << 20;
     cfg.store.disk_high_watermark = 1.0;
     cfg.store.disk_clean_watermark = 1.0;
+    cfg.store.disk_headroom_bytes = 0;
     let server = Server::start(cfg).await?;
     let mut config =
         ClientConfig::new(server.addr, Tls::fingerprint_from_hex(&server.fingerprint)?);

@@ -29,6 +29,7 @@ pub fn test_config(dir: &Path) -> Config {
     // Tests must not depend on how full the machine's disk happens to be.
     cfg.store.disk_high_watermark = 1.0;
     cfg.store.disk_clean_watermark = 1.0;
+    cfg.store.disk_headroom_bytes = 0;
     cfg
 }
 

@@ -40,6 +40,7 @@ fn serve(envs: &[(&str, &str)]) -> Serve {
         .env("QUIVER_STORE__INDEX_ENTRIES", "4096")
         .env("QUIVER_STORE__DISK_HIGH_WATERMARK", "1.0")
         .env("QUIVER_STORE__DISK_CLEAN_WATERMARK", "1.0")
+        .env("QUIVER_STORE__DISK_HEADROOM_BYTES", "0")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -26,6 +26,7 @@ fn config(dir: &std::path::Path) -> StoreConfig {
     cfg.max_properties_size = 4 << 10;
     cfg.disk_high_watermark = 1.0;
     cfg.disk_clean_watermark = 1.0;
+    cfg.disk_headroom_bytes = 0;
     cfg
 }
 
