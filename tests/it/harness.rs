@@ -91,3 +91,15 @@ impl TestBroker {
         }
     }
 }
+
+/// A bare QUIC connection to a broker (no Hello sent), for tests that write raw frames.
+pub async fn raw_connection(
+    addr: std::net::SocketAddr,
+    fingerprint: &str,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let tls = Tls::fingerprint_from_hex(fingerprint).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quiver_client::quinn_client_config(&tls).unwrap());
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    (endpoint, conn)
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use quiver_client::{quinn_client_config, Message, Producer, ProducerOptions, Tls};
+use quiver_client::{Message, Producer, ProducerOptions};
 use quiver_protocol::{decode_error, split_frame, Command, Request, Status, PROTOCOL_VERSION};
 
 use crate::harness::TestBroker;
@@ -17,14 +17,7 @@ struct Raw {
 impl Raw {
     async fn connect(broker: &TestBroker) -> Raw {
         let s = broker.server();
-        let tls = Tls::fingerprint_from_hex(&s.fingerprint).unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(quinn_client_config(&tls).unwrap());
-        let conn = endpoint
-            .connect(s.addr, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
+        let (endpoint, conn) = crate::harness::raw_connection(s.addr, &s.fingerprint).await;
         Raw {
             conn,
             _endpoint: endpoint,

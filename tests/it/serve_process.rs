@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use quiver_client::{quinn_client_config, Tls};
 use quiver_protocol::{split_frame, Command as Cmd, Request, Status, PROTOCOL_VERSION};
 
 struct Serve {
@@ -90,15 +89,7 @@ fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::Exit
 }
 
 async fn connect(s: &Serve) -> (quinn::Endpoint, quinn::Connection) {
-    let tls = Tls::fingerprint_from_hex(&s.fingerprint).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn_client_config(&tls).unwrap());
-    let conn = endpoint
-        .connect(s.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    (endpoint, conn)
+    crate::harness::raw_connection(s.addr, &s.fingerprint).await
 }
 
 async fn exchange(conn: &quinn::Connection, req: &Request) -> Status {
