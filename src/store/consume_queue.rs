@@ -3,9 +3,10 @@
 //! offset. Derived data: the dispatcher writes entry `n` at byte `n * 20` of the queue, so
 //! rebuilding from the commit log is idempotent. Readers see entries below `max` only.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::error::StoreError;
 use super::mapped::{list_files, MappedFile};
@@ -60,6 +61,11 @@ pub(crate) struct ConsumeQueue {
     min: AtomicU64,
     /// Entries below are on disk.
     flushed: AtomicU64,
+    /// Serializes repairs of damaged entries (readers that find the same damage wait for the
+    /// first repair instead of repeating it).
+    repair: Mutex<()>,
+    /// Offsets whose record cannot be read even after a repair (reported once, then skipped).
+    lost: Mutex<BTreeSet<u64>>,
 }
 
 impl ConsumeQueue {
@@ -99,6 +105,8 @@ impl ConsumeQueue {
             max: AtomicU64::new(min),
             min: AtomicU64::new(min),
             flushed: AtomicU64::new(min),
+            repair: Mutex::new(()),
+            lost: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -184,7 +192,8 @@ impl ConsumeQueue {
         self.raw(offset)
     }
 
-    fn raw(&self, offset: u64) -> Option<CqEntry> {
+    /// Entry at `offset` as stored, readable or not (`None` when no file holds it).
+    pub(crate) fn raw(&self, offset: u64) -> Option<CqEntry> {
         let file = self.file_for(offset)?;
         let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
         Some(CqEntry::decode(file.slice(at, CQ_ENTRY_SIZE as usize)))
@@ -368,6 +377,80 @@ impl ConsumeQueue {
             }
         }
         Ok(lo)
+    }
+
+    /// Where entry `offset` lives: (file, byte offset in it), for error messages.
+    pub(crate) fn location(&self, offset: u64) -> (PathBuf, u64) {
+        match self.file_for(offset) {
+            Some(f) => (f.path().to_path_buf(), (offset - f.base()) * CQ_ENTRY_SIZE),
+            None => (self.dir.clone(), offset * CQ_ENTRY_SIZE),
+        }
+    }
+
+    /// One past the last entry the queue's files can hold.
+    pub(crate) fn files_end(&self) -> u64 {
+        let files = self.files.read().expect("cq lock");
+        files
+            .last()
+            .map_or(self.min(), |f| f.base() + self.per_file)
+    }
+
+    /// Held while damaged entries of this queue are rebuilt.
+    pub(crate) fn repair_lock(&self) -> MutexGuard<'_, ()> {
+        self.repair.lock().expect("cq repair lock")
+    }
+
+    /// Repair: writes `entry` at `offset` if it differs from what is there; returns whether it
+    /// wrote. Only for entries below `max` whose records are already dispatched, so the
+    /// dispatcher never writes the same bytes; readers of a damaged entry re-check it after
+    /// the repair (under [`Self::repair_lock`]).
+    pub(crate) fn rewrite(&self, offset: u64, entry: CqEntry) -> bool {
+        let Some(file) = self.file_for(offset) else {
+            return false;
+        };
+        if self.raw(offset) == Some(entry) {
+            return false;
+        }
+        let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
+        // SAFETY: one repairer per queue (repair lock); the dispatcher only writes entries at
+        // or above `max`. A reader racing with this write sees a damaged entry either way and
+        // re-checks it after taking the repair lock.
+        unsafe { file.write(at, &entry.encode()) };
+        true
+    }
+
+    /// Open-time repair: entries up to `max` are now right (rebuilt from the log); the ones
+    /// from `dirty_from` on must be flushed again.
+    pub(crate) fn repaired(&self, max: u64, dirty_from: u64) {
+        self.max.store(max, Ordering::Release);
+        self.flushed
+            .store(dirty_from.min(max).max(self.min()), Ordering::Release);
+    }
+
+    /// Writes entries `from..to` to disk now (after a repair below the flushed mark).
+    pub(crate) fn flush_entries(&self, from: u64, to: u64) -> Result<(), StoreError> {
+        let mut off = from.max(self.min());
+        while off < to {
+            let Some(file) = self.file_for(off) else {
+                break;
+            };
+            let end = to.min(file.base() + self.per_file);
+            let a = (off - file.base()) * CQ_ENTRY_SIZE;
+            let b = (end - file.base()) * CQ_ENTRY_SIZE;
+            file.flush(a as usize, (b - a) as usize)?;
+            off = end;
+        }
+        Ok(())
+    }
+
+    /// Marks the record at `offset` as unreadable; true the first time.
+    pub(crate) fn mark_lost(&self, offset: u64) -> bool {
+        self.lost.lock().expect("cq lost lock").insert(offset)
+    }
+
+    /// True if the record at `offset` was found unreadable before.
+    pub(crate) fn is_lost(&self, offset: u64) -> bool {
+        self.lost.lock().expect("cq lost lock").contains(&offset)
     }
 
     /// Deletes every file of the queue (topic deletion).

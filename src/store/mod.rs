@@ -8,6 +8,7 @@ mod checkpoint;
 mod commitlog;
 mod config;
 mod consume_queue;
+mod damage;
 mod error;
 mod index;
 mod mapped;
@@ -175,6 +176,22 @@ pub struct GetResult {
     pub min_offset: u64,
     /// One past the last readable offset.
     pub max_offset: u64,
+    /// Entries passed over because their message cannot be read (damaged below the
+    /// checkpoint, see docs/STORAGE.md §10); `next_offset` is already past them.
+    pub skipped: u64,
+}
+
+/// What the store found damaged and repaired since it was opened (docs/STORAGE.md §10).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DamageStats {
+    /// Messages that cannot be read (each counted once, then skipped by reads).
+    pub unreadable_records: u64,
+    /// Consume-queue entries rewritten from the commit log.
+    pub repaired_entries: u64,
+    /// Places in the commit log where no record started where one should.
+    pub damaged_log_spans: u64,
+    /// Index files rebuilt from the commit log at open.
+    pub rebuilt_index_files: u64,
 }
 
 /// Queues that lost messages no consumer group had consumed.
@@ -258,6 +275,11 @@ struct Inner {
     flush_count: AtomicU64,
     flush_waiters: AtomicU64,
     flush_nanos: AtomicU64,
+    /// Damage counters (see [`DamageStats`]).
+    unreadable_records: AtomicU64,
+    repaired_entries: AtomicU64,
+    damaged_spans: AtomicU64,
+    rebuilt_index_files: AtomicU64,
 }
 
 /// The store. Cheap to share behind an `Arc`; closing flushes and marks a clean shutdown.
@@ -287,7 +309,8 @@ impl Store {
         let index_dir = cfg.dir.join("index");
         // Deleting consumequeue/ or index/ asks for a full rebuild from the log.
         let rebuild_all = !cq_root.exists() || !index_dir.exists();
-        let index = Index::open(index_dir, cfg.index_slots, cfg.index_entries)?;
+        let (index, discarded_index) =
+            Index::open_with_discarded(index_dir, cfg.index_slots, cfg.index_entries)?;
         let queues = load_queues(&cq_root, cfg.cq_entries_per_file)?;
 
         // 1. Find the valid end of the commit log, scanning only past the checkpoint.
@@ -377,11 +400,12 @@ impl Store {
         } else {
             cp.map_or(min, |c| c.dispatched.max(min)).min(end)
         };
-        for per_topic in queues.values() {
-            for cq in per_topic.values() {
-                let max = cq.recover(dispatched_cp);
-                cq.erase_after(max)?;
-            }
+        let all_queues: Vec<Arc<ConsumeQueue>> = queues
+            .values()
+            .flat_map(|per| per.values().cloned())
+            .collect();
+        for cq in &all_queues {
+            cq.recover(dispatched_cp);
         }
         let inner = Arc::new(Inner {
             log,
@@ -408,8 +432,37 @@ impl Store {
             flush_count: AtomicU64::new(0),
             flush_waiters: AtomicU64::new(0),
             flush_nanos: AtomicU64::new(0),
+            unreadable_records: AtomicU64::new(0),
+            repaired_entries: AtomicU64::new(0),
+            damaged_spans: AtomicU64::new(0),
+            rebuilt_index_files: AtomicU64::new(0),
             cfg,
         });
+        // Damage below the checkpoint must not move a queue's end: check each end against the
+        // log (rebuilding what is wrong) before stale entries past it are erased.
+        inner.repair_queue_ends(&all_queues, dispatched_cp)?;
+        for cq in &all_queues {
+            cq.erase_after(cq.max())?;
+        }
+        if !rebuild_all {
+            let mut names = discarded_index;
+            names.sort_unstable();
+            for (i, &name) in names.iter().enumerate() {
+                // A file holds the entries of records from its name up to the next file's.
+                let next = [names.get(i + 1).copied(), inner.index.next_name_after(name)]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let upto = next.unwrap_or(dispatched_cp.saturating_sub(1));
+                if name >= dispatched_cp {
+                    continue; // re-dispatch indexes these records
+                }
+                let n =
+                    inner.rebuild_index_file(name, upto.min(dispatched_cp.saturating_sub(1)))?;
+                inner.rebuilt_index_files.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(name, records = n, "index file rebuilt from the commit log");
+            }
+        }
         report.records_redispatched = inner.dispatch_to(end)?;
         inner.trim_queues_below(inner.log.min_offset())?;
         {
@@ -610,6 +663,7 @@ impl Store {
                 next_offset: 0,
                 min_offset: 0,
                 max_offset: 0,
+                skipped: 0,
             });
         };
         let (min, max) = (cq.min(), cq.max());
@@ -619,6 +673,7 @@ impl Store {
             next_offset: offset,
             min_offset: min,
             max_offset: max,
+            skipped: 0,
         };
         if offset < min {
             result.status = GetStatus::OffsetTooSmall;
@@ -637,36 +692,65 @@ impl Store {
         let mut bytes = 0usize;
         let mut err = None;
         let mut refused = None;
-        let next = cq.scan(offset, max_scan.max(1), |off, e| {
-            if !keep(&e) {
-                return true;
-            }
-            if !result.messages.is_empty() && bytes + e.size as usize > max_bytes {
-                refused = Some(off);
-                return false;
-            }
-            match self.inner.log.read(e.phys_offset, e.size as usize, verify) {
-                Ok(b) => {
-                    // `read` checked the sections, so the view parses.
-                    let wanted = RecordView::parse_unchecked_crc(&b).is_ok_and(|r| keep_record(&r));
-                    if !wanted {
-                        return true;
+        let mut from = offset;
+        let mut budget = max_scan.max(1);
+        // The entry that was repaired last: failing again, its record is unreadable.
+        let mut repaired: Option<u64> = None;
+        let next = loop {
+            let mut damaged = None;
+            let next = cq.scan(from, budget, |off, e| {
+                // An empty entry below `max` is damage, whatever its (zero) tag hash says.
+                if e.size != 0 && !keep(&e) {
+                    return true;
+                }
+                if !result.messages.is_empty() && bytes + e.size as usize > max_bytes {
+                    refused = Some(off);
+                    return false;
+                }
+                match self.inner.check_entry(&cq, off, &e, verify) {
+                    Ok(damage::Checked::Ok(b)) => {
+                        // `read` checked the sections, so the view parses.
+                        let wanted =
+                            RecordView::parse_unchecked_crc(&b).is_ok_and(|r| keep_record(&r));
+                        if !wanted {
+                            return true;
+                        }
+                        bytes += b.len();
+                        result.messages.push(StoredMessage {
+                            queue_offset: off,
+                            phys_offset: e.phys_offset,
+                            bytes: b,
+                        });
+                        result.messages.len() < max_count
                     }
-                    bytes += b.len();
-                    result.messages.push(StoredMessage {
-                        queue_offset: off,
-                        phys_offset: e.phys_offset,
-                        bytes: b,
-                    });
-                    result.messages.len() < max_count
+                    Ok(damage::Checked::Gone) => true, // deleted by retention meanwhile
+                    Ok(damage::Checked::Bad(reason)) => {
+                        if repaired == Some(off) || cq.is_lost(off) {
+                            self.inner.report_unreadable(&cq, off, &e, &reason);
+                            result.skipped += 1;
+                            true
+                        } else {
+                            damaged = Some((off, reason));
+                            false
+                        }
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
                 }
-                Err(StoreError::OffsetOutOfRange { .. }) => true, // deleted by retention meanwhile
-                Err(e) => {
-                    err = Some(e);
-                    false
+            });
+            match damaged {
+                Some((off, reason)) if err.is_none() => {
+                    // Repair outside the scan (it rewrites entries), then read the entry again.
+                    budget -= (off - from) as usize;
+                    self.inner.repair_around(&cq, off, &reason)?;
+                    repaired = Some(off);
+                    from = off;
                 }
+                _ => break next,
             }
-        });
+        };
         if let Some(e) = err {
             return Err(e);
         }
@@ -850,6 +934,17 @@ impl Store {
             .collect();
         out.sort_by(|a, b| (&a.topic, a.queue_id).cmp(&(&b.topic, b.queue_id)));
         out
+    }
+
+    /// Damage found and repaired since open (docs/STORAGE.md §10).
+    pub fn damage_stats(&self) -> DamageStats {
+        let i = &self.inner;
+        DamageStats {
+            unreadable_records: i.unreadable_records.load(Ordering::Relaxed),
+            repaired_entries: i.repaired_entries.load(Ordering::Relaxed),
+            damaged_log_spans: i.damaged_spans.load(Ordering::Relaxed),
+            rebuilt_index_files: i.rebuilt_index_files.load(Ordering::Relaxed),
+        }
     }
 
     /// Re-reads disk usage now (the housekeeping thread does it every second).
@@ -1426,6 +1521,9 @@ fn _assert_send_sync() {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod damage_tests;
 
 /// The directory layout, for tools and tests that look at files.
 pub fn commitlog_dir(dir: &Path) -> PathBuf {
