@@ -383,6 +383,34 @@ impl Inner {
         seg_end.min(to).max(from)
     }
 
+    /// Re-dispatch at open found no record at `pos` (below `end`): report it and return where
+    /// the next intact record starts.
+    pub(super) fn dispatch_skip(&self, pos: u64, end: u64, reason: &str) -> u64 {
+        let next = self.resync(pos + 1, end);
+        tracing::error!(
+            file = %self.log.path_of(pos).display(),
+            offset = pos % self.log.segment_size(),
+            %reason,
+            skipped_bytes = next - pos,
+            "commit log damaged below the checkpoint: no record where one should start; \
+             re-dispatch continues at the next intact record"
+        );
+        self.damaged_spans.fetch_add(1, Ordering::Relaxed);
+        next
+    }
+
+    /// Re-dispatch at open could not parse the record at `pos`: report it (its entry stays
+    /// empty; a read finds it, repairs what it can and reports the record).
+    pub(super) fn dispatch_damage(&self, pos: u64, error: &str) {
+        tracing::error!(
+            file = %self.log.path_of(pos).display(),
+            offset = pos % self.log.segment_size(),
+            %error,
+            "commit-log record below the checkpoint cannot be parsed; not dispatched"
+        );
+        self.damaged_spans.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reports the record behind entry `off` of `cq` as unreadable: an ERROR and the counter,
     /// once per entry.
     pub(super) fn report_unreadable(&self, cq: &ConsumeQueue, off: u64, e: &CqEntry, reason: &str) {

@@ -323,3 +323,26 @@ fn a_repair_keeps_entries_appended_meanwhile() {
     expect_all_of_a(&store, 900);
     assert!(store.damage_stats().repaired_entries >= 20);
 }
+
+#[test]
+fn a_full_rebuild_passes_over_damaged_records_instead_of_refusing_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, a, _) = fill(dir.path(), 200);
+    let seg = dir.path().join("commitlog").join(mapped::file_name(0));
+    // A's record 30 loses its magic; record 60's topic length points past its end.
+    damage(&seg, a[30].phys_offset + 4, &[0xee; 4]);
+    damage(&seg, a[60].phys_offset + HEADER_SIZE as u64, &[0xff]);
+    // Deleting consumequeue/ asks for everything to be re-dispatched from the log.
+    std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    let store = Store::open(cfg).unwrap();
+    let (got, skipped) = consume(&store, "A", 0);
+    let want: Vec<u64> = (0..200).filter(|o| *o != 30 && *o != 60).collect();
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), want);
+    assert_eq!(skipped, 2);
+    let stats = store.damage_stats();
+    assert_eq!(stats.unreadable_records, 2);
+    assert!(stats.damaged_log_spans >= 2, "{stats:?}");
+    // B's queue, interleaved with A's in the log, is whole.
+    let (b, skipped) = consume(&store, "B", 0);
+    assert_eq!((b.len(), skipped), (100, 0));
+}

@@ -280,6 +280,8 @@ struct Inner {
     repaired_entries: AtomicU64,
     damaged_spans: AtomicU64,
     rebuilt_index_files: AtomicU64,
+    /// Set while `open` re-dispatches: damaged records are passed over instead of failing.
+    recovering: AtomicBool,
 }
 
 /// The store. Cheap to share behind an `Arc`; closing flushes and marks a clean shutdown.
@@ -436,6 +438,7 @@ impl Store {
             repaired_entries: AtomicU64::new(0),
             damaged_spans: AtomicU64::new(0),
             rebuilt_index_files: AtomicU64::new(0),
+            recovering: AtomicBool::new(false),
             cfg,
         });
         // Damage below the checkpoint must not move a queue's end: check each end against the
@@ -463,7 +466,10 @@ impl Store {
                 tracing::warn!(name, records = n, "index file rebuilt from the commit log");
             }
         }
-        report.records_redispatched = inner.dispatch_to(end)?;
+        inner.recovering.store(true, Ordering::Relaxed);
+        let redispatched = inner.dispatch_to(end);
+        inner.recovering.store(false, Ordering::Relaxed);
+        report.records_redispatched = redispatched?;
         inner.trim_queues_below(inner.log.min_offset())?;
         {
             let mut w = inner.writer.lock().expect("writer lock");
@@ -1118,41 +1124,59 @@ impl Inner {
         while pos < end {
             match self.log.step(pos, false) {
                 Step::Record { pos: p, len, .. } => {
-                    self.log
-                        .with_record(p, len, false, |r| -> Result<(), StoreError> {
-                            let qo = r.queue_offset();
-                            let cq = match touched.iter().find(|(c, _)| {
-                                c.queue_id() == r.queue_id() && c.topic() == r.topic()
-                            }) {
-                                Some((c, _)) => c.clone(),
-                                None => {
-                                    let c = self.queue_or_create(r.topic(), r.queue_id())?;
-                                    touched.push((c.clone(), 0));
-                                    c
+                    let parsed =
+                        self.log
+                            .with_record(p, len, false, |r| -> Result<(), StoreError> {
+                                let qo = r.queue_offset();
+                                let cq = match touched.iter().find(|(c, _)| {
+                                    c.queue_id() == r.queue_id() && c.topic() == r.topic()
+                                }) {
+                                    Some((c, _)) => c.clone(),
+                                    None => {
+                                        let c = self.queue_or_create(r.topic(), r.queue_id())?;
+                                        touched.push((c.clone(), 0));
+                                        c
+                                    }
+                                };
+                                cq.put(
+                                    qo,
+                                    CqEntry {
+                                        phys_offset: p,
+                                        size: len as u32,
+                                        tag_hash: tag_hash(r.tag()),
+                                    },
+                                )?;
+                                if let Some(t) =
+                                    touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cq))
+                                {
+                                    t.1 = t.1.max(qo + 1);
                                 }
-                            };
-                            cq.put(
-                                qo,
-                                CqEntry {
-                                    phys_offset: p,
-                                    size: len as u32,
-                                    tag_hash: tag_hash(r.tag()),
-                                },
-                            )?;
-                            if let Some(t) = touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cq)) {
-                                t.1 = t.1.max(qo + 1);
-                            }
-                            let ts = r.store_timestamp();
-                            self.index.put(id_hash(r.msg_id()), p, ts)?;
-                            for key in r.keys() {
-                                self.index.put(key_hash(r.topic(), key), p, ts)?;
-                            }
-                            Ok(())
-                        })??;
+                                let ts = r.store_timestamp();
+                                self.index.put(id_hash(r.msg_id()), p, ts)?;
+                                for key in r.keys() {
+                                    self.index.put(key_hash(r.topic(), key), p, ts)?;
+                                }
+                                Ok(())
+                            });
+                    match parsed {
+                        Ok(r) => {
+                            r?;
+                            n += 1;
+                        }
+                        // Recovery re-dispatches records below the checkpoint that no scan
+                        // CRC-checked: an unparsable one is damage to report and pass over
+                        // (docs/STORAGE.md §10), not a reason to refuse to open.
+                        Err(e) if self.recovering.load(Ordering::Relaxed) => {
+                            self.dispatch_damage(p, &e.to_string());
+                        }
+                        Err(e) => return Err(e),
+                    }
                     pos = p + len as u64;
-                    n += 1;
                 }
                 Step::NextSegment(next) => pos = next,
+                Step::End { pos: p, reason } if self.recovering.load(Ordering::Relaxed) => {
+                    pos = self.dispatch_skip(p, end, &reason);
+                }
                 Step::End { pos: p, reason } => {
                     return Err(commitlog::corrupt(
                         &self.log.path_of(p),
