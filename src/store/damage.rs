@@ -445,11 +445,17 @@ impl Inner {
         valid: u64,
     ) -> Result<usize, StoreError> {
         let mut targets = Vec::new();
+        let log_min = self.log.min_offset();
         for cq in queues {
             let (min, lo) = (cq.min(), cq.max());
+            // An entry whose record retention deleted cannot be checked: it counts as good
+            // (trimming moves the queue's min past it after recovery).
             let good = |o: u64| {
-                cq.raw(o)
-                    .is_some_and(|e| e.phys_offset < valid && self.entry_points_home(cq, o, &e))
+                cq.raw(o).is_some_and(|e| {
+                    e.size != 0
+                        && e.phys_offset < valid
+                        && (e.phys_offset < log_min || self.entry_points_home(cq, o, &e))
+                })
             };
             let tail_ok = lo == min || good(lo - 1);
             let ahead_end = cq.files_end().min(lo + 1 + TAIL_LOOKAHEAD);

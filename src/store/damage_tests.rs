@@ -346,3 +346,48 @@ fn a_full_rebuild_passes_over_damaged_records_instead_of_refusing_to_open() {
     let (b, skipped) = consume(&store, "B", 0);
     assert_eq!((b.len(), skipped), (100, 0));
 }
+
+#[test]
+fn a_queue_whose_records_retention_deleted_keeps_its_end_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::small_for_tests(dir.path());
+    cfg.retention_hours = 1;
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        for i in 0..40 {
+            put(&store, "A", 0, i);
+        }
+        // Enough of B to fill more segments, so A's are sealed and can go.
+        let big = vec![1u8; 8000];
+        for i in 0..40u128 {
+            let m = NewMessage {
+                msg_id: 50_000 + i,
+                flags: 0,
+                born_timestamp: 1,
+                born_host: host(),
+                reconsume_times: 0,
+                tag: "",
+                keys: &[],
+                properties: &[],
+                body: &big,
+            };
+            store.append("B", 0, &[m]).unwrap().wait().unwrap();
+        }
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        let first = dir.path().join("commitlog").join(mapped::file_name(0));
+        std::fs::File::options()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let report = store.run_retention(true).unwrap();
+        assert_eq!(report.deleted_segments.len(), 1);
+        assert_eq!(store.queue_bounds("A", 0), (40, 40));
+        store.close().unwrap();
+    }
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(store.queue_bounds("A", 0), (40, 40));
+    assert_eq!(store.damage_stats(), DamageStats::default());
+    assert_eq!(put(&store, "A", 0, 40).queue_offset, 40);
+}
