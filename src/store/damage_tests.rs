@@ -391,3 +391,28 @@ fn a_queue_whose_records_retention_deleted_keeps_its_end_across_a_restart() {
     assert_eq!(store.damage_stats(), DamageStats::default());
     assert_eq!(put(&store, "A", 0, 40).queue_offset, 40);
 }
+
+#[test]
+fn recovery_of_an_undamaged_store_after_a_crash_repairs_nothing() {
+    for mode in [FlushMode::Async, FlushMode::Sync] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::small_for_tests(dir.path());
+        cfg.flush_mode = mode;
+        cfg.checkpoint_interval_ms = 10;
+        let store = Store::open(cfg.clone()).unwrap();
+        for i in 0..600u128 {
+            put(&store, "A", (i % 3) as u32, i);
+            if i == 300 {
+                // Let a checkpoint land in the middle.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        store.simulate_crash();
+        let store = Store::open(cfg).unwrap();
+        for q in 0..3 {
+            let (got, skipped) = consume(&store, "A", q);
+            assert_eq!((got.len(), skipped), (200, 0), "{mode:?} queue {q}");
+        }
+        assert_eq!(store.damage_stats(), DamageStats::default(), "{mode:?}");
+    }
+}
