@@ -356,12 +356,12 @@ impl ConsumeQueue {
         Ok((old_min, new_min))
     }
 
-    /// Binary search: the first offset in `[min, max)` whose key (from `key_of`) is >= `target`,
-    /// or `max` if none. `key_of` must be monotonic over the queue.
+    /// Binary search: the first offset in `[min, max)` whose key (from `key_of(offset, entry)`)
+    /// is >= `target`, or `max` if none. `key_of` must be monotonic over the queue.
     pub(crate) fn search(
         &self,
         target: i64,
-        mut key_of: impl FnMut(CqEntry) -> Result<i64, StoreError>,
+        mut key_of: impl FnMut(u64, CqEntry) -> Result<i64, StoreError>,
     ) -> Result<u64, StoreError> {
         let (mut lo, mut hi) = (self.min(), self.max());
         while lo < hi {
@@ -370,7 +370,7 @@ impl ConsumeQueue {
                 hi = mid;
                 continue;
             };
-            if key_of(e)? < target {
+            if key_of(mid, e)? < target {
                 lo = mid + 1;
             } else {
                 hi = mid;

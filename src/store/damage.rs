@@ -383,6 +383,34 @@ impl Inner {
         seg_end.min(to).max(from)
     }
 
+    /// The store timestamp of entry `off`'s record for a time search. A damaged entry is
+    /// repaired first; an unreadable record counts as stored before `target` (the search then
+    /// lands past it: it cannot be read anyway).
+    pub(super) fn entry_timestamp(
+        &self,
+        cq: &Arc<ConsumeQueue>,
+        off: u64,
+        e: CqEntry,
+        target: i64,
+    ) -> Result<i64, StoreError> {
+        let header = |e: &CqEntry| {
+            self.entry_points_home(cq, off, e)
+                .then(|| self.log.store_timestamp(e.phys_offset).ok())
+                .flatten()
+        };
+        if let Some(ts) = header(&e) {
+            return Ok(ts);
+        }
+        if e.phys_offset < self.log.min_offset() && e.size != 0 {
+            return Ok(target.saturating_sub(1)); // deleted by retention meanwhile
+        }
+        self.repair_around(cq, off, "entry does not point at its record (time search)")?;
+        Ok(cq
+            .raw(off)
+            .and_then(|e| header(&e))
+            .unwrap_or(target.saturating_sub(1)))
+    }
+
     /// Re-dispatch at open found no record at `pos` (below `end`): report it and return where
     /// the next intact record starts.
     pub(super) fn dispatch_skip(&self, pos: u64, end: u64, reason: &str) -> u64 {

@@ -416,3 +416,43 @@ fn recovery_of_an_undamaged_store_after_a_crash_repairs_nothing() {
         assert_eq!(store.damage_stats(), DamageStats::default(), "{mode:?}");
     }
 }
+
+#[test]
+fn a_time_search_over_damaged_entries_repairs_them_and_finds_the_right_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::small_for_tests(dir.path());
+    let mut firsts = Vec::new();
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        for batch in 0..10u128 {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            let body = body_of(batch);
+            let m = NewMessage {
+                msg_id: batch,
+                flags: 0,
+                born_timestamp: 1,
+                born_host: host(),
+                reconsume_times: 0,
+                tag: "",
+                keys: &[],
+                properties: &[],
+                body: &body,
+            };
+            let msgs = vec![m; 20];
+            let a = store.append("A", 0, &msgs).unwrap().wait().unwrap();
+            firsts.push((a.results[0].queue_offset, a.store_timestamp));
+        }
+        store.close().unwrap();
+    }
+    // Entries 95..105: where the search looks first.
+    damage(
+        &cq_file(dir.path(), "A", 0, 64),
+        (95 - 64) * 20,
+        &garbage(200),
+    );
+    let store = Store::open(cfg).unwrap();
+    for (offset, ts) in firsts {
+        assert_eq!(store.offset_for_timestamp("A", 0, ts).unwrap(), offset);
+    }
+    assert!(store.damage_stats().repaired_entries >= 10);
+}

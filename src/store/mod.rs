@@ -889,8 +889,8 @@ impl Store {
         let Some(cq) = self.inner.queue(topic, queue_id) else {
             return Ok(0);
         };
-        cq.search(timestamp_ms, |e| {
-            self.inner.log.store_timestamp(e.phys_offset)
+        cq.search(timestamp_ms, |off, e| {
+            self.inner.entry_timestamp(&cq, off, e, timestamp_ms)
         })
     }
 
