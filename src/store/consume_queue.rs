@@ -231,6 +231,28 @@ impl ConsumeQueue {
         off
     }
 
+    /// Like [`Self::scan`] over `from..to` but ignoring `max` and `min` (recovery looks past
+    /// the end): stops at the end of the files or when `f` returns false.
+    pub(crate) fn scan_raw(&self, from: u64, to: u64, mut f: impl FnMut(u64, CqEntry) -> bool) {
+        let mut off = from;
+        while off < to {
+            let Some(file) = self.file_for(off) else {
+                return;
+            };
+            let file_end = (file.base() + self.per_file).min(to);
+            let bytes = file.slice(
+                ((off - file.base()) * CQ_ENTRY_SIZE) as usize,
+                ((file_end - off) * CQ_ENTRY_SIZE) as usize,
+            );
+            for chunk in bytes.chunks_exact(CQ_ENTRY_SIZE as usize) {
+                if !f(off, CqEntry::decode(chunk)) {
+                    return;
+                }
+                off += 1;
+            }
+        }
+    }
+
     /// Flushes entries written since the last flush. Returns how many files were touched.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         let max = self.max();
