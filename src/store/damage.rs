@@ -441,6 +441,21 @@ impl Inner {
         self.damaged_spans.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Re-dispatch at open: the queue and queue offset of the unparsable record at `pos`, if
+    /// its header names an existing queue, its own position, and exactly the queue's next
+    /// offset (`next_of(queue)`); a header damaged elsewhere is not trusted.
+    pub(super) fn damaged_record_queue(
+        &self,
+        pos: u64,
+        len: usize,
+        next_of: impl Fn(&Arc<ConsumeQueue>) -> u64,
+    ) -> Option<(Arc<ConsumeQueue>, u64)> {
+        let (seg, at) = self.log_slice(pos, len)?;
+        let (topic, qid, qo, phys) = identity(seg.slice(at, len))?;
+        let cq = self.queue(std::str::from_utf8(topic).ok()?, qid)?;
+        (phys == pos && qo == next_of(&cq)).then_some((cq, qo))
+    }
+
     /// Reports the record behind entry `off` of `cq` as unreadable: an ERROR and the counter,
     /// once per entry.
     pub(super) fn report_unreadable(&self, cq: &ConsumeQueue, off: u64, e: &CqEntry, reason: &str) {

@@ -456,3 +456,22 @@ fn a_time_search_over_damaged_entries_repairs_them_and_finds_the_right_offset() 
     }
     assert!(store.damage_stats().repaired_entries >= 10);
 }
+
+#[test]
+fn a_damaged_last_record_keeps_its_queue_offset_through_a_full_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, a, _) = fill(dir.path(), 200);
+    let seg = dir.path().join("commitlog").join(mapped::file_name(0));
+    // A's last record: its body length now runs past the record (the header is intact).
+    let last = a[199];
+    let body_len_at = last.phys_offset + last.size as u64 - body_of(199).len() as u64 - 4;
+    damage(&seg, body_len_at, &[0xff; 4]);
+    std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(store.queue_bounds("A", 0), (0, 200));
+    let (got, skipped) = consume(&store, "A", 0);
+    assert_eq!((got.len(), skipped), (199, 1));
+    assert_eq!(store.damage_stats().unreadable_records, 1);
+    // The damaged record keeps offset 199: the next message gets 200.
+    assert_eq!(put(&store, "A", 0, 200).queue_offset, 200);
+}

@@ -1168,6 +1168,25 @@ impl Inner {
                         // (docs/STORAGE.md §10), not a reason to refuse to open.
                         Err(e) if self.recovering.load(Ordering::Relaxed) => {
                             self.dispatch_damage(p, &e.to_string());
+                            // Still the next record of its queue by its header: keep its place,
+                            // so reads report it and its queue offset is never reused.
+                            if let Some((cq, qo)) = self.damaged_record_queue(p, len, |cq| {
+                                touched
+                                    .iter()
+                                    .find(|(c, _)| Arc::ptr_eq(c, cq))
+                                    .map_or(cq.max(), |t| t.1.max(cq.max()))
+                            }) {
+                                let entry = CqEntry {
+                                    phys_offset: p,
+                                    size: len as u32,
+                                    tag_hash: 0,
+                                };
+                                cq.put(qo, entry)?;
+                                match touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cq)) {
+                                    Some(t) => t.1 = t.1.max(qo + 1),
+                                    None => touched.push((cq, qo + 1)),
+                                }
+                            }
                         }
                         Err(e) => return Err(e),
                     }
