@@ -429,31 +429,55 @@ impl Inner {
         next
     }
 
-    /// Re-dispatch at open could not parse the record at `pos`: report it (its entry stays
-    /// empty; a read finds it, repairs what it can and reports the record).
-    pub(super) fn dispatch_damage(&self, pos: u64, error: &str) {
-        tracing::error!(
-            file = %self.log.path_of(pos).display(),
-            offset = pos % self.log.segment_size(),
-            %error,
-            "commit-log record below the checkpoint cannot be parsed; not dispatched"
-        );
-        self.damaged_spans.fetch_add(1, Ordering::Relaxed);
+    /// True if the record at `pos..pos+len` parses (sections; no CRC).
+    pub(super) fn log_record_parses(&self, pos: u64, len: usize) -> bool {
+        self.log.with_record(pos, len, false, |_| ()).is_ok()
     }
 
-    /// Re-dispatch at open: the queue and queue offset of the unparsable record at `pos`, if
-    /// its header names an existing queue, its own position, and exactly the queue's next
-    /// offset (`next_of(queue)`); a header damaged elsewhere is not trusted.
-    pub(super) fn damaged_record_queue(
+    /// Re-dispatch at open could not parse the record at `pos`: reports it, and if its header
+    /// still names an existing queue, its own position and exactly that queue's next offset,
+    /// writes its entry (tag hash 0), so reads report it and its queue offset is never reused.
+    /// `touched` is the dispatcher's list of queues and their new ends.
+    pub(super) fn dispatch_damaged_record(
         &self,
         pos: u64,
         len: usize,
-        next_of: impl Fn(&Arc<ConsumeQueue>) -> u64,
-    ) -> Option<(Arc<ConsumeQueue>, u64)> {
-        let (seg, at) = self.log_slice(pos, len)?;
-        let (topic, qid, qo, phys) = identity(seg.slice(at, len))?;
-        let cq = self.queue(std::str::from_utf8(topic).ok()?, qid)?;
-        (phys == pos && qo == next_of(&cq)).then_some((cq, qo))
+        touched: &mut Vec<(Arc<ConsumeQueue>, u64)>,
+    ) -> Result<(), StoreError> {
+        tracing::error!(
+            file = %self.log.path_of(pos).display(),
+            offset = pos % self.log.segment_size(),
+            "commit-log record below the checkpoint cannot be parsed; not dispatched"
+        );
+        self.damaged_spans.fetch_add(1, Ordering::Relaxed);
+        let Some((seg, at)) = self.log_slice(pos, len) else {
+            return Ok(());
+        };
+        let Some((topic, qid, qo, phys)) = identity(seg.slice(at, len)) else {
+            return Ok(());
+        };
+        let Some(cq) = std::str::from_utf8(topic)
+            .ok()
+            .and_then(|t| self.queue(t, qid))
+        else {
+            return Ok(());
+        };
+        let t = touched.iter().position(|(c, _)| Arc::ptr_eq(c, &cq));
+        let next = t.map_or(cq.max(), |i| touched[i].1.max(cq.max()));
+        if phys != pos || qo != next {
+            return Ok(());
+        }
+        let entry = CqEntry {
+            phys_offset: pos,
+            size: len as u32,
+            tag_hash: 0,
+        };
+        cq.put(qo, entry)?;
+        match t {
+            Some(i) => touched[i].1 = qo + 1,
+            None => touched.push((cq, qo + 1)),
+        }
+        Ok(())
     }
 
     /// Reports the record behind entry `off` of `cq` as unreadable: an ERROR and the counter,

@@ -1124,73 +1124,47 @@ impl Inner {
         while pos < end {
             match self.log.step(pos, false) {
                 Step::Record { pos: p, len, .. } => {
-                    let parsed =
-                        self.log
-                            .with_record(p, len, false, |r| -> Result<(), StoreError> {
-                                let qo = r.queue_offset();
-                                let cq = match touched.iter().find(|(c, _)| {
-                                    c.queue_id() == r.queue_id() && c.topic() == r.topic()
-                                }) {
-                                    Some((c, _)) => c.clone(),
-                                    None => {
-                                        let c = self.queue_or_create(r.topic(), r.queue_id())?;
-                                        touched.push((c.clone(), 0));
-                                        c
-                                    }
-                                };
-                                cq.put(
-                                    qo,
-                                    CqEntry {
-                                        phys_offset: p,
-                                        size: len as u32,
-                                        tag_hash: tag_hash(r.tag()),
-                                    },
-                                )?;
-                                if let Some(t) =
-                                    touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cq))
-                                {
-                                    t.1 = t.1.max(qo + 1);
-                                }
-                                let ts = r.store_timestamp();
-                                self.index.put(id_hash(r.msg_id()), p, ts)?;
-                                for key in r.keys() {
-                                    self.index.put(key_hash(r.topic(), key), p, ts)?;
-                                }
-                                Ok(())
-                            });
-                    match parsed {
-                        Ok(r) => {
-                            r?;
-                            n += 1;
-                        }
-                        // Recovery re-dispatches records below the checkpoint that no scan
-                        // CRC-checked: an unparsable one is damage to report and pass over
-                        // (docs/STORAGE.md §10), not a reason to refuse to open.
-                        Err(e) if self.recovering.load(Ordering::Relaxed) => {
-                            self.dispatch_damage(p, &e.to_string());
-                            // Still the next record of its queue by its header: keep its place,
-                            // so reads report it and its queue offset is never reused.
-                            if let Some((cq, qo)) = self.damaged_record_queue(p, len, |cq| {
-                                touched
-                                    .iter()
-                                    .find(|(c, _)| Arc::ptr_eq(c, cq))
-                                    .map_or(cq.max(), |t| t.1.max(cq.max()))
+                    // Recovery re-dispatches records below the checkpoint that no scan
+                    // CRC-checked: an unparsable one is damage to report and pass over
+                    // (docs/STORAGE.md §10), not a reason to refuse to open.
+                    if self.recovering.load(Ordering::Relaxed) && !self.log_record_parses(p, len) {
+                        self.dispatch_damaged_record(p, len, &mut touched)?;
+                        pos = p + len as u64;
+                        continue;
+                    }
+                    self.log
+                        .with_record(p, len, false, |r| -> Result<(), StoreError> {
+                            let qo = r.queue_offset();
+                            let cq = match touched.iter().find(|(c, _)| {
+                                c.queue_id() == r.queue_id() && c.topic() == r.topic()
                             }) {
-                                let entry = CqEntry {
+                                Some((c, _)) => c.clone(),
+                                None => {
+                                    let c = self.queue_or_create(r.topic(), r.queue_id())?;
+                                    touched.push((c.clone(), 0));
+                                    c
+                                }
+                            };
+                            cq.put(
+                                qo,
+                                CqEntry {
                                     phys_offset: p,
                                     size: len as u32,
-                                    tag_hash: 0,
-                                };
-                                cq.put(qo, entry)?;
-                                match touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cq)) {
-                                    Some(t) => t.1 = t.1.max(qo + 1),
-                                    None => touched.push((cq, qo + 1)),
-                                }
+                                    tag_hash: tag_hash(r.tag()),
+                                },
+                            )?;
+                            if let Some(t) = touched.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &cq)) {
+                                t.1 = t.1.max(qo + 1);
                             }
-                        }
-                        Err(e) => return Err(e),
-                    }
+                            let ts = r.store_timestamp();
+                            self.index.put(id_hash(r.msg_id()), p, ts)?;
+                            for key in r.keys() {
+                                self.index.put(key_hash(r.topic(), key), p, ts)?;
+                            }
+                            Ok(())
+                        })??;
                     pos = p + len as u64;
+                    n += 1;
                 }
                 Step::NextSegment(next) => pos = next,
                 Step::End { pos: p, reason } if self.recovering.load(Ordering::Relaxed) => {
