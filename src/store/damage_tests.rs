@@ -89,6 +89,31 @@ fn damage(file: &Path, at: u64, bytes: &[u8]) {
     f.sync_all().unwrap();
 }
 
+/// Runs `f` with this thread's log events (ERROR and WARN) captured; returns them as text.
+fn capture_logs(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || out.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buf.0.lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 fn garbage(n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(37).wrapping_add(11) | 1)
@@ -149,7 +174,18 @@ fn garbage_in_the_middle_of_a_queue_is_repaired_when_read() {
         &garbage(100),
     );
     let store = Store::open(cfg).unwrap();
-    expect_all_of_a(&store, 500);
+    let logs = capture_logs(|| expect_all_of_a(&store, 500));
+    // The ERROR names the damaged file and the byte offset of the first bad entry.
+    let file = cq_file(dir.path(), "A", 0, 64);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("consume-queue entry does not match"))
+        .unwrap_or_else(|| panic!("an ERROR: {logs}"));
+    assert!(line.contains(&file.display().to_string()), "{line}");
+    assert!(
+        line.contains(&format!("offset={}", (100 - 64) * 20)),
+        "{line}"
+    );
     let stats = store.damage_stats();
     assert!(stats.repaired_entries >= 5, "{stats:?}");
     assert_eq!(stats.unreadable_records, 0);
@@ -251,6 +287,20 @@ fn a_damaged_record_below_the_checkpoint_is_skipped_once_and_reported() {
     f[at as usize] ^= 0x10;
     std::fs::write(&seg, f).unwrap();
     let store = Store::open(cfg).unwrap();
+    let logs = capture_logs(|| {
+        consume(&store, "A", 0);
+    });
+    let reports: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("message cannot be read"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{logs}");
+    assert!(
+        reports[0].contains(&seg.display().to_string()),
+        "{}",
+        reports[0]
+    );
+    assert!(reports[0].contains("queue_offset=7"), "{}", reports[0]);
     for round in 0..2 {
         let (got, skipped) = consume(&store, "A", 0);
         assert_eq!(
