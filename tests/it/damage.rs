@@ -1,6 +1,7 @@
-//! Damage below the checkpoint, through a real broker: files of a stopped broker are damaged,
-//! the broker starts again over them, and a consumer over QUIC gets every acknowledged message
-//! back (a damaged commit-log record is passed over visibly, never a stuck consumer).
+//! Damage below the checkpoint, through a real broker: files of a stopped broker are damaged
+//! (consume queue, commit-log record, index), the broker starts again over them, and a
+//! consumer over QUIC gets every acknowledged message back (a damaged commit-log record is
+//! passed over visibly, never a stuck consumer); lookups by id and key work again.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -89,6 +90,11 @@ async fn a_broker_restarted_over_damaged_files_serves_every_acknowledged_message
     bytes[(victim.commit_log_offset % seg_size) as usize + 80] ^= 0x40;
     std::fs::write(&seg, bytes).unwrap();
 
+    // (d) Every index file's header loses its magic.
+    for f in std::fs::read_dir(store.join("index")).unwrap() {
+        damage(&f.unwrap().path(), 0, b"JUNK");
+    }
+
     let broker = TestBroker::start_with(cfg).await;
     let client = broker.client().await;
     let consumer = PullConsumer::new(client.clone());
@@ -124,9 +130,25 @@ async fn a_broker_restarted_over_damaged_files_serves_every_acknowledged_message
     let producer = Producer::new(client.clone(), ProducerOptions::default());
     let next = producer.send(Message::new("dmg", "after")).await.unwrap();
     assert_eq!(next.queue_offset, 500);
+    // The index was rebuilt: lookups by id and by key find the messages.
+    let admin = Admin::new(client.clone());
+    for i in [0usize, 250, 499] {
+        let m = admin.message_by_id(sent[i].msg_id).await.unwrap();
+        assert_eq!(
+            m.map(|m| m.queue_offset),
+            Some(i as u64),
+            "message {i} by id"
+        );
+        let by_key = admin
+            .query_by_key("dmg", &format!("k{i}"), 4)
+            .await
+            .unwrap();
+        assert_eq!(by_key.len(), 1, "message {i} by key");
+    }
     let stats = broker.server().broker().store().damage_stats();
     assert_eq!(stats.unreadable_records, 1);
     assert!(stats.repaired_entries >= 5, "{stats:?}");
+    assert!(stats.rebuilt_index_files >= 1, "{stats:?}");
     client.close().await;
     broker.stop().await;
 }
