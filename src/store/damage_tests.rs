@@ -525,3 +525,30 @@ fn a_damaged_last_record_keeps_its_queue_offset_through_a_full_rebuild() {
     // The damaged record keeps offset 199: the next message gets 200.
     assert_eq!(put(&store, "A", 0, 200).queue_offset, 200);
 }
+
+#[test]
+fn garbage_entries_do_not_hide_messages_from_a_tag_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _, _) = fill(dir.path(), 300);
+    // Entries 100..110 of A: garbage, tag hashes included.
+    damage(
+        &cq_file(dir.path(), "A", 0, 64),
+        (100 - 64) * 20,
+        &garbage(200),
+    );
+    let store = Store::open(cfg).unwrap();
+    let want = tag_hash("tag2");
+    let mut off = 0;
+    let mut ids = Vec::new();
+    while off < 300 {
+        let r = store
+            .get_messages("A", 0, off, ReadLimits::new(16, 1 << 20, 64), |e| {
+                e.tag_hash == want
+            })
+            .unwrap();
+        ids.extend(r.messages.iter().map(|m| m.view().msg_id()));
+        off = r.next_offset;
+    }
+    assert_eq!(ids, (0..300).filter(|i| i % 3 == 2).collect::<Vec<u128>>());
+    assert!(store.damage_stats().repaired_entries >= 10);
+}

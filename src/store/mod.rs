@@ -702,12 +702,23 @@ impl Store {
         let mut budget = max_scan.max(1);
         // The entry that was repaired last: failing again, its record is unreadable.
         let mut repaired: Option<u64> = None;
+        // Entries below `max` point below `written`, each after the one before it.
+        let written = self.inner.log.written();
+        let mut prev_end = 0u64;
         let next = loop {
             let mut damaged = None;
             let next = cq.scan(from, budget, |off, e| {
-                // An empty entry below `max` is damage, whatever its (zero) tag hash says.
-                if e.size != 0 && !keep(&e) {
-                    return true;
+                // The filter trusts the tag hash only of an entry that looks like one: an empty
+                // or implausible entry is checked (and repaired) whatever its tag hash says.
+                let end = e.phys_offset.saturating_add(e.size as u64);
+                let plausible = e.size as usize >= record::MIN_RECORD_SIZE
+                    && end <= written
+                    && e.phys_offset >= prev_end;
+                if plausible {
+                    prev_end = end;
+                    if !keep(&e) {
+                        return true;
+                    }
                 }
                 if !result.messages.is_empty() && bytes + e.size as usize > max_bytes {
                     refused = Some(off);
