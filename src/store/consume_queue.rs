@@ -3,9 +3,10 @@
 //! offset. Derived data: the dispatcher writes entry `n` at byte `n * 20` of the queue, so
 //! rebuilding from the commit log is idempotent. Readers see entries below `max` only.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::error::StoreError;
 use super::mapped::{list_files, sync_dir, MappedFile, SpaceCheck};
@@ -62,6 +63,22 @@ pub(crate) struct ConsumeQueue {
     flushed: AtomicU64,
     /// Free-space check for new files (they may use the headroom: keep = 0).
     space: SpaceCheck,
+    /// Serializes repairs of damaged entries (readers that find the same damage wait for the
+    /// first repair instead of repeating it).
+    repair: Mutex<()>,
+    /// Offsets whose record cannot be read even after a repair (reported once, then skipped).
+    lost: Mutex<BTreeSet<u64>>,
+}
+
+/// The entry at queue offset `offset` of `file` (which holds it).
+fn entry_at(file: &MappedFile, offset: u64) -> CqEntry {
+    let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
+    let mut bytes = [0u8; CQ_ENTRY_SIZE as usize];
+    // SAFETY: every access to consume-queue entries is byte-atomic (see `put`). A read racing
+    // with a repair's rewrite may see a torn entry: readers check every entry against its
+    // record and re-check a failed one under the repair lock.
+    unsafe { file.load_bytes(at, &mut bytes) };
+    CqEntry::decode(&bytes)
 }
 
 impl ConsumeQueue {
@@ -103,6 +120,8 @@ impl ConsumeQueue {
             min: AtomicU64::new(min),
             flushed: AtomicU64::new(min),
             space,
+            repair: Mutex::new(()),
+            lost: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -140,8 +159,10 @@ impl ConsumeQueue {
             None => self.add_file(offset - offset % self.per_file, offset)?,
         };
         let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
-        // SAFETY: entries at or above `max` are invisible to readers; one dispatcher writes.
-        unsafe { file.write(at, &entry.encode()) };
+        // SAFETY: every access to consume-queue entries goes through `load_bytes` and
+        // `store_bytes` (a repair may rewrite an entry a reader is reading, and `raw` may look
+        // at unpublished entries); readers see this one after `publish` (Release).
+        unsafe { file.store_bytes(at, &entry.encode()) };
         Ok(())
     }
 
@@ -200,14 +221,10 @@ impl ConsumeQueue {
         self.raw(offset)
     }
 
-    fn raw(&self, offset: u64) -> Option<CqEntry> {
+    /// Entry at `offset` as stored, readable or not (`None` when no file holds it).
+    pub(crate) fn raw(&self, offset: u64) -> Option<CqEntry> {
         let file = self.file_for(offset)?;
-        let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
-        // SAFETY: callers read entries below `max` (Acquire), which the dispatcher wrote
-        // before publishing and never writes again, or run during recovery (no writer).
-        Some(CqEntry::decode(unsafe {
-            file.slice(at, CQ_ENTRY_SIZE as usize)
-        }))
+        Some(entry_at(&file, offset))
     }
 
     /// Reads up to `max_count` readable entries from `from`, calling `f(offset, entry)`;
@@ -226,16 +243,8 @@ impl ConsumeQueue {
                 break;
             };
             let file_end = (file.base() + self.per_file).min(end);
-            // SAFETY: entries below `max` (loaded with Acquire) are published and never
-            // written again; the dispatcher writes at or past `max` only.
-            let bytes = unsafe {
-                file.slice(
-                    ((off - file.base()) * CQ_ENTRY_SIZE) as usize,
-                    ((file_end - off) * CQ_ENTRY_SIZE) as usize,
-                )
-            };
-            for chunk in bytes.chunks_exact(CQ_ENTRY_SIZE as usize) {
-                let e = CqEntry::decode(chunk);
+            while off < file_end {
+                let e = entry_at(&file, off);
                 let keep_going = f(off, e);
                 off += 1;
                 if !keep_going {
@@ -244,6 +253,24 @@ impl ConsumeQueue {
             }
         }
         off
+    }
+
+    /// Like [`Self::scan`] over `from..to` but ignoring `max` and `min` (recovery looks past
+    /// the end): stops at the end of the files or when `f` returns false.
+    pub(crate) fn scan_raw(&self, from: u64, to: u64, mut f: impl FnMut(u64, CqEntry) -> bool) {
+        let mut off = from;
+        while off < to {
+            let Some(file) = self.file_for(off) else {
+                return;
+            };
+            let file_end = (file.base() + self.per_file).min(to);
+            while off < file_end {
+                if !f(off, entry_at(&file, off)) {
+                    return;
+                }
+                off += 1;
+            }
+        }
     }
 
     /// Flushes entries written since the last flush. Returns how many files were touched.
@@ -324,8 +351,8 @@ impl ConsumeQueue {
             }
             let file = self.file_for(off).expect("entry has a file");
             let at = ((off - file.base()) * CQ_ENTRY_SIZE) as usize;
-            // SAFETY: recovery runs before readers exist.
-            unsafe { file.write(at, &[0u8; CQ_ENTRY_SIZE as usize]) };
+            // SAFETY: byte-atomic like every consume-queue access (see `put`).
+            unsafe { file.store_bytes(at, &[0u8; CQ_ENTRY_SIZE as usize]) };
             off += 1;
         }
         if off > max {
@@ -371,12 +398,12 @@ impl ConsumeQueue {
         Ok((old_min, new_min))
     }
 
-    /// Binary search: the first offset in `[min, max)` whose key (from `key_of`) is >= `target`,
-    /// or `max` if none. `key_of` must be monotonic over the queue.
+    /// Binary search: the first offset in `[min, max)` whose key (from `key_of(offset, entry)`)
+    /// is >= `target`, or `max` if none. `key_of` must be monotonic over the queue.
     pub(crate) fn search(
         &self,
         target: i64,
-        mut key_of: impl FnMut(CqEntry) -> Result<i64, StoreError>,
+        mut key_of: impl FnMut(u64, CqEntry) -> Result<i64, StoreError>,
     ) -> Result<u64, StoreError> {
         let (mut lo, mut hi) = (self.min(), self.max());
         while lo < hi {
@@ -385,13 +412,88 @@ impl ConsumeQueue {
                 hi = mid;
                 continue;
             };
-            if key_of(e)? < target {
+            if key_of(mid, e)? < target {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
         Ok(lo)
+    }
+
+    /// Where entry `offset` lives: (file, byte offset in it), for error messages.
+    pub(crate) fn location(&self, offset: u64) -> (PathBuf, u64) {
+        match self.file_for(offset) {
+            Some(f) => (f.path().to_path_buf(), (offset - f.base()) * CQ_ENTRY_SIZE),
+            None => (self.dir.clone(), offset * CQ_ENTRY_SIZE),
+        }
+    }
+
+    /// One past the last entry the queue's files can hold.
+    pub(crate) fn files_end(&self) -> u64 {
+        let files = self.files.read().expect("cq lock");
+        files
+            .last()
+            .map_or(self.min(), |f| f.base() + self.per_file)
+    }
+
+    /// Held while damaged entries of this queue are rebuilt.
+    pub(crate) fn repair_lock(&self) -> MutexGuard<'_, ()> {
+        self.repair.lock().expect("cq repair lock")
+    }
+
+    /// Repair: writes `entry` at `offset` if it differs from what is there; returns whether it
+    /// wrote. Only for entries below `max` whose records are already dispatched, so the
+    /// dispatcher never writes the same bytes; readers of a damaged entry re-check it after
+    /// the repair (under [`Self::repair_lock`]).
+    pub(crate) fn rewrite(&self, offset: u64, entry: CqEntry) -> bool {
+        let Some(file) = self.file_for(offset) else {
+            return false;
+        };
+        if self.raw(offset) == Some(entry) {
+            return false;
+        }
+        let at = ((offset - file.base()) * CQ_ENTRY_SIZE) as usize;
+        // SAFETY: byte-atomic like every consume-queue access (see `put`). One repairer per
+        // queue (repair lock); the dispatcher only writes entries at or above `max`. A reader
+        // racing with this write sees a damaged entry either way and re-checks it after
+        // taking the repair lock.
+        unsafe { file.store_bytes(at, &entry.encode()) };
+        true
+    }
+
+    /// Open-time repair: entries up to `max` are now right (rebuilt from the log); the ones
+    /// from `dirty_from` on must be flushed again.
+    pub(crate) fn repaired(&self, max: u64, dirty_from: u64) {
+        self.max.store(max, Ordering::Release);
+        self.flushed
+            .store(dirty_from.min(max).max(self.min()), Ordering::Release);
+    }
+
+    /// Writes entries `from..to` to disk now (after a repair below the flushed mark).
+    pub(crate) fn flush_entries(&self, from: u64, to: u64) -> Result<(), StoreError> {
+        let mut off = from.max(self.min());
+        while off < to {
+            let Some(file) = self.file_for(off) else {
+                break;
+            };
+            let end = to.min(file.base() + self.per_file);
+            let a = (off - file.base()) * CQ_ENTRY_SIZE;
+            let b = (end - file.base()) * CQ_ENTRY_SIZE;
+            file.flush(a as usize, (b - a) as usize)?;
+            off = end;
+        }
+        Ok(())
+    }
+
+    /// Marks the record at `offset` as unreadable; true the first time.
+    pub(crate) fn mark_lost(&self, offset: u64) -> bool {
+        self.lost.lock().expect("cq lost lock").insert(offset)
+    }
+
+    /// True if the record at `offset` was found unreadable before.
+    pub(crate) fn is_lost(&self, offset: u64) -> bool {
+        self.lost.lock().expect("cq lost lock").contains(&offset)
     }
 
     /// Deletes every file of the queue (topic deletion).

@@ -245,22 +245,40 @@ pub(crate) struct Index {
 }
 
 impl Index {
+    #[cfg(test)]
     pub(crate) fn open(
         dir: PathBuf,
         slots: u32,
         cap: u32,
         space: SpaceCheck,
     ) -> Result<Self, StoreError> {
+        Self::open_with_discarded(dir, slots, cap, space).map(|(index, _)| index)
+    }
+
+    /// Opens the index; unreadable files are removed and their names returned, for the store
+    /// to rebuild them from the log ([`Self::rebuild`]).
+    pub(crate) fn open_with_discarded(
+        dir: PathBuf,
+        slots: u32,
+        cap: u32,
+        space: SpaceCheck,
+    ) -> Result<(Self, Vec<u64>), StoreError> {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let mut files = Vec::new();
+        let mut discarded = Vec::new();
         for (name, path) in list_files(&dir)? {
             match IndexFile::open(&path, name) {
                 Ok(f) => files.push(f),
-                // The index is derived data: an unreadable file (cut by a power loss before
-                // its header reached the disk) costs lookups, never messages.
+                // The index is derived data: an unreadable file (a damaged header, or one cut
+                // by a power loss before its header reached the disk) is rebuilt from the log.
                 Err(StoreError::Corrupt { reason, .. }) => {
-                    tracing::warn!(file = %path.display(), %reason, "discarding an unreadable index file");
+                    tracing::error!(
+                        file = %path.display(),
+                        %reason,
+                        "unreadable index file; rebuilding it from the commit log"
+                    );
                     std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                    discarded.push(name);
                 }
                 Err(e) => return Err(e),
             }
@@ -269,13 +287,36 @@ impl Index {
             last.raise_count_past_slots();
         }
         let files = files.into_iter().map(Arc::new).collect();
-        Ok(Self {
-            dir,
-            slots,
-            cap,
-            space,
-            files: RwLock::new(files),
-        })
+        Ok((
+            Self {
+                dir,
+                slots,
+                cap,
+                space,
+                files: RwLock::new(files),
+            },
+            discarded,
+        ))
+    }
+
+    /// The names of the files after `name` (the next one bounds the records a discarded
+    /// file held).
+    pub(crate) fn next_name_after(&self, name: u64) -> Option<u64> {
+        let files = self.files.read().expect("index lock");
+        files.iter().map(|f| f.map.base()).find(|b| *b > name)
+    }
+
+    /// Starts rebuilding the file `name` (recovery only, before the dispatcher runs): up to
+    /// `entries` entries go into a new file of that name (at least the configured capacity),
+    /// placed in order among the others.
+    pub(crate) fn rebuild(&self, name: u64, entries: u64) -> IndexRebuild<'_> {
+        IndexRebuild {
+            index: self,
+            name,
+            cap: u32::try_from(entries).unwrap_or(u32::MAX).max(self.cap),
+            file: None,
+            full: false,
+        }
     }
 
     /// Adds `hash -> phys` (dispatcher only).
@@ -349,6 +390,57 @@ impl Index {
                 f.map.release_all();
             }
         }
+    }
+}
+
+/// A discarded index file being rebuilt from the log ([`Index::rebuild`]).
+pub(crate) struct IndexRebuild<'a> {
+    index: &'a Index,
+    name: u64,
+    cap: u32,
+    file: Option<Arc<IndexFile>>,
+    full: bool,
+}
+
+impl IndexRebuild<'_> {
+    /// Adds `hash -> phys`; the file is created by the first entry.
+    pub(crate) fn put(&mut self, hash: u64, phys: u64, ts: i64) -> Result<(), StoreError> {
+        if self.full {
+            return Ok(());
+        }
+        let file = match &self.file {
+            Some(f) => f.clone(),
+            None => {
+                let ix = self.index;
+                let f = Arc::new(IndexFile::create(
+                    &ix.dir, self.name, ix.slots, self.cap, ts, phys, &ix.space,
+                )?);
+                let mut files = ix.files.write().expect("index lock");
+                let at = files.partition_point(|g| g.map.base() < self.name);
+                files.insert(at, f.clone());
+                self.file = Some(f.clone());
+                f
+            }
+        };
+        if file.is_full() {
+            // The original may have had a larger capacity: keep what fits.
+            tracing::warn!(
+                name = self.name,
+                "rebuilt index file is full; later entries of its range are not indexed"
+            );
+            self.full = true;
+            return Ok(());
+        }
+        file.put(hash, phys, ts);
+        Ok(())
+    }
+
+    /// Makes the rebuilt file durable.
+    pub(crate) fn finish(self) -> Result<(), StoreError> {
+        if let Some(f) = &self.file {
+            f.map.flush(0, f.used_len())?;
+        }
+        Ok(())
     }
 }
 

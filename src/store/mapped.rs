@@ -223,6 +223,38 @@ impl MappedFile {
         unsafe { std::slice::from_raw_parts(p, len) }
     }
 
+    /// Copies `out.len()` bytes from `off` into `out`, each byte an atomic (relaxed) load: a
+    /// read that races with [`Self::store_bytes`] may see a mix of old and new bytes (callers
+    /// validate what they read) but is not a data race.
+    ///
+    /// # Safety
+    /// Every concurrent access to these bytes must go through `load_bytes`/`store_bytes`
+    /// (no slice may cover them, no `write` may touch them, while another thread may).
+    pub(crate) unsafe fn load_bytes(&self, off: usize, out: &mut [u8]) {
+        let p = self.ptr(off, out.len());
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: in bounds (checked by `ptr`), `AtomicU8` has alignment 1, the mapping
+            // lives as long as `self`; concurrent accesses are atomic (caller's promise).
+            *b = unsafe { std::sync::atomic::AtomicU8::from_ptr(p.add(i)) }
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Writes `data` at `off`, each byte an atomic (relaxed) store. Publish with a `Release`
+    /// store of the atomic that makes the range visible, as for [`Self::write`].
+    ///
+    /// # Safety
+    /// As for [`Self::load_bytes`].
+    pub(crate) unsafe fn store_bytes(&self, off: usize, data: &[u8]) {
+        let p = self.ptr(off, data.len());
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: as in `load_bytes`; the mapping is shared read-write and `p` has write
+            // provenance (from the mutable base).
+            unsafe { std::sync::atomic::AtomicU8::from_ptr(p.add(i)) }
+                .store(*b, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The 4-byte field at `off` as an atomic (index slots and header counters).
     ///
     /// # Safety

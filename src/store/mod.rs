@@ -8,6 +8,7 @@ mod checkpoint;
 mod commitlog;
 mod config;
 mod consume_queue;
+mod damage;
 mod error;
 mod index;
 mod mapped;
@@ -178,6 +179,22 @@ pub struct GetResult {
     pub min_offset: u64,
     /// One past the last readable offset.
     pub max_offset: u64,
+    /// Entries passed over because their message cannot be read (damaged below the
+    /// checkpoint, see docs/STORAGE.md §10); `next_offset` is already past them.
+    pub skipped: u64,
+}
+
+/// What the store found damaged and repaired since it was opened (docs/STORAGE.md §10).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DamageStats {
+    /// Messages that cannot be read (each counted once, then skipped by reads).
+    pub unreadable_records: u64,
+    /// Consume-queue entries rewritten from the commit log.
+    pub repaired_entries: u64,
+    /// Places in the commit log where no record started where one should.
+    pub damaged_log_spans: u64,
+    /// Index files rebuilt from the commit log at open.
+    pub rebuilt_index_files: u64,
 }
 
 /// Queues that lost messages no consumer group had consumed.
@@ -263,6 +280,13 @@ struct Inner {
     flush_count: AtomicU64,
     flush_waiters: AtomicU64,
     flush_nanos: AtomicU64,
+    /// Damage counters (see [`DamageStats`]).
+    unreadable_records: AtomicU64,
+    repaired_entries: AtomicU64,
+    damaged_spans: AtomicU64,
+    rebuilt_index_files: AtomicU64,
+    /// Set while `open` re-dispatches: damaged records are passed over instead of failing.
+    recovering: AtomicBool,
 }
 
 /// The store. Cheap to share behind an `Arc`; closing flushes and marks a clean shutdown.
@@ -299,7 +323,7 @@ impl Store {
         let index_dir = cfg.dir.join("index");
         // Deleting consumequeue/ or index/ asks for a full rebuild from the log.
         let rebuild_all = !cq_root.exists() || !index_dir.exists();
-        let index = Index::open(
+        let (index, discarded_index) = Index::open_with_discarded(
             index_dir,
             cfg.index_slots,
             cfg.index_entries,
@@ -409,11 +433,12 @@ impl Store {
         } else {
             cp.map_or(min, |c| c.dispatched.max(min)).min(end)
         };
-        for per_topic in queues.values() {
-            for cq in per_topic.values() {
-                let max = cq.recover(dispatched_cp);
-                cq.erase_after(max)?;
-            }
+        let all_queues: Vec<Arc<ConsumeQueue>> = queues
+            .values()
+            .flat_map(|per| per.values().cloned())
+            .collect();
+        for cq in &all_queues {
+            cq.recover(dispatched_cp);
         }
         let inner = Arc::new(Inner {
             log,
@@ -441,9 +466,42 @@ impl Store {
             flush_count: AtomicU64::new(0),
             flush_waiters: AtomicU64::new(0),
             flush_nanos: AtomicU64::new(0),
+            unreadable_records: AtomicU64::new(0),
+            repaired_entries: AtomicU64::new(0),
+            damaged_spans: AtomicU64::new(0),
+            rebuilt_index_files: AtomicU64::new(0),
+            recovering: AtomicBool::new(false),
             cfg,
         });
-        report.records_redispatched = inner.dispatch_to(end)?;
+        // Damage below the checkpoint must not move a queue's end: check each end against the
+        // log (rebuilding what is wrong) before stale entries past it are erased.
+        inner.repair_queue_ends(&all_queues, dispatched_cp)?;
+        for cq in &all_queues {
+            cq.erase_after(cq.max())?;
+        }
+        if !rebuild_all {
+            let mut names = discarded_index;
+            names.sort_unstable();
+            for (i, &name) in names.iter().enumerate() {
+                // A file holds the entries of records from its name up to the next file's.
+                let next = [names.get(i + 1).copied(), inner.index.next_name_after(name)]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let upto = next.unwrap_or(dispatched_cp.saturating_sub(1));
+                if name >= dispatched_cp {
+                    continue; // re-dispatch indexes these records
+                }
+                let n =
+                    inner.rebuild_index_file(name, upto.min(dispatched_cp.saturating_sub(1)))?;
+                inner.rebuilt_index_files.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(name, records = n, "index file rebuilt from the commit log");
+            }
+        }
+        inner.recovering.store(true, Ordering::Relaxed);
+        let redispatched = inner.dispatch_to(end);
+        inner.recovering.store(false, Ordering::Relaxed);
+        report.records_redispatched = redispatched?;
         inner.trim_queues_below(inner.log.min_offset(), false)?;
         {
             let mut w = inner.writer.lock().expect("writer lock");
@@ -653,6 +711,7 @@ impl Store {
                 next_offset: 0,
                 min_offset: 0,
                 max_offset: 0,
+                skipped: 0,
             });
         };
         let (min, max) = (cq.min(), cq.max());
@@ -662,6 +721,7 @@ impl Store {
             next_offset: offset,
             min_offset: min,
             max_offset: max,
+            skipped: 0,
         };
         if offset < min {
             result.status = GetStatus::OffsetTooSmall;
@@ -680,36 +740,76 @@ impl Store {
         let mut bytes = 0usize;
         let mut err = None;
         let mut refused = None;
-        let next = cq.scan(offset, max_scan.max(1), |off, e| {
-            if !keep(&e) {
-                return true;
-            }
-            if !result.messages.is_empty() && bytes + e.size as usize > max_bytes {
-                refused = Some(off);
-                return false;
-            }
-            match self.inner.log.read(e.phys_offset, e.size as usize, verify) {
-                Ok(b) => {
-                    // `read` checked the sections, so the view parses.
-                    let wanted = RecordView::parse_unchecked_crc(&b).is_ok_and(|r| keep_record(&r));
-                    if !wanted {
+        let mut from = offset;
+        let mut budget = max_scan.max(1);
+        // The entry that was repaired last: failing again, its record is unreadable.
+        let mut repaired: Option<u64> = None;
+        // Entries below `max` point below `written`, each after the one before it.
+        let written = self.inner.log.written();
+        let mut prev_end = 0u64;
+        let next = loop {
+            let mut damaged = None;
+            let next = cq.scan(from, budget, |off, e| {
+                // The filter trusts the tag hash only of an entry that looks like one: an empty
+                // or implausible entry is checked (and repaired) whatever its tag hash says.
+                let end = e.phys_offset.saturating_add(e.size as u64);
+                let plausible = e.size as usize >= record::MIN_RECORD_SIZE
+                    && end <= written
+                    && e.phys_offset >= prev_end;
+                if plausible {
+                    prev_end = end;
+                    if !keep(&e) {
                         return true;
                     }
-                    bytes += b.len();
-                    result.messages.push(StoredMessage {
-                        queue_offset: off,
-                        phys_offset: e.phys_offset,
-                        bytes: b,
-                    });
-                    result.messages.len() < max_count
                 }
-                Err(StoreError::OffsetOutOfRange { .. }) => true, // deleted by retention meanwhile
-                Err(e) => {
-                    err = Some(e);
-                    false
+                if !result.messages.is_empty() && bytes + e.size as usize > max_bytes {
+                    refused = Some(off);
+                    return false;
                 }
+                match self.inner.check_entry(&cq, off, &e, verify) {
+                    Ok(damage::Checked::Ok(b)) => {
+                        // `read` checked the sections, so the view parses.
+                        let wanted =
+                            RecordView::parse_unchecked_crc(&b).is_ok_and(|r| keep_record(&r));
+                        if !wanted {
+                            return true;
+                        }
+                        bytes += b.len();
+                        result.messages.push(StoredMessage {
+                            queue_offset: off,
+                            phys_offset: e.phys_offset,
+                            bytes: b,
+                        });
+                        result.messages.len() < max_count
+                    }
+                    Ok(damage::Checked::Gone) => true, // deleted by retention meanwhile
+                    Ok(damage::Checked::Bad(reason)) => {
+                        if repaired == Some(off) || cq.is_lost(off) {
+                            self.inner.report_unreadable(&cq, off, &e, &reason);
+                            result.skipped += 1;
+                            true
+                        } else {
+                            damaged = Some((off, reason));
+                            false
+                        }
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                }
+            });
+            match damaged {
+                Some((off, reason)) if err.is_none() => {
+                    // Repair outside the scan (it rewrites entries), then read the entry again.
+                    budget -= (off - from) as usize;
+                    self.inner.repair_around(&cq, off, &reason)?;
+                    repaired = Some(off);
+                    from = off;
+                }
+                _ => break next,
             }
-        });
+        };
         if let Some(e) = err {
             return Err(e);
         }
@@ -842,8 +942,8 @@ impl Store {
         let Some(cq) = self.inner.queue(topic, queue_id) else {
             return Ok(0);
         };
-        cq.search(timestamp_ms, |e| {
-            self.inner.log.store_timestamp(e.phys_offset)
+        cq.search(timestamp_ms, |off, e| {
+            self.inner.entry_timestamp(&cq, off, e, timestamp_ms)
         })
     }
 
@@ -893,6 +993,17 @@ impl Store {
             .collect();
         out.sort_by(|a, b| (&a.topic, a.queue_id).cmp(&(&b.topic, b.queue_id)));
         out
+    }
+
+    /// Damage found and repaired since open (docs/STORAGE.md §10).
+    pub fn damage_stats(&self) -> DamageStats {
+        let i = &self.inner;
+        DamageStats {
+            unreadable_records: i.unreadable_records.load(Ordering::Relaxed),
+            repaired_entries: i.repaired_entries.load(Ordering::Relaxed),
+            damaged_log_spans: i.damaged_spans.load(Ordering::Relaxed),
+            rebuilt_index_files: i.rebuilt_index_files.load(Ordering::Relaxed),
+        }
     }
 
     /// Re-reads disk usage now (the housekeeping thread does it every second).
@@ -1070,6 +1181,14 @@ impl Inner {
         while pos < end {
             match self.log.step(pos, false) {
                 Step::Record { pos: p, len, .. } => {
+                    // Recovery re-dispatches records below the checkpoint that no scan
+                    // CRC-checked: an unparsable one is damage to report and pass over
+                    // (docs/STORAGE.md §10), not a reason to refuse to open.
+                    if self.recovering.load(Ordering::Relaxed) && !self.log_record_parses(p, len) {
+                        self.dispatch_damaged_record(p, len, &mut touched)?;
+                        pos = p + len as u64;
+                        continue;
+                    }
                     self.log
                         .with_record(p, len, false, |r| -> Result<(), StoreError> {
                             let qo = r.queue_offset();
@@ -1105,6 +1224,9 @@ impl Inner {
                     n += 1;
                 }
                 Step::NextSegment(next) => pos = next,
+                Step::End { pos: p, reason } if self.recovering.load(Ordering::Relaxed) => {
+                    pos = self.dispatch_skip(p, end, &reason);
+                }
                 Step::End { pos: p, reason } => {
                     return Err(commitlog::corrupt(
                         &self.log.path_of(p),
@@ -1535,6 +1657,9 @@ mod tests;
 
 #[cfg(test)]
 mod diskfull_tests;
+
+#[cfg(test)]
+mod damage_tests;
 
 /// The directory layout, for tools and tests that look at files.
 pub fn commitlog_dir(dir: &Path) -> PathBuf {

@@ -4,6 +4,7 @@
 
 mod broker;
 mod cli;
+mod damage;
 mod filters;
 mod groups;
 mod harness;
