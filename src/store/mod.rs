@@ -9,6 +9,7 @@ mod commitlog;
 mod config;
 mod consume_queue;
 mod damage;
+pub(crate) mod durable;
 mod error;
 mod index;
 mod mapped;
