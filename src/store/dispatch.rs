@@ -117,3 +117,58 @@ impl Inner {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::super::tests::{append, Msg};
+    use super::*;
+    use crate::store::{Store, StoreConfig};
+
+    /// Dispatch on its own: run again over records it already dispatched, it rewrites the same
+    /// entries at the same positions (entry `n` at byte `n·20`), publishes the same maxima and
+    /// tells the listener; with nothing new it does nothing.
+    #[test]
+    fn dispatching_the_same_records_again_rewrites_the_same_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        // The flush thread must not dispatch meanwhile (it would on its interval).
+        let mut cfg = StoreConfig::small_for_tests(dir.path());
+        cfg.flush_interval_ms = 3_600_000;
+        let store = Store::open(cfg).unwrap();
+        let body = vec![7u8; 300];
+        for q in 0..2u32 {
+            let msgs: Vec<Msg> = (0..40)
+                .map(|i| Msg::new(u128::from(q) * 100 + i, &body))
+                .collect();
+            append(&store, "T", q, &msgs[..25]).unwrap();
+            append(&store, "T", q, &msgs[25..]).unwrap();
+        }
+        let entries = |q| store.read_entries("T", q, 0, 1000);
+        let before = (entries(0), entries(1));
+        assert_eq!((before.0.len(), before.1.len()), (40, 40));
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        store.set_arrival_listener(Arc::new(move |t: &str, q, max| {
+            h.lock().unwrap().push((t.to_string(), q, max));
+        }));
+
+        let inner = &store.inner;
+        let end = inner.log.written();
+        *inner.dispatched.lock().unwrap() = inner.log.min_offset();
+        assert_eq!(inner.dispatch_to(end).unwrap(), 80);
+        assert_eq!((entries(0), entries(1)), before);
+        assert_eq!(store.queue_bounds("T", 0), (0, 40));
+        assert_eq!(store.queue_bounds("T", 1), (0, 40));
+        let mut got = heard.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, vec![("T".into(), 0, 40), ("T".into(), 1, 40)]);
+        // The index got every hash a second time; lookups still give each record once.
+        let hits = store.query_by_key("T", "key-105", 10, 0, i64::MAX).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(store.messages_by_id(7).unwrap().len(), 1);
+
+        assert_eq!(inner.dispatch_to(end).unwrap(), 0);
+        assert_eq!(heard.lock().unwrap().len(), 2);
+    }
+}

@@ -13,7 +13,7 @@ fn host() -> SocketAddr {
     "127.0.0.1:5000".parse().unwrap()
 }
 
-struct Msg {
+pub(super) struct Msg {
     id: u128,
     tag: String,
     keys: Vec<String>,
@@ -22,7 +22,7 @@ struct Msg {
 }
 
 impl Msg {
-    fn new(id: u128, body: &[u8]) -> Self {
+    pub(super) fn new(id: u128, body: &[u8]) -> Self {
         Msg {
             id,
             tag: format!("tag{}", id % 3),
@@ -33,7 +33,12 @@ impl Msg {
     }
 }
 
-fn append(store: &Store, topic: &str, queue: u32, msgs: &[Msg]) -> Result<Appended, StoreError> {
+pub(super) fn append(
+    store: &Store,
+    topic: &str,
+    queue: u32,
+    msgs: &[Msg],
+) -> Result<Appended, StoreError> {
     let keys: Vec<Vec<&str>> = msgs
         .iter()
         .map(|m| m.keys.iter().map(|k| k.as_str()).collect())
