@@ -233,3 +233,40 @@ impl Inner {
         .write(&self.cfg.dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::tests::{append, read_all, Msg};
+    use crate::store::{FlushMode, Store, StoreConfig};
+
+    #[test]
+    fn sync_mode_group_commit_acks_concurrent_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::small_for_tests(dir.path());
+        cfg.flush_mode = FlushMode::Sync;
+        let store = Arc::new(Store::open(cfg).unwrap());
+        let threads: Vec<_> = (0..8u128)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u128 {
+                        let a =
+                            append(&store, "T", 0, &[Msg::new(t * 1000 + i, b"durable")]).unwrap();
+                        let (_, _, flushed) = store.log_offsets();
+                        assert!(flushed >= a.end, "acked only once flushed");
+                        let (_, max) = store.queue_bounds("T", 0);
+                        assert!(max > a.results[0].queue_offset, "readable once acked");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let got = read_all(&store, "T", 0);
+        assert_eq!(got.len(), 400);
+        assert!(got.iter().enumerate().all(|(i, (o, _, _))| *o == i as u64));
+    }
+}

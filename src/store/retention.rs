@@ -158,3 +158,83 @@ fn local_hour() -> Option<u8> {
     let r = unsafe { libc::localtime_r(&now, &mut tm) };
     (!r.is_null()).then_some(tm.tm_hour as u8)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use super::super::tests::{append, read_all, Msg};
+    use crate::store::{GetStatus, LostMessages, ReadLimits, Store, StoreConfig};
+
+    #[test]
+    fn disk_above_the_watermark_refuses_writes_with_a_retryable_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::small_for_tests(dir.path());
+        cfg.disk_high_watermark = 0.0;
+        cfg.disk_clean_watermark = 0.0;
+        let store = Store::open(cfg).unwrap();
+        let err = append(&store, "T", 0, &[Msg::new(1, b"x")]).unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("watermark"), "{err}");
+    }
+
+    #[test]
+    fn retention_deletes_old_segments_and_reports_unconsumed_losses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::small_for_tests(dir.path());
+        cfg.retention_hours = 1;
+        cfg.disk_clean_watermark = 1.0;
+        cfg.disk_high_watermark = 1.0;
+        let store = Store::open(cfg).unwrap();
+        let body = vec![0u8; 1000];
+        for i in 0..300u128 {
+            append(&store, "T", (i % 2) as u32, &[Msg::new(i, &body)]).unwrap();
+        }
+        // Queue 0 consumed up to 20, queue 1 fully consumed.
+        store.set_consumer_progress(Arc::new(|_t: &str, q: u32| {
+            Some(if q == 0 { 20 } else { 150 })
+        }));
+        let old = SystemTime::now() - Duration::from_secs(2 * 3600);
+        let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("commitlog"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        segs.sort();
+        for seg in &segs[..2] {
+            std::fs::File::options()
+                .write(true)
+                .open(seg)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let report = store.run_retention(true).unwrap();
+        assert_eq!(
+            report.deleted_segments.len(),
+            2,
+            "only the two old segments go"
+        );
+        let (min0, _) = store.queue_bounds("T", 0);
+        assert!(min0 > 20);
+        assert_eq!(
+            report.lost,
+            vec![LostMessages {
+                topic: "T".into(),
+                queue_id: 0,
+                count: min0 - 20
+            }]
+        );
+        assert_eq!(store.lost_messages(), report.lost);
+        let r = store
+            .get_messages("T", 0, 0, ReadLimits::new(10, 1 << 20, 100), |_| true)
+            .unwrap();
+        assert_eq!((r.status, r.next_offset), (GetStatus::OffsetTooSmall, min0));
+        assert_eq!(read_all(&store, "T", 0).first().map(|m| m.0), Some(min0));
+        assert!(
+            store.message_by_id(0).unwrap().is_none(),
+            "deleted messages are gone from lookups"
+        );
+        assert!(store.message_by_id(299).unwrap().is_some());
+    }
+}
