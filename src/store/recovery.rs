@@ -58,39 +58,11 @@ impl Store {
             scanned_from: scan_from,
             ..Default::default()
         };
-        let mut pos = scan_from;
         let seg_end = log.segments().last().map_or(min, |s| s.base() + s.len());
-        let mut batch_start = None;
-        let mut zero_tail = false;
-        while pos < seg_end {
-            match log.step(pos, true) {
-                Step::Record { pos: p, len, flags } => {
-                    if batch_start.is_none() && flags & FLAG_BATCH_CONT != 0 {
-                        batch_start = Some(p);
-                    } else if flags & FLAG_BATCH_CONT == 0 {
-                        batch_start = None;
-                    }
-                    report.records_scanned += 1;
-                    pos = p + len as u64;
-                }
-                Step::NextSegment(next) => pos = next,
-                Step::End { pos: p, reason } => {
-                    // After an unclean stop, bytes past the end may hold pieces of unflushed
-                    // writes even where the end itself reads as zeros: clear them too.
-                    zero_tail = unclean || reason != "zeros";
-                    if reason != "zeros" {
-                        report.truncated_at = Some((p, reason));
-                    }
-                    break;
-                }
-            }
-        }
-        // A batch is atomic: a batch cut short by the crash goes entirely.
-        if let Some(start) = batch_start {
-            report.truncated_at = Some((start, "incomplete batch".into()));
-            pos = start;
-        }
-        let end = pos.min(seg_end.max(min));
+        let scan = scan_tail(&log, scan_from, seg_end, unclean);
+        report.records_scanned = scan.records;
+        report.truncated_at = scan.truncated_at;
+        let (end, zero_tail) = (scan.end, scan.zero_tail);
         if let Some(c) = cp {
             if c.commitlog > seg_end.max(min) {
                 return Err(StoreError::Corrupt {
@@ -277,6 +249,64 @@ impl Store {
     }
 }
 
+/// What the scan past the checkpoint found (docs/STORAGE.md §5.3 steps 5-7).
+#[derive(Debug, PartialEq, Eq)]
+struct TailScan {
+    /// The valid end of the log: past the last whole record, before an incomplete batch.
+    end: u64,
+    /// Records validated (a cut batch's records included).
+    records: u64,
+    /// Where and why a torn or invalid tail starts (not for plain zeros).
+    truncated_at: Option<(u64, String)>,
+    /// Bytes from `end` on must be cleared (an invalid tail, or any tail after an unclean stop).
+    zero_tail: bool,
+}
+
+/// Steps through the log from `scan_from` up to `seg_end` with full validation (CRC and
+/// sections), tracking atomic batches: finds the valid end of the log.
+fn scan_tail(log: &CommitLog, scan_from: u64, seg_end: u64, unclean: bool) -> TailScan {
+    let min = log.min_offset();
+    let mut pos = scan_from;
+    let mut records = 0;
+    let mut truncated_at = None;
+    let mut batch_start = None;
+    let mut zero_tail = false;
+    while pos < seg_end {
+        match log.step(pos, true) {
+            Step::Record { pos: p, len, flags } => {
+                if batch_start.is_none() && flags & FLAG_BATCH_CONT != 0 {
+                    batch_start = Some(p);
+                } else if flags & FLAG_BATCH_CONT == 0 {
+                    batch_start = None;
+                }
+                records += 1;
+                pos = p + len as u64;
+            }
+            Step::NextSegment(next) => pos = next,
+            Step::End { pos: p, reason } => {
+                // After an unclean stop, bytes past the end may hold pieces of unflushed
+                // writes even where the end itself reads as zeros: clear them too.
+                zero_tail = unclean || reason != "zeros";
+                if reason != "zeros" {
+                    truncated_at = Some((p, reason));
+                }
+                break;
+            }
+        }
+    }
+    // A batch is atomic: a batch cut short by the crash goes entirely.
+    if let Some(start) = batch_start {
+        truncated_at = Some((start, "incomplete batch".into()));
+        pos = start;
+    }
+    TailScan {
+        end: pos.min(seg_end.max(min)),
+        records,
+        truncated_at,
+        zero_tail,
+    }
+}
+
 fn load_queues(
     root: &Path,
     per_file: u64,
@@ -333,7 +363,65 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{append, read_all, Msg};
-    use crate::store::{FlushMode, Store, StoreConfig};
+    use super::*;
+    use crate::store::FlushMode;
+
+    fn scan_log(dir: &Path, cfg: &StoreConfig, from: u64, unclean: bool) -> TailScan {
+        let space = SpaceCheck::new(dir.to_path_buf(), cfg.disk_space.clone(), 0);
+        let log = CommitLog::open(dir.join("commitlog"), cfg.segment_size, space).unwrap();
+        let seg_end = log.segments().last().map_or(0, |s| s.base() + s.len());
+        scan_tail(&log, from, seg_end, unclean)
+    }
+
+    /// The scan on its own, over a log a crashed store left: it ends at zeros after the last
+    /// record, counts only what it stepped over, and cuts a batch whose last record is damaged
+    /// back to the batch's start.
+    #[test]
+    fn the_tail_scan_finds_the_end_and_cuts_an_incomplete_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::small_for_tests(dir.path());
+        let (singles_end, batch_end);
+        {
+            let store = Store::open(cfg.clone()).unwrap();
+            for i in 0..3u128 {
+                append(&store, "T", 0, &[Msg::new(i, &[1u8; 100])]).unwrap();
+            }
+            singles_end = store.log_offsets().1;
+            let batch: Vec<Msg> = (10..14).map(|i| Msg::new(i, &[2u8; 200])).collect();
+            batch_end = append(&store, "T", 0, &batch).unwrap().end;
+            store.simulate_crash();
+        }
+        let whole = TailScan {
+            end: batch_end,
+            records: 7,
+            truncated_at: None,
+            zero_tail: false,
+        };
+        assert_eq!(scan_log(dir.path(), &cfg, 0, false), whole);
+        let after_unclean = scan_log(dir.path(), &cfg, 0, true);
+        assert!(
+            after_unclean.zero_tail,
+            "an unclean stop clears what lies past the end"
+        );
+        assert_eq!(after_unclean.end, batch_end);
+        assert_eq!(scan_log(dir.path(), &cfg, singles_end, false).records, 4);
+
+        let seg = last_segment(dir.path());
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[(batch_end % cfg.segment_size) as usize - 5] ^= 0xff;
+        std::fs::write(&seg, bytes).unwrap();
+        let cut = scan_log(dir.path(), &cfg, 0, false);
+        assert_eq!(cut.end, singles_end);
+        assert_eq!(
+            cut.records, 6,
+            "the batch's intact records were stepped over"
+        );
+        assert_eq!(
+            cut.truncated_at,
+            Some((singles_end, "incomplete batch".to_string()))
+        );
+        assert!(cut.zero_tail);
+    }
 
     fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
         let mut segs: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
