@@ -6,7 +6,16 @@ use std::time::{Duration, Instant};
 
 use super::checkpoint::Checkpoint;
 use super::consume_queue::ConsumeQueue;
-use super::{mapped, now_ms, Completion, FlushMode, Inner, StoreError};
+use super::{mapped, now_ms, FlushMode, Inner, StoreError};
+
+/// Called once a batch's durability is known.
+pub(super) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// What the flush thread waits on: appends waiting for their fsync (sync mode), and shutdown.
+pub(super) struct FlushState {
+    pub(super) waiters: Vec<(u64, Completion)>,
+    pub(super) shutdown: bool,
+}
 
 impl Inner {
     pub(super) fn wait_durable(&self, end: u64, done: Completion) {

@@ -3,6 +3,11 @@
 //! The broker calls [`Store::append`] and waits for durability through
 //! [`PendingAppend::on_durable`], which runs on the store's flush thread (never an fsync on the
 //! caller's thread).
+//!
+//! This file is the store's public face (types, append, reads, close). The rest follows
+//! docs/STORAGE.md's sections, each testable alone: `recovery.rs` (open), `dispatch.rs`,
+//! `flush.rs` (group commit, housekeeping, checkpoint), `retention.rs`, `damage.rs`, and
+//! `durable.rs` (the durable small-file writer the whole crate uses).
 
 mod checkpoint;
 mod commitlog;
@@ -34,6 +39,7 @@ use quiver_protocol::record;
 use checkpoint::AbortMarker;
 use commitlog::{CommitLog, Cursor};
 use consume_queue::ConsumeQueue;
+use flush::FlushState;
 use index::Index;
 use mapped::SpaceCheck;
 
@@ -73,8 +79,6 @@ pub struct Appended {
     /// Store timestamp given to every record of the batch.
     pub store_timestamp: i64,
 }
-
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// An append that may still be waiting for its fsync (sync mode).
 #[must_use = "an append is acknowledged only once its durability is known"]
@@ -252,11 +256,6 @@ struct Writer {
     next_offsets: HashMap<String, HashMap<u32, u64>>,
     /// Store timestamps never go backwards, so time lookups can binary-search.
     last_ts: i64,
-}
-
-struct FlushState {
-    waiters: Vec<(u64, Completion)>,
-    shutdown: bool,
 }
 
 struct Inner {
