@@ -9,8 +9,6 @@ mod offsets;
 mod special;
 mod topics;
 
-pub(crate) use topics::write_atomic;
-
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +31,7 @@ use crate::filter::{Filter, FilterCache, FilterKind};
 use crate::messaging::timer::{QueueCount, Timer};
 use crate::messaging::tx::{Transactions, TxTiming};
 use crate::plugin::{LoadSpec, PluginError, PluginHost};
+use crate::store::durable::write_file;
 use crate::store::{Appended, GetStatus, NewMessage, ReadLimits, Store, StoreError};
 
 use groups::Groups;
@@ -1266,7 +1265,7 @@ impl Broker {
         let snap = serde_json::to_vec(&self.groups.snapshot())?;
         let mut last = self.groups_saved.lock().expect("groups snapshot lock");
         if *last != snap {
-            topics::write_atomic(&self.cfg.broker.data_dir.join("groups.json"), &snap)?;
+            write_file(&self.cfg.broker.data_dir.join("groups.json"), &snap)?;
             *last = snap;
         }
         offsets

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 
+use crate::store::durable::write_file;
+
 type Table = BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>;
 
 pub(crate) struct OffsetTable {
@@ -106,8 +108,10 @@ impl OffsetTable {
             let t = self.table.lock().expect("offsets lock");
             serde_json::to_vec_pretty(&*t)?
         };
-        super::topics::write_atomic(&self.path, &bytes).inspect_err(|_| {
-            self.dirty.store(true, Ordering::Release);
-        })
+        write_file(&self.path, &bytes)
+            .map_err(anyhow::Error::from)
+            .inspect_err(|_| {
+                self.dirty.store(true, Ordering::Release);
+            })
     }
 }

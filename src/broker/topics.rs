@@ -8,6 +8,8 @@ use std::sync::RwLock;
 
 use anyhow::Context;
 
+use crate::store::durable::write_file;
+
 pub(crate) struct TopicTable {
     path: PathBuf,
     topics: RwLock<BTreeMap<String, u32>>,
@@ -112,21 +114,7 @@ impl TopicTable {
     }
 
     fn save(&self, t: &BTreeMap<String, u32>) -> anyhow::Result<()> {
-        write_atomic(&self.path, &serde_json::to_vec_pretty(t)?)
+        write_file(&self.path, &serde_json::to_vec_pretty(t)?)?;
+        Ok(())
     }
-}
-
-/// Writes a small file atomically: temp file, fsync, rename, fsync of the directory.
-pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use crate::store::durable::write_file;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -904,8 +906,8 @@ impl Inner {
             }
         };
         let bytes = serde_json::to_vec(&ckpt).map_err(std::io::Error::other)?;
-        crate::broker::write_atomic(&self.dir.join("checkpoint.json"), &bytes)
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+        write_file(&self.dir.join("checkpoint.json"), &bytes)
+            .map_err(|e| std::io::Error::other(e.to_string()))
     }
 }
 

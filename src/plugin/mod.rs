@@ -24,7 +24,7 @@ use quiver_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::broker::write_atomic;
+use crate::store::durable::write_file;
 use wasmtime::{InstancePre, Module};
 
 use self::abi::{Action, Input, OutputLimits};
@@ -501,7 +501,7 @@ impl PluginHost {
         let m = self.rt.compile(wasm)?;
         match m.serialize() {
             Ok(bytes) => {
-                if let Err(e) = write_atomic(&cached, &bytes) {
+                if let Err(e) = write_file(&cached, &bytes) {
                     tracing::warn!(file = %cached.display(), error = %e, "cannot cache the compiled plugin");
                 }
             }
@@ -584,7 +584,7 @@ impl PluginHost {
         };
         let bytes =
             serde_json::to_vec_pretty(&file).map_err(|e| PluginError::Internal(e.to_string()))?;
-        write_atomic(&self.registry_path(), &bytes)
+        write_file(&self.registry_path(), &bytes)
             .map_err(|e| PluginError::Internal(format!("writing the registry: {e}")))?;
         // Only the modules of registered plugins, and their form compiled for this engine, stay.
         let keep: Vec<PathBuf> = file
@@ -621,7 +621,7 @@ impl PluginHost {
     fn store_module(&self, sha: &str, wasm: &[u8]) -> Result<(), PluginError> {
         let path = self.module_path(sha);
         if !path.exists() {
-            write_atomic(&path, wasm)
+            write_file(&path, wasm)
                 .map_err(|e| PluginError::Internal(format!("writing {}: {e}", path.display())))?;
         }
         Ok(())

@@ -3,11 +3,10 @@
 //! tail, not the size of the log.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
+use super::durable::{self, sync_dir};
 use super::error::StoreError;
-use super::mapped::sync_dir;
 use super::record::{get_u32, get_u64};
 
 const MAGIC: u32 = 0x5156_4350; // "QVCP"
@@ -56,20 +55,10 @@ impl Checkpoint {
         }))
     }
 
-    /// Writes atomically: temp file, fsync, rename, fsync of the directory.
+    /// Writes atomically: `checkpoint.tmp`, fsync, rename, fsync of the directory
+    /// ([`durable::write_file`], which also takes part in the power-loss seam in tests).
     pub(crate) fn write(&self, dir: &Path) -> Result<(), StoreError> {
-        let tmp = dir.join("checkpoint.tmp");
-        let path = dir.join("checkpoint");
-        #[cfg(test)]
-        super::powerloss::check(&path)?;
-        let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-        f.write_all(&self.encode())
-            .and_then(|_| f.sync_data())
-            .map_err(|e| StoreError::io(&tmp, e))?;
-        #[cfg(test)]
-        super::powerloss::check(&path)?;
-        std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
-        sync_dir(dir)
+        durable::write_file(&dir.join("checkpoint"), &self.encode())
     }
 }
 

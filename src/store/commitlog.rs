@@ -418,7 +418,7 @@ impl CommitLog {
                 last.zero_from(pos - last.base())?;
             }
         }
-        super::mapped::sync_dir(&self.dir)?;
+        super::durable::sync_dir(&self.dir)?;
         Ok(removed)
     }
 
@@ -440,7 +440,7 @@ impl CommitLog {
         drop(segs);
         seg.delete()?;
         // Otherwise a power loss can bring the segment back.
-        super::mapped::sync_dir(&self.dir)?;
+        super::durable::sync_dir(&self.dir)?;
         Ok(Some((seg.base(), seg.base() + self.segment_size)))
     }
 

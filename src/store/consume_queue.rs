@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use super::durable::sync_dir;
 use super::error::StoreError;
-use super::mapped::{list_files, sync_dir, MappedFile, SpaceCheck};
+use super::mapped::{list_files, MappedFile, SpaceCheck};
 use super::record::{get_u32, get_u64};
 
 /// Size of one consume-queue entry in bytes.

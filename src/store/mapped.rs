@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use memmap2::{MmapOptions, MmapRaw, UncheckedAdvice};
 
 use super::config::DiskSpaceSource;
+use super::durable::sync_dir;
 use super::error::{DiskFullCause, StoreError};
 
 /// The free-space check made before a file is allocated.
@@ -412,14 +413,6 @@ fn zero_range(file: &File, off: u64, len: u64) -> std::io::Result<()> {
 }
 
 /// fsyncs a directory so that created, renamed or deleted names survive a power loss.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    #[cfg(test)]
-    super::powerloss::check(dir)?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, e))
-}
-
 /// Lists files named by [`file_name`] in `dir`, sorted by offset; stray `.tmp` files from an
 /// interrupted creation are removed.
 pub(crate) fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {

@@ -1,9 +1,9 @@
-//! Store behaviour as users see it: round trips, rollover, rebuild, lookups, recovery,
-//! retention, limits.
+//! Store behaviour as users see it: round trips, rollover, rebuild, lookups, limits. Tests of
+//! one part live beside it (recovery.rs, dispatch.rs, flush.rs, retention.rs) and share the
+//! helpers here.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -13,7 +13,7 @@ fn host() -> SocketAddr {
     "127.0.0.1:5000".parse().unwrap()
 }
 
-struct Msg {
+pub(super) struct Msg {
     id: u128,
     tag: String,
     keys: Vec<String>,
@@ -22,7 +22,7 @@ struct Msg {
 }
 
 impl Msg {
-    fn new(id: u128, body: &[u8]) -> Self {
+    pub(super) fn new(id: u128, body: &[u8]) -> Self {
         Msg {
             id,
             tag: format!("tag{}", id % 3),
@@ -33,7 +33,12 @@ impl Msg {
     }
 }
 
-fn append(store: &Store, topic: &str, queue: u32, msgs: &[Msg]) -> Result<Appended, StoreError> {
+pub(super) fn append(
+    store: &Store,
+    topic: &str,
+    queue: u32,
+    msgs: &[Msg],
+) -> Result<Appended, StoreError> {
     let keys: Vec<Vec<&str>> = msgs
         .iter()
         .map(|m| m.keys.iter().map(|k| k.as_str()).collect())
@@ -65,7 +70,7 @@ fn append(store: &Store, topic: &str, queue: u32, msgs: &[Msg]) -> Result<Append
     store.append(topic, queue, &new)?.wait()
 }
 
-fn read_all(store: &Store, topic: &str, queue: u32) -> Vec<(u64, u128, Vec<u8>)> {
+pub(super) fn read_all(store: &Store, topic: &str, queue: u32) -> Vec<(u64, u128, Vec<u8>)> {
     let mut out = Vec::new();
     let mut off = store.queue_bounds(topic, queue).0;
     loop {
@@ -298,98 +303,6 @@ fn offset_for_timestamp_finds_first_message_at_or_after() {
     assert_eq!(store.offset_for_timestamp("T", 0, i64::MAX).unwrap(), 5);
 }
 
-fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut segs: Vec<_> = std::fs::read_dir(dir.join("commitlog"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
-}
-
-#[test]
-fn torn_tail_is_truncated_and_reported_and_appends_continue() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::small_for_tests(dir.path());
-    let (end, last_len);
-    {
-        let store = Store::open(cfg.clone()).unwrap();
-        let mut last = None;
-        for i in 0..10u128 {
-            last = Some(
-                append(&store, "T", 0, &[Msg::new(i, &[9u8; 100])])
-                    .unwrap()
-                    .results[0],
-            );
-        }
-        end = store.log_offsets().1;
-        last_len = last.unwrap().size as usize;
-        store.simulate_crash();
-    }
-    // A half-written record after the valid end: the start of a real record (plausible
-    // header), cut short by the crash.
-    let seg = last_segment(dir.path());
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = (end % cfg.segment_size) as usize;
-    let copy: Vec<u8> = bytes[at - last_len..at - last_len + 150].to_vec();
-    bytes[at..at + 150].copy_from_slice(&copy);
-    std::fs::write(&seg, bytes).unwrap();
-
-    let store = Store::open(cfg).unwrap();
-    let rep = store.recovery_report();
-    assert!(rep.unclean);
-    let (cut, reason) = rep.truncated_at.clone().expect("torn tail reported");
-    assert_eq!(cut, end, "{reason}");
-    assert_eq!(read_all(&store, "T", 0).len(), 10);
-    let a = append(&store, "T", 0, &[Msg::new(99, b"after")]).unwrap();
-    assert_eq!(a.results[0].queue_offset, 10);
-    assert_eq!(
-        a.results[0].phys_offset, end,
-        "the torn bytes were overwritten"
-    );
-    assert_eq!(read_all(&store, "T", 0)[10].2, b"after");
-}
-
-#[test]
-fn a_batch_cut_by_a_crash_disappears_entirely() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::small_for_tests(dir.path());
-    let batch_end;
-    {
-        let store = Store::open(cfg.clone()).unwrap();
-        append(&store, "T", 0, &[Msg::new(1, b"single")]).unwrap();
-        store.close().unwrap();
-        let store = Store::open(cfg.clone()).unwrap();
-        let batch: Vec<Msg> = (10..14).map(|i| Msg::new(i, &[3u8; 200])).collect();
-        batch_end = append(&store, "T", 0, &batch).unwrap().end;
-        store.simulate_crash();
-    }
-    // Damage the last record of the batch: the three before it are valid but must go too.
-    let seg = last_segment(dir.path());
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = (batch_end % cfg.segment_size) as usize - 5;
-    bytes[at] ^= 0xff;
-    std::fs::write(&seg, bytes).unwrap();
-    let store = Store::open(cfg).unwrap();
-    assert_eq!(
-        store
-            .recovery_report()
-            .truncated_at
-            .as_ref()
-            .map(|t| t.1.as_str()),
-        Some("incomplete batch")
-    );
-    let got = read_all(&store, "T", 0);
-    assert_eq!(got.len(), 1, "only the single message survives");
-    assert_eq!(
-        append(&store, "T", 0, &[Msg::new(2, b"x")])
-            .unwrap()
-            .results[0]
-            .queue_offset,
-        1
-    );
-}
-
 #[test]
 fn a_corrupt_byte_in_a_sealed_segment_is_skipped_and_counted_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
@@ -421,34 +334,6 @@ fn a_corrupt_byte_in_a_sealed_segment_is_skipped_and_counted_not_fatal() {
     assert_eq!(skipped, 1);
     assert_eq!(ids, (0..200u128).filter(|i| *i != 2).collect::<Vec<_>>());
     assert_eq!(store.damage_stats().unreadable_records, 1);
-}
-
-#[test]
-fn sync_mode_group_commit_acks_concurrent_writers() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::small_for_tests(dir.path());
-    cfg.flush_mode = FlushMode::Sync;
-    let store = Arc::new(Store::open(cfg).unwrap());
-    let threads: Vec<_> = (0..8u128)
-        .map(|t| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                for i in 0..50u128 {
-                    let a = append(&store, "T", 0, &[Msg::new(t * 1000 + i, b"durable")]).unwrap();
-                    let (_, _, flushed) = store.log_offsets();
-                    assert!(flushed >= a.end, "acked only once flushed");
-                    let (_, max) = store.queue_bounds("T", 0);
-                    assert!(max > a.results[0].queue_offset, "readable once acked");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let got = read_all(&store, "T", 0);
-    assert_eq!(got.len(), 400);
-    assert!(got.iter().enumerate().all(|(i, (o, _, _))| *o == i as u64));
 }
 
 #[test]
@@ -484,101 +369,6 @@ fn limits_and_bad_input_give_typed_errors() {
         Store::open(StoreConfig::small_for_tests(dir.path())),
         Err(StoreError::Locked(_))
     ));
-}
-
-#[test]
-fn disk_above_the_watermark_refuses_writes_with_a_retryable_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::small_for_tests(dir.path());
-    cfg.disk_high_watermark = 0.0;
-    cfg.disk_clean_watermark = 0.0;
-    let store = Store::open(cfg).unwrap();
-    let err = append(&store, "T", 0, &[Msg::new(1, b"x")]).unwrap_err();
-    assert!(err.is_retryable(), "{err}");
-    assert!(err.to_string().contains("watermark"), "{err}");
-}
-
-#[test]
-fn retention_deletes_old_segments_and_reports_unconsumed_losses() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::small_for_tests(dir.path());
-    cfg.retention_hours = 1;
-    cfg.disk_clean_watermark = 1.0;
-    cfg.disk_high_watermark = 1.0;
-    let store = Store::open(cfg).unwrap();
-    let body = vec![0u8; 1000];
-    for i in 0..300u128 {
-        append(&store, "T", (i % 2) as u32, &[Msg::new(i, &body)]).unwrap();
-    }
-    // Queue 0 consumed up to 20, queue 1 fully consumed.
-    store.set_consumer_progress(Arc::new(|_t: &str, q: u32| {
-        Some(if q == 0 { 20 } else { 150 })
-    }));
-    let old = SystemTime::now() - Duration::from_secs(2 * 3600);
-    let mut segs: Vec<_> = std::fs::read_dir(dir.path().join("commitlog"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    for seg in &segs[..2] {
-        std::fs::File::options()
-            .write(true)
-            .open(seg)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-    }
-    let report = store.run_retention(true).unwrap();
-    assert_eq!(
-        report.deleted_segments.len(),
-        2,
-        "only the two old segments go"
-    );
-    let (min0, _) = store.queue_bounds("T", 0);
-    assert!(min0 > 20);
-    assert_eq!(
-        report.lost,
-        vec![LostMessages {
-            topic: "T".into(),
-            queue_id: 0,
-            count: min0 - 20
-        }]
-    );
-    assert_eq!(store.lost_messages(), report.lost);
-    let r = store
-        .get_messages("T", 0, 0, ReadLimits::new(10, 1 << 20, 100), |_| true)
-        .unwrap();
-    assert_eq!((r.status, r.next_offset), (GetStatus::OffsetTooSmall, min0));
-    assert_eq!(read_all(&store, "T", 0).first().map(|m| m.0), Some(min0));
-    assert!(
-        store.message_by_id(0).unwrap().is_none(),
-        "deleted messages are gone from lookups"
-    );
-    assert!(store.message_by_id(299).unwrap().is_some());
-}
-
-#[test]
-fn reopen_after_crash_keeps_everything_acked_in_sync_mode() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::small_for_tests(dir.path());
-    cfg.flush_mode = FlushMode::Sync;
-    {
-        let store = Store::open(cfg.clone()).unwrap();
-        for i in 0..100u128 {
-            append(&store, "T", (i % 3) as u32, &[Msg::new(i, &[1u8; 700])]).unwrap();
-        }
-        store.simulate_crash();
-    }
-    let store = Store::open(cfg).unwrap();
-    assert!(store.recovery_report().unclean);
-    let total: usize = (0..3).map(|q| read_all(&store, "T", q).len()).sum();
-    assert_eq!(total, 100);
-    for i in 0..100u128 {
-        assert!(
-            store.message_by_id(i).unwrap().is_some(),
-            "id {i} findable after recovery"
-        );
-    }
 }
 
 #[test]
