@@ -19,6 +19,9 @@
 //!
 //! Cancelling appends a cancel record to `%SCHEDULE%`; its entry lands in the same final slot
 //! as the message, and the scheduler skips a message whose cancel is in its slot.
+//!
+//! Time comes from the broker's [`Clock`]: due times are its epoch ms, the scheduler sleeps
+//! until the next slot starts by it, and a manual clock wakes the scheduler when it moves.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -34,7 +37,8 @@ use quiver_protocol::RecordView;
 use serde::{Deserialize, Serialize};
 
 use super::Moved;
-use crate::store::{now_ms, GetStatus, PendingAppend, ReadLimits, Store, StoreError};
+use crate::clock::{Clock, Waker};
+use crate::store::{GetStatus, PendingAppend, ReadLimits, Store, StoreError};
 
 /// Bytes per timer-log entry.
 const ENTRY: u64 = 64;
@@ -46,6 +50,10 @@ const KIND_CANCEL: u8 = 2;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// A mark for freeing old timer-log segments is kept this often.
 const MARK_EVERY: Duration = Duration::from_secs(30);
+/// Longest real sleep of the scheduler on the system clock (the wall clock may be set).
+const SCHED_WAIT_MAX: Duration = Duration::from_millis(50);
+/// Pause before a store that refused a message is tried again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Queue count of a topic (`None`: the topic does not exist).
 pub(crate) type QueueCount = dyn Fn(&str) -> Option<u32> + Send + Sync;
@@ -297,12 +305,15 @@ struct Inner {
     rolled: AtomicU64,
     cancelled: AtomicU64,
     deduplicated: AtomicU64,
+    clock: Clock,
 }
 
 /// The scheduled-message service: a dispatcher and a scheduler thread.
 pub(crate) struct Timer {
     inner: Arc<Inner>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Wakes the scheduler when a manual clock moves (kept alive here).
+    _on_advance: Arc<Waker>,
 }
 
 impl Timer {
@@ -313,11 +324,12 @@ impl Timer {
         slot_ms: u64,
         slots: u32,
         queues: Arc<QueueCount>,
+        clock: Clock,
     ) -> std::io::Result<Timer> {
         std::fs::create_dir_all(&dir)?;
         let slot_ms = slot_ms as i64;
         let slots = i64::from(slots);
-        let started_at = now_ms();
+        let started_at = clock.now_ms();
         let ckpt_path = dir.join("checkpoint.json");
         let ckpt: Option<Checkpoint> = match std::fs::read(&ckpt_path) {
             Ok(b) => Some(
@@ -401,7 +413,15 @@ impl Timer {
             rolled: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             deduplicated: AtomicU64::new(0),
+            clock,
         });
+        let weak = Arc::downgrade(&inner);
+        let on_advance: Arc<Waker> = Arc::new(move || {
+            if let Some(i) = weak.upgrade() {
+                i.wake_scheduler();
+            }
+        });
+        inner.clock.on_advance(&on_advance);
         let mut threads = Vec::new();
         let i = inner.clone();
         threads.push(
@@ -418,6 +438,7 @@ impl Timer {
         Ok(Timer {
             inner,
             threads: Mutex::new(threads),
+            _on_advance: on_advance,
         })
     }
 
@@ -468,7 +489,7 @@ impl Timer {
         let v = RecordView::parse_unchecked_crc(&rec)
             .map_err(|e| CancelError::Io(format!("unreadable scheduled record: {e}")))?;
         let due = deliver_at(&v);
-        if due <= now_ms() + 2 * i.slot_ms {
+        if due <= i.clock.now_ms() + 2 * i.slot_ms {
             return Err(CancelError::AlreadyDue(id));
         }
         let mut m = Moved::from_record(&v, Bytes::new(), true);
@@ -511,7 +532,7 @@ impl Timer {
     pub(crate) fn close(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.dispatch_cv.notify_all();
-        self.inner.sched_cv.notify_all();
+        self.inner.wake_scheduler();
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
@@ -525,7 +546,7 @@ impl Drop for Timer {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.dispatch_cv.notify_all();
-        self.inner.sched_cv.notify_all();
+        self.inner.wake_scheduler();
     }
 }
 
@@ -558,6 +579,52 @@ fn dispatched_upto(store: &Store, log: &Log, from: u64) -> u64 {
 impl Inner {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the scheduler: time moved or it must stop. Under the wheel lock, which the
+    /// scheduler reads the time under, so the wake-up cannot fall between its look and its
+    /// wait.
+    fn wake_scheduler(&self) {
+        let _w = lock(&self.wheel);
+        self.sched_cv.notify_all();
+    }
+
+    /// Waits on the scheduler's condition: `wait` of real time (`None`: until woken).
+    fn sched_wait<'a>(
+        &self,
+        w: MutexGuard<'a, Wheel>,
+        wait: Option<Duration>,
+    ) -> MutexGuard<'a, Wheel> {
+        if self.stopping() {
+            return w;
+        }
+        match wait {
+            Some(d) => {
+                self.sched_cv
+                    .wait_timeout(w, d)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => self.sched_cv.wait(w).unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Waits before retrying a store that refused a message (woken early by stop).
+    fn retry_pause(&self) {
+        let w = lock(&self.wheel);
+        drop(self.sched_wait(w, Some(RETRY_PAUSE)));
+    }
+
+    /// Waits until the clock reads `at` (or stop).
+    fn wait_until(&self, at: i64) {
+        let mut w = lock(&self.wheel);
+        loop {
+            let left = at - self.clock.now_ms();
+            if left <= 0 || self.stopping() {
+                return;
+            }
+            w = self.sched_wait(w, self.clock.real_wait(left));
+        }
     }
 
     /// Reads `%SCHEDULE%` in order and places each record in the wheel.
@@ -670,28 +737,34 @@ impl Inner {
 
     /// Fires slots as their time comes; checkpoints once a second.
     fn schedule_loop(self: Arc<Self>) {
-        let mut last_ckpt = Instant::now();
-        let mut last_mark = Instant::now();
+        let mut last_ckpt = self.clock.instant();
+        let mut last_mark = last_ckpt;
         while !self.stopping() {
-            if last_ckpt.elapsed() >= CHECKPOINT_EVERY {
-                if last_mark.elapsed() >= MARK_EVERY {
+            let now = self.clock.instant();
+            if now.duration_since(last_ckpt) >= CHECKPOINT_EVERY {
+                if now.duration_since(last_mark) >= MARK_EVERY {
                     let mut w = lock(&self.wheel);
                     let mark = (w.fired, w.log.len);
                     w.marks.push_back(mark);
-                    last_mark = Instant::now();
+                    last_mark = now;
                 }
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "cannot write the timer checkpoint");
                 }
-                last_ckpt = Instant::now();
+                last_ckpt = now;
             }
-            let now = now_ms();
             let (slot, head) = {
                 let mut w = lock(&self.wheel);
+                let now = self.clock.now_ms();
                 let start = w.fired * self.slot_ms;
                 if start > now {
-                    let wait = Duration::from_millis(((start - now) as u64).min(50));
-                    let _ = self.sched_cv.wait_timeout(w, wait);
+                    // Until the slot starts (woken early by new entries for it, a manual
+                    // clock moving, or stop).
+                    let wait = self
+                        .clock
+                        .real_wait(start - now)
+                        .map(|d| d.min(SCHED_WAIT_MAX));
+                    drop(self.sched_wait(w, wait));
                     continue;
                 }
                 let s = w.fired;
@@ -738,7 +811,7 @@ impl Inner {
         for e in &entries {
             if e.deliver_at >= end {
                 while !self.roll(e) && !self.stopping() {
-                    std::thread::sleep(Duration::from_secs(1));
+                    self.retry_pause();
                 }
                 continue;
             }
@@ -750,13 +823,7 @@ impl Inner {
                 continue;
             }
             // Exact time within the slot (the slot fired at its start).
-            loop {
-                let left = e.deliver_at - now_ms();
-                if left <= 0 || self.stopping() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(left.min(20) as u64));
-            }
+            self.wait_until(e.deliver_at);
             // A store that cannot take the message (disk full...) is retried, never skipped:
             // later slots wait.
             loop {
@@ -764,7 +831,7 @@ impl Inner {
                     Ok(Some(p)) => waits.push(p),
                     Ok(None) => {}
                     Err(()) if !self.stopping() => {
-                        std::thread::sleep(Duration::from_secs(1));
+                        self.retry_pause();
                         continue;
                     }
                     Err(()) => {}

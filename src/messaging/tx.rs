@@ -12,17 +12,25 @@
 //! their group that wait in `PollTransactionChecks`, then every `tx_check_interval_ms`; only
 //! checks actually handed to a producer count. After `tx_max_checks` of them the half message
 //! is copied to `%TRANS_CHECK_MAX%` and discarded.
+//!
+//! Time comes from the broker's [`Clock`]. Unresolved messages are kept in due order (per
+//! group for check-backs, and one order for discards), so finding what is due costs a look at
+//! the first entry: a waiting poll sleeps until its group's next check falls due or something
+//! changes, and the discarding thread sleeps until the next discard falls due.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use quiver_protocol::names::{HALF_OP_TOPIC, HALF_TOPIC, TRANS_CHECK_MAX_TOPIC};
 use quiver_protocol::{RecordView, TransactionState};
 
+use tokio::sync::Notify;
+
 use super::Moved;
-use crate::store::{now_ms, GetStatus, ReadLimits, Store, StoreError};
+use crate::clock::{Clock, Waker};
+use crate::store::{GetStatus, ReadLimits, Store, StoreError};
 
 /// Resolved handles remembered for idempotent answers.
 const RESOLVED_MEMORY: usize = 100_000;
@@ -55,9 +63,13 @@ struct Pending {
     busy: bool,
 }
 
-#[derive(Default)]
 struct State {
     pending: BTreeMap<u64, Pending>,
+    /// Pending messages that may be checked (not busy, checks left), by group, in due order.
+    checks_due: HashMap<String, BTreeSet<(i64, u64)>>,
+    /// Pending messages whose checks ran out (not busy), in due order: to be discarded.
+    discards_due: BTreeSet<(i64, u64)>,
+    max_checks: u32,
     resolved: HashMap<u64, (u128, Outcome)>,
     order: VecDeque<u64>,
 }
@@ -80,8 +92,76 @@ impl Outcome {
 }
 
 impl State {
-    fn resolve(&mut self, handle: u64, id: u128, o: Outcome) {
+    fn new(max_checks: u32) -> State {
+        State {
+            pending: BTreeMap::new(),
+            checks_due: HashMap::new(),
+            discards_due: BTreeSet::new(),
+            max_checks,
+            resolved: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Takes a pending message out of the due orders (before it changes or goes).
+    fn unindex(&mut self, handle: u64) {
+        let Some(p) = self.pending.get(&handle) else {
+            return;
+        };
+        let key = (p.next_check_at, handle);
+        if p.checks < self.max_checks {
+            if let Some(set) = self.checks_due.get_mut(&p.group) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.checks_due.remove(&p.group);
+                }
+            }
+        } else {
+            self.discards_due.remove(&key);
+        }
+    }
+
+    /// Puts a pending message (back) in its due order, unless it is busy.
+    fn index(&mut self, handle: u64) {
+        let Some(p) = self.pending.get(&handle) else {
+            return;
+        };
+        if p.busy {
+            return;
+        }
+        let key = (p.next_check_at, handle);
+        if p.checks < self.max_checks {
+            self.checks_due
+                .entry(p.group.clone())
+                .or_default()
+                .insert(key);
+        } else {
+            self.discards_due.insert(key);
+        }
+    }
+
+    fn insert(&mut self, handle: u64, p: Pending) {
+        self.unindex(handle);
+        self.pending.insert(handle, p);
+        self.index(handle);
+    }
+
+    fn remove(&mut self, handle: u64) {
+        self.unindex(handle);
         self.pending.remove(&handle);
+    }
+
+    /// Changes a pending message, keeping the due orders right.
+    fn update(&mut self, handle: u64, f: impl FnOnce(&mut Pending)) {
+        self.unindex(handle);
+        if let Some(p) = self.pending.get_mut(&handle) {
+            f(p);
+        }
+        self.index(handle);
+    }
+
+    fn resolve(&mut self, handle: u64, id: u128, o: Outcome) {
+        self.remove(handle);
         if self.resolved.insert(handle, (id, o)).is_none() {
             self.order.push_back(handle);
         }
@@ -105,12 +185,47 @@ pub(crate) struct TxTiming {
 pub(crate) struct Transactions {
     store: Arc<Store>,
     timing: TxTiming,
-    state: Mutex<State>,
+    shared: Arc<Shared>,
     /// Queue count of a topic (`None`: gone), and creation of the check-max topic.
     queues: Arc<super::timer::QueueCount>,
+    clock: Clock,
+    /// Wakes the waiters when a manual clock moves (kept alive here).
+    _on_advance: Arc<Waker>,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+/// What the waiters share.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the discarding thread: the first discard due changed, time moved, or stop.
+    discard_cv: Condvar,
+    stop: AtomicBool,
+    /// Wakes the check-back polls of a group: one of its messages may be due sooner.
+    watchers: Mutex<HashMap<String, Weak<Notify>>>,
+}
+
+impl Shared {
+    /// Wakes the polls of `group` (all groups for `None`).
+    fn wake_polls(&self, group: Option<&str>) {
+        let notifies: Vec<Arc<Notify>> = {
+            let w = lock(&self.watchers);
+            match group {
+                Some(g) => w.get(g).and_then(Weak::upgrade).into_iter().collect(),
+                None => w.values().filter_map(Weak::upgrade).collect(),
+            }
+        };
+        for n in notifies {
+            n.notify_waiters();
+        }
+    }
+
+    /// Wakes the discarding thread (which checks the time under the state lock).
+    fn wake_discarder(&self) {
+        let _st = lock(&self.state);
+        self.discard_cv.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -151,8 +266,9 @@ impl Transactions {
         store: Arc<Store>,
         timing: TxTiming,
         queues: Arc<super::timer::QueueCount>,
+        clock: Clock,
     ) -> Result<Transactions, StoreError> {
-        let mut st = State::default();
+        let mut st = State::new(timing.max_checks);
         let mut checks: HashMap<u64, u32> = HashMap::new();
         scan(&store, HALF_OP_TOPIC, |op| {
             let Some(h) = handle_of(op) else { return };
@@ -173,7 +289,7 @@ impl Transactions {
             };
             st.resolve(h, op.msg_id(), o);
         })?;
-        let now = now_ms();
+        let now = clock.now_ms();
         scan(&store, HALF_TOPIC, |half| {
             let h = half.phys_offset();
             if st.resolved.contains_key(&h) {
@@ -188,7 +304,7 @@ impl Transactions {
                     0
                 },
             );
-            st.pending.insert(
+            st.insert(
                 h,
                 Pending {
                     id: half.msg_id(),
@@ -202,17 +318,37 @@ impl Transactions {
         if !st.pending.is_empty() {
             tracing::info!(unresolved = st.pending.len(), "transactions recovered");
         }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(st),
+            discard_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            watchers: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&shared);
+        let on_advance: Arc<Waker> = Arc::new(move || {
+            if let Some(s) = weak.upgrade() {
+                s.wake_discarder();
+                s.wake_polls(None);
+            }
+        });
+        clock.on_advance(&on_advance);
         Ok(Transactions {
             store,
             timing,
-            state: Mutex::new(st),
+            shared,
             queues,
+            clock,
+            _on_advance: on_advance,
         })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared.state)
     }
 
     /// A half message was stored.
     pub(crate) fn added(&self, handle: u64, id: u128, group: &str, stored_at: i64) {
-        lock(&self.state).pending.insert(
+        self.state().insert(
             handle,
             Pending {
                 id,
@@ -222,11 +358,15 @@ impl Transactions {
                 busy: false,
             },
         );
+        self.shared.wake_polls(Some(group));
+        if self.timing.max_checks == 0 {
+            self.shared.wake_discarder();
+        }
     }
 
     /// Unresolved half messages.
     pub(crate) fn unresolved(&self) -> usize {
-        lock(&self.state).pending.len()
+        self.state().pending.len()
     }
 
     /// Applies a producer's decision. Blocking.
@@ -243,7 +383,7 @@ impl Transactions {
             TransactionState::Rollback => Outcome::Rollback,
         };
         {
-            let mut st = lock(&self.state);
+            let mut st = self.state();
             if let Some((rid, o)) = st.resolved.get(&handle) {
                 if *rid == id {
                     return if *o == outcome {
@@ -257,29 +397,39 @@ impl Transactions {
                     };
                 }
             }
-            match st.pending.get_mut(&handle) {
+            match st.pending.get(&handle) {
                 Some(p) if p.id == id => {
                     if p.busy {
                         return Err(TxError::Busy(id));
                     }
-                    p.busy = true;
+                    st.update(handle, |p| p.busy = true);
                 }
                 _ => return Err(TxError::NotFound { id, handle }),
             }
         }
         let r = self.write_outcome(id, handle, outcome);
-        let mut st = lock(&self.state);
         match r {
             Ok(()) => {
-                st.resolve(handle, id, outcome);
+                self.state().resolve(handle, id, outcome);
                 Ok(())
             }
             Err(e) => {
-                if let Some(p) = st.pending.get_mut(&handle) {
-                    p.busy = false;
-                }
+                self.unbusy(handle);
                 Err(e)
             }
+        }
+    }
+
+    /// A decision or discard failed: the message is due again as it was.
+    fn unbusy(&self, handle: u64) {
+        let group = {
+            let mut st = self.state();
+            st.update(handle, |p| p.busy = false);
+            st.pending.get(&handle).map(|p| p.group.clone())
+        };
+        if let Some(g) = group {
+            self.shared.wake_polls(Some(&g));
+            self.shared.wake_discarder();
         }
     }
 
@@ -346,31 +496,40 @@ impl Transactions {
     /// Takes up to `max` half messages of `group` due for a check-back, counting the check
     /// (durably) for each; returns their records. Blocking.
     pub(crate) fn take_checks(&self, group: &str, max: usize) -> Vec<Bytes> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
+        let mut last_check = false;
         let due: Vec<(u64, u128, u32)> = {
-            let mut st = lock(&self.state);
-            let mut due = Vec::new();
-            for (h, p) in st.pending.iter_mut() {
-                if due.len() >= max {
-                    break;
-                }
-                if p.group == group
-                    && !p.busy
-                    && p.next_check_at <= now
-                    && p.checks < self.timing.max_checks
-                {
+            let mut st = self.state();
+            let handles: Vec<u64> = st.checks_due.get(group).map_or(Vec::new(), |set| {
+                set.iter()
+                    .take_while(|(at, _)| *at <= now)
+                    .take(max)
+                    .map(|(_, h)| *h)
+                    .collect()
+            });
+            let mut due = Vec::with_capacity(handles.len());
+            let interval = self.timing.check_interval_ms;
+            for h in handles {
+                st.update(h, |p| {
                     p.checks += 1;
-                    p.next_check_at = now + self.timing.check_interval_ms;
-                    due.push((*h, p.id, p.checks));
+                    p.next_check_at = now + interval;
+                });
+                if let Some(p) = st.pending.get(&h) {
+                    last_check |= p.checks >= st.max_checks;
+                    due.push((h, p.id, p.checks));
                 }
             }
             due
         };
+        if last_check {
+            // Its discard is now in the discarding thread's order.
+            self.shared.wake_discarder();
+        }
         let mut out = Vec::with_capacity(due.len());
         for (h, id, n) in due {
             let Ok(b) = self.half(id, h) else {
                 // Gone (retention): nothing to check any more.
-                lock(&self.state).pending.remove(&h);
+                self.state().remove(h);
                 continue;
             };
             let Ok(v) = RecordView::parse_unchecked_crc(&b) else {
@@ -384,56 +543,117 @@ impl Transactions {
         out
     }
 
-    /// True when some unresolved message of `group` is due for a check.
-    pub(crate) fn has_due(&self, group: &str) -> bool {
-        let now = now_ms();
-        lock(&self.state).pending.values().any(|p| {
-            p.group == group
-                && !p.busy
-                && p.next_check_at <= now
-                && p.checks < self.timing.max_checks
-        })
+    /// When the next check-back of `group` falls due (clock ms), if any message of it may
+    /// still be checked. Looks at one entry.
+    pub(crate) fn next_due(&self, group: &str) -> Option<i64> {
+        self.state()
+            .checks_due
+            .get(group)
+            .and_then(|set| set.first())
+            .map(|(at, _)| *at)
     }
 
-    /// Discards half messages whose check-backs ran out. Blocking.
+    /// What wakes the check-back polls of `group` when one of its messages may be due sooner
+    /// than it was, or a manual clock moved. Create the `notified()` future before looking at
+    /// [`Transactions::next_due`] so no wake-up is lost.
+    pub(crate) fn watch(&self, group: &str) -> Arc<Notify> {
+        let mut w = lock(&self.shared.watchers);
+        if let Some(n) = w.get(group).and_then(Weak::upgrade) {
+            return n;
+        }
+        w.retain(|_, n| n.strong_count() > 0);
+        let n = Arc::new(Notify::new());
+        w.insert(group.to_string(), Arc::downgrade(&n));
+        n
+    }
+
+    /// Discards half messages whose check-backs ran out and whose last interval passed.
+    /// Blocking.
     pub(crate) fn discard_expired(&self) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let expired: Vec<(u64, u128)> = {
-            let mut st = lock(&self.state);
-            st.pending
-                .iter_mut()
-                .filter(|(_, p)| {
-                    !p.busy && p.checks >= self.timing.max_checks && p.next_check_at <= now
-                })
-                .map(|(h, p)| {
-                    p.busy = true;
-                    (*h, p.id)
-                })
-                .collect()
+            let mut st = self.state();
+            let handles: Vec<u64> = st
+                .discards_due
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .map(|(_, h)| *h)
+                .collect();
+            let mut expired = Vec::with_capacity(handles.len());
+            for h in handles {
+                st.update(h, |p| p.busy = true);
+                if let Some(p) = st.pending.get(&h) {
+                    expired.push((h, p.id));
+                }
+            }
+            expired
         };
         for (h, id) in expired {
             let r = self.write_outcome(id, h, Outcome::Discard);
-            let mut st = lock(&self.state);
             match r {
                 Ok(()) => {
                     tracing::warn!(id = %format!("{id:032x}"), handle = h, "transaction discarded after its check-backs ran out; see %TRANS_CHECK_MAX%");
-                    st.resolve(h, id, Outcome::Discard);
+                    self.state().resolve(h, id, Outcome::Discard);
                 }
                 Err(TxError::NotFound { .. }) => {
-                    st.pending.remove(&h);
+                    self.state().remove(h);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot discard an expired transaction");
-                    if let Some(p) = st.pending.get_mut(&h) {
+                    // Retried at the next wake-up, not at once: the store refused.
+                    let mut st = self.state();
+                    st.update(h, |p| {
                         p.busy = false;
-                    }
+                        p.next_check_at = now + DISCARD_RETRY_MS;
+                    });
                 }
             }
         }
     }
 
-    /// How long a poller should sleep between looks.
-    pub(crate) fn poll_step() -> Duration {
-        Duration::from_millis(50)
+    /// The discarding thread: discards each half message whose check-backs ran out when its
+    /// last interval passes, sleeping until then. Returns after [`Transactions::stop`].
+    /// Blocking.
+    pub(crate) fn run_discarder(&self) {
+        loop {
+            {
+                let mut st = self.state();
+                loop {
+                    if self.shared.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let now = self.clock.now_ms();
+                    let wait = match st.discards_due.first() {
+                        Some((at, _)) if *at <= now => break,
+                        Some((at, _)) => self.clock.real_wait(at - now),
+                        None => None,
+                    };
+                    st = match wait {
+                        Some(d) => {
+                            self.shared
+                                .discard_cv
+                                .wait_timeout(st, d)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                        None => self
+                            .shared
+                            .discard_cv
+                            .wait(st)
+                            .unwrap_or_else(|p| p.into_inner()),
+                    };
+                }
+            }
+            self.discard_expired();
+        }
+    }
+
+    /// Ends [`Transactions::run_discarder`].
+    pub(crate) fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake_discarder();
     }
 }
+
+/// Delay before a discard the store refused is tried again (ms).
+const DISCARD_RETRY_MS: i64 = 100;
