@@ -447,6 +447,12 @@ impl Timer {
         self.inner.dispatch_cv.notify_all();
     }
 
+    /// Slots below this one have been delivered (tests wait for the scheduler with it).
+    #[cfg(test)]
+    fn done_slot(&self) -> i64 {
+        lock(&self.inner.wheel).done
+    }
+
     /// Counters.
     pub(crate) fn stats(&self) -> TimerStats {
         let i = &self.inner;
@@ -996,5 +1002,102 @@ mod tests {
         b[3] ^= 1;
         assert_eq!(Entry::decode(&b), None);
         assert_eq!(Entry::decode(&[0u8; 64]), None, "zeroes are not an entry");
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::StoreConfig;
+    use quiver_protocol::NewMessage;
+
+    const SLOT_MS: i64 = 100;
+
+    /// Stores a scheduled message for topic `T` due at `due` (clock ms).
+    fn schedule(store: &Store, id: u128, due: i64) {
+        let due = due.to_string();
+        let props = [
+            ("REAL_TOPIC", "T"),
+            ("REAL_QID", "0"),
+            ("DELIVER_AT", due.as_str()),
+        ];
+        let m = NewMessage {
+            msg_id: id,
+            flags: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            reconsume_times: 0,
+            tag: "",
+            keys: &[],
+            properties: &props,
+            body: b"later",
+        };
+        store
+            .append(SCHEDULE_TOPIC, 0, std::slice::from_ref(&m))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+
+    fn delivered(store: &Store) -> Vec<u128> {
+        let r = store
+            .get_messages("T", 0, 0, ReadLimits::new(64, 1 << 20, 64), |_| true)
+            .unwrap();
+        r.messages.iter().map(|m| m.view().msg_id()).collect()
+    }
+
+    /// Waits for something the timer's threads do (no time passes on the manual clock).
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_scheduled_message_is_delivered_when_the_clock_reaches_its_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(StoreConfig::small_for_tests(dir.path())).unwrap());
+        // Slot-aligned start; a clock far from the system's shows nothing reads the latter.
+        let time = ManualClock::at(1_000_000 * SLOT_MS);
+        let queues: Arc<QueueCount> = Arc::new(|t: &str| (t == "T").then_some(1));
+        let timer = Timer::open(
+            store.clone(),
+            dir.path().join("timer"),
+            SLOT_MS as u64,
+            64,
+            queues,
+            time.clock(),
+        )
+        .unwrap();
+        let due = time.now_ms() + 10 * SLOT_MS; // at a slot's start
+        schedule(&store, 1, due);
+        schedule(&store, 2, due + 3 * SLOT_MS);
+        timer.notify();
+        wait_for("both placed in the wheel", || timer.stats().pending == 2);
+
+        time.advance(Duration::from_millis((due - 1 - time.now_ms()) as u64));
+        wait_for("the slots before the due one fired", || {
+            timer.done_slot() * SLOT_MS >= due
+        });
+        assert!(delivered(&store).is_empty(), "nothing is due 1 ms early");
+
+        time.advance(Duration::from_millis(1));
+        wait_for("the first delivery", || !delivered(&store).is_empty());
+        assert_eq!(delivered(&store), vec![1]);
+        let r = store
+            .get_messages("T", 0, 0, ReadLimits::new(1, 1 << 20, 1), |_| true)
+            .unwrap();
+        let v = r.messages[0].view();
+        assert!(v.property("REAL_TOPIC").is_none(), "staging properties go");
+        assert_eq!(v.property("DELIVER_AT"), Some(due.to_string().as_str()));
+
+        time.advance(Duration::from_secs(1));
+        wait_for("the second delivery", || delivered(&store).len() == 2);
+        assert_eq!(delivered(&store), vec![1, 2]);
+        assert_eq!(timer.stats().delivered, 2);
+        timer.close();
     }
 }

@@ -657,3 +657,174 @@ impl Transactions {
 
 /// Delay before a discard the store refused is tried again (ms).
 const DISCARD_RETRY_MS: i64 = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::StoreConfig;
+    use quiver_protocol::NewMessage;
+    use std::time::Duration;
+
+    const TIMING: TxTiming = TxTiming {
+        check_timeout_ms: 1_000,
+        check_interval_ms: 500,
+        max_checks: 2,
+    };
+
+    fn open(dir: &std::path::Path, time: &ManualClock) -> (Arc<Store>, Arc<Transactions>) {
+        let store = Arc::new(Store::open(StoreConfig::small_for_tests(dir)).unwrap());
+        let queues: Arc<super::super::timer::QueueCount> = Arc::new(|_: &str| Some(1));
+        let tx = Transactions::open(store.clone(), TIMING, queues, time.clock()).unwrap();
+        (store, Arc::new(tx))
+    }
+
+    /// Stores a half message of `group` as the broker does; returns (handle, id, stored at).
+    fn half(store: &Store, tx: &Transactions, group: &str, id: u128) -> (u64, i64) {
+        let props = [("REAL_TOPIC", "T"), ("REAL_QID", "0"), ("PGROUP", group)];
+        let m = NewMessage {
+            msg_id: id,
+            flags: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            reconsume_times: 0,
+            tag: "",
+            keys: &[],
+            properties: &props,
+            body: b"half",
+        };
+        let a = store
+            .append(HALF_TOPIC, 0, std::slice::from_ref(&m))
+            .unwrap()
+            .wait()
+            .unwrap();
+        let h = a.results[0].phys_offset;
+        tx.added(h, id, group, a.store_timestamp);
+        (h, a.store_timestamp)
+    }
+
+    /// Moves the clock to `at` (clock ms).
+    fn advance_to(time: &ManualClock, at: i64) {
+        let left = at - time.now_ms();
+        assert!(left >= 0, "the clock would go back");
+        time.advance(Duration::from_millis(left as u64));
+    }
+
+    #[test]
+    fn checks_fall_due_by_the_clock_and_running_out_of_them_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let time = ManualClock::starting_now();
+        let (store, tx) = open(dir.path(), &time);
+        let (h, stored_at) = half(&store, &tx, "G", 7);
+        let _other = half(&store, &tx, "H", 8);
+        let first = stored_at + TIMING.check_timeout_ms;
+        assert_eq!(tx.next_due("G"), Some(first));
+        assert_eq!(tx.next_due("nobody"), None);
+
+        advance_to(&time, first - 1);
+        assert!(tx.take_checks("G", 8).is_empty(), "not due 1 ms early");
+        advance_to(&time, first);
+        let checks = tx.take_checks("G", 8);
+        assert_eq!(checks.len(), 1, "only G's message, due now");
+        let v = RecordView::parse_unchecked_crc(&checks[0]).unwrap();
+        assert_eq!((v.msg_id(), v.phys_offset()), (7, h));
+        assert!(
+            tx.take_checks("G", 8).is_empty(),
+            "counted: not again at once"
+        );
+        assert_eq!(tx.next_due("G"), Some(first + TIMING.check_interval_ms));
+
+        advance_to(&time, first + TIMING.check_interval_ms);
+        assert_eq!(tx.take_checks("G", 8).len(), 1, "the second and last check");
+        assert_eq!(tx.next_due("G"), None, "no checks left for G");
+        advance_to(&time, first + 5 * TIMING.check_interval_ms);
+        assert!(tx.take_checks("G", 8).is_empty());
+
+        // Discarded one interval after its last check; H's message is untouched.
+        tx.discard_expired();
+        assert_eq!(tx.unresolved(), 1, "only H's message is left");
+        let e = tx
+            .end(7, h, TransactionState::Commit)
+            .expect_err("discarded");
+        assert!(matches!(e, TxError::Resolved { was: "discard", .. }), "{e}");
+        let r = store
+            .get_messages(
+                TRANS_CHECK_MAX_TOPIC,
+                0,
+                0,
+                ReadLimits::new(8, 1 << 20, 8),
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.messages[0].view().msg_id(), 7);
+    }
+
+    #[test]
+    fn the_discarding_thread_sleeps_until_a_discard_falls_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let time = ManualClock::starting_now();
+        let (store, tx) = open(dir.path(), &time);
+        let (h, stored_at) = half(&store, &tx, "G", 9);
+        let t = tx.clone();
+        let discarder = std::thread::spawn(move || t.run_discarder());
+        let first = stored_at + TIMING.check_timeout_ms;
+        for n in 0..TIMING.max_checks as i64 {
+            advance_to(&time, first + n * TIMING.check_interval_ms);
+            assert_eq!(tx.take_checks("G", 8).len(), 1);
+        }
+        let discard_at = first + TIMING.max_checks as i64 * TIMING.check_interval_ms;
+        advance_to(&time, discard_at - 1);
+        assert_eq!(tx.unresolved(), 1);
+        advance_to(&time, discard_at);
+        // The advance woke the thread; wait for the discard itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tx.unresolved() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the discarding thread did not wake"
+            );
+            std::thread::yield_now();
+        }
+        assert!(matches!(
+            tx.end(9, h, TransactionState::Rollback),
+            Err(TxError::Resolved { was: "discard", .. })
+        ));
+        tx.stop();
+        discarder.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_poll_is_woken_when_a_check_of_its_group_may_be_due_sooner() {
+        let dir = tempfile::tempdir().unwrap();
+        let time = ManualClock::starting_now();
+        let (store, tx) = open(dir.path(), &time);
+        let watch = tx.watch("G");
+        let notified = watch.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let other = tx.watch("H").notified_owned();
+        let _ = half(&store, &tx, "G", 11);
+        // Woken at once (armed before the change), without any time passing.
+        tokio::time::timeout(Duration::from_secs(10), notified)
+            .await
+            .expect("the poll of G is woken");
+        let mut other = Box::pin(other);
+        assert!(
+            futures_poll(other.as_mut()),
+            "a poll of another group is not woken by G's message"
+        );
+        time.advance(Duration::from_millis(1));
+        assert!(
+            !futures_poll(other.as_mut()),
+            "a manual clock moving wakes every poll"
+        );
+    }
+
+    /// True while `f` is still pending after one poll.
+    fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        f.poll(&mut cx).is_pending()
+    }
+}
