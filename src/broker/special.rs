@@ -118,8 +118,7 @@ impl Broker {
                     .store_messages(HALF_TOPIC.to_string(), 0, messages, born)
                     .await?;
                 for r in &appended.results {
-                    self.tx
-                        .added(r.phys_offset, r.msg_id, &group, appended.store_timestamp);
+                    self.tx.added(r.phys_offset, r.msg_id, &group);
                 }
                 Ok(receipts(queue_id, &appended))
             }

@@ -346,15 +346,17 @@ impl Transactions {
         lock(&self.shared.state)
     }
 
-    /// A half message was stored.
-    pub(crate) fn added(&self, handle: u64, id: u128, group: &str, stored_at: i64) {
+    /// A half message was stored (just now: its first check falls due a check timeout from
+    /// now by the clock).
+    pub(crate) fn added(&self, handle: u64, id: u128, group: &str) {
+        let now = self.clock.now_ms();
         self.state().insert(
             handle,
             Pending {
                 id,
                 group: group.to_string(),
                 checks: 0,
-                next_check_at: stored_at + self.timing.check_timeout_ms,
+                next_check_at: now + self.timing.check_timeout_ms,
                 busy: false,
             },
         );
@@ -679,7 +681,8 @@ mod tests {
         (store, Arc::new(tx))
     }
 
-    /// Stores a half message of `group` as the broker does; returns (handle, id, stored at).
+    /// Stores a half message of `group` as the broker does; returns (handle, when its first
+    /// check falls due).
     fn half(store: &Store, tx: &Transactions, group: &str, id: u128) -> (u64, i64) {
         let props = [("REAL_TOPIC", "T"), ("REAL_QID", "0"), ("PGROUP", group)];
         let m = NewMessage {
@@ -699,8 +702,8 @@ mod tests {
             .wait()
             .unwrap();
         let h = a.results[0].phys_offset;
-        tx.added(h, id, group, a.store_timestamp);
-        (h, a.store_timestamp)
+        tx.added(h, id, group);
+        (h, tx.clock.now_ms() + TIMING.check_timeout_ms)
     }
 
     /// Moves the clock to `at` (clock ms).
@@ -715,9 +718,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let time = ManualClock::starting_now();
         let (store, tx) = open(dir.path(), &time);
-        let (h, stored_at) = half(&store, &tx, "G", 7);
+        let (h, first) = half(&store, &tx, "G", 7);
         let _other = half(&store, &tx, "H", 8);
-        let first = stored_at + TIMING.check_timeout_ms;
         assert_eq!(tx.next_due("G"), Some(first));
         assert_eq!(tx.next_due("nobody"), None);
 
@@ -765,10 +767,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let time = ManualClock::starting_now();
         let (store, tx) = open(dir.path(), &time);
-        let (h, stored_at) = half(&store, &tx, "G", 9);
+        let (h, first) = half(&store, &tx, "G", 9);
         let t = tx.clone();
         let discarder = std::thread::spawn(move || t.run_discarder());
-        let first = stored_at + TIMING.check_timeout_ms;
         for n in 0..TIMING.max_checks as i64 {
             advance_to(&time, first + n * TIMING.check_interval_ms);
             assert_eq!(tx.take_checks("G", 8).len(), 1);
