@@ -411,11 +411,13 @@ impl Groups {
 }
 
 /// Why a heartbeat is refused.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum GroupError {
     /// The group runs in the other mode.
+    #[error("{0}")]
     Mode(String),
     /// The member subscribes differently from the others.
+    #[error("{0}")]
     Conflict(String),
 }
 
