@@ -3,6 +3,7 @@
 //! Crate map:
 //! - [`config`]: typed configuration (defaults <- quiver.toml <- `QUIVER_*` env <- flags).
 //! - [`net`]: QUIC endpoint, TLS identity, connections and streams; frames in, frames out.
+//! - [`clock`]: time as an input: the system clock, and a manual clock tests advance.
 //! - [`broker`]: request handling: topics, produce, pull with long polling, offsets, admin.
 //! - [`server`]: a running broker (store + handlers + listener) with graceful shutdown.
 //! - [`store`]: commit log, consume queues, index, flush and crash recovery (sync I/O only).
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod filter;
 pub mod messaging;

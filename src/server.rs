@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::net::Listener;
 
@@ -29,10 +30,16 @@ pub struct Server {
 impl Server {
     /// Opens the store (recovering it), binds the listener and starts serving.
     pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        Self::start_with_clock(cfg, Clock::system()).await
+    }
+
+    /// [`Server::start`] with the clock the broker times group sessions, scheduled messages
+    /// and transaction check-backs by (tests pass a manual one).
+    pub async fn start_with_clock(cfg: Config, clock: Clock) -> anyhow::Result<Server> {
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let c = cfg.clone();
-        let broker = tokio::task::spawn_blocking(move || Broker::open(c))
+        let broker = tokio::task::spawn_blocking(move || Broker::open_with_clock(c, clock))
             .await
             .context("opening the broker")??;
         let listener = match Listener::bind(&cfg) {

@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+
 use quiver_protocol::{
     GroupMode, MemberInfo, PluginFailurePolicy, PluginRef, QueueRef, Subscription,
 };
@@ -52,14 +54,21 @@ pub(crate) struct Groups {
     pub(crate) session_timeout: Duration,
     pub(crate) heartbeat_interval: Duration,
     groups: Mutex<HashMap<String, Group>>,
+    /// Heartbeat times and session ages are read from it.
+    clock: Clock,
 }
 
 impl Groups {
-    pub(crate) fn new(session_timeout: Duration, heartbeat_interval: Duration) -> Self {
+    pub(crate) fn new(
+        session_timeout: Duration,
+        heartbeat_interval: Duration,
+        clock: Clock,
+    ) -> Self {
         Self {
             session_timeout,
             heartbeat_interval,
             groups: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
@@ -76,7 +85,7 @@ impl Groups {
         held: Vec<QueueRef>,
         queue_count: impl Fn(&str) -> Option<u32>,
     ) -> Result<Assignment, GroupError> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut all = self.groups.lock().expect("groups lock");
         let g = all.entry(group.to_string()).or_insert_with(|| Group {
             mode,
@@ -180,7 +189,7 @@ impl Groups {
 
     /// Live groups: (name, mode, live members).
     pub(crate) fn list(&self) -> Vec<(String, GroupMode, u32)> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut all = self.groups.lock().expect("groups lock");
         all.iter_mut()
             .map(|(name, g)| {
@@ -198,7 +207,7 @@ impl Groups {
         &self,
         group: &str,
     ) -> Option<(GroupMode, Vec<MemberInfo>, BTreeMap<QueueRef, String>)> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut all = self.groups.lock().expect("groups lock");
         let g = all.get_mut(group)?;
         if expire(g, now, self.session_timeout) && g.mode == GroupMode::Clustering {
@@ -232,7 +241,7 @@ impl Groups {
 
     /// Live members of a group.
     pub(crate) fn online(&self, group: &str) -> usize {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let all = self.groups.lock().expect("groups lock");
         all.get(group).map_or(0, |g| {
             g.members
@@ -330,7 +339,7 @@ impl Groups {
     /// queues until it heartbeats again or its session expires.
     pub(crate) fn restore(&self, snap: Snapshot) {
         use quiver_protocol::FilterSpec;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut all = self.groups.lock().expect("groups lock");
         for (name, gs) in snap.groups {
             let mut members = BTreeMap::new();
@@ -402,11 +411,13 @@ impl Groups {
 }
 
 /// Why a heartbeat is refused.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum GroupError {
     /// The group runs in the other mode.
+    #[error("{0}")]
     Mode(String),
     /// The member subscribes differently from the others.
+    #[error("{0}")]
     Conflict(String),
 }
 
@@ -575,6 +586,7 @@ fn rebalance(g: &Group) -> BTreeMap<QueueRef, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn hb(g: &Groups, member: &str, held: &[u32]) -> Assignment {
         g.heartbeat(
@@ -596,7 +608,11 @@ mod tests {
 
     #[test]
     fn queues_spread_evenly_and_only_the_necessary_ones_move() {
-        let g = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        let g = Groups::new(
+            Duration::from_secs(30),
+            Duration::from_secs(3),
+            ManualClock::at(0).clock(),
+        );
         let a = qs(&hb(&g, "a", &[]));
         assert_eq!(a.len(), 8, "a lone member owns everything");
         let b = hb(&g, "b", &[]);
@@ -633,12 +649,25 @@ mod tests {
 
     #[test]
     fn a_silent_member_expires_and_its_queues_move() {
-        let g = Groups::new(Duration::from_millis(50), Duration::from_millis(10));
+        let time = ManualClock::at(0);
+        let g = Groups::new(
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+            time.clock(),
+        );
         let a = qs(&hb(&g, "a", &[]));
         let _ = hb(&g, "b", &[]);
         let a = qs(&hb(&g, "a", &a));
         assert_eq!(a.len(), 4);
-        std::thread::sleep(Duration::from_millis(80));
+        time.advance(Duration::from_millis(30));
+        let _ = hb(&g, "b", &[]);
+        time.advance(Duration::from_millis(19));
+        assert_eq!(g.online("G"), 2, "a's session (50 ms) has not expired yet");
+        assert!(
+            qs(&hb(&g, "b", &[])).len() < 8,
+            "a's queues stay with it while its session lasts"
+        );
+        time.advance(Duration::from_millis(1));
         let b = qs(&hb(&g, "b", &[]));
         assert_eq!(
             b.len(),
@@ -650,7 +679,11 @@ mod tests {
 
     #[test]
     fn broadcasting_members_each_get_every_queue_and_modes_do_not_mix() {
-        let g = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        let g = Groups::new(
+            Duration::from_secs(30),
+            Duration::from_secs(3),
+            ManualClock::at(0).clock(),
+        );
         let bc = |m: &str| {
             g.heartbeat(
                 "B",
@@ -688,10 +721,15 @@ mod tests {
 #[cfg(test)]
 mod restart_tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     #[test]
     fn after_a_restart_queues_stay_with_the_members_working_on_them() {
-        let g = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        let g = Groups::new(
+            Duration::from_secs(30),
+            Duration::from_secs(3),
+            ManualClock::at(0).clock(),
+        );
         let hb = |g: &Groups, m: &str, held: &[u32]| -> Vec<u32> {
             g.heartbeat(
                 "G",
@@ -718,7 +756,11 @@ mod restart_tests {
         let json = serde_json::to_vec(&g.snapshot()).unwrap();
 
         // The broker restarts; b heartbeats first. a (restored) keeps its queues.
-        let g2 = Groups::new(Duration::from_secs(30), Duration::from_secs(3));
+        let g2 = Groups::new(
+            Duration::from_secs(30),
+            Duration::from_secs(3),
+            ManualClock::at(0).clock(),
+        );
         g2.restore(serde_json::from_slice(&json).unwrap());
         let b2 = hb(&g2, "b", &b);
         assert_eq!(

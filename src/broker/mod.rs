@@ -26,6 +26,7 @@ use quiver_protocol::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::filter::{Filter, FilterCache, FilterKind};
 use crate::messaging::timer::{QueueCount, Timer};
@@ -185,15 +186,22 @@ pub struct Broker {
     /// Delay levels and retry back-offs (validated at start).
     delay_levels: Vec<Duration>,
     retry_delays: Vec<Duration>,
-    /// Stops the transaction housekeeping thread.
-    housekeeping_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The thread discarding transactions whose check-backs ran out.
     housekeeping: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where groups, the timer and transactions read the time.
+    clock: Clock,
 }
 
 impl Broker {
     /// Opens (and recovers) the store and loads topics and offsets. Blocking: call it from
     /// a blocking context.
     pub fn open(cfg: Config) -> anyhow::Result<Arc<Broker>> {
+        Self::open_with_clock(cfg, Clock::system())
+    }
+
+    /// [`Broker::open`] with the clock that times group sessions, scheduled messages and
+    /// transaction check-backs (tests pass a manual one). Blocking.
+    pub fn open_with_clock(cfg: Config, clock: Clock) -> anyhow::Result<Arc<Broker>> {
         std::fs::create_dir_all(&cfg.broker.data_dir)?;
         let store = Arc::new(Store::open(cfg.store.clone())?);
         let topics = Arc::new(TopicTable::load(cfg.broker.data_dir.join("topics.json"))?);
@@ -217,6 +225,7 @@ impl Broker {
                 cfg.messaging.timer_slot_ms,
                 cfg.messaging.timer_slots,
                 queue_count.clone(),
+                clock.clone(),
             )
             .context("opening the timer")?,
         );
@@ -229,6 +238,7 @@ impl Broker {
                     max_checks: cfg.messaging.tx_max_checks,
                 },
                 queue_count,
+                clock.clone(),
             )
             .context("recovering transactions")?,
         );
@@ -240,16 +250,10 @@ impl Broker {
             }
             w.wake(topic, queue)
         }));
-        let housekeeping_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (stop, t) = (housekeeping_stop.clone(), tx.clone());
+        let t = tx.clone();
         let housekeeping = std::thread::Builder::new()
             .name("quiver-tx-check".into())
-            .spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    t.discard_expired();
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })?;
+            .spawn(move || t.run_discarder())?;
         let delay_levels = cfg.messaging.levels().map_err(anyhow::Error::msg)?;
         let retry_delays = cfg.messaging.retries().map_err(anyhow::Error::msg)?;
         let o = offsets.clone();
@@ -262,6 +266,7 @@ impl Broker {
         let groups = Groups::new(
             Duration::from_millis(cfg.broker.group_session_timeout_ms),
             Duration::from_millis(cfg.broker.group_heartbeat_interval_ms),
+            clock.clone(),
         );
         // Members known before a restart keep their queues until they heartbeat again or
         // their session expires, so no queue gets a second worker across the restart.
@@ -294,8 +299,8 @@ impl Broker {
             tx,
             delay_levels,
             retry_delays,
-            housekeeping_stop,
             housekeeping: Mutex::new(Some(housekeeping)),
+            clock,
             groups,
             filters: FilterCache::new(1024),
             groups_saved: Mutex::new(Vec::new()),
@@ -1285,8 +1290,7 @@ impl Broker {
                 let _ = t.join();
             }
         }
-        self.housekeeping_stop
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.tx.stop();
         if let Some(t) = self.housekeeping.lock().expect("housekeeping lock").take() {
             let _ = t.join();
         }

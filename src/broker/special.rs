@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{blocking, name, receipts, Broker, BrokerError, Result};
 use crate::messaging::timer::CancelError;
-use crate::messaging::tx::{Transactions, TxError};
+use crate::messaging::tx::TxError;
 use crate::messaging::{original_topic, Moved};
-use crate::store::{now_ms, GetStatus, ReadLimits};
+use crate::store::{GetStatus, ReadLimits};
 
 /// Topics the broker creates on first use (one queue): retry, dead-letter and check-max.
 pub(crate) fn is_broker_created(topic: &str) -> bool {
@@ -62,7 +62,7 @@ impl Broker {
         messages: Vec<WireMessage>,
         born: SocketAddr,
     ) -> Result<Response> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let max_delay = self.cfg.messaging.max_delay_ms as i64;
         let invalid = |m: String| BrokerError::new(Status::InvalidDelay, m);
         // Check the mode before anything is created.
@@ -118,8 +118,7 @@ impl Broker {
                     .store_messages(HALF_TOPIC.to_string(), 0, messages, born)
                     .await?;
                 for r in &appended.results {
-                    self.tx
-                        .added(r.phys_offset, r.msg_id, &group, appended.store_timestamp);
+                    self.tx.added(r.phys_offset, r.msg_id, &group);
                 }
                 Ok(receipts(queue_id, &appended))
             }
@@ -178,8 +177,14 @@ impl Broker {
         let max = max.clamp(1, MAX_CHECKS_PER_POLL) as usize;
         let wait = Duration::from_millis(wait_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
         let deadline = tokio::time::Instant::now() + wait;
+        let changed = self.tx.watch(&group);
         loop {
-            if self.tx.has_due(&group) {
+            // Armed before the look, so a change made right after it still wakes this poll.
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = self.tx.next_due(&group);
+            if next.is_some_and(|at| at <= self.clock.now_ms()) {
                 let (tx, g) = (self.tx.clone(), group.clone());
                 let mut records = blocking(move || tx.take_checks(&g, max)).await?;
                 if !records.is_empty() {
@@ -197,8 +202,18 @@ impl Broker {
             if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
                 return Ok(Response::Messages(Vec::new()));
             }
+            // Sleep until the group's next check falls due, something changes, or the poll
+            // ends.
+            let due = async {
+                match next {
+                    Some(at) => self.clock.sleep_until_ms(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Transactions::poll_step()) => {}
+                _ = due => {}
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
                 _ = stop.cancelled() => {}
             }
         }
@@ -242,6 +257,7 @@ impl Broker {
         self.route(&retry, true).await?;
         self.route(&dlq, true).await?;
         let store = self.store.clone();
+        let clock = self.clock.clone();
         blocking(move || -> Result<Response> {
             let b = store.message_at(handle)?;
             let v = match RecordView::parse_unchecked_crc(&b) {
@@ -272,7 +288,7 @@ impl Broker {
             });
             m.set("REAL_TOPIC", retry.clone());
             m.set("REAL_QID", "0");
-            m.set("DELIVER_AT", (now_ms() + delay.as_millis() as i64).to_string());
+            m.set("DELIVER_AT", (clock.now_ms() + delay.as_millis() as i64).to_string());
             m.append_blocking(&store, SCHEDULE_TOPIC, 0)?;
             Ok(Response::SentBack {
                 to_dlq: false,

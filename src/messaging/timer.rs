@@ -19,6 +19,9 @@
 //!
 //! Cancelling appends a cancel record to `%SCHEDULE%`; its entry lands in the same final slot
 //! as the message, and the scheduler skips a message whose cancel is in its slot.
+//!
+//! Time comes from the broker's [`Clock`]: due times are its epoch ms, the scheduler sleeps
+//! until the next slot starts by it, and a manual clock wakes the scheduler when it moves.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -36,7 +39,8 @@ use quiver_protocol::RecordView;
 use serde::{Deserialize, Serialize};
 
 use super::Moved;
-use crate::store::{now_ms, GetStatus, PendingAppend, ReadLimits, Store, StoreError};
+use crate::clock::{Clock, Waker};
+use crate::store::{GetStatus, PendingAppend, ReadLimits, Store, StoreError};
 
 /// Bytes per timer-log entry.
 const ENTRY: u64 = 64;
@@ -48,6 +52,10 @@ const KIND_CANCEL: u8 = 2;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// A mark for freeing old timer-log segments is kept this often.
 const MARK_EVERY: Duration = Duration::from_secs(30);
+/// Longest real sleep of the scheduler on the system clock (the wall clock may be set).
+const SCHED_WAIT_MAX: Duration = Duration::from_millis(50);
+/// Pause before a store that refused a message is tried again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Queue count of a topic (`None`: the topic does not exist).
 pub(crate) type QueueCount = dyn Fn(&str) -> Option<u32> + Send + Sync;
@@ -299,12 +307,15 @@ struct Inner {
     rolled: AtomicU64,
     cancelled: AtomicU64,
     deduplicated: AtomicU64,
+    clock: Clock,
 }
 
 /// The scheduled-message service: a dispatcher and a scheduler thread.
 pub(crate) struct Timer {
     inner: Arc<Inner>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Wakes the scheduler when a manual clock moves (kept alive here).
+    _on_advance: Arc<Waker>,
 }
 
 impl Timer {
@@ -315,11 +326,12 @@ impl Timer {
         slot_ms: u64,
         slots: u32,
         queues: Arc<QueueCount>,
+        clock: Clock,
     ) -> std::io::Result<Timer> {
         std::fs::create_dir_all(&dir)?;
         let slot_ms = slot_ms as i64;
         let slots = i64::from(slots);
-        let started_at = now_ms();
+        let started_at = clock.now_ms();
         let ckpt_path = dir.join("checkpoint.json");
         let ckpt: Option<Checkpoint> = match std::fs::read(&ckpt_path) {
             Ok(b) => Some(
@@ -403,7 +415,15 @@ impl Timer {
             rolled: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             deduplicated: AtomicU64::new(0),
+            clock,
         });
+        let weak = Arc::downgrade(&inner);
+        let on_advance: Arc<Waker> = Arc::new(move || {
+            if let Some(i) = weak.upgrade() {
+                i.wake_scheduler();
+            }
+        });
+        inner.clock.on_advance(&on_advance);
         let mut threads = Vec::new();
         let i = inner.clone();
         threads.push(
@@ -420,12 +440,19 @@ impl Timer {
         Ok(Timer {
             inner,
             threads: Mutex::new(threads),
+            _on_advance: on_advance,
         })
     }
 
     /// New `%SCHEDULE%` records were stored.
     pub(crate) fn notify(&self) {
         self.inner.dispatch_cv.notify_all();
+    }
+
+    /// Slots below this one have been delivered (tests wait for the scheduler with it).
+    #[cfg(test)]
+    fn done_slot(&self) -> i64 {
+        lock(&self.inner.wheel).done
     }
 
     /// Counters.
@@ -470,7 +497,7 @@ impl Timer {
         let v = RecordView::parse_unchecked_crc(&rec)
             .map_err(|e| CancelError::Io(format!("unreadable scheduled record: {e}")))?;
         let due = deliver_at(&v);
-        if due <= now_ms() + 2 * i.slot_ms {
+        if due <= i.clock.now_ms() + 2 * i.slot_ms {
             return Err(CancelError::AlreadyDue(id));
         }
         let mut m = Moved::from_record(&v, Bytes::new(), true);
@@ -513,7 +540,7 @@ impl Timer {
     pub(crate) fn close(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.dispatch_cv.notify_all();
-        self.inner.sched_cv.notify_all();
+        self.inner.wake_scheduler();
         for t in lock(&self.threads).drain(..) {
             let _ = t.join();
         }
@@ -527,7 +554,7 @@ impl Drop for Timer {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         self.inner.dispatch_cv.notify_all();
-        self.inner.sched_cv.notify_all();
+        self.inner.wake_scheduler();
     }
 }
 
@@ -560,6 +587,52 @@ fn dispatched_upto(store: &Store, log: &Log, from: u64) -> u64 {
 impl Inner {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the scheduler: time moved or it must stop. Under the wheel lock, which the
+    /// scheduler reads the time under, so the wake-up cannot fall between its look and its
+    /// wait.
+    fn wake_scheduler(&self) {
+        let _w = lock(&self.wheel);
+        self.sched_cv.notify_all();
+    }
+
+    /// Waits on the scheduler's condition: `wait` of real time (`None`: until woken).
+    fn sched_wait<'a>(
+        &self,
+        w: MutexGuard<'a, Wheel>,
+        wait: Option<Duration>,
+    ) -> MutexGuard<'a, Wheel> {
+        if self.stopping() {
+            return w;
+        }
+        match wait {
+            Some(d) => {
+                self.sched_cv
+                    .wait_timeout(w, d)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => self.sched_cv.wait(w).unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Waits before retrying a store that refused a message (woken early by stop).
+    fn retry_pause(&self) {
+        let w = lock(&self.wheel);
+        drop(self.sched_wait(w, Some(RETRY_PAUSE)));
+    }
+
+    /// Waits until the clock reads `at` (or stop).
+    fn wait_until(&self, at: i64) {
+        let mut w = lock(&self.wheel);
+        loop {
+            let left = at - self.clock.now_ms();
+            if left <= 0 || self.stopping() {
+                return;
+            }
+            w = self.sched_wait(w, self.clock.real_wait(left));
+        }
     }
 
     /// Reads `%SCHEDULE%` in order and places each record in the wheel.
@@ -672,28 +745,34 @@ impl Inner {
 
     /// Fires slots as their time comes; checkpoints once a second.
     fn schedule_loop(self: Arc<Self>) {
-        let mut last_ckpt = Instant::now();
-        let mut last_mark = Instant::now();
+        let mut last_ckpt = self.clock.instant();
+        let mut last_mark = last_ckpt;
         while !self.stopping() {
-            if last_ckpt.elapsed() >= CHECKPOINT_EVERY {
-                if last_mark.elapsed() >= MARK_EVERY {
+            let now = self.clock.instant();
+            if now.duration_since(last_ckpt) >= CHECKPOINT_EVERY {
+                if now.duration_since(last_mark) >= MARK_EVERY {
                     let mut w = lock(&self.wheel);
                     let mark = (w.fired, w.log.len);
                     w.marks.push_back(mark);
-                    last_mark = Instant::now();
+                    last_mark = now;
                 }
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "cannot write the timer checkpoint");
                 }
-                last_ckpt = Instant::now();
+                last_ckpt = now;
             }
-            let now = now_ms();
             let (slot, head) = {
                 let mut w = lock(&self.wheel);
+                let now = self.clock.now_ms();
                 let start = w.fired * self.slot_ms;
                 if start > now {
-                    let wait = Duration::from_millis(((start - now) as u64).min(50));
-                    let _ = self.sched_cv.wait_timeout(w, wait);
+                    // Until the slot starts (woken early by new entries for it, a manual
+                    // clock moving, or stop).
+                    let wait = self
+                        .clock
+                        .real_wait(start - now)
+                        .map(|d| d.min(SCHED_WAIT_MAX));
+                    drop(self.sched_wait(w, wait));
                     continue;
                 }
                 let s = w.fired;
@@ -740,7 +819,7 @@ impl Inner {
         for e in &entries {
             if e.deliver_at >= end {
                 while !self.roll(e) && !self.stopping() {
-                    std::thread::sleep(Duration::from_secs(1));
+                    self.retry_pause();
                 }
                 continue;
             }
@@ -752,13 +831,7 @@ impl Inner {
                 continue;
             }
             // Exact time within the slot (the slot fired at its start).
-            loop {
-                let left = e.deliver_at - now_ms();
-                if left <= 0 || self.stopping() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(left.min(20) as u64));
-            }
+            self.wait_until(e.deliver_at);
             // A store that cannot take the message (disk full...) is retried, never skipped:
             // later slots wait.
             loop {
@@ -766,7 +839,7 @@ impl Inner {
                     Ok(Some(p)) => waits.push(p),
                     Ok(None) => {}
                     Err(()) if !self.stopping() => {
-                        std::thread::sleep(Duration::from_secs(1));
+                        self.retry_pause();
                         continue;
                     }
                     Err(()) => {}
@@ -931,5 +1004,148 @@ mod tests {
         b[3] ^= 1;
         assert_eq!(Entry::decode(&b), None);
         assert_eq!(Entry::decode(&[0u8; 64]), None, "zeroes are not an entry");
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::StoreConfig;
+    use quiver_protocol::NewMessage;
+
+    const SLOT_MS: i64 = 100;
+
+    /// Stores a scheduled message for topic `T` due at `due` (clock ms).
+    fn schedule(store: &Store, id: u128, due: i64) {
+        let due = due.to_string();
+        let props = [
+            ("REAL_TOPIC", "T"),
+            ("REAL_QID", "0"),
+            ("DELIVER_AT", due.as_str()),
+        ];
+        let m = NewMessage {
+            msg_id: id,
+            flags: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            reconsume_times: 0,
+            tag: "",
+            keys: &[],
+            properties: &props,
+            body: b"later",
+        };
+        store
+            .append(SCHEDULE_TOPIC, 0, std::slice::from_ref(&m))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+
+    fn delivered(store: &Store) -> Vec<u128> {
+        let r = store
+            .get_messages("T", 0, 0, ReadLimits::new(64, 1 << 20, 64), |_| true)
+            .unwrap();
+        r.messages.iter().map(|m| m.view().msg_id()).collect()
+    }
+
+    /// Waits for something the timer's threads do (no time passes on the manual clock).
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_scheduled_message_is_delivered_when_the_clock_reaches_its_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(StoreConfig::small_for_tests(dir.path())).unwrap());
+        // Slot-aligned start; a clock far from the system's shows nothing reads the latter.
+        let time = ManualClock::at(1_000_000 * SLOT_MS);
+        let queues: Arc<QueueCount> = Arc::new(|t: &str| (t == "T").then_some(1));
+        let timer = Timer::open(
+            store.clone(),
+            dir.path().join("timer"),
+            SLOT_MS as u64,
+            64,
+            queues,
+            time.clock(),
+        )
+        .unwrap();
+        let due = time.now_ms() + 10 * SLOT_MS; // at a slot's start
+        schedule(&store, 1, due);
+        schedule(&store, 2, due + 3 * SLOT_MS);
+        timer.notify();
+        wait_for("both placed in the wheel", || timer.stats().pending == 2);
+
+        time.advance(Duration::from_millis((due - 1 - time.now_ms()) as u64));
+        wait_for("the slots before the due one fired", || {
+            timer.done_slot() * SLOT_MS >= due
+        });
+        assert!(delivered(&store).is_empty(), "nothing is due 1 ms early");
+
+        time.advance(Duration::from_millis(1));
+        wait_for("the first delivery", || !delivered(&store).is_empty());
+        assert_eq!(delivered(&store), vec![1]);
+        let r = store
+            .get_messages("T", 0, 0, ReadLimits::new(1, 1 << 20, 1), |_| true)
+            .unwrap();
+        let v = r.messages[0].view();
+        assert!(v.property("REAL_TOPIC").is_none(), "staging properties go");
+        assert_eq!(v.property("DELIVER_AT"), Some(due.to_string().as_str()));
+
+        time.advance(Duration::from_secs(1));
+        wait_for("the second delivery", || delivered(&store).len() == 2);
+        assert_eq!(delivered(&store), vec![1, 2]);
+        assert_eq!(timer.stats().delivered, 2);
+        timer.close();
+    }
+
+    #[test]
+    fn a_message_due_beyond_the_horizon_is_rolled_and_delivered_once_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(StoreConfig::small_for_tests(dir.path())).unwrap());
+        let time = ManualClock::at(2_000_000 * SLOT_MS);
+        let queues: Arc<QueueCount> = Arc::new(|t: &str| (t == "T").then_some(1));
+        // 16 slots of 100 ms: a horizon of 1.6 s.
+        let timer = Timer::open(
+            store.clone(),
+            dir.path().join("timer"),
+            SLOT_MS as u64,
+            16,
+            queues,
+            time.clock(),
+        )
+        .unwrap();
+        let due = time.now_ms() + 50 * SLOT_MS; // 5 s: beyond the horizon
+        schedule(&store, 3, due);
+        timer.notify();
+        wait_for("placed in the wheel", || timer.stats().pending == 1);
+        // Past the horizon once: the message is re-queued, not delivered.
+        time.advance(Duration::from_millis(16 * SLOT_MS as u64));
+        wait_for("rolled and placed again", || {
+            let st = timer.stats();
+            st.rolled == 1 && st.pending == 1 && timer.done_slot() * SLOT_MS > time.now_ms()
+        });
+        assert!(delivered(&store).is_empty(), "not due yet");
+        time.advance(Duration::from_millis((due - time.now_ms()) as u64));
+        // Rolled again when its last pre-due slot fires, it may reach the wheel after the
+        // scheduler (catching up with the jump) passed its slot: then it goes out at the start
+        // of the next slot to fire, as a message arriving late does (SEMANTICS.md, timing).
+        wait_for("delivered, or waiting in the next slot", || {
+            !delivered(&store).is_empty()
+                || (timer.stats().pending == 1 && timer.done_slot() * SLOT_MS > time.now_ms())
+        });
+        if delivered(&store).is_empty() {
+            time.advance(Duration::from_millis(SLOT_MS as u64));
+        }
+        wait_for("the delivery", || !delivered(&store).is_empty());
+        wait_for("the wheel caught up with the clock", || {
+            timer.done_slot() * SLOT_MS > time.now_ms()
+        });
+        assert_eq!(delivered(&store), vec![3], "delivered once");
+        timer.close();
     }
 }

@@ -11,16 +11,34 @@ use quiver_client::{
     PullConsumer, PushConsumer, PushConsumerOptions, QueueRef, ReceivedMessage, ResetTarget,
 };
 
+use quiver::clock::ManualClock;
+
 use crate::harness::TestBroker;
 
 const SESSION_MS: u64 = 1500;
 
+fn group_config(cfg: &mut quiver::config::Config) {
+    cfg.broker.group_session_timeout_ms = SESSION_MS;
+    cfg.broker.group_heartbeat_interval_ms = 200;
+}
+
 async fn group_broker() -> TestBroker {
-    TestBroker::start_tuned(|cfg| {
-        cfg.broker.group_session_timeout_ms = SESSION_MS;
-        cfg.broker.group_heartbeat_interval_ms = 200;
-    })
-    .await
+    TestBroker::start_tuned(group_config).await
+}
+
+/// A group broker whose sessions age only when the test advances `time`.
+async fn clocked_group_broker(time: &ManualClock) -> TestBroker {
+    TestBroker::start_clocked(group_config, time.clock()).await
+}
+
+/// Live members of `group` as the broker sees them now.
+async fn members(broker: &TestBroker, group: &str) -> usize {
+    Admin::new(broker.client().await)
+        .describe_group(group)
+        .await
+        .unwrap()
+        .members
+        .len()
 }
 
 fn options(group: &str) -> PushConsumerOptions {
@@ -151,7 +169,8 @@ async fn queues_are_shared_evenly_and_a_joining_member_moves_only_what_it_takes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_member_is_replaced_within_the_session_timeout_and_nothing_is_lost() {
-    let broker = group_broker().await;
+    let time = ManualClock::starting_now();
+    let broker = clocked_group_broker(&time).await;
     Admin::new(broker.client().await)
         .create_topic("orders", 4)
         .await
@@ -164,17 +183,18 @@ async fn a_crashed_member_is_replaced_within_the_session_timeout_and_nothing_is_
 
     // b dies without leaving: no commit, no goodbye.
     b.kill();
-    let killed_at = Instant::now();
     let second = produce(&broker, 100).await;
+    // The broker's clock decides when b's session ends: not 1 ms early...
+    time.advance(Duration::from_millis(SESSION_MS - 1));
+    assert_eq!(members(&broker, "g2").await, 2, "b's session lasts");
+    assert_eq!(owned(&a).len(), 2, "b's queues stay with it meanwhile");
+    // ... and then a takes over (at its next heartbeat).
+    time.advance(Duration::from_millis(1));
     wait_until("a to own every queue", Duration::from_secs(10), || {
         owned(&a).len() == 4
     })
     .await;
-    assert!(
-        killed_at.elapsed() < Duration::from_millis(SESSION_MS) + Duration::from_secs(3),
-        "take-over within the session timeout and a heartbeat: {:?}",
-        killed_at.elapsed()
-    );
+    assert_eq!(members(&broker, "g2").await, 1, "b timed out");
     wait_until(
         "every message consumed at least once",
         Duration::from_secs(10),
@@ -190,7 +210,9 @@ async fn a_crashed_member_is_replaced_within_the_session_timeout_and_nothing_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_leave_moves_queues_at_once() {
-    let broker = group_broker().await;
+    // The broker's clock stands still: no session can expire, so only the leave moves queues.
+    let time = ManualClock::starting_now();
+    let broker = clocked_group_broker(&time).await;
     Admin::new(broker.client().await)
         .create_topic("orders", 4)
         .await
@@ -228,17 +250,12 @@ async fn a_clean_leave_moves_queues_at_once() {
         d.queues.iter().any(|q| q.topic == "%RETRY%g3"),
         "members subscribe to their retry topic"
     );
-    let left = Instant::now();
     b.shutdown().await.unwrap();
     wait_until("a to own every queue", Duration::from_secs(5), || {
         owned(&a).len() == 4
     })
     .await;
-    assert!(
-        left.elapsed() < Duration::from_millis(SESSION_MS),
-        "faster than a session timeout: {:?}",
-        left.elapsed()
-    );
+    assert_eq!(members(&broker, "g3").await, 1, "b left");
     a.shutdown().await.unwrap();
     broker.stop().await;
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use quiver::clock::Clock;
 use quiver::config::Config;
 use quiver::server::Server;
 use quiver_client::{Client, ClientConfig, Tls};
@@ -11,6 +12,8 @@ use quiver_client::{Client, ClientConfig, Tls};
 pub struct TestBroker {
     pub server: Option<Server>,
     cfg: Config,
+    /// What the broker reads the time from (kept across restarts).
+    clock: Clock,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -40,12 +43,23 @@ impl TestBroker {
 
     /// A broker in its own temporary directory, with `tune` applied to the test config.
     pub async fn start_tuned(tune: impl FnOnce(&mut Config)) -> TestBroker {
+        Self::start_clocked(tune, Clock::system()).await
+    }
+
+    /// A tuned broker that reads the time from `clock` (a manual clock the test advances).
+    pub async fn start_clocked(tune: impl FnOnce(&mut Config), clock: Clock) -> TestBroker {
         let temp = tempfile::tempdir().unwrap();
         let mut cfg = test_config(temp.path());
         tune(&mut cfg);
-        let mut b = Self::start_with(cfg).await;
-        b._temp = Some(temp);
-        b
+        let server = Server::start_with_clock(cfg.clone(), clock.clone())
+            .await
+            .expect("broker starts");
+        TestBroker {
+            server: Some(server),
+            cfg,
+            clock,
+            _temp: Some(temp),
+        }
     }
 
     pub async fn start_with(cfg: Config) -> TestBroker {
@@ -53,6 +67,7 @@ impl TestBroker {
         TestBroker {
             server: Some(server),
             cfg,
+            clock: Clock::system(),
             _temp: None,
         }
     }
@@ -82,7 +97,11 @@ impl TestBroker {
         old.stop().await.expect("clean stop");
         let mut cfg = self.cfg.clone();
         cfg.broker.listen = addr;
-        self.server = Some(Server::start(cfg).await.expect("broker restarts"));
+        self.server = Some(
+            Server::start_with_clock(cfg, self.clock.clone())
+                .await
+                .expect("broker restarts"),
+        );
     }
 
     pub async fn stop(mut self) {

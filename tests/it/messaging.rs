@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use quiver::clock::ManualClock;
 use quiver::config::Config;
 use quiver_client::{
     Admin, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId, Producer,
@@ -23,13 +24,6 @@ fn fast(cfg: &mut Config) {
     m.tx_check_interval_ms = 300;
     m.tx_max_checks = 3;
     m.max_delay_ms = 3_600_000;
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Pulls every queue of `topic` from the start until `want` messages are there or `within`
@@ -69,15 +63,51 @@ async fn collect(
     }
 }
 
+/// Waits until the broker's timer wheel has nothing left (every slot fired and delivered).
+async fn wheel_empty(broker: &TestBroker) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.server().broker().timer_stats().pending > 0 {
+        assert!(Instant::now() < deadline, "the timer wheel did not empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the broker has applied every transaction decision.
+async fn all_resolved(broker: &TestBroker) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.server().broker().unresolved_transactions() > 0 {
+        assert!(Instant::now() < deadline, "transactions left unresolved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn status(e: &ClientError) -> Option<Status> {
     e.status()
 }
 
+/// Moves a manual clock forward by `ms`.
+fn advance(time: &ManualClock, ms: u64) {
+    time.advance(Duration::from_millis(ms));
+}
+
+/// The bodies in `got`, sorted.
+fn bodies(got: &[ReceivedMessage]) -> Vec<String> {
+    let mut b: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).to_string())
+        .collect();
+    b.sort();
+    b
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_messages_become_visible_at_their_time() {
-    let broker = TestBroker::start_tuned(fast).await;
+    // The broker's time is a manual clock: a message becomes visible when the clock reaches
+    // its due time, and cannot before.
+    let time = ManualClock::starting_now();
+    let broker = TestBroker::start_clocked(fast, time.clock()).await;
     let producer = Producer::new(broker.client().await, ProducerOptions::default());
-    let sent_at = now_ms();
+    let sent_at = time.now_ms();
     let mut due = HashMap::new();
     let r = producer
         .send(Message::new("sched", "a").with_delay(Duration::from_millis(700)))
@@ -89,7 +119,7 @@ async fn scheduled_messages_become_visible_at_their_time() {
         .await
         .unwrap();
     due.insert(r.msg_id, sent_at + 400);
-    let at = SystemTime::now() + Duration::from_millis(1000);
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(sent_at as u64 + 1000);
     let r = producer
         .send(
             Message::new("sched", "c")
@@ -103,21 +133,27 @@ async fn scheduled_messages_become_visible_at_their_time() {
     assert!(collect(&broker, "sched", 1, Duration::ZERO)
         .await
         .is_empty());
+    // Each step brings exactly the messages due by then: the clock stands still while
+    // the test waits, so a later one cannot slip in.
+    advance(&time, 400);
+    let got = collect(&broker, "sched", 1, Duration::from_secs(10)).await;
+    assert_eq!(bodies(&got), vec!["b"], "due at +400 ms");
+    advance(&time, 299);
+    assert_eq!(
+        bodies(&collect(&broker, "sched", 1, Duration::ZERO).await),
+        vec!["b"]
+    );
+    advance(&time, 1);
+    let got = collect(&broker, "sched", 2, Duration::from_secs(10)).await;
+    assert_eq!(bodies(&got), vec!["a", "b"], "due at +700 ms");
+    advance(&time, 300);
     let got = collect(&broker, "sched", 3, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 3, "{got:?}");
     for m in &got {
         let due_at: i64 = m.property("DELIVER_AT").unwrap().parse().unwrap();
-        let want = due[&m.msg_id];
-        assert!((due_at - want).abs() < 200, "DELIVER_AT {due_at} vs {want}");
-        assert!(
-            m.store_timestamp >= due_at,
-            "visible {} ms early",
-            due_at - m.store_timestamp
-        );
-        assert!(
-            m.store_timestamp - due_at < 1000,
-            "{} ms late",
-            m.store_timestamp - due_at
+        assert_eq!(
+            due_at, due[&m.msg_id],
+            "DELIVER_AT is the broker's clock + delay"
         );
         assert!(
             m.property("REAL_TOPIC").is_none(),
@@ -240,11 +276,13 @@ async fn scheduled_messages_survive_a_restart_once_each() {
             .unwrap();
         ids.push(r.msg_id);
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The early half is delivered before the restart.
+    let early = collect(&broker, "sched3", 20, Duration::from_secs(10)).await;
+    assert!(early.len() >= 20, "{}", early.len());
     broker.restart().await;
     let got = collect(&broker, "sched3", 40, Duration::from_secs(15)).await;
-    // Give a duplicate the chance to show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every slot delivered (a duplicate would come from the wheel): then look again.
+    wheel_empty(&broker).await;
     let got2 = collect(&broker, "sched3", 41, Duration::ZERO).await;
     assert_eq!(got.len(), 40);
     assert_eq!(got2.len(), 40, "a scheduled message was delivered twice");
@@ -257,7 +295,8 @@ async fn scheduled_messages_survive_a_restart_once_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scheduled_message_can_be_cancelled_before_it_is_due() {
-    let broker = TestBroker::start_tuned(fast).await;
+    let time = ManualClock::starting_now();
+    let broker = TestBroker::start_clocked(fast, time.clock()).await;
     let producer = Producer::new(broker.client().await, ProducerOptions::default());
     let keep = producer
         .send(Message::new("sched4", "keep").with_delay(Duration::from_millis(1200)))
@@ -275,7 +314,9 @@ async fn a_scheduled_message_can_be_cancelled_before_it_is_due() {
         .await
         .unwrap_err();
     assert_eq!(status(&e), Some(Status::NotFound), "{e}");
-    let got = collect(&broker, "sched4", 2, Duration::from_secs(3)).await;
+    advance(&time, 1200);
+    wheel_empty(&broker).await;
+    let got = collect(&broker, "sched4", 2, Duration::ZERO).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].msg_id, keep.msg_id);
     // Once delivered it can no longer be cancelled.
@@ -286,7 +327,8 @@ async fn a_scheduled_message_can_be_cancelled_before_it_is_due() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn committed_transactions_are_visible_and_rolled_back_ones_never() {
-    let broker = TestBroker::start_tuned(fast).await;
+    let time = ManualClock::starting_now();
+    let broker = TestBroker::start_clocked(fast, time.clock()).await;
     let opts = ProducerOptions {
         group: "tx-shop".into(),
         ..Default::default()
@@ -307,11 +349,7 @@ async fn committed_transactions_are_visible_and_rolled_back_ones_never() {
         .unwrap();
     assert!(r.reported);
     // The decisions travel one-way: wait until the broker has applied both.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while broker.server().broker().unresolved_transactions() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(broker.server().broker().unresolved_transactions(), 0);
+    all_resolved(&broker).await;
     // A second decision the other way is refused; the same one is fine.
     producer
         .end_transaction(&c.send, TransactionState::Commit)
@@ -322,8 +360,8 @@ async fn committed_transactions_are_visible_and_rolled_back_ones_never() {
         .await
         .unwrap_err();
     assert_eq!(status(&e), Some(Status::TransactionResolved), "{e}");
-    // Wait past a few check intervals: the rolled back one never shows up.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past a few check intervals the rolled back one still does not show up.
+    advance(&time, 1500);
     let got = collect(&broker, "tx1", 2, Duration::ZERO).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].body.as_ref(), b"commit-me");
@@ -335,7 +373,8 @@ async fn committed_transactions_are_visible_and_rolled_back_ones_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_producer_of_the_group_answers_the_check_of_a_crashed_one() {
-    let broker = TestBroker::start_tuned(fast).await;
+    let time = ManualClock::starting_now();
+    let broker = TestBroker::start_clocked(fast, time.clock()).await;
     let opts = ProducerOptions {
         group: "tx-inventory".into(),
         ..Default::default()
@@ -368,11 +407,14 @@ async fn a_new_producer_of_the_group_answers_the_check_of_a_crashed_one() {
             TransactionState::Commit
         }
     });
+    // The check falls due after tx_check_timeout_ms (300) of the broker's clock.
+    advance(&time, 300);
     let got = collect(&broker, "tx2", 1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].msg_id, half.msg_id);
-    // Checks stop as soon as the outcome is known.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Checks stop as soon as the outcome is known: past more check intervals, no other.
+    all_resolved(&broker).await;
+    advance(&time, 1000);
     let checks = checks.lock().unwrap().clone();
     assert_eq!(checks.len(), 1, "{checks:?}");
     assert_eq!(checks[0].1, "tx2", "the check shows the real topic");
@@ -383,7 +425,8 @@ async fn a_new_producer_of_the_group_answers_the_check_of_a_crashed_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_outcomes_are_checked_at_most_max_times_then_discarded() {
-    let broker = TestBroker::start_tuned(fast).await;
+    let time = ManualClock::starting_now();
+    let broker = TestBroker::start_clocked(fast, time.clock()).await;
     let opts = ProducerOptions {
         group: "tx-unsure".into(),
         ..Default::default()
@@ -395,8 +438,9 @@ async fn unknown_outcomes_are_checked_at_most_max_times_then_discarded() {
         })
         .await
         .unwrap();
-    // With no producer answering, nothing is counted: wait, then start a checker.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // With no producer answering, nothing is counted: let the timeout and several check
+    // intervals pass, then start a checker.
+    advance(&time, 1200);
     let count = Arc::new(Mutex::new(0u32));
     let n = count.clone();
     let _checker = producer.start_transaction_checker(move |_m| {
@@ -406,10 +450,21 @@ async fn unknown_outcomes_are_checked_at_most_max_times_then_discarded() {
             TransactionState::Unknown
         }
     });
+    // One check now (overdue), then one per interval (300) of the broker's clock.
+    for want in 1..=3u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *count.lock().unwrap() < want {
+            assert!(Instant::now() < deadline, "check {want} did not come");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        advance(&time, 300);
+    }
     let dead = collect(&broker, "%TRANS_CHECK_MAX%", 1, Duration::from_secs(15)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].msg_id, r.send.msg_id);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Discarded: nothing is left to check, however long the clock runs.
+    all_resolved(&broker).await;
+    advance(&time, 900);
     assert_eq!(
         *count.lock().unwrap(),
         3,
