@@ -50,32 +50,42 @@ pub struct BrokerConfig {
     /// Most topics the broker creates automatically (explicit creation is not limited).
     pub max_topics: usize,
     /// Largest request frame accepted, in bytes.
+    #[serde(with = "crate::units::size")]
     pub max_frame_bytes: u32,
     /// Most concurrent client connections.
     pub max_connections: u32,
     /// Most concurrent streams (requests in flight) per connection.
     pub max_streams_per_connection: u32,
     /// Longest a pull may be parked, in ms (RocketMQ parks up to 15 s; clients choose).
+    #[serde(with = "crate::units::ms")]
     pub long_poll_max_ms: u32,
     /// Appends waiting for the store before producers get a retryable "busy" error.
     pub append_queue: usize,
     /// Bytes of messages waiting for the store before producers get "busy" (bounds memory).
+    #[serde(with = "crate::units::size")]
     pub append_queue_bytes: usize,
     /// How long a produce request may wait for room in the append queue, in ms.
+    #[serde(with = "crate::units::ms")]
     pub busy_timeout_ms: u64,
     /// How long a client has to send a whole request frame, in ms.
+    #[serde(with = "crate::units::ms")]
     pub request_read_timeout_ms: u64,
     /// Request bytes one connection may hold in the broker's buffers at once (requests being
     /// received and being handled). Memory is taken as bytes arrive, never by a claimed length;
     /// beyond this a request waits up to `busy_timeout_ms`, then gets a retryable `Busy`.
+    #[serde(with = "crate::units::size")]
     pub connection_request_bytes: usize,
     /// Request bytes all connections together may hold in the broker's buffers at once.
+    #[serde(with = "crate::units::size")]
     pub request_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish, in ms.
+    #[serde(with = "crate::units::ms")]
     pub shutdown_grace_ms: u64,
     /// A consumer-group member silent for this long is removed and its queues move, in ms.
+    #[serde(with = "crate::units::ms")]
     pub group_session_timeout_ms: u64,
     /// How often consumer-group members heartbeat, in ms (told to clients).
+    #[serde(with = "crate::units::ms")]
     pub group_heartbeat_interval_ms: u64,
 }
 
@@ -234,5 +244,187 @@ mod tests {
         });
         let err = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("no_such_key"), "{err}");
+    }
+
+    /// The same settings in human units and in the old integers load to the same values.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn human_units_and_old_integers_load_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let human = dir.path().join("human.toml");
+        let ints = dir.path().join("ints.toml");
+        std::fs::write(
+            &human,
+            r#"
+[broker]
+max_frame_bytes = "32MiB"
+append_queue_bytes = "512MiB"
+connection_request_bytes = "64 MiB"
+request_bytes = "1GiB"
+busy_timeout_ms = "250ms"
+long_poll_max_ms = "15s"
+request_read_timeout_ms = "2m"
+shutdown_grace_ms = "10s"
+group_session_timeout_ms = "30s"
+group_heartbeat_interval_ms = "5s"
+[store]
+segment_size = "256MiB"
+max_message_size = "8MiB"
+max_properties_size = "64KiB"
+disk_headroom_bytes = "100MB"
+flush_interval_ms = "1s"
+checkpoint_interval_ms = "2s"
+group_commit_wait_us = "1ms"
+retention_hours = "2d"
+[plugins]
+default_memory_limit_bytes = "32MiB"
+max_memory_limit_bytes = "2GiB"
+max_batch_bytes = "512KiB"
+default_time_limit_ms = "1s"
+max_time_limit_ms = "1m"
+epoch_tick_ms = "10ms"
+[messaging]
+max_delay_ms = "7d"
+timer_slot_ms = "50ms"
+tx_check_timeout_ms = "6s"
+tx_check_interval_ms = "1m"
+"#,
+        )
+        .unwrap();
+        std::fs::write(
+            &ints,
+            r#"
+[broker]
+max_frame_bytes = 33554432
+append_queue_bytes = 536870912
+connection_request_bytes = 67108864
+request_bytes = 1073741824
+busy_timeout_ms = 250
+long_poll_max_ms = 15000
+request_read_timeout_ms = 120000
+shutdown_grace_ms = 10000
+group_session_timeout_ms = 30000
+group_heartbeat_interval_ms = 5000
+[store]
+segment_size = 268435456
+max_message_size = 8388608
+max_properties_size = 65536
+disk_headroom_bytes = 100000000
+flush_interval_ms = 1000
+checkpoint_interval_ms = 2000
+group_commit_wait_us = 1000
+retention_hours = 48
+[plugins]
+default_memory_limit_bytes = 33554432
+max_memory_limit_bytes = 2147483648
+max_batch_bytes = 524288
+default_time_limit_ms = 1000
+max_time_limit_ms = 60000
+epoch_tick_ms = 10
+[messaging]
+max_delay_ms = 604800000
+timer_slot_ms = 50
+tx_check_timeout_ms = 6000
+tx_check_interval_ms = 60000
+"#,
+        )
+        .unwrap();
+        figment::Jail::expect_with(|_| {
+            let a = Config::load(Some(&human)).expect("human units load");
+            let b = Config::load(Some(&ints)).expect("integers load");
+            assert_eq!(a.to_toml(), b.to_toml());
+            assert_ne!(
+                a.to_toml(),
+                Config::default().to_toml(),
+                "the files changed something"
+            );
+            assert_eq!(a.store.segment_size, 256 << 20);
+            assert_eq!(a.store.disk_headroom_bytes, 100_000_000);
+            assert_eq!(a.store.retention_hours, 48);
+            assert_eq!(a.broker.request_read_timeout_ms, 120_000);
+            assert_eq!(a.plugins.max_memory_limit_bytes, 2 << 30);
+            assert_eq!(a.messaging.max_delay_ms, 7 * 24 * 3600 * 1000);
+            a.validate().expect("valid");
+            Ok(())
+        });
+    }
+
+    /// Environment variables take human units and integers alike; a bad unit names the key.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn env_takes_human_units() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("QUIVER_STORE__SEGMENT_SIZE", "512MiB");
+            jail.set_env("QUIVER_BROKER__BUSY_TIMEOUT_MS", "1s");
+            jail.set_env("QUIVER_BROKER__LONG_POLL_MAX_MS", "20000");
+            jail.set_env("QUIVER_PLUGINS__MAX_BATCH_BYTES", "65536");
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(cfg.store.segment_size, 512 << 20);
+            assert_eq!(cfg.broker.busy_timeout_ms, 1000);
+            assert_eq!(cfg.broker.long_poll_max_ms, 20_000);
+            assert_eq!(cfg.plugins.max_batch_bytes, 65_536);
+            jail.set_env("QUIVER_STORE__SEGMENT_SIZE", "1GB!");
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(
+                err.contains("segment_size") && err.contains("unit"),
+                "{err}"
+            );
+            jail.set_env("QUIVER_STORE__SEGMENT_SIZE", "1GiB");
+            jail.set_env("QUIVER_BROKER__BUSY_TIMEOUT_MS", "1500us");
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("busy_timeout_ms"), "{err}");
+            jail.set_env("QUIVER_BROKER__BUSY_TIMEOUT_MS", "-5");
+            assert!(
+                Config::load(None).is_err(),
+                "negative durations are refused"
+            );
+            jail.set_env("QUIVER_BROKER__BUSY_TIMEOUT_MS", "5");
+            jail.set_env("QUIVER_BROKER__MAX_FRAME_BYTES", "8GiB");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("too large"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// `--print-config` prints sizes and durations in human units, and what it prints loads
+    /// back to the same configuration.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn print_config_is_human_and_round_trips() {
+        let mut cfg = Config::default();
+        cfg.broker.data_dir = PathBuf::from("/tmp/quiver-rt");
+        cfg.broker.busy_timeout_ms = 1_500;
+        cfg.broker.append_queue_bytes = (300 << 20) + 7;
+        cfg.store.segment_size = 128 << 20;
+        cfg.store.group_commit_wait_us = 150;
+        cfg.messaging.tx_check_interval_ms = 90_000;
+        let printed = cfg.to_toml();
+        for line in [
+            "segment_size = \"128MiB\"",
+            "max_frame_bytes = \"16448KiB\"",
+            "append_queue_bytes = \"314572807B\"",
+            "busy_timeout_ms = \"1500ms\"",
+            "long_poll_max_ms = \"30s\"",
+            "group_commit_wait_us = \"150us\"",
+            "retention_hours = \"3d\"",
+            "tx_check_interval_ms = \"90s\"",
+            "max_delay_ms = \"30d\"",
+            "default_memory_limit_bytes = \"16MiB\"",
+        ] {
+            assert!(
+                printed.lines().any(|l| l == line),
+                "{line} not in:\n{printed}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, &printed).unwrap();
+        figment::Jail::expect_with(|_| {
+            let back = Config::load(Some(&file)).expect("printed config loads");
+            assert_eq!(back.to_toml(), printed);
+            assert_eq!(back.broker.append_queue_bytes, (300 << 20) + 7);
+            assert_eq!(back.store.group_commit_wait_us, 150);
+            Ok(())
+        });
     }
 }

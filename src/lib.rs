@@ -21,3 +21,4 @@ pub mod net;
 pub mod plugin;
 pub mod server;
 pub mod store;
+pub mod units;

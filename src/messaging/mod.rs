@@ -19,8 +19,10 @@ pub struct MessagingConfig {
     /// Delay of each delay level, level 1 first (RocketMQ's 18 levels by default).
     pub delay_levels: Vec<String>,
     /// Longest delay a scheduled message may have, in ms (default 30 days).
+    #[serde(with = "crate::units::ms")]
     pub max_delay_ms: u64,
     /// Width of one timer-wheel slot in ms (default 100).
+    #[serde(with = "crate::units::ms")]
     pub timer_slot_ms: u64,
     /// Slots in the timer wheel (default 2^20: about 29 hours of 100 ms slots). Messages due
     /// later are re-queued when their slot comes round. Memory: 8 bytes per slot.
@@ -29,8 +31,10 @@ pub struct MessagingConfig {
     /// ...; the last one repeats). Default RocketMQ's `10s 30s 1m ... 2h`.
     pub retry_delays: Vec<String>,
     /// First transaction check-back after a half message is stored unresolved (ms).
+    #[serde(with = "crate::units::ms")]
     pub tx_check_timeout_ms: u64,
     /// Interval between later check-backs of one half message (ms).
+    #[serde(with = "crate::units::ms")]
     pub tx_check_interval_ms: u64,
     /// Real check-backs before a half message is discarded to `%TRANS_CHECK_MAX%`.
     pub tx_max_checks: u32,
@@ -97,26 +101,7 @@ fn parse_list(field: &str, items: &[String]) -> Result<Vec<Duration>, String> {
         .collect()
 }
 
-/// Parses `250ms`, `10s`, `5m`, `2h`, `1d` (a whole number and a unit).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 250ms, 10s, 5m, 2h or 1d"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{s:?} has no unit; use ms, s, m, h or d")),
-    };
-    n.checked_mul(ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?} is too long"))
-}
+pub use crate::units::parse_duration;
 
 /// Properties the broker adds while a message waits in a system topic; they are removed when
 /// it reaches its real topic.

@@ -35,12 +35,16 @@ use self::guest::{Failure, Guest, GuestState, LogSink, Outcome, Runtime};
 #[serde(default, deny_unknown_fields)]
 pub struct PluginConfig {
     /// Memory limit per plugin instance when the load does not give one (bytes).
+    #[serde(with = "crate::units::size")]
     pub default_memory_limit_bytes: u64,
     /// Largest memory limit a load may ask for (bytes).
+    #[serde(with = "crate::units::size")]
     pub max_memory_limit_bytes: u64,
     /// Time limit per batch when the load does not give one (ms).
+    #[serde(with = "crate::units::ms")]
     pub default_time_limit_ms: u32,
     /// Largest time limit a load may ask for (ms).
+    #[serde(with = "crate::units::ms")]
     pub max_time_limit_ms: u32,
     /// Consecutive failed batches after which a plugin is marked unhealthy until reloaded.
     pub max_consecutive_failures: u32,
@@ -51,8 +55,10 @@ pub struct PluginConfig {
     /// Most messages given to a plugin in one call.
     pub max_batch_messages: usize,
     /// About this many bytes given to a plugin in one call (a single larger message still goes).
+    #[serde(with = "crate::units::size")]
     pub max_batch_bytes: usize,
     /// Granularity of time limits (ms): the engine's epoch advances this often.
+    #[serde(with = "crate::units::ms")]
     pub epoch_tick_ms: u64,
 }
 

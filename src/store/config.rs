@@ -37,6 +37,7 @@ pub struct StoreConfig {
     #[serde(skip)]
     pub dir: PathBuf,
     /// Size of one commit-log segment file. Default 1 GiB.
+    #[serde(with = "crate::units::size")]
     pub segment_size: u64,
     /// Entries per consume-queue file (20 bytes each). Default 300,000 (6 MB files).
     pub cq_entries_per_file: u64,
@@ -47,19 +48,25 @@ pub struct StoreConfig {
     /// Ack policy. Default async.
     pub flush_mode: FlushMode,
     /// Async mode: flush at least this often. Default 500 ms.
+    #[serde(with = "crate::units::ms")]
     pub flush_interval_ms: u64,
     /// Async mode: flush as soon as this many 4 KiB pages are dirty. Default 4096 (16 MiB).
     pub flush_dirty_pages: u64,
     /// Sync mode: after serving a large group, wait up to this long for its writers to
     /// return so that one fsync serves them together. Default 200 µs; 0 disables.
+    #[serde(with = "crate::units::us")]
     pub group_commit_wait_us: u64,
     /// How often the checkpoint is written (bounds the recovery scan). Default 1000 ms.
+    #[serde(with = "crate::units::ms")]
     pub checkpoint_interval_ms: u64,
     /// Largest message body. Default 4 MiB.
+    #[serde(with = "crate::units::size")]
     pub max_message_size: usize,
     /// Largest tag + keys + properties of one message. Default 32 KiB.
+    #[serde(with = "crate::units::size")]
     pub max_properties_size: usize,
     /// Segments older than this are deleted. Default 72 h.
+    #[serde(with = "crate::units::hours")]
     pub retention_hours: u64,
     /// Local hour (0-23) at which expired segments are deleted. Default 4.
     pub delete_hour: u8,
@@ -72,6 +79,7 @@ pub struct StoreConfig {
     /// the retryable `DiskFull` if fewer than `segment_size + disk_headroom_bytes` bytes are
     /// available. Consume-queue and index files may use the headroom (they only need their
     /// own size), so dispatch of what the log holds does not run out first. Default 256 MiB.
+    #[serde(with = "crate::units::size")]
     pub disk_headroom_bytes: u64,
     /// Check each record's CRC when it is read. Default true.
     pub verify_crc_on_read: bool,
