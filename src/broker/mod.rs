@@ -1,7 +1,23 @@
 //! Request handling: topics, produce, pull with long polling, offsets and admin, on top of the
 //! store. Takes typed requests and returns typed responses; sockets live in `net`.
-//! Appends go through one bounded queue to a dedicated thread (the store's single writer), so a
-//! broker that cannot keep up answers "busy" within `busy_timeout_ms` instead of growing memory.
+//! Client sends (plain, scheduled and transactional half messages) go through one bounded
+//! queue to a dedicated append thread, and hold bytes of the append budget
+//! (`broker.append_queue`, `broker.append_queue_bytes`) until they are in the log, so a broker
+//! that cannot keep up answers "busy" within `busy_timeout_ms` instead of growing memory.
+//!
+//! System appends do not take that queue or budget: they call `Store::append` directly (which
+//! serialises all writers on the store's writer lock) from the thread that makes them:
+//! - on a blocking-pool thread of the client request that asked: a send-back's retry or
+//!   dead-letter record, a dead-letter resend, a cancel record, a transaction's commit or
+//!   rollback records and the check records written when check-backs are handed out;
+//! - on the timer thread: deliveries of due scheduled messages and re-queues of those due
+//!   beyond the wheel;
+//! - on the housekeeping thread: discards of transactions whose check-backs ran out.
+//!
+//! Each writes messages read back from the log (or a small marker), never bytes a client is
+//! still sending, and the request-driven ones are bounded by the client's streams; the timer
+//! and housekeeping threads never wait for room behind client sends, so a full append queue
+//! cannot stall scheduled delivery or transaction clean-up.
 
 mod groups;
 mod longpoll;
