@@ -153,6 +153,50 @@ fn client_variables_do_not_stop_serve_and_quiver_config_names_the_file() {
     assert!(stdout.contains("flush_mode = \"sync\""), "{stdout}");
 }
 
+/// `--print-config` shows sizes and durations in human units, given in the environment or the
+/// file either way, and `serve --config` accepts what it printed.
+#[test]
+fn print_config_speaks_human_units_and_reads_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("quiver.toml");
+    std::fs::write(
+        &file,
+        "[broker]\nbusy_timeout_ms = 1500\n[store]\nretention_hours = 48\n",
+    )
+    .unwrap();
+    let print = |config: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["serve", "--print-config", "--config"])
+            .arg(config)
+            .env("QUIVER_STORE__SEGMENT_SIZE", "512MiB")
+            .env("QUIVER_BROKER__LONG_POLL_MAX_MS", "15s")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "serve refused the config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = print(&file);
+    for line in [
+        "segment_size = \"512MiB\"",
+        "long_poll_max_ms = \"15s\"",
+        "busy_timeout_ms = \"1500ms\"",
+        "retention_hours = \"2d\"",
+    ] {
+        assert!(first.lines().any(|l| l == line), "{line} not in:\n{first}");
+    }
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &first).unwrap();
+    assert_eq!(
+        print(&printed),
+        first,
+        "the printed config loads back unchanged"
+    );
+}
+
 /// `quiver serve 2>&1 | head -5`: once the reader of its output is gone, SIGTERM still stops
 /// the broker cleanly.
 #[test]
