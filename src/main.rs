@@ -408,6 +408,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .thread_name("quiver-worker")
         .build()?;
     rt.block_on(async move {
+        // Before anything is printed: whoever reads the banner may signal at once.
+        let signal = shutdown_signal();
         let server = quiver::server::Server::start(cfg.clone()).await?;
         let report = server.broker().store().recovery_report().clone();
         // The banner goes to stdout, which may be a pipe its reader closed: a failed write
@@ -437,7 +439,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         let token = server.shutdown_token();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signal.await;
             // Cancel first: nothing (not even a failed log write) may stand between the
             // signal and the shutdown.
             token.cancel();
@@ -447,25 +449,32 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers for SIGINT and SIGTERM now (so a signal that arrives before the returned future is
+/// first polled is not lost to the default action) and returns a future that completes on
+/// the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(unix)]
+    let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Body of message `id` in the crash test: derived from the id so a reader can check it.
