@@ -9,7 +9,7 @@
 //! ([`Clock::on_advance`]) and are woken on every advance, so nothing polls.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A wake-up called after a manual clock moved.
 pub type Waker = dyn Fn() + Send + Sync;
@@ -62,9 +62,7 @@ impl Clock {
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> i64 {
         match &self.manual {
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            None => quiver_protocol::text::epoch_ms(),
             Some(m) => m.now().0,
         }
     }
@@ -192,6 +190,7 @@ impl ManualClock {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     #[test]
     fn a_manual_clock_moves_only_when_advanced_and_wakes_its_waiters() {

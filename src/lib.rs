@@ -1,17 +1,23 @@
 //! Quiver: a RocketMQ-class message broker over QUIC.
 //!
-//! Crate map:
-//! - [`config`]: typed configuration (defaults <- quiver.toml <- `QUIVER_*` env <- flags).
-//! - [`net`]: QUIC endpoint, TLS identity, connections and streams; frames in, frames out.
-//! - [`clock`]: time as an input: the system clock, and a manual clock tests advance.
-//! - [`broker`]: request handling: topics, produce, pull with long polling, offsets, admin.
+//! Rooms of the library, top to bottom; a room uses only the rooms below it:
 //! - [`server`]: a running broker (store + handlers + listener) with graceful shutdown.
-//! - [`store`]: commit log, consume queues, index, flush and crash recovery (sync I/O only).
-//! - [`bench`]: the `quiver bench` measurements.
-//! - [`filter`]: tag and SQL92 subscription filters, compiled once and evaluated per message.
+//! - [`net`]: QUIC endpoint, TLS identity, connections and streams; frames in, frames out.
+//! - [`broker`]: request handling: topics, produce, pull with long polling, offsets, groups,
+//!   admin. Each handler checks a request, calls the rooms below and builds the response.
+//! - [`messaging`]: scheduled messages (timer wheel), transactions with check-back, retries
+//!   and dead-letter queues.
 //! - [`plugin`]: WebAssembly filter and transform plugins (wasmtime), per batch.
+//! - [`filter`]: tag and SQL92 subscription filters, compiled once and evaluated per message.
+//! - [`store`]: commit log, consume queues, index, flush and crash recovery (sync I/O only).
+//! - [`clock`]: time as an input: the system clock, and a manual clock tests advance.
+//! - [`config`]: typed configuration (defaults <- quiver.toml <- `QUIVER_*` env <- flags); it
+//!   gathers the sections the rooms define.
+//!
+//! All of them may use `quiver-protocol` (wire format, names, system property names). The
+//! client SDK (`quiver-client`) is used only by the binary (`src/main.rs`, `src/cli/`: the
+//! client commands and `quiver bench`), never by this library.
 
-pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use quiver::bench::{store_bench, StoreBenchOptions};
+use cli::bench::{store_bench, StoreBenchOptions};
 use quiver::store::{FlushMode, NewMessage, Store, StoreConfig};
 
 mod cli;
@@ -271,10 +271,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Produce(a)) => {
-            net_bench(quiver::bench::net::NetBench::Produce, a)
+            net_bench(cli::bench::net::NetBench::Produce, a)
         }
         Command::Bench(BenchCommand::Consume(a)) => {
-            net_bench(quiver::bench::net::NetBench::Consume, a)
+            net_bench(cli::bench::net::NetBench::Consume, a)
         }
         Command::Bench(BenchCommand::Filter {
             dir,
@@ -282,7 +282,7 @@ fn main() -> anyhow::Result<()> {
             size,
         }) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            quiver::bench::filter::filter_bench(&dir, messages, size)
+            cli::bench::filter::filter_bench(&dir, messages, size)
         }
         Command::Bench(BenchCommand::Plugin {
             wasm,
@@ -304,7 +304,7 @@ fn main() -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            quiver::bench::plugin::plugin_bench(&quiver::bench::plugin::PluginBenchOptions {
+            cli::bench::plugin::plugin_bench(&cli::bench::plugin::PluginBenchOptions {
                 module,
                 config,
                 size,
@@ -319,34 +319,30 @@ fn main() -> anyhow::Result<()> {
             size,
             inflight,
             dir,
-        }) => quiver::bench::messaging::schedule_bench(
-            &quiver::bench::messaging::MessagingBenchOptions {
+        }) => {
+            cli::bench::messaging::schedule_bench(&cli::bench::messaging::MessagingBenchOptions {
                 dir,
                 messages,
                 window: std::time::Duration::from_secs(window),
                 pending,
                 size,
                 inflight,
-            },
-        ),
+            })
+        }
         Command::Bench(BenchCommand::Tx {
             messages,
             size,
             inflight,
             dir,
-        }) => {
-            quiver::bench::messaging::tx_bench(&quiver::bench::messaging::MessagingBenchOptions {
-                dir,
-                messages,
-                window: std::time::Duration::ZERO,
-                pending: 0,
-                size,
-                inflight,
-            })
-        }
-        Command::Bench(BenchCommand::E2e(a)) => {
-            net_bench(quiver::bench::net::NetBench::EndToEnd, a)
-        }
+        }) => cli::bench::messaging::tx_bench(&cli::bench::messaging::MessagingBenchOptions {
+            dir,
+            messages,
+            window: std::time::Duration::ZERO,
+            pending: 0,
+            size,
+            inflight,
+        }),
+        Command::Bench(BenchCommand::E2e(a)) => net_bench(cli::bench::net::NetBench::EndToEnd, a),
         Command::Debug(DebugCommand::StoreWriter {
             dir,
             threads,
@@ -355,15 +351,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn net_bench(kind: quiver::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Result<()> {
+fn net_bench(kind: cli::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Result<()> {
     let tls = if a.addr.is_some() {
         a.tls.resolve(std::path::Path::new("quiver-data"))?
     } else {
         None
     };
-    quiver::bench::net::run(
+    cli::bench::net::run(
         kind,
-        &quiver::bench::net::NetBenchOptions {
+        &cli::bench::net::NetBenchOptions {
             addr: a.addr,
             tls,
             flush: a.flush,

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::filter::{Filter, FilterCache, FilterKind};
+use crate::messaging::retry::Retries;
 use crate::messaging::timer::{QueueCount, Timer};
 use crate::messaging::tx::{Transactions, TxTiming};
 use crate::plugin::{LoadSpec, PluginError, PluginHost};
@@ -199,9 +200,10 @@ pub struct Broker {
     timer: Arc<Timer>,
     /// Transactional half messages.
     tx: Arc<Transactions>,
-    /// Delay levels and retry back-offs (validated at start).
+    /// Delay levels (validated at start).
     delay_levels: Vec<Duration>,
-    retry_delays: Vec<Duration>,
+    /// Retries and dead-letter queues (back-offs validated at start).
+    retries: Arc<Retries>,
     /// The thread discarding transactions whose check-backs ran out.
     housekeeping: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Where groups, the timer and transactions read the time.
@@ -219,7 +221,7 @@ impl Broker {
     /// transaction check-backs (tests pass a manual one). Blocking.
     pub fn open_with_clock(cfg: Config, clock: Clock) -> anyhow::Result<Arc<Broker>> {
         std::fs::create_dir_all(&cfg.broker.data_dir)?;
-        let store = Arc::new(Store::open(cfg.store.clone())?);
+        let store = Arc::new(Store::open_with_clock(cfg.store.clone(), clock.clone())?);
         let topics = Arc::new(TopicTable::load(cfg.broker.data_dir.join("topics.json"))?);
         let offsets = Arc::new(OffsetTable::load(cfg.broker.data_dir.join("offsets.json"))?);
         let waiters = Arc::new(LongPoll::default());
@@ -271,7 +273,11 @@ impl Broker {
             .name("quiver-tx-check".into())
             .spawn(move || t.run_discarder())?;
         let delay_levels = cfg.messaging.levels().map_err(anyhow::Error::msg)?;
-        let retry_delays = cfg.messaging.retries().map_err(anyhow::Error::msg)?;
+        let retries = Arc::new(Retries::new(
+            store.clone(),
+            clock.clone(),
+            cfg.messaging.retries().map_err(anyhow::Error::msg)?,
+        ));
         let o = offsets.clone();
         store.set_consumer_progress(Arc::new(move |topic, queue| o.lowest(topic, queue)));
         let (append_tx, rx) = mpsc::channel(cfg.broker.append_queue);
@@ -314,7 +320,7 @@ impl Broker {
             timer,
             tx,
             delay_levels,
-            retry_delays,
+            retries,
             housekeeping: Mutex::new(Some(housekeeping)),
             clock,
             groups,

@@ -1,21 +1,22 @@
 //! Handlers of the messaging semantics: scheduled sends and cancels, transactions, send-back
-//! to the retry topic or the dead-letter queue, DLQ resend (docs/SEMANTICS.md).
+//! to the retry topic or the dead-letter queue, DLQ resend (docs/SEMANTICS.md). Each checks
+//! the request, makes sure the topics exist, and calls `crate::messaging` (timer, tx,
+//! retry), which does the work.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use quiver_protocol::names::{
-    self, dlq_topic, retry_topic, HALF_TOPIC, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TOPIC,
+    self, dlq_topic, props, retry_topic, HALF_TOPIC, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TOPIC,
 };
-use quiver_protocol::{RecordView, Response, SendMode, Status, TransactionState, WireMessage};
+use quiver_protocol::{Response, SendMode, Status, TransactionState, WireMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::{blocking, name, receipts, Broker, BrokerError, Result};
+use crate::messaging::retry::{HandBack, RetryError};
+use crate::messaging::staging_properties;
 use crate::messaging::timer::CancelError;
 use crate::messaging::tx::TxError;
-use crate::messaging::{original_topic, Moved};
-use crate::store::{GetStatus, ReadLimits};
 
 /// Topics the broker creates on first use (one queue): retry, dead-letter and check-max.
 pub(crate) fn is_broker_created(topic: &str) -> bool {
@@ -36,6 +37,15 @@ impl From<CancelError> for BrokerError {
             CancelError::Io(_) => Status::Internal,
         };
         BrokerError::new(status, e.to_string())
+    }
+}
+
+impl From<RetryError> for BrokerError {
+    fn from(e: RetryError) -> Self {
+        match e {
+            RetryError::Store(s) => BrokerError::from(s),
+            RetryError::NotFound(m) => BrokerError::new(Status::NotFound, m),
+        }
     }
 }
 
@@ -73,15 +83,7 @@ impl Broker {
             }
             SendMode::DelayMs(d) => (now.saturating_add(*d), None),
             SendMode::DelayLevel(l) => {
-                let n = self.delay_levels.len();
-                let Some(d) = (*l as usize)
-                    .checked_sub(1)
-                    .and_then(|i| self.delay_levels.get(i))
-                else {
-                    return Err(invalid(format!(
-                        "delay level {l} does not exist; levels are 1..={n}"
-                    )));
-                };
+                let d = self.delay_level(*l)?;
                 (now + d.as_millis() as i64, Some(*l))
             }
             SendMode::Half { group } => {
@@ -102,18 +104,17 @@ impl Broker {
             )));
         }
         let mut messages = self.accept(&topic, queue_id, messages).await?;
-        let system = |extra: &[(&str, String)]| {
-            let mut props = vec![
-                ("REAL_TOPIC".to_string(), topic.clone()),
-                ("REAL_QID".to_string(), queue_id.to_string()),
-            ];
-            props.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-            props
-        };
         match mode {
             SendMode::Half { group } => {
-                let props = system(&[("PGROUP", group.clone()), ("TRAN_MSG", "true".to_string())]);
-                messages[0].properties.extend(props);
+                let staging = staging_properties(
+                    &topic,
+                    queue_id,
+                    &[
+                        (props::PGROUP, group.clone()),
+                        (props::TRAN_MSG, "true".to_string()),
+                    ],
+                );
+                messages[0].properties.extend(staging);
                 let appended = self
                     .store_messages(HALF_TOPIC.to_string(), 0, messages, born)
                     .await?;
@@ -128,13 +129,13 @@ impl Broker {
                 Ok(receipts(queue_id, &appended))
             }
             _ => {
-                let mut extra = vec![("DELIVER_AT", due.to_string())];
+                let mut extra = vec![(props::DELIVER_AT, due.to_string())];
                 if let Some(l) = level {
-                    extra.push(("DELAY_LEVEL", l.to_string()));
+                    extra.push((props::DELAY_LEVEL, l.to_string()));
                 }
-                let props = system(&extra);
+                let staging = staging_properties(&topic, queue_id, &extra);
                 for m in &mut messages {
-                    m.properties.extend(props.iter().cloned());
+                    m.properties.extend(staging.iter().cloned());
                 }
                 let appended = self
                     .store_messages(SCHEDULE_TOPIC.to_string(), 0, messages, born)
@@ -229,73 +230,26 @@ impl Broker {
         to_dlq: bool,
     ) -> Result<Response> {
         name("group", &group)?;
-        let level = if delay_level == 0 {
-            None
-        } else {
-            let n = self.delay_levels.len();
-            Some(
-                *self
-                    .delay_levels
-                    .get(delay_level as usize - 1)
-                    .ok_or_else(|| {
-                        BrokerError::new(
-                            Status::InvalidDelay,
-                            format!("delay level {delay_level} does not exist; levels are 1..={n}"),
-                        )
-                    })?,
-            )
-        };
-        let retries = self.retry_delays.clone();
-        let max_reconsume = if max_reconsume == 0 {
-            16
-        } else {
-            max_reconsume
+        let delay = match delay_level {
+            0 => None,
+            l => Some(self.delay_level(l)?),
         };
         // Make sure the group's topics exist (the retry topic is subscribed by its members).
-        let retry = retry_topic(&group);
-        let dlq = dlq_topic(&group);
-        self.route(&retry, true).await?;
-        self.route(&dlq, true).await?;
-        let store = self.store.clone();
-        let clock = self.clock.clone();
-        blocking(move || -> Result<Response> {
-            let b = store.message_at(handle)?;
-            let v = match RecordView::parse_unchecked_crc(&b) {
-                Ok(v) if v.msg_id() == id => v,
-                _ => {
-                    return Err(BrokerError::new(
-                        Status::NotFound,
-                        format!("no message {id:032x} at commit-log offset {handle}"),
-                    ))
-                }
-            };
-            let reconsume = v.reconsume_times() + 1;
-            let body = crate::messaging::body_of(&b).map(|(b, _)| b).unwrap_or_default();
-            let mut m = Moved::from_record(&v, body, false);
-            m.set("RETRY_TOPIC", original_topic(&v));
-            m.reconsume_times = reconsume;
-            if to_dlq || reconsume > max_reconsume {
-                m.remove("DELIVER_AT");
-                m.append_blocking(&store, &dlq, 0)?;
-                tracing::info!(group = %dlq, id = %format!("{id:032x}"), reconsume, "message moved to the dead-letter queue");
-                return Ok(Response::SentBack {
-                    to_dlq: true,
-                    reconsume_times: reconsume,
-                });
-            }
-            let delay = level.unwrap_or_else(|| {
-                retries[(reconsume as usize - 1).min(retries.len() - 1)]
-            });
-            m.set("REAL_TOPIC", retry.clone());
-            m.set("REAL_QID", "0");
-            m.set("DELIVER_AT", (clock.now_ms() + delay.as_millis() as i64).to_string());
-            m.append_blocking(&store, SCHEDULE_TOPIC, 0)?;
-            Ok(Response::SentBack {
-                to_dlq: false,
-                reconsume_times: reconsume,
-            })
+        self.route(&retry_topic(&group), true).await?;
+        self.route(&dlq_topic(&group), true).await?;
+        let retries = self.retries.clone();
+        let h = HandBack {
+            id,
+            handle,
+            delay,
+            max_reconsume,
+            to_dlq,
+        };
+        let sent = blocking(move || retries.send_back(&group, h)).await??;
+        Ok(Response::SentBack {
+            to_dlq: sent.to_dlq,
+            reconsume_times: sent.reconsume_times,
         })
-        .await?
     }
 
     pub(super) async fn dlq_resend(
@@ -313,65 +267,25 @@ impl Broker {
                 format!("group {group:?} has no dead-letter queue ({dlq} does not exist)"),
             ));
         }
-        let retry = retry_topic(&group);
-        self.route(&retry, true).await?;
-        let store = self.store.clone();
+        self.route(&retry_topic(&group), true).await?;
+        let retries = self.retries.clone();
         let max = max.clamp(1, 10_000) as usize;
-        let count = blocking(move || -> Result<u64> {
-            let mut records: Vec<Bytes> = Vec::new();
-            match id {
-                Some(id) => {
-                    let found = store.messages_by_id(id)?;
-                    if let Some(b) = found.into_iter().find(|b| {
-                        RecordView::parse_unchecked_crc(b).is_ok_and(|v| v.topic() == dlq)
-                    }) {
-                        records.push(b);
-                    } else {
-                        return Err(BrokerError::new(
-                            Status::NotFound,
-                            format!("message {id:032x} is not in {dlq}"),
-                        ));
-                    }
-                }
-                None => {
-                    let mut offset = from_offset;
-                    while records.len() < max {
-                        let want = (max - records.len()).min(1024);
-                        let r = store.get_messages(
-                            &dlq,
-                            0,
-                            offset,
-                            ReadLimits::new(want, 16 << 20, want),
-                            |_| true,
-                        )?;
-                        match r.status {
-                            GetStatus::Found => {
-                                records.extend(r.messages.into_iter().map(|m| m.bytes));
-                                offset = r.next_offset;
-                            }
-                            GetStatus::OffsetTooSmall => offset = r.next_offset,
-                            _ => break,
-                        }
-                    }
-                }
-            }
-            let mut n = 0;
-            for b in &records {
-                let Ok(v) = RecordView::parse_unchecked_crc(b) else {
-                    continue;
-                };
-                let body = crate::messaging::body_of(b)
-                    .map(|(b, _)| b)
-                    .unwrap_or_default();
-                let mut m = Moved::from_record(&v, body, false);
-                m.reconsume_times = 0;
-                m.append_blocking(&store, &retry, 0)?;
-                n += 1;
-            }
-            Ok(n)
-        })
-        .await??;
-        tracing::info!(%group, count, "dead-letter messages resent to the retry topic");
+        let count = blocking(move || retries.resend_dlq(&group, id, from_offset, max)).await??;
         Ok(Response::Count(count))
+    }
+
+    /// The delay of level `level` (1 for the first).
+    fn delay_level(&self, level: u8) -> Result<Duration> {
+        (level as usize)
+            .checked_sub(1)
+            .and_then(|i| self.delay_levels.get(i))
+            .copied()
+            .ok_or_else(|| {
+                let n = self.delay_levels.len();
+                BrokerError::new(
+                    Status::InvalidDelay,
+                    format!("delay level {level} does not exist; levels are 1..={n}"),
+                )
+            })
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use quiver_client::{Admin, MessageId};
+use quiver_protocol::names::props;
 use serde::Serialize;
 
 use super::output::{message_block, message_header, message_line, MessageJson, Out};
@@ -346,7 +347,7 @@ async fn run_command(
                     "{}  {:>10}  {}",
                     message_line(m),
                     m.reconsume_times,
-                    m.property("RETRY_TOPIC").unwrap_or("-")
+                    m.property(props::RETRY_TOPIC).unwrap_or("-")
                 ))?;
             }
             Ok(())

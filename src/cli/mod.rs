@@ -1,8 +1,12 @@
 //! The client commands of the `quiver` binary: `produce`, `consume` and `admin`. Each one
 //! connects to a broker with the SDK (`quiver-client`), prints for people by default and one
 //! JSON object per line with `--json`, and exits non-zero with the error on stderr on failure.
+//! [`bench`] holds the `quiver bench` measurements. These rooms live in the binary, not in the
+//! `quiver` library: they are the only code that uses the client SDK, so the broker library
+//! does not depend on it.
 
 pub(crate) mod admin;
+pub(crate) mod bench;
 pub(crate) mod consume;
 pub(crate) mod filter;
 pub(crate) mod group;

@@ -246,14 +246,7 @@ pub(crate) fn human_body(body: &[u8], max: usize) -> String {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+use quiver_protocol::text::hex;
 
 /// Standard base64 (RFC 4648, `+/`, padded).
 pub(crate) fn base64(bytes: &[u8]) -> String {

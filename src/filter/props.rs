@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use quiver_protocol::names::props;
 use quiver_protocol::record::HEADER_SIZE;
 use quiver_protocol::RecordView;
 
@@ -67,10 +68,10 @@ impl MessageProps for HashMap<String, String> {
         self.get(name).map(String::as_str)
     }
     fn tag(&self) -> &str {
-        self.get("TAGS").map_or("", String::as_str)
+        self.get(props::TAGS).map_or("", String::as_str)
     }
     fn keys(&self) -> impl Iterator<Item = &str> {
-        self.get("KEYS")
+        self.get(props::KEYS)
             .map(String::as_str)
             .unwrap_or("")
             .split_whitespace()

@@ -1,14 +1,17 @@
 //! Messaging semantics on top of the store: scheduled (delayed) messages through a timer
-//! wheel over a log (`timer`), transactional half messages with check-back (`tx`), and the
-//! helpers retries and dead-letter queues share (docs/SEMANTICS.md).
+//! wheel over a log (`timer`), transactional half messages with check-back (`tx`), retries
+//! with back-off and dead-letter queues (`retry`), and the re-addressed record they all
+//! append ([`Moved`]) (docs/SEMANTICS.md). The broker's handlers check requests and call in
+//! here; this room uses the store and the clock, never the broker.
 
+pub(crate) mod retry;
 pub mod timer;
 pub(crate) mod tx;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use quiver_protocol::names;
+use quiver_protocol::names::{self, props};
 use quiver_protocol::{NewMessage, RecordView};
 use serde::{Deserialize, Serialize};
 
@@ -106,12 +109,27 @@ pub use crate::units::parse_duration;
 /// Properties the broker adds while a message waits in a system topic; they are removed when
 /// it reaches its real topic.
 const STAGING_PROPERTIES: &[&str] = &[
-    "REAL_TOPIC",
-    "REAL_QID",
-    "TIMER_CANCEL",
-    "TRAN_MSG",
-    "TRAN_CHECK_TIMES",
+    props::REAL_TOPIC,
+    props::REAL_QID,
+    props::TIMER_CANCEL,
+    props::TRAN_MSG,
+    props::TRAN_CHECK_TIMES,
 ];
+
+/// The properties a message carries while it waits in a system topic (scheduled or half):
+/// the topic and queue it goes to, then `extra` (due time, delay level, producer group...).
+pub(crate) fn staging_properties(
+    topic: &str,
+    queue_id: u32,
+    extra: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let mut staging = vec![
+        (props::REAL_TOPIC.to_string(), topic.to_string()),
+        (props::REAL_QID.to_string(), queue_id.to_string()),
+    ];
+    staging.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    staging
+}
 
 /// A stored record, re-addressed: what the broker appends when a message moves between
 /// topics (due, committed, retried, dead-lettered). Keeps id, tag, keys, body, born time and
@@ -216,7 +234,7 @@ pub(crate) fn body_of(rec_bytes: &bytes::Bytes) -> Option<(bytes::Bytes, u128)> 
 pub(crate) fn original_topic<'a>(rec: &RecordView<'a>) -> &'a str {
     let t = rec.topic();
     if t.starts_with(names::RETRY_PREFIX) || t.starts_with(names::DLQ_PREFIX) {
-        rec.property("RETRY_TOPIC").unwrap_or(t)
+        rec.property(props::RETRY_TOPIC).unwrap_or(t)
     } else {
         t
     }

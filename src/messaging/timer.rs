@@ -34,7 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quiver_protocol::names::SCHEDULE_TOPIC;
+use quiver_protocol::names::{props, SCHEDULE_TOPIC};
 use quiver_protocol::RecordView;
 use serde::{Deserialize, Serialize};
 
@@ -480,7 +480,7 @@ impl Timer {
             if v.topic() != SCHEDULE_TOPIC {
                 continue;
             }
-            if v.property("TIMER_CANCEL").is_some() {
+            if v.property(props::TIMER_CANCEL).is_some() {
                 return Ok(()); // already cancelled
             }
             if target.is_none() {
@@ -501,7 +501,7 @@ impl Timer {
             return Err(CancelError::AlreadyDue(id));
         }
         let mut m = Moved::from_record(&v, Bytes::new(), true);
-        m.set("TIMER_CANCEL", "1");
+        m.set(props::TIMER_CANCEL, "1");
         let appended = m.append_blocking(&i.store, SCHEDULE_TOPIC, 0)?;
         let offset = appended
             .results
@@ -564,7 +564,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The due time of a `%SCHEDULE%` record (at once when missing or unreadable).
 fn deliver_at(v: &RecordView<'_>) -> i64 {
-    v.property("DELIVER_AT")
+    v.property(props::DELIVER_AT)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
@@ -714,7 +714,7 @@ impl Inner {
             return Ok(());
         };
         let due = deliver_at(&v);
-        let cancel = v.property("TIMER_CANCEL").is_some();
+        let cancel = v.property(props::TIMER_CANCEL).is_some();
         let due_slot = due.div_euclid(self.slot_ms);
         let slot = due_slot.clamp(w.fired, w.fired + self.slots - 1);
         let idx = (slot % self.slots) as usize;
@@ -927,12 +927,12 @@ impl Inner {
         let Ok(v) = RecordView::parse_unchecked_crc(&b) else {
             return Ok(None);
         };
-        let Some(topic) = v.property("REAL_TOPIC") else {
+        let Some(topic) = v.property(props::REAL_TOPIC) else {
             tracing::error!("scheduled record without REAL_TOPIC; dropped");
             return Ok(None);
         };
         let qid: u32 = v
-            .property("REAL_QID")
+            .property(props::REAL_QID)
             .and_then(|q| q.parse().ok())
             .unwrap_or(0);
         let Some(queues) = (self.queues)(topic) else {
@@ -1020,9 +1020,9 @@ mod clock_tests {
     fn schedule(store: &Store, id: u128, due: i64) {
         let due = due.to_string();
         let props = [
-            ("REAL_TOPIC", "T"),
-            ("REAL_QID", "0"),
-            ("DELIVER_AT", due.as_str()),
+            (props::REAL_TOPIC, "T"),
+            (props::REAL_QID, "0"),
+            (props::DELIVER_AT, due.as_str()),
         ];
         let m = NewMessage {
             msg_id: id,
@@ -1093,8 +1093,14 @@ mod clock_tests {
             .get_messages("T", 0, 0, ReadLimits::new(1, 1 << 20, 1), |_| true)
             .unwrap();
         let v = r.messages[0].view();
-        assert!(v.property("REAL_TOPIC").is_none(), "staging properties go");
-        assert_eq!(v.property("DELIVER_AT"), Some(due.to_string().as_str()));
+        assert!(
+            v.property(props::REAL_TOPIC).is_none(),
+            "staging properties go"
+        );
+        assert_eq!(
+            v.property(props::DELIVER_AT),
+            Some(due.to_string().as_str())
+        );
 
         time.advance(Duration::from_secs(1));
         wait_for("the second delivery", || delivered(&store).len() == 2);

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use quiver_protocol::names::{HALF_OP_TOPIC, HALF_TOPIC, TRANS_CHECK_MAX_TOPIC};
+use quiver_protocol::names::{props, HALF_OP_TOPIC, HALF_TOPIC, TRANS_CHECK_MAX_TOPIC};
 use quiver_protocol::{RecordView, TransactionState};
 
 use tokio::sync::Notify;
@@ -279,7 +279,7 @@ impl Transactions {
                 "check" => {
                     let c = checks.entry(h).or_default();
                     *c = (*c).max(
-                        op.property("TRAN_CHECK_TIMES")
+                        op.property(props::TRAN_CHECK_TIMES)
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(*c + 1),
                     );
@@ -308,7 +308,7 @@ impl Transactions {
                 h,
                 Pending {
                     id: half.msg_id(),
-                    group: half.property("PGROUP").unwrap_or_default().to_string(),
+                    group: half.property(props::PGROUP).unwrap_or_default().to_string(),
                     checks,
                     next_check_at: next,
                     busy: false,
@@ -450,9 +450,12 @@ impl Transactions {
         let body = super::body_of(&b).map(|(b, _)| b).unwrap_or_default();
         match outcome {
             Outcome::Commit => {
-                let topic = v.property("REAL_TOPIC").unwrap_or_default().to_string();
+                let topic = v
+                    .property(props::REAL_TOPIC)
+                    .unwrap_or_default()
+                    .to_string();
                 let qid: u32 = v
-                    .property("REAL_QID")
+                    .property(props::REAL_QID)
                     .and_then(|q| q.parse().ok())
                     .unwrap_or(0);
                 let Some(n) = (self.queues)(&topic) else {
@@ -489,7 +492,7 @@ impl Transactions {
         m.keys.clear();
         m.properties.clear();
         if let Some(c) = checks {
-            m.set("TRAN_CHECK_TIMES", c.to_string());
+            m.set(props::TRAN_CHECK_TIMES, c.to_string());
         }
         m.append_blocking(&self.store, HALF_OP_TOPIC, 0)?;
         Ok(())
@@ -684,7 +687,11 @@ mod tests {
     /// Stores a half message of `group` as the broker does; returns (handle, when its first
     /// check falls due).
     fn half(store: &Store, tx: &Transactions, group: &str, id: u128) -> (u64, i64) {
-        let props = [("REAL_TOPIC", "T"), ("REAL_QID", "0"), ("PGROUP", group)];
+        let props = [
+            (props::REAL_TOPIC, "T"),
+            (props::REAL_QID, "0"),
+            (props::PGROUP, group),
+        ];
         let m = NewMessage {
             msg_id: id,
             flags: 0,

@@ -51,11 +51,7 @@ pub fn connection_id_key(id: &Identity) -> u64 {
 
 /// SHA-256 of DER bytes, lowercase hex.
 pub fn sha256_hex(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    quiver_protocol::text::hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
 /// Loads the configured identity, or the generated one (creating it on first start).

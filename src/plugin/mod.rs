@@ -386,16 +386,8 @@ pub struct PluginHost {
 /// Most plugins one topic's ingress chain may hold.
 pub const MAX_INGRESS_CHAIN: usize = 8;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    quiver_protocol::text::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 impl PluginHost {
@@ -660,7 +652,7 @@ impl PluginHost {
             memory_limit_bytes: memory,
             time_limit_ms: time,
             version: 1,
-            loaded_at_ms: now_ms(),
+            loaded_at_ms: quiver_protocol::text::epoch_ms(),
         };
         let plugin = self
             .build(name, &spec.wasm, entry.sha256.clone(), &entry)
@@ -719,7 +711,7 @@ impl PluginHost {
             memory_limit_bytes: memory,
             time_limit_ms: time,
             version: old.version + 1,
-            loaded_at_ms: now_ms(),
+            loaded_at_ms: quiver_protocol::text::epoch_ms(),
         };
         let plugin = self
             .build(name, &wasm, entry.sha256.clone(), &entry)

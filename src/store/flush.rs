@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::checkpoint::Checkpoint;
 use super::consume_queue::ConsumeQueue;
-use super::{mapped, now_ms, FlushMode, Inner, StoreError};
+use super::{mapped, FlushMode, Inner, StoreError};
 
 /// Called once a batch's durability is known.
 pub(super) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -237,7 +237,7 @@ impl Inner {
         Checkpoint {
             commitlog,
             dispatched,
-            written_at: now_ms(),
+            written_at: self.clock.now_ms(),
         }
         .write(&self.cfg.dir)
     }

@@ -31,11 +31,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use quiver_protocol::record;
 
+use crate::clock::Clock;
 use checkpoint::AbortMarker;
 use commitlog::{CommitLog, Cursor};
 use consume_queue::ConsumeQueue;
@@ -48,13 +49,6 @@ pub use consume_queue::{CqEntry, CQ_ENTRY_SIZE};
 pub use error::{DiskFullCause, StoreError};
 pub use index::{id_hash, key_hash};
 pub use record::{tag_hash, NewMessage, RecordView, FLAG_BATCH_CONT, HEADER_SIZE};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Where one appended message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +254,8 @@ struct Writer {
 
 struct Inner {
     cfg: StoreConfig,
+    /// Where store timestamps and checkpoint times come from.
+    clock: Clock,
     log: CommitLog,
     writer: Mutex<Writer>,
     /// Commit-log offset up to which consume queues and the index are built.
@@ -339,7 +335,7 @@ impl Store {
         let (first, ts) = {
             let mut w = inner.writer.lock().expect("writer lock");
             inner.check_writable()?;
-            let ts = now_ms().max(w.last_ts);
+            let ts = inner.clock.now_ms().max(w.last_ts);
             let first = match w.next_offsets.get(topic).and_then(|m| m.get(&queue_id)) {
                 Some(o) => *o,
                 None => 0,

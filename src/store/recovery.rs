@@ -12,6 +12,8 @@ use super::commitlog::{CommitLog, Step};
 use super::consume_queue::ConsumeQueue;
 use super::index::Index;
 use super::mapped::SpaceCheck;
+use crate::clock::Clock;
+
 use super::{
     FlushState, Inner, RecoveryReport, Store, StoreConfig, StoreError, Writer, FLAG_BATCH_CONT,
 };
@@ -20,6 +22,11 @@ impl Store {
     /// Opens (creating if needed) and recovers the store in `cfg.dir`, then starts its flush and
     /// housekeeping threads.
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        Self::open_with_clock(cfg, Clock::system())
+    }
+
+    /// [`Store::open`], stamping records and checkpoints with `clock`'s time.
+    pub fn open_with_clock(cfg: StoreConfig, clock: Clock) -> Result<Store, StoreError> {
         cfg.validate()?;
         let started = Instant::now();
         std::fs::create_dir_all(&cfg.dir).map_err(|e| StoreError::io(&cfg.dir, e))?;
@@ -132,6 +139,7 @@ impl Store {
             cq.recover(dispatched_cp);
         }
         let inner = Arc::new(Inner {
+            clock,
             log,
             writer: Mutex::new(Writer {
                 cursor,

@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use quiver_protocol::{names, RecordView, WireMessage};
+use quiver_protocol::names::{self, props};
+use quiver_protocol::{RecordView, WireMessage};
 
 use crate::error::ClientError;
 
@@ -53,12 +54,7 @@ fn process_bits() -> u64 {
     })
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use quiver_protocol::text::epoch_ms as now_ms;
 
 impl Default for MessageId {
     /// A new unique id, as [`MessageId::new`].
@@ -365,9 +361,9 @@ impl ReceivedMessage {
         // checked shows the topic it is for.
         let stored = v.topic();
         let topic = if stored.starts_with(names::RETRY_PREFIX) {
-            v.property("RETRY_TOPIC").unwrap_or(stored)
+            v.property(props::RETRY_TOPIC).unwrap_or(stored)
         } else if stored == names::HALF_TOPIC {
-            v.property("REAL_TOPIC").unwrap_or(stored)
+            v.property(props::REAL_TOPIC).unwrap_or(stored)
         } else {
             stored
         };

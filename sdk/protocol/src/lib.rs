@@ -7,6 +7,7 @@ pub mod frame;
 pub mod names;
 pub mod plugins;
 pub mod record;
+pub mod text;
 pub mod wire;
 
 pub use codes::{Command, PullStatus, Status};

@@ -4,25 +4,65 @@
 /// Longest topic or group name.
 pub const MAX_NAME_LEN: usize = 127;
 
+/// System property names: the one place they are spelled. Each is reserved (a user may not
+/// set it, see [`RESERVED_PROPERTIES`]); the broker and the SDK read and write them by these
+/// constants.
+pub mod props {
+    /// The message's tag, as SQL92 filters see it.
+    pub const TAGS: &str = "TAGS";
+    /// The message's keys (space separated), as SQL92 filters see them.
+    pub const KEYS: &str = "KEYS";
+    /// Reserved (RocketMQ's client-side unique id).
+    pub const UNIQ_KEY: &str = "UNIQ_KEY";
+    /// Reserved (RocketMQ's delay).
+    pub const DELAY: &str = "DELAY";
+    /// The delay level a scheduled message was sent with.
+    pub const DELAY_LEVEL: &str = "DELAY_LEVEL";
+    /// When a scheduled message is due (epoch ms); it keeps it after delivery.
+    pub const DELIVER_AT: &str = "DELIVER_AT";
+    /// Marks a transactional half message.
+    pub const TRAN_MSG: &str = "TRAN_MSG";
+    /// The producer group of a half message (its check-backs go there).
+    pub const PGROUP: &str = "PGROUP";
+    /// The original topic of a message in a retry or dead-letter topic.
+    pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
+    /// The topic a staged (scheduled or half) message is delivered to.
+    pub const REAL_TOPIC: &str = "REAL_TOPIC";
+    /// The queue a staged (scheduled or half) message is delivered to.
+    pub const REAL_QID: &str = "REAL_QID";
+    /// Reserved (RocketMQ's reconsume time).
+    pub const RECONSUME_TIME: &str = "RECONSUME_TIME";
+    /// Reserved (RocketMQ's max reconsume times).
+    pub const MAX_RECONSUME_TIMES: &str = "MAX_RECONSUME_TIMES";
+    /// Reserved (RocketMQ's original message id).
+    pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+    /// Reserved (RocketMQ's sharding key property).
+    pub const SHARDING_KEY: &str = "SHARDING_KEY";
+    /// Marks a timer log record that cancels a scheduled message.
+    pub const TIMER_CANCEL: &str = "TIMER_CANCEL";
+    /// Check-backs made so far for a half message (on its op records).
+    pub const TRAN_CHECK_TIMES: &str = "TRAN_CHECK_TIMES";
+}
+
 /// Property names a user may not set: the broker and later features use them.
 pub const RESERVED_PROPERTIES: &[&str] = &[
-    "TAGS",
-    "KEYS",
-    "UNIQ_KEY",
-    "DELAY",
-    "DELAY_LEVEL",
-    "DELIVER_AT",
-    "TRAN_MSG",
-    "PGROUP",
-    "RETRY_TOPIC",
-    "REAL_TOPIC",
-    "REAL_QID",
-    "RECONSUME_TIME",
-    "MAX_RECONSUME_TIMES",
-    "ORIGIN_MESSAGE_ID",
-    "SHARDING_KEY",
-    "TIMER_CANCEL",
-    "TRAN_CHECK_TIMES",
+    props::TAGS,
+    props::KEYS,
+    props::UNIQ_KEY,
+    props::DELAY,
+    props::DELAY_LEVEL,
+    props::DELIVER_AT,
+    props::TRAN_MSG,
+    props::PGROUP,
+    props::RETRY_TOPIC,
+    props::REAL_TOPIC,
+    props::REAL_QID,
+    props::RECONSUME_TIME,
+    props::MAX_RECONSUME_TIMES,
+    props::ORIGIN_MESSAGE_ID,
+    props::SHARDING_KEY,
+    props::TIMER_CANCEL,
+    props::TRAN_CHECK_TIMES,
 ];
 
 /// System topic holding scheduled messages until they are due.

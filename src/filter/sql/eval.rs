@@ -5,6 +5,8 @@
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
+use quiver_protocol::names::props;
+
 use super::num::Num;
 use super::Truth;
 use crate::filter::props::MessageProps;
@@ -44,8 +46,8 @@ impl Attr {
     /// The attribute an identifier names (system attributes by exact, upper-case name).
     pub(crate) fn named(name: &str) -> Attr {
         match name {
-            "TAGS" => Attr::Tags,
-            "KEYS" => Attr::Keys,
+            props::TAGS => Attr::Tags,
+            props::KEYS => Attr::Keys,
             "TOPIC" => Attr::Topic,
             _ => Attr::Prop(name.into()),
         }
@@ -54,8 +56,8 @@ impl Attr {
     fn name(&self) -> &str {
         match self {
             Attr::Prop(name) => name,
-            Attr::Tags => "TAGS",
-            Attr::Keys => "KEYS",
+            Attr::Tags => props::TAGS,
+            Attr::Keys => props::KEYS,
             Attr::Topic => "TOPIC",
         }
     }

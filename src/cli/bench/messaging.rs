@@ -12,42 +12,39 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
 use quiver_client::{
     Client, ClientConfig, Message, Producer, ProducerOptions, PullConsumer, PullOptions, Tls,
     TransactionState,
 };
+use quiver_protocol::names::props;
 
-use crate::config::Config;
-use crate::server::Server;
+use quiver::config::Config;
+use quiver::server::Server;
 
 /// Options of both benchmarks.
 #[derive(Debug, Clone)]
-pub struct MessagingBenchOptions {
+pub(crate) struct MessagingBenchOptions {
     /// Where the embedded broker keeps its data (removed afterwards).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Scheduled messages for the lateness measurement / sends for the tx comparison.
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// Window the scheduled messages are due in.
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Pending scheduled messages for the memory measurement (0: skip).
-    pub pending: u64,
+    pub(crate) pending: u64,
     /// Message body size.
-    pub size: usize,
+    pub(crate) size: usize,
     /// Sends in flight.
-    pub inflight: usize,
+    pub(crate) inflight: usize,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use quiver_protocol::text::epoch_ms as now_ms;
 
 /// Anonymous resident memory of this process (heap and stacks, not mapped files).
-pub fn rss_anon_bytes() -> u64 {
+pub(crate) fn rss_anon_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -133,7 +130,7 @@ async fn send_all(
 }
 
 /// `quiver bench schedule`.
-pub fn schedule_bench(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
+pub(crate) fn schedule_bench(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -189,7 +186,7 @@ async fn schedule(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
                 let now = now_ms();
                 for m in &r.messages {
                     let due: i64 = m
-                        .property("DELIVER_AT")
+                        .property(props::DELIVER_AT)
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(now);
                     visible.push(m.store_timestamp - due);
@@ -265,7 +262,7 @@ async fn schedule(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
 }
 
 /// `quiver bench tx`.
-pub fn tx_bench(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
+pub(crate) fn tx_bench(opts: &MessagingBenchOptions) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

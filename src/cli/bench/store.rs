@@ -11,34 +11,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::store::{FlushMode, NewMessage, ReadLimits, Store, StoreConfig, StoreError};
+use quiver::store::{FlushMode, NewMessage, ReadLimits, Store, StoreConfig, StoreError};
 
 /// Options of `quiver bench store`.
 #[derive(Debug, Clone)]
-pub struct StoreBenchOptions {
+pub(crate) struct StoreBenchOptions {
     /// Directory for the benchmark's data (a fresh sub-directory is used and removed).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Message body size in bytes.
-    pub message_size: usize,
+    pub(crate) message_size: usize,
     /// Messages per throughput run (each run also stops after `max_seconds`).
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// Upper bound on one run's duration.
-    pub max_seconds: u64,
+    pub(crate) max_seconds: u64,
     /// Messages appended for the resident-memory measurement (0 skips it).
-    pub backlog: u64,
+    pub(crate) backlog: u64,
     /// In-flight appends per writer in the pipelined sync run.
-    pub window: usize,
+    pub(crate) window: usize,
 }
 
 /// One printed row.
 #[derive(Debug, Clone)]
-pub struct BenchRow {
+pub(crate) struct BenchRow {
     /// What was measured.
-    pub name: String,
+    pub(crate) name: String,
     /// Messages per second.
-    pub msgs_per_sec: f64,
+    pub(crate) msgs_per_sec: f64,
     /// Megabytes (10^6 bytes) of message bodies per second.
-    pub mb_per_sec: f64,
+    pub(crate) mb_per_sec: f64,
 }
 
 fn row(name: String, msgs: u64, size: usize, took: Duration) -> BenchRow {
@@ -56,7 +56,7 @@ fn row(name: String, msgs: u64, size: usize, took: Duration) -> BenchRow {
 }
 
 /// Resident set size of this process in bytes (from /proc/self/statm).
-pub fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()
@@ -68,7 +68,7 @@ pub fn rss_bytes() -> u64 {
 
 /// Sequential write of `mib` MiB in 1 MiB blocks followed by one fdatasync: what
 /// `dd if=/dev/zero of=F bs=1M count=N conv=fdatasync` measures. Returns MB/s.
-pub fn disk_fdatasync_bandwidth(dir: &Path, mib: usize) -> std::io::Result<f64> {
+pub(crate) fn disk_fdatasync_bandwidth(dir: &Path, mib: usize) -> std::io::Result<f64> {
     use std::io::Write;
     let path = dir.join("dd-baseline");
     let block = vec![0x5au8; 1 << 20];
@@ -175,7 +175,7 @@ fn run_appends(
 }
 
 /// Runs `quiver bench store` and prints its figures.
-pub fn store_bench(opts: &StoreBenchOptions) -> anyhow::Result<Vec<BenchRow>> {
+pub(crate) fn store_bench(opts: &StoreBenchOptions) -> anyhow::Result<Vec<BenchRow>> {
     let root = opts
         .dir
         .join(format!("quiver-bench-{}", std::process::id()));

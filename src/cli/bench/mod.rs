@@ -6,10 +6,10 @@
 //! - [`plugin`]: WebAssembly plugin cost per message and pull throughput with a plugin.
 //! - [`messaging`]: scheduled-message lateness and memory; transactional send throughput.
 
-pub mod filter;
-pub mod messaging;
-pub mod net;
-pub mod plugin;
-pub mod store;
+pub(crate) mod filter;
+pub(crate) mod messaging;
+pub(crate) mod net;
+pub(crate) mod plugin;
+pub(crate) mod store;
 
-pub use store::{disk_fdatasync_bandwidth, rss_bytes, store_bench, BenchRow, StoreBenchOptions};
+pub(crate) use store::{store_bench, StoreBenchOptions};

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::filter::{Filter, FilterKind};
-use crate::store::{FlushMode, NewMessage, ReadLimits, Store, StoreConfig};
+use quiver::filter::{Filter, FilterKind};
+use quiver::store::{FlushMode, NewMessage, ReadLimits, Store, StoreConfig};
 
 /// Runs the filter scan benchmark and prints its figures.
-pub fn filter_bench(dir: &Path, messages: u64, size: usize) -> anyhow::Result<()> {
+pub(crate) fn filter_bench(dir: &Path, messages: u64, size: usize) -> anyhow::Result<()> {
     let root = dir.join(format!("quiver-filter-bench-{}", std::process::id()));
     let result = run(&root, messages, size);
     let _ = std::fs::remove_dir_all(&root);

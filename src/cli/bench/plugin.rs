@@ -15,13 +15,13 @@ use bytes::Bytes;
 use quiver_protocol::record::{encode_into, RecordLimits, RecordPlacement};
 use quiver_protocol::{NewMessage, PluginRef};
 
-use crate::plugin::{LoadSpec, PluginConfig, PluginHost};
-use crate::store::FlushMode;
+use quiver::plugin::{LoadSpec, PluginConfig, PluginHost};
+use quiver::store::FlushMode;
 
 use super::net::{NetBench, NetBenchOptions};
 
 /// A filter that keeps every message: the ABI's fixed cost (copy in, call, read verdicts).
-pub const TRIVIAL_FILTER: &str = r#"
+pub(crate) const TRIVIAL_FILTER: &str = r#"
 (module
   (memory (export "memory") 1)
   (func (export "quiver_abi_version") (result i32) (i32.const 1))
@@ -45,17 +45,17 @@ pub const TRIVIAL_FILTER: &str = r#"
 
 /// What to measure.
 #[derive(Debug, Clone)]
-pub struct PluginBenchOptions {
+pub(crate) struct PluginBenchOptions {
     /// A filter module to measure; `None` = [`TRIVIAL_FILTER`].
-    pub module: Option<Vec<u8>>,
+    pub(crate) module: Option<Vec<u8>>,
     /// Its configuration.
-    pub config: Vec<(String, String)>,
+    pub(crate) config: Vec<(String, String)>,
     /// Body size in bytes.
-    pub size: usize,
+    pub(crate) size: usize,
     /// Messages for the pull comparison.
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// Where temporary data goes.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 fn records(n: usize, size: usize) -> anyhow::Result<Vec<Bytes>> {
@@ -99,7 +99,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs both parts and prints the figures.
-pub fn plugin_bench(opts: &PluginBenchOptions) -> anyhow::Result<()> {
+pub(crate) fn plugin_bench(opts: &PluginBenchOptions) -> anyhow::Result<()> {
     let module = opts
         .module
         .clone()

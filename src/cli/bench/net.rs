@@ -17,76 +17,76 @@ use quiver_client::{
     QueueSelector, Tls,
 };
 
-use crate::config::Config;
-use crate::server::Server;
-use crate::store::FlushMode;
+use quiver::config::Config;
+use quiver::server::Server;
+use quiver::store::FlushMode;
 
 /// What to run and how hard.
 #[derive(Debug, Clone)]
-pub struct NetBenchOptions {
+pub(crate) struct NetBenchOptions {
     /// A running broker; `None` starts an embedded one.
-    pub addr: Option<SocketAddr>,
+    pub(crate) addr: Option<SocketAddr>,
     /// TLS for `addr` (ignored for the embedded broker, which is pinned by fingerprint).
-    pub tls: Option<Tls>,
+    pub(crate) tls: Option<Tls>,
     /// Embedded broker: flush mode.
-    pub flush: FlushMode,
+    pub(crate) flush: FlushMode,
     /// Embedded broker: where its temporary data directory goes.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Topic to use (created with `queues` queues when missing).
-    pub topic: String,
+    pub(crate) topic: String,
     /// Queues of the topic.
-    pub queues: u32,
+    pub(crate) queues: u32,
     /// Body size in bytes.
-    pub size: usize,
+    pub(crate) size: usize,
     /// Messages to produce (or consume).
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// Stop after this long even if `messages` is not reached.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Concurrent producers (each with its own connection).
-    pub producers: usize,
+    pub(crate) producers: usize,
     /// Requests in flight per producer.
-    pub inflight: usize,
+    pub(crate) inflight: usize,
     /// Messages per send request (1 = single sends).
-    pub batch: usize,
+    pub(crate) batch: usize,
     /// Concurrent consumers (queues are spread over them).
-    pub consumers: usize,
+    pub(crate) consumers: usize,
     /// Consume as push consumers in this group (the broker spreads the queues), while
     /// producing, measuring end-to-end latency.
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// A plugin module and its configuration, loaded as `bench-plugin` and run on every pull
     /// of the consumers.
-    pub plugin: Option<BenchPlugin>,
+    pub(crate) plugin: Option<BenchPlugin>,
 }
 
 /// A plugin module (binary or WAT) and its configuration.
-pub type BenchPlugin = (Vec<u8>, Vec<(String, String)>);
+pub(crate) type BenchPlugin = (Vec<u8>, Vec<(String, String)>);
 
 /// Name the benchmark loads its plugin under.
-pub const BENCH_PLUGIN: &str = "bench-plugin";
+pub(crate) const BENCH_PLUGIN: &str = "bench-plugin";
 
 /// Figures of one run.
 #[derive(Debug, Clone)]
-pub struct NetReport {
+pub(crate) struct NetReport {
     /// What was measured.
-    pub name: String,
+    pub(crate) name: String,
     /// Messages moved.
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// Wall time.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// Latency in microseconds (per request for produce/consume, per message end to end).
-    pub latency: Histogram<u64>,
+    pub(crate) latency: Histogram<u64>,
     /// Errors seen.
-    pub errors: u64,
+    pub(crate) errors: u64,
 }
 
 impl NetReport {
     /// Messages per second.
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Prints one block of figures.
-    pub fn print(&self, size: usize) {
+    pub(crate) fn print(&self, size: usize) {
         let l = &self.latency;
         println!(
             "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ({} msgs in {:.2}s, {} errors)",
@@ -504,7 +504,7 @@ async fn run_group_consumers(
 
 /// Which measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetBench {
+pub(crate) enum NetBench {
     /// Producers only.
     Produce,
     /// Produce first (not timed), then consume everything.
@@ -514,7 +514,7 @@ pub enum NetBench {
 }
 
 /// Runs a network benchmark and prints its figures.
-pub fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<NetReport>> {
+pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<NetReport>> {
     let target = Target::open(opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
