@@ -30,20 +30,10 @@ fn append_one(store: &Store, queue: u32, id: u128, len: usize) -> Result<Appende
 }
 
 fn ids(store: &Store, queue: u32) -> Vec<u128> {
-    let mut out = Vec::new();
-    let mut off = store.queue_bounds("T", queue).0;
-    loop {
-        let r = store
-            .get_messages("T", queue, off, ReadLimits::new(64, 1 << 20, 1000), |_| {
-                true
-            })
-            .unwrap();
-        if r.messages.is_empty() {
-            return out;
-        }
-        out.extend(r.messages.iter().map(|m| m.view().msg_id()));
-        off = r.next_offset;
-    }
+    super::tests::read_all(store, "T", queue)
+        .into_iter()
+        .map(|(_, id, _)| id)
+        .collect()
 }
 
 /// A disk of `total` bytes whose free space the test sets.

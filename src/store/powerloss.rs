@@ -250,23 +250,10 @@ mod tests {
 
     /// Every message of a queue after reopening: queue offset -> (id, body).
     fn survivors(store: &Store, queue: u32) -> BTreeMap<u64, (u128, Vec<u8>)> {
-        let mut out = BTreeMap::new();
-        let mut off = store.queue_bounds("T", queue).0;
-        loop {
-            let r = store
-                .get_messages("T", queue, off, ReadLimits::new(64, 1 << 20, 1000), |_| {
-                    true
-                })
-                .unwrap();
-            if r.messages.is_empty() {
-                return out;
-            }
-            for m in &r.messages {
-                let v = m.view();
-                out.insert(m.queue_offset, (v.msg_id(), v.body().to_vec()));
-            }
-            off = r.next_offset;
-        }
+        super::super::tests::read_all(store, "T", queue)
+            .into_iter()
+            .map(|(offset, id, body)| (offset, (id, body)))
+            .collect()
     }
 
     /// An acknowledged append: its queue, first queue offset, ids and end in the log.
