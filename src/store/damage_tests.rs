@@ -144,6 +144,23 @@ fn expect_all_of_a(store: &Store, n: u128) {
     assert_eq!(got, want);
 }
 
+/// Ids of queue A/0's messages with tag hash `want`, read with a tag filter from offset 0 up
+/// to `end`, 16 at a time.
+fn ids_with_tag(store: &Store, want: u64, end: u64) -> Vec<u128> {
+    let mut off = 0;
+    let mut ids = Vec::new();
+    while off < end {
+        let r = store
+            .get_messages("A", 0, off, ReadLimits::new(16, 1 << 20, 64), |e| {
+                e.tag_hash == want
+            })
+            .unwrap();
+        ids.extend(r.messages.iter().map(|m| m.view().msg_id()));
+        off = r.next_offset;
+    }
+    ids
+}
+
 #[test]
 fn garbage_where_recovery_looks_for_the_queue_end_is_repaired_at_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,17 +243,7 @@ fn zeroed_entries_are_rebuilt_even_for_a_filtered_reader() {
     let store = Store::open(cfg).unwrap();
     // A tag filter first: the zeroed entries' tag hashes must not hide the messages.
     let want = tag_hash("tag1");
-    let mut off = 0;
-    let mut ids = Vec::new();
-    while off < 300 {
-        let r = store
-            .get_messages("A", 0, off, ReadLimits::new(16, 1 << 20, 64), |e| {
-                e.tag_hash == want
-            })
-            .unwrap();
-        ids.extend(r.messages.iter().map(|m| m.view().msg_id()));
-        off = r.next_offset;
-    }
+    let ids = ids_with_tag(&store, want, 300);
     let expected: Vec<u128> = (0..300).filter(|i| i % 3 == 1).collect();
     assert_eq!(ids, expected);
     expect_all_of_a(&store, 300);
@@ -538,17 +545,7 @@ fn garbage_entries_do_not_hide_messages_from_a_tag_filter() {
     );
     let store = Store::open(cfg).unwrap();
     let want = tag_hash("tag2");
-    let mut off = 0;
-    let mut ids = Vec::new();
-    while off < 300 {
-        let r = store
-            .get_messages("A", 0, off, ReadLimits::new(16, 1 << 20, 64), |e| {
-                e.tag_hash == want
-            })
-            .unwrap();
-        ids.extend(r.messages.iter().map(|m| m.view().msg_id()));
-        off = r.next_offset;
-    }
+    let ids = ids_with_tag(&store, want, 300);
     assert_eq!(ids, (0..300).filter(|i| i % 3 == 2).collect::<Vec<u128>>());
     assert!(store.damage_stats().repaired_entries >= 10);
 }
