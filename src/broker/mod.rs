@@ -1,5 +1,11 @@
 //! Request handling: topics, produce, pull with long polling, offsets and admin, on top of the
-//! store. Takes typed requests and returns typed responses; sockets live in `net`.
+//! store. Takes decoded commands (`quiver_protocol::cmd`) and returns their typed replies;
+//! sockets live in `net`. [`Broker::handle_with_stop`] is the dispatch table: one line per
+//! command, calling its handler in the room of its family: `produce` (sends, the append
+//! thread), `pull` (reads, filters, long polling), `groups` (membership, offsets, group admin;
+//! the state machine is `membership`), `admin` (routes, topics, lookups, plugins) and
+//! `special` (scheduled, transactional, retry and dead-letter commands).
+//!
 //! Client sends (plain, scheduled and transactional half messages) go through one bounded
 //! queue to a dedicated append thread, and hold bytes of the append budget
 //! (`broker.append_queue`, `broker.append_queue_bytes`) until they are in the log, so a broker
@@ -19,42 +25,41 @@
 //! and housekeeping threads never wait for room behind client sends, so a full append queue
 //! cannot stall scheduled delivery or transaction clean-up.
 
+mod admin;
 mod groups;
 mod longpoll;
+mod membership;
 mod offsets;
+mod produce;
+mod pull;
 mod special;
 mod topics;
 
 use anyhow::Context;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use quiver_protocol::names::{self, check_name, check_property_name};
-use quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION;
-use quiver_protocol::{
-    FilterSpec, GroupMode, GroupQueue, GroupSummary, PullStatus, QueueInfo, RecordLimits,
-    RecordView, Request, ResetTarget, Response, SendReceipt, Status, TopicSummary, WireMessage,
-    PROTOCOL_VERSION,
-};
-use tokio::sync::{mpsc, oneshot};
+use quiver_protocol::cmd::HelloReply;
+use quiver_protocol::names::{self, check_name};
+use quiver_protocol::{RecordLimits, Request, Response, Status, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::filter::{Filter, FilterCache, FilterKind};
+use crate::filter::FilterCache;
 use crate::messaging::retry::Retries;
 use crate::messaging::timer::{QueueCount, Timer};
 use crate::messaging::tx::{Transactions, TxTiming};
-use crate::plugin::{LoadSpec, PluginError, PluginHost};
+use crate::plugin::{PluginError, PluginHost};
 use crate::store::durable::write_file;
-use crate::store::{Appended, GetStatus, NewMessage, ReadLimits, Store, StoreError};
+use crate::store::{Store, StoreError};
 
-use groups::Groups;
 use longpoll::LongPoll;
+use membership::Groups;
 use offsets::OffsetTable;
+use produce::{append_loop, AppendJob};
 use topics::TopicTable;
 
 /// An error answered to the client: a status code and a message saying what to do.
@@ -163,19 +168,6 @@ pub struct Limits {
     pub request_bytes: usize,
     /// How long a request waits for buffer room before `Busy`.
     pub busy_timeout_ms: u64,
-}
-
-enum AppendJob {
-    Append {
-        topic: String,
-        queue_id: u32,
-        messages: Vec<WireMessage>,
-        born: SocketAddr,
-        reply: oneshot::Sender<std::result::Result<Appended, StoreError>>,
-        /// Bytes of the append-queue budget this job holds until it is in the log.
-        _budget: tokio::sync::OwnedSemaphorePermit,
-    },
-    Stop,
 }
 
 /// The broker's state and request handlers.
@@ -372,8 +364,8 @@ impl Broker {
     }
 
     /// The handshake answer.
-    pub fn hello(&self) -> Response {
-        Response::Hello {
+    pub fn hello(&self) -> HelloReply {
+        HelloReply {
             version: PROTOCOL_VERSION,
             broker: self.cfg.broker.name.clone(),
             max_message_size: self.cfg.store.max_message_size as u32,
@@ -387,902 +379,59 @@ impl Broker {
             .await
     }
 
-    /// Handles one request; parked pulls answer early when `stop` fires.
+    /// Handles one request; parked pulls answer early when `stop` fires. The dispatch table:
+    /// one handler per command, in the room of its family (produce, pull, groups, admin,
+    /// special).
     pub async fn handle_with_stop(
         &self,
         req: Request,
         remote: SocketAddr,
         stop: &CancellationToken,
     ) -> Result<Response> {
-        match req {
-            Request::Hello { .. } => Ok(self.hello()),
-            Request::Route { topic, create } => {
-                // Clients never create system topics: the broker does, when it first needs
-                // one (a refused send to `%DLQ%x` must not leave a topic behind).
-                if create && names::is_system_topic(&topic) && self.topics.queues(&topic).is_none()
-                {
-                    return Err(BrokerError::new(
-                        Status::InvalidName,
-                        format!("topic {topic:?} is a system topic: only the broker creates and writes it"),
-                    ));
-                }
-                let queues = self
-                    .route(&topic, create && !names::is_system_topic(&topic))
-                    .await?;
-                Ok(Response::Route { queues })
+        use Request as Q;
+        use Response as A;
+        Ok(match req {
+            Q::Hello(_) => A::Hello(self.hello()),
+            Q::Route(c) => A::Route(self.route_cmd(c).await?),
+            // produce
+            Q::Send(c) => A::Send(self.send(c, remote).await?),
+            // pull
+            Q::Pull(c) => A::Pull(self.pull(c, stop).await?),
+            // groups and their offsets
+            Q::Heartbeat(c) => A::Heartbeat(self.heartbeat(c, remote).await?),
+            Q::LeaveGroup(c) => A::LeaveGroup(self.leave_group(c)?),
+            Q::CommitOffset(c) => A::CommitOffset(self.commit_offset(c)?),
+            Q::FetchOffset(c) => A::FetchOffset(self.fetch_offset(c)?),
+            Q::GroupList(_) => A::GroupList(self.group_list()),
+            Q::GroupDescribe(c) => A::GroupDescribe(self.describe_group(c)?),
+            Q::GroupResetOffset(c) => A::GroupResetOffset(self.reset_offsets(c).await?),
+            Q::GroupDelete(c) => A::GroupDelete(self.delete_group(c)?),
+            // scheduled, transactional, retry and dead-letter (special)
+            Q::SendSpecial(c) => A::SendSpecial(self.send_special(c, remote).await?),
+            Q::CancelScheduled(c) => A::CancelScheduled(self.cancel_scheduled(c).await?),
+            Q::EndTransaction(c) => A::EndTransaction(self.end_transaction(c).await?),
+            Q::PollTransactionChecks(c) => {
+                A::PollTransactionChecks(self.poll_checks(c, stop).await?)
             }
-            Request::Send {
-                topic,
-                queue_id,
-                messages,
-            } => self.send(topic, queue_id, messages, remote).await,
-            Request::SendSpecial {
-                topic,
-                queue_id,
-                mode,
-                messages,
-            } => {
-                self.send_special(topic, queue_id, mode, messages, remote)
-                    .await
-            }
-            Request::CancelScheduled { id } => self.cancel_scheduled(id).await,
-            Request::EndTransaction {
-                group,
-                id,
-                handle,
-                state,
-                from_check,
-            } => {
-                self.end_transaction(group, id, handle, state, from_check)
-                    .await
-            }
-            Request::PollTransactionChecks {
-                group,
-                producer_id,
-                max,
-                wait_ms,
-            } => {
-                self.poll_checks(group, producer_id, max, wait_ms, stop)
-                    .await
-            }
-            Request::SendBack {
-                group,
-                id,
-                handle,
-                delay_level,
-                max_reconsume,
-                to_dlq,
-            } => {
-                self.send_back(group, id, handle, delay_level, max_reconsume, to_dlq)
-                    .await
-            }
-            Request::DlqResend {
-                group,
-                id,
-                from_offset,
-                max,
-            } => self.dlq_resend(group, id, from_offset, max).await,
-            req @ Request::Pull { .. } => self.pull(req, stop).await,
-            Request::CommitOffset {
-                group,
-                topic,
-                queue_id,
-                offset,
-            } => {
-                name("group", &group)?;
-                self.existing_queue(&topic, queue_id)?;
-                self.offsets.commit(&group, &topic, queue_id, offset);
-                Ok(Response::Done)
-            }
-            Request::FetchOffset {
-                group,
-                topic,
-                queue_id,
-            } => {
-                name("group", &group)?;
-                self.existing_queue(&topic, queue_id)?;
-                Ok(Response::Offset {
-                    offset: self.offsets.fetch(&group, &topic, queue_id),
-                })
-            }
-            Request::OffsetForTime {
-                topic,
-                queue_id,
-                timestamp_ms,
-            } => {
-                self.existing_queue(&topic, queue_id)?;
-                let store = self.store.clone();
-                let offset =
-                    blocking(move || store.offset_for_timestamp(&topic, queue_id, timestamp_ms))
-                        .await??;
-                Ok(Response::Offset {
-                    offset: Some(offset),
-                })
-            }
-            Request::TopicCreate { topic, queues } => {
-                name("topic", &topic)?;
-                client_writable_topic(&topic, "created")?;
-                self.check_queue_count(queues)?;
-                let (topics, t) = (self.topics.clone(), topic.clone());
-                let (_, created) = blocking(move || topics.create(&t, queues))
-                    .await?
-                    .map_err(internal)?;
-                if !created {
-                    return Err(BrokerError::new(
-                        Status::TopicExists,
-                        format!(
-                            "topic {topic:?} already exists; use update to change its queue count"
-                        ),
-                    ));
-                }
-                tracing::info!(%topic, queues, "topic created");
-                Ok(Response::Done)
-            }
-            Request::TopicUpdate { topic, queues } => {
-                name("topic", &topic)?;
-                client_writable_topic(&topic, "changed")?;
-                self.check_queue_count(queues)?;
-                let (topics, t) = (self.topics.clone(), topic.clone());
-                if !blocking(move || topics.update(&t, queues))
-                    .await?
-                    .map_err(internal)?
-                {
-                    return Err(not_found(&topic));
-                }
-                tracing::info!(%topic, queues, "topic updated");
-                Ok(Response::Done)
-            }
-            Request::TopicDelete { topic } => {
-                name("topic", &topic)?;
-                // Dead letters are the operator's to clear; every other system topic holds
-                // the broker's own state (pending retries, transaction outcomes).
-                if !topic.starts_with(names::DLQ_PREFIX) {
-                    client_writable_topic(&topic, "deleted")?;
-                }
-                // While the store drops the queues, sends must not re-create the topic (their
-                // acknowledged messages would be dropped with it).
-                let _deleting = self.topics.begin_delete(&topic);
-                let (topics, t) = (self.topics.clone(), topic.clone());
-                if !blocking(move || topics.delete(&t))
-                    .await?
-                    .map_err(internal)?
-                {
-                    return Err(not_found(&topic));
-                }
-                self.offsets.forget_topic(&topic);
-                let store = self.store.clone();
-                let t = topic.clone();
-                let dropped = blocking(move || store.delete_topic(&t)).await??;
-                tracing::info!(%topic, messages = dropped, "topic deleted");
-                Ok(Response::Done)
-            }
-            Request::TopicList => Ok(Response::Topics(
-                self.topics
-                    .list()
-                    .into_iter()
-                    .map(|(name, queues)| TopicSummary { name, queues })
-                    .collect(),
-            )),
-            Request::TopicDescribe { topic } => {
-                name("topic", &topic)?;
-                let n = self
-                    .topics
-                    .queues(&topic)
-                    .ok_or_else(|| not_found(&topic))?;
-                let queues = (0..n)
-                    .map(|q| {
-                        let (min_offset, max_offset) = self.store.queue_bounds(&topic, q);
-                        QueueInfo {
-                            queue_id: q,
-                            min_offset,
-                            max_offset,
-                        }
-                    })
-                    .collect();
-                Ok(Response::Topic {
-                    name: topic,
-                    queues,
-                })
-            }
-            Request::MessageById { id } => {
-                let store = self.store.clone();
-                let found = blocking(move || store.message_by_id(id)).await??;
-                Ok(Response::Messages(found.into_iter().collect()))
-            }
-            Request::Heartbeat {
-                group,
-                member_id,
-                mode,
-                subscriptions,
-                held,
-            } => {
-                name("group", &group)?;
-                if member_id.is_empty() || member_id.len() > 255 {
-                    return Err(BrokerError::new(
-                        Status::BadRequest,
-                        "member id must be 1..=255 bytes",
-                    ));
-                }
-                // Validate everything before a topic may be auto-created. A bad expression is
-                // refused when the member subscribes, never at the first message; equivalent
-                // filters (`*` and none, `A||B` and `A || B`) compare equal by canonical form.
-                if subscriptions.len() > 256 {
-                    return Err(BrokerError::new(
-                        Status::BadRequest,
-                        format!(
-                            "{} subscriptions; a member may subscribe to at most 256 topics",
-                            subscriptions.len()
-                        ),
-                    ));
-                }
-                let mut subscriptions = subscriptions;
-                let mut seen = std::collections::BTreeSet::new();
-                for s in &mut subscriptions {
-                    name("topic", &s.topic)?;
-                    if !seen.insert(s.topic.clone()) {
-                        return Err(BrokerError::new(
-                            Status::BadRequest,
-                            format!("topic {:?} is subscribed more than once", s.topic),
-                        ));
-                    }
-                    s.filter = match self.compile_filter(&s.filter)? {
-                        None => FilterSpec::All,
-                        Some(f) => match f.kind() {
-                            FilterKind::Tag => FilterSpec::Tag(f.canonical()),
-                            FilterKind::Sql => FilterSpec::Sql(f.canonical()),
-                        },
-                    };
-                }
-                for s in &subscriptions {
-                    // A member may cause its own group's retry and dead-letter topics to be
-                    // created; no other system topic is created for a client.
-                    let own = s.topic == names::retry_topic(&group)
-                        || s.topic == names::dlq_topic(&group);
-                    self.route(&s.topic, own || !names::is_system_topic(&s.topic))
-                        .await?;
-                }
-                // Only real queues of subscribed topics count as held (bounded memory).
-                let mut held = held;
-                held.retain(|(t, q)| {
-                    seen.contains(t) && self.topics.queues(t).is_some_and(|n| *q < n)
-                });
-                let a = self
-                    .groups
-                    .heartbeat(
-                        &group,
-                        &member_id,
-                        &member_id,
-                        remote,
-                        mode,
-                        subscriptions,
-                        held,
-                        |t| self.topics.queues(t),
-                    )
-                    .map_err(|e| match e {
-                        groups::GroupError::Mode(m) => BrokerError::new(Status::BadRequest, m),
-                        groups::GroupError::Conflict(m) => {
-                            BrokerError::new(Status::SubscriptionConflict, m)
-                        }
-                    })?;
-                Ok(Response::Heartbeat {
-                    generation: a.generation,
-                    session_timeout_ms: self.groups.session_timeout.as_millis() as u32,
-                    heartbeat_interval_ms: self.groups.heartbeat_interval.as_millis() as u32,
-                    settled: a.settled,
-                    owned: a.owned,
-                })
-            }
-            Request::LeaveGroup { group, member_id } => {
-                name("group", &group)?;
-                if self.groups.leave(&group, &member_id) {
-                    tracing::info!(%group, member = %member_id, "consumer left its group");
-                }
-                Ok(Response::Done)
-            }
-            Request::GroupList => {
-                let mut list: BTreeMap<String, GroupSummary> = self
-                    .offsets
-                    .groups()
-                    .into_iter()
-                    .map(|name| {
-                        let g = GroupSummary {
-                            name: name.clone(),
-                            mode: GroupMode::Clustering,
-                            members: 0,
-                        };
-                        (name, g)
-                    })
-                    .collect();
-                for (name, mode, members) in self.groups.list() {
-                    if members > 0 || list.contains_key(&name) {
-                        list.insert(
-                            name.clone(),
-                            GroupSummary {
-                                name,
-                                mode,
-                                members,
-                            },
-                        );
-                    }
-                }
-                Ok(Response::Groups(list.into_values().collect()))
-            }
-            Request::GroupDescribe { group } => self.describe_group(group),
-            Request::GroupResetOffset {
-                group,
-                topic,
-                target,
-                force,
-            } => {
-                name("group", &group)?;
-                let n = self
-                    .topics
-                    .queues(&topic)
-                    .ok_or_else(|| not_found(&topic))?;
-                // A misspelled name must not create a group.
-                if self.offsets.of_group(&group).is_empty()
-                    && !self.groups.list().iter().any(|(g, _, _)| *g == group)
-                {
-                    return Err(BrokerError::new(
-                        Status::GroupNotFound,
-                        format!("group {group:?} has no members and no committed offsets; check the name (a group exists once a member joined or committed an offset)"),
-                    ));
-                }
-                self.refuse_if_online(&group, force, "reset its offsets")?;
-                for q in 0..n {
-                    let (min, max) = self.store.queue_bounds(&topic, q);
-                    let offset = match target {
-                        ResetTarget::First => min,
-                        ResetTarget::Last => max,
-                        ResetTarget::Offset(o) => o.clamp(min, max),
-                        ResetTarget::Timestamp(ts) => {
-                            let store = self.store.clone();
-                            let t = topic.clone();
-                            blocking(move || store.offset_for_timestamp(&t, q, ts)).await??
-                        }
-                    };
-                    self.offsets.commit(&group, &topic, q, offset);
-                }
-                tracing::info!(%group, %topic, ?target, "group offsets reset");
-                Ok(Response::Done)
-            }
-            Request::GroupDelete { group, force } => {
-                name("group", &group)?;
-                self.refuse_if_online(&group, force, "delete it")?;
-                let had = self.offsets.delete_group(&group);
-                let live = self.groups.online(&group) > 0;
-                self.groups.forget(&group);
-                if !had && !live {
-                    return Err(BrokerError::new(
-                        Status::GroupNotFound,
-                        format!("group {group:?} has no members and no committed offsets"),
-                    ));
-                }
-                tracing::info!(%group, "group deleted");
-                Ok(Response::Done)
-            }
-            Request::PluginLoad {
-                name,
-                wasm,
-                config,
-                memory_limit_bytes,
-                time_limit_ms,
-            } => {
-                let host = self.plugins.clone();
-                let spec = LoadSpec {
-                    wasm,
-                    config: Some(config),
-                    memory_limit_bytes,
-                    time_limit_ms,
-                };
-                let info = blocking(move || host.load(&name, spec)).await??;
-                Ok(Response::Plugins(vec![info]))
-            }
-            Request::PluginReload {
-                name,
-                wasm,
-                config,
-                memory_limit_bytes,
-                time_limit_ms,
-            } => {
-                let host = self.plugins.clone();
-                let spec = LoadSpec {
-                    wasm,
-                    config,
-                    memory_limit_bytes,
-                    time_limit_ms,
-                };
-                let info = blocking(move || host.reload(&name, spec)).await??;
-                Ok(Response::Plugins(vec![info]))
-            }
-            Request::PluginUnload { name, force } => {
-                let host = self.plugins.clone();
-                blocking(move || host.unload(&name, force)).await??;
-                Ok(Response::Done)
-            }
-            Request::PluginList => Ok(Response::Plugins(self.plugins.list())),
-            Request::PluginDescribe { name } => {
-                Ok(Response::Plugins(vec![self.plugins.describe(&name)?]))
-            }
-            Request::PluginAttach { name, topic } => {
-                let host = self.plugins.clone();
-                blocking(move || host.attach(&name, &topic)).await??;
-                Ok(Response::Done)
-            }
-            Request::PluginDetach { name, topic } => {
-                let host = self.plugins.clone();
-                blocking(move || host.detach(&name, &topic)).await??;
-                Ok(Response::Done)
-            }
-            Request::MessageByKey {
-                topic,
-                key,
-                max,
-                begin_ms,
-                end_ms,
-            } => {
-                name("topic", &topic)?;
-                let store = self.store.clone();
-                let max = max.clamp(1, 64) as usize;
-                let mut found =
-                    blocking(move || store.query_by_key(&topic, &key, max, begin_ms, end_ms))
-                        .await??;
-                // The answer must fit one frame: keep the newest records that do.
-                let room = (self.cfg.broker.max_frame_bytes as usize).saturating_sub(64 << 10);
-                let mut used = 0;
-                found.retain(|r| {
-                    used += r.len();
-                    used <= room
-                });
-                Ok(Response::Messages(found))
-            }
-        }
-    }
-
-    fn refuse_if_online(&self, group: &str, force: bool, what: &str) -> Result<()> {
-        let online = self.groups.online(group);
-        if online > 0 && !force {
-            return Err(BrokerError::new(
-                Status::GroupOnline,
-                format!(
-                    "group {group:?} has {online} live member(s); stop them first, or use --force \
-                     to {what} anyway (live members may then overwrite offsets with their next commit)"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn describe_group(&self, group: String) -> Result<Response> {
-        name("group", &group)?;
-        let live = self.groups.describe(&group);
-        let committed = self.offsets.of_group(&group);
-        if live.is_none() && committed.is_empty() {
-            return Err(BrokerError::new(
-                Status::GroupNotFound,
-                format!("group {group:?} has no members and no committed offsets"),
-            ));
-        }
-        let (mode, members, owners) =
-            live.unwrap_or((GroupMode::Clustering, Vec::new(), BTreeMap::new()));
-        let mut topics: std::collections::BTreeSet<String> =
-            committed.iter().map(|(t, _, _)| t.clone()).collect();
-        topics.extend(members.iter().flat_map(|m| m.topics.iter().cloned()));
-        let mut queues = Vec::new();
-        for topic in topics {
-            let n = self.topics.queues(&topic).unwrap_or(0);
-            for q in 0..n {
-                let committed_offset = committed
-                    .iter()
-                    .find(|(t, qq, _)| *t == topic && *qq == q)
-                    .map(|(_, _, o)| *o);
-                queues.push(GroupQueue {
-                    topic: topic.clone(),
-                    queue_id: q,
-                    committed: committed_offset,
-                    max_offset: self.store.queue_bounds(&topic, q).1,
-                    owner: owners.get(&(topic.clone(), q)).cloned(),
-                });
-            }
-        }
-        Ok(Response::Group {
-            name: group,
-            mode,
-            members,
-            queues,
+            Q::SendBack(c) => A::SendBack(self.send_back(c).await?),
+            Q::DlqResend(c) => A::DlqResend(self.dlq_resend(c).await?),
+            // topics, lookups and plugins (admin)
+            Q::TopicCreate(c) => A::TopicCreate(self.create_topic(c).await?),
+            Q::TopicUpdate(c) => A::TopicUpdate(self.update_topic(c).await?),
+            Q::TopicDelete(c) => A::TopicDelete(self.delete_topic(c).await?),
+            Q::TopicList(_) => A::TopicList(self.list_topics()),
+            Q::TopicDescribe(c) => A::TopicDescribe(self.describe_topic(c)?),
+            Q::OffsetForTime(c) => A::OffsetForTime(self.offset_for_time(c).await?),
+            Q::MessageById(c) => A::MessageById(self.message_by_id(c).await?),
+            Q::MessageByKey(c) => A::MessageByKey(self.message_by_key(c).await?),
+            Q::PluginLoad(c) => A::PluginLoad(self.load_plugin(c).await?),
+            Q::PluginReload(c) => A::PluginReload(self.reload_plugin(c).await?),
+            Q::PluginUnload(c) => A::PluginUnload(self.unload_plugin(c).await?),
+            Q::PluginList(_) => A::PluginList(self.list_plugins()),
+            Q::PluginDescribe(c) => A::PluginDescribe(self.describe_plugin(c)?),
+            Q::PluginAttach(c) => A::PluginAttach(self.attach_plugin(c).await?),
+            Q::PluginDetach(c) => A::PluginDetach(self.detach_plugin(c).await?),
         })
-    }
-
-    /// Compiles (or finds in the cache) a subscription's filter; `None` means every message.
-    fn compile_filter(&self, spec: &FilterSpec) -> Result<Option<Arc<Filter>>> {
-        let (kind, expr) = match spec {
-            FilterSpec::All => return Ok(None),
-            FilterSpec::Tag(e) => (FilterKind::Tag, e),
-            FilterSpec::Sql(e) => (FilterKind::Sql, e),
-        };
-        match self.filters.get_or_compile(kind, expr) {
-            Ok(f) if f.is_all() => Ok(None),
-            Ok(f) => Ok(Some(f)),
-            Err(e) => Err(BrokerError::new(
-                Status::InvalidFilter,
-                format!("invalid {} filter {expr:?}: {e}", kind.name()),
-            )),
-        }
-    }
-
-    fn check_queue_count(&self, queues: u32) -> Result<()> {
-        let max = self.cfg.broker.max_queues;
-        if queues == 0 || queues > max {
-            return Err(BrokerError::new(
-                Status::BadRequest,
-                format!("queue count must be 1..={max}, got {queues}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Queue count of a topic, auto-creating it when asked and allowed.
-    async fn route(&self, topic: &str, create: bool) -> Result<u32> {
-        name("topic", topic)?;
-        internal_topic(topic)?;
-        if let Some(q) = self.topics.queues(topic) {
-            return Ok(q);
-        }
-        if create && special::is_broker_created(topic) {
-            let (topics, t) = (self.topics.clone(), topic.to_string());
-            let (q, _) = blocking(move || topics.create(&t, 1))
-                .await?
-                .map_err(internal)?;
-            return Ok(q);
-        }
-        if !create || !self.cfg.broker.auto_create_topics {
-            return Err(BrokerError::new(
-                Status::TopicNotFound,
-                format!(
-                    "topic {topic:?} does not exist{}",
-                    if self.cfg.broker.auto_create_topics {
-                        ""
-                    } else {
-                        " and auto-creation is off; create it with `quiver admin topic create`"
-                    }
-                ),
-            ));
-        }
-        if self.topics.is_deleting(topic) {
-            return Err(BrokerError::new(
-                Status::Busy,
-                format!("topic {topic:?} is being deleted; retry in a moment"),
-            ));
-        }
-        let max_topics = self.cfg.broker.max_topics;
-        if self.topics.len() >= max_topics {
-            return Err(BrokerError::new(
-                Status::InvalidName,
-                format!(
-                    "the broker holds {max_topics} topics (broker.max_topics); topic {topic:?} \
-                     is not created automatically; delete unused topics or raise the limit"
-                ),
-            ));
-        }
-        // Creating writes and fsyncs topics.json: off the async workers.
-        let (topics, t, queues) = (
-            self.topics.clone(),
-            topic.to_string(),
-            self.cfg.broker.default_queues,
-        );
-        let (q, created) = blocking(move || topics.create(&t, queues))
-            .await?
-            .map_err(internal)?;
-        if created {
-            tracing::info!(%topic, queues = q, "topic auto-created");
-        }
-        Ok(q)
-    }
-
-    fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<u32> {
-        name("topic", topic)?;
-        let n = self.topics.queues(topic).ok_or_else(|| not_found(topic))?;
-        if queue_id >= n {
-            return Err(BrokerError::new(
-                Status::QueueNotFound,
-                format!("topic {topic:?} has {n} queues; queue {queue_id} does not exist"),
-            ));
-        }
-        Ok(n)
-    }
-
-    async fn send(
-        &self,
-        topic: String,
-        queue_id: u32,
-        messages: Vec<WireMessage>,
-        born: SocketAddr,
-    ) -> Result<Response> {
-        let messages = self.accept(&topic, queue_id, messages).await?;
-        let appended = self.store_messages(topic, queue_id, messages, born).await?;
-        Ok(receipts(queue_id, &appended))
-    }
-
-    /// Validates a send, routes it (auto-creating the topic) and runs the topic's ingress
-    /// plugins: what comes out is ready to store.
-    async fn accept(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        messages: Vec<WireMessage>,
-    ) -> Result<Vec<WireMessage>> {
-        // Validate everything before the topic may be auto-created.
-        name("topic", topic)?;
-        if names::is_system_topic(topic) {
-            return Err(BrokerError::new(
-                Status::InvalidName,
-                format!("topic {topic:?} is a system topic; only the broker writes to it"),
-            ));
-        }
-        if messages.is_empty() {
-            return Err(BrokerError::new(
-                Status::InvalidMessage,
-                "a send carries at least one message",
-            ));
-        }
-        let max_body = self.cfg.store.max_message_size;
-        for m in &messages {
-            if m.body.len() > max_body {
-                return Err(BrokerError::new(
-                    Status::MessageTooLarge,
-                    format!(
-                        "message body of {} bytes exceeds the maximum of {max_body} bytes",
-                        m.body.len()
-                    ),
-                ));
-            }
-            for (k, _) in &m.properties {
-                check_property_name(k)
-                    .map_err(|e| BrokerError::new(Status::ReservedProperty, e))?;
-            }
-            if m.keys.iter().any(String::is_empty) {
-                return Err(BrokerError::new(
-                    Status::InvalidMessage,
-                    "message keys must not be empty",
-                ));
-            }
-        }
-        let queues = self.route(topic, true).await?;
-        if queue_id >= queues {
-            return Err(BrokerError::new(
-                Status::QueueNotFound,
-                format!("topic {topic:?} has {queues} queues; queue {queue_id} does not exist"),
-            ));
-        }
-        // The topic's ingress plugins validate, enrich or redact before anything is stored.
-        let chain = self.plugins.ingress_chain(topic)?;
-        if chain.is_empty() {
-            return Ok(messages);
-        }
-        let (host, t) = (self.plugins.clone(), topic.to_string());
-        Ok(blocking(move || host.apply_to_send(&chain, &t, queue_id, messages)).await??)
-    }
-
-    /// Appends through the append thread (bounded queue) and waits until durable.
-    async fn store_messages(
-        &self,
-        topic: String,
-        queue_id: u32,
-        messages: Vec<WireMessage>,
-        born: SocketAddr,
-    ) -> Result<Appended> {
-        let wait = Duration::from_millis(self.cfg.broker.busy_timeout_ms);
-        let busy = || {
-            BrokerError::new(
-                Status::Busy,
-                "broker is busy: the store's append queue is full; retry after a back-off",
-            )
-        };
-        let bytes: usize = messages
-            .iter()
-            .map(|m| {
-                64 + m.body.len()
-                    + m.tag.len()
-                    + m.keys.iter().map(|k| k.len() + 8).sum::<usize>()
-                    + m.properties
-                        .iter()
-                        .map(|(k, v)| k.len() + v.len() + 16)
-                        .sum::<usize>()
-            })
-            .sum();
-        let permits =
-            u32::try_from(bytes.min(self.cfg.broker.append_queue_bytes)).unwrap_or(u32::MAX);
-        let budget = match tokio::time::timeout(
-            wait,
-            self.append_budget.clone().acquire_many_owned(permits),
-        )
-        .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => {
-                return Err(BrokerError::new(
-                    Status::ShuttingDown,
-                    "broker is shutting down",
-                ))
-            }
-            Err(_) => return Err(busy()),
-        };
-        let (reply, rx) = oneshot::channel();
-        let job = AppendJob::Append {
-            topic,
-            queue_id,
-            messages,
-            born,
-            reply,
-            _budget: budget,
-        };
-        match self.appends.send_timeout(job, wait).await {
-            Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(busy()),
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
-                return Err(BrokerError::new(
-                    Status::StoreUnavailable,
-                    "the broker's append thread has stopped; the broker needs a restart",
-                ))
-            }
-        }
-        Ok(rx
-            .await
-            .map_err(|_| BrokerError::new(Status::ShuttingDown, "broker is shutting down"))??)
-    }
-
-    async fn pull(&self, req: Request, stop: &CancellationToken) -> Result<Response> {
-        let Request::Pull {
-            topic,
-            queue_id,
-            offset,
-            max_messages,
-            max_bytes,
-            long_poll_ms,
-            filter,
-            plugins,
-        } = req
-        else {
-            return Err(BrokerError::new(
-                Status::Internal,
-                "pull called with another request",
-            ));
-        };
-        let filter = self.compile_filter(&filter)?;
-        self.existing_queue(&topic, queue_id)?;
-        if plugins.len() > MAX_PLUGINS_PER_SUBSCRIPTION {
-            return Err(BrokerError::new(
-                Status::BadRequest,
-                format!("at most {MAX_PLUGINS_PER_SUBSCRIPTION} plugins per subscription"),
-            ));
-        }
-        // Unknown plugins fail the pull at once, whatever the failure policy.
-        self.plugins.resolve(&plugins)?;
-        let first_offset = offset;
-        let mut offset = offset;
-        let max_count = if max_messages == 0 {
-            32
-        } else {
-            max_messages.min(4096)
-        } as usize;
-        // The response must fit the client's frame limit with room for its header.
-        let frame_room = (self.cfg.broker.max_frame_bytes as usize).saturating_sub(64 << 10);
-        let max_bytes = if max_bytes == 0 {
-            4 << 20
-        } else {
-            max_bytes as usize
-        }
-        .min(frame_room);
-        let limits = ReadLimits::new(max_count, max_bytes, max_count.max(4096));
-        let park = Duration::from_millis(long_poll_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
-        let parked_at = tokio::time::Instant::now();
-        let deadline = parked_at + park;
-        let topic: Arc<str> = topic.into();
-        loop {
-            // Subscribe before reading, so an arrival between the read and the wait wakes us.
-            let notify = self.waiters.subscribe(&topic, queue_id);
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-
-            let store = self.store.clone();
-            let t = topic.clone();
-            let f = filter.clone();
-            // The current version of each plugin: a reload applies from the next batch on.
-            let chain = self.plugins.resolve(&plugins)?;
-            let host = self.plugins.clone();
-            let (r, records, next_offset) = blocking(move || -> Result<_> {
-                let mut r = match f {
-                    None => store.get_messages(&t, queue_id, offset, limits, |_| true),
-                    // Tag hashes in the consume queue skip most non-matching entries without a
-                    // commit-log read; the record check is exact (no hash collision gets
-                    // through).
-                    Some(f) => store.get_messages_where(
-                        &t,
-                        queue_id,
-                        offset,
-                        limits,
-                        |e| f.may_match_hash(e.tag_hash),
-                        |r| f.matches(r),
-                    ),
-                }?;
-                let records: Vec<Bytes> = std::mem::take(&mut r.messages)
-                    .into_iter()
-                    .map(|m| m.bytes)
-                    .collect();
-                // Plugins run after the tag/SQL filter, on what it kept.
-                let (records, next_offset) = if chain.is_empty() || records.is_empty() {
-                    (records, r.next_offset)
-                } else {
-                    let mut records = host.apply_to_records(&chain, &t, queue_id, records)?;
-                    // A transform may enlarge messages: the answer still keeps to the byte
-                    // budget (and the frame), continuing at the first message left out.
-                    let mut used = 0usize;
-                    let cut = records.iter().position(|rec| {
-                        used += rec.len();
-                        used > max_bytes
-                    });
-                    match cut {
-                        Some(i) if i > 0 => {
-                            let next = RecordView::parse_unchecked_crc(&records[i])
-                                .map(|v| v.queue_offset())
-                                .unwrap_or(r.next_offset);
-                            records.truncate(i);
-                            (records, next)
-                        }
-                        _ => (records, r.next_offset),
-                    }
-                };
-                Ok((r, records, next_offset))
-            })
-            .await??;
-            // Plugins that dropped every message leave the pull where a filter would.
-            let status = if r.status == GetStatus::Found && records.is_empty() {
-                GetStatus::NoMatch
-            } else {
-                r.status
-            };
-            let now = tokio::time::Instant::now();
-            // A filtered pull that has skipped non-matching arrivals for a while answers, so
-            // the consumer's offset (and its lag) follows within about a second.
-            let progress_due = parked_at + Duration::from_secs(1);
-            let report_progress = r.next_offset > first_offset && now >= progress_due;
-            let parked_out = now >= deadline || stop.is_cancelled() || report_progress;
-            // Everything up to the end was scanned and nothing matched: for this subscriber that
-            // is "nothing new": park from the new position.
-            if status == GetStatus::NoMatch && r.next_offset >= r.max_offset && !parked_out {
-                offset = r.next_offset;
-            } else if status != GetStatus::NoNewMessages || parked_out {
-                let status = match status {
-                    GetStatus::Found => PullStatus::Found,
-                    GetStatus::NoMatch if r.next_offset >= r.max_offset => {
-                        PullStatus::NoNewMessages
-                    }
-                    GetStatus::NoMatch => PullStatus::NoMatch,
-                    GetStatus::NoNewMessages => PullStatus::NoNewMessages,
-                    GetStatus::OffsetTooSmall => PullStatus::OffsetTooSmall,
-                    GetStatus::OffsetOverflow => PullStatus::OffsetOverflow,
-                };
-                return Ok(Response::Pull {
-                    status,
-                    next_offset,
-                    min_offset: r.min_offset,
-                    max_offset: r.max_offset,
-                    records,
-                });
-            }
-            // Skipped entries are reported within a second even if nothing else arrives.
-            let wake = if offset > first_offset {
-                deadline.min(progress_due)
-            } else {
-                deadline
-            };
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = stop.cancelled() => {}
-            }
-        }
     }
 
     /// Writes committed offsets if they changed, and the group membership snapshot (called
@@ -1322,105 +471,6 @@ impl Broker {
         self.store.close()?;
         saved
     }
-}
-
-fn append_loop(store: Arc<Store>, mut rx: mpsc::Receiver<AppendJob>) {
-    while let Some(job) = rx.blocking_recv() {
-        let AppendJob::Append {
-            topic,
-            queue_id,
-            messages,
-            born,
-            reply,
-            _budget,
-        } = job
-        else {
-            break;
-        };
-        let keys: Vec<Vec<&str>> = messages
-            .iter()
-            .map(|m| m.keys.iter().map(String::as_str).collect())
-            .collect();
-        let props: Vec<Vec<(&str, &str)>> = messages
-            .iter()
-            .map(|m| {
-                m.properties
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect()
-            })
-            .collect();
-        let msgs: Vec<NewMessage<'_>> = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| NewMessage {
-                msg_id: m.id,
-                flags: m.flags,
-                born_timestamp: m.born_timestamp,
-                born_host: born,
-                reconsume_times: 0,
-                tag: &m.tag,
-                keys: &keys[i],
-                properties: &props[i],
-                body: &m.body,
-            })
-            .collect();
-        match store.append(&topic, queue_id, &msgs) {
-            Ok(pending) => pending.on_durable(move |r| {
-                let _ = reply.send(r);
-            }),
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-}
-
-/// The answer to a send.
-fn receipts(queue_id: u32, appended: &Appended) -> Response {
-    Response::Send {
-        queue_id,
-        receipts: appended
-            .results
-            .iter()
-            .map(|r| SendReceipt {
-                id: r.msg_id,
-                queue_offset: r.queue_offset,
-                phys_offset: r.phys_offset,
-            })
-            .collect(),
-    }
-}
-
-/// Refuses the broker's internal topics (scheduled, half and op records) as user topics:
-/// they are read only by the timer and the transaction checker.
-/// Refuses admin changes to system topics (§9.5 of docs/PROTOCOL.md): the broker creates them
-/// and owns their queues.
-fn client_writable_topic(topic: &str, what: &str) -> Result<()> {
-    internal_topic(topic)?;
-    if names::is_system_topic(topic) {
-        return Err(BrokerError::new(
-            Status::InvalidName,
-            format!("topic {topic:?} is a system topic: the broker creates it when needed, and it cannot be {what} by a client"),
-        ));
-    }
-    Ok(())
-}
-
-fn internal_topic(topic: &str) -> Result<()> {
-    if [
-        names::SCHEDULE_TOPIC,
-        names::HALF_TOPIC,
-        names::HALF_OP_TOPIC,
-    ]
-    .contains(&topic)
-    {
-        return Err(BrokerError::new(
-            Status::InvalidName,
-            format!("topic {topic:?} is internal to the broker"),
-        ));
-    }
-    Ok(())
 }
 
 fn name(kind: &str, value: &str) -> Result<()> {

@@ -6,13 +6,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use quiver_protocol::cmd::{self, CountReply, Done, Records, SendReply, SentBackReply};
 use quiver_protocol::names::{
     self, dlq_topic, props, retry_topic, HALF_TOPIC, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TOPIC,
 };
-use quiver_protocol::{Response, SendMode, Status, TransactionState, WireMessage};
+use quiver_protocol::{SendMode, Status};
 use tokio_util::sync::CancellationToken;
 
-use super::{blocking, name, receipts, Broker, BrokerError, Result};
+use super::produce::receipts;
+use super::{blocking, name, Broker, BrokerError, Result};
 use crate::messaging::retry::{HandBack, RetryError};
 use crate::messaging::staging_properties;
 use crate::messaging::timer::CancelError;
@@ -63,15 +65,18 @@ impl From<TxError> for BrokerError {
 }
 
 impl Broker {
-    /// A scheduled send or a half message.
+    /// `SendSpecial`: a scheduled send or a half message.
     pub(super) async fn send_special(
         &self,
-        topic: String,
-        queue_id: u32,
-        mode: SendMode,
-        messages: Vec<WireMessage>,
+        c: cmd::SendSpecial,
         born: SocketAddr,
-    ) -> Result<Response> {
+    ) -> Result<SendReply> {
+        let cmd::SendSpecial {
+            topic,
+            queue_id,
+            mode,
+            messages,
+        } = c;
         let now = self.clock.now_ms();
         let max_delay = self.cfg.messaging.max_delay_ms as i64;
         let invalid = |m: String| BrokerError::new(Status::InvalidDelay, m);
@@ -145,35 +150,41 @@ impl Broker {
         }
     }
 
-    pub(super) async fn cancel_scheduled(&self, id: u128) -> Result<Response> {
+    /// `CancelScheduled`: refused once the message is due.
+    pub(super) async fn cancel_scheduled(&self, c: cmd::CancelScheduled) -> Result<Done> {
         let timer = self.timer.clone();
-        blocking(move || timer.cancel(id)).await??;
-        Ok(Response::Done)
+        blocking(move || timer.cancel(c.id)).await??;
+        Ok(Done)
     }
 
-    pub(super) async fn end_transaction(
-        &self,
-        group: String,
-        id: u128,
-        handle: u64,
-        state: TransactionState,
-        from_check: bool,
-    ) -> Result<Response> {
+    /// `EndTransaction`: commit or roll back a half message.
+    pub(super) async fn end_transaction(&self, c: cmd::EndTransaction) -> Result<Done> {
+        let cmd::EndTransaction {
+            group,
+            id,
+            handle,
+            state,
+            from_check,
+        } = c;
         name("producer group", &group)?;
         let tx = self.tx.clone();
         blocking(move || tx.end(id, handle, state)).await??;
         tracing::debug!(%group, id = %format!("{id:032x}"), ?state, from_check, "transaction decided");
-        Ok(Response::Done)
+        Ok(Done)
     }
 
+    /// `PollTransactionChecks`: waits for the group's next check-backs.
     pub(super) async fn poll_checks(
         &self,
-        group: String,
-        producer_id: String,
-        max: u32,
-        wait_ms: u32,
+        c: cmd::PollTransactionChecks,
         stop: &CancellationToken,
-    ) -> Result<Response> {
+    ) -> Result<Records> {
+        let cmd::PollTransactionChecks {
+            group,
+            producer_id,
+            max,
+            wait_ms,
+        } = c;
         name("producer group", &group)?;
         let max = max.clamp(1, MAX_CHECKS_PER_POLL) as usize;
         let wait = Duration::from_millis(wait_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
@@ -197,11 +208,11 @@ impl Broker {
                         used <= room
                     });
                     tracing::debug!(%group, producer = %producer_id, checks = records.len(), "transaction check-back");
-                    return Ok(Response::Messages(records));
+                    return Ok(Records(records));
                 }
             }
             if tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
-                return Ok(Response::Messages(Vec::new()));
+                return Ok(Records::default());
             }
             // Sleep until the group's next check falls due, something changes, or the poll
             // ends.
@@ -220,15 +231,16 @@ impl Broker {
         }
     }
 
-    pub(super) async fn send_back(
-        &self,
-        group: String,
-        id: u128,
-        handle: u64,
-        delay_level: u8,
-        max_reconsume: u32,
-        to_dlq: bool,
-    ) -> Result<Response> {
+    /// `SendBack`: to the group's retry topic after a back-off, or to its DLQ.
+    pub(super) async fn send_back(&self, c: cmd::SendBack) -> Result<SentBackReply> {
+        let cmd::SendBack {
+            group,
+            id,
+            handle,
+            delay_level,
+            max_reconsume,
+            to_dlq,
+        } = c;
         name("group", &group)?;
         let delay = match delay_level {
             0 => None,
@@ -246,19 +258,20 @@ impl Broker {
             to_dlq,
         };
         let sent = blocking(move || retries.send_back(&group, h)).await??;
-        Ok(Response::SentBack {
+        Ok(SentBackReply {
             to_dlq: sent.to_dlq,
             reconsume_times: sent.reconsume_times,
         })
     }
 
-    pub(super) async fn dlq_resend(
-        &self,
-        group: String,
-        id: Option<u128>,
-        from_offset: u64,
-        max: u32,
-    ) -> Result<Response> {
+    /// `DlqResend`: dead letters back to the group's retry topic.
+    pub(super) async fn dlq_resend(&self, c: cmd::DlqResend) -> Result<CountReply> {
+        let cmd::DlqResend {
+            group,
+            id,
+            from_offset,
+            max,
+        } = c;
         name("group", &group)?;
         let dlq = dlq_topic(&group);
         if self.topics.queues(&dlq).is_none() {
@@ -271,7 +284,7 @@ impl Broker {
         let retries = self.retries.clone();
         let max = max.clamp(1, 10_000) as usize;
         let count = blocking(move || retries.resend_dlq(&group, id, from_offset, max)).await??;
-        Ok(Response::Count(count))
+        Ok(CountReply(count))
     }
 
     /// The delay of level `level` (1 for the first).

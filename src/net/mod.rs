@@ -346,7 +346,7 @@ async fn handle_bi(
                         }
                     };
                     match result {
-                        Ok(resp) => resp.encode_chunks(cmd),
+                        Ok(resp) => resp.encode_chunks(),
                         Err(e) => vec![encode_error(e.status(), cmd as u16, &e.to_string())],
                     }
                 }
@@ -401,11 +401,9 @@ async fn handle_uni(mut recv: quinn::RecvStream, broker: Arc<Broker>, session: A
             }
         };
     match Request::decode(&header, body) {
-        Ok(
-            req @ (Request::Send { .. }
-            | Request::SendSpecial { .. }
-            | Request::EndTransaction { .. }),
-        ) if session.hello.load(Ordering::Acquire) => {
+        Ok(req @ (Request::Send(_) | Request::SendSpecial(_) | Request::EndTransaction(_)))
+            if session.hello.load(Ordering::Acquire) =>
+        {
             if let Err(e) = broker.handle(req, session.remote).await {
                 debug!(error = %e, "one-way request failed");
             }
@@ -423,8 +421,9 @@ async fn dispatch(
     session: &Session,
     stop: &CancellationToken,
 ) -> Result<quiver_protocol::Response, BrokerError> {
-    if let Request::Hello { version, client_id } = &req {
-        if *version != PROTOCOL_VERSION {
+    if let Request::Hello(hello) = &req {
+        let version = hello.version;
+        if version != PROTOCOL_VERSION {
             return Err(BrokerError::new(
                 Status::UnsupportedVersion,
                 format!(
@@ -433,8 +432,8 @@ async fn dispatch(
             ));
         }
         session.hello.store(true, Ordering::Release);
-        debug!(client = %client_id, "handshake");
-        return Ok(broker.hello());
+        debug!(client = %hello.client_id, "handshake");
+        return Ok(quiver_protocol::Response::Hello(broker.hello()));
     }
     if !session.hello.load(Ordering::Acquire) {
         return Err(BrokerError::new(
@@ -445,7 +444,7 @@ async fn dispatch(
             ),
         ));
     }
-    if stop.is_cancelled() && matches!(req, Request::Send { .. }) {
+    if stop.is_cancelled() && matches!(req, Request::Send(_)) {
         return Err(BrokerError::new(
             Status::ShuttingDown,
             "broker is shutting down",

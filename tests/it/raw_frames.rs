@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use quiver_client::{Message, Producer, ProducerOptions};
-use quiver_protocol::{decode_error, split_frame, Command, Request, Status, PROTOCOL_VERSION};
+use quiver_protocol::{cmd, decode_error, split_frame, Command, Request, Status, PROTOCOL_VERSION};
 
 use crate::harness::TestBroker;
 
@@ -39,10 +39,10 @@ impl Raw {
     }
 
     async fn hello(&self) {
-        let hello = Request::Hello {
+        let hello = Request::Hello(cmd::Hello {
             version: PROTOCOL_VERSION,
             client_id: "raw".into(),
-        }
+        })
         .encode();
         let (status, _, _) = self.exchange(&hello).await;
         assert_eq!(status, Status::Ok);
@@ -64,7 +64,7 @@ async fn malformed_frames_get_error_statuses_and_the_broker_keeps_serving() {
     let raw = Raw::connect(&broker).await;
 
     // Requests before the handshake are refused.
-    let list = Request::TopicList.encode();
+    let list = Request::TopicList(cmd::TopicList).encode();
     let (status, cmd, body) = raw.exchange(&list).await;
     assert_eq!(
         (status, cmd),
@@ -73,10 +73,10 @@ async fn malformed_frames_get_error_statuses_and_the_broker_keeps_serving() {
     assert!(decode_error(body).contains("Hello"));
 
     // A wrong protocol version is named.
-    let old = Request::Hello {
+    let old = Request::Hello(cmd::Hello {
         version: 99,
         client_id: "old".into(),
-    }
+    })
     .encode();
     let (status, _, body) = raw.exchange(&old).await;
     assert_eq!(status, Status::UnsupportedVersion);
@@ -111,7 +111,7 @@ async fn malformed_frames_get_error_statuses_and_the_broker_keeps_serving() {
     assert_eq!(status, Status::BadRequest);
 
     // Trailing bytes after a valid body.
-    let mut trailing = Request::TopicList.encode().to_vec();
+    let mut trailing = Request::TopicList(cmd::TopicList).encode().to_vec();
     trailing.extend_from_slice(b"xx");
     let len = (trailing.len() - 4) as u32;
     trailing[0..4].copy_from_slice(&len.to_le_bytes());
@@ -119,14 +119,14 @@ async fn malformed_frames_get_error_statuses_and_the_broker_keeps_serving() {
     assert_eq!(status, Status::BadRequest);
 
     // The broker checks names itself, whatever a client does.
-    let bad_name = Request::TopicCreate {
+    let bad_name = Request::TopicCreate(cmd::TopicCreate {
         topic: "../../etc".into(),
         queues: 1,
-    }
+    })
     .encode();
     let (status, _, body) = raw.exchange(&bad_name).await;
     assert_eq!(status, Status::InvalidName, "{}", decode_error(body));
-    let reserved = Request::Send {
+    let reserved = Request::Send(cmd::Send {
         topic: "t".into(),
         queue_id: 0,
         messages: vec![quiver_protocol::WireMessage {
@@ -138,17 +138,17 @@ async fn malformed_frames_get_error_statuses_and_the_broker_keeps_serving() {
             properties: vec![("UNIQ_KEY".into(), "x".into())],
             body: Bytes::from_static(b"x"),
         }],
-    }
+    })
     .encode();
     let (status, _, _) = raw.exchange(&reserved).await;
     assert_eq!(status, Status::ReservedProperty);
     let (status, _, _) = raw
         .exchange(
-            &Request::Send {
+            &Request::Send(cmd::Send {
                 topic: "t".into(),
                 queue_id: 0,
                 messages: vec![],
-            }
+            })
             .encode(),
         )
         .await;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use quiver_protocol::{split_frame, Command as Cmd, Request, Status, PROTOCOL_VERSION};
+use quiver_protocol::{cmd, split_frame, Command as Cmd, Request, Status, PROTOCOL_VERSION};
 
 struct Serve {
     child: Child,
@@ -209,10 +209,10 @@ fn sigterm_stops_serve_after_its_output_pipes_closed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (_e, conn) = connect(&s).await;
-        let hello = Request::Hello {
+        let hello = Request::Hello(cmd::Hello {
             version: PROTOCOL_VERSION,
             client_id: "pipe".into(),
-        };
+        });
         assert_eq!(exchange(&conn, &hello).await, Status::Ok);
         conn.close(0u32.into(), b"bye");
     });
@@ -230,10 +230,10 @@ fn shutdown_closes_connections_with_a_reason() {
     let mut s = serve(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (_e, conn) = rt.block_on(connect(&s));
-    let hello = Request::Hello {
+    let hello = Request::Hello(cmd::Hello {
         version: PROTOCOL_VERSION,
         client_id: "reason".into(),
-    };
+    });
     assert_eq!(rt.block_on(exchange(&conn, &hello)), Status::Ok);
     // SAFETY: as above.
     assert_eq!(
@@ -264,10 +264,10 @@ fn claimed_frame_lengths_do_not_reserve_memory() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (_e, good) = connect(&s).await;
-        let hello = Request::Hello {
+        let hello = Request::Hello(cmd::Hello {
             version: PROTOCOL_VERSION,
             client_id: "good".into(),
-        };
+        });
         assert_eq!(exchange(&good, &hello).await, Status::Ok);
         let before = rss_kib(pid);
         // Largest frame the broker accepts by default (16 MiB + 64 KiB).
@@ -286,7 +286,7 @@ fn claimed_frame_lengths_do_not_reserve_memory() {
                 streams.push((send, recv));
             }
             // Meanwhile others are still served.
-            let ping = Request::TopicList;
+            let ping = Request::TopicList(cmd::TopicList);
             assert_eq!(
                 exchange(&good, &ping).await,
                 Status::Ok,

@@ -1,9 +1,14 @@
 //! Topic and consumer-group management, and message lookups.
 
 use bytes::Bytes;
+use quiver_protocol::cmd::{
+    self, Call, DlqResend, GroupDelete, GroupDescribe, GroupList, GroupResetOffset, MessageById,
+    MessageByKey, PluginAttach, PluginDescribe, PluginDetach, PluginList, PluginLoad, PluginReload,
+    PluginUnload, PluginsReply, TopicCreate, TopicDelete, TopicList, TopicUpdate,
+};
 use quiver_protocol::{
-    names, GroupMode, GroupQueue, GroupSummary, MemberInfo, PluginInfo, QueueInfo, Request,
-    ResetTarget, Response, Status, TopicSummary,
+    names, GroupMode, GroupQueue, GroupSummary, MemberInfo, PluginInfo, QueueInfo, ResetTarget,
+    Status, TopicSummary,
 };
 
 use crate::client::Client;
@@ -45,11 +50,10 @@ impl Admin {
         &self.client
     }
 
-    async fn done(&self, what: &str, request: Request) -> Result<(), ClientError> {
-        match self.client.request(request).await? {
-            Response::Done => Ok(()),
-            other => Err(ClientError::unexpected(what, &other)),
-        }
+    /// A call answered with [`cmd::Done`].
+    async fn done<C: Call<Reply = cmd::Done>>(&self, c: C) -> Result<(), ClientError> {
+        self.client.call(c).await?;
+        Ok(())
     }
 
     /// Creates a topic with `queues` queues (fails with status `TopicExists` if it exists).
@@ -58,11 +62,11 @@ impl Admin {
         if queues == 0 {
             return Err(ClientError::invalid("a topic needs at least one queue"));
         }
-        let request = Request::TopicCreate {
+        let request = TopicCreate {
             topic: name.to_string(),
             queues,
         };
-        self.done("TopicCreate", request).await
+        self.done(request).await
     }
 
     /// Changes a topic's queue count.
@@ -71,28 +75,25 @@ impl Admin {
         if queues == 0 {
             return Err(ClientError::invalid("a topic needs at least one queue"));
         }
-        let request = Request::TopicUpdate {
+        let request = TopicUpdate {
             topic: name.to_string(),
             queues,
         };
-        self.done("TopicUpdate", request).await
+        self.done(request).await
     }
 
     /// Deletes a topic.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         check("topic", name)?;
-        let request = Request::TopicDelete {
+        let request = TopicDelete {
             topic: name.to_string(),
         };
-        self.done("TopicDelete", request).await
+        self.done(request).await
     }
 
     /// All topics with their queue counts.
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
-        match self.client.request(Request::TopicList).await? {
-            Response::Topics(list) => Ok(list),
-            other => Err(ClientError::unexpected("TopicList", &other)),
-        }
+        Ok(self.client.call(TopicList).await?.topics)
     }
 
     /// A topic's queues with their readable offset ranges.
@@ -105,12 +106,11 @@ impl Admin {
         &self,
         id: MessageId,
     ) -> Result<Option<ReceivedMessage>, ClientError> {
-        match self.client.request(Request::MessageById { id: id.0 }).await {
-            Ok(Response::Messages(records)) => match records.into_iter().next() {
+        match self.client.call(MessageById { id: id.0 }).await {
+            Ok(cmd::Records(records)) => match records.into_iter().next() {
                 Some(r) => Ok(Some(ReceivedMessage::parse(r)?)),
                 None => Ok(None),
             },
-            Ok(other) => Err(ClientError::unexpected("MessageById", &other)),
             Err(ClientError::Broker {
                 status: Status::NotFound,
                 ..
@@ -144,18 +144,15 @@ impl Admin {
         if key.is_empty() {
             return Err(ClientError::invalid("key is empty"));
         }
-        let request = Request::MessageByKey {
+        let request = MessageByKey {
             topic: topic.to_string(),
             key: key.to_string(),
             max,
             begin_ms,
             end_ms,
         };
-        match self.client.request(request).await {
-            Ok(Response::Messages(records)) => {
-                records.into_iter().map(ReceivedMessage::parse).collect()
-            }
-            Ok(other) => Err(ClientError::unexpected("MessageByKey", &other)),
+        match self.client.call(request).await {
+            Ok(cmd::Records(records)) => records.into_iter().map(ReceivedMessage::parse).collect(),
             Err(ClientError::Broker {
                 status: Status::NotFound,
                 ..
@@ -166,33 +163,28 @@ impl Admin {
 
     /// Consumer groups: those with live members or committed offsets.
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
-        match self.client.request(Request::GroupList).await? {
-            Response::Groups(list) => Ok(list),
-            other => Err(ClientError::unexpected("GroupList", &other)),
-        }
+        Ok(self.client.call(GroupList).await?.groups)
     }
 
     /// A group's mode, live members and queues. Fails with status `GroupNotFound` when the
     /// group has neither members nor committed offsets.
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
         check("group", group)?;
-        let request = Request::GroupDescribe {
+        let request = GroupDescribe {
             group: group.to_string(),
         };
-        match self.client.request(request).await? {
-            Response::Group {
-                name,
-                mode,
-                members,
-                queues,
-            } => Ok(GroupDescription {
-                name,
-                mode,
-                members,
-                queues,
-            }),
-            other => Err(ClientError::unexpected("GroupDescribe", &other)),
-        }
+        let cmd::GroupReply {
+            name,
+            mode,
+            members,
+            queues,
+        } = self.client.call(request).await?;
+        Ok(GroupDescription {
+            name,
+            mode,
+            members,
+            queues,
+        })
     }
 
     /// Moves a group's committed offsets on every queue of `topic` to `target`. Refused
@@ -207,13 +199,13 @@ impl Admin {
     ) -> Result<(), ClientError> {
         check("group", group)?;
         check("topic", topic)?;
-        let request = Request::GroupResetOffset {
+        let request = GroupResetOffset {
             group: group.to_string(),
             topic: topic.to_string(),
             target,
             force,
         };
-        self.done("GroupResetOffset", request).await
+        self.done(request).await
     }
 
     /// Deletes a group's committed offsets and membership. Refused (status `GroupOnline`)
@@ -221,26 +213,25 @@ impl Admin {
     /// nothing to delete.
     pub async fn delete_group(&self, group: &str, force: bool) -> Result<(), ClientError> {
         check("group", group)?;
-        let request = Request::GroupDelete {
+        let request = GroupDelete {
             group: group.to_string(),
             force,
         };
-        self.done("GroupDelete", request).await
+        self.done(request).await
     }
 
-    async fn plugins(&self, what: &str, request: Request) -> Result<Vec<PluginInfo>, ClientError> {
-        match self.client.request(request).await? {
-            Response::Plugins(list) => Ok(list),
-            other => Err(ClientError::unexpected(what, &other)),
-        }
-    }
-
-    async fn one_plugin(&self, what: &str, request: Request) -> Result<PluginInfo, ClientError> {
-        self.plugins(what, request)
+    /// A call answered with one plugin (load, reload, describe).
+    async fn one_plugin<C: Call<Reply = PluginsReply>>(
+        &self,
+        c: C,
+    ) -> Result<PluginInfo, ClientError> {
+        self.client
+            .call(c)
             .await?
+            .plugins
             .into_iter()
             .next()
-            .ok_or_else(|| ClientError::Protocol(format!("empty answer to {what}")))
+            .ok_or_else(|| ClientError::Protocol(format!("empty answer to {:?}", C::COMMAND)))
     }
 
     /// Loads a WebAssembly plugin (binary, or WAT text) under a new `name`, with its
@@ -256,14 +247,14 @@ impl Admin {
         time_limit_ms: Option<u32>,
     ) -> Result<PluginInfo, ClientError> {
         check("plugin", name)?;
-        let request = Request::PluginLoad {
+        let request = PluginLoad {
             name: name.to_string(),
             wasm: wasm.into(),
             config,
             memory_limit_bytes: memory_limit_bytes.unwrap_or(0),
             time_limit_ms: time_limit_ms.unwrap_or(0),
         };
-        self.one_plugin("PluginLoad", request).await
+        self.one_plugin(request).await
     }
 
     /// Replaces a plugin atomically: a new module (`None` keeps the current one), a new
@@ -278,14 +269,14 @@ impl Admin {
         time_limit_ms: Option<u32>,
     ) -> Result<PluginInfo, ClientError> {
         check("plugin", name)?;
-        let request = Request::PluginReload {
+        let request = PluginReload {
             name: name.to_string(),
             wasm: wasm.unwrap_or_default(),
             config,
             memory_limit_bytes: memory_limit_bytes.unwrap_or(0),
             time_limit_ms: time_limit_ms.unwrap_or(0),
         };
-        self.one_plugin("PluginReload", request).await
+        self.one_plugin(request).await
     }
 
     /// Unloads a plugin. Refused (`PluginInUse`) while it is attached to a topic's ingress,
@@ -293,25 +284,25 @@ impl Admin {
     /// with `PluginNotFound`.
     pub async fn unload_plugin(&self, name: &str, force: bool) -> Result<(), ClientError> {
         check("plugin", name)?;
-        let request = Request::PluginUnload {
+        let request = PluginUnload {
             name: name.to_string(),
             force,
         };
-        self.done("PluginUnload", request).await
+        self.done(request).await
     }
 
     /// Every loaded plugin with its health and counters.
     pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>, ClientError> {
-        self.plugins("PluginList", Request::PluginList).await
+        Ok(self.client.call(PluginList).await?.plugins)
     }
 
     /// One plugin.
     pub async fn describe_plugin(&self, name: &str) -> Result<PluginInfo, ClientError> {
         check("plugin", name)?;
-        let request = Request::PluginDescribe {
+        let request = PluginDescribe {
             name: name.to_string(),
         };
-        self.one_plugin("PluginDescribe", request).await
+        self.one_plugin(request).await
     }
 
     /// Appends a plugin to `topic`'s ingress chain: from now on every send to the topic runs
@@ -319,22 +310,22 @@ impl Admin {
     pub async fn attach_plugin(&self, name: &str, topic: &str) -> Result<(), ClientError> {
         check("plugin", name)?;
         check("topic", topic)?;
-        let request = Request::PluginAttach {
+        let request = PluginAttach {
             name: name.to_string(),
             topic: topic.to_string(),
         };
-        self.done("PluginAttach", request).await
+        self.done(request).await
     }
 
     /// Removes a plugin from `topic`'s ingress chain.
     pub async fn detach_plugin(&self, name: &str, topic: &str) -> Result<(), ClientError> {
         check("plugin", name)?;
         check("topic", topic)?;
-        let request = Request::PluginDetach {
+        let request = PluginDetach {
             name: name.to_string(),
             topic: topic.to_string(),
         };
-        self.done("PluginDetach", request).await
+        self.done(request).await
     }
 
     /// Messages in `group`'s dead-letter queue (`%DLQ%<group>`), from queue offset `from`, at
@@ -375,15 +366,12 @@ impl Admin {
         max: u32,
     ) -> Result<u64, ClientError> {
         check("group", group)?;
-        let request = Request::DlqResend {
+        let request = DlqResend {
             group: group.to_string(),
             id: id.map(|i| i.0),
             from_offset: from,
             max,
         };
-        match self.client.request(request).await? {
-            Response::Count(n) => Ok(n),
-            other => Err(ClientError::unexpected("DlqResend", &other)),
-        }
+        Ok(self.client.call(request).await?.0)
     }
 }

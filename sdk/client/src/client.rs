@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{ConnectionError, Endpoint, ReadError, ReadToEndError, VarInt, WriteError};
+use quiver_protocol::cmd::{decode_body, encode_request, Call, Hello, HelloReply};
 use quiver_protocol::{
     decode_error, split_frame, Command, Request, Response, Status, PROTOCOL_VERSION,
 };
@@ -403,14 +404,43 @@ impl Client {
         self.inner.generation_tx.subscribe()
     }
 
-    /// Sends a request and waits for its response, with the configured request timeout
-    /// (plus the long-poll time for a [`Request::Pull`] with `long_poll_ms > 0`). A broker
-    /// error status becomes [`ClientError::Broker`].
+    /// Sends one command and waits for its typed reply, with the configured request timeout
+    /// plus the time the broker may park it ([`Call::wait_ms`], e.g. a long-poll
+    /// [`quiver_protocol::cmd::Pull`]). A broker error status becomes
+    /// [`ClientError::Broker`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) -> Result<(), quiver_client::ClientError> {
+    /// use quiver_client::quiver_protocol::cmd::TopicList;
+    /// for t in client.call(TopicList).await?.topics {
+    ///     println!("{} ({} queues)", t.name, t.queues);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<C: Call>(&self, c: C) -> Result<C::Reply, ClientError> {
+        let timeout = self.timeout_for(c.wait_ms());
+        self.call_with_timeout(c, timeout).await
+    }
+
+    /// Like [`Client::call`] with an explicit timeout for the whole call: reconnecting when
+    /// there is no connection, then the exchange.
+    pub async fn call_with_timeout<C: Call>(
+        &self,
+        c: C,
+        timeout: Duration,
+    ) -> Result<C::Reply, ClientError> {
+        let body = self
+            .round_trip(C::COMMAND, encode_request(&c), timeout)
+            .await?;
+        Ok(decode_body(body)?)
+    }
+
+    /// Sends any request and waits for its response, with the configured request timeout
+    /// plus the time the broker may park it ([`Request::wait_ms`]). A broker error status
+    /// becomes [`ClientError::Broker`]. For a reply of a known type, [`Client::call`] is
+    /// simpler.
     pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
-        let mut timeout = self.inner.cfg.request_timeout;
-        if let Request::Pull { long_poll_ms, .. } = &request {
-            timeout += Duration::from_millis(u64::from(*long_poll_ms));
-        }
+        let timeout = self.timeout_for(request.wait_ms());
         self.request_with_timeout(request, timeout).await
     }
 
@@ -421,10 +451,26 @@ impl Client {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
+        let cmd = request.command();
+        let body = self.round_trip(cmd, request.encode(), timeout).await?;
+        Ok(Response::decode(cmd, body)?)
+    }
+
+    /// The request timeout plus a broker-side wait of `wait_ms`.
+    fn timeout_for(&self, wait_ms: u32) -> Duration {
+        self.inner.cfg.request_timeout + Duration::from_millis(u64::from(wait_ms))
+    }
+
+    /// Sends a request frame for `cmd` and returns the body of its successful response,
+    /// within `timeout` (reconnecting included).
+    async fn round_trip(
+        &self,
+        cmd: Command,
+        frame: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, ClientError> {
         let deadline = Instant::now() + timeout;
         let conn = self.connection(deadline).await?;
-        let cmd = request.command();
-        let frame = request.encode();
         self.check_frame_size(&conn, frame.len())?;
         self.run(&conn, deadline, timeout, exchange(&conn, cmd, frame))
             .await
@@ -661,22 +707,22 @@ impl Client {
             generation,
             verdict: Arc::default(),
         };
-        let hello = Request::Hello {
+        let hello = Hello {
             version: PROTOCOL_VERSION,
             client_id: cfg.client_id.clone(),
         };
         let limit = (Instant::now() + cfg.request_timeout).min(deadline);
         let resp = match tokio::time::timeout_at(
             limit,
-            exchange(&c, Command::Hello, hello.encode()),
+            exchange(&c, Hello::COMMAND, encode_request(&hello)),
         )
         .await
         {
-            Ok(r) => r,
+            Ok(r) => r.and_then(|body| Ok(decode_body::<HelloReply>(body)?)),
             Err(_) => Err(ClientError::Timeout(cfg.request_timeout)),
         };
         match resp {
-            Ok(Response::Hello {
+            Ok(HelloReply {
                 version,
                 broker,
                 max_message_size,
@@ -696,10 +742,6 @@ impl Client {
                 tracing::debug!(addr = %cfg.addr, broker = %c.info.broker, generation, "connected");
                 Ok(c)
             }
-            Ok(other) => {
-                c.conn.close(VarInt::from_u32(CLOSE_CODE), b"bad hello");
-                Err(ClientError::unexpected("Hello", &other))
-            }
             Err(e) => {
                 c.conn.close(VarInt::from_u32(CLOSE_CODE), b"hello failed");
                 Err(match e {
@@ -714,8 +756,9 @@ impl Client {
     }
 }
 
-/// One request/response exchange on a fresh bidirectional stream.
-async fn exchange(conn: &Conn, cmd: Command, frame: Bytes) -> Result<Response, ClientError> {
+/// One request/response exchange on a fresh bidirectional stream: the body of the successful
+/// response to `cmd` (see [`response_body`]).
+async fn exchange(conn: &Conn, cmd: Command, frame: Bytes) -> Result<Bytes, ClientError> {
     let (mut send, mut recv) = conn.conn.open_bi().await.map_err(|e| conn.lost(e))?;
     send.write_chunk(frame)
         .await
@@ -729,15 +772,13 @@ async fn exchange(conn: &Conn, cmd: Command, frame: Bytes) -> Result<Response, C
         )),
         ReadToEndError::Read(e) => read_err(conn, e),
     })?;
-    decode_response(cmd, Bytes::from(data), conn.info.max_frame)
+    response_body(cmd, Bytes::from(data), conn.info.max_frame)
 }
 
-/// Decodes a whole response frame to a command.
-pub(crate) fn decode_response(
-    cmd: Command,
-    frame: Bytes,
-    max_frame: u32,
-) -> Result<Response, ClientError> {
+/// Checks a whole response frame to `cmd`: the body of a successful response (for the
+/// caller to decode), the broker's error for an error status, a protocol error for a
+/// malformed frame or one answering another command.
+fn response_body(cmd: Command, frame: Bytes, max_frame: u32) -> Result<Bytes, ClientError> {
     let (header, body) = split_frame(&frame, max_frame.saturating_add(4))?;
     // An error about an unreadable request header cannot name the command: it echoes 0.
     let is_error = header.code != Status::Ok as u16;
@@ -753,7 +794,7 @@ pub(crate) fn decode_response(
             message: decode_error(body),
         });
     }
-    Ok(Response::decode(cmd, body)?)
+    Ok(body)
 }
 
 fn write_err(conn: &Conn, e: WriteError) -> ClientError {
@@ -782,28 +823,34 @@ fn read_err(conn: &Conn, e: ReadError) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quiver_protocol::cmd::RouteReply;
     use quiver_protocol::encode_error;
 
     #[test]
     fn responses_decode_statuses() {
-        let ok = Response::Route { queues: 8 }.encode_chunks(Command::Route);
+        let ok = Response::Route(RouteReply { queues: 8 }).encode_chunks();
         let frame: Vec<u8> = ok.iter().flat_map(|b| b.iter().copied()).collect();
+        let body = response_body(
+            Command::Route,
+            Bytes::from(frame.clone()),
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
         assert_eq!(
-            decode_response(
-                Command::Route,
-                Bytes::from(frame.clone()),
-                DEFAULT_MAX_FRAME
-            )
-            .unwrap(),
-            Response::Route { queues: 8 }
+            decode_body::<RouteReply>(body.clone()).unwrap(),
+            RouteReply { queues: 8 }
+        );
+        assert_eq!(
+            Response::decode(Command::Route, body).unwrap(),
+            Response::Route(RouteReply { queues: 8 })
         );
         // Echoed command must match.
         assert!(matches!(
-            decode_response(Command::Send, Bytes::from(frame), DEFAULT_MAX_FRAME),
+            response_body(Command::Send, Bytes::from(frame), DEFAULT_MAX_FRAME),
             Err(ClientError::Protocol(_))
         ));
         let err = encode_error(Status::Busy, Command::Send as u16, "slow down");
-        match decode_response(Command::Send, err, DEFAULT_MAX_FRAME) {
+        match response_body(Command::Send, err, DEFAULT_MAX_FRAME) {
             Err(e @ ClientError::Broker { .. }) => {
                 assert!(e.is_retryable());
                 assert_eq!(
@@ -818,7 +865,7 @@ mod tests {
         }
         for junk in [&b""[..], b"\x02\0\0\0", b"\xff\xff\xff\xff\0\0\x02\0"] {
             assert!(matches!(
-                decode_response(
+                response_body(
                     Command::Route,
                     Bytes::copy_from_slice(junk),
                     DEFAULT_MAX_FRAME

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use quiver_protocol::{names, FilterSpec, PluginRef, PullStatus, QueueInfo, Request, Response};
+use quiver_protocol::cmd::{CommitOffset, FetchOffset, OffsetForTime, Pull, TopicDescribe};
+use quiver_protocol::{names, FilterSpec, PluginRef, PullStatus, QueueInfo};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -94,7 +95,7 @@ impl PullConsumer {
             )));
         }
         let long_poll_ms = u32::try_from(options.long_poll.as_millis()).unwrap_or(u32::MAX);
-        let request = Request::Pull {
+        let request = Pull {
             topic: topic.to_string(),
             queue_id,
             offset,
@@ -104,25 +105,18 @@ impl PullConsumer {
             filter: options.filter,
             plugins: options.plugins,
         };
-        match self.client.request(request).await? {
-            Response::Pull {
-                status,
-                next_offset,
-                min_offset,
-                max_offset,
-                records,
-            } => Ok(PullResult {
-                status,
-                next_offset,
-                min_offset,
-                max_offset,
-                messages: records
-                    .into_iter()
-                    .map(ReceivedMessage::parse)
-                    .collect::<Result<_, _>>()?,
-            }),
-            other => Err(ClientError::unexpected("Pull", &other)),
-        }
+        let reply = self.client.call(request).await?;
+        Ok(PullResult {
+            status: reply.status,
+            next_offset: reply.next_offset,
+            min_offset: reply.min_offset,
+            max_offset: reply.max_offset,
+            messages: reply
+                .records
+                .into_iter()
+                .map(ReceivedMessage::parse)
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// Stores `offset` (the next offset to consume) for a consumer group on a queue.
@@ -135,16 +129,14 @@ impl PullConsumer {
     ) -> Result<(), ClientError> {
         check("group", group)?;
         check("topic", topic)?;
-        let request = Request::CommitOffset {
+        let request = CommitOffset {
             group: group.to_string(),
             topic: topic.to_string(),
             queue_id,
             offset,
         };
-        match self.client.request(request).await? {
-            Response::Done => Ok(()),
-            other => Err(ClientError::unexpected("CommitOffset", &other)),
-        }
+        self.client.call(request).await?;
+        Ok(())
     }
 
     /// The offset a consumer group committed on a queue, or `None` if it never committed.
@@ -156,15 +148,12 @@ impl PullConsumer {
     ) -> Result<Option<u64>, ClientError> {
         check("group", group)?;
         check("topic", topic)?;
-        let request = Request::FetchOffset {
+        let request = FetchOffset {
             group: group.to_string(),
             topic: topic.to_string(),
             queue_id,
         };
-        match self.client.request(request).await? {
-            Response::Offset { offset } => Ok(offset),
-            other => Err(ClientError::unexpected("FetchOffset", &other)),
-        }
+        Ok(self.client.call(request).await?.offset)
     }
 
     /// The first queue offset whose message was stored at or after `timestamp_ms` (ms since
@@ -177,18 +166,17 @@ impl PullConsumer {
         timestamp_ms: i64,
     ) -> Result<u64, ClientError> {
         check("topic", topic)?;
-        let request = Request::OffsetForTime {
+        let request = OffsetForTime {
             topic: topic.to_string(),
             queue_id,
             timestamp_ms,
         };
-        match self.client.request(request).await? {
-            Response::Offset { offset: Some(o) } => Ok(o),
-            Response::Offset { offset: None } => Err(ClientError::Broker {
+        match self.client.call(request).await?.offset {
+            Some(o) => Ok(o),
+            None => Err(ClientError::Broker {
                 status: quiver_protocol::Status::NotFound,
                 message: format!("no offset at or after {timestamp_ms} in {topic}/{queue_id}"),
             }),
-            other => Err(ClientError::unexpected("OffsetForTime", &other)),
         }
     }
 
@@ -200,13 +188,10 @@ impl PullConsumer {
 
 pub(crate) async fn describe(client: &Client, topic: &str) -> Result<Vec<QueueInfo>, ClientError> {
     check("topic", topic)?;
-    let request = Request::TopicDescribe {
+    let request = TopicDescribe {
         topic: topic.to_string(),
     };
-    match client.request(request).await? {
-        Response::Topic { queues, .. } => Ok(queues),
-        other => Err(ClientError::unexpected("TopicDescribe", &other)),
-    }
+    Ok(client.call(request).await?.queues)
 }
 
 #[cfg(test)]

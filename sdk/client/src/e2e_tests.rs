@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::Endpoint;
+use quiver_protocol::cmd::{self, Call};
 use quiver_protocol::record::{encode_into, NewMessage, RecordPlacement};
 use quiver_protocol::{
     encode_error, split_frame, Command, GroupMode, GroupSummary, PullStatus, QueueInfo, QueueRef,
@@ -190,13 +191,13 @@ async fn respond(
         return err(Status::HandshakeRequired, cmd, "Hello first");
     }
     // Long poll: park when the queue has nothing at the offset.
-    if let Request::Pull {
+    if let Request::Pull(cmd::Pull {
         topic,
         queue_id,
         offset,
         long_poll_ms,
         ..
-    } = &req
+    }) = &req
     {
         let have = st
             .lock()
@@ -210,30 +211,30 @@ async fn respond(
     }
     let mut s = st.lock().unwrap();
     let resp = match req {
-        Request::Hello { version, .. } => {
+        Request::Hello(cmd::Hello { version, .. }) => {
             if version != quiver_protocol::PROTOCOL_VERSION {
                 return err(Status::UnsupportedVersion, cmd, "version");
             }
             hello.store(true, Ordering::SeqCst);
             s.hellos += 1;
-            Response::Hello {
+            Response::Hello(cmd::HelloReply {
                 version,
                 broker: "mock".into(),
                 max_message_size: 4 << 20,
                 max_frame: DEFAULT_MAX_FRAME,
-            }
+            })
         }
-        Request::Route { topic, create } => {
+        Request::Route(cmd::Route { topic, create }) => {
             if topic == "missing" && !create {
                 return err(Status::TopicNotFound, cmd, "no such topic");
             }
-            Response::Route { queues: QUEUES }
+            Response::Route(cmd::RouteReply { queues: QUEUES })
         }
-        Request::Send {
+        Request::Send(cmd::Send {
             topic,
             queue_id,
             messages,
-        } => {
+        }) => {
             if s.busy > 0 {
                 s.busy -= 1;
                 return err(Status::Busy, cmd, "busy");
@@ -292,15 +293,15 @@ async fn respond(
                     phys_offset: phys,
                 });
             }
-            Response::Send { queue_id, receipts }
+            Response::Send(cmd::SendReply { queue_id, receipts })
         }
-        Request::Pull {
+        Request::Pull(cmd::Pull {
             topic,
             queue_id,
             offset,
             max_messages,
             ..
-        } => {
+        }) => {
             let q = s
                 .queues
                 .get(&(topic, queue_id))
@@ -313,7 +314,7 @@ async fn respond(
                 .take(max_messages as usize)
                 .cloned()
                 .collect();
-            Response::Pull {
+            Response::Pull(cmd::PullReply {
                 status: if records.is_empty() {
                     PullStatus::NoNewMessages
                 } else {
@@ -323,46 +324,50 @@ async fn respond(
                 min_offset: 0,
                 max_offset: end,
                 records,
-            }
+            })
         }
-        Request::CommitOffset {
+        Request::CommitOffset(cmd::CommitOffset {
             group,
             topic,
             queue_id,
             offset,
-        } => {
+        }) => {
             s.offsets.insert((group, topic, queue_id), offset);
-            Response::Done
+            Response::CommitOffset(cmd::Done)
         }
-        Request::FetchOffset {
+        Request::FetchOffset(cmd::FetchOffset {
             group,
             topic,
             queue_id,
-        } => Response::Offset {
+        }) => Response::FetchOffset(cmd::OffsetReply {
             offset: s.offsets.get(&(group, topic, queue_id)).copied(),
-        },
-        Request::OffsetForTime { .. } => Response::Offset { offset: None },
-        Request::TopicCreate { .. } | Request::TopicUpdate { .. } | Request::TopicDelete { .. } => {
-            Response::Done
+        }),
+        Request::OffsetForTime(_) => Response::OffsetForTime(cmd::OffsetReply { offset: None }),
+        Request::TopicCreate(_) => Response::TopicCreate(cmd::Done),
+        Request::TopicUpdate(_) => Response::TopicUpdate(cmd::Done),
+        Request::TopicDelete(_) => Response::TopicDelete(cmd::Done),
+        Request::TopicList(cmd::TopicList) => Response::TopicList(cmd::TopicListReply {
+            topics: vec![TopicSummary {
+                name: "demo".into(),
+                queues: QUEUES,
+            }],
+        }),
+        Request::TopicDescribe(cmd::TopicDescribe { topic }) => {
+            Response::TopicDescribe(cmd::TopicReply {
+                queues: (0..QUEUES)
+                    .map(|q| QueueInfo {
+                        queue_id: q,
+                        min_offset: 0,
+                        max_offset: s
+                            .queues
+                            .get(&(topic.clone(), q))
+                            .map_or(0, |v| v.len() as u64),
+                    })
+                    .collect(),
+                name: topic,
+            })
         }
-        Request::TopicList => Response::Topics(vec![TopicSummary {
-            name: "demo".into(),
-            queues: QUEUES,
-        }]),
-        Request::TopicDescribe { topic } => Response::Topic {
-            queues: (0..QUEUES)
-                .map(|q| QueueInfo {
-                    queue_id: q,
-                    min_offset: 0,
-                    max_offset: s
-                        .queues
-                        .get(&(topic.clone(), q))
-                        .map_or(0, |v| v.len() as u64),
-                })
-                .collect(),
-            name: topic,
-        },
-        Request::MessageById { id } => {
+        Request::MessageById(cmd::MessageById { id }) => {
             let found = s
                 .queues
                 .values()
@@ -370,13 +375,13 @@ async fn respond(
                 .find(|r| record_msg_id(r) == id)
                 .cloned();
             match found {
-                Some(r) => Response::Messages(vec![r]),
+                Some(r) => Response::MessageById(cmd::Records(vec![r])),
                 None => return err(Status::NotFound, cmd, "no such message"),
             }
         }
-        Request::MessageByKey {
+        Request::MessageByKey(cmd::MessageByKey {
             topic, key, max, ..
-        } => Response::Messages(
+        }) => Response::MessageByKey(cmd::Records(
             s.queues
                 .iter()
                 .filter(|((t, _), _)| *t == topic)
@@ -389,13 +394,13 @@ async fn respond(
                 .take(max as usize)
                 .cloned()
                 .collect(),
-        ),
-        Request::Heartbeat {
+        )),
+        Request::Heartbeat(cmd::Heartbeat {
             member_id,
             subscriptions,
             held,
             ..
-        } => {
+        }) => {
             s.held.insert(member_id, held);
             let owned = s.grant.clone().unwrap_or_else(|| {
                 // The mock has no retry topics: it grants only the subscribed topics' queues.
@@ -405,54 +410,58 @@ async fn respond(
                     .flat_map(|sub| (0..QUEUES).map(move |q| (sub.topic.clone(), q)))
                     .collect()
             });
-            Response::Heartbeat {
+            Response::Heartbeat(cmd::HeartbeatReply {
                 generation: 1,
                 session_timeout_ms: 5_000,
                 heartbeat_interval_ms: 100,
                 settled: true,
                 owned,
-            }
+            })
         }
-        Request::LeaveGroup { member_id, .. } => {
+        Request::LeaveGroup(cmd::LeaveGroup { member_id, .. }) => {
             s.left.push(member_id);
-            Response::Done
+            Response::LeaveGroup(cmd::Done)
         }
-        Request::GroupList => Response::Groups(vec![GroupSummary {
-            name: "g".into(),
-            mode: GroupMode::Broadcasting,
-            members: 2,
-        }]),
-        Request::GroupDescribe { group } => Response::Group {
-            name: group,
-            mode: GroupMode::Clustering,
-            members: Vec::new(),
-            queues: Vec::new(),
-        },
-        Request::GroupResetOffset { group, topic, .. } => {
+        Request::GroupList(cmd::GroupList) => Response::GroupList(cmd::GroupListReply {
+            groups: vec![GroupSummary {
+                name: "g".into(),
+                mode: GroupMode::Broadcasting,
+                members: 2,
+            }],
+        }),
+        Request::GroupDescribe(cmd::GroupDescribe { group }) => {
+            Response::GroupDescribe(cmd::GroupReply {
+                name: group,
+                mode: GroupMode::Clustering,
+                members: Vec::new(),
+                queues: Vec::new(),
+            })
+        }
+        Request::GroupResetOffset(cmd::GroupResetOffset { group, topic, .. }) => {
             for q in 0..QUEUES {
                 s.offsets.insert((group.clone(), topic.clone(), q), 0);
             }
-            Response::Done
+            Response::GroupResetOffset(cmd::Done)
         }
-        Request::GroupDelete { group, .. } => {
+        Request::GroupDelete(cmd::GroupDelete { group, .. }) => {
             s.offsets.retain(|(g, _, _), _| *g != group);
-            Response::Done
+            Response::GroupDelete(cmd::Done)
         }
         // Plugins and messaging semantics are not part of this mock (tests/it/plugins.rs and
         // tests/it/messaging.rs cover them on a real broker).
-        Request::SendSpecial { .. }
-        | Request::CancelScheduled { .. }
-        | Request::EndTransaction { .. }
-        | Request::PollTransactionChecks { .. }
-        | Request::SendBack { .. }
-        | Request::DlqResend { .. }
-        | Request::PluginLoad { .. }
-        | Request::PluginReload { .. }
-        | Request::PluginUnload { .. }
-        | Request::PluginList
-        | Request::PluginDescribe { .. }
-        | Request::PluginAttach { .. }
-        | Request::PluginDetach { .. } => {
+        Request::SendSpecial(_)
+        | Request::CancelScheduled(_)
+        | Request::EndTransaction(_)
+        | Request::PollTransactionChecks(_)
+        | Request::SendBack(_)
+        | Request::DlqResend(_)
+        | Request::PluginLoad(_)
+        | Request::PluginReload(_)
+        | Request::PluginUnload(_)
+        | Request::PluginList(_)
+        | Request::PluginDescribe(_)
+        | Request::PluginAttach(_)
+        | Request::PluginDetach(_) => {
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,
@@ -460,7 +469,8 @@ async fn respond(
             )]
         }
     };
-    resp.encode_chunks(cmd)
+    debug_assert_eq!(resp.command(), cmd);
+    resp.encode_chunks()
 }
 
 fn record_msg_id(r: &[u8]) -> u128 {
@@ -729,26 +739,50 @@ async fn retries_and_timeouts() {
     let r = consumer.pull("empty", 0, 0, opts).await.unwrap();
     assert_eq!(r.status, PullStatus::NoNewMessages);
     assert!(r.messages.is_empty());
-    // A plain request to a parked pull times out (the mock sleeps, the client does not wait).
+    let parked = cmd::Pull {
+        topic: "empty".into(),
+        queue_id: 0,
+        offset: 0,
+        max_messages: 1,
+        max_bytes: 1,
+        long_poll_ms: 600,
+        filter: quiver_protocol::FilterSpec::All,
+        plugins: Vec::new(),
+    };
+    assert_eq!(parked.wait_ms(), 600);
+    // The generic and the typed call extend their timeout alike.
+    let r = short.request(parked.clone().into()).await.unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Pull(cmd::PullReply {
+                status: PullStatus::NoNewMessages,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = short.call(parked.clone()).await.unwrap();
+    assert_eq!(r.status, PullStatus::NoNewMessages);
+    // An explicit timeout is not extended: a parked pull times out (the mock sleeps, the
+    // client does not wait).
     let e = short
-        .request_with_timeout(
-            Request::Pull {
-                topic: "empty".into(),
-                queue_id: 0,
-                offset: 0,
-                max_messages: 1,
-                max_bytes: 1,
-                long_poll_ms: 600,
-                filter: quiver_protocol::FilterSpec::All,
-                plugins: Vec::new(),
-            },
-            Duration::from_millis(100),
-        )
+        .request_with_timeout(parked.clone().into(), Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    let e = short
+        .call_with_timeout(parked, Duration::from_millis(100))
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
     // The connection is still good (short window: no dead-broker verdict).
-    short.request(Request::TopicList).await.unwrap();
+    short
+        .request(Request::TopicList(cmd::TopicList))
+        .await
+        .unwrap();
+    let topics = short.call(cmd::TopicList).await.unwrap().topics;
+    assert_eq!(topics[0].name, "demo");
     assert_eq!(mock.state().hellos, 2);
 }
 
@@ -774,7 +808,7 @@ async fn survives_a_graceful_restart() {
     let waiting: Vec<_> = (0..8)
         .map(|_| {
             let client = client.clone();
-            tokio::spawn(async move { client.request(Request::TopicList).await })
+            tokio::spawn(async move { client.request(Request::TopicList(cmd::TopicList)).await })
         })
         .collect();
     for w in waiting {
@@ -815,7 +849,10 @@ async fn refused_connections_are_retried_with_back_off() {
     state.lock().unwrap().refuse = 2;
     let mock = Mock::start_with(&c, addr, state).await;
     let started = std::time::Instant::now();
-    client.request(Request::TopicList).await.unwrap();
+    client
+        .request(Request::TopicList(cmd::TopicList))
+        .await
+        .unwrap();
     // Two failed attempts: waits of 50 to 100 ms, then 100 to 200 ms.
     assert!(
         started.elapsed() >= Duration::from_millis(150),
@@ -893,7 +930,10 @@ async fn survives_a_silent_broker_death() {
     let new = Mock::start(&c, local()).await;
     *relay.target.lock().unwrap() = new.addr;
     let started = std::time::Instant::now();
-    let e = client.request(Request::TopicList).await.unwrap_err();
+    let e = client
+        .request(Request::TopicList(cmd::TopicList))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, ClientError::ConnectionLost(m) if m.contains("acknowledged nothing")),
         "{e:?}"
@@ -904,7 +944,10 @@ async fn survives_a_silent_broker_death() {
         started.elapsed()
     );
     // The next request reconnects.
-    client.request(Request::TopicList).await.unwrap();
+    client
+        .request(Request::TopicList(cmd::TopicList))
+        .await
+        .unwrap();
     assert_eq!(new.state().hellos, 1);
     assert_eq!(client.generation(), 2);
 

@@ -92,34 +92,6 @@ impl ClientError {
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         ClientError::InvalidArgument(msg.into())
     }
-
-    pub(crate) fn unexpected(what: &str, got: &quiver_protocol::Response) -> Self {
-        ClientError::Protocol(format!(
-            "unexpected response to {what}: {}",
-            response_kind(got)
-        ))
-    }
-}
-
-fn response_kind(r: &quiver_protocol::Response) -> &'static str {
-    use quiver_protocol::Response::*;
-    match r {
-        Hello { .. } => "Hello",
-        Route { .. } => "Route",
-        Send { .. } => "Send",
-        Pull { .. } => "Pull",
-        Offset { .. } => "Offset",
-        Done => "Done",
-        Topics(_) => "Topics",
-        Topic { .. } => "Topic",
-        Messages(_) => "Messages",
-        Heartbeat { .. } => "Heartbeat",
-        Groups(_) => "Groups",
-        Group { .. } => "Group",
-        Plugins(_) => "Plugins",
-        SentBack { .. } => "SentBack",
-        Count(_) => "Count",
-    }
 }
 
 impl From<DecodeError> for ClientError {

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use quiver_protocol::cmd::{self, encode_request, CancelScheduled, SendReply, SendSpecial};
 use quiver_protocol::record::{fnv1a, FNV_OFFSET};
-use quiver_protocol::{names, Request, Response, SendMode, Status, WireMessage};
+use quiver_protocol::{names, SendMode, Status, WireMessage};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -240,15 +242,8 @@ impl Producer {
     /// Fails with [`Status::AlreadyDue`] once it is due or delivered and
     /// [`Status::NotFound`] for an unknown id.
     pub async fn cancel_scheduled(&self, id: MessageId) -> Result<(), ClientError> {
-        match self
-            .inner
-            .client
-            .request(Request::CancelScheduled { id: id.0 })
-            .await?
-        {
-            Response::Done => Ok(()),
-            other => Err(ClientError::unexpected("CancelScheduled", &other)),
-        }
+        self.inner.client.call(CancelScheduled { id: id.0 }).await?;
+        Ok(())
     }
 
     /// Sends one message without waiting for the broker: returns once the request is written
@@ -258,13 +253,13 @@ impl Producer {
         let deadline = Instant::now() + self.inner.opts.send_timeout;
         let queues = self.route(message.topic(), deadline).await?;
         let queue_id = self.select(&message, queues)?;
-        let request = make_request(
+        let request = SendRequest::new(
             message.topic().to_string(),
             queue_id,
             vec![message.to_wire(MessageId::new())],
             special_mode(&message, None),
         );
-        self.inner.client.send_oneway_frame(request.encode()).await
+        self.inner.client.send_oneway_frame(request.frame()).await
     }
 
     pub(crate) async fn send_many(
@@ -334,40 +329,31 @@ impl Producer {
                 self.select(first, queues)?
             }
         };
-        let request = make_request(
+        let request = SendRequest::new(
             topic.to_string(),
             queue_id,
             wire.to_vec(),
             special_mode(first, half_group),
         );
         let timeout = self.timeout_until(deadline)?;
-        match self
-            .inner
-            .client
-            .request_with_timeout(request, timeout)
-            .await?
-        {
-            Response::Send { queue_id, receipts } => {
-                if receipts.len() != wire.len() {
-                    return Err(ClientError::Protocol(format!(
-                        "{} receipts for {} messages",
-                        receipts.len(),
-                        wire.len()
-                    )));
-                }
-                Ok(receipts
-                    .iter()
-                    .map(|r| SendResult {
-                        msg_id: MessageId(r.id),
-                        topic: topic.to_string(),
-                        queue_id,
-                        queue_offset: r.queue_offset,
-                        commit_log_offset: r.phys_offset,
-                    })
-                    .collect())
-            }
-            other => Err(ClientError::unexpected("Send", &other)),
+        let SendReply { queue_id, receipts } = request.call(&self.inner.client, timeout).await?;
+        if receipts.len() != wire.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} receipts for {} messages",
+                receipts.len(),
+                wire.len()
+            )));
         }
+        Ok(receipts
+            .iter()
+            .map(|r| SendResult {
+                msg_id: MessageId(r.id),
+                topic: topic.to_string(),
+                queue_id,
+                queue_offset: r.queue_offset,
+                commit_log_offset: r.phys_offset,
+            })
+            .collect())
     }
 
     /// Time left for one request: the smaller of the request timeout and the deadline.
@@ -412,35 +398,30 @@ impl Producer {
         }
         names::check_name("topic", topic).map_err(ClientError::InvalidArgument)?;
         let timeout = self.timeout_until(deadline)?;
-        let request = Request::Route {
+        let request = cmd::Route {
             topic: topic.to_string(),
             create: self.inner.opts.auto_create,
         };
-        match self
+        let cmd::RouteReply { queues } = self
             .inner
             .client
-            .request_with_timeout(request, timeout)
-            .await?
-        {
-            Response::Route { queues } => {
-                if queues == 0 {
-                    return Err(ClientError::Protocol(format!(
-                        "broker reports 0 queues for topic {topic:?}"
-                    )));
-                }
-                if let Ok(mut routes) = self.inner.routes.lock() {
-                    routes.insert(
-                        topic.to_string(),
-                        Route {
-                            queues,
-                            fetched: Instant::now(),
-                        },
-                    );
-                }
-                Ok(queues)
-            }
-            other => Err(ClientError::unexpected("Route", &other)),
+            .call_with_timeout(request, timeout)
+            .await?;
+        if queues == 0 {
+            return Err(ClientError::Protocol(format!(
+                "broker reports 0 queues for topic {topic:?}"
+            )));
         }
+        if let Ok(mut routes) = self.inner.routes.lock() {
+            routes.insert(
+                topic.to_string(),
+                Route {
+                    queues,
+                    fetched: Instant::now(),
+                },
+            );
+        }
+        Ok(queues)
     }
 
     fn cached_route(&self, topic: &str) -> Option<u32> {
@@ -472,24 +453,49 @@ fn special_mode(message: &Message, half_group: Option<&str>) -> Option<SendMode>
     })
 }
 
-fn make_request(
-    topic: String,
-    queue_id: u32,
-    messages: Vec<WireMessage>,
-    mode: Option<SendMode>,
-) -> Request {
-    match mode {
-        None => Request::Send {
-            topic,
-            queue_id,
-            messages,
-        },
-        Some(mode) => Request::SendSpecial {
-            topic,
-            queue_id,
-            mode,
-            messages,
-        },
+/// Messages for one queue: a plain [`cmd::Send`], or a [`SendSpecial`] when they have a
+/// mode; both are answered with a [`SendReply`].
+enum SendRequest {
+    Plain(cmd::Send),
+    Special(SendSpecial),
+}
+
+impl SendRequest {
+    fn new(
+        topic: String,
+        queue_id: u32,
+        messages: Vec<WireMessage>,
+        mode: Option<SendMode>,
+    ) -> Self {
+        match mode {
+            None => SendRequest::Plain(cmd::Send {
+                topic,
+                queue_id,
+                messages,
+            }),
+            Some(mode) => SendRequest::Special(SendSpecial {
+                topic,
+                queue_id,
+                mode,
+                messages,
+            }),
+        }
+    }
+
+    /// The whole request frame (for one-way sends).
+    fn frame(&self) -> Bytes {
+        match self {
+            SendRequest::Plain(c) => encode_request(c),
+            SendRequest::Special(c) => encode_request(c),
+        }
+    }
+
+    /// Sends it and waits for the receipts, within `timeout`.
+    async fn call(self, client: &Client, timeout: Duration) -> Result<SendReply, ClientError> {
+        match self {
+            SendRequest::Plain(c) => client.call_with_timeout(c, timeout).await,
+            SendRequest::Special(c) => client.call_with_timeout(c, timeout).await,
+        }
     }
 }
 

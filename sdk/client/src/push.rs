@@ -17,9 +17,8 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use quiver_protocol::{
-    names, GroupMode, PullStatus, QueueInfo, QueueRef, Request, Response, Status,
-};
+use quiver_protocol::cmd::{Heartbeat, HeartbeatReply, LeaveGroup, SendBack, SentBackReply};
+use quiver_protocol::{names, GroupMode, PullStatus, QueueInfo, QueueRef, Status};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -758,7 +757,7 @@ impl Answer {
 
 async fn heartbeat(shared: &Shared) -> Result<Answer, ClientError> {
     let held: Vec<QueueRef> = lock(&shared.queues).keys().cloned().collect();
-    let request = Request::Heartbeat {
+    let request = Heartbeat {
         group: shared.opts.group.clone(),
         member_id: shared.member_id.clone(),
         mode: shared.opts.mode,
@@ -775,22 +774,20 @@ async fn heartbeat(shared: &Shared) -> Result<Answer, ClientError> {
             .collect(),
         held,
     };
-    match shared.client.request(request).await? {
-        Response::Heartbeat {
-            generation,
-            session_timeout_ms,
-            heartbeat_interval_ms,
-            settled,
-            owned,
-        } => Ok(Answer {
-            generation,
-            owned,
-            settled,
-            interval: Duration::from_millis(u64::from(heartbeat_interval_ms.max(10))),
-            session_timeout: Duration::from_millis(u64::from(session_timeout_ms.max(100))),
-        }),
-        other => Err(ClientError::unexpected("Heartbeat", &other)),
-    }
+    let HeartbeatReply {
+        generation,
+        session_timeout_ms,
+        heartbeat_interval_ms,
+        settled,
+        owned,
+    } = shared.client.call(request).await?;
+    Ok(Answer {
+        generation,
+        owned,
+        settled,
+        interval: Duration::from_millis(u64::from(heartbeat_interval_ms.max(10))),
+        session_timeout: Duration::from_millis(u64::from(session_timeout_ms.max(100))),
+    })
 }
 
 /// Which workers to start and which to release for an answer.
@@ -1024,19 +1021,13 @@ async fn membership(
             first_error.get_or_insert(e);
         }
     }
-    let leave = Request::LeaveGroup {
+    let leave = LeaveGroup {
         group: shared.opts.group.clone(),
         member_id: shared.member_id.clone(),
     };
-    match shared.client.request(leave).await {
-        Ok(Response::Done) => {}
-        Ok(other) => {
-            first_error.get_or_insert(ClientError::unexpected("LeaveGroup", &other));
-        }
-        Err(e) => {
-            tracing::warn!(group = %shared.opts.group, error = %e, "cannot leave the group");
-            first_error.get_or_insert(e);
-        }
+    if let Err(e) = shared.client.call(leave).await {
+        tracing::warn!(group = %shared.opts.group, error = %e, "cannot leave the group");
+        first_error.get_or_insert(e);
     }
     tracing::info!(group = %shared.opts.group, member = %shared.member_id, "push consumer stopped");
     match first_error {
@@ -1537,7 +1528,7 @@ async fn send_back(
 ) -> Vec<ReceivedMessage> {
     let mut left = Vec::new();
     for m in batch {
-        let req = Request::SendBack {
+        let req = SendBack {
             group: shared.opts.group.clone(),
             id: m.msg_id.0,
             handle: m.commit_log_offset,
@@ -1545,8 +1536,8 @@ async fn send_back(
             max_reconsume: shared.opts.max_reconsume_times,
             to_dlq,
         };
-        match shared.client.request(req).await {
-            Ok(Response::SentBack {
+        match shared.client.call(req).await {
+            Ok(SentBackReply {
                 to_dlq,
                 reconsume_times,
             }) => {
@@ -1560,10 +1551,6 @@ async fn send_back(
                 } else {
                     tracing::debug!(msg_id = %m.msg_id, reconsume_times, "message handed back for a retry");
                 }
-            }
-            Ok(other) => {
-                tracing::warn!(error = %ClientError::unexpected("SendBack", &other), "send-back failed");
-                left.push(m);
             }
             Err(e) => {
                 tracing::warn!(msg_id = %m.msg_id, error = %e, "send-back failed; retrying in place");

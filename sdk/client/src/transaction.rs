@@ -6,8 +6,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
+use quiver_protocol::cmd::{encode_request, EndTransaction, PollTransactionChecks, Records};
+use quiver_protocol::names;
 pub use quiver_protocol::TransactionState;
-use quiver_protocol::{names, Request, Response};
 use tokio::task::JoinHandle;
 
 use crate::error::ClientError;
@@ -96,14 +97,18 @@ impl Producer {
             });
         // One-way, as RocketMQ does: a decision that gets lost is recovered by the check-back,
         // and the send does not wait for a second round trip.
-        let request = Request::EndTransaction {
+        let request = EndTransaction {
             group: self.options().group.clone(),
             id: send.msg_id.0,
             handle: send.commit_log_offset,
             state,
             from_check: false,
         };
-        let reported = match self.client().send_oneway_frame(request.encode()).await {
+        let reported = match self
+            .client()
+            .send_oneway_frame(encode_request(&request))
+            .await
+        {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(msg_id = %send.msg_id, error = %e, "transaction decision not delivered; the broker will check back");
@@ -137,20 +142,15 @@ impl Producer {
         let task = tokio::spawn(async move {
             let group = producer.options().group.clone();
             loop {
-                let req = Request::PollTransactionChecks {
+                // The request timeout is extended by the poll's wait (`Call::wait_ms`).
+                let req = PollTransactionChecks {
                     group: group.clone(),
                     producer_id: producer_id.clone(),
                     max: 32,
                     wait_ms: POLL_WAIT.as_millis() as u32,
                 };
-                let timeout = POLL_WAIT + producer.client().config().request_timeout;
-                let records = match producer.client().request_with_timeout(req, timeout).await {
-                    Ok(Response::Messages(r)) => r,
-                    Ok(other) => {
-                        tracing::warn!(got = ?other, "unexpected answer to a check-back poll");
-                        tokio::time::sleep(POLL_ERROR_PAUSE).await;
-                        continue;
-                    }
+                let records = match producer.client().call(req).await {
+                    Ok(Records(r)) => r,
                     Err(e) => {
                         tracing::debug!(error = %e, "check-back poll failed; retrying");
                         tokio::time::sleep(POLL_ERROR_PAUSE).await;
@@ -191,17 +191,15 @@ async fn end(
     state: TransactionState,
     from_check: bool,
 ) -> Result<(), ClientError> {
-    let req = Request::EndTransaction {
+    let req = EndTransaction {
         group: producer.options().group.clone(),
         id: id.0,
         handle,
         state,
         from_check,
     };
-    match producer.client().request(req).await? {
-        Response::Done => Ok(()),
-        other => Err(ClientError::unexpected("EndTransaction", &other)),
-    }
+    producer.client().call(req).await?;
+    Ok(())
 }
 
 /// The running check-back loop of [`Producer::start_transaction_checker`]; stops when

@@ -1,7 +1,8 @@
 //! The Quiver wire protocol, shared by the broker and every client: frame layout, stable
-//! command and status codes, typed requests and responses, the message record layout, and the
+//! command and status codes, commands as typed values (one struct per request and reply), the message record layout, and the
 //! naming rules. No async runtime and no I/O: feed it bytes, get values (docs/PROTOCOL.md).
 
+pub mod cmd;
 pub mod codes;
 pub mod frame;
 pub mod names;
@@ -10,12 +11,13 @@ pub mod record;
 pub mod text;
 pub mod wire;
 
+pub use cmd::{Call, Request, Response, WireDecode, WireEncode};
 pub use codes::{Command, PullStatus, Status};
 pub use frame::{
     decode_error, encode_error, split_frame, FilterSpec, FrameError, FrameHeader, GroupMode,
-    GroupQueue, GroupSummary, MemberInfo, QueueInfo, QueueRef, Request, ResetTarget, Response,
-    SendMode, SendReceipt, Subscription, TopicSummary, TransactionState, WireMessage, ALPN,
-    FRAME_HEADER, PROTOCOL_VERSION,
+    GroupQueue, GroupSummary, MemberInfo, QueueInfo, QueueRef, ResetTarget, SendMode, SendReceipt,
+    Subscription, TopicSummary, TransactionState, WireMessage, ALPN, FRAME_HEADER,
+    PROTOCOL_VERSION,
 };
 pub use plugins::{PluginFailurePolicy, PluginInfo, PluginKind, PluginRef};
 pub use record::{tag_hash, NewMessage, RecordError, RecordLimits, RecordView};
