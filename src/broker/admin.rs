@@ -4,16 +4,17 @@
 use quiver_protocol::cmd::{
     self, Done, OffsetReply, PluginsReply, Records, RouteReply, TopicListReply, TopicReply,
 };
-use quiver_protocol::names;
+use quiver_protocol::names::{self, TopicName};
 use quiver_protocol::{QueueInfo, Status, TopicSummary};
 
-use super::{blocking, internal, name, not_found, special, Broker, BrokerError, Result};
+use super::{blocking, internal, not_found, special, Broker, BrokerError, Result};
 use crate::plugin::LoadSpec;
 
 impl Broker {
     /// `Route`: a topic's queue count, creating it when asked and allowed.
     pub(super) async fn route_cmd(&self, c: cmd::Route) -> Result<RouteReply> {
-        let cmd::Route { topic, create } = c;
+        let topic = TopicName::parse(c.topic)?;
+        let create = c.create;
         // Clients never create system topics: the broker does, when it first needs one (a
         // refused send to `%DLQ%x` must not leave a topic behind).
         if create && names::is_system_topic(&topic) && self.topics.queues(&topic).is_none() {
@@ -30,8 +31,7 @@ impl Broker {
 
     /// `TopicCreate`.
     pub(super) async fn create_topic(&self, c: cmd::TopicCreate) -> Result<Done> {
-        let cmd::TopicCreate { topic, queues } = c;
-        name("topic", &topic)?;
+        let (topic, queues) = (TopicName::parse(c.topic)?, c.queues);
         client_writable_topic(&topic, "created")?;
         self.check_queue_count(queues)?;
         let (topics, t) = (self.topics.clone(), topic.clone());
@@ -50,8 +50,7 @@ impl Broker {
 
     /// `TopicUpdate`: a new queue count.
     pub(super) async fn update_topic(&self, c: cmd::TopicUpdate) -> Result<Done> {
-        let cmd::TopicUpdate { topic, queues } = c;
-        name("topic", &topic)?;
+        let (topic, queues) = (TopicName::parse(c.topic)?, c.queues);
         client_writable_topic(&topic, "changed")?;
         self.check_queue_count(queues)?;
         let (topics, t) = (self.topics.clone(), topic.clone());
@@ -67,8 +66,7 @@ impl Broker {
 
     /// `TopicDelete`: the topic, its queues and the offsets committed on it.
     pub(super) async fn delete_topic(&self, c: cmd::TopicDelete) -> Result<Done> {
-        let topic = c.topic;
-        name("topic", &topic)?;
+        let topic = TopicName::parse(c.topic)?;
         // Dead letters are the operator's to clear; every other system topic holds the
         // broker's own state (pending retries, transaction outcomes).
         if !topic.starts_with(names::DLQ_PREFIX) {
@@ -106,8 +104,7 @@ impl Broker {
 
     /// `TopicDescribe`: each queue's readable range.
     pub(super) fn describe_topic(&self, c: cmd::TopicDescribe) -> Result<TopicReply> {
-        let topic = c.topic;
-        name("topic", &topic)?;
+        let topic = TopicName::parse(c.topic)?;
         let n = self
             .topics
             .queues(&topic)
@@ -123,7 +120,7 @@ impl Broker {
             })
             .collect();
         Ok(TopicReply {
-            name: topic,
+            name: topic.into_string(),
             queues,
         })
     }
@@ -135,6 +132,7 @@ impl Broker {
             queue_id,
             timestamp_ms,
         } = c;
+        let topic = TopicName::parse(topic)?;
         self.existing_queue(&topic, queue_id)?;
         let store = self.store.clone();
         let offset =
@@ -160,7 +158,7 @@ impl Broker {
             begin_ms,
             end_ms,
         } = c;
-        name("topic", &topic)?;
+        let topic = TopicName::parse(topic)?;
         let store = self.store.clone();
         let max = max.clamp(1, 64) as usize;
         let mut found =
@@ -254,8 +252,7 @@ impl Broker {
     }
 
     /// Queue count of a topic, auto-creating it when asked and allowed.
-    pub(super) async fn route(&self, topic: &str, create: bool) -> Result<u32> {
-        name("topic", topic)?;
+    pub(super) async fn route(&self, topic: &TopicName, create: bool) -> Result<u32> {
         internal_topic(topic)?;
         if let Some(q) = self.topics.queues(topic) {
             return Ok(q);
@@ -311,8 +308,7 @@ impl Broker {
         Ok(q)
     }
 
-    pub(super) fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<u32> {
-        name("topic", topic)?;
+    pub(super) fn existing_queue(&self, topic: &TopicName, queue_id: u32) -> Result<u32> {
         let n = self.topics.queues(topic).ok_or_else(|| not_found(topic))?;
         if queue_id >= n {
             return Err(BrokerError::new(

@@ -6,29 +6,30 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use quiver_protocol::cmd::{self, Done, GroupListReply, GroupReply, HeartbeatReply, OffsetReply};
-use quiver_protocol::names;
+use quiver_protocol::names::{self, GroupName, TopicName};
 use quiver_protocol::{FilterSpec, GroupMode, GroupQueue, GroupSummary, ResetTarget, Status};
 
 use super::membership::GroupError;
-use super::{blocking, name, not_found, Broker, BrokerError, Result};
+use super::{blocking, not_found, Broker, BrokerError, Result};
 use crate::filter::FilterKind;
 
 impl Broker {
     /// `CommitOffset`.
     pub(super) fn commit_offset(&self, c: cmd::CommitOffset) -> Result<Done> {
-        name("group", &c.group)?;
-        self.existing_queue(&c.topic, c.queue_id)?;
-        self.offsets
-            .commit(&c.group, &c.topic, c.queue_id, c.offset);
+        let group = GroupName::parse(c.group)?;
+        let topic = TopicName::parse(c.topic)?;
+        self.existing_queue(&topic, c.queue_id)?;
+        self.offsets.commit(&group, &topic, c.queue_id, c.offset);
         Ok(Done)
     }
 
     /// `FetchOffset`.
     pub(super) fn fetch_offset(&self, c: cmd::FetchOffset) -> Result<OffsetReply> {
-        name("group", &c.group)?;
-        self.existing_queue(&c.topic, c.queue_id)?;
+        let group = GroupName::parse(c.group)?;
+        let topic = TopicName::parse(c.topic)?;
+        self.existing_queue(&topic, c.queue_id)?;
         Ok(OffsetReply {
-            offset: self.offsets.fetch(&c.group, &c.topic, c.queue_id),
+            offset: self.offsets.fetch(&group, &topic, c.queue_id),
         })
     }
 
@@ -45,7 +46,7 @@ impl Broker {
             mut subscriptions,
             mut held,
         } = c;
-        name("group", &group)?;
+        let group = GroupName::parse(group)?;
         if member_id.is_empty() || member_id.len() > 255 {
             return Err(BrokerError::new(
                 Status::BadRequest,
@@ -65,8 +66,9 @@ impl Broker {
             ));
         }
         let mut seen = BTreeSet::new();
+        let mut topics = Vec::with_capacity(subscriptions.len());
         for s in &mut subscriptions {
-            name("topic", &s.topic)?;
+            let topic = TopicName::parse(s.topic.as_str())?;
             if !seen.insert(s.topic.clone()) {
                 return Err(BrokerError::new(
                     Status::BadRequest,
@@ -80,12 +82,13 @@ impl Broker {
                     FilterKind::Sql => FilterSpec::Sql(f.canonical()),
                 },
             };
+            topics.push(topic);
         }
-        for s in &subscriptions {
+        for topic in &topics {
             // A member may cause its own group's retry and dead-letter topics to be
             // created; no other system topic is created for a client.
-            let own = s.topic == names::retry_topic(&group) || s.topic == names::dlq_topic(&group);
-            self.route(&s.topic, own || !names::is_system_topic(&s.topic))
+            let own = **topic == names::retry_topic(&group) || **topic == names::dlq_topic(&group);
+            self.route(topic, own || !names::is_system_topic(topic))
                 .await?;
         }
         // Only real queues of subscribed topics count as held (bounded memory).
@@ -117,9 +120,9 @@ impl Broker {
 
     /// `LeaveGroup`: the member's queues move to the others at once.
     pub(super) fn leave_group(&self, c: cmd::LeaveGroup) -> Result<Done> {
-        name("group", &c.group)?;
-        if self.groups.leave(&c.group, &c.member_id) {
-            tracing::info!(group = %c.group, member = %c.member_id, "consumer left its group");
+        let group = GroupName::parse(c.group)?;
+        if self.groups.leave(&group, &c.member_id) {
+            tracing::info!(%group, member = %c.member_id, "consumer left its group");
         }
         Ok(Done)
     }
@@ -158,8 +161,7 @@ impl Broker {
 
     /// `GroupDescribe`: members, owners, offsets and queue ends.
     pub(super) fn describe_group(&self, c: cmd::GroupDescribe) -> Result<GroupReply> {
-        let group = c.group;
-        name("group", &group)?;
+        let group = GroupName::parse(c.group)?;
         let live = self.groups.describe(&group);
         let committed = self.offsets.of_group(&group);
         if live.is_none() && committed.is_empty() {
@@ -190,7 +192,7 @@ impl Broker {
             }
         }
         Ok(GroupReply {
-            name: group,
+            name: group.into_string(),
             mode,
             members,
             queues,
@@ -205,14 +207,19 @@ impl Broker {
             target,
             force,
         } = c;
-        name("group", &group)?;
+        let group = GroupName::parse(group)?;
+        let topic = TopicName::parse(topic)?;
         let n = self
             .topics
             .queues(&topic)
             .ok_or_else(|| not_found(&topic))?;
         // A misspelled name must not create a group.
         if self.offsets.of_group(&group).is_empty()
-            && !self.groups.list().iter().any(|(g, _, _)| *g == group)
+            && !self
+                .groups
+                .list()
+                .iter()
+                .any(|(g, _, _)| g == group.as_str())
         {
             return Err(BrokerError::new(
                 Status::GroupNotFound,
@@ -240,8 +247,7 @@ impl Broker {
 
     /// `GroupDelete`: forgets a group's offsets and members.
     pub(super) fn delete_group(&self, c: cmd::GroupDelete) -> Result<Done> {
-        let group = c.group;
-        name("group", &group)?;
+        let group = GroupName::parse(c.group)?;
         self.refuse_if_online(&group, c.force, "delete it")?;
         let had = self.offsets.delete_group(&group);
         let live = self.groups.online(&group) > 0;

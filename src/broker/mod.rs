@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_protocol::cmd::HelloReply;
-use quiver_protocol::names::{self, check_name};
+use quiver_protocol::names::{self, InvalidName};
 use quiver_protocol::{RecordLimits, Request, Response, Status, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -473,8 +473,11 @@ impl Broker {
     }
 }
 
-fn name(kind: &str, value: &str) -> Result<()> {
-    check_name(kind, value).map_err(|e| BrokerError::new(Status::InvalidName, e))
+/// A name that breaks the naming rules: `InvalidName`, saying what is wrong.
+impl From<InvalidName> for BrokerError {
+    fn from(e: InvalidName) -> Self {
+        BrokerError::new(Status::InvalidName, e.0)
+    }
 }
 
 fn not_found(topic: &str) -> BrokerError {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_protocol::cmd::{self, SendReply};
-use quiver_protocol::names::{self, check_property_name};
+use quiver_protocol::names::{self, check_property_name, TopicName};
 use quiver_protocol::{SendReceipt, Status, WireMessage};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{blocking, name, Broker, BrokerError, Result};
+use super::{blocking, Broker, BrokerError, Result};
 use crate::store::{Appended, NewMessage, Store, StoreError};
 
 /// One client send on its way to the append thread.
@@ -31,9 +31,10 @@ pub(super) enum AppendJob {
 impl Broker {
     /// `Send`: one message or an atomic batch to one queue.
     pub(super) async fn send(&self, c: cmd::Send, born: SocketAddr) -> Result<SendReply> {
-        let messages = self.accept(&c.topic, c.queue_id, c.messages).await?;
+        let topic = TopicName::parse(c.topic)?;
+        let messages = self.accept(&topic, c.queue_id, c.messages).await?;
         let appended = self
-            .store_messages(c.topic, c.queue_id, messages, born)
+            .store_messages(topic.into_string(), c.queue_id, messages, born)
             .await?;
         Ok(receipts(c.queue_id, &appended))
     }
@@ -42,12 +43,11 @@ impl Broker {
     /// plugins: what comes out is ready to store.
     pub(super) async fn accept(
         &self,
-        topic: &str,
+        topic: &TopicName,
         queue_id: u32,
         messages: Vec<WireMessage>,
     ) -> Result<Vec<WireMessage>> {
         // Validate everything before the topic may be auto-created.
-        name("topic", topic)?;
         if names::is_system_topic(topic) {
             return Err(BrokerError::new(
                 Status::InvalidName,

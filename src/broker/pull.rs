@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quiver_protocol::cmd::{self, PullReply};
+use quiver_protocol::names::TopicName;
 use quiver_protocol::plugins::MAX_PLUGINS_PER_SUBSCRIPTION;
 use quiver_protocol::{FilterSpec, PullStatus, RecordView, Status};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ impl Broker {
             plugins,
         } = c;
         let filter = self.compile_filter(&filter)?;
+        let topic = TopicName::parse(topic)?;
         self.existing_queue(&topic, queue_id)?;
         if plugins.len() > MAX_PLUGINS_PER_SUBSCRIPTION {
             return Err(BrokerError::new(
@@ -56,7 +58,7 @@ impl Broker {
         let park = Duration::from_millis(long_poll_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
         let parked_at = tokio::time::Instant::now();
         let deadline = parked_at + park;
-        let topic: Arc<str> = topic.into();
+        let topic: Arc<str> = topic.into_string().into();
         loop {
             // Subscribe before reading, so an arrival between the read and the wait wakes us.
             let notify = self.waiters.subscribe(&topic, queue_id);

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use quiver_protocol::cmd::{self, CountReply, Done, Records, SendReply, SentBackReply};
 use quiver_protocol::names::{
-    self, dlq_topic, props, retry_topic, HALF_TOPIC, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TOPIC,
+    self, props, GroupName, TopicName, HALF_TOPIC, SCHEDULE_TOPIC, TRANS_CHECK_MAX_TOPIC,
 };
 use quiver_protocol::{SendMode, Status};
 use tokio_util::sync::CancellationToken;
 
 use super::produce::receipts;
-use super::{blocking, name, Broker, BrokerError, Result};
+use super::{blocking, Broker, BrokerError, Result};
 use crate::messaging::retry::{HandBack, RetryError};
 use crate::messaging::staging_properties;
 use crate::messaging::timer::CancelError;
@@ -92,7 +92,7 @@ impl Broker {
                 (now + d.as_millis() as i64, Some(*l))
             }
             SendMode::Half { group } => {
-                name("producer group", group)?;
+                GroupName::parse_as("producer group", group.as_str())?;
                 if messages.len() != 1 {
                     return Err(BrokerError::new(
                         Status::InvalidMessage,
@@ -108,6 +108,7 @@ impl Broker {
                 due.saturating_sub(now)
             )));
         }
+        let topic = TopicName::parse(topic)?;
         let mut messages = self.accept(&topic, queue_id, messages).await?;
         match mode {
             SendMode::Half { group } => {
@@ -130,7 +131,9 @@ impl Broker {
             }
             _ if due <= now => {
                 // Already due: a plain send.
-                let appended = self.store_messages(topic, queue_id, messages, born).await?;
+                let appended = self
+                    .store_messages(topic.into_string(), queue_id, messages, born)
+                    .await?;
                 Ok(receipts(queue_id, &appended))
             }
             _ => {
@@ -166,7 +169,7 @@ impl Broker {
             state,
             from_check,
         } = c;
-        name("producer group", &group)?;
+        let group = GroupName::parse_as("producer group", group)?;
         let tx = self.tx.clone();
         blocking(move || tx.end(id, handle, state)).await??;
         tracing::debug!(%group, id = %format!("{id:032x}"), ?state, from_check, "transaction decided");
@@ -185,7 +188,7 @@ impl Broker {
             max,
             wait_ms,
         } = c;
-        name("producer group", &group)?;
+        let group = GroupName::parse_as("producer group", group)?;
         let max = max.clamp(1, MAX_CHECKS_PER_POLL) as usize;
         let wait = Duration::from_millis(wait_ms.min(self.cfg.broker.long_poll_max_ms) as u64);
         let deadline = tokio::time::Instant::now() + wait;
@@ -241,14 +244,14 @@ impl Broker {
             max_reconsume,
             to_dlq,
         } = c;
-        name("group", &group)?;
+        let group = GroupName::parse(group)?;
         let delay = match delay_level {
             0 => None,
             l => Some(self.delay_level(l)?),
         };
         // Make sure the group's topics exist (the retry topic is subscribed by its members).
-        self.route(&retry_topic(&group), true).await?;
-        self.route(&dlq_topic(&group), true).await?;
+        self.route(&group.retry_topic()?, true).await?;
+        self.route(&group.dlq_topic()?, true).await?;
         let retries = self.retries.clone();
         let h = HandBack {
             id,
@@ -272,15 +275,15 @@ impl Broker {
             from_offset,
             max,
         } = c;
-        name("group", &group)?;
-        let dlq = dlq_topic(&group);
+        let group = GroupName::parse(group)?;
+        let dlq = group.dlq_topic()?;
         if self.topics.queues(&dlq).is_none() {
             return Err(BrokerError::new(
                 Status::NotFound,
                 format!("group {group:?} has no dead-letter queue ({dlq} does not exist)"),
             ));
         }
-        self.route(&retry_topic(&group), true).await?;
+        self.route(&group.retry_topic()?, true).await?;
         let retries = self.retries.clone();
         let max = max.clamp(1, 10_000) as usize;
         let count = blocking(move || retries.resend_dlq(&group, id, from_offset, max)).await??;

@@ -20,26 +20,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::{Broker, BrokerError};
 
-/// Transport settings tuned for request/response traffic (see docs/PROTOCOL.md, "Transport").
-pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20))
-        .receive_window(quinn::VarInt::from_u32(64 << 20))
-        .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid timeout"),
-        ));
-    // Ask the peer to acknowledge every packet at once: with one small request per stream, the
-    // default 25 ms delayed ACK otherwise stalls stream credit and the send window.
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(0));
-    t.ack_frequency_config(Some(ack));
-    let mut cc = quinn::congestion::CubicConfig::default();
-    cc.initial_window(4 << 20);
-    t.congestion_controller_factory(Arc::new(cc));
-    t
-}
+/// Transport settings tuned for request/response traffic (docs/PROTOCOL.md §2.2), the same
+/// definition the client uses.
+pub use quiver_protocol::transport::transport_config;
 
 /// A bound, listening QUIC endpoint.
 pub struct Listener {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -98,29 +97,9 @@ pub fn fingerprint_hex(der: &[u8]) -> String {
     hex(&fingerprint(der))
 }
 
-/// The QUIC transport settings shared by the client and the broker: 1024 concurrent
-/// bidirectional and unidirectional streams, 16 MiB stream / 64 MiB connection receive
-/// windows, 64 MiB send window, immediate ACKs requested from the peer
-/// (`ack_eliciting_threshold` 0), a 5 s keep-alive, a 30 s idle timeout and Cubic with a 4 MiB
-/// initial window.
-pub fn transport_config() -> quinn::TransportConfig {
-    use quinn::{congestion, AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
-    let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1024))
-        .max_concurrent_uni_streams(VarInt::from_u32(1024))
-        .stream_receive_window(VarInt::from_u32(16 << 20))
-        .receive_window(VarInt::from_u32(64 << 20))
-        .send_window(64 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(30_000))));
-    let mut af = AckFrequencyConfig::default();
-    af.ack_eliciting_threshold(VarInt::from_u32(0));
-    t.ack_frequency_config(Some(af));
-    let mut cc = congestion::CubicConfig::default();
-    cc.initial_window(4 << 20);
-    t.congestion_controller_factory(Arc::new(cc));
-    t
-}
+/// The QUIC transport settings shared by the client and the broker (one definition, in
+/// `quiver-protocol`).
+pub use quiver_protocol::transport::transport_config;
 
 /// The crypto provider used everywhere (ring).
 fn provider() -> Arc<CryptoProvider> {

@@ -9,6 +9,8 @@ pub mod names;
 pub mod plugins;
 pub mod record;
 pub mod text;
+#[cfg(feature = "quic")]
+pub mod transport;
 pub mod wire;
 
 pub use cmd::{Call, Request, Response, WireDecode, WireEncode};

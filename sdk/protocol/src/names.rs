@@ -121,6 +121,100 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A name that breaks the naming rules; the message says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidName(pub String);
+
+/// Defines a name type whose only constructor checks [`check_name`] (parse, don't validate):
+/// code that holds one never checks it again.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $t:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $t(String);
+
+        /// Debug-prints as the quoted name, like a `String`, so messages read `topic "x"`.
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl $t {
+            /// Checks `name` against the naming rules.
+            pub fn parse(name: impl Into<String>) -> Result<Self, InvalidName> {
+                Self::parse_as($kind, name)
+            }
+
+            /// Like [`Self::parse`], naming the value `kind` in the error (e.g. "producer
+            /// group").
+            pub fn parse_as(kind: &str, name: impl Into<String>) -> Result<Self, InvalidName> {
+                let name = name.into();
+                check_name(kind, &name).map_err(InvalidName)?;
+                Ok($t(name))
+            }
+
+            /// The name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The name as a `String`.
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A topic name that follows the naming rules.
+    TopicName,
+    "topic"
+);
+name_type!(
+    /// A consumer or producer group name that follows the naming rules.
+    GroupName,
+    "group"
+);
+name_type!(
+    /// A plugin name (topic naming rules).
+    PluginName,
+    "plugin"
+);
+
+impl GroupName {
+    /// This group's retry topic (too long a group name makes it invalid).
+    pub fn retry_topic(&self) -> Result<TopicName, InvalidName> {
+        TopicName::parse(retry_topic(self))
+    }
+
+    /// This group's dead-letter topic (too long a group name makes it invalid).
+    pub fn dlq_topic(&self) -> Result<TopicName, InvalidName> {
+        TopicName::parse(dlq_topic(self))
+    }
+}
+
 /// Checks a user property name: not empty, not reserved, not starting with `__`.
 pub fn check_property_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -150,5 +244,28 @@ mod tests {
         assert!(check_property_name("KEYS").is_err());
         assert!(check_property_name("__x").is_err());
         assert!(check_property_name("region").is_ok());
+    }
+
+    #[test]
+    fn typed_names_are_parsed_once() {
+        let t = TopicName::parse("orders").unwrap();
+        assert_eq!(&*t, "orders");
+        assert_eq!(t.to_string(), "orders");
+        let e = GroupName::parse_as("producer group", "a b").unwrap_err();
+        assert!(e.0.starts_with("producer group name"), "{e}");
+        let g = GroupName::parse("g".repeat(127)).unwrap();
+        assert!(
+            g.retry_topic().is_err(),
+            "a 127-character group has no valid retry topic"
+        );
+        assert_eq!(
+            GroupName::parse("pay")
+                .unwrap()
+                .dlq_topic()
+                .unwrap()
+                .as_str(),
+            "%DLQ%pay"
+        );
+        assert!(PluginName::parse("").is_err());
     }
 }
