@@ -3,7 +3,7 @@
 //! unconsumed losses, and the high-watermark check that refuses writes (docs/STORAGE.md §7).
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::consume_queue::ConsumeQueue;
 use super::{Inner, LostMessages, RetentionReport, StoreError};
@@ -52,15 +52,20 @@ impl Inner {
             let pressure = self
                 .disk_usage()
                 .is_some_and(|u| u > self.cfg.disk_clean_watermark);
-            let in_window = force || local_hour() == Some(self.cfg.delete_hour);
+            // The store's clock decides the delete hour and segment ages (tests drive it).
+            let now_ms = self.clock.now_ms();
+            let in_window = force || local_hour(now_ms) == Some(self.cfg.delete_hour);
             let deleted = self.log.delete_oldest_if(|seg| {
                 if pressure {
                     return true;
                 }
-                let age = std::fs::metadata(seg.path())
+                let modified_ms = std::fs::metadata(seg.path())
                     .and_then(|m| m.modified())
                     .ok()
-                    .and_then(|t| t.elapsed().ok());
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as i64);
+                let age = modified_ms
+                    .map(|m| Duration::from_millis(now_ms.saturating_sub(m).max(0) as u64));
                 in_window && age.is_some_and(|a| a >= max_age)
             })?;
             match deleted {
@@ -151,8 +156,9 @@ impl Inner {
     }
 }
 
-fn local_hour() -> Option<u8> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs() as libc::time_t;
+/// The local hour (0..=23) at `now_ms` (ms since the epoch).
+fn local_hour(now_ms: i64) -> Option<u8> {
+    let now = now_ms.div_euclid(1000) as libc::time_t;
     // SAFETY: localtime_r fills the struct we own.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::localtime_r(&now, &mut tm) };
@@ -236,5 +242,36 @@ mod tests {
             "deleted messages are gone from lookups"
         );
         assert!(store.message_by_id(299).unwrap().is_some());
+    }
+
+    #[test]
+    fn segment_ages_and_the_delete_hour_follow_the_store_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::small_for_tests(dir.path());
+        cfg.retention_hours = 1;
+        cfg.disk_clean_watermark = 1.0;
+        cfg.disk_high_watermark = 1.0;
+        let clock = crate::clock::ManualClock::starting_now();
+        // The delete hour is whatever hour it will be two hours from now, local time.
+        let later = clock.now_ms() + 2 * 3600 * 1000;
+        cfg.delete_hour = super::local_hour(later).unwrap();
+        let store = Store::open_with_clock(cfg, clock.clock()).unwrap();
+        let body = vec![0u8; 1000];
+        for i in 0..300u128 {
+            append(&store, "T", 0, &[Msg::new(i, &body)]).unwrap();
+        }
+        store.set_consumer_progress(Arc::new(|_t: &str, _q: u32| Some(300)));
+        let report = store.run_retention(false).unwrap();
+        assert!(
+            report.deleted_segments.is_empty(),
+            "segments written just now are younger than the retention"
+        );
+        clock.advance(Duration::from_secs(2 * 3600));
+        let report = store.run_retention(false).unwrap();
+        assert!(
+            !report.deleted_segments.is_empty(),
+            "two hours later on the store's clock, in its delete hour, old segments go"
+        );
+        assert!(report.lost.is_empty(), "everything was consumed");
     }
 }
