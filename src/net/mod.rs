@@ -24,6 +24,20 @@ use crate::broker::{Broker, BrokerError};
 /// definition the client uses.
 pub use quiver_protocol::transport::transport_config;
 
+/// Says once when the kernel granted a smaller UDP receive buffer than asked for: bursts
+/// then overflow it and show as loss-recovery stalls (docs/PROTOCOL.md §2.2).
+fn warn_small_udp_buffer(granted: usize) {
+    let want = quiver_protocol::transport::UDP_BUFFER_BYTES;
+    if granted < want {
+        warn!(
+            granted,
+            wanted = want,
+            "the UDP receive buffer is smaller than asked for; raise net.core.rmem_max (and \
+             net.core.wmem_max) to at least the wanted size for full throughput"
+        );
+    }
+}
+
 /// A bound, listening QUIC endpoint.
 pub struct Listener {
     endpoint: quinn::Endpoint,
@@ -45,8 +59,9 @@ impl Listener {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
         let listen = cfg.broker.listen;
-        let endpoint = std::net::UdpSocket::bind(listen)
-            .and_then(|socket| {
+        let endpoint = quiver_protocol::transport::udp_socket(listen)
+            .and_then(|(socket, granted)| {
+                warn_small_udp_buffer(granted);
                 let runtime = quinn::default_runtime()
                     .ok_or_else(|| std::io::Error::other("no async runtime"))?;
                 quinn::Endpoint::new(endpoint_cfg, Some(server), socket, runtime)

@@ -4,16 +4,17 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quiver_client::{
-    Admin, ConsumeFrom, ConsumeResult, GroupMode, Message, MessageId, Producer, ProducerOptions,
-    PullConsumer, PushConsumer, PushConsumerOptions, QueueRef, ReceivedMessage, ResetTarget,
+    Admin, Client, ConsumeFrom, ConsumeResult, GroupMode, Message, MessageId, Producer,
+    ProducerOptions, PullConsumer, PushConsumer, PushConsumerOptions, QueueRef, ReceivedMessage,
+    ResetTarget,
 };
 
 use quiver::clock::ManualClock;
 
-use crate::harness::TestBroker;
+use crate::harness::{eventually, eventually_some, TestBroker};
 
 const SESSION_MS: u64 = 1500;
 
@@ -58,7 +59,16 @@ async fn member(
     opts: PushConsumerOptions,
     seen: Seen,
 ) -> PushConsumer {
-    let client = broker.client().await;
+    member_on(broker.client().await, name, opts, seen).await
+}
+
+/// A member consuming "orders" over `client` (the test may keep a clone to watch it).
+async fn member_on(
+    client: Client,
+    name: &str,
+    opts: PushConsumerOptions,
+    seen: Seen,
+) -> PushConsumer {
     let name = name.to_string();
     PushConsumer::start_single(
         client,
@@ -79,14 +89,6 @@ async fn member(
     .expect("consumer starts")
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// The queues of the subscribed topics a member owns (its group's retry topic aside).
 fn owned(c: &PushConsumer) -> BTreeSet<QueueRef> {
     c.owned_queues()
@@ -95,18 +97,20 @@ fn owned(c: &PushConsumer) -> BTreeSet<QueueRef> {
         .collect()
 }
 
+/// Whether `members` own `queues` queues between them, each once, evenly.
+fn is_settled(members: &[&PushConsumer], queues: usize) -> bool {
+    let sets: Vec<_> = members.iter().map(|m| owned(m)).collect();
+    let total: usize = sets.iter().map(|s| s.len()).sum();
+    let union: BTreeSet<_> = sets.iter().flatten().cloned().collect();
+    let (min, max) = (
+        sets.iter().map(|s| s.len()).min().unwrap_or(0),
+        sets.iter().map(|s| s.len()).max().unwrap_or(0),
+    );
+    total == queues && union.len() == queues && max - min <= 1
+}
+
 async fn settled(members: &[&PushConsumer], queues: usize) {
-    wait_until("the group to settle", Duration::from_secs(10), || {
-        let sets: Vec<_> = members.iter().map(|m| owned(m)).collect();
-        let total: usize = sets.iter().map(|s| s.len()).sum();
-        let union: BTreeSet<_> = sets.iter().flatten().cloned().collect();
-        let (min, max) = (
-            sets.iter().map(|s| s.len()).min().unwrap_or(0),
-            sets.iter().map(|s| s.len()).max().unwrap_or(0),
-        );
-        total == queues && union.len() == queues && max - min <= 1
-    })
-    .await;
+    eventually("the group to settle", async || is_settled(members, queues)).await;
 }
 
 async fn produce(broker: &TestBroker, n: usize) -> Vec<MessageId> {
@@ -156,7 +160,7 @@ async fn queues_are_shared_evenly_and_a_joining_member_moves_only_what_it_takes(
     }
 
     let ids = produce(&broker, 200).await;
-    wait_until("every message consumed", Duration::from_secs(10), || {
+    eventually("every message consumed", async || {
         let got: HashSet<MessageId> = seen.lock().unwrap().iter().map(|s| s.1).collect();
         ids.iter().all(|id| got.contains(id))
     })
@@ -190,19 +194,12 @@ async fn a_crashed_member_is_replaced_within_the_session_timeout_and_nothing_is_
     assert_eq!(owned(&a).len(), 2, "b's queues stay with it meanwhile");
     // ... and then a takes over (at its next heartbeat).
     time.advance(Duration::from_millis(1));
-    wait_until("a to own every queue", Duration::from_secs(10), || {
-        owned(&a).len() == 4
-    })
-    .await;
+    eventually("a to own every queue", async || owned(&a).len() == 4).await;
     assert_eq!(members(&broker, "g2").await, 1, "b timed out");
-    wait_until(
-        "every message consumed at least once",
-        Duration::from_secs(10),
-        || {
-            let got: HashSet<MessageId> = seen.lock().unwrap().iter().map(|s| s.1).collect();
-            first.iter().chain(&second).all(|id| got.contains(id))
-        },
-    )
+    eventually("every message consumed at least once", async || {
+        let got: HashSet<MessageId> = seen.lock().unwrap().iter().map(|s| s.1).collect();
+        first.iter().chain(&second).all(|id| got.contains(id))
+    })
     .await;
     a.shutdown().await.unwrap();
     broker.stop().await;
@@ -251,10 +248,7 @@ async fn a_clean_leave_moves_queues_at_once() {
         "members subscribe to their retry topic"
     );
     b.shutdown().await.unwrap();
-    wait_until("a to own every queue", Duration::from_secs(5), || {
-        owned(&a).len() == 4
-    })
-    .await;
+    eventually("a to own every queue", async || owned(&a).len() == 4).await;
     assert_eq!(members(&broker, "g3").await, 1, "b left");
     a.shutdown().await.unwrap();
     broker.stop().await;
@@ -285,7 +279,7 @@ async fn broadcasting_members_each_see_everything_and_resume_from_local_offsets(
             .map(|s| s.1)
             .collect()
     };
-    wait_until("both see all", Duration::from_secs(10), || {
+    eventually("both to see all", async || {
         let (sx, sy) = (count("x", &seen), count("y", &seen));
         ids.iter().all(|id| sx.contains(id) && sy.contains(id))
     })
@@ -296,14 +290,10 @@ async fn broadcasting_members_each_see_everything_and_resume_from_local_offsets(
     let more = produce(&broker, 20).await;
     let seen2: Seen = Arc::default();
     let y2 = member(&broker, "y", opts("y"), seen2.clone()).await;
-    wait_until(
-        "restarted y sees the new messages",
-        Duration::from_secs(10),
-        || {
-            let s = count("y", &seen2);
-            more.iter().all(|id| s.contains(id))
-        },
-    )
+    eventually("restarted y to see the new messages", async || {
+        let s = count("y", &seen2);
+        more.iter().all(|id| s.contains(id))
+    })
     .await;
     let again = count("y", &seen2);
     assert!(
@@ -325,7 +315,7 @@ async fn group_offsets_survive_a_broker_restart() {
     let seen: Seen = Arc::default();
     let a = member(&broker, "a", options("g5"), seen.clone()).await;
     let ids = produce(&broker, 40).await;
-    wait_until("consumed", Duration::from_secs(10), || {
+    eventually("40 messages consumed", async || {
         seen.lock().unwrap().len() >= 40
     })
     .await;
@@ -349,7 +339,7 @@ async fn group_offsets_survive_a_broker_restart() {
     let seen2: Seen = Arc::default();
     let a2 = member(&broker, "a", options("g5"), seen2.clone()).await;
     let more = produce(&broker, 5).await;
-    wait_until("new messages", Duration::from_secs(10), || {
+    eventually("the new messages", async || {
         seen2.lock().unwrap().len() >= 5
     })
     .await;
@@ -365,10 +355,10 @@ async fn group_offsets_survive_a_broker_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_message_holds_the_committed_offset_back() {
     let broker = group_broker().await;
-    Admin::new(broker.client().await)
-        .create_topic("orders", 1)
-        .await
-        .unwrap();
+    let admin = Admin::new(broker.client().await);
+    admin.create_topic("orders", 1).await.unwrap();
+    // A second topic of the same consumer shows when a commit round has run (see below).
+    admin.create_topic("tick", 1).await.unwrap();
     let ids = produce(&broker, 10).await;
     let release = Arc::new(tokio::sync::Notify::new());
     let done: Arc<Mutex<HashMap<u64, bool>>> = Arc::default();
@@ -376,37 +366,46 @@ async fn a_slow_message_holds_the_committed_offset_back() {
     let client = broker.client().await;
     let consumer = PushConsumer::start_single(
         client.clone(),
-        vec!["orders".into()],
+        vec!["orders".into(), "tick".into()],
         options("g6"),
         move |m: ReceivedMessage| {
             let (r, d) = (r.clone(), d.clone());
             async move {
-                if m.queue_offset == 3 {
-                    r.notified().await; // offset 3 is slow
+                if m.topic == "orders" {
+                    if m.queue_offset == 3 {
+                        r.notified().await; // offset 3 is slow
+                    }
+                    d.lock().unwrap().insert(m.queue_offset, true);
                 }
-                d.lock().unwrap().insert(m.queue_offset, true);
                 ConsumeResult::Success
             }
         },
     )
     .await
     .unwrap();
-    wait_until("all but offset 3 done", Duration::from_secs(10), || {
+    eventually("all but offset 3 done", async || {
         done.lock().unwrap().len() == 9
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(400)).await; // several commit intervals
+    // The consumer commits every commit interval, one queue after the other. A message on
+    // "tick" consumed and committed shows a commit round ran after that; waiting for a
+    // second one makes sure a whole round (offsets included) began after the nine finished.
     let pull = PullConsumer::new(client.clone());
+    let ticker = Producer::new(client.clone(), ProducerOptions::default());
+    for n in 1..=2 {
+        ticker.send(Message::new("tick", "tick")).await.unwrap();
+        eventually("a commit round after the others finished", async || {
+            pull.fetch_offset("g6", "tick", 0).await.unwrap() == Some(n)
+        })
+        .await;
+    }
     assert_eq!(
         pull.fetch_offset("g6", "orders", 0).await.unwrap(),
         Some(3),
         "committed offset stops at the message in flight"
     );
     release.notify_one();
-    wait_until("offset 3 done", Duration::from_secs(5), || {
-        done.lock().unwrap().len() == 10
-    })
-    .await;
+    eventually("offset 3 done", async || done.lock().unwrap().len() == 10).await;
     consumer.shutdown().await.unwrap();
     assert_eq!(
         pull.fetch_offset("g6", "orders", 0).await.unwrap(),
@@ -429,16 +428,21 @@ async fn consume_from_last_starts_at_the_end_even_for_a_young_queue() {
         ..options("g7")
     };
     let c = member(&broker, "c", opts, seen.clone()).await;
-    wait_until("owns the queue", Duration::from_secs(5), || {
-        owned(&c).len() == 1
+    eventually("c to own the queue", async || owned(&c).len() == 1).await;
+    // A queue worker commits its start offset at once: once the group has one, c has
+    // placed itself, and messages stored from now on come after it.
+    let pull = PullConsumer::new(broker.client().await);
+    let start = eventually_some("c to commit its start offset", async || {
+        pull.fetch_offset("g7", "orders", 0).await.unwrap()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        start,
+        old.len() as u64,
+        "\"last\" starts at the queue's end"
+    );
     let new = produce(&broker, 3).await;
-    wait_until("new messages", Duration::from_secs(10), || {
-        seen.lock().unwrap().len() >= 3
-    })
-    .await;
+    eventually("the new messages", async || seen.lock().unwrap().len() >= 3).await;
     let got: Vec<MessageId> = seen.lock().unwrap().iter().map(|s| s.1).collect();
     assert!(
         got.iter().all(|id| new.contains(id) && !old.contains(id)),
@@ -448,37 +452,88 @@ async fn consume_from_last_starts_at_the_end_even_for_a_young_queue() {
     broker.stop().await;
 }
 
+/// Watches `members` (more may be added) from a task of its own, looking every millisecond
+/// until stopped: returns what two members owned at once, if that ever happened.
+fn watch_for_doubles(
+    members: Arc<Mutex<Vec<Arc<PushConsumer>>>>,
+    stop: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<Option<String>> {
+    tokio::spawn(async move {
+        let stopped = stop.notified();
+        tokio::pin!(stopped);
+        loop {
+            let sets: Vec<_> = members.lock().unwrap().iter().map(|m| owned(m)).collect();
+            for (i, x) in sets.iter().enumerate() {
+                if sets[i + 1..].iter().any(|y| !x.is_disjoint(y)) {
+                    return Some(format!("{sets:?}"));
+                }
+            }
+            tokio::select! {
+                _ = &mut stopped => return None,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_queue_gets_two_workers_across_a_broker_restart() {
-    let mut broker = group_broker().await;
+    // The broker's clock moves only when the test says: sessions expire only when the test
+    // lets them, so queues move only because of the restart and the heartbeats after it.
+    let time = ManualClock::starting_now();
+    let mut broker = clocked_group_broker(&time).await;
     Admin::new(broker.client().await)
         .create_topic("orders", 8)
         .await
         .unwrap();
     let seen: Seen = Arc::default();
-    let a = member(&broker, "a", options("g8"), seen.clone()).await;
-    let b = member(&broker, "b", options("g8"), seen.clone()).await;
+    let (client_a, client_b) = (broker.client().await, broker.client().await);
+    let a = Arc::new(member_on(client_a.clone(), "a", options("g8"), seen.clone()).await);
+    let b = Arc::new(member_on(client_b.clone(), "b", options("g8"), seen.clone()).await);
     settled(&[&a, &b], 8).await;
     let before = (owned(&a), owned(&b));
+    let watched = Arc::new(Mutex::new(vec![a.clone(), b.clone()]));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let watcher = watch_for_doubles(watched.clone(), stop.clone());
 
-    broker.restart().await;
-    // Both members keep running and reconnect by themselves; sample who owns what.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(2 * SESSION_MS) {
-        let (oa, ob) = (owned(&a), owned(&b));
-        assert!(
-            oa.is_disjoint(&ob),
-            "a queue owned by both members: {oa:?} / {ob:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Down for two sessions: the restored sessions must start afresh, not expire at once.
+    broker
+        .restart_with(|| time.advance(Duration::from_millis(2 * SESSION_MS)))
+        .await;
+    // Both members keep running and reconnect by themselves. (A double owner ends the
+    // waits at once.)
+    eventually(
+        "both members reconnected, each with its queues",
+        async || {
+            watcher.is_finished()
+                || client_a.generation() > 1
+                    && client_b.generation() > 1
+                    && (owned(&a), owned(&b)) == before
+        },
+    )
+    .await;
+    // A newcomer gets its share only once a and b have heartbeated the restarted broker (to
+    // learn what to give up, then to report it released): watching until then covers the
+    // first heartbeats after the restart.
+    let c = Arc::new(member(&broker, "c", options("g8"), seen.clone()).await);
+    watched.lock().unwrap().push(c.clone());
+    eventually("the group to settle with the newcomer", async || {
+        watcher.is_finished() || is_settled(&[&a, &b, &c], 8)
+    })
+    .await;
+    stop.notify_one();
+    if let Some(sets) = watcher.await.unwrap() {
+        panic!("a queue owned by two members at once: {sets}");
     }
-    settled(&[&a, &b], 8).await;
-    assert_eq!(
-        (owned(&a), owned(&b)),
-        before,
-        "each member kept its queues across the restart"
+    assert!(
+        owned(&a).is_subset(&before.0) && owned(&b).is_subset(&before.1),
+        "each member kept its queues across the restart (only the newcomer's share moved): \
+         {before:?} -> {:?} / {:?}",
+        owned(&a),
+        owned(&b)
     );
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
+    for m in [a, b, c] {
+        m.shutdown().await.unwrap();
+    }
     broker.stop().await;
 }

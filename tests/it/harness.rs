@@ -2,7 +2,7 @@
 //! clients that pin its certificate fingerprint.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quiver::clock::Clock;
 use quiver::config::Config;
@@ -92,9 +92,16 @@ impl TestBroker {
 
     /// Stops the broker cleanly and starts it again on the same directory and port.
     pub async fn restart(&mut self) {
+        self.restart_with(|| {}).await;
+    }
+
+    /// Like [`TestBroker::restart`], calling `while_down` between the stop and the start
+    /// (e.g. to advance a manual clock while the broker is down).
+    pub async fn restart_with(&mut self, while_down: impl FnOnce()) {
         let old = self.server.take().expect("running");
         let addr = old.addr;
         old.stop().await.expect("clean stop");
+        while_down();
         let mut cfg = self.cfg.clone();
         cfg.broker.listen = addr;
         self.server = Some(
@@ -109,6 +116,36 @@ impl TestBroker {
             s.stop().await.expect("clean stop");
         }
     }
+}
+
+/// How long a test waits for something asynchronous before it fails: generous, so that a
+/// loaded 2-core CI machine never trips it (a passing run waits only as long as it takes).
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Pause between two looks of a bounded wait.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits until `f` gives a value and returns it, looking again every few milliseconds; fails
+/// the test, naming `what`, when nothing came within [`PATIENCE`]. For things that happen
+/// asynchronously (a message arriving, a commit persisted), never for time-driven behaviour:
+/// that is driven with a manual clock.
+pub async fn eventually_some<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `cond` holds (see [`eventually_some`]).
+pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    eventually_some(what, async || cond().await.then_some(())).await
 }
 
 /// A bare QUIC connection to a broker (no Hello sent), for tests that write raw frames.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use quiver::clock::ManualClock;
 use quiver::config::Config;
@@ -14,7 +14,7 @@ use quiver_client::{
     ResetTarget, Status, Subscription, TransactionState,
 };
 
-use crate::harness::TestBroker;
+use crate::harness::{eventually, eventually_some, TestBroker};
 
 fn fast(cfg: &mut Config) {
     let m = &mut cfg.messaging;
@@ -26,59 +26,72 @@ fn fast(cfg: &mut Config) {
     m.max_delay_ms = 3_600_000;
 }
 
-/// Pulls every queue of `topic` from the start until `want` messages are there or `within`
-/// passes (then a last look so extras show up).
-async fn collect(
-    broker: &TestBroker,
-    topic: &str,
-    want: usize,
-    within: Duration,
-) -> Vec<ReceivedMessage> {
-    let c = PullConsumer::new(broker.client().await);
-    let deadline = Instant::now() + within;
-    loop {
-        let mut all = Vec::new();
-        if let Ok(queues) = c.queues(topic).await {
-            for q in queues {
-                let mut offset = q.min_offset;
-                loop {
-                    let opts = PullOptions {
-                        max_messages: 256,
-                        long_poll: Duration::ZERO,
-                        ..Default::default()
-                    };
-                    let r = c.pull(topic, q.queue_id, offset, opts).await.unwrap();
-                    if r.messages.is_empty() {
-                        break;
-                    }
-                    offset = r.next_offset;
-                    all.extend(r.messages);
+/// Every message of `topic` now, pulled from the start of each of its queues (none while the
+/// topic does not exist).
+async fn look(c: &PullConsumer, topic: &str) -> Vec<ReceivedMessage> {
+    let mut all = Vec::new();
+    if let Ok(queues) = c.queues(topic).await {
+        for q in queues {
+            let mut offset = q.min_offset;
+            loop {
+                let opts = PullOptions {
+                    max_messages: 256,
+                    long_poll: Duration::ZERO,
+                    ..Default::default()
+                };
+                let r = c.pull(topic, q.queue_id, offset, opts).await.unwrap();
+                if r.messages.is_empty() {
+                    break;
                 }
+                offset = r.next_offset;
+                all.extend(r.messages);
             }
         }
-        if all.len() >= want || Instant::now() >= deadline {
-            return all;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    all
+}
+
+/// Every message of `topic` now (one look).
+async fn now_on(broker: &TestBroker, topic: &str) -> Vec<ReceivedMessage> {
+    look(&PullConsumer::new(broker.client().await), topic).await
+}
+
+/// Waits until `topic` holds at least `want` messages; returns all of them (extras show).
+async fn collect(broker: &TestBroker, topic: &str, want: usize) -> Vec<ReceivedMessage> {
+    let c = PullConsumer::new(broker.client().await);
+    eventually_some(&format!("{want} messages on {topic}"), async || {
+        let all = look(&c, topic).await;
+        (all.len() >= want).then_some(all)
+    })
+    .await
+}
+
+/// The broker's timer-wheel counters.
+fn timer(broker: &TestBroker) -> quiver::messaging::timer::TimerStats {
+    broker.server().broker().timer_stats()
+}
+
+/// Waits until the broker's timer wheel holds `n` entries: scheduled messages are placed in
+/// it asynchronously, and one placed after the clock passed its slot would go out only at
+/// the next slot, so tests advance a manual clock once everything is in.
+async fn wheel_holds(broker: &TestBroker, n: u64) {
+    eventually(&format!("{n} entries in the timer wheel"), async || {
+        timer(broker).pending == n
+    })
+    .await;
 }
 
 /// Waits until the broker's timer wheel has nothing left (every slot fired and delivered).
 async fn wheel_empty(broker: &TestBroker) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while broker.server().broker().timer_stats().pending > 0 {
-        assert!(Instant::now() < deadline, "the timer wheel did not empty");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wheel_holds(broker, 0).await;
 }
 
 /// Waits until the broker has applied every transaction decision.
 async fn all_resolved(broker: &TestBroker) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while broker.server().broker().unresolved_transactions() > 0 {
-        assert!(Instant::now() < deadline, "transactions left unresolved");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("every transaction resolved", async || {
+        broker.server().broker().unresolved_transactions() == 0
+    })
+    .await;
 }
 
 fn status(e: &ClientError) -> Option<Status> {
@@ -88,6 +101,25 @@ fn status(e: &ClientError) -> Option<Status> {
 /// Moves a manual clock forward by `ms`.
 fn advance(time: &ManualClock, ms: u64) {
     time.advance(Duration::from_millis(ms));
+}
+
+/// Like [`eventually_some`], moving `time` one timer slot (100 ms) forward at every look at
+/// which something waits in the broker's timer wheel: a retry handed back after the last move
+/// falls due at a later one, and the clock stands still while nothing waits.
+async fn advancing_until<T>(
+    time: &ManualClock,
+    broker: &TestBroker,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    eventually_some(what, async || {
+        let v = f().await;
+        if v.is_none() && timer(broker).pending > 0 {
+            advance(time, 100);
+        }
+        v
+    })
+    .await
 }
 
 /// The bodies in `got`, sorted.
@@ -129,25 +161,21 @@ async fn scheduled_messages_become_visible_at_their_time() {
         .await
         .unwrap();
     due.insert(r.msg_id, sent_at + 1000);
+    wheel_holds(&broker, 3).await;
     // Nothing is visible right away.
-    assert!(collect(&broker, "sched", 1, Duration::ZERO)
-        .await
-        .is_empty());
+    assert!(now_on(&broker, "sched").await.is_empty());
     // Each step brings exactly the messages due by then: the clock stands still while
     // the test waits, so a later one cannot slip in.
     advance(&time, 400);
-    let got = collect(&broker, "sched", 1, Duration::from_secs(10)).await;
+    let got = collect(&broker, "sched", 1).await;
     assert_eq!(bodies(&got), vec!["b"], "due at +400 ms");
     advance(&time, 299);
-    assert_eq!(
-        bodies(&collect(&broker, "sched", 1, Duration::ZERO).await),
-        vec!["b"]
-    );
+    assert_eq!(bodies(&now_on(&broker, "sched").await), vec!["b"]);
     advance(&time, 1);
-    let got = collect(&broker, "sched", 2, Duration::from_secs(10)).await;
+    let got = collect(&broker, "sched", 2).await;
     assert_eq!(bodies(&got), vec!["a", "b"], "due at +700 ms");
     advance(&time, 300);
-    let got = collect(&broker, "sched", 3, Duration::from_secs(10)).await;
+    let got = collect(&broker, "sched", 3).await;
     assert_eq!(got.len(), 3, "{got:?}");
     for m in &got {
         let due_at: i64 = m.property("DELIVER_AT").unwrap().parse().unwrap();
@@ -249,22 +277,19 @@ async fn bad_delays_and_system_topics_are_refused() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        collect(&broker, "sched2", 1, Duration::from_secs(5))
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(collect(&broker, "sched2", 1).await.len(), 1);
     broker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_messages_survive_a_restart_once_each() {
-    let mut broker = TestBroker::start_tuned(fast).await;
+    let time = ManualClock::starting_now();
+    let mut broker = TestBroker::start_clocked(fast, time.clock()).await;
     let producer = Producer::new(broker.client().await, ProducerOptions::default());
-    let mut ids = Vec::new();
+    let (mut ids, mut early_ids) = (Vec::new(), Vec::new());
     for i in 0..40u64 {
-        // Half due before the restart, half after it; some due while the broker is down.
+        // Half due before the restart (+200..+390 ms), half after it (+1510..+1890 ms); some
+        // of those while the broker is down.
         let delay = if i % 2 == 0 {
             200 + i * 5
         } else {
@@ -275,15 +300,25 @@ async fn scheduled_messages_survive_a_restart_once_each() {
             .await
             .unwrap();
         ids.push(r.msg_id);
+        if i % 2 == 0 {
+            early_ids.push(r.msg_id);
+        }
     }
+    wheel_holds(&broker, 40).await;
     // The early half is delivered before the restart.
-    let early = collect(&broker, "sched3", 20, Duration::from_secs(10)).await;
-    assert!(early.len() >= 20, "{}", early.len());
-    broker.restart().await;
-    let got = collect(&broker, "sched3", 40, Duration::from_secs(15)).await;
+    advance(&time, 400);
+    let early = collect(&broker, "sched3", 20).await;
+    let mut got_early: Vec<MessageId> = early.iter().map(|m| m.msg_id).collect();
+    got_early.sort();
+    early_ids.sort();
+    assert_eq!(got_early, early_ids, "the early half, and only it");
+    // Down until +1600 ms: five of the late half fall due meanwhile.
+    broker.restart_with(|| advance(&time, 1200)).await;
+    advance(&time, 300);
+    let got = collect(&broker, "sched3", 40).await;
     // Every slot delivered (a duplicate would come from the wheel): then look again.
     wheel_empty(&broker).await;
-    let got2 = collect(&broker, "sched3", 41, Duration::ZERO).await;
+    let got2 = now_on(&broker, "sched3").await;
     assert_eq!(got.len(), 40);
     assert_eq!(got2.len(), 40, "a scheduled message was delivered twice");
     let mut seen: Vec<MessageId> = got2.iter().map(|m| m.msg_id).collect();
@@ -316,7 +351,7 @@ async fn a_scheduled_message_can_be_cancelled_before_it_is_due() {
     assert_eq!(status(&e), Some(Status::NotFound), "{e}");
     advance(&time, 1200);
     wheel_empty(&broker).await;
-    let got = collect(&broker, "sched4", 2, Duration::ZERO).await;
+    let got = now_on(&broker, "sched4").await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].msg_id, keep.msg_id);
     // Once delivered it can no longer be cancelled.
@@ -362,7 +397,7 @@ async fn committed_transactions_are_visible_and_rolled_back_ones_never() {
     assert_eq!(status(&e), Some(Status::TransactionResolved), "{e}");
     // Past a few check intervals the rolled back one still does not show up.
     advance(&time, 1500);
-    let got = collect(&broker, "tx1", 2, Duration::ZERO).await;
+    let got = now_on(&broker, "tx1").await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].body.as_ref(), b"commit-me");
     assert_eq!(got[0].msg_id, c.send.msg_id);
@@ -388,10 +423,10 @@ async fn a_new_producer_of_the_group_answers_the_check_of_a_crashed_one() {
         .unwrap();
     crashed_client.close().await;
     drop(crashed);
+    // The half message was stored before send_half returned, and the broker's clock stands
+    // still: no check-back can make it visible meanwhile.
     assert!(
-        collect(&broker, "tx2", 1, Duration::from_millis(200))
-            .await
-            .is_empty(),
+        now_on(&broker, "tx2").await.is_empty(),
         "a half message is invisible"
     );
     // A new producer of the same group answers the check-back.
@@ -409,7 +444,7 @@ async fn a_new_producer_of_the_group_answers_the_check_of_a_crashed_one() {
     });
     // The check falls due after tx_check_timeout_ms (300) of the broker's clock.
     advance(&time, 300);
-    let got = collect(&broker, "tx2", 1, Duration::from_secs(10)).await;
+    let got = collect(&broker, "tx2", 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].msg_id, half.msg_id);
     // Checks stop as soon as the outcome is known: past more check intervals, no other.
@@ -452,14 +487,13 @@ async fn unknown_outcomes_are_checked_at_most_max_times_then_discarded() {
     });
     // One check now (overdue), then one per interval (300) of the broker's clock.
     for want in 1..=3u32 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while *count.lock().unwrap() < want {
-            assert!(Instant::now() < deadline, "check {want} did not come");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(&format!("check {want}"), async || {
+            *count.lock().unwrap() >= want
+        })
+        .await;
         advance(&time, 300);
     }
-    let dead = collect(&broker, "%TRANS_CHECK_MAX%", 1, Duration::from_secs(15)).await;
+    let dead = collect(&broker, "%TRANS_CHECK_MAX%", 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].msg_id, r.send.msg_id);
     // Discarded: nothing is left to check, however long the clock runs.
@@ -470,7 +504,7 @@ async fn unknown_outcomes_are_checked_at_most_max_times_then_discarded() {
         3,
         "exactly tx_max_checks real checks"
     );
-    assert!(collect(&broker, "tx3", 1, Duration::ZERO).await.is_empty());
+    assert!(now_on(&broker, "tx3").await.is_empty());
     let e = producer
         .end_transaction(&r.send, TransactionState::Commit)
         .await
@@ -509,7 +543,7 @@ async fn half_messages_and_decisions_survive_a_restart() {
         .await
         .unwrap_err();
     assert_eq!(status(&e), Some(Status::TransactionResolved), "{e}");
-    let got = collect(&broker, "tx4", 1, Duration::from_secs(5)).await;
+    let got = collect(&broker, "tx4", 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].msg_id, a.msg_id);
     broker.stop().await;
@@ -517,7 +551,9 @@ async fn half_messages_and_decisions_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_listener_reaches_the_dlq_after_exactly_max_attempts() {
-    let broker = TestBroker::start_tuned(fast).await;
+    // Back-offs run on the broker's clock, which the test moves.
+    let time = ManualClock::starting_now();
+    let broker = TestBroker::start_clocked(fast, time.clock()).await;
     let producer = Producer::new(broker.client().await, ProducerOptions::default());
     // Tag filter on the subscription: it applies to the retry topic too.
     let attempts: Arc<Mutex<BTreeMap<String, Vec<u32>>>> = Arc::default();
@@ -576,22 +612,29 @@ async fn a_failing_listener_reaches_the_dlq_after_exactly_max_attempts() {
         .await
         .unwrap();
     let admin = Admin::new(broker.client().await);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let dlq = loop {
+    let dlq = advancing_until(&time, &broker, "a message dead-lettered", async || {
         let d = admin.dlq_list("billing", 0, 10).await.unwrap();
-        if !d.is_empty() || Instant::now() > deadline {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].msg_id, bad.msg_id, "same id through retries");
     assert_eq!(dlq[0].keys, vec!["bad".to_string()]);
     assert_eq!(dlq[0].property("amount"), Some("42"));
     assert_eq!(dlq[0].property("RETRY_TOPIC"), Some("pay"));
     assert_eq!(dlq[0].reconsume_times, 4);
-    // Never delivered again by itself.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Never delivered again by itself: nothing is left in the timer wheel, and with the
+    // clock past every back-off the consumer has consumed and committed all there is.
+    wheel_empty(&broker).await;
+    advance(&time, 1000);
+    eventually("the consumer to commit everything", async || {
+        let d = admin.describe_group("billing").await.unwrap();
+        d.queues
+            .iter()
+            .filter(|q| q.topic == "pay" || q.topic == "%RETRY%billing")
+            .all(|q| q.committed == Some(q.max_offset))
+    })
+    .await;
     {
         let a = attempts.lock().unwrap();
         assert_eq!(a["bad"], vec![0, 1, 2, 3], "1 delivery + 3 reconsumptions");
@@ -604,10 +647,10 @@ async fn a_failing_listener_reaches_the_dlq_after_exactly_max_attempts() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while attempts.lock().unwrap()["bad"].len() < 5 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the resent message delivered", async || {
+        attempts.lock().unwrap()["bad"].len() >= 5
+    })
+    .await;
     assert_eq!(attempts.lock().unwrap()["bad"][4], 0);
     consumer.shutdown().await.unwrap();
     broker.stop().await;
@@ -654,11 +697,14 @@ async fn an_orderly_consumer_dead_letters_after_its_attempts_and_moves_on() {
     )
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while log.lock().unwrap().len() < 7 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("7 listener calls", async || log.lock().unwrap().len() >= 7).await;
+    // Once the queue's end is committed every message has been dealt with: nothing more
+    // comes, so the log is complete.
+    let pull = PullConsumer::new(broker.client().await);
+    eventually("the queue's end committed", async || {
+        pull.fetch_offset("orderly-dlq", "steps2", 0).await.unwrap() == Some(5)
+    })
+    .await;
     let order: Vec<(String, u32)> = log.lock().unwrap().clone();
     let want: Vec<(String, u32)> = [
         ("0", 0),

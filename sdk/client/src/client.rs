@@ -318,6 +318,15 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// A client endpoint on a UDP socket with the shared buffer sizes
+/// ([`quiver_protocol::transport::udp_socket`]).
+fn bind_endpoint(bind: SocketAddr) -> std::io::Result<Endpoint> {
+    let (socket, _granted) = quiver_protocol::transport::udp_socket(bind)?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+}
+
 impl Client {
     /// Connects to the broker and performs the Hello handshake (one attempt, within
     /// `connect_timeout` + `request_timeout`). Must be called inside a tokio runtime.
@@ -335,7 +344,7 @@ impl Client {
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = Endpoint::client(bind).map_err(|e| ClientError::Connect {
+        let endpoint = bind_endpoint(bind).map_err(|e| ClientError::Connect {
             addr: cfg.addr,
             reason: format!("cannot bind a UDP socket on {bind}: {e}"),
         })?;
@@ -378,6 +387,12 @@ impl Client {
         let quic = quinn_client_config(&cfg.tls).expect("config");
         let endpoint = Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
         Client::with_parts(cfg, endpoint, quic, true)
+    }
+
+    /// The QUIC statistics of the current connection (packets, losses, congestion events,
+    /// round-trip time, frames by type), for diagnostics; `None` when there is no connection.
+    pub fn transport_stats(&self) -> Option<quinn::ConnectionStats> {
+        self.current().map(|c| c.conn.stats())
     }
 
     /// The configuration this client was created with.

@@ -1,10 +1,36 @@
 //! The QUIC transport settings the client and the broker share (docs/PROTOCOL.md §2.2), in
 //! one place so the two ends cannot drift apart. Only with the `quic` feature.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{congestion, AckFrequencyConfig, IdleTimeout, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The UDP receive and send buffer sizes both ends ask for. The kernel's default (about
+/// 208 KiB on Linux) overflows when a peer sends a burst of a few megabytes: the datagrams
+/// beyond it are dropped, and QUIC recovers them only after a loss timer, which showed as
+/// 25-40 ms stalls at p99. The kernel caps the request at `net.core.rmem_max` /
+/// `net.core.wmem_max`; [`udp_socket`] reports what it got.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] receive and send buffers asked
+/// for (dual-stack when `addr` is IPv6), ready for `quinn::Endpoint::new`. Returns the
+/// socket and the receive buffer size the kernel granted.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Best effort: some systems do not allow dual-stack sockets.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort as well: a smaller buffer still works, only with more loss under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    Ok((socket.into(), granted))
+}
 
 /// The QUIC transport settings shared by the client and the broker: 1024 concurrent
 /// bidirectional and unidirectional streams (the broker sets its own limit from

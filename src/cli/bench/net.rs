@@ -85,14 +85,20 @@ impl NetReport {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// Prints one block of figures.
-    pub(crate) fn print(&self, size: usize) {
+    /// Prints one block of figures; with a raw-QUIC rate (bytes/s, same direction, same run),
+    /// also the ratio to it.
+    pub(crate) fn print(&self, size: usize, raw: Option<f64>) {
         let l = &self.latency;
+        let bytes_per_sec = self.rate() * size as f64;
+        let ratio = raw
+            .filter(|r| *r > 0.0)
+            .map(|r| format!("  = {:.2} x raw QUIC", bytes_per_sec / r))
+            .unwrap_or_default();
         println!(
-            "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ({} msgs in {:.2}s, {} errors)",
+            "{:<28} {:>10.0} msgs/s {:>8.1} MB/s{ratio}  ({} msgs in {:.2}s, {} errors)",
             self.name,
             self.rate(),
-            self.rate() * size as f64 / 1e6,
+            bytes_per_sec / 1e6,
             self.messages,
             self.elapsed.as_secs_f64(),
             self.errors
@@ -193,6 +199,38 @@ impl Target {
     }
 }
 
+/// One line of a client connection's QUIC statistics, when `QUIVER_BENCH_QUIC_STATS` is set:
+/// what to look at when a p99 is far above its p50 (losses, congestion, blocked flow control).
+fn print_transport_stats(who: &str, client: &Client) {
+    if std::env::var_os("QUIVER_BENCH_QUIC_STATS").is_none() {
+        return;
+    }
+    if let Some(s) = client.transport_stats() {
+        eprintln!(
+            "  {who} quic: rtt {:?} cwnd {} sent {} pkts lost {} pkts ({} B) congestion events {} | \
+             tx acks {} ack_freq {} max_data {} max_stream_data {} blocked (data {} stream {} \
+             streams {}) | rx acks {} ack_freq {} | udp tx {} rx {} dgrams",
+            s.path.rtt,
+            s.path.cwnd,
+            s.path.sent_packets,
+            s.path.lost_packets,
+            s.path.lost_bytes,
+            s.path.congestion_events,
+            s.frame_tx.acks,
+            s.frame_tx.ack_frequency,
+            s.frame_tx.max_data,
+            s.frame_tx.max_stream_data,
+            s.frame_tx.data_blocked,
+            s.frame_tx.stream_data_blocked,
+            s.frame_tx.streams_blocked_bidi,
+            s.frame_rx.acks,
+            s.frame_rx.ack_frequency,
+            s.udp_tx.datagrams,
+            s.udp_rx.datagrams,
+        );
+    }
+}
+
 fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -253,8 +291,10 @@ async fn run_producers(
     let deadline = start + opts.duration;
     let claimed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..opts.producers {
         let client = Client::connect(cfg.clone()).await?;
+        clients.push(client.clone());
         let producer = Producer::new(
             client,
             ProducerOptions {
@@ -312,6 +352,9 @@ async fn run_producers(
         }
     }
     let latency = join_all(tasks, &hist).await?;
+    for c in &clients {
+        print_transport_stats("producer", c);
+    }
     Ok(NetReport {
         name: format!(
             "produce ({}x{} in flight, batch {})",
@@ -562,13 +605,19 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
                 String::new()
             }
         );
+        // The transport's own capacity on this machine, in the same run (before the load).
+        let raw = super::quic::measure(&opts.dir, super::quic::BASELINE_BYTES)
+            .await
+            .context("measuring the raw-QUIC baseline")?;
+        raw.print(super::quic::BASELINE_BYTES);
+        let (up, down) = (Some(raw.upload), Some(raw.download));
         let mut reports = Vec::new();
         match kind {
             NetBench::Produce => {
                 let pb = progress(opts.messages, "produce");
                 let r = run_producers(&cfg, opts, &pb).await?;
                 pb.finish_and_clear();
-                r.print(opts.size);
+                r.print(opts.size, up);
                 reports.push(r);
             }
             NetBench::Consume if opts.group.is_some() => {
@@ -584,8 +633,8 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
                 for m in members {
                     m.shutdown().await?;
                 }
-                p.print(opts.size);
-                c.print(opts.size);
+                p.print(opts.size, up);
+                c.print(opts.size, down);
                 reports.push(p);
                 reports.push(c);
             }
@@ -597,11 +646,11 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
                 };
                 let r = run_producers(&cfg, &fill, &pb).await?;
                 pb.finish_and_clear();
-                r.print(opts.size);
+                r.print(opts.size, up);
                 let pb = progress(r.messages, "consume");
                 let c = run_consumers(&cfg, opts, r.messages, false, &pb).await?;
                 pb.finish_and_clear();
-                c.print(opts.size);
+                c.print(opts.size, down);
                 reports.push(r);
                 reports.push(c);
             }
@@ -614,8 +663,8 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
                 );
                 pb.finish_and_clear();
                 let (p, c) = (p?, c?);
-                p.print(opts.size);
-                c.print(opts.size);
+                p.print(opts.size, up);
+                c.print(opts.size, down);
                 reports.push(p);
                 reports.push(c);
             }

@@ -1,0 +1,191 @@
+//! The raw-QUIC baseline: how many bytes QUIC itself moves on this machine with the broker's
+//! TLS and transport settings, one stream each way, no broker logic. `quiver bench produce`
+//! and `consume` measure it in the same run and print their figures also as a ratio to it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use quiver_client::{quinn_client_config, Tls};
+
+use quiver::config::Config;
+use quiver::net::tls;
+
+/// What QUIC moved, in bytes per second.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Baseline {
+    /// Client to server, one stream.
+    pub(crate) upload: f64,
+    /// Server to client, one stream.
+    pub(crate) download: f64,
+}
+
+impl Baseline {
+    /// Prints the figures.
+    pub(crate) fn print(&self, bytes: u64) {
+        println!(
+            "{:<28} upload {:.1} MB/s  download {:.1} MB/s  ({} MiB each way, one stream, broker TLS and transport settings)",
+            "raw QUIC baseline",
+            self.upload / 1e6,
+            self.download / 1e6,
+            bytes >> 20
+        );
+    }
+}
+
+/// Bytes each way in the baseline.
+pub(crate) const BASELINE_BYTES: u64 = 512 << 20;
+
+/// Chunk the server writes (a shared buffer, as the broker writes stored records).
+const CHUNK: usize = 256 << 10;
+
+/// Measures the baseline: a raw QUIC server on its own runtime (like the embedded broker) on
+/// 127.0.0.1, and a client on the caller's runtime.
+pub(crate) async fn measure(dir: &std::path::Path, bytes: u64) -> anyhow::Result<Baseline> {
+    let dir = dir.join(format!("quiver-bench-quic-{}", std::process::id()));
+    let mut cfg = Config::default();
+    cfg.broker.data_dir = dir.clone();
+    let id = tls::load_or_generate(&cfg)?;
+    let server_cfg = tls::server_config(&id, &cfg)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("bench-quic".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("bench-quic-server")
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let (socket, _) = quiver_protocol::transport::udp_socket(
+                    "127.0.0.1:0".parse().expect("literal address"),
+                )?;
+                let runtime = quinn::default_runtime().context("no async runtime")?;
+                let endpoint = quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(server_cfg),
+                    socket,
+                    runtime,
+                )?;
+                let _ = tx.send(endpoint.local_addr()?);
+                loop {
+                    let incoming = tokio::select! {
+                        i = endpoint.accept() => i,
+                        _ = server_stop.cancelled() => break,
+                    };
+                    let Some(incoming) = incoming else { break };
+                    tokio::spawn(async move {
+                        if let Ok(conn) = incoming.await {
+                            while let Ok((send, recv)) = conn.accept_bi().await {
+                                tokio::spawn(serve_stream(send, recv));
+                            }
+                        }
+                    });
+                }
+                endpoint.close(0u32.into(), b"done");
+                endpoint.wait_idle().await;
+                anyhow::Ok(())
+            })
+        })?;
+    let addr: SocketAddr = rx.recv().context("the baseline server failed to start")?;
+    let result = client_side(addr, &id.fingerprint, bytes).await;
+    stop.cancel();
+    let served = thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the baseline server panicked"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    served?;
+    result
+}
+
+/// One stream: `U` then bytes up to FIN (answered with their count), or `D` and a u64 count
+/// (answered with that many bytes).
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut kind = [0u8; 1];
+    if recv.read_exact(&mut kind).await.is_err() {
+        return;
+    }
+    match kind[0] {
+        b'U' => {
+            let mut n = 0u64;
+            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                n += chunk.bytes.len() as u64;
+            }
+            let _ = send.write_all(&n.to_le_bytes()).await;
+            let _ = send.finish();
+        }
+        b'D' => {
+            let mut len = [0u8; 8];
+            if recv.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut left = u64::from_le_bytes(len);
+            let chunk = Bytes::from(vec![b'q'; CHUNK]);
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                if send.write_chunk(chunk.slice(..n)).await.is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+            let _ = send.finish();
+        }
+        _ => {}
+    }
+}
+
+async fn client_side(addr: SocketAddr, fingerprint: &str, bytes: u64) -> anyhow::Result<Baseline> {
+    let qc = quinn_client_config(&Tls::fingerprint_from_hex(fingerprint)?)?;
+    let (socket, _) =
+        quiver_protocol::transport::udp_socket("127.0.0.1:0".parse().expect("literal address"))?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
+    let conn = endpoint.connect_with(qc, addr, "localhost")?.await?;
+    let limit = Duration::from_secs(120);
+
+    // Upload: bytes up one stream, timed until the server has counted them all.
+    let upload = tokio::time::timeout(limit, async {
+        let started = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"U").await?;
+        let chunk = Bytes::from(vec![b'q'; CHUNK]);
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            send.write_chunk(chunk.slice(..n)).await?;
+            left -= n as u64;
+        }
+        send.finish()?;
+        let got = recv.read_to_end(8).await?;
+        let counted = u64::from_le_bytes(got.as_slice().try_into().context("short answer")?);
+        anyhow::ensure!(counted == bytes, "the server counted {counted} of {bytes} bytes");
+        anyhow::Ok(bytes as f64 / started.elapsed().as_secs_f64())
+    })
+    .await
+    .context("upload timed out")??;
+
+    // Download: ask for bytes, timed until the last one has arrived.
+    let download = tokio::time::timeout(limit, async {
+        let started = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let mut ask = vec![b'D'];
+        ask.extend_from_slice(&bytes.to_le_bytes());
+        send.write_all(&ask).await?;
+        send.finish()?;
+        let mut n = 0u64;
+        while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+            n += chunk.bytes.len() as u64;
+        }
+        anyhow::ensure!(n == bytes, "received {n} of {bytes} bytes");
+        anyhow::Ok(bytes as f64 / started.elapsed().as_secs_f64())
+    })
+    .await
+    .context("download timed out")??;
+
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(Baseline { upload, download })
+}
