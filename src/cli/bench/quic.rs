@@ -161,7 +161,10 @@ async fn client_side(addr: SocketAddr, fingerprint: &str, bytes: u64) -> anyhow:
         send.finish()?;
         let got = recv.read_to_end(8).await?;
         let counted = u64::from_le_bytes(got.as_slice().try_into().context("short answer")?);
-        anyhow::ensure!(counted == bytes, "the server counted {counted} of {bytes} bytes");
+        anyhow::ensure!(
+            counted == bytes,
+            "the server counted {counted} of {bytes} bytes"
+        );
         anyhow::Ok(bytes as f64 / started.elapsed().as_secs_f64())
     })
     .await
