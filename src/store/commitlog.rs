@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use bytes::Bytes;
 
@@ -28,6 +28,25 @@ pub(crate) struct CommitLog {
     live: AtomicBool,
     /// Free-space check for new segments (keeps `disk_headroom_bytes`).
     space: SpaceCheck,
+    /// How far ahead of `written` pages are faulted in (see [`CommitLog::prefault_loop`]).
+    prefault: Mutex<Prefault>,
+    prefault_cv: Condvar,
+}
+
+/// Bytes faulted in ahead of the appender.
+const PREFAULT_AHEAD: u64 = 16 << 20;
+/// Faulted in per step (the lock is not held while faulting).
+const PREFAULT_STEP: u64 = 2 << 20;
+
+#[derive(Default)]
+struct Prefault {
+    /// Fault pages in up to here.
+    want: u64,
+    /// Faulted in up to here.
+    done: u64,
+    stop: bool,
+    /// The kernel cannot (no `MADV_POPULATE_WRITE`): stop asking.
+    unsupported: bool,
 }
 
 /// Where the next record goes; only the appender (under the store's write lock) holds it.
@@ -103,7 +122,75 @@ impl CommitLog {
             min: AtomicU64::new(min),
             live: AtomicBool::new(false),
             space,
+            prefault: Mutex::new(Prefault::default()),
+            prefault_cv: Condvar::new(),
         })
+    }
+
+    /// Runs on the store's prefault thread until [`CommitLog::stop_prefault`]: keeps the
+    /// pages up to [`PREFAULT_AHEAD`] bytes past `written` faulted in (allocated and zeroed by
+    /// the kernel), so appends copy into resident pages instead of taking a page fault, and
+    /// the zeroing, every few pages. Never writes: the appender owns the bytes.
+    pub(crate) fn prefault_loop(&self) {
+        loop {
+            let (from, to) = {
+                let mut st = self.prefault_state();
+                loop {
+                    if st.stop || st.unsupported {
+                        return;
+                    }
+                    let from = st.done.max(self.written());
+                    if st.want > from {
+                        break (from, st.want.min(from + PREFAULT_STEP));
+                    }
+                    st = self
+                        .prefault_cv
+                        .wait(st)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            // Only inside an existing segment; the next one is prefaulted once it exists.
+            let done = match self.segment_for(from) {
+                Some(seg) => {
+                    let end = (seg.base() + seg.len()).min(to);
+                    if !seg.populate(from - seg.base(), end - seg.base()) {
+                        self.prefault_state().unsupported = true;
+                        tracing::debug!("MADV_POPULATE_WRITE unsupported: no commit-log prefault");
+                        return;
+                    }
+                    end
+                }
+                None => {
+                    let mut st = self.prefault_state();
+                    // Nothing to fault until the appender rolls into a new segment.
+                    st.want = st.want.min(from);
+                    continue;
+                }
+            };
+            self.prefault_state().done = done;
+        }
+    }
+
+    /// Asks the prefault thread to fault pages in up to `pos + PREFAULT_AHEAD`.
+    fn request_prefault(&self, pos: u64) {
+        let want = pos + PREFAULT_AHEAD;
+        let mut st = self.prefault_state();
+        // Ask again only every step's worth of progress (a lock and a wake-up per 2 MiB).
+        if !st.unsupported && want >= st.want + PREFAULT_STEP {
+            st.want = want;
+            drop(st);
+            self.prefault_cv.notify_one();
+        }
+    }
+
+    fn prefault_state(&self) -> std::sync::MutexGuard<'_, Prefault> {
+        self.prefault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends [`CommitLog::prefault_loop`].
+    pub(crate) fn stop_prefault(&self) {
+        self.prefault_state().stop = true;
+        self.prefault_cv.notify_all();
     }
 
     pub(crate) fn segment_size(&self) -> u64 {
@@ -211,6 +298,7 @@ impl CommitLog {
         }
         cur.pos = pos;
         self.written.store(pos, Ordering::Release);
+        self.request_prefault(pos);
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw, UncheckedAdvice};
+use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
 
 use super::config::DiskSpaceSource;
 use super::durable::sync_dir;
@@ -310,6 +310,36 @@ impl MappedFile {
     pub(crate) fn release_all(&self) {
         self.release_range(0, self.len & !(PAGE - 1));
         self.released.store(self.len, Ordering::Relaxed);
+    }
+
+    /// Faults `from..to` in writable ahead of the appender (`MADV_POPULATE_WRITE`): the kernel
+    /// allocates and zeroes those pages here, on the prefault thread, instead of in the middle
+    /// of an append. Contents are not changed. Returns false when the kernel does not support
+    /// it (before Linux 5.14), so the caller stops asking.
+    pub(crate) fn populate(&self, from: u64, to: u64) -> bool {
+        let to = to.min(self.len);
+        if to <= from {
+            return true;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            match self
+                .map
+                .advise_range(Advice::PopulateWrite, from as usize, (to - from) as usize)
+            {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
+                Err(e) => {
+                    tracing::debug!(file = %self.path.display(), error = %e, "prefault failed");
+                    true
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = Advice::Normal;
+            false
+        }
     }
 
     fn release_range(&self, from: u64, to: u64) {

@@ -57,6 +57,10 @@ struct State {
     grant: Option<Vec<QueueRef>>,
     /// Refuse this many new connections (CONNECTION_REFUSED, as at the connection limit).
     refuse: u32,
+    /// Send requests answered so far.
+    sends: u32,
+    /// Refuse a whole Send (as an ingress plugin would) when one of its messages has this tag.
+    reject_tag: Option<String>,
 }
 
 struct Mock {
@@ -238,6 +242,12 @@ async fn respond(
             if s.busy > 0 {
                 s.busy -= 1;
                 return err(Status::Busy, cmd, "busy");
+            }
+            s.sends += 1;
+            if let Some(tag) = &s.reject_tag {
+                if messages.iter().any(|m| &m.tag == tag) {
+                    return err(Status::PluginRejected, cmd, "rejected by the mock's plugin");
+                }
             }
             if queue_id >= QUEUES {
                 return err(Status::QueueNotFound, cmd, "no such queue");
@@ -784,6 +794,64 @@ async fn retries_and_timeouts() {
     let topics = short.call(cmd::TopicList).await.unwrap().topics;
     assert_eq!(topics[0].name, "demo");
     assert_eq!(mock.state().hellos, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_requests_and_keep_their_own_results() {
+    let c = cert();
+    let mock = Mock::start(&c, local()).await;
+    let client = Client::connect(config(mock.addr, &c)).await.unwrap();
+    let options = |coalesce| ProducerOptions {
+        selector: QueueSelector::Fixed(0),
+        coalesce,
+        ..ProducerOptions::default()
+    };
+    let producer = Producer::new(client.clone(), options(true));
+    producer.send(Message::new("demo", "warm-up")).await.unwrap();
+    let before = mock.state().sends;
+
+    // 200 sends at once: every one gets its own receipt, in fewer requests.
+    let handles: Vec<_> = (0..200)
+        .map(|i| producer.send_async(Message::new("demo", format!("m{i}"))))
+        .collect();
+    let mut offsets = Vec::new();
+    for h in handles {
+        offsets.push(h.await.unwrap().queue_offset);
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..201).collect::<Vec<u64>>(), "one offset per message");
+    let shared = mock.state().sends - before;
+    assert!(shared < 200, "200 concurrent sends took {shared} requests");
+
+    // One message the broker refuses fails alone; the others sharing its request are stored.
+    mock.state().reject_tag = Some("bad".into());
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let m = Message::new("demo", format!("n{i}"));
+            producer.send_async(if i == 25 { m.with_tag("bad") } else { m })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        if let Err(e) = h.await {
+            assert_eq!(e.status(), Some(Status::PluginRejected), "{e}");
+            failed.push(i);
+        }
+    }
+    assert_eq!(failed, vec![25]);
+    assert_eq!(queue_lens(&mock, "demo")[0], 1 + 200 + 49);
+
+    // Without sharing, every send is its own request.
+    mock.state().reject_tag = None;
+    let lone = Producer::new(client.clone(), options(false));
+    let before = mock.state().sends;
+    let handles: Vec<_> = (0..20)
+        .map(|i| lone.send_async(Message::new("demo", format!("o{i}"))))
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(mock.state().sends - before, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

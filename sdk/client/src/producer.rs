@@ -1,6 +1,6 @@
 //! Sending messages: queue selection, route cache, retries, sync/async/one-way/batch sends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use quiver_protocol::cmd::{self, encode_request, CancelScheduled, SendReply, SendSpecial};
 use quiver_protocol::record::{fnv1a, FNV_OFFSET};
 use quiver_protocol::{names, SendMode, Status, WireMessage};
@@ -22,6 +23,12 @@ use crate::message::{Delivery, Message, MessageId};
 const ROUTE_TTL: Duration = Duration::from_secs(30);
 /// First retry back-off; doubles on every further retry.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Shared requests in flight per queue (see [`ProducerOptions::coalesce`]).
+const LANE_IN_FLIGHT: usize = 4;
+/// Most messages in one shared request.
+const LANE_MAX_MESSAGES: usize = 1024;
+/// About the most body bytes in one shared request (the first message always goes).
+const LANE_MAX_BYTES: usize = 4 << 20;
 
 /// The queue a sharding key maps to: `fnv1a64(key) % queue_count` (FNV-1a, 64-bit, offset
 /// basis `0xcbf29ce484222325`, prime `0x100000001b3`, over the key's UTF-8 bytes). Stable
@@ -78,6 +85,14 @@ pub struct ProducerOptions {
     /// belong to it, and any live producer of the group with a transaction checker answers
     /// the broker's check-backs; default `DEFAULT_PRODUCER`.
     pub group: String,
+    /// Let concurrent [`Producer::send`]s to the same queue share requests; default true.
+    /// A send that finds the queue idle goes at once, alone; sends that arrive while up to
+    /// four requests for that queue are in flight wait for the next one and go together (up
+    /// to 1024 messages or about 4 MiB), so many sends in flight cost few requests. Each
+    /// send still gets its own [`SendResult`] or error: when a shared request fails, each of
+    /// its messages is retried on its own (same ids, same `send_timeout`), so one bad message
+    /// never fails another. Scheduled messages, batches and one-way sends never share.
+    pub coalesce: bool,
 }
 
 impl Default for ProducerOptions {
@@ -88,6 +103,7 @@ impl Default for ProducerOptions {
             selector: QueueSelector::RoundRobin,
             auto_create: true,
             group: "DEFAULT_PRODUCER".into(),
+            coalesce: true,
         }
     }
 }
@@ -118,6 +134,24 @@ struct Inner {
     opts: ProducerOptions,
     routes: Mutex<HashMap<String, Route>>,
     round_robin: AtomicU32,
+    /// Sends waiting to share a request, by (topic, queue).
+    lanes: Mutex<HashMap<(String, u32), Lane>>,
+}
+
+/// Sends to one queue waiting for a shared request, and the requests in flight for it.
+#[derive(Default)]
+struct Lane {
+    pending: VecDeque<Pending>,
+    in_flight: usize,
+}
+
+/// One send waiting in a [`Lane`].
+struct Pending {
+    message: Message,
+    wire: WireMessage,
+    target: Target,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<SendResult, ClientError>>,
 }
 
 /// Sends messages. Cheap to clone (an `Arc`); clones share the route cache.
@@ -168,6 +202,7 @@ impl Producer {
                 opts: options,
                 routes: Mutex::new(HashMap::new()),
                 round_robin: AtomicU32::new(0),
+                lanes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -182,12 +217,10 @@ impl Producer {
         &self.inner.opts
     }
 
-    /// Sends one message and waits until the broker has stored it.
+    /// Sends one message and waits until the broker has stored it (concurrent sends to one
+    /// queue may share a request: [`ProducerOptions::coalesce`]).
     pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
-        let mut results = self.send_many(vec![message], Target::Select, None).await?;
-        results
-            .pop()
-            .ok_or_else(|| ClientError::Protocol("no receipt for the message".into()))
+        self.send_one(message, Target::Select).await
     }
 
     /// Sends one message to a given queue (no selector, no sharding key routing).
@@ -196,12 +229,168 @@ impl Producer {
         message: Message,
         queue_id: u32,
     ) -> Result<SendResult, ClientError> {
-        let mut results = self
-            .send_many(vec![message], Target::Queue(queue_id), None)
-            .await?;
-        results
-            .pop()
-            .ok_or_else(|| ClientError::Protocol("no receipt for the message".into()))
+        self.send_one(message, Target::Queue(queue_id)).await
+    }
+
+    /// One plain send: through the queue's lane when sends may share requests.
+    async fn send_one(&self, message: Message, target: Target) -> Result<SendResult, ClientError> {
+        if !self.inner.opts.coalesce || message.delivery().is_some() {
+            let mut results = self.send_many(vec![message], target, None).await?;
+            return results
+                .pop()
+                .ok_or_else(|| ClientError::Protocol("no receipt for the message".into()));
+        }
+        message.validate()?;
+        let deadline = Instant::now() + self.inner.opts.send_timeout;
+        let queue_id = match self.pick_queue(&message, target, deadline).await {
+            Ok(q) => q,
+            // Routing failed (e.g. the broker is restarting): the plain path retries it.
+            Err(_) => {
+                let wire = vec![message.to_wire(MessageId::new())];
+                let mut results = self
+                    .send_prepared(&[message], &wire, target, None, deadline, 0)
+                    .await?;
+                return results
+                    .pop()
+                    .ok_or_else(|| ClientError::Protocol("no receipt for the message".into()));
+            }
+        };
+        let wire = message.to_wire(MessageId::new());
+        let key = (message.topic().to_string(), queue_id);
+        let (reply, result) = oneshot::channel();
+        let drive = {
+            let mut lanes = lock(&self.inner.lanes);
+            let lane = lanes.entry(key.clone()).or_default();
+            lane.pending.push_back(Pending {
+                message,
+                wire,
+                target,
+                deadline,
+                reply,
+            });
+            let drive = lane.in_flight < LANE_IN_FLIGHT;
+            if drive {
+                lane.in_flight += 1;
+            }
+            drive
+        };
+        if drive {
+            // A task of its own: the shared request must go on even if this caller gives up.
+            tokio::spawn(self.clone().drive_lane(key));
+        }
+        result
+            .await
+            .map_err(|_| ClientError::Internal("the send was dropped before it finished".into()))?
+    }
+
+    /// Sends what waits in a lane, one shared request at a time, until the lane is empty.
+    async fn drive_lane(self, key: (String, u32)) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut lanes = lock(&self.inner.lanes);
+                let Some(lane) = lanes.get_mut(&key) else {
+                    return;
+                };
+                let mut bytes = 0usize;
+                let mut batch = Vec::new();
+                while let Some(p) = lane.pending.front() {
+                    let size = p.wire.body.len() + 64;
+                    if !batch.is_empty()
+                        && (batch.len() >= LANE_MAX_MESSAGES || bytes + size > LANE_MAX_BYTES)
+                    {
+                        break;
+                    }
+                    bytes += size;
+                    batch.extend(lane.pending.pop_front());
+                }
+                if batch.is_empty() {
+                    lane.in_flight -= 1;
+                    if lane.in_flight == 0 {
+                        lanes.remove(&key);
+                    }
+                    return;
+                }
+                batch
+            };
+            self.send_shared(&key, batch).await;
+        }
+    }
+
+    /// One shared request; on failure each message is retried on its own.
+    async fn send_shared(&self, key: &(String, u32), batch: Vec<Pending>) {
+        let deadline = batch.iter().map(|p| p.deadline).min();
+        let wire: Vec<WireMessage> = batch.iter().map(|p| p.wire.clone()).collect();
+        let result = match deadline {
+            Some(deadline) => self.send_to(&key.0, key.1, &wire, None, deadline).await,
+            None => return,
+        };
+        match result {
+            Ok(results) => {
+                for (p, r) in batch.into_iter().zip(results) {
+                    let _ = p.reply.send(Ok(r));
+                }
+            }
+            // A lone message's own error is final, except a stale route, which the plain
+            // path refreshes and retries once.
+            Err(e)
+                if batch.len() == 1
+                    && !e.is_retryable()
+                    && !matches!(
+                        e.status(),
+                        Some(Status::QueueNotFound | Status::TopicNotFound)
+                    ) =>
+            {
+                for p in batch {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(topic = %key.0, queue = key.1, messages = batch.len(), error = %e,
+                    "shared send failed; retrying its messages one by one");
+                if matches!(
+                    e.status(),
+                    Some(Status::QueueNotFound | Status::TopicNotFound)
+                ) {
+                    self.forget_route(&key.0);
+                }
+                // A retryable failure counts as each message's first attempt and backs off
+                // first, as a lone send would; another message's error does not count.
+                let retryable = e.is_retryable();
+                let backoff = if retryable {
+                    FIRST_BACKOFF
+                } else {
+                    Duration::ZERO
+                };
+                for p in batch {
+                    let me = self.clone();
+                    let e = e.clone();
+                    tokio::spawn(async move {
+                        let out_of_attempts = retryable && me.inner.opts.retries == 0;
+                        if out_of_attempts || Instant::now() + backoff >= p.deadline {
+                            let _ = p.reply.send(Err(e));
+                            return;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        let r = me
+                            .send_prepared(
+                                std::slice::from_ref(&p.message),
+                                std::slice::from_ref(&p.wire),
+                                p.target,
+                                None,
+                                p.deadline,
+                                u32::from(retryable),
+                            )
+                            .await
+                            .and_then(|mut r| {
+                                r.pop().ok_or_else(|| {
+                                    ClientError::Protocol("no receipt for the message".into())
+                                })
+                            });
+                        let _ = p.reply.send(r);
+                    });
+                }
+            }
+        }
     }
 
     /// Starts sending one message in a background tokio task and returns a handle to await
@@ -271,18 +460,32 @@ impl Producer {
         for m in &messages {
             m.validate()?;
         }
-        let topic = messages[0].topic().to_string();
-        let opts = &self.inner.opts;
-        let deadline = Instant::now() + opts.send_timeout;
+        let deadline = Instant::now() + self.inner.opts.send_timeout;
         // Ids are fixed once, so a retried send carries the same ids.
         let wire: Vec<WireMessage> = messages
             .iter()
             .map(|m| m.to_wire(MessageId::new()))
             .collect();
-        let mut attempt = 0u32;
+        self.send_prepared(&messages, &wire, target, half_group, deadline, 0)
+            .await
+    }
+
+    /// Sends validated messages with their ids fixed, retrying retryable failures until
+    /// `deadline`; `attempt` attempts were already made.
+    async fn send_prepared(
+        &self,
+        messages: &[Message],
+        wire: &[WireMessage],
+        target: Target,
+        half_group: Option<&str>,
+        deadline: Instant,
+        mut attempt: u32,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let topic = messages[0].topic().to_string();
+        let opts = &self.inner.opts;
         loop {
             let result = self
-                .attempt(&topic, &messages[0], &wire, target, deadline, half_group)
+                .attempt(&topic, &messages[0], wire, target, deadline, half_group)
                 .await;
             let err = match result {
                 Ok(r) => return Ok(r),
@@ -318,23 +521,41 @@ impl Producer {
         deadline: Instant,
         half_group: Option<&str>,
     ) -> Result<Vec<SendResult>, ClientError> {
-        let queue_id = match target {
+        let queue_id = self.pick_queue(first, target, deadline).await?;
+        let mode = special_mode(first, half_group);
+        self.send_to(topic, queue_id, wire, mode, deadline).await
+    }
+
+    /// The queue for a send: the given one, or by sharding key or selector.
+    async fn pick_queue(
+        &self,
+        first: &Message,
+        target: Target,
+        deadline: Instant,
+    ) -> Result<u32, ClientError> {
+        Ok(match target {
             Target::Queue(q) => {
                 // Still look the route up: it creates the topic when auto-creation is on.
-                self.route(topic, deadline).await?;
+                self.route(first.topic(), deadline).await?;
                 q
             }
             Target::Select => {
-                let queues = self.route(topic, deadline).await?;
+                let queues = self.route(first.topic(), deadline).await?;
                 self.select(first, queues)?
             }
-        };
-        let request = SendRequest::new(
-            topic.to_string(),
-            queue_id,
-            wire.to_vec(),
-            special_mode(first, half_group),
-        );
+        })
+    }
+
+    /// One request for one queue, answered with a result per message.
+    async fn send_to(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        wire: &[WireMessage],
+        mode: Option<SendMode>,
+        deadline: Instant,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let request = SendRequest::new(topic.to_string(), queue_id, wire.to_vec(), mode);
         let timeout = self.timeout_until(deadline)?;
         let SendReply { queue_id, receipts } = request.call(&self.inner.client, timeout).await?;
         if receipts.len() != wire.len() {
@@ -437,6 +658,10 @@ impl Producer {
             routes.remove(topic);
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The system mode of a send: scheduled (from the message), half (transactions) or none.
