@@ -143,10 +143,7 @@ impl CommitLog {
                     if st.want > from {
                         break (from, st.want.min(from + PREFAULT_STEP));
                     }
-                    st = self
-                        .prefault_cv
-                        .wait(st)
-                        .unwrap_or_else(|e| e.into_inner());
+                    st = self.prefault_cv.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
             // Only inside an existing segment; the next one is prefaulted once it exists.

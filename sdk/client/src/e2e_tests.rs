@@ -807,7 +807,10 @@ async fn concurrent_sends_share_requests_and_keep_their_own_results() {
         ..ProducerOptions::default()
     };
     let producer = Producer::new(client.clone(), options(true));
-    producer.send(Message::new("demo", "warm-up")).await.unwrap();
+    producer
+        .send(Message::new("demo", "warm-up"))
+        .await
+        .unwrap();
     let before = mock.state().sends;
 
     // 200 sends at once: every one gets its own receipt, in fewer requests.
@@ -819,7 +822,11 @@ async fn concurrent_sends_share_requests_and_keep_their_own_results() {
         offsets.push(h.await.unwrap().queue_offset);
     }
     offsets.sort_unstable();
-    assert_eq!(offsets, (1..201).collect::<Vec<u64>>(), "one offset per message");
+    assert_eq!(
+        offsets,
+        (1..201).collect::<Vec<u64>>(),
+        "one offset per message"
+    );
     let shared = mock.state().sends - before;
     assert!(shared < 200, "200 concurrent sends took {shared} requests");
 

@@ -10,10 +10,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use quiver_protocol::cmd::{self, encode_request, CancelScheduled, SendReply, SendSpecial};
 use quiver_protocol::record::{fnv1a, FNV_OFFSET};
 use quiver_protocol::{names, SendMode, Status, WireMessage};
+use tokio::sync::oneshot;
 
 use crate::client::Client;
 use crate::error::ClientError;
