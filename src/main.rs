@@ -190,6 +190,10 @@ struct NetBenchArgs {
     /// consume/e2e: load this WebAssembly plugin (.wasm or .wat) and run it on every pull.
     #[arg(long, value_name = "FILE")]
     plugin: Option<PathBuf>,
+    /// MiB moved each way by the raw-QUIC baseline measured first (0 skips it and the
+    /// ratios).
+    #[arg(long, default_value_t = 512)]
+    baseline_mib: u64,
 }
 
 #[derive(Args)]
@@ -380,6 +384,7 @@ fn net_bench(kind: cli::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Result
                 .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
                 .transpose()?
                 .map(|module| (module, Vec::new())),
+            baseline_bytes: a.baseline_mib << 20,
         },
     )?;
     Ok(())

@@ -56,6 +56,8 @@ pub(crate) struct NetBenchOptions {
     /// A plugin module and its configuration, loaded as `bench-plugin` and run on every pull
     /// of the consumers.
     pub(crate) plugin: Option<BenchPlugin>,
+    /// Bytes each way of the raw-QUIC baseline run first (0 skips it).
+    pub(crate) baseline_bytes: u64,
 }
 
 /// A plugin module (binary or WAT) and its configuration.
@@ -606,11 +608,15 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
             }
         );
         // The transport's own capacity on this machine, in the same run (before the load).
-        let raw = super::quic::measure(&opts.dir, super::quic::BASELINE_BYTES)
-            .await
-            .context("measuring the raw-QUIC baseline")?;
-        raw.print(super::quic::BASELINE_BYTES);
-        let (up, down) = (Some(raw.upload), Some(raw.download));
+        let (up, down) = if opts.baseline_bytes > 0 {
+            let raw = super::quic::measure(&opts.dir, opts.baseline_bytes)
+                .await
+                .context("measuring the raw-QUIC baseline")?;
+            raw.print(opts.baseline_bytes);
+            (Some(raw.upload), Some(raw.download))
+        } else {
+            (None, None)
+        };
         let mut reports = Vec::new();
         match kind {
             NetBench::Produce => {

@@ -199,6 +199,8 @@ fn pull_comparison(module: &[u8], opts: &PluginBenchOptions) -> anyhow::Result<(
         consumers: 1,
         group: None,
         plugin: None,
+        // The comparison is plugin against no plugin, not against the transport.
+        baseline_bytes: 0,
     };
     println!("  pull over QUIC, without a plugin:");
     let without = super::net::run(NetBench::Consume, &base)?;

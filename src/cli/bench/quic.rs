@@ -45,9 +45,6 @@ impl Baseline {
     }
 }
 
-/// Bytes each way in the baseline.
-pub(crate) const BASELINE_BYTES: u64 = 512 << 20;
-
 /// Round trips measured for the request-latency baseline.
 const REQUESTS: usize = 300;
 
