@@ -285,6 +285,10 @@ impl Producer {
 
     /// Sends what waits in a lane, one shared request at a time, until the lane is empty.
     async fn drive_lane(self, key: (String, u32)) {
+        // A shared request stays well inside the broker's frame limit.
+        let max_bytes = self.inner.client.broker_info().map_or(LANE_MAX_BYTES, |b| {
+            LANE_MAX_BYTES.min(b.max_frame as usize / 2)
+        });
         loop {
             let batch: Vec<Pending> = {
                 let mut lanes = lock(&self.inner.lanes);
@@ -296,7 +300,7 @@ impl Producer {
                 while let Some(p) = lane.pending.front() {
                     let size = p.wire.body.len() + 64;
                     if !batch.is_empty()
-                        && (batch.len() >= LANE_MAX_MESSAGES || bytes + size > LANE_MAX_BYTES)
+                        && (batch.len() >= LANE_MAX_MESSAGES || bytes + size > max_bytes)
                     {
                         break;
                     }
