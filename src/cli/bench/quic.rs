@@ -24,6 +24,11 @@ pub(crate) struct Baseline {
     pub(crate) request_p50_us: u64,
     /// See `request_p50_us`.
     pub(crate) request_p99_us: u64,
+    /// Round trips of 1 KB requests, one at a time, a new stream each (the shape of a single
+    /// synchronous send): p50 and p99 in microseconds.
+    pub(crate) small_p50_us: u64,
+    /// See `small_p50_us`.
+    pub(crate) small_p99_us: u64,
 }
 
 impl Baseline {
@@ -42,11 +47,19 @@ impl Baseline {
             self.request_p50_us as f64 / 1000.0,
             self.request_p99_us as f64 / 1000.0,
         );
+        println!(
+            "{:<28} p50 {:.3} ms  p99 {:.3} ms  ({SMALL_REQUESTS} x 1 KB up, 8 bytes back, one at a time)",
+            "  raw QUIC small round trips",
+            self.small_p50_us as f64 / 1000.0,
+            self.small_p99_us as f64 / 1000.0,
+        );
     }
 }
 
 /// Round trips measured for the request-latency baseline.
 const REQUESTS: usize = 300;
+/// Small round trips measured for the single-send baseline.
+const SMALL_REQUESTS: usize = 2000;
 
 /// Chunk the server writes (a shared buffer, as the broker writes stored records).
 const CHUNK: usize = 256 << 10;
@@ -217,9 +230,31 @@ async fn client_side(addr: SocketAddr, fingerprint: &str, bytes: u64) -> anyhow:
     .await
     .context("round trips timed out")??;
 
+    // Small round trips: 1 KB up on a new stream, the count back, one at a time.
+    let mut small = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let one_kb = Bytes::from(vec![b'q'; 1024]);
+    tokio::time::timeout(limit, async {
+        for _ in 0..SMALL_REQUESTS {
+            let started = Instant::now();
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let mut frame = Vec::with_capacity(1 + one_kb.len());
+            frame.push(b'U');
+            frame.extend_from_slice(&one_kb);
+            send.write_chunk(frame.into()).await?;
+            send.finish()?;
+            recv.read_to_end(8).await?;
+            small.record(started.elapsed().as_micros().max(1) as u64)?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("small round trips timed out")??;
+
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     Ok(Baseline {
+        small_p50_us: small.value_at_quantile(0.5),
+        small_p99_us: small.value_at_quantile(0.99),
         upload,
         download,
         request_p50_us: hist.value_at_quantile(0.5),
