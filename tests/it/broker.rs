@@ -9,7 +9,7 @@ use quiver_client::{
     QueueSelector, Status,
 };
 
-use crate::harness::TestBroker;
+use crate::harness::{eventually_some, TestBroker};
 
 async fn pull_all(
     consumer: &PullConsumer,
@@ -76,14 +76,11 @@ async fn every_send_mode_stores_and_pull_returns_the_messages() {
 
     let consumer = PullConsumer::new(client.clone());
     // One-way sends are not acknowledged: wait until the broker has it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let all = loop {
+    let all = eventually_some("the one-way send to be stored", async || {
         let all = pull_all(&consumer, "orders", 4).await;
-        if all.len() == 62 || Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (all.len() >= 62).then_some(all)
+    })
+    .await;
     assert_eq!(all.len(), 1 + 50 + 1 + 10);
     let first = all
         .iter()

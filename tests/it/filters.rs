@@ -11,7 +11,7 @@ use quiver_client::{
     Status, Subscription,
 };
 
-use crate::harness::TestBroker;
+use crate::harness::{eventually, TestBroker};
 
 /// 60 messages over one queue: tags A/B/C in turn, a region property, an amount, and a `vip`
 /// property on every fourth.
@@ -230,19 +230,11 @@ async fn members_of_a_group_must_subscribe_alike() {
         .await
         .expect("an equivalent filter joins");
     let pull = PullConsumer::new(broker.client().await);
-    let mut committed = None;
-    for _ in 0..100 {
-        committed = pull.fetch_offset("alike", "mixed", 0).await.unwrap();
-        if committed == Some(60) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        committed,
-        Some(60),
-        "the committed offset moves past filtered-out messages"
-    );
+    // The committed offset moves past filtered-out messages.
+    eventually("the committed offset to reach 60", async || {
+        pull.fetch_offset("alike", "mixed", 0).await.unwrap() == Some(60)
+    })
+    .await;
     // Non-matching arrivals after catching up: skipped by the parked pulls, committed past.
     let producer = Producer::new(broker.client().await, ProducerOptions::default());
     for _ in 0..2 {
@@ -251,18 +243,11 @@ async fn members_of_a_group_must_subscribe_alike() {
             .await
             .unwrap();
     }
-    for _ in 0..100 {
-        committed = pull.fetch_offset("alike", "mixed", 0).await.unwrap();
-        if committed == Some(62) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        committed,
-        Some(62),
-        "no lag left behind by filtered-out arrivals"
-    );
+    // No lag left behind by filtered-out arrivals.
+    eventually("the committed offset to reach 62", async || {
+        pull.fetch_offset("alike", "mixed", 0).await.unwrap() == Some(62)
+    })
+    .await;
     let seen_tags = seen.lock().unwrap().clone();
     assert_eq!(seen_tags.len(), 20);
     assert!(
