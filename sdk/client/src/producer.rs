@@ -244,11 +244,17 @@ impl Producer {
         let deadline = Instant::now() + self.inner.opts.send_timeout;
         let queue_id = match self.pick_queue(&message, target, deadline).await {
             Ok(q) => q,
-            // Routing failed (e.g. the broker is restarting): the plain path retries it.
-            Err(_) => {
+            // Routing failed (e.g. the broker is restarting): that was the first attempt; the
+            // plain path makes the others.
+            Err(e) => {
+                let Some(backoff) = self.next_backoff(message.topic(), &e, target, 0, deadline)
+                else {
+                    return Err(e);
+                };
+                tokio::time::sleep(backoff).await;
                 let wire = vec![message.to_wire(MessageId::new())];
                 let mut results = self
-                    .send_prepared(&[message], &wire, target, None, deadline, 0)
+                    .send_prepared(&[message], &wire, target, None, deadline, 1)
                     .await?;
                 return results
                     .pop()
@@ -486,7 +492,6 @@ impl Producer {
         mut attempt: u32,
     ) -> Result<Vec<SendResult>, ClientError> {
         let topic = messages[0].topic().to_string();
-        let opts = &self.inner.opts;
         loop {
             let result = self
                 .attempt(&topic, &messages[0], wire, target, deadline, half_group)
@@ -495,25 +500,38 @@ impl Producer {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
             };
-            let status = err.status();
-            if matches!(status, Some(Status::QueueNotFound | Status::TopicNotFound)) {
-                self.forget_route(&topic);
-            }
-            // A stale route can pick a queue that no longer exists: worth one more try with a
-            // fresh route when the queue was ours to choose.
-            let retryable = err.is_retryable()
-                || (status == Some(Status::QueueNotFound) && matches!(target, Target::Select));
-            if !retryable || attempt >= opts.retries {
+            let Some(backoff) = self.next_backoff(&topic, &err, target, attempt, deadline) else {
                 return Err(err);
-            }
-            let backoff = FIRST_BACKOFF * 2u32.saturating_pow(attempt);
-            if Instant::now() + backoff >= deadline {
-                return Err(err);
-            }
+            };
             tracing::debug!(topic = %topic, attempt, error = %err, "send failed; retrying");
             tokio::time::sleep(backoff).await;
             attempt += 1;
         }
+    }
+
+    /// Whether attempt number `attempt` (0 for the first) that failed with `err` is worth
+    /// another, and after which back-off; forgets a stale route.
+    fn next_backoff(
+        &self,
+        topic: &str,
+        err: &ClientError,
+        target: Target,
+        attempt: u32,
+        deadline: Instant,
+    ) -> Option<Duration> {
+        let status = err.status();
+        if matches!(status, Some(Status::QueueNotFound | Status::TopicNotFound)) {
+            self.forget_route(topic);
+        }
+        // A stale route can pick a queue that no longer exists: worth one more try with a
+        // fresh route when the queue was ours to choose.
+        let retryable = err.is_retryable()
+            || (status == Some(Status::QueueNotFound) && matches!(target, Target::Select));
+        if !retryable || attempt >= self.inner.opts.retries {
+            return None;
+        }
+        let backoff = FIRST_BACKOFF * 2u32.saturating_pow(attempt);
+        (Instant::now() + backoff < deadline).then_some(backoff)
     }
 
     async fn attempt(
