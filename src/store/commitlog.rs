@@ -31,6 +31,8 @@ pub(crate) struct CommitLog {
     /// How far ahead of `written` pages are faulted in (see [`CommitLog::prefault_loop`]).
     prefault: Mutex<Prefault>,
     prefault_cv: Condvar,
+    /// The last `want` asked for: appends skip the lock until they are a step past it.
+    prefault_asked: AtomicU64,
 }
 
 /// Bytes faulted in ahead of the appender.
@@ -124,6 +126,7 @@ impl CommitLog {
             space,
             prefault: Mutex::new(Prefault::default()),
             prefault_cv: Condvar::new(),
+            prefault_asked: AtomicU64::new(0),
         })
     }
 
@@ -171,9 +174,14 @@ impl CommitLog {
     /// Asks the prefault thread to fault pages in up to `pos + PREFAULT_AHEAD`.
     fn request_prefault(&self, pos: u64) {
         let want = pos + PREFAULT_AHEAD;
+        // Ask again only every step's worth of progress: a lock and a wake-up per 2 MiB, an
+        // atomic load per append.
+        if want < self.prefault_asked.load(Ordering::Relaxed) + PREFAULT_STEP {
+            return;
+        }
+        self.prefault_asked.store(want, Ordering::Relaxed);
         let mut st = self.prefault_state();
-        // Ask again only every step's worth of progress (a lock and a wake-up per 2 MiB).
-        if !st.unsupported && want >= st.want + PREFAULT_STEP {
+        if !st.unsupported && want > st.want {
             st.want = want;
             drop(st);
             self.prefault_cv.notify_one();

@@ -331,7 +331,7 @@ impl Producer {
         let deadline = batch.iter().map(|p| p.deadline).min();
         let wire: Vec<WireMessage> = batch.iter().map(|p| p.wire.clone()).collect();
         let result = match deadline {
-            Some(deadline) => self.send_to(&key.0, key.1, &wire, None, deadline).await,
+            Some(deadline) => self.send_to(&key.0, key.1, wire, None, deadline).await,
             None => return,
         };
         match result {
@@ -545,7 +545,8 @@ impl Producer {
     ) -> Result<Vec<SendResult>, ClientError> {
         let queue_id = self.pick_queue(first, target, deadline).await?;
         let mode = special_mode(first, half_group);
-        self.send_to(topic, queue_id, wire, mode, deadline).await
+        self.send_to(topic, queue_id, wire.to_vec(), mode, deadline)
+            .await
     }
 
     /// The queue for a send: the given one, or by sharding key or selector.
@@ -573,18 +574,19 @@ impl Producer {
         &self,
         topic: &str,
         queue_id: u32,
-        wire: &[WireMessage],
+        wire: Vec<WireMessage>,
         mode: Option<SendMode>,
         deadline: Instant,
     ) -> Result<Vec<SendResult>, ClientError> {
-        let request = SendRequest::new(topic.to_string(), queue_id, wire.to_vec(), mode);
+        let sent = wire.len();
+        let request = SendRequest::new(topic.to_string(), queue_id, wire, mode);
         let timeout = self.timeout_until(deadline)?;
         let SendReply { queue_id, receipts } = request.call(&self.inner.client, timeout).await?;
-        if receipts.len() != wire.len() {
+        if receipts.len() != sent {
             return Err(ClientError::Protocol(format!(
                 "{} receipts for {} messages",
                 receipts.len(),
-                wire.len()
+                sent
             )));
         }
         Ok(receipts
