@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
@@ -28,34 +28,18 @@ pub(crate) struct CommitLog {
     live: AtomicBool,
     /// Free-space check for new segments (keeps `disk_headroom_bytes`).
     space: SpaceCheck,
-    /// How far ahead of `written` pages are faulted in (see [`CommitLog::prefault_loop`]).
-    prefault: Mutex<Prefault>,
-    prefault_cv: Condvar,
-    /// The last `want` asked for: appends skip the lock until they are a step past it.
-    prefault_asked: AtomicU64,
-}
-
-/// Bytes faulted in ahead of the appender.
-const PREFAULT_AHEAD: u64 = 16 << 20;
-/// Faulted in per step (the lock is not held while faulting).
-const PREFAULT_STEP: u64 = 2 << 20;
-
-#[derive(Default)]
-struct Prefault {
-    /// Fault pages in up to here.
-    want: u64,
-    /// Faulted in up to here.
-    done: u64,
-    stop: bool,
-    /// The kernel cannot (no `MADV_POPULATE_WRITE`): stop asking.
-    unsupported: bool,
 }
 
 /// Where the next record goes; only the appender (under the store's write lock) holds it.
 pub(crate) struct Cursor {
     active: Arc<MappedFile>,
     pos: u64,
+    /// Records are encoded here, then written to the segment file with one `pwrite`.
+    scratch: Vec<u8>,
 }
+
+/// Scratch capacity kept between appends; a larger batch's buffer is given back after it.
+const SCRATCH_KEEP: usize = 8 << 20;
 
 /// One step of a walk through the log.
 pub(crate) enum Step {
@@ -124,78 +108,7 @@ impl CommitLog {
             min: AtomicU64::new(min),
             live: AtomicBool::new(false),
             space,
-            prefault: Mutex::new(Prefault::default()),
-            prefault_cv: Condvar::new(),
-            prefault_asked: AtomicU64::new(0),
         })
-    }
-
-    /// Runs on the store's prefault thread until [`CommitLog::stop_prefault`]: keeps the
-    /// pages up to [`PREFAULT_AHEAD`] bytes past `written` faulted in (allocated and zeroed by
-    /// the kernel), so appends copy into resident pages instead of taking a page fault, and
-    /// the zeroing, every few pages. Never writes: the appender owns the bytes.
-    pub(crate) fn prefault_loop(&self) {
-        loop {
-            let (from, to) = {
-                let mut st = self.prefault_state();
-                loop {
-                    if st.stop || st.unsupported {
-                        return;
-                    }
-                    let from = st.done.max(self.written());
-                    if st.want > from {
-                        break (from, st.want.min(from + PREFAULT_STEP));
-                    }
-                    st = self.prefault_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-                }
-            };
-            // Only inside an existing segment; the next one is prefaulted once it exists.
-            let done = match self.segment_for(from) {
-                Some(seg) => {
-                    let end = (seg.base() + seg.len()).min(to);
-                    if !seg.populate(from - seg.base(), end - seg.base()) {
-                        self.prefault_state().unsupported = true;
-                        tracing::debug!("MADV_POPULATE_WRITE unsupported: no commit-log prefault");
-                        return;
-                    }
-                    end
-                }
-                None => {
-                    let mut st = self.prefault_state();
-                    // Nothing to fault until the appender rolls into a new segment.
-                    st.want = st.want.min(from);
-                    continue;
-                }
-            };
-            self.prefault_state().done = done;
-        }
-    }
-
-    /// Asks the prefault thread to fault pages in up to `pos + PREFAULT_AHEAD`.
-    fn request_prefault(&self, pos: u64) {
-        let want = pos + PREFAULT_AHEAD;
-        // Ask again only every step's worth of progress: a lock and a wake-up per 2 MiB, an
-        // atomic load per append.
-        if want < self.prefault_asked.load(Ordering::Relaxed) + PREFAULT_STEP {
-            return;
-        }
-        self.prefault_asked.store(want, Ordering::Relaxed);
-        let mut st = self.prefault_state();
-        if !st.unsupported && want > st.want {
-            st.want = want;
-            drop(st);
-            self.prefault_cv.notify_one();
-        }
-    }
-
-    fn prefault_state(&self) -> std::sync::MutexGuard<'_, Prefault> {
-        self.prefault.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Ends [`CommitLog::prefault_loop`].
-    pub(crate) fn stop_prefault(&self) {
-        self.prefault_state().stop = true;
-        self.prefault_cv.notify_all();
     }
 
     pub(crate) fn segment_size(&self) -> u64 {
@@ -238,7 +151,11 @@ impl CommitLog {
             None => self.add_segment(base)?,
         };
         self.live.store(true, Ordering::Release);
-        Ok(Cursor { active, pos })
+        Ok(Cursor {
+            active,
+            pos,
+            scratch: Vec::new(),
+        })
     }
 
     fn add_segment(&self, base: u64) -> Result<Arc<MappedFile>, StoreError> {
@@ -283,13 +200,12 @@ impl CommitLog {
             self.roll(cur)?;
         }
         let n = msgs.len();
-        let mut pos = cur.pos;
+        let start = cur.pos;
+        cur.scratch.clear();
+        cur.scratch.resize(total as usize, 0);
+        let mut pos = start;
+        let mut at = 0usize;
         for (i, (m, size)) in msgs.iter().zip(sizes).enumerate() {
-            let off = (pos - cur.active.base()) as usize;
-            // SAFETY: `pos..pos+size` is at or past `written`, so no reader forms a slice over
-            // it (walks and reads stop at `written`), and the cursor is owned by the single
-            // appender (under the store's writer lock).
-            let buf = unsafe { cur.active.slice_mut(off, *size) };
             let placement = RecordPlacement {
                 queue_id,
                 queue_offset: first_queue_offset + i as u64,
@@ -297,13 +213,26 @@ impl CommitLog {
                 store_timestamp,
                 extra_flags: if i + 1 < n { FLAG_BATCH_CONT } else { 0 },
             };
-            record::encode_into(buf, topic, m, &placement);
+            record::encode_into(&mut cur.scratch[at..at + size], topic, m, &placement);
             phys_out.push(pos);
             pos += *size as u64;
+            at += size;
+        }
+        let off = (start - cur.active.base()) as usize;
+        // SAFETY: `start..pos` is at or past `written`, so no reader forms a slice over it
+        // (walks and reads stop at `written`), and the cursor is owned by the single appender
+        // (under the store's writer lock).
+        let written = unsafe { cur.active.write_at(off, &cur.scratch) };
+        if cur.scratch.capacity() > SCRATCH_KEEP {
+            cur.scratch = Vec::new();
+        }
+        if let Err(e) = written {
+            // Nothing published: the next append writes over whatever part landed.
+            phys_out.truncate(phys_out.len() - n);
+            return Err(e);
         }
         cur.pos = pos;
         self.written.store(pos, Ordering::Release);
-        self.request_prefault(pos);
         Ok(())
     }
 
@@ -315,8 +244,10 @@ impl CommitLog {
         let left = seg_end - cur.pos;
         if left >= 8 {
             let off = (cur.pos - cur.active.base()) as usize;
+            let mut blank = [0u8; 8];
+            record::encode_blank(&mut blank, left as u32);
             // SAFETY: unpublished range (at or past `written`) owned by the appender.
-            record::encode_blank(unsafe { cur.active.slice_mut(off, 8) }, left as u32);
+            unsafe { cur.active.write_at(off, &blank) }?;
         }
         let next = self.add_segment(seg_end)?;
         cur.active = next;

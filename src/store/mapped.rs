@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
+use memmap2::{MmapOptions, MmapRaw, UncheckedAdvice};
 
 use super::config::DiskSpaceSource;
 use super::durable::sync_dir;
@@ -197,6 +197,24 @@ impl MappedFile {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) }
     }
 
+    /// Writes `data` at `off` through the file (`pwrite`), not through the mapping. The
+    /// mapping sees the bytes at once (one page cache), and a fresh page that a write covers
+    /// whole is never read or zeroed first: the commit log's appends cost a copy instead of a
+    /// page fault, a zeroing and a copy (docs/PROTOCOL.md §2.2). A failed write (an I/O
+    /// error) is an error here instead of a SIGBUS on a store into the mapping.
+    ///
+    /// # Safety
+    /// As [`Self::write`]: no other thread may read or write the range during the call, and
+    /// no slice over it may be alive.
+    pub(crate) unsafe fn write_at(&self, off: usize, data: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let end = off.checked_add(data.len()).expect("offset overflow");
+        assert!(end <= self.len as usize, "write past the mapped file");
+        self._file
+            .write_all_at(data, off as u64)
+            .map_err(|e| StoreError::io(&self.path, e))
+    }
+
     /// A mutable view of `off..off + len` for encoding in place.
     ///
     /// # Safety
@@ -310,36 +328,6 @@ impl MappedFile {
     pub(crate) fn release_all(&self) {
         self.release_range(0, self.len & !(PAGE - 1));
         self.released.store(self.len, Ordering::Relaxed);
-    }
-
-    /// Faults `from..to` in writable ahead of the appender (`MADV_POPULATE_WRITE`): the kernel
-    /// allocates and zeroes those pages here, on the prefault thread, instead of in the middle
-    /// of an append. Contents are not changed. Returns false when the kernel does not support
-    /// it (before Linux 5.14), so the caller stops asking.
-    pub(crate) fn populate(&self, from: u64, to: u64) -> bool {
-        let to = to.min(self.len);
-        if to <= from {
-            return true;
-        }
-        #[cfg(target_os = "linux")]
-        {
-            match self
-                .map
-                .advise_range(Advice::PopulateWrite, from as usize, (to - from) as usize)
-            {
-                Ok(()) => true,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
-                Err(e) => {
-                    tracing::debug!(file = %self.path.display(), error = %e, "prefault failed");
-                    true
-                }
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = Advice::Normal;
-            false
-        }
     }
 
     fn release_range(&self, from: u64, to: u64) {

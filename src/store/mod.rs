@@ -777,7 +777,6 @@ impl Store {
         self.inner.flush.lock().expect("flush lock").shutdown = true;
         self.inner.flush_cv.notify_all();
         self.inner.housekeeping_cv.notify_all();
-        self.inner.log.stop_prefault();
         for t in self.threads.lock().expect("threads lock").drain(..) {
             let _ = t.join();
         }
@@ -796,7 +795,6 @@ impl Store {
         self.inner.flush.lock().expect("flush lock").shutdown = true;
         self.inner.flush_cv.notify_all();
         self.inner.housekeeping_cv.notify_all();
-        self.inner.log.stop_prefault();
         for t in self.threads.lock().expect("threads lock").drain(..) {
             let _ = t.join();
         }

@@ -244,13 +244,6 @@ impl Store {
         let i = inner.clone();
         threads.push(
             std::thread::Builder::new()
-                .name("quiver-prefault".into())
-                .spawn(move || i.log.prefault_loop())
-                .map_err(|e| StoreError::io(&inner.cfg.dir, e))?,
-        );
-        let i = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
                 .name("quiver-housekeeping".into())
                 .spawn(move || i.housekeeping_loop())
                 .map_err(|e| StoreError::io(&inner.cfg.dir, e))?,
