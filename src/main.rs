@@ -174,7 +174,8 @@ struct NetBenchArgs {
     /// Producer connections.
     #[arg(long, default_value_t = 1)]
     producers: usize,
-    /// Requests in flight per producer (concurrent senders).
+    /// Requests in flight per producer (concurrent senders); for consume, pulls in flight per
+    /// queue while the consumer is behind.
     #[arg(long, default_value_t = 1)]
     inflight: usize,
     /// Messages per send request (1 = one message per send).

@@ -12,6 +12,7 @@ mod messaging;
 mod ordered;
 mod plugins;
 mod raw_frames;
+mod reader;
 mod reconnect;
 mod serve_process;
 mod store_crash;

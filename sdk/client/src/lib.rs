@@ -31,6 +31,7 @@ mod error;
 mod message;
 mod producer;
 mod push;
+mod reader;
 mod tls;
 mod transaction;
 
@@ -43,6 +44,7 @@ pub use producer::{
     sharding_queue, Producer, ProducerOptions, QueueSelector, SelectFn, SendHandle, SendResult,
 };
 pub use push::{ConsumeFrom, ConsumeResult, IntoConsumeResult, PushConsumer, PushConsumerOptions};
+pub use reader::QueueReader;
 pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_config, Tls};
 pub use transaction::{TransactionChecker, TransactionSendResult, TransactionState};
 

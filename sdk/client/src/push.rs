@@ -27,6 +27,7 @@ use crate::client::Client;
 use crate::consumer::{describe, PullConsumer, PullOptions};
 use crate::error::ClientError;
 use crate::message::{MessageId, ReceivedMessage};
+use crate::reader::QueueReader;
 
 /// Heartbeat period before the broker has told its own.
 const FIRST_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -82,6 +83,10 @@ pub struct PushConsumerOptions {
     pub batch_size: usize,
     /// Most messages per pull request; default 32.
     pub pull_batch: u32,
+    /// Pulls kept in flight per queue while the consumer is behind the queue's end (the
+    /// buffer limits above still hold across them); default 2. With 1, a queue's next pull
+    /// leaves only when the previous one answered.
+    pub pulls_in_flight: usize,
     /// How long the broker holds a pull that finds nothing new; default 15 s. With zero, an
     /// empty queue is polled every 100 ms.
     pub long_poll: Duration,
@@ -127,6 +132,7 @@ impl Default for PushConsumerOptions {
             max_buffered_bytes_per_queue: 100 << 20,
             batch_size: 1,
             pull_batch: 32,
+            pulls_in_flight: 2,
             long_poll: Duration::from_secs(15),
             offset_store_path: None,
             shutdown_timeout: Duration::from_secs(10),
@@ -169,6 +175,7 @@ impl PushConsumerOptions {
             ),
             ("batch_size", self.batch_size),
             ("pull_batch", self.pull_batch as usize),
+            ("pulls_in_flight", self.pulls_in_flight),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -1282,6 +1289,15 @@ async fn pull_loop(
 ) {
     let o = &shared.opts;
     let (topic, queue_id) = (&q.queue.0, q.queue.1);
+    let depth = o.pulls_in_flight.max(1);
+    let start = lock(&q.pq).next_pull;
+    let mut reader = QueueReader::new(
+        shared.consumer.clone(),
+        topic.clone(),
+        queue_id,
+        start,
+        depth,
+    );
     loop {
         if *stop.borrow() {
             return;
@@ -1299,18 +1315,23 @@ async fn pull_loop(
             }
             continue;
         }
+        if reader.offset() != offset {
+            reader.seek(offset);
+        }
+        // Each of the `depth` pulls that may be in flight gets its share of the room, so the
+        // buffer limits hold across them.
         let room_msgs = (o.max_buffered_messages_per_queue - count).min(u32::MAX as usize) as u32;
         let room_bytes = (o.max_buffered_bytes_per_queue - bytes).min(MAX_PULL_BYTES);
         let sub = shared.filters.get(topic);
         let options = PullOptions {
-            max_messages: o.pull_batch.min(room_msgs).max(1),
-            max_bytes: room_bytes.max(1) as u32,
+            max_messages: o.pull_batch.min(room_msgs / depth as u32).max(1),
+            max_bytes: (room_bytes / depth).max(1) as u32,
             long_poll: o.long_poll,
             filter: sub.map(|s| s.filter.clone()).unwrap_or_default(),
             plugins: sub.map(|s| s.plugins.clone()).unwrap_or_default(),
         };
         let r = tokio::select! {
-            r = shared.consumer.pull(topic, queue_id, offset, options) => r,
+            r = reader.next(options) => r,
             _ = stopped(&mut stop) => return,
         };
         let r = match r {

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quiver_client::{
     Admin, Client, ClientConfig, Message, Producer, ProducerOptions, PullConsumer, PullOptions,
-    QueueSelector, Tls,
+    QueueReader, QueueSelector, Tls,
 };
 
 use quiver::config::Config;
@@ -407,23 +407,20 @@ async fn run_consumers(
             } else {
                 Vec::new()
             };
+            let depth = opts.inflight;
             tasks.push(tokio::spawn(async move {
                 let mut local = histogram();
-                let mut offset = 0;
+                let mut reader = QueueReader::new(consumer, topic, q, 0, depth);
                 while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let t = Instant::now();
-                    let r = consumer
-                        .pull(
-                            &topic,
-                            q,
-                            offset,
-                            PullOptions {
-                                max_messages: 256,
-                                long_poll: Duration::from_millis(200),
-                                plugins: plugins.clone(),
-                                ..PullOptions::default()
-                            },
-                        )
+                    let offset = reader.offset();
+                    let r = reader
+                        .next(PullOptions {
+                            max_messages: 256,
+                            long_poll: Duration::from_millis(200),
+                            plugins: plugins.clone(),
+                            ..PullOptions::default()
+                        })
                         .await;
                     match r {
                         Ok(r) => {
@@ -444,7 +441,6 @@ async fn run_consumers(
                             } else if n > 0 {
                                 let _ = local.record(t.elapsed().as_micros().max(1) as u64);
                             }
-                            offset = r.next_offset;
                             pb.inc(n);
                             if got.fetch_add(n, Ordering::Relaxed) + n >= total {
                                 done.store(true, Ordering::Relaxed);
