@@ -104,7 +104,9 @@ proptest! {
     #[test]
     fn any_sequence_of_batches_round_trips_across_rollover_and_reopen(
         batches in proptest::collection::vec(
-            (0u32..3, proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..6)),
+            // Up to 11 bodies of up to 3000 bytes: batches on both sides of the 16 KiB
+            // `pwrite` threshold (commitlog.rs), in 64 KiB segments.
+            (0u32..3, proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..12)),
             1..25),
         sync in any::<bool>(),
     ) {
