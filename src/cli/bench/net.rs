@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quiver_client::{
     Admin, Client, ClientConfig, Message, Producer, ProducerOptions, PullConsumer, PullOptions,
-    QueueReader, QueueSelector, Tls,
+    PullStatus, QueueReader, QueueSelector, Tls,
 };
 
 use quiver::config::Config;
@@ -425,9 +425,16 @@ async fn run_consumers(
                     match r {
                         Ok(r) => {
                             // Messages processed: with a plugin that drops messages, the
-                            // offset still moves past them.
+                            // offset still moves past them. A jump over messages that are gone
+                            // (retention under disk pressure) is not a read: an error.
                             let n = if e2e {
                                 r.messages.len() as u64
+                            } else if matches!(
+                                r.status,
+                                PullStatus::OffsetTooSmall | PullStatus::OffsetOverflow
+                            ) {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                0
                             } else {
                                 r.next_offset.saturating_sub(offset)
                             };
