@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ClusterConfig;
 use crate::messaging::MessagingConfig;
 use crate::plugin::PluginConfig;
 use crate::store::StoreConfig;
@@ -29,6 +30,8 @@ pub struct Config {
     pub plugins: PluginConfig,
     /// Scheduled messages, retries and transactions.
     pub messaging: MessagingConfig,
+    /// Cluster membership and the controller (off: a standalone broker).
+    pub cluster: ClusterConfig,
 }
 
 /// Network, topic and limit settings.
@@ -174,6 +177,7 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls.cert and tls.key must be given together".into());
         }
+        self.cluster.validate(self.tls.cert.is_some())?;
         if b.group_heartbeat_interval_ms == 0
             || b.group_session_timeout_ms < 2 * b.group_heartbeat_interval_ms
         {

@@ -20,6 +20,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod filter;
 pub mod messaging;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::clock::Clock;
+use crate::cluster::Controller;
 use crate::config::Config;
 use crate::net::Listener;
 
@@ -23,6 +24,7 @@ pub struct Server {
     /// The certificate file (usable as a client CA file).
     pub cert_path: PathBuf,
     broker: Arc<Broker>,
+    controller: Option<Arc<Controller>>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -42,7 +44,7 @@ impl Server {
         let broker = tokio::task::spawn_blocking(move || Broker::open_with_clock(c, clock))
             .await
             .context("opening the broker")??;
-        let listener = match Listener::bind(&cfg) {
+        let mut listener = match Listener::bind(&cfg) {
             Ok(l) => l,
             Err(e) => {
                 let b = broker.clone();
@@ -50,11 +52,23 @@ impl Server {
                 return Err(e);
             }
         };
+        let controller = match start_controller(&cfg, &listener).await {
+            Ok(c) => c,
+            Err(e) => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                return Err(e);
+            }
+        };
+        if let Some(c) = &controller {
+            listener.set_controller(c.clone());
+        }
         let addr = listener.local_addr()?;
         let fingerprint = listener.fingerprint.clone();
         let cert_path = listener.cert_path.clone();
         let shutdown = CancellationToken::new();
         let (b, s) = (broker.clone(), shutdown.clone());
+        let stop_controller = controller.clone();
         let task = tokio::spawn(async move {
             let persist = {
                 let (b, s) = (b.clone(), s.clone());
@@ -75,6 +89,9 @@ impl Server {
                 })
             };
             listener.serve(b.clone(), s).await;
+            if let Some(c) = &stop_controller {
+                c.shutdown().await;
+            }
             let _ = persist.await;
             tokio::task::spawn_blocking(move || b.close())
                 .await
@@ -87,9 +104,15 @@ impl Server {
             fingerprint,
             cert_path,
             broker,
+            controller,
             shutdown,
             task,
         })
+    }
+
+    /// The node's controller, when `cluster.controller` is on.
+    pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.as_ref()
     }
 
     /// The broker behind the listener.
@@ -112,4 +135,20 @@ impl Server {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("broker task panicked")?
     }
+}
+
+/// Starts the controller when this node is a voter (its peers reached through the
+/// listener's identity).
+async fn start_controller(
+    cfg: &Config,
+    listener: &Listener,
+) -> anyhow::Result<Option<Arc<Controller>>> {
+    if !cfg.cluster.enabled() || !cfg.cluster.controller {
+        return Ok(None);
+    }
+    let peers = listener.peer_transport(cfg)?;
+    let c = Controller::start(&cfg.cluster, &cfg.broker.data_dir, peers)
+        .await
+        .context("starting the controller")?;
+    Ok(Some(c))
 }

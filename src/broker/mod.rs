@@ -431,6 +431,14 @@ impl Broker {
             Q::PluginDescribe(c) => A::PluginDescribe(self.describe_plugin(c)?),
             Q::PluginAttach(c) => A::PluginAttach(self.attach_plugin(c).await?),
             Q::PluginDetach(c) => A::PluginDetach(self.detach_plugin(c).await?),
+            // Cluster commands need the connection's peer identity and the controller: `net`
+            // answers them before a request reaches the broker.
+            Q::Raft(_) | Q::ClusterInfo(_) => {
+                return Err(BrokerError::new(
+                    Status::NoController,
+                    "cluster commands are answered by the node's controller",
+                ))
+            }
         })
     }
 

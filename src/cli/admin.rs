@@ -35,6 +35,9 @@ enum AdminCommand {
     /// A consumer group's dead-letter queue (`%DLQ%<group>`): list, resend.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The cluster: its controller's leader, term and voters.
+    #[command(subcommand)]
+    Cluster(super::cluster::ClusterCommand),
 }
 
 #[derive(Subcommand)]
@@ -192,6 +195,7 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             None
         }
+        AdminCommand::Cluster(_) => None,
     };
     let client = args.client.connect().await?;
     let admin = Admin::new(client.clone());
@@ -210,6 +214,7 @@ async fn run_command(
     match command {
         AdminCommand::Group(g) => super::group::run(admin, out, g).await,
         AdminCommand::Plugin(p) => super::plugin::run(admin, out, p).await,
+        AdminCommand::Cluster(c) => super::cluster::run(admin, out, c).await,
         AdminCommand::Topic(TopicCommand::Create { name, queues }) => {
             admin
                 .create_topic(&name, queues)

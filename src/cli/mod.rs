@@ -7,6 +7,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod bench;
+pub(crate) mod cluster;
 pub(crate) mod consume;
 pub(crate) mod filter;
 pub(crate) mod group;

@@ -3,6 +3,7 @@
 //! unidirectional streams. Frames are length-capped and read with a deadline; a malformed frame
 //! gets an error response and never takes the broker down. Knows nothing of the store.
 
+pub mod peer;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::{Broker, BrokerError};
+use crate::cluster::Controller;
 
 /// Transport settings tuned for request/response traffic (docs/PROTOCOL.md §2.2), the same
 /// definition the client uses.
@@ -41,6 +43,8 @@ fn warn_small_udp_buffer(granted: usize) {
 /// A bound, listening QUIC endpoint.
 pub struct Listener {
     endpoint: quinn::Endpoint,
+    identity: tls::Identity,
+    controller: Option<Arc<Controller>>,
     /// SHA-256 fingerprint of the certificate, for clients to pin.
     pub fingerprint: String,
     /// The certificate file (clients can use it as a CA file).
@@ -69,9 +73,25 @@ impl Listener {
             .map_err(|e| anyhow::anyhow!("cannot listen on udp {listen}: {e}"))?;
         Ok(Self {
             endpoint,
-            fingerprint: id.fingerprint,
-            cert_path: id.cert_path,
+            fingerprint: id.fingerprint.clone(),
+            cert_path: id.cert_path.clone(),
+            identity: id,
+            controller: None,
         })
+    }
+
+    /// The client this node reaches its cluster peers with (its own identity, the cluster's
+    /// roots).
+    pub fn peer_transport(
+        &self,
+        cfg: &crate::config::Config,
+    ) -> anyhow::Result<Arc<peer::QuicPeers>> {
+        peer::QuicPeers::new(cfg, &self.identity)
+    }
+
+    /// Answers cluster commands from `controller` (before [`Listener::serve`]).
+    pub fn set_controller(&mut self, controller: Arc<Controller>) {
+        self.controller = Some(controller);
     }
 
     /// The address actually bound (useful with port 0).
@@ -108,11 +128,12 @@ impl Listener {
                 wait: Duration::from_millis(limits.busy_timeout_ms),
             };
             let remote = incoming.remote_address();
+            let controller = self.controller.clone();
             tracker.spawn(
                 async move {
                     let _permit = permit;
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, broker, stop, budget).await,
+                        Ok(conn) => serve_connection(conn, broker, stop, budget, controller).await,
                         Err(e) => debug!(error = %e, "handshake failed"),
                     }
                 }
@@ -137,6 +158,11 @@ impl Listener {
 struct Session {
     remote: SocketAddr,
     hello: AtomicBool,
+    /// The node's controller, when it runs one.
+    controller: Option<Arc<Controller>>,
+    /// The peer presented a certificate that chains to the cluster's roots (the TLS layer
+    /// refused any other): a cluster member.
+    member: bool,
     /// Request-buffer budgets: this connection's and the whole broker's.
     budget: Budget,
 }
@@ -197,10 +223,14 @@ async fn serve_connection(
     broker: Arc<Broker>,
     stop: CancellationToken,
     budget: Budget,
+    controller: Option<Arc<Controller>>,
 ) {
+    let member = controller.is_some() && conn.peer_identity().is_some();
     let session = Arc::new(Session {
         remote: conn.remote_address(),
         hello: AtomicBool::new(false),
+        controller,
+        member,
         budget,
     });
     let streams = tokio_util::task::TaskTracker::new();
@@ -413,6 +443,37 @@ async fn handle_uni(mut recv: quinn::RecvStream, broker: Arc<Broker>, session: A
     }
 }
 
+/// A Raft message: only from a connection that presented a certificate of this cluster.
+async fn raft(
+    r: quiver_protocol::cmd::Raft,
+    session: &Session,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    let Some(c) = &session.controller else {
+        return Err(BrokerError::new(
+            Status::NoController,
+            "this node runs no controller",
+        ));
+    };
+    if !session.member {
+        return Err(BrokerError::new(
+            Status::NotClusterMember,
+            "Raft messages are accepted only from cluster members (a TLS client certificate of this cluster)",
+        ));
+    }
+    match c.handle_raft(r).await {
+        Ok(body) => Ok(quiver_protocol::Response::Raft(
+            quiver_protocol::cmd::RaftReply { body },
+        )),
+        Err(e @ crate::cluster::ClusterError::OtherCluster { .. }) => {
+            Err(BrokerError::new(Status::NotClusterMember, e.to_string()))
+        }
+        Err(e @ crate::cluster::ClusterError::Malformed(_)) => {
+            Err(BrokerError::new(Status::BadRequest, e.to_string()))
+        }
+        Err(e) => Err(BrokerError::new(Status::Internal, e.to_string())),
+    }
+}
+
 async fn dispatch(
     req: Request,
     broker: &Broker,
@@ -442,6 +503,18 @@ async fn dispatch(
             ),
         ));
     }
+    let req = match req {
+        Request::ClusterInfo(_) => {
+            return Ok(quiver_protocol::Response::ClusterInfo(
+                match &session.controller {
+                    Some(c) => c.info(),
+                    None => crate::cluster::standalone_info(),
+                },
+            ))
+        }
+        Request::Raft(r) => return raft(r, session).await,
+        other => other,
+    };
     if stop.is_cancelled() && matches!(req, Request::Send(_)) {
         return Err(BrokerError::new(
             Status::ShuttingDown,

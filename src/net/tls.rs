@@ -111,12 +111,50 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The certificates every cluster node's certificate must chain to: `cluster.ca`, else the
+/// node's own `tls.cert` (one certificate shared by every node). `None` outside a cluster.
+pub fn cluster_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCertStore>>> {
+    if !cfg.cluster.enabled() {
+        return Ok(None);
+    }
+    let Some(path) = cfg.cluster.ca.as_ref().or(cfg.tls.cert.as_ref()) else {
+        bail!("a cluster needs cluster.ca or a shared tls.cert");
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading cluster CA {}", path.display()))?
+    {
+        let cert = cert.with_context(|| format!("parsing cluster CA {}", path.display()))?;
+        roots.add(cert).with_context(|| {
+            format!("cluster CA {} is not a usable trust anchor", path.display())
+        })?;
+    }
+    if roots.is_empty() {
+        bail!("cluster CA {} holds no certificate", path.display());
+    }
+    Ok(Some(Arc::new(roots)))
+}
+
 /// The QUIC server configuration: TLS 1.3 only, ALPN `quiver/1`, no 0-RTT, stream limits.
+/// In a cluster, clients may present a certificate; one that chains to the cluster's roots
+/// marks the connection as a cluster member's (ordinary clients present none and are served
+/// as before).
 pub fn server_config(id: &Identity, cfg: &Config) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match cluster_roots(cfg)? {
+        Some(roots) => {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .context("building the cluster client-certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(id.certs.clone(), id.key.clone_key())
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![quiver_protocol::ALPN.to_vec()];

@@ -91,6 +91,15 @@ impl Admin {
         self.done(request).await
     }
 
+    /// The cluster controller as the connected node sees it: cluster id, this node, the
+    /// leader and term, and the controller's voters (`quiver admin cluster list`). A
+    /// standalone broker answers `cluster_id` "standalone" and no nodes.
+    pub async fn cluster_info(
+        &self,
+    ) -> Result<quiver_protocol::cmd::ClusterInfoReply, ClientError> {
+        self.client.call(quiver_protocol::cmd::ClusterInfo {}).await
+    }
+
     /// All topics with their queue counts.
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
         Ok(self.client.call(TopicList).await?.topics)

@@ -471,7 +471,9 @@ async fn respond(
         | Request::PluginList(_)
         | Request::PluginDescribe(_)
         | Request::PluginAttach(_)
-        | Request::PluginDetach(_) => {
+        | Request::PluginDetach(_)
+        | Request::Raft(_)
+        | Request::ClusterInfo(_) => {
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,

@@ -72,6 +72,10 @@ pub enum Command {
     PluginAttach = 65,
     /// Detach a plugin from a topic's ingress chain.
     PluginDetach = 66,
+    /// A Raft message between controller nodes (cluster members only).
+    Raft = 90,
+    /// The controller's leader, term and members as the answering node sees them.
+    ClusterInfo = 91,
 }
 
 impl Command {
@@ -112,6 +116,8 @@ impl Command {
             64 => PluginDescribe,
             65 => PluginAttach,
             66 => PluginDetach,
+            90 => Raft,
+            91 => ClusterInfo,
             _ => return None,
         })
     }
@@ -189,6 +195,11 @@ pub enum Status {
     PluginUnhealthy = 45,
     /// The plugin is attached to topics; detach it first or unload with force.
     PluginInUse = 46,
+    /// A cluster command from a peer that did not authenticate as a member of this cluster
+    /// (no or an untrusted TLS client certificate, or another cluster id).
+    NotClusterMember = 50,
+    /// The node has no controller (no cluster configured, or the controller is not running).
+    NoController = 51,
     /// An unexpected broker error.
     Internal = 99,
 }
@@ -231,6 +242,8 @@ impl Status {
             44 => PluginRejected,
             45 => PluginUnhealthy,
             46 => PluginInUse,
+            50 => NotClusterMember,
+            51 => NoController,
             _ => Internal,
         }
     }

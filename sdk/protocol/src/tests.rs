@@ -480,7 +480,57 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
         (arb_string(), arb_string())
             .prop_map(|(name, topic)| cmd::PluginDetach { name, topic }.into())
             .boxed(),
+        (
+            arb_string(),
+            prop_oneof![
+                Just(cmd::RaftKind::Vote),
+                Just(cmd::RaftKind::AppendEntries),
+                Just(cmd::RaftKind::InstallSnapshot)
+            ],
+            arb_bytes(64),
+        )
+            .prop_map(|(cluster_id, kind, body)| {
+                cmd::Raft {
+                    cluster_id,
+                    kind,
+                    body,
+                }
+                .into()
+            })
+            .boxed(),
+        Just(cmd::ClusterInfo {}.into()).boxed(),
     ]
+}
+
+fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
+    (
+        arb_string(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        vec(
+            (any::<u64>(), arb_string(), any::<bool>(), any::<u64>()).prop_map(
+                |(id, addr, voter, matched)| cmd::ControllerNode {
+                    id,
+                    addr,
+                    voter,
+                    matched,
+                },
+            ),
+            0..5,
+        ),
+    )
+        .prop_map(|(cluster_id, node_id, leader, term, applied, nodes)| {
+            cmd::ClusterInfoReply {
+                cluster_id,
+                node_id,
+                leader,
+                term,
+                applied,
+                nodes,
+            }
+        })
 }
 
 fn arb_request() -> impl Strategy<Value = Request> {
@@ -714,6 +764,12 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
             .boxed(),
         arb_done().prop_map(Response::PluginAttach).boxed(),
         arb_done().prop_map(Response::PluginDetach).boxed(),
+        arb_bytes(64)
+            .prop_map(|body| Response::Raft(cmd::RaftReply { body }))
+            .boxed(),
+        arb_cluster_info_reply()
+            .prop_map(Response::ClusterInfo)
+            .boxed(),
     ]
 }
 

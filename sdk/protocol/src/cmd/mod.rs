@@ -13,6 +13,7 @@ use crate::codes::{Command, Status};
 use crate::frame::{finish_frame, FrameError, FrameHeader};
 use crate::wire::{DecodeError, Reader};
 
+mod cluster;
 mod groups;
 mod hello;
 mod lookup;
@@ -25,6 +26,9 @@ mod send;
 mod special;
 mod topics;
 
+pub use cluster::{
+    ClusterInfo, ClusterInfoReply, ControllerNode, Raft, RaftKind, RaftReply, MAX_RAFT_BODY,
+};
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
     HeartbeatReply, LeaveGroup,
@@ -253,4 +257,6 @@ commands! {
     PluginDescribe(PluginDescribe),
     PluginAttach(PluginAttach),
     PluginDetach(PluginDetach),
+    Raft(Raft),
+    ClusterInfo(ClusterInfo),
 }

@@ -1,0 +1,201 @@
+//! Cluster commands: the controller's Raft messages between controller nodes, and the
+//! controller's view for operators (docs/PROTOCOL.md §8.10, docs/CLUSTER.md).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{call, WireDecode, WireEncode};
+use crate::wire::{DecodeError, Reader, WriteExt};
+
+/// Largest Raft message body accepted (a snapshot chunk or a batch of log entries).
+pub const MAX_RAFT_BODY: u32 = 8 << 20;
+
+/// Which Raft message a [`Raft`] request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RaftKind {
+    /// A vote request (leader election).
+    Vote = 1,
+    /// Log entries or a heartbeat from the leader.
+    AppendEntries = 2,
+    /// A chunk of the leader's snapshot.
+    InstallSnapshot = 3,
+}
+
+impl RaftKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(RaftKind::Vote),
+            2 => Some(RaftKind::AppendEntries),
+            3 => Some(RaftKind::InstallSnapshot),
+            _ => None,
+        }
+    }
+}
+
+/// One Raft message from one controller node to another. Only nodes that authenticated as
+/// cluster members (their TLS client certificate) may send it. The body is the message as
+/// JSON, in the layout of the `openraft` 0.9 crate's serde types (docs/CLUSTER.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raft {
+    /// The cluster the sender belongs to; a node of another cluster is refused.
+    pub cluster_id: String,
+    /// Which message.
+    pub kind: RaftKind,
+    /// The message, JSON.
+    pub body: Bytes,
+}
+
+/// The receiver's answer, JSON (`Result<Response, RaftError>` of openraft, serialized).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftReply {
+    /// The answer, JSON.
+    pub body: Bytes,
+}
+
+call!(Raft => RaftReply, Raft);
+
+fn put_body(b: &mut BytesMut, body: &[u8]) {
+    b.put_u32_le(body.len() as u32);
+    b.put_slice(body);
+}
+
+fn get_body(r: &mut Reader, field: &'static str) -> Result<Bytes, DecodeError> {
+    let n = r.u32(field)?;
+    if n > MAX_RAFT_BODY {
+        return Err(DecodeError::Invalid {
+            field,
+            reason: format!("{n} bytes is more than {MAX_RAFT_BODY}"),
+        });
+    }
+    r.bytes(n as usize, field)
+}
+
+impl WireEncode for Raft {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_str16(&self.cluster_id);
+        b.put_u8(self.kind as u8);
+        put_body(b, &self.body);
+    }
+}
+
+impl WireDecode for Raft {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let cluster_id = r.str16("cluster id")?;
+        let k = r.u8("raft kind")?;
+        let kind = RaftKind::from_u8(k).ok_or(DecodeError::Invalid {
+            field: "raft kind",
+            reason: format!("unknown kind {k}"),
+        })?;
+        Ok(Raft {
+            cluster_id,
+            kind,
+            body: get_body(r, "raft body")?,
+        })
+    }
+}
+
+impl WireEncode for RaftReply {
+    fn encode(&self, b: &mut BytesMut) {
+        put_body(b, &self.body);
+    }
+}
+
+impl WireDecode for RaftReply {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(RaftReply {
+            body: get_body(r, "raft reply")?,
+        })
+    }
+}
+
+/// The controller as the answering node sees it: `quiver admin cluster list`. Any node
+/// answers; a broker without a cluster configuration answers as a one-node cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {}
+
+/// One controller voter or learner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerNode {
+    /// Node id (unique in the cluster, from the node's config).
+    pub id: u64,
+    /// The address its QUIC listener answers on.
+    pub addr: String,
+    /// A voter (true) or a learner.
+    pub voter: bool,
+    /// Last log index known to be replicated on it (only the leader knows; else `u64::MAX`).
+    pub matched: u64,
+}
+
+/// See [`ClusterInfo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfoReply {
+    /// The cluster's id (from the config; `standalone` without one).
+    pub cluster_id: String,
+    /// The answering node's id.
+    pub node_id: u64,
+    /// The controller leader's id as this node knows it; 0 when none is known.
+    pub leader: u64,
+    /// The current Raft term.
+    pub term: u64,
+    /// Last log index applied on the answering node.
+    pub applied: u64,
+    /// The controller's members (voters and learners).
+    pub nodes: Vec<ControllerNode>,
+}
+
+call!(ClusterInfo => ClusterInfoReply, ClusterInfo);
+
+impl WireEncode for ClusterInfo {
+    fn encode(&self, _b: &mut BytesMut) {}
+}
+
+impl WireDecode for ClusterInfo {
+    fn decode(_r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ClusterInfo {})
+    }
+}
+
+impl WireEncode for ClusterInfoReply {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_str16(&self.cluster_id);
+        b.put_u64_le(self.node_id);
+        b.put_u64_le(self.leader);
+        b.put_u64_le(self.term);
+        b.put_u64_le(self.applied);
+        b.put_u16_le(self.nodes.len() as u16);
+        for n in &self.nodes {
+            b.put_u64_le(n.id);
+            b.put_str16(&n.addr);
+            b.put_u8(n.voter as u8);
+            b.put_u64_le(n.matched);
+        }
+    }
+}
+
+impl WireDecode for ClusterInfoReply {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let cluster_id = r.str16("cluster id")?;
+        let node_id = r.u64("node id")?;
+        let leader = r.u64("leader")?;
+        let term = r.u64("term")?;
+        let applied = r.u64("applied")?;
+        let n = r.u16("node count")?;
+        let mut nodes = Vec::with_capacity(n.min(64) as usize);
+        for _ in 0..n {
+            nodes.push(ControllerNode {
+                id: r.u64("node id")?,
+                addr: r.str16("node address")?,
+                voter: r.bool("voter")?,
+                matched: r.u64("matched")?,
+            });
+        }
+        Ok(ClusterInfoReply {
+            cluster_id,
+            node_id,
+            leader,
+            term,
+            applied,
+            nodes,
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! `quiver admin cluster`: the controller as the connected node sees it.
+
+use anyhow::Context;
+use clap::Subcommand;
+use quiver_client::Admin;
+use serde::Serialize;
+
+use super::output::Out;
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// The cluster id, the controller leader and term, and each controller node (like
+    /// mqadmin clusterList).
+    List,
+}
+
+#[derive(Serialize)]
+struct NodeRow<'a> {
+    cluster: &'a str,
+    node: u64,
+    addr: &'a str,
+    role: &'a str,
+    leader: bool,
+    term: u64,
+    matched: Option<u64>,
+}
+
+pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyhow::Result<()> {
+    match c {
+        ClusterCommand::List => {
+            let info = admin
+                .cluster_info()
+                .await
+                .context("asking for the cluster")?;
+            if out.json {
+                for n in &info.nodes {
+                    out.json(&NodeRow {
+                        cluster: &info.cluster_id,
+                        node: n.id,
+                        addr: &n.addr,
+                        role: if n.voter { "voter" } else { "learner" },
+                        leader: n.id == info.leader,
+                        term: info.term,
+                        matched: (n.matched != u64::MAX).then_some(n.matched),
+                    })?;
+                }
+                return Ok(());
+            }
+            let leader = if info.leader == 0 {
+                "none known".to_string()
+            } else {
+                info.leader.to_string()
+            };
+            out.line(&format!(
+                "cluster {}  (answered by node {}, leader {leader}, term {}, applied {})",
+                info.cluster_id, info.node_id, info.term, info.applied
+            ))?;
+            if info.nodes.is_empty() {
+                out.line("no controller: a standalone broker")?;
+                return Ok(());
+            }
+            out.line(&format!(
+                "{:<6} {:<24} {:<8} {:<7} {}",
+                "NODE", "ADDRESS", "ROLE", "LEADER", "MATCHED"
+            ))?;
+            for n in &info.nodes {
+                out.line(&format!(
+                    "{:<6} {:<24} {:<8} {:<7} {}",
+                    n.id,
+                    n.addr,
+                    if n.voter { "voter" } else { "learner" },
+                    if n.id == info.leader { "*" } else { "" },
+                    if n.matched == u64::MAX {
+                        "-".to_string()
+                    } else {
+                        n.matched.to_string()
+                    }
+                ))?;
+            }
+            Ok(())
+        }
+    }
+}

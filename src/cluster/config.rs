@@ -1,0 +1,188 @@
+//! The `[cluster]` section: which cluster a node belongs to, its id, and the controller's
+//! voters. Without `cluster_id` the broker is standalone, exactly as before.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A controller voter as the config names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoterConfig {
+    /// The node's id (its `cluster.node_id`).
+    pub id: u64,
+    /// The address of its QUIC listener (its `broker.listen`), as the other nodes reach it.
+    pub addr: SocketAddr,
+}
+
+/// Cluster membership and controller settings (docs/CLUSTER.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name; unset (the default) runs a standalone broker. Nodes refuse Raft
+    /// messages from another cluster id.
+    pub cluster_id: Option<String>,
+    /// This node's id, unique in the cluster, at least 1.
+    pub node_id: u64,
+    /// Run a controller voter on this node (its id must be among `voters`).
+    pub controller: bool,
+    /// The controller's initial voters. A node whose Raft log is empty bootstraps the
+    /// controller with exactly these; later changes are commands
+    /// (`quiver admin cluster add-voter|remove-voter`), not config edits.
+    pub voters: Vec<VoterConfig>,
+    /// The CA (or shared self-signed certificate) that signs every cluster node's TLS
+    /// certificate, PEM. Nodes verify each other against it both ways (mutual TLS); default:
+    /// this node's own `tls.cert`, which works when every node shares one certificate.
+    pub ca: Option<PathBuf>,
+    /// Leader heartbeat interval in ms; default 150.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears nothing from a leader for a random time in
+    /// `[election_timeout_ms, 2 x election_timeout_ms)` starts an election; default 600.
+    pub election_timeout_ms: u64,
+    /// How long one Raft message to a peer may take before it counts as lost, in ms;
+    /// default 1000.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: None,
+            node_id: 0,
+            controller: false,
+            voters: Vec::new(),
+            ca: None,
+            heartbeat_interval_ms: 150,
+            election_timeout_ms: 600,
+            rpc_timeout_ms: 1000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// True when this node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        self.cluster_id.is_some()
+    }
+
+    /// Checks the section; `has_cert` says whether `tls.cert` is configured (the default
+    /// trust anchor).
+    pub fn validate(&self, has_cert: bool) -> Result<(), String> {
+        let Some(id) = &self.cluster_id else {
+            if self.controller || !self.voters.is_empty() || self.node_id != 0 {
+                return Err(
+                    "cluster.node_id, cluster.controller and cluster.voters need cluster.cluster_id"
+                        .into(),
+                );
+            }
+            return Ok(());
+        };
+        quiver_protocol::names::check_name("cluster.cluster_id", id)?;
+        if self.node_id == 0 {
+            return Err("cluster.node_id must be set (at least 1) in a cluster".into());
+        }
+        if self.voters.is_empty() {
+            return Err("cluster.voters must name the controller's voters (1, 3 or 5)".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for v in &self.voters {
+            if v.id == 0 {
+                return Err("cluster.voters: a voter id must be at least 1".into());
+            }
+            if !ids.insert(v.id) {
+                return Err(format!("cluster.voters: voter id {} appears twice", v.id));
+            }
+            if !addrs.insert(v.addr) {
+                return Err(format!("cluster.voters: address {} appears twice", v.addr));
+            }
+        }
+        if self.controller && !ids.contains(&self.node_id) {
+            return Err(format!(
+                "cluster.controller is on but node {} is not among cluster.voters ({})",
+                self.node_id,
+                self.voters
+                    .iter()
+                    .map(|v| v.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if self.ca.is_none() && !has_cert {
+            return Err("a cluster needs a trust anchor for its nodes: set cluster.ca (the CA that signs every node's certificate) or give every node the same tls.cert and tls.key".into());
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_ms < 3 * self.heartbeat_interval_ms
+        {
+            return Err("cluster.election_timeout_ms must be at least 3 x cluster.heartbeat_interval_ms (and the interval above 0)".into());
+        }
+        if self.rpc_timeout_ms == 0 {
+            return Err("cluster.rpc_timeout_ms must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn voter(id: u64, port: u16) -> VoterConfig {
+        VoterConfig {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn three() -> ClusterConfig {
+        ClusterConfig {
+            cluster_id: Some("c1".into()),
+            node_id: 1,
+            controller: true,
+            voters: vec![voter(1, 1), voter(2, 2), voter(3, 3)],
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn standalone_and_a_good_cluster_pass() {
+        assert!(ClusterConfig::default().validate(false).is_ok());
+        assert!(three().validate(true).is_ok());
+    }
+
+    #[test]
+    fn bad_cluster_configs_are_refused_with_the_reason() {
+        let mut c = three();
+        c.voters.push(voter(2, 9));
+        assert!(c.validate(true).unwrap_err().contains("id 2 appears twice"));
+        let mut c = three();
+        c.node_id = 7;
+        assert!(c
+            .validate(true)
+            .unwrap_err()
+            .contains("not among cluster.voters"));
+        let mut c = three();
+        c.voters[2].addr = c.voters[0].addr;
+        assert!(c.validate(true).unwrap_err().contains("appears twice"));
+        assert!(three()
+            .validate(false)
+            .unwrap_err()
+            .contains("trust anchor"));
+        let mut c = three();
+        c.node_id = 0;
+        assert!(c.validate(true).unwrap_err().contains("node_id"));
+        let c = ClusterConfig {
+            controller: true,
+            ..ClusterConfig::default()
+        };
+        assert!(c
+            .validate(true)
+            .unwrap_err()
+            .contains("need cluster.cluster_id"));
+        let mut c = three();
+        c.cluster_id = Some("bad id!".into());
+        assert!(c.validate(true).is_err());
+    }
+}

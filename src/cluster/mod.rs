@@ -1,0 +1,244 @@
+//! The cluster controller: a Raft group (openraft) of 1, 3 or 5 voters, each inside a
+//! `quiver serve` process with `cluster.controller` on, holding the cluster metadata
+//! ([`state::ClusterState`]: broker sets, leases, topic routes). Its log and snapshots live in
+//! `<data_dir>/controller/` and survive restarts; Raft messages travel as `Raft` commands over
+//! the brokers' QUIC listeners ([`PeerTransport`], implemented by `net`), between nodes that
+//! authenticated each other with TLS certificates. docs/CLUSTER.md has the design.
+//!
+//! The room's door: [`ClusterConfig`], [`Controller`], [`PeerTransport`] and the state types.
+
+mod config;
+mod log_store;
+mod network;
+mod sm;
+pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::{BasicNode, Raft};
+use quiver_protocol::cmd::{self, ClusterInfoReply, ControllerNode, RaftKind};
+
+pub use config::{ClusterConfig, VoterConfig};
+pub use network::{PeerError, PeerTransport};
+
+openraft::declare_raft_types!(
+    /// The controller's Raft types: commands and replies of [`state`], node ids `u64`,
+    /// nodes known by their address.
+    pub TypeConfig:
+        D = state::Command,
+        R = state::Reply,
+);
+
+/// Why a controller request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The controller's files could not be read or written.
+    #[error("controller storage: {0}")]
+    Storage(String),
+    /// openraft refused to start or to take the request.
+    #[error("controller: {0}")]
+    Raft(String),
+    /// The message came from another cluster.
+    #[error("this node belongs to cluster {ours}, the message to {theirs}")]
+    OtherCluster {
+        /// This node's cluster id.
+        ours: String,
+        /// The sender's.
+        theirs: String,
+    },
+    /// A Raft message body that does not decode.
+    #[error("malformed raft message: {0}")]
+    Malformed(String),
+}
+
+/// A running controller node.
+pub struct Controller {
+    raft: Raft<TypeConfig>,
+    sm: sm::StateMachine,
+    cluster_id: String,
+    node_id: u64,
+}
+
+impl Controller {
+    /// Opens the controller's storage in `<data_dir>/controller/`, starts Raft and, when the
+    /// log is empty, bootstraps it with the configured voters (every voter does the same with
+    /// the same list, which openraft accepts).
+    pub async fn start(
+        cfg: &ClusterConfig,
+        data_dir: &Path,
+        transport: Arc<dyn PeerTransport>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let cluster_id = cfg
+            .cluster_id
+            .clone()
+            .ok_or_else(|| ClusterError::Raft("no cluster.cluster_id".into()))?;
+        let dir = data_dir.join("controller");
+        let log =
+            log_store::LogStore::open(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let sm = sm::StateMachine::open(&dir).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let raft_cfg = openraft::Config {
+            cluster_name: cluster_id.clone(),
+            heartbeat_interval: cfg.heartbeat_interval_ms,
+            election_timeout_min: cfg.election_timeout_ms,
+            election_timeout_max: cfg.election_timeout_ms * 2,
+            install_snapshot_timeout: cfg.rpc_timeout_ms.max(200),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let network = network::Network {
+            cluster_id: cluster_id.clone(),
+            transport,
+        };
+        let raft = Raft::new(
+            cfg.node_id,
+            Arc::new(raft_cfg),
+            network,
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let pristine = {
+            let mut log = log;
+            use openraft::storage::RaftLogStorage;
+            let state = log
+                .get_log_state()
+                .await
+                .map_err(|e| ClusterError::Storage(e.to_string()))?;
+            let vote = log
+                .read_vote()
+                .await
+                .map_err(|e| ClusterError::Storage(e.to_string()))?;
+            state.last_log_id.is_none() && vote.is_none()
+        };
+        if pristine {
+            let members: BTreeMap<u64, BasicNode> = cfg
+                .voters
+                .iter()
+                .map(|v| (v.id, BasicNode::new(v.addr.to_string())))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(
+                    node = cfg.node_id,
+                    "controller bootstrapped with the configured voters"
+                ),
+                // Another voter's bootstrap reached this node first: nothing to do.
+                Err(e) => tracing::debug!(error = %e, "controller already initialized"),
+            }
+        }
+        tracing::info!(cluster = %cluster_id, node = cfg.node_id, "controller started");
+        Ok(Arc::new(Self {
+            raft,
+            sm,
+            cluster_id,
+            node_id: cfg.node_id,
+        }))
+    }
+
+    /// The cluster id.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Answers one Raft message from a peer (already authenticated by `net`).
+    pub async fn handle_raft(&self, req: cmd::Raft) -> Result<Bytes, ClusterError> {
+        if req.cluster_id != self.cluster_id {
+            return Err(ClusterError::OtherCluster {
+                ours: self.cluster_id.clone(),
+                theirs: req.cluster_id,
+            });
+        }
+        fn parse<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ClusterError> {
+            serde_json::from_slice(b).map_err(|e| ClusterError::Malformed(e.to_string()))
+        }
+        let out = match req.kind {
+            RaftKind::Vote => serde_json::to_vec(&self.raft.vote(parse(&req.body)?).await),
+            RaftKind::AppendEntries => {
+                serde_json::to_vec(&self.raft.append_entries(parse(&req.body)?).await)
+            }
+            RaftKind::InstallSnapshot => {
+                serde_json::to_vec(&self.raft.install_snapshot(parse(&req.body)?).await)
+            }
+        };
+        out.map(Bytes::from)
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    /// Proposes a command through the leader; fails on a follower (forwarding comes with
+    /// the name service).
+    pub async fn propose(&self, c: state::Command) -> Result<state::Reply, ClusterError> {
+        self.raft
+            .client_write(c)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    /// The committed cluster metadata as applied on this node.
+    pub fn state(&self) -> state::ClusterState {
+        self.sm.state()
+    }
+
+    /// The controller as this node sees it.
+    pub fn info(&self) -> ClusterInfoReply {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        let nodes = membership
+            .nodes()
+            .map(|(id, node)| ControllerNode {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched: matched
+                    .get(id)
+                    .and_then(|l| l.map(|l| l.index))
+                    .unwrap_or(u64::MAX),
+            })
+            .collect();
+        ClusterInfoReply {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+            leader: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            applied: m.last_applied.map_or(0, |l| l.index),
+            nodes,
+        }
+    }
+
+    /// Waits until this node knows a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .ok()
+            .and_then(|m| m.current_leader)
+    }
+
+    /// Stops Raft (on broker shutdown).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "controller shutdown");
+        }
+    }
+}
+
+/// The answer of a node without a controller: a one-node "standalone" view.
+pub fn standalone_info() -> ClusterInfoReply {
+    ClusterInfoReply {
+        cluster_id: "standalone".into(),
+        node_id: 0,
+        leader: 0,
+        term: 0,
+        applied: 0,
+        nodes: Vec::new(),
+    }
+}
