@@ -4,6 +4,7 @@
 
 mod broker;
 mod cli;
+mod cluster;
 mod damage;
 mod filters;
 mod groups;

@@ -1,0 +1,313 @@
+//! The cluster controller with real processes: three `quiver serve` voters on 127.0.0.1 elect
+//! a leader over QUIC with mutual TLS, survive `kill -9` of the leader, take a restarted node
+//! back, refuse Raft messages from non-members, and refuse bad cluster configs at start.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiver_client::{Admin, Client, ClientConfig, ClientError, Status, Tls};
+use quiver_protocol::cmd::{ClusterInfoReply, Raft, RaftKind};
+
+/// A `quiver serve` process; killed when dropped.
+struct Node {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(config: &Path, log: &Path, addr: SocketAddr) -> Node {
+        let mut n = Node {
+            child: None,
+            config: config.to_path_buf(),
+            log: log.to_path_buf(),
+            addr,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("quiver serve starts");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One certificate and key shared by every node: the cluster's trust anchor.
+fn shared_identity(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut cfg = quiver::config::Config::default();
+    cfg.broker.data_dir = dir.join("shared");
+    let id = quiver::net::tls::load_or_generate(&cfg).unwrap();
+    let key = id.cert_path.with_file_name("key.pem");
+    (id.cert_path, key)
+}
+
+fn node_config(
+    dir: &Path,
+    name: &str,
+    id: u64,
+    cluster: &str,
+    voters: &[(u64, SocketAddr)],
+    listen: SocketAddr,
+    (cert, key): &(PathBuf, PathBuf),
+) -> PathBuf {
+    let voters: Vec<String> = voters
+        .iter()
+        .map(|(i, a)| format!("{{ id = {i}, addr = \"{a}\" }}"))
+        .collect();
+    let text = format!(
+        r#"[broker]
+listen = "{listen}"
+data_dir = "{data}"
+[store]
+segment_size = 1048576
+max_message_size = 262144
+index_slots = 1024
+index_entries = 4096
+disk_headroom_bytes = 0
+disk_high_watermark = 1.0
+disk_clean_watermark = 1.0
+[tls]
+cert = "{cert}"
+key = "{key}"
+[cluster]
+cluster_id = "{cluster}"
+node_id = {id}
+controller = true
+voters = [ {voters} ]
+"#,
+        data = dir.join(name).display(),
+        cert = cert.display(),
+        key = key.display(),
+        voters = voters.join(", "),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn info(addr: SocketAddr, cert: &Path) -> Result<ClusterInfoReply, ClientError> {
+    let mut cfg = ClientConfig::new(addr, Tls::CaFile(cert.to_path_buf()));
+    cfg.request_timeout = Duration::from_millis(500);
+    let client = Client::connect(cfg).await?;
+    let r = Admin::new(client.clone()).cluster_info().await;
+    client.close().await;
+    r
+}
+
+/// Polls until every node in `addrs` names the same leader (not in `not`) in the same term,
+/// at most `limit`; returns (leader, term).
+async fn agreed_leader(
+    addrs: &[SocketAddr],
+    cert: &Path,
+    not: &[u64],
+    limit: Duration,
+    logs: &Path,
+) -> (u64, u64) {
+    let deadline = Instant::now() + limit;
+    let mut last = Vec::new();
+    loop {
+        last.clear();
+        for a in addrs {
+            last.push(info(*a, cert).await.map(|i| (i.leader, i.term)));
+        }
+        if let Some(Ok((leader, term))) = last.first() {
+            if *leader != 0
+                && !not.contains(leader)
+                && last
+                    .iter()
+                    .all(|r| r.as_ref().ok() == Some(&(*leader, *term)))
+            {
+                return (*leader, *term);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader within {limit:?}: {last:?}\n{}",
+            tail_logs(logs)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last lines of every node's log in `dir`, for failure messages.
+fn tail_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!("--- {}\n", p.display());
+            for l in lines.iter().take(6) {
+                out += l;
+                out += "\n";
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_controllers_elect_fail_over_and_take_a_node_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = shared_identity(dir.path());
+    let voters: Vec<(u64, SocketAddr)> = (1..=3)
+        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let mut nodes: Vec<Node> = voters
+        .iter()
+        .map(|(id, addr)| {
+            let cfg = node_config(
+                dir.path(),
+                &format!("node{id}"),
+                *id,
+                "c1",
+                &voters,
+                *addr,
+                &identity,
+            );
+            Node::start(&cfg, &dir.path().join(format!("node{id}.log")), *addr)
+        })
+        .collect();
+    let cert = identity.0.clone();
+    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
+    let (leader, term) =
+        agreed_leader(&addrs, &cert, &[], Duration::from_secs(20), dir.path()).await;
+    let i = info(addrs[0], &cert).await.unwrap();
+    assert_eq!(i.cluster_id, "c1");
+    assert_eq!(i.nodes.len(), 3);
+    assert!(i.nodes.iter().all(|n| n.voter));
+
+    // An ordinary client (no cluster certificate) cannot speak Raft to a controller.
+    let client = Client::connect(ClientConfig::new(addrs[0], Tls::CaFile(cert.clone())))
+        .await
+        .unwrap();
+    let forged = Raft {
+        cluster_id: "c1".into(),
+        kind: RaftKind::Vote,
+        body: bytes::Bytes::from_static(b"{}"),
+    };
+    match client.call(forged).await {
+        Err(ClientError::Broker { status, .. }) => assert_eq!(status, Status::NotClusterMember),
+        other => panic!("a forged vote was not refused: {other:?}"),
+    }
+    client.close().await;
+
+    // kill -9 the leader: the two others agree on a new one within 5 s.
+    let idx = voters.iter().position(|(id, _)| *id == leader).unwrap();
+    nodes[idx].kill9();
+    let rest: Vec<SocketAddr> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != idx)
+        .map(|(_, a)| *a)
+        .collect();
+    let killed = Instant::now();
+    let (new_leader, new_term) =
+        agreed_leader(&rest, &cert, &[leader], Duration::from_secs(5), dir.path()).await;
+    assert!(new_term > term, "a new term after the failover");
+    eprintln!(
+        "new leader {new_leader} in term {new_term} after {:?}",
+        killed.elapsed()
+    );
+
+    // The old leader comes back (same data directory) and follows the new one.
+    nodes[idx].spawn();
+    let (again, _) = agreed_leader(&addrs, &cert, &[], Duration::from_secs(20), dir.path()).await;
+    assert_ne!(again, 0);
+    let back = info(nodes[idx].addr, &cert).await.unwrap();
+    assert_eq!(back.leader, again);
+    assert!(
+        back.applied >= 1,
+        "the restarted node kept or caught up its log"
+    );
+}
+
+#[test]
+fn bad_cluster_configs_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = shared_identity(dir.path());
+    let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let b = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cases: Vec<(&str, PathBuf)> = vec![
+        (
+            "not among cluster.voters",
+            node_config(
+                dir.path(),
+                "unknown",
+                9,
+                "c1",
+                &[(1, a), (2, b)],
+                a,
+                &identity,
+            ),
+        ),
+        (
+            "appears twice",
+            node_config(
+                dir.path(),
+                "twice",
+                1,
+                "c1",
+                &[(1, a), (1, b)],
+                a,
+                &identity,
+            ),
+        ),
+        (
+            "cluster_id",
+            node_config(dir.path(), "badid", 1, "bad id!", &[(1, a)], a, &identity),
+        ),
+    ];
+    for (want, cfg) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{want}: serve started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
