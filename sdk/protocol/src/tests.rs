@@ -1043,3 +1043,37 @@ fn error_frames_carry_status_and_message() {
     );
     assert_eq!(decode_error(body), "topic \"x\" does not exist");
 }
+
+/// docs/PROTOCOL.md §10.16: the ClusterInfo worked example decodes to what the text says.
+#[test]
+fn cluster_info_worked_example_matches_the_document() {
+    let hex = "4c00000000005b000200633101000000 00000000020000000000000003000000 00000000070000000000000001000200 0000000000000f003132372e302e302e 313a3130393132010700000000000000";
+    let bytes: Vec<u8> = hex
+        .split_whitespace()
+        .collect::<String>()
+        .as_bytes()
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect();
+    let (header, body) = split_frame(&Bytes::from(bytes), u32::MAX).unwrap();
+    assert_eq!((header.code, header.aux), (0, Command::ClusterInfo as u16));
+    let reply: cmd::ClusterInfoReply = cmd::decode_body(body).unwrap();
+    assert_eq!(
+        reply,
+        cmd::ClusterInfoReply {
+            cluster_id: "c1".into(),
+            node_id: 1,
+            leader: 2,
+            term: 3,
+            applied: 7,
+            nodes: vec![cmd::ControllerNode {
+                id: 2,
+                addr: "127.0.0.1:10912".into(),
+                voter: true,
+                matched: 7,
+            }],
+        }
+    );
+    let request = cmd::encode_request(&cmd::ClusterInfo {});
+    assert_eq!(&request[..], &[0x04, 0, 0, 0, 0x5b, 0, 0, 0]);
+}
