@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::clock::Clock;
-use crate::cluster::Controller;
+use crate::cluster::{Controller, Member};
 use crate::config::Config;
 use crate::net::Listener;
 
@@ -41,7 +41,8 @@ impl Server {
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let c = cfg.clone();
-        let broker = tokio::task::spawn_blocking(move || Broker::open_with_clock(c, clock))
+        let broker_clock = clock.clone();
+        let broker = tokio::task::spawn_blocking(move || Broker::open_with_clock(c, broker_clock))
             .await
             .context("opening the broker")??;
         let mut listener = match Listener::bind(&cfg) {
@@ -52,13 +53,17 @@ impl Server {
                 return Err(e);
             }
         };
-        let controller = match start_controller(&cfg, &listener).await {
+        let controller = match start_controller(&cfg, &listener, &clock).await {
             Ok(c) => c,
             Err(e) => {
                 let b = broker.clone();
                 let _ = tokio::task::spawn_blocking(move || b.close()).await;
                 return Err(e);
             }
+        };
+        let (controller, member) = match controller {
+            Some((c, m)) => (c, Some(m)),
+            None => (None, None),
         };
         if let Some(c) = &controller {
             listener.set_controller(c.clone());
@@ -67,6 +72,9 @@ impl Server {
         let fingerprint = listener.fingerprint.clone();
         let cert_path = listener.cert_path.clone();
         let shutdown = CancellationToken::new();
+        if let Some(m) = member {
+            tokio::spawn(m.run(addr, clock.clone(), shutdown.clone()));
+        }
         let (b, s) = (broker.clone(), shutdown.clone());
         let stop_controller = controller.clone();
         let task = tokio::spawn(async move {
@@ -137,18 +145,31 @@ impl Server {
     }
 }
 
-/// Starts the controller when this node is a voter (its peers reached through the
-/// listener's identity).
+/// In a cluster: starts the controller when this node is a voter (its peers reached through
+/// the listener's identity), and the agent that keeps this node's broker registered.
 async fn start_controller(
     cfg: &Config,
     listener: &Listener,
-) -> anyhow::Result<Option<Arc<Controller>>> {
-    if !cfg.cluster.enabled() || !cfg.cluster.controller {
+    clock: &Clock,
+) -> anyhow::Result<Option<(Option<Arc<Controller>>, Member)>> {
+    if !cfg.cluster.enabled() {
         return Ok(None);
     }
     let peers = listener.peer_transport(cfg)?;
-    let c = Controller::start(&cfg.cluster, &cfg.broker.data_dir, peers)
-        .await
-        .context("starting the controller")?;
-    Ok(Some(c))
+    let controller = if cfg.cluster.controller {
+        Some(
+            Controller::start(
+                &cfg.cluster,
+                &cfg.broker.data_dir,
+                peers.clone(),
+                clock.clone(),
+            )
+            .await
+            .context("starting the controller")?,
+        )
+    } else {
+        None
+    };
+    let member = Member::new(cfg.cluster.clone(), controller.clone(), peers);
+    Ok(Some((controller, member)))
 }

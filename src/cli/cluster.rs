@@ -5,13 +5,23 @@ use clap::Subcommand;
 use quiver_client::Admin;
 use serde::Serialize;
 
-use super::output::Out;
+use super::output::{rfc3339_ms, Out};
 
 #[derive(Subcommand)]
 pub(crate) enum ClusterCommand {
     /// The cluster id, the controller leader and term, and each controller node (like
     /// mqadmin clusterList).
     List,
+}
+
+#[derive(Serialize)]
+struct BrokerRow<'a> {
+    cluster: &'a str,
+    broker_set: &'a str,
+    node: u64,
+    addr: &'a str,
+    alive: bool,
+    last_seen: String,
 }
 
 #[derive(Serialize)]
@@ -42,6 +52,16 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyh
                         leader: n.id == info.leader,
                         term: info.term,
                         matched: (n.matched != u64::MAX).then_some(n.matched),
+                    })?;
+                }
+                for b in &info.brokers {
+                    out.json(&BrokerRow {
+                        cluster: &info.cluster_id,
+                        broker_set: &b.set,
+                        node: b.id,
+                        addr: &b.addr,
+                        alive: b.alive,
+                        last_seen: rfc3339_ms(b.last_seen_ms),
                     })?;
                 }
                 return Ok(());
@@ -75,6 +95,27 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyh
                     } else {
                         n.matched.to_string()
                     }
+                ))?;
+            }
+            if info.brokers.is_empty() {
+                out.line("no brokers registered")?;
+                return Ok(());
+            }
+            out.line("")?;
+            out.line(&format!(
+                "{:<16} {:<6} {:<24} {:<6} {}",
+                "BROKER SET", "NODE", "ADDRESS", "ALIVE", "LAST SEEN"
+            ))?;
+            let mut brokers = info.brokers.clone();
+            brokers.sort_by(|a, b| (&a.set, a.id).cmp(&(&b.set, b.id)));
+            for b in &brokers {
+                out.line(&format!(
+                    "{:<16} {:<6} {:<24} {:<6} {}",
+                    b.set,
+                    b.id,
+                    b.addr,
+                    if b.alive { "yes" } else { "NO" },
+                    rfc3339_ms(b.last_seen_ms)
                 ))?;
             }
             Ok(())

@@ -36,6 +36,13 @@ pub struct ClusterConfig {
     /// certificate, PEM. Nodes verify each other against it both ways (mutual TLS); default:
     /// this node's own `tls.cert`, which works when every node shares one certificate.
     pub ca: Option<PathBuf>,
+    /// The broker set this node's broker serves in; unset, the node registers no broker
+    /// (a controller-only node).
+    pub broker_set: Option<String>,
+    /// How often the broker renews its lease with the controller, in ms; default 2000.
+    pub broker_heartbeat_ms: u64,
+    /// A broker whose last heartbeat is older than this is not alive, in ms; default 10000.
+    pub broker_lease_ms: u64,
     /// Leader heartbeat interval in ms; default 150.
     pub heartbeat_interval_ms: u64,
     /// A follower that hears nothing from a leader for a random time in
@@ -54,6 +61,9 @@ impl Default for ClusterConfig {
             controller: false,
             voters: Vec::new(),
             ca: None,
+            broker_set: None,
+            broker_heartbeat_ms: 2000,
+            broker_lease_ms: 10_000,
             heartbeat_interval_ms: 150,
             election_timeout_ms: 600,
             rpc_timeout_ms: 1000,
@@ -71,9 +81,13 @@ impl ClusterConfig {
     /// trust anchor).
     pub fn validate(&self, has_cert: bool) -> Result<(), String> {
         let Some(id) = &self.cluster_id else {
-            if self.controller || !self.voters.is_empty() || self.node_id != 0 {
+            if self.controller
+                || !self.voters.is_empty()
+                || self.node_id != 0
+                || self.broker_set.is_some()
+            {
                 return Err(
-                    "cluster.node_id, cluster.controller and cluster.voters need cluster.cluster_id"
+                    "cluster.node_id, cluster.controller, cluster.voters and cluster.broker_set need cluster.cluster_id"
                         .into(),
                 );
             }
@@ -117,6 +131,12 @@ impl ClusterConfig {
             || self.election_timeout_ms < 3 * self.heartbeat_interval_ms
         {
             return Err("cluster.election_timeout_ms must be at least 3 x cluster.heartbeat_interval_ms (and the interval above 0)".into());
+        }
+        if let Some(set) = &self.broker_set {
+            quiver_protocol::names::check_name("cluster.broker_set", set)?;
+        }
+        if self.broker_heartbeat_ms == 0 || self.broker_lease_ms < 2 * self.broker_heartbeat_ms {
+            return Err("cluster.broker_lease_ms must be at least 2 x cluster.broker_heartbeat_ms (and the interval above 0)".into());
         }
         if self.rpc_timeout_ms == 0 {
             return Err("cluster.rpc_timeout_ms must be above 0".into());

@@ -9,6 +9,7 @@
 
 mod config;
 mod log_store;
+mod member;
 mod network;
 mod sm;
 pub mod state;
@@ -21,9 +22,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::{BasicNode, Raft};
-use quiver_protocol::cmd::{self, ClusterInfoReply, ControllerNode, RaftKind};
+use quiver_protocol::cmd::{self, ClusterBroker, ClusterInfoReply, ControllerNode, RaftKind};
+
+use crate::clock::Clock;
 
 pub use config::{ClusterConfig, VoterConfig};
+pub use member::Member;
 pub use network::{PeerError, PeerTransport};
 
 openraft::declare_raft_types!(
@@ -51,6 +55,12 @@ pub enum ClusterError {
         /// The sender's.
         theirs: String,
     },
+    /// No leader is known right now (an election is under way); retry shortly.
+    #[error("the controller has no leader right now")]
+    NoLeader,
+    /// The leader did not take a forwarded write.
+    #[error("forwarding to the controller leader: {0}")]
+    Forward(String),
     /// A Raft message body that does not decode.
     #[error("malformed raft message: {0}")]
     Malformed(String),
@@ -62,6 +72,10 @@ pub struct Controller {
     sm: sm::StateMachine,
     cluster_id: String,
     node_id: u64,
+    transport: Arc<dyn PeerTransport>,
+    rpc_timeout: Duration,
+    clock: Clock,
+    lease_ms: i64,
 }
 
 impl Controller {
@@ -72,6 +86,7 @@ impl Controller {
         cfg: &ClusterConfig,
         data_dir: &Path,
         transport: Arc<dyn PeerTransport>,
+        clock: Clock,
     ) -> Result<Arc<Self>, ClusterError> {
         let cluster_id = cfg
             .cluster_id
@@ -93,7 +108,7 @@ impl Controller {
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let network = network::Network {
             cluster_id: cluster_id.clone(),
-            transport,
+            transport: transport.clone(),
         };
         let raft = Raft::new(
             cfg.node_id,
@@ -138,6 +153,10 @@ impl Controller {
             sm,
             cluster_id,
             node_id: cfg.node_id,
+            transport,
+            rpc_timeout: Duration::from_millis(cfg.rpc_timeout_ms),
+            clock,
+            lease_ms: cfg.broker_lease_ms as i64,
         }))
     }
 
@@ -165,14 +184,50 @@ impl Controller {
             RaftKind::InstallSnapshot => {
                 serde_json::to_vec(&self.raft.install_snapshot(parse(&req.body)?).await)
             }
+            RaftKind::Write => {
+                let c: state::Command = parse(&req.body)?;
+                // A forwarded write is not forwarded again: only the leader applies it.
+                let r = self.write_local(c).await.map_err(|e| e.to_string());
+                serde_json::to_vec(&r)
+            }
         };
         out.map(Bytes::from)
             .map_err(|e| ClusterError::Raft(e.to_string()))
     }
 
-    /// Proposes a command through the leader; fails on a follower (forwarding comes with
-    /// the name service).
+    /// Applies a command through the Raft log and returns its reply once committed and
+    /// applied: on the leader directly, from a follower by forwarding it to the leader.
     pub async fn propose(&self, c: state::Command) -> Result<state::Reply, ClusterError> {
+        match self.raft.client_write(c.clone()).await {
+            Ok(r) => Ok(r.data),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) => {
+                let addr = f
+                    .leader_node
+                    .and_then(|n| n.addr.parse().ok())
+                    .ok_or(ClusterError::NoLeader)?;
+                let body = serde_json::to_vec(&c).map_err(|e| ClusterError::Raft(e.to_string()))?;
+                let reply = network::send(
+                    &self.transport,
+                    &self.cluster_id,
+                    addr,
+                    RaftKind::Write,
+                    body,
+                    self.rpc_timeout,
+                )
+                .await
+                .map_err(|e| ClusterError::Forward(e.to_string()))?;
+                let r: Result<state::Reply, String> = serde_json::from_slice(&reply)
+                    .map_err(|e| ClusterError::Forward(e.to_string()))?;
+                r.map_err(ClusterError::Forward)
+            }
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// Applies a command only if this node is the leader.
+    async fn write_local(&self, c: state::Command) -> Result<state::Reply, ClusterError> {
         self.raft
             .client_write(c)
             .await
@@ -203,6 +258,19 @@ impl Controller {
                     .unwrap_or(u64::MAX),
             })
             .collect();
+        let state = self.sm.state();
+        let now = self.clock.now_ms();
+        let brokers = state
+            .brokers
+            .iter()
+            .map(|(id, b)| ClusterBroker {
+                id: *id,
+                set: b.set.clone(),
+                addr: b.addr.to_string(),
+                alive: state.alive(*id, now, self.lease_ms),
+                last_seen_ms: b.last_seen_ms,
+            })
+            .collect();
         ClusterInfoReply {
             cluster_id: self.cluster_id.clone(),
             node_id: self.node_id,
@@ -210,6 +278,7 @@ impl Controller {
             term: m.current_term,
             applied: m.last_applied.map_or(0, |l| l.index),
             nodes,
+            brokers,
         }
     }
 
@@ -240,5 +309,6 @@ pub fn standalone_info() -> ClusterInfoReply {
         term: 0,
         applied: 0,
         nodes: Vec::new(),
+        brokers: Vec::new(),
     }
 }

@@ -60,6 +60,23 @@ pub trait PeerTransport: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Bytes, PeerError>> + Send + 'static>>;
 }
 
+/// Sends a Raft command of `kind` with `body` to `addr` (for forwarding writes).
+pub(crate) async fn send(
+    transport: &Arc<dyn PeerTransport>,
+    cluster_id: &str,
+    addr: SocketAddr,
+    kind: RaftKind,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Bytes, PeerError> {
+    let request = Raft {
+        cluster_id: cluster_id.to_string(),
+        kind,
+        body: Bytes::from(body),
+    };
+    transport.clone().raft(addr, request, timeout).await
+}
+
 /// Makes a [`Peer`] per target node.
 pub(crate) struct Network {
     pub(crate) cluster_id: String,

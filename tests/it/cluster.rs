@@ -80,10 +80,13 @@ fn shared_identity(dir: &Path) -> (PathBuf, PathBuf) {
     (id.cert_path, key)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn node_config(
     dir: &Path,
     name: &str,
     id: u64,
+    controller: bool,
+    broker_set: &str,
     cluster: &str,
     voters: &[(u64, SocketAddr)],
     listen: SocketAddr,
@@ -111,7 +114,10 @@ key = "{key}"
 [cluster]
 cluster_id = "{cluster}"
 node_id = {id}
-controller = true
+controller = {controller}
+broker_set = "{broker_set}"
+broker_heartbeat_ms = 200
+broker_lease_ms = 1000
 voters = [ {voters} ]
 "#,
         data = dir.join(name).display(),
@@ -193,13 +199,20 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     let voters: Vec<(u64, SocketAddr)> = (1..=3)
         .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
         .collect();
-    let mut nodes: Vec<Node> = voters
+    // Nodes 1-3: controller voters with brokers in sets a, a, b; node 4: a broker of set b
+    // without a controller (it registers through the voters).
+    let mut all = voters.clone();
+    all.push((4, SocketAddr::from(([127, 0, 0, 1], free_port()))));
+    let mut nodes: Vec<Node> = all
         .iter()
         .map(|(id, addr)| {
+            let set = if *id >= 3 { "b" } else { "a" };
             let cfg = node_config(
                 dir.path(),
                 &format!("node{id}"),
                 *id,
+                *id <= 3,
+                set,
                 "c1",
                 &voters,
                 *addr,
@@ -217,18 +230,44 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     assert_eq!(i.nodes.len(), 3);
     assert!(i.nodes.iter().all(|n| n.voter));
 
+    // Every broker registers in its set and stays alive; the controller-less node 4 answers
+    // ClusterInfo as a standalone view of its own (it runs no controller).
+    let alive = |i: &ClusterInfoReply| -> Vec<(u64, String, bool)> {
+        let mut v: Vec<_> = i
+            .brokers
+            .iter()
+            .map(|b| (b.id, b.set.clone(), b.alive))
+            .collect();
+        v.sort();
+        v
+    };
+    let want: Vec<(u64, String, bool)> = vec![
+        (1, "a".into(), true),
+        (2, "a".into(), true),
+        (3, "b".into(), true),
+        (4, "b".into(), true),
+    ];
+    wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
+        alive(i) == want
+    })
+    .await;
+
     // An ordinary client (no cluster certificate) cannot speak Raft to a controller.
     let client = Client::connect(ClientConfig::new(addrs[0], Tls::CaFile(cert.clone())))
         .await
         .unwrap();
-    let forged = Raft {
-        cluster_id: "c1".into(),
-        kind: RaftKind::Vote,
-        body: bytes::Bytes::from_static(b"{}"),
-    };
-    match client.call(forged).await {
-        Err(ClientError::Broker { status, .. }) => assert_eq!(status, Status::NotClusterMember),
-        other => panic!("a forged vote was not refused: {other:?}"),
+    for kind in [RaftKind::Vote, RaftKind::Write] {
+        let forged = Raft {
+            cluster_id: "c1".into(),
+            kind,
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        match client.call(forged).await {
+            Err(ClientError::Broker { status, .. }) => {
+                assert_eq!(status, Status::NotClusterMember)
+            }
+            other => panic!("a forged {kind:?} was not refused: {other:?}"),
+        }
     }
     client.close().await;
 
@@ -249,17 +288,54 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
         "new leader {new_leader} in term {new_term} after {:?}",
         killed.elapsed()
     );
+    // Its broker's lease runs out; the others keep theirs through the new leader.
+    let expected: Vec<(u64, String, bool)> = want
+        .iter()
+        .map(|(id, set, _)| (*id, set.clone(), *id != leader))
+        .collect();
+    wait_for(&rest[0], &cert, Duration::from_secs(10), dir.path(), |i| {
+        alive(i) == expected
+    })
+    .await;
 
-    // The old leader comes back (same data directory) and follows the new one.
+    // The old leader comes back (same data directory), follows the new one, and its broker
+    // is alive again.
     nodes[idx].spawn();
     let (again, _) = agreed_leader(&addrs, &cert, &[], Duration::from_secs(20), dir.path()).await;
     assert_ne!(again, 0);
     let back = info(nodes[idx].addr, &cert).await.unwrap();
     assert_eq!(back.leader, again);
-    assert!(
-        back.applied >= 1,
-        "the restarted node kept or caught up its log"
-    );
+    wait_for(
+        &nodes[idx].addr,
+        &cert,
+        Duration::from_secs(10),
+        dir.path(),
+        |i| alive(i) == want,
+    )
+    .await;
+}
+
+/// Polls `addr`'s ClusterInfo until `ok` holds, at most `limit`.
+async fn wait_for(
+    addr: &SocketAddr,
+    cert: &Path,
+    limit: Duration,
+    logs: &Path,
+    ok: impl Fn(&ClusterInfoReply) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = info(*addr, cert).await;
+        if r.as_ref().is_ok_and(&ok) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {limit:?}: {r:?}\n{}",
+            tail_logs(logs)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[test]
@@ -275,6 +351,8 @@ fn bad_cluster_configs_are_refused_at_start() {
                 dir.path(),
                 "unknown",
                 9,
+                true,
+                "a",
                 "c1",
                 &[(1, a), (2, b)],
                 a,
@@ -287,6 +365,8 @@ fn bad_cluster_configs_are_refused_at_start() {
                 dir.path(),
                 "twice",
                 1,
+                true,
+                "a",
                 "c1",
                 &[(1, a), (1, b)],
                 a,
@@ -295,7 +375,17 @@ fn bad_cluster_configs_are_refused_at_start() {
         ),
         (
             "cluster_id",
-            node_config(dir.path(), "badid", 1, "bad id!", &[(1, a)], a, &identity),
+            node_config(
+                dir.path(),
+                "badid",
+                1,
+                true,
+                "a",
+                "bad id!",
+                &[(1, a)],
+                a,
+                &identity,
+            ),
         ),
     ];
     for (want, cfg) in cases {

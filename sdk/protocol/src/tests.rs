@@ -485,7 +485,8 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
             prop_oneof![
                 Just(cmd::RaftKind::Vote),
                 Just(cmd::RaftKind::AppendEntries),
-                Just(cmd::RaftKind::InstallSnapshot)
+                Just(cmd::RaftKind::InstallSnapshot),
+                Just(cmd::RaftKind::Write)
             ],
             arb_bytes(64),
         )
@@ -520,17 +521,35 @@ fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
             ),
             0..5,
         ),
+        vec(
+            (
+                any::<u64>(),
+                arb_string(),
+                arb_string(),
+                any::<bool>(),
+                any::<i64>(),
+            )
+                .prop_map(|(id, set, addr, alive, last_seen_ms)| cmd::ClusterBroker {
+                    id,
+                    set,
+                    addr,
+                    alive,
+                    last_seen_ms,
+                }),
+            0..5,
+        ),
     )
-        .prop_map(|(cluster_id, node_id, leader, term, applied, nodes)| {
-            cmd::ClusterInfoReply {
+        .prop_map(
+            |(cluster_id, node_id, leader, term, applied, nodes, brokers)| cmd::ClusterInfoReply {
                 cluster_id,
                 node_id,
                 leader,
                 term,
                 applied,
                 nodes,
-            }
-        })
+                brokers,
+            },
+        )
 }
 
 fn arb_request() -> impl Strategy<Value = Request> {
@@ -1047,7 +1066,7 @@ fn error_frames_carry_status_and_message() {
 /// docs/PROTOCOL.md §10.16: the ClusterInfo worked example decodes to what the text says.
 #[test]
 fn cluster_info_worked_example_matches_the_document() {
-    let hex = "4c00000000005b000200633101000000 00000000020000000000000003000000 00000000070000000000000001000200 0000000000000f003132372e302e302e 313a3130393132010700000000000000";
+    let hex = "7300000000005b000200633101000000 00000000020000000000000003000000 00000000070000000000000001000200 0000000000000f003132372e302e302e 313a3130393132010700000000000000 010002000000000000000100610f0031 32372e302e302e313a31303931320100 98a8e69a010000";
     let bytes: Vec<u8> = hex
         .split_whitespace()
         .collect::<String>()
@@ -1071,6 +1090,13 @@ fn cluster_info_worked_example_matches_the_document() {
                 addr: "127.0.0.1:10912".into(),
                 voter: true,
                 matched: 7,
+            }],
+            brokers: vec![cmd::ClusterBroker {
+                id: 2,
+                set: "a".into(),
+                addr: "127.0.0.1:10912".into(),
+                alive: true,
+                last_seen_ms: 1_764_806_400_000,
             }],
         }
     );

@@ -19,6 +19,10 @@ pub enum RaftKind {
     AppendEntries = 2,
     /// A chunk of the leader's snapshot.
     InstallSnapshot = 3,
+    /// A change to the cluster metadata (a controller command as JSON) from a cluster member,
+    /// applied through the leader (a follower forwards it). The answer is JSON
+    /// `{"Ok": reply}` or `{"Err": "reason"}`.
+    Write = 4,
 }
 
 impl RaftKind {
@@ -27,6 +31,7 @@ impl RaftKind {
             1 => Some(RaftKind::Vote),
             2 => Some(RaftKind::AppendEntries),
             3 => Some(RaftKind::InstallSnapshot),
+            4 => Some(RaftKind::Write),
             _ => None,
         }
     }
@@ -126,6 +131,21 @@ pub struct ControllerNode {
     pub matched: u64,
 }
 
+/// A broker registered with the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBroker {
+    /// The broker's node id.
+    pub id: u64,
+    /// Its broker set.
+    pub set: String,
+    /// The address clients reach it on.
+    pub addr: String,
+    /// Its lease was valid when the answering node looked (by the answering node's clock).
+    pub alive: bool,
+    /// Its last registration or heartbeat, ms since the epoch.
+    pub last_seen_ms: i64,
+}
+
 /// See [`ClusterInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInfoReply {
@@ -141,6 +161,8 @@ pub struct ClusterInfoReply {
     pub applied: u64,
     /// The controller's members (voters and learners).
     pub nodes: Vec<ControllerNode>,
+    /// The brokers registered in the committed cluster state.
+    pub brokers: Vec<ClusterBroker>,
 }
 
 call!(ClusterInfo => ClusterInfoReply, ClusterInfo);
@@ -169,6 +191,14 @@ impl WireEncode for ClusterInfoReply {
             b.put_u8(n.voter as u8);
             b.put_u64_le(n.matched);
         }
+        b.put_u16_le(self.brokers.len() as u16);
+        for x in &self.brokers {
+            b.put_u64_le(x.id);
+            b.put_str16(&x.set);
+            b.put_str16(&x.addr);
+            b.put_u8(x.alive as u8);
+            b.put_i64_le(x.last_seen_ms);
+        }
     }
 }
 
@@ -189,6 +219,17 @@ impl WireDecode for ClusterInfoReply {
                 matched: r.u64("matched")?,
             });
         }
+        let n = r.u16("broker count")?;
+        let mut brokers = Vec::with_capacity(n.min(64) as usize);
+        for _ in 0..n {
+            brokers.push(ClusterBroker {
+                id: r.u64("broker id")?,
+                set: r.str16("broker set")?,
+                addr: r.str16("broker address")?,
+                alive: r.bool("alive")?,
+                last_seen_ms: r.i64("last seen")?,
+            });
+        }
         Ok(ClusterInfoReply {
             cluster_id,
             node_id,
@@ -196,6 +237,7 @@ impl WireDecode for ClusterInfoReply {
             term,
             applied,
             nodes,
+            brokers,
         })
     }
 }

@@ -27,7 +27,8 @@ mod special;
 mod topics;
 
 pub use cluster::{
-    ClusterInfo, ClusterInfoReply, ControllerNode, Raft, RaftKind, RaftReply, MAX_RAFT_BODY,
+    ClusterBroker, ClusterInfo, ClusterInfoReply, ControllerNode, Raft, RaftKind, RaftReply,
+    MAX_RAFT_BODY,
 };
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
