@@ -433,7 +433,7 @@ impl Broker {
             Q::PluginDetach(c) => A::PluginDetach(self.detach_plugin(c).await?),
             // Cluster commands need the connection's peer identity and the controller: `net`
             // answers them before a request reaches the broker.
-            Q::Raft(_) | Q::ClusterInfo(_) => {
+            Q::Raft(_) | Q::ClusterInfo(_) | Q::ClusterVoter(_) => {
                 return Err(BrokerError::new(
                     Status::NoController,
                     "cluster commands are answered by the node's controller",

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Subcommand;
 use quiver_client::Admin;
+use quiver_protocol::cmd::ClusterInfoReply;
 use serde::Serialize;
 
 use super::output::{rfc3339_ms, Out};
@@ -12,6 +13,19 @@ pub(crate) enum ClusterCommand {
     /// The cluster id, the controller leader and term, and each controller node (like
     /// mqadmin clusterList).
     List,
+    /// Add a controller voter: a node started with `cluster.controller` and `cluster.join`.
+    /// It joins as a learner, catches up, then votes. Run on a controller node's machine.
+    AddVoter {
+        /// The new node's `cluster.node_id`.
+        id: u64,
+        /// Its listener address (`broker.listen`).
+        addr: std::net::SocketAddr,
+    },
+    /// Remove a controller voter.
+    RemoveVoter {
+        /// The node's `cluster.node_id`.
+        id: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -36,89 +50,99 @@ struct NodeRow<'a> {
 }
 
 pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyhow::Result<()> {
-    match c {
-        ClusterCommand::List => {
-            let info = admin
-                .cluster_info()
-                .await
-                .context("asking for the cluster")?;
-            if out.json {
-                for n in &info.nodes {
-                    out.json(&NodeRow {
-                        cluster: &info.cluster_id,
-                        node: n.id,
-                        addr: &n.addr,
-                        role: if n.voter { "voter" } else { "learner" },
-                        leader: n.id == info.leader,
-                        term: info.term,
-                        matched: (n.matched != u64::MAX).then_some(n.matched),
-                    })?;
-                }
-                for b in &info.brokers {
-                    out.json(&BrokerRow {
-                        cluster: &info.cluster_id,
-                        broker_set: &b.set,
-                        node: b.id,
-                        addr: &b.addr,
-                        alive: b.alive,
-                        last_seen: rfc3339_ms(b.last_seen_ms),
-                    })?;
-                }
-                return Ok(());
-            }
-            let leader = if info.leader == 0 {
-                "none known".to_string()
-            } else {
-                info.leader.to_string()
-            };
-            out.line(&format!(
-                "cluster {}  (answered by node {}, leader {leader}, term {}, applied {})",
-                info.cluster_id, info.node_id, info.term, info.applied
-            ))?;
-            if info.nodes.is_empty() {
-                out.line("no controller: a standalone broker")?;
-                return Ok(());
-            }
-            out.line(&format!(
-                "{:<6} {:<24} {:<8} {:<7} {}",
-                "NODE", "ADDRESS", "ROLE", "LEADER", "MATCHED"
-            ))?;
-            for n in &info.nodes {
-                out.line(&format!(
-                    "{:<6} {:<24} {:<8} {:<7} {}",
-                    n.id,
-                    n.addr,
-                    if n.voter { "voter" } else { "learner" },
-                    if n.id == info.leader { "*" } else { "" },
-                    if n.matched == u64::MAX {
-                        "-".to_string()
-                    } else {
-                        n.matched.to_string()
-                    }
-                ))?;
-            }
-            if info.brokers.is_empty() {
-                out.line("no brokers registered")?;
-                return Ok(());
-            }
-            out.line("")?;
-            out.line(&format!(
-                "{:<16} {:<6} {:<24} {:<6} {}",
-                "BROKER SET", "NODE", "ADDRESS", "ALIVE", "LAST SEEN"
-            ))?;
-            let mut brokers = info.brokers.clone();
-            brokers.sort_by(|a, b| (&a.set, a.id).cmp(&(&b.set, b.id)));
-            for b in &brokers {
-                out.line(&format!(
-                    "{:<16} {:<6} {:<24} {:<6} {}",
-                    b.set,
-                    b.id,
-                    b.addr,
-                    if b.alive { "yes" } else { "NO" },
-                    rfc3339_ms(b.last_seen_ms)
-                ))?;
-            }
-            Ok(())
+    let info = match c {
+        ClusterCommand::List => admin
+            .cluster_info()
+            .await
+            .context("asking for the cluster")?,
+        ClusterCommand::AddVoter { id, addr } => admin
+            .cluster_add_voter(id, addr)
+            .await
+            .with_context(|| format!("adding voter {id} at {addr}"))?,
+        ClusterCommand::RemoveVoter { id } => admin
+            .cluster_remove_voter(id)
+            .await
+            .with_context(|| format!("removing voter {id}"))?,
+    };
+    print(out, &info)
+}
+
+fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
+    if out.json {
+        for n in &info.nodes {
+            out.json(&NodeRow {
+                cluster: &info.cluster_id,
+                node: n.id,
+                addr: &n.addr,
+                role: if n.voter { "voter" } else { "learner" },
+                leader: n.id == info.leader,
+                term: info.term,
+                matched: (n.matched != u64::MAX).then_some(n.matched),
+            })?;
         }
+        for b in &info.brokers {
+            out.json(&BrokerRow {
+                cluster: &info.cluster_id,
+                broker_set: &b.set,
+                node: b.id,
+                addr: &b.addr,
+                alive: b.alive,
+                last_seen: rfc3339_ms(b.last_seen_ms),
+            })?;
+        }
+        return Ok(());
     }
+    let leader = if info.leader == 0 {
+        "none known".to_string()
+    } else {
+        info.leader.to_string()
+    };
+    out.line(&format!(
+        "cluster {}  (answered by node {}, leader {leader}, term {}, applied {})",
+        info.cluster_id, info.node_id, info.term, info.applied
+    ))?;
+    if info.nodes.is_empty() {
+        out.line("no controller: a standalone broker")?;
+        return Ok(());
+    }
+    out.line(&format!(
+        "{:<6} {:<24} {:<8} {:<7} {}",
+        "NODE", "ADDRESS", "ROLE", "LEADER", "MATCHED"
+    ))?;
+    for n in &info.nodes {
+        out.line(&format!(
+            "{:<6} {:<24} {:<8} {:<7} {}",
+            n.id,
+            n.addr,
+            if n.voter { "voter" } else { "learner" },
+            if n.id == info.leader { "*" } else { "" },
+            if n.matched == u64::MAX {
+                "-".to_string()
+            } else {
+                n.matched.to_string()
+            }
+        ))?;
+    }
+    if info.brokers.is_empty() {
+        out.line("no brokers registered")?;
+        return Ok(());
+    }
+    out.line("")?;
+    out.line(&format!(
+        "{:<16} {:<6} {:<24} {:<6} {}",
+        "BROKER SET", "NODE", "ADDRESS", "ALIVE", "LAST SEEN"
+    ))?;
+    let mut brokers = info.brokers.clone();
+    brokers.sort_by(|a, b| (&a.set, a.id).cmp(&(&b.set, b.id)));
+    for b in &brokers {
+        out.line(&format!(
+            "{:<16} {:<6} {:<24} {:<6} {}",
+            b.set,
+            b.id,
+            b.addr,
+            if b.alive { "yes" } else { "NO" },
+            rfc3339_ms(b.last_seen_ms)
+        ))?;
+    }
+    Ok(())
 }

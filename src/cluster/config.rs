@@ -28,6 +28,10 @@ pub struct ClusterConfig {
     pub node_id: u64,
     /// Run a controller voter on this node (its id must be among `voters`).
     pub controller: bool,
+    /// With `controller`: this node joins an existing controller instead of bootstrapping
+    /// one. It waits, empty, until a voter adds it (`quiver admin cluster add-voter`); its
+    /// `voters` are the existing voters and need not list it.
+    pub join: bool,
     /// The controller's initial voters. A node whose Raft log is empty bootstraps the
     /// controller with exactly these; later changes are commands
     /// (`quiver admin cluster add-voter|remove-voter`), not config edits.
@@ -59,6 +63,7 @@ impl Default for ClusterConfig {
             cluster_id: None,
             node_id: 0,
             controller: false,
+            join: false,
             voters: Vec::new(),
             ca: None,
             broker_set: None,
@@ -113,7 +118,10 @@ impl ClusterConfig {
                 return Err(format!("cluster.voters: address {} appears twice", v.addr));
             }
         }
-        if self.controller && !ids.contains(&self.node_id) {
+        if self.join && !self.controller {
+            return Err("cluster.join needs cluster.controller".into());
+        }
+        if self.controller && !self.join && !ids.contains(&self.node_id) {
             return Err(format!(
                 "cluster.controller is on but node {} is not among cluster.voters ({})",
                 self.node_id,

@@ -132,7 +132,7 @@ impl Controller {
                 .map_err(|e| ClusterError::Storage(e.to_string()))?;
             state.last_log_id.is_none() && vote.is_none()
         };
-        if pristine {
+        if pristine && !cfg.join {
             let members: BTreeMap<u64, BasicNode> = cfg
                 .voters
                 .iter()
@@ -184,6 +184,11 @@ impl Controller {
             RaftKind::InstallSnapshot => {
                 serde_json::to_vec(&self.raft.install_snapshot(parse(&req.body)?).await)
             }
+            RaftKind::ChangeVoters => {
+                let c: cmd::ClusterVoter = parse_voter(&req.body)?;
+                let r = self.change_voters_local(c).await.map_err(|e| e.to_string());
+                serde_json::to_vec(&r)
+            }
             RaftKind::Write => {
                 let c: state::Command = parse(&req.body)?;
                 // A forwarded write is not forwarded again: only the leader applies it.
@@ -224,6 +229,67 @@ impl Controller {
             }
             Err(e) => Err(ClusterError::Raft(e.to_string())),
         }
+    }
+
+    /// Adds or removes a controller voter through the leader (forwarded from a follower).
+    pub async fn change_voters(&self, c: cmd::ClusterVoter) -> Result<(), ClusterError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.node_id => self.change_voters_local(c).await,
+            Some(l) => {
+                let addr = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .and_then(|n| n.addr.parse().ok())
+                    .ok_or(ClusterError::NoLeader)?;
+                let body = serde_json::to_vec(&VoterJson::from(&c))
+                    .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                let reply = network::send(
+                    &self.transport,
+                    &self.cluster_id,
+                    addr,
+                    RaftKind::ChangeVoters,
+                    body,
+                    // A new voter catches up before it is promoted: allow for it.
+                    self.rpc_timeout * 10,
+                )
+                .await
+                .map_err(|e| ClusterError::Forward(e.to_string()))?;
+                let r: Result<(), String> = serde_json::from_slice(&reply)
+                    .map_err(|e| ClusterError::Forward(e.to_string()))?;
+                r.map_err(ClusterError::Forward)
+            }
+            None => Err(ClusterError::NoLeader),
+        }
+    }
+
+    async fn change_voters_local(&self, c: cmd::ClusterVoter) -> Result<(), ClusterError> {
+        use openraft::ChangeMembers;
+        let err = |e: openraft::error::RaftError<u64, _>| ClusterError::Raft(e.to_string());
+        if c.add {
+            let addr: std::net::SocketAddr = c
+                .addr
+                .parse()
+                .map_err(|e| ClusterError::Malformed(format!("voter address {:?}: {e}", c.addr)))?;
+            self.raft
+                .add_learner(c.id, BasicNode::new(addr.to_string()), true)
+                .await
+                .map_err(err)?;
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([c.id])), false)
+                .await
+                .map_err(err)?;
+        } else {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([c.id])), false)
+                .await
+                .map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Applies a command only if this node is the leader.
@@ -298,6 +364,34 @@ impl Controller {
             tracing::warn!(error = %e, "controller shutdown");
         }
     }
+}
+
+/// A voter change as JSON (forwarded between controller nodes).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct VoterJson {
+    add: bool,
+    id: u64,
+    addr: String,
+}
+
+impl From<&cmd::ClusterVoter> for VoterJson {
+    fn from(c: &cmd::ClusterVoter) -> Self {
+        VoterJson {
+            add: c.add,
+            id: c.id,
+            addr: c.addr.clone(),
+        }
+    }
+}
+
+fn parse_voter(b: &[u8]) -> Result<cmd::ClusterVoter, ClusterError> {
+    let v: VoterJson =
+        serde_json::from_slice(b).map_err(|e| ClusterError::Malformed(e.to_string()))?;
+    Ok(cmd::ClusterVoter {
+        add: v.add,
+        id: v.id,
+        addr: v.addr,
+    })
 }
 
 /// The answer of a node without a controller: a one-node "standalone" view.

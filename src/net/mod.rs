@@ -474,6 +474,40 @@ async fn raft(
     }
 }
 
+/// A voter change: from a cluster member, or from a client on this machine (loopback) until
+/// users and permissions exist.
+async fn change_voters(
+    v: quiver_protocol::cmd::ClusterVoter,
+    session: &Session,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    let Some(c) = &session.controller else {
+        return Err(BrokerError::new(
+            Status::NoController,
+            "this node runs no controller; ask a controller node",
+        ));
+    };
+    if !session.member && !session.remote.ip().is_loopback() {
+        return Err(BrokerError::new(
+            Status::NotClusterMember,
+            "voter changes are accepted from cluster members and from this machine only",
+        ));
+    }
+    match c.change_voters(v).await {
+        Ok(()) => Ok(quiver_protocol::Response::ClusterVoter(c.info())),
+        Err(e @ crate::cluster::ClusterError::Malformed(_)) => {
+            Err(BrokerError::new(Status::BadRequest, e.to_string()))
+        }
+        Err(
+            e @ (crate::cluster::ClusterError::NoLeader | crate::cluster::ClusterError::Forward(_)),
+        ) => Err(BrokerError::new(Status::Busy, e.to_string())),
+        // openraft's refusals (a change already under way, an unknown learner...) say why.
+        Err(e @ crate::cluster::ClusterError::Raft(_)) => {
+            Err(BrokerError::new(Status::BadRequest, e.to_string()))
+        }
+        Err(e) => Err(BrokerError::new(Status::Internal, e.to_string())),
+    }
+}
+
 async fn dispatch(
     req: Request,
     broker: &Broker,
@@ -513,6 +547,7 @@ async fn dispatch(
             ))
         }
         Request::Raft(r) => return raft(r, session).await,
+        Request::ClusterVoter(v) => return change_voters(v, session).await,
         other => other,
     };
     if stop.is_cancelled() && matches!(req, Request::Send(_)) {

@@ -313,6 +313,54 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
         |i| alive(i) == want,
     )
     .await;
+
+    // A fifth node joins as a voter (cluster.join: it does not bootstrap), then leaves.
+    let addr5 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfg5 = node_config(
+        dir.path(),
+        "node5",
+        5,
+        true,
+        "b",
+        "c1",
+        &voters,
+        addr5,
+        &identity,
+    );
+    let mut text = std::fs::read_to_string(&cfg5).unwrap();
+    text += "join = true\n";
+    std::fs::write(&cfg5, text).unwrap();
+    let _node5 = Node::start(&cfg5, &dir.path().join("node5.log"), addr5);
+    let admin_client = Client::connect(ClientConfig::new(addrs[0], Tls::CaFile(cert.clone())))
+        .await
+        .unwrap();
+    let admin = Admin::new(admin_client.clone());
+    let voters_of = |i: &ClusterInfoReply| -> Vec<u64> {
+        let mut v: Vec<u64> = i.nodes.iter().filter(|n| n.voter).map(|n| n.id).collect();
+        v.sort();
+        v
+    };
+    // The new node's listener may take a moment to come up: retry while the leader cannot
+    // reach it yet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let added = loop {
+        match admin.cluster_add_voter(5, addr5).await {
+            Ok(i) => break i,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("add-voter not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("add-voter failed: {e}\n{}", tail_logs(dir.path())),
+        }
+    };
+    assert_eq!(voters_of(&added), vec![1, 2, 3, 5]);
+    wait_for(&addr5, &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.leader != 0 && voters_of(i) == vec![1, 2, 3, 5]
+    })
+    .await;
+    let removed = admin.cluster_remove_voter(5).await.unwrap();
+    assert_eq!(voters_of(&removed), vec![1, 2, 3]);
+    admin_client.close().await;
 }
 
 /// Polls `addr`'s ClusterInfo until `ok` holds, at most `limit`.

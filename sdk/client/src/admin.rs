@@ -100,6 +100,39 @@ impl Admin {
         self.client.call(quiver_protocol::cmd::ClusterInfo {}).await
     }
 
+    /// Adds controller voter `id` listening at `addr` (a node started with `cluster.join`):
+    /// it joins as a learner, catches up with the log, then votes. Accepted from this
+    /// machine (loopback) or a cluster member; returns the controller afterwards.
+    pub async fn cluster_add_voter(
+        &self,
+        id: u64,
+        addr: std::net::SocketAddr,
+    ) -> Result<quiver_protocol::cmd::ClusterInfoReply, ClientError> {
+        let c = quiver_protocol::cmd::ClusterVoter {
+            add: true,
+            id,
+            addr: addr.to_string(),
+        };
+        self.client
+            .call_with_timeout(c, std::time::Duration::from_secs(30))
+            .await
+    }
+
+    /// Removes controller voter `id` (its node stops taking part in elections and commits).
+    pub async fn cluster_remove_voter(
+        &self,
+        id: u64,
+    ) -> Result<quiver_protocol::cmd::ClusterInfoReply, ClientError> {
+        let c = quiver_protocol::cmd::ClusterVoter {
+            add: false,
+            id,
+            addr: String::new(),
+        };
+        self.client
+            .call_with_timeout(c, std::time::Duration::from_secs(30))
+            .await
+    }
+
     /// All topics with their queue counts.
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
         Ok(self.client.call(TopicList).await?.topics)

@@ -473,7 +473,8 @@ async fn respond(
         | Request::PluginAttach(_)
         | Request::PluginDetach(_)
         | Request::Raft(_)
-        | Request::ClusterInfo(_) => {
+        | Request::ClusterInfo(_)
+        | Request::ClusterVoter(_) => {
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,

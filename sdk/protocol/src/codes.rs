@@ -76,6 +76,8 @@ pub enum Command {
     Raft = 90,
     /// The controller's leader, term and members as the answering node sees them.
     ClusterInfo = 91,
+    /// Add or remove a controller voter.
+    ClusterVoter = 92,
 }
 
 impl Command {
@@ -118,6 +120,7 @@ impl Command {
             66 => PluginDetach,
             90 => Raft,
             91 => ClusterInfo,
+            92 => ClusterVoter,
             _ => return None,
         })
     }

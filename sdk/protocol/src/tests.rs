@@ -486,7 +486,8 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
                 Just(cmd::RaftKind::Vote),
                 Just(cmd::RaftKind::AppendEntries),
                 Just(cmd::RaftKind::InstallSnapshot),
-                Just(cmd::RaftKind::Write)
+                Just(cmd::RaftKind::Write),
+                Just(cmd::RaftKind::ChangeVoters)
             ],
             arb_bytes(64),
         )
@@ -500,6 +501,9 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
             })
             .boxed(),
         Just(cmd::ClusterInfo {}.into()).boxed(),
+        (any::<bool>(), any::<u64>(), arb_string())
+            .prop_map(|(add, id, addr)| cmd::ClusterVoter { add, id, addr }.into())
+            .boxed(),
     ]
 }
 
@@ -788,6 +792,9 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
             .boxed(),
         arb_cluster_info_reply()
             .prop_map(Response::ClusterInfo)
+            .boxed(),
+        arb_cluster_info_reply()
+            .prop_map(Response::ClusterVoter)
             .boxed(),
     ]
 }

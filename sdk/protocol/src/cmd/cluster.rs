@@ -23,6 +23,9 @@ pub enum RaftKind {
     /// applied through the leader (a follower forwards it). The answer is JSON
     /// `{"Ok": reply}` or `{"Err": "reason"}`.
     Write = 4,
+    /// A voter change (a [`ClusterVoter`] as JSON) forwarded by a follower to the leader.
+    /// The answer is JSON `{"Ok": null}` or `{"Err": "reason"}`.
+    ChangeVoters = 5,
 }
 
 impl RaftKind {
@@ -32,6 +35,7 @@ impl RaftKind {
             2 => Some(RaftKind::AppendEntries),
             3 => Some(RaftKind::InstallSnapshot),
             4 => Some(RaftKind::Write),
+            5 => Some(RaftKind::ChangeVoters),
             _ => None,
         }
     }
@@ -238,6 +242,52 @@ impl WireDecode for ClusterInfoReply {
             applied,
             nodes,
             brokers,
+        })
+    }
+}
+
+/// Adds a controller voter or removes one (`quiver admin cluster add-voter|remove-voter`).
+/// Accepted from cluster members and from clients on the node's own machine (loopback);
+/// any controller node takes it and forwards it to the leader. A new voter first joins as a
+/// learner and becomes a voter once it has caught up with the log. The reply is the
+/// controller as the answering node sees it afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterVoter {
+    /// True to add, false to remove.
+    pub add: bool,
+    /// The node's id.
+    pub id: u64,
+    /// Its listener address (adding only; empty when removing).
+    pub addr: String,
+}
+
+call!(ClusterVoter => ClusterInfoReply, ClusterVoter);
+
+impl WireEncode for ClusterVoter {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_u8(if self.add { 1 } else { 2 });
+        b.put_u64_le(self.id);
+        b.put_str16(&self.addr);
+    }
+}
+
+impl WireDecode for ClusterVoter {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let op = r.u8("voter operation")?;
+        let add = match op {
+            1 => true,
+            2 => false,
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "voter operation",
+                    reason: format!("unknown operation {op} (1 add, 2 remove)"),
+                })
+            }
+        };
+        Ok(ClusterVoter {
+            add,
+            id: r.u64("node id")?,
+            addr: r.str16("node address")?,
         })
     }
 }

@@ -27,8 +27,8 @@ mod special;
 mod topics;
 
 pub use cluster::{
-    ClusterBroker, ClusterInfo, ClusterInfoReply, ControllerNode, Raft, RaftKind, RaftReply,
-    MAX_RAFT_BODY,
+    ClusterBroker, ClusterInfo, ClusterInfoReply, ClusterVoter, ControllerNode, Raft, RaftKind,
+    RaftReply, MAX_RAFT_BODY,
 };
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
@@ -260,4 +260,5 @@ commands! {
     PluginDetach(PluginDetach),
     Raft(Raft),
     ClusterInfo(ClusterInfo),
+    ClusterVoter(ClusterVoter),
 }
