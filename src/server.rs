@@ -11,9 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::clock::Clock;
-use crate::cluster::{Controller, Member};
+use crate::cluster::{Controller, LocalTopics, Member, TopicFuture};
 use crate::config::Config;
 use crate::net::Listener;
+use quiver_protocol::cmd;
+use quiver_protocol::{Request, Response, Status};
 
 /// A broker serving on its address until stopped.
 pub struct Server {
@@ -62,18 +64,19 @@ impl Server {
             }
         };
         let (controller, member) = match controller {
-            Some((c, m)) => (c, Some(m)),
+            Some((c, m)) => (c, Some(Arc::new(m))),
             None => (None, None),
         };
-        if let Some(c) = &controller {
-            listener.set_controller(c.clone());
+        if let Some(m) = &member {
+            m.set_local_topics(Arc::new(BrokerTopics(broker.clone())));
+            listener.set_cluster(m.clone());
         }
         let addr = listener.local_addr()?;
         let fingerprint = listener.fingerprint.clone();
         let cert_path = listener.cert_path.clone();
         let shutdown = CancellationToken::new();
         if let Some(m) = member {
-            tokio::spawn(m.run(addr, clock.clone(), shutdown.clone()));
+            tokio::spawn(m.run(addr, shutdown.clone()));
         }
         let (b, s) = (broker.clone(), shutdown.clone());
         let stop_controller = controller.clone();
@@ -170,6 +173,77 @@ async fn start_controller(
     } else {
         None
     };
-    let member = Member::new(cfg.cluster.clone(), controller.clone(), peers);
+    let member = Member::new(
+        cfg.cluster.clone(),
+        controller.clone(),
+        peers,
+        clock.clone(),
+        cfg.broker.default_queues,
+    );
     Ok(Some((controller, member)))
+}
+
+/// The broker's topic table as the cluster agent changes it (routes applied locally).
+struct BrokerTopics(Arc<Broker>);
+
+impl BrokerTopics {
+    fn local() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+}
+
+impl LocalTopics for BrokerTopics {
+    fn ensure(&self, topic: String, queues: u32) -> TopicFuture<()> {
+        let b = self.0.clone();
+        Box::pin(async move {
+            let create = Request::TopicCreate(cmd::TopicCreate {
+                topic: topic.clone(),
+                queues,
+            });
+            match b.handle(create, Self::local()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.status() == Status::TopicExists => {
+                    let update = Request::TopicUpdate(cmd::TopicUpdate { topic, queues });
+                    b.handle(update, Self::local())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn delete(&self, topic: String) -> TopicFuture<()> {
+        let b = self.0.clone();
+        Box::pin(async move {
+            match b
+                .handle(
+                    Request::TopicDelete(cmd::TopicDelete { topic }),
+                    Self::local(),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.status() == Status::TopicNotFound => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn list(&self) -> TopicFuture<Vec<(String, u32)>> {
+        let b = self.0.clone();
+        Box::pin(async move {
+            match b
+                .handle(Request::TopicList(cmd::TopicList), Self::local())
+                .await
+            {
+                Ok(Response::TopicList(l)) => {
+                    Ok(l.topics.into_iter().map(|t| (t.name, t.queues)).collect())
+                }
+                Ok(_) => Err("unexpected answer to a topic list".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
 }

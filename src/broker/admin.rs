@@ -2,7 +2,8 @@
 //! messages by id or key, and WebAssembly plugin administration.
 
 use quiver_protocol::cmd::{
-    self, Done, OffsetReply, PluginsReply, Records, RouteReply, TopicListReply, TopicReply,
+    self, Done, OffsetReply, PluginsReply, Records, RouteReply, RouteSet, TopicListReply,
+    TopicReply, TopicRouteReply,
 };
 use quiver_protocol::names::{self, TopicName};
 use quiver_protocol::{QueueInfo, Status, TopicSummary};
@@ -27,6 +28,52 @@ impl Broker {
             .route(&topic, create && !names::is_system_topic(&topic))
             .await?;
         Ok(RouteReply { queues })
+    }
+
+    /// `TopicRoute` on a broker outside a cluster: one set, this broker.
+    pub(super) async fn standalone_route(&self, c: cmd::TopicRoute) -> Result<TopicRouteReply> {
+        let RouteReply { queues } = self
+            .route_cmd(cmd::Route {
+                topic: c.topic,
+                create: c.create,
+            })
+            .await?;
+        Ok(self.own_route(queues))
+    }
+
+    /// `TopicCreateOn` on a broker outside a cluster: its only set is itself.
+    pub(super) async fn standalone_create_on(
+        &self,
+        c: cmd::TopicCreateOn,
+    ) -> Result<TopicRouteReply> {
+        if let Some(s) = c.sets.iter().find(|s| **s != self.cfg.broker.name) {
+            return Err(BrokerError::new(
+                Status::BadRequest,
+                format!(
+                    "no broker set {s:?}: this broker is not in a cluster; its only set is {:?}",
+                    self.cfg.broker.name
+                ),
+            ));
+        }
+        let queues = c.queues;
+        self.create_topic(cmd::TopicCreate {
+            topic: c.topic,
+            queues,
+        })
+        .await?;
+        Ok(self.own_route(queues))
+    }
+
+    fn own_route(&self, queues: u32) -> TopicRouteReply {
+        TopicRouteReply {
+            sets: vec![RouteSet {
+                set: self.cfg.broker.name.clone(),
+                queues,
+                node_id: 0,
+                addr: String::new(),
+                alive: true,
+            }],
+        }
     }
 
     /// `TopicCreate`.

@@ -329,7 +329,12 @@ impl Broker {
         }))
     }
 
-    /// The store (for diagnostics and tests).
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -433,6 +438,11 @@ impl Broker {
             Q::PluginDetach(c) => A::PluginDetach(self.detach_plugin(c).await?),
             // Cluster commands need the connection's peer identity and the controller: `net`
             // answers them before a request reaches the broker.
+            // Outside a cluster (a cluster node's `net` answers these itself): the broker is
+            // a cluster of one broker set, named after the broker, answering on the address
+            // the client already uses (an empty address).
+            Q::TopicRoute(c) => A::TopicRoute(self.standalone_route(c).await?),
+            Q::TopicCreateOn(c) => A::TopicCreateOn(self.standalone_create_on(c).await?),
             Q::Raft(_) | Q::ClusterInfo(_) | Q::ClusterVoter(_) => {
                 return Err(BrokerError::new(
                     Status::NoController,

@@ -1,24 +1,64 @@
-//! Keeps this node's broker registered with the controller: it registers in its broker set at
-//! start and renews its lease every `cluster.broker_heartbeat_ms`, through the local
-//! controller (which forwards to the leader) or, on a node without one, through any voter.
+//! This node's part in the cluster, controller or not: it keeps the node's broker registered
+//! in its broker set (registration at start, a lease renewed every
+//! `cluster.broker_heartbeat_ms`), reads the committed metadata (from the local controller,
+//! or from a voter on a node without one), answers route queries, changes topic routes
+//! through the controller, and brings the broker's local topics in line with the routes of
+//! its set (on every heartbeat, and at once when another node says a route changed).
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use quiver_protocol::cmd::RaftKind;
+use quiver_protocol::cmd::{RaftKind, RouteSet};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::network::{self, PeerTransport};
-use super::state::{Command, Reply};
+use super::state::{ClusterState, Command, Reply};
 use super::{ClusterConfig, ClusterError, Controller};
 use crate::clock::Clock;
 
-/// Where the node's writes to the cluster metadata go.
+/// A future answered by [`LocalTopics`].
+pub type TopicFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'static>>;
+
+/// The broker's own topic table, as the cluster agent changes it (implemented by the server
+/// over the broker).
+pub trait LocalTopics: Send + Sync + 'static {
+    /// Creates `topic` with `queues` queues, or sets its queue count to `queues`.
+    fn ensure(&self, topic: String, queues: u32) -> TopicFuture<()>;
+    /// Deletes `topic` with its queues and offsets (nothing when it does not exist).
+    fn delete(&self, topic: String) -> TopicFuture<()>;
+    /// The local topics and their queue counts.
+    fn list(&self) -> TopicFuture<Vec<(String, u32)>>;
+}
+
+/// The body of a [`RaftKind::Sync`] message.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SyncBody {
+    /// A topic whose route was deleted: the receiving broker deletes it locally.
+    deleted: Option<String>,
+}
+
+/// How long a node without a controller uses metadata it read from a voter before it reads
+/// again for a route query.
+const READ_CACHE: Duration = Duration::from_millis(500);
+
+/// Where the node's reads and writes of the cluster metadata go.
 pub struct Member {
     cfg: ClusterConfig,
     controller: Option<Arc<Controller>>,
     transport: Arc<dyn PeerTransport>,
+    clock: Clock,
+    topics: OnceLock<Arc<dyn LocalTopics>>,
+    /// Metadata read from a voter (nodes without a controller), and when.
+    cached: Mutex<Option<(Instant, Arc<ClusterState>)>>,
+    /// Queue count of topics created through the cluster without one.
+    default_queues: u32,
+    /// The address this node's broker registered with.
+    own: OnceLock<SocketAddr>,
 }
 
 impl Member {
@@ -28,36 +68,66 @@ impl Member {
         cfg: ClusterConfig,
         controller: Option<Arc<Controller>>,
         transport: Arc<dyn PeerTransport>,
+        clock: Clock,
+        default_queues: u32,
     ) -> Self {
         Self {
             cfg,
             controller,
             transport,
+            clock,
+            topics: OnceLock::new(),
+            cached: Mutex::new(None),
+            default_queues,
+            own: OnceLock::new(),
         }
     }
 
-    /// Applies `c` through the controller leader.
-    pub async fn write(&self, c: Command) -> Result<Reply, ClusterError> {
-        if let Some(ctl) = &self.controller {
-            return ctl.propose(c).await;
-        }
-        let cluster_id = self.cfg.cluster_id.clone().unwrap_or_default();
-        let body = serde_json::to_vec(&c).map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let timeout = Duration::from_millis(self.cfg.rpc_timeout_ms);
+    /// Connects the agent to the broker's topic table (once, before serving).
+    pub fn set_local_topics(&self, topics: Arc<dyn LocalTopics>) {
+        let _ = self.topics.set(topics);
+    }
+
+    /// The node's controller, when it runs one.
+    pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.as_ref()
+    }
+
+    /// The cluster id.
+    pub fn cluster_id(&self) -> &str {
+        self.cfg.cluster_id.as_deref().unwrap_or_default()
+    }
+
+    /// This node's broker set, if it serves in one.
+    pub fn broker_set(&self) -> Option<&str> {
+        self.cfg.broker_set.as_deref()
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.rpc_timeout_ms)
+    }
+
+    /// Sends `body` as a Raft message of `kind` to the voters in turn until one answers
+    /// `Ok`; the answer's payload.
+    async fn to_voters<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: RaftKind,
+        body: Vec<u8>,
+    ) -> Result<T, ClusterError> {
         let mut last = ClusterError::NoLeader;
         for v in &self.cfg.voters {
             match network::send(
                 &self.transport,
-                &cluster_id,
+                self.cluster_id(),
                 v.addr,
-                RaftKind::Write,
+                kind,
                 body.clone(),
-                timeout,
+                self.timeout(),
             )
             .await
             {
                 Ok(reply) => {
-                    let r: Result<Reply, String> = serde_json::from_slice(&reply)
+                    let r: Result<T, String> = serde_json::from_slice(&reply)
                         .map_err(|e| ClusterError::Forward(e.to_string()))?;
                     match r {
                         Ok(r) => return Ok(r),
@@ -70,9 +140,332 @@ impl Member {
         Err(last)
     }
 
-    /// Registers the broker at `addr` in its set, then renews its lease until `stop`.
-    /// Failures are logged and retried; they never stop the broker.
-    pub async fn run(self, addr: SocketAddr, clock: Clock, stop: CancellationToken) {
+    /// Applies `c` through the controller leader.
+    pub async fn write(&self, c: Command) -> Result<Reply, ClusterError> {
+        if let Some(ctl) = &self.controller {
+            return ctl.propose(c).await;
+        }
+        let body = serde_json::to_vec(&c).map_err(|e| ClusterError::Raft(e.to_string()))?;
+        self.to_voters(RaftKind::Write, body).await
+    }
+
+    /// The committed metadata: this node's controller's, or a voter's (`fresh` skips the
+    /// short cache a node without a controller keeps).
+    pub async fn state(&self, fresh: bool) -> Result<Arc<ClusterState>, ClusterError> {
+        if let Some(ctl) = &self.controller {
+            return Ok(Arc::new(ctl.state()));
+        }
+        if !fresh {
+            let cached = self
+                .cached
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some((at, s)) = cached {
+                if at.elapsed() < READ_CACHE {
+                    return Ok(s);
+                }
+            }
+        }
+        let s: ClusterState = self.to_voters(RaftKind::Read, Vec::new()).await?;
+        let s = Arc::new(s);
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), s.clone()));
+        Ok(s)
+    }
+
+    /// Answers a [`RaftKind::Read`] or [`RaftKind::Sync`] message from a peer; other kinds
+    /// go to the controller.
+    pub async fn handle_peer(
+        &self,
+        req: quiver_protocol::cmd::Raft,
+    ) -> Result<bytes::Bytes, ClusterError> {
+        if req.cluster_id != self.cluster_id() {
+            return Err(ClusterError::OtherCluster {
+                ours: self.cluster_id().to_string(),
+                theirs: req.cluster_id,
+            });
+        }
+        let out = match req.kind {
+            RaftKind::Sync => {
+                let b: SyncBody = serde_json::from_slice(&req.body)
+                    .map_err(|e| ClusterError::Malformed(e.to_string()))?;
+                let r = self.sync(b.deleted).await.map_err(|e| e.to_string());
+                serde_json::to_vec(&r)
+            }
+            RaftKind::Read => {
+                let Some(ctl) = &self.controller else {
+                    return Err(ClusterError::Raft("this node runs no controller".into()));
+                };
+                serde_json::to_vec(&Ok::<_, String>(ctl.state()))
+            }
+            _ => {
+                let Some(ctl) = &self.controller else {
+                    return Err(ClusterError::Raft("this node runs no controller".into()));
+                };
+                return ctl.handle_raft(req).await;
+            }
+        };
+        out.map(bytes::Bytes::from)
+            .map_err(|e| ClusterError::Raft(e.to_string()))
+    }
+
+    /// A topic's route as clients see it: per broker set, its queue count and its broker.
+    pub fn route_of(&self, state: &ClusterState, topic: &str) -> Option<Vec<RouteSet>> {
+        let now = self.clock.now_ms();
+        let lease = self.cfg.broker_lease_ms as i64;
+        let sets = state.routes.get(topic)?;
+        Some(
+            sets.iter()
+                .map(|(set, queues)| {
+                    let broker = state.broker_of(set);
+                    RouteSet {
+                        set: set.clone(),
+                        queues: *queues,
+                        node_id: broker.map_or(0, |(id, _)| id),
+                        addr: broker.map_or(String::new(), |(_, b)| b.addr.to_string()),
+                        alive: broker.is_some_and(|(id, _)| state.alive(id, now, lease)),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The route of `topic`; with `create`, a topic without one is created on every set with
+    /// a live broker.
+    pub async fn route(&self, topic: &str, create: bool) -> Result<Vec<RouteSet>, RouteError> {
+        let state = self.state(false).await?;
+        if let Some(r) = self.route_of(&state, topic) {
+            return Ok(r);
+        }
+        // A node reading through a voter may be a moment behind: look again before saying no.
+        let state = self.state(true).await?;
+        if let Some(r) = self.route_of(&state, topic) {
+            return Ok(r);
+        }
+        if !create {
+            return Err(RouteError::NoRoute(topic.to_string()));
+        }
+        match self
+            .create_topic(topic, self.default_queues, Vec::new())
+            .await
+        {
+            // Another client created it at the same moment: its route stands.
+            Err(RouteError::Exists(_)) => {
+                let state = self.state(true).await?;
+                self.route_of(&state, topic)
+                    .ok_or_else(|| RouteError::NoRoute(topic.to_string()))
+            }
+            r => r,
+        }
+    }
+
+    /// Creates `topic` with `queues` queues on each of `sets` (every set with a live broker
+    /// when empty): the route is committed, then each set's broker is told to create its
+    /// queues (one that does not answer creates them on its next heartbeat).
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        queues: u32,
+        sets: Vec<String>,
+    ) -> Result<Vec<RouteSet>, RouteError> {
+        let state = self.state(true).await?;
+        if state.routes.contains_key(topic) {
+            return Err(RouteError::Exists(topic.to_string()));
+        }
+        let known: BTreeSet<&str> = state.brokers.values().map(|b| b.set.as_str()).collect();
+        let chosen: Vec<String> = if sets.is_empty() {
+            let now = self.clock.now_ms();
+            let lease = self.cfg.broker_lease_ms as i64;
+            known
+                .iter()
+                .filter(|s| {
+                    state
+                        .broker_of(s)
+                        .is_some_and(|(id, _)| state.alive(id, now, lease))
+                })
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            let mut seen = BTreeSet::new();
+            for s in &sets {
+                if !known.contains(s.as_str()) {
+                    return Err(RouteError::Invalid(format!(
+                        "no broker set {s:?} in this cluster (known: {})",
+                        known.iter().copied().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if !seen.insert(s.as_str()) {
+                    return Err(RouteError::Invalid(format!("broker set {s:?} named twice")));
+                }
+            }
+            sets
+        };
+        if chosen.is_empty() {
+            return Err(RouteError::Unavailable(
+                "no broker set has a live broker to hold the topic".into(),
+            ));
+        }
+        let route: Vec<(String, u32)> = chosen.into_iter().map(|s| (s, queues)).collect();
+        match self
+            .write(Command::SetTopicRoute {
+                topic: topic.to_string(),
+                sets: route,
+                only_new: true,
+            })
+            .await?
+        {
+            Reply::Ok => {}
+            Reply::Refused(why) if why.contains("already") => {
+                return Err(RouteError::Exists(topic.to_string()))
+            }
+            Reply::Refused(why) => return Err(RouteError::Invalid(why)),
+        }
+        tracing::info!(%topic, queues, "topic route committed");
+        self.tell_sets(topic, None).await
+    }
+
+    /// Gives every set of `topic`'s route `queues` queues.
+    pub async fn update_topic(&self, topic: &str, queues: u32) -> Result<(), RouteError> {
+        let state = self.state(true).await?;
+        let Some(sets) = state.routes.get(topic) else {
+            return Err(RouteError::NoRoute(topic.to_string()));
+        };
+        let route = sets.iter().map(|(s, _)| (s.clone(), queues)).collect();
+        if let Reply::Refused(why) = self
+            .write(Command::SetTopicRoute {
+                topic: topic.to_string(),
+                sets: route,
+                only_new: false,
+            })
+            .await?
+        {
+            return Err(RouteError::Invalid(why));
+        }
+        self.tell_sets(topic, None).await.map(|_| ())
+    }
+
+    /// Removes `topic`'s route and deletes it on the brokers of its sets.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), RouteError> {
+        let state = self.state(true).await?;
+        let Some(sets) = state.routes.get(topic).cloned() else {
+            return Err(RouteError::NoRoute(topic.to_string()));
+        };
+        if let Reply::Refused(why) = self
+            .write(Command::DeleteTopic {
+                topic: topic.to_string(),
+            })
+            .await?
+        {
+            return Err(RouteError::Invalid(why));
+        }
+        let addrs: Vec<SocketAddr> = sets
+            .iter()
+            .filter_map(|(s, _)| state.broker_of(s).map(|(_, b)| b.addr))
+            .collect();
+        self.tell(&addrs, Some(topic.to_string())).await;
+        Ok(())
+    }
+
+    /// Tells the brokers of `topic`'s sets to apply its route now; the route.
+    async fn tell_sets(
+        &self,
+        topic: &str,
+        deleted: Option<String>,
+    ) -> Result<Vec<RouteSet>, RouteError> {
+        let state = self.state(true).await?;
+        let route = self
+            .route_of(&state, topic)
+            .ok_or_else(|| RouteError::NoRoute(topic.to_string()))?;
+        let addrs: Vec<SocketAddr> = route.iter().filter_map(|s| s.addr.parse().ok()).collect();
+        self.tell(&addrs, deleted).await;
+        Ok(route)
+    }
+
+    /// Sends a [`RaftKind::Sync`] to each broker (this node's own is synced directly).
+    async fn tell(&self, addrs: &[SocketAddr], deleted: Option<String>) {
+        let body = serde_json::to_vec(&SyncBody {
+            deleted: deleted.clone(),
+        })
+        .unwrap_or_default();
+        let mine = self.own_addr();
+        let calls = addrs.iter().map(|addr| {
+            let (body, deleted) = (body.clone(), deleted.clone());
+            async move {
+                let r = if Some(*addr) == mine {
+                    self.sync(deleted).await.map_err(|e| e.to_string())
+                } else {
+                    match network::send(
+                        &self.transport,
+                        self.cluster_id(),
+                        *addr,
+                        RaftKind::Sync,
+                        body,
+                        self.timeout(),
+                    )
+                    .await
+                    {
+                        Ok(reply) => serde_json::from_slice::<Result<(), String>>(&reply)
+                            .unwrap_or_else(|e| Err(e.to_string())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                if let Err(e) = r {
+                    tracing::warn!(broker = %addr, error = %e,
+                        "a broker did not apply a route change now; it will on its next heartbeat");
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    /// This node's broker address, once it runs.
+    fn own_addr(&self) -> Option<SocketAddr> {
+        self.own.get().copied()
+    }
+
+    /// Brings the local topics in line with the routes of this node's set: creates the
+    /// missing ones, raises queue counts, and deletes `deleted` when its route is gone.
+    pub async fn sync(&self, deleted: Option<String>) -> Result<(), ClusterError> {
+        let (Some(set), Some(topics)) = (self.cfg.broker_set.as_deref(), self.topics.get()) else {
+            return Ok(());
+        };
+        let state = self.state(true).await?;
+        if let Some(t) = deleted {
+            if !state.routes.contains_key(&t) {
+                topics
+                    .delete(t.clone())
+                    .await
+                    .map_err(ClusterError::Storage)?;
+                tracing::info!(topic = %t, "topic deleted (its route was removed)");
+            }
+        }
+        let local: std::collections::HashMap<String, u32> = topics
+            .list()
+            .await
+            .map_err(ClusterError::Storage)?
+            .into_iter()
+            .collect();
+        for (topic, sets) in &state.routes {
+            let Some((_, want)) = sets.iter().find(|(s, _)| s == set) else {
+                continue;
+            };
+            if local.get(topic) == Some(want) {
+                continue;
+            }
+            topics
+                .ensure(topic.clone(), *want)
+                .await
+                .map_err(ClusterError::Storage)?;
+            tracing::info!(%topic, queues = want, "topic created from its cluster route");
+        }
+        Ok(())
+    }
+
+    /// Registers the broker at `addr` in its set, then renews its lease and applies its
+    /// set's routes until `stop`. Failures are logged and retried; they never stop the
+    /// broker.
+    pub async fn run(self: Arc<Self>, addr: SocketAddr, stop: CancellationToken) {
+        let _ = self.own.set(addr);
         let Some(set) = self.cfg.broker_set.clone() else {
             return;
         };
@@ -83,14 +476,14 @@ impl Member {
             let c = if registered {
                 Command::Heartbeat {
                     node_id,
-                    at_ms: clock.now_ms(),
+                    at_ms: self.clock.now_ms(),
                 }
             } else {
                 Command::RegisterBroker {
                     set: set.clone(),
                     node_id,
                     addr,
-                    at_ms: clock.now_ms(),
+                    at_ms: self.clock.now_ms(),
                 }
             };
             let wait = match self.write(c).await {
@@ -99,6 +492,9 @@ impl Member {
                         tracing::info!(%set, node = node_id, %addr, "broker registered with the controller");
                     }
                     registered = true;
+                    if let Err(e) = self.sync(None).await {
+                        tracing::warn!(error = %e, "applying the cluster's topic routes failed; retrying");
+                    }
                     every
                 }
                 Ok(Reply::Refused(reason)) => {
@@ -117,4 +513,24 @@ impl Member {
             }
         }
     }
+}
+
+/// Why a route query or change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The topic has no route.
+    #[error("topic {0:?} does not exist in this cluster")]
+    NoRoute(String),
+    /// The topic already has a route.
+    #[error("topic {0:?} already exists; use update to change its queue count")]
+    Exists(String),
+    /// The request names something the cluster does not have.
+    #[error("{0}")]
+    Invalid(String),
+    /// Nothing can hold the topic right now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The controller could not be reached or has no leader.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }

@@ -27,7 +27,7 @@ use quiver_protocol::cmd::{self, ClusterBroker, ClusterInfoReply, ControllerNode
 use crate::clock::Clock;
 
 pub use config::{ClusterConfig, VoterConfig};
-pub use member::Member;
+pub use member::{LocalTopics, Member, RouteError, TopicFuture};
 pub use network::{PeerError, PeerTransport};
 
 openraft::declare_raft_types!(
@@ -188,6 +188,11 @@ impl Controller {
                 let c: cmd::ClusterVoter = parse_voter(&req.body)?;
                 let r = self.change_voters_local(c).await.map_err(|e| e.to_string());
                 serde_json::to_vec(&r)
+            }
+            RaftKind::Read | RaftKind::Sync => {
+                return Err(ClusterError::Malformed(
+                    "read and sync messages are the member's".into(),
+                ))
             }
             RaftKind::Write => {
                 let c: state::Command = parse(&req.body)?;

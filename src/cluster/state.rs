@@ -37,6 +37,9 @@ pub enum Command {
         topic: String,
         /// Broker sets and their queue counts.
         sets: Vec<(String, u32)>,
+        /// Refused when the topic already has a route (a create, not an update).
+        #[serde(default)]
+        only_new: bool,
     },
     /// A topic is removed from routing.
     DeleteTopic {
@@ -92,12 +95,23 @@ impl ClusterState {
                         ));
                     }
                 }
+                // One broker per set until sets replicate (slaves come with replication).
+                if let Some((other, _)) = self.broker_of(set).filter(|(id, _)| id != node_id) {
+                    return Reply::Refused(format!(
+                        "broker set {set} already has a broker (node {other}); a set holds one \
+                         broker until replication exists"
+                    ));
+                }
+                let last_seen_ms = self
+                    .brokers
+                    .get(node_id)
+                    .map_or(*at_ms, |b| b.last_seen_ms.max(*at_ms));
                 self.brokers.insert(
                     *node_id,
                     BrokerEntry {
                         set: set.clone(),
                         addr: *addr,
-                        last_seen_ms: *at_ms,
+                        last_seen_ms,
                     },
                 );
                 Reply::Ok
@@ -110,7 +124,14 @@ impl ClusterState {
                 }
                 None => Reply::Refused(format!("node {node_id} is not registered")),
             },
-            Command::SetTopicRoute { topic, sets } => {
+            Command::SetTopicRoute {
+                topic,
+                sets,
+                only_new,
+            } => {
+                if *only_new && self.routes.contains_key(topic) {
+                    return Reply::Refused(format!("topic {topic} already has a route"));
+                }
                 if sets.is_empty() || sets.iter().any(|(_, n)| *n == 0) {
                     return Reply::Refused(format!(
                         "topic {topic}: every broker set in a route needs at least one queue"
@@ -124,6 +145,14 @@ impl ClusterState {
                 None => Reply::Refused(format!("topic {topic} has no route")),
             },
         }
+    }
+
+    /// The broker serving `set` (its lowest node id), if any.
+    pub fn broker_of(&self, set: &str) -> Option<(u64, &BrokerEntry)> {
+        self.brokers
+            .iter()
+            .find(|(_, b)| b.set == set)
+            .map(|(id, b)| (*id, b))
     }
 
     /// Whether a broker's lease is still valid at `now_ms`.
@@ -183,6 +212,21 @@ mod tests {
         let before = s.clone();
         assert!(matches!(s.apply(&other), Reply::Refused(_)));
         assert_eq!(s, before);
+        // A set holds one broker until replication exists; its broker may re-register.
+        let second = Command::RegisterBroker {
+            set: "a".into(),
+            node_id: 2,
+            addr: addr(2),
+            at_ms: 3,
+        };
+        assert!(matches!(s.apply(&second), Reply::Refused(_)));
+        assert_eq!(s, before);
+        assert_eq!(s.apply(&reg), Reply::Ok);
+        assert_eq!(s.broker_of("a").map(|(id, _)| id), Some(1));
+        assert!(
+            s.alive(1, 49_999, 30_000),
+            "a re-registration never moves a lease back"
+        );
     }
 
     #[test]
@@ -191,14 +235,25 @@ mod tests {
         let bad = Command::SetTopicRoute {
             topic: "t".into(),
             sets: vec![("a".into(), 0)],
+            only_new: false,
         };
         assert!(matches!(s.apply(&bad), Reply::Refused(_)));
         let good = Command::SetTopicRoute {
             topic: "t".into(),
             sets: vec![("a".into(), 4), ("b".into(), 4)],
+            only_new: true,
         };
         assert_eq!(s.apply(&good), Reply::Ok);
         assert_eq!(s.routes["t"].len(), 2);
+        // A create does not replace a route; an update does.
+        assert!(matches!(s.apply(&good), Reply::Refused(_)));
+        let update = Command::SetTopicRoute {
+            topic: "t".into(),
+            sets: vec![("a".into(), 8), ("b".into(), 8)],
+            only_new: false,
+        };
+        assert_eq!(s.apply(&update), Reply::Ok);
+        assert_eq!(s.routes["t"][1], ("b".to_string(), 8));
         assert_eq!(
             s.apply(&Command::DeleteTopic { topic: "t".into() }),
             Reply::Ok
@@ -226,11 +281,13 @@ mod tests {
             (0u64..4, 0i64..100).prop_map(|(node_id, at_ms)| Command::Heartbeat { node_id, at_ms }),
             (
                 prop_oneof![Just("t"), Just("u")],
-                proptest::collection::vec((prop_oneof![Just("a"), Just("b")], 0u32..3), 0..3)
+                proptest::collection::vec((prop_oneof![Just("a"), Just("b")], 0u32..3), 0..3),
+                any::<bool>()
             )
-                .prop_map(|(topic, sets)| Command::SetTopicRoute {
+                .prop_map(|(topic, sets, only_new)| Command::SetTopicRoute {
                     topic: topic.into(),
-                    sets: sets.into_iter().map(|(s, n)| (s.to_string(), n)).collect()
+                    sets: sets.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
+                    only_new
                 }),
             prop_oneof![Just("t"), Just("u")]
                 .prop_map(|t| Command::DeleteTopic { topic: t.into() }),

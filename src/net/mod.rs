@@ -4,6 +4,7 @@
 //! gets an error response and never takes the broker down. Knows nothing of the store.
 
 pub mod peer;
+mod routing;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::broker::{Broker, BrokerError};
-use crate::cluster::Controller;
+use crate::cluster::Member;
 
 /// Transport settings tuned for request/response traffic (docs/PROTOCOL.md §2.2), the same
 /// definition the client uses.
@@ -44,7 +45,7 @@ fn warn_small_udp_buffer(granted: usize) {
 pub struct Listener {
     endpoint: quinn::Endpoint,
     identity: tls::Identity,
-    controller: Option<Arc<Controller>>,
+    cluster: Option<Arc<Member>>,
     /// SHA-256 fingerprint of the certificate, for clients to pin.
     pub fingerprint: String,
     /// The certificate file (clients can use it as a CA file).
@@ -76,7 +77,7 @@ impl Listener {
             fingerprint: id.fingerprint.clone(),
             cert_path: id.cert_path.clone(),
             identity: id,
-            controller: None,
+            cluster: None,
         })
     }
 
@@ -89,9 +90,9 @@ impl Listener {
         peer::QuicPeers::new(cfg, &self.identity)
     }
 
-    /// Answers cluster commands from `controller` (before [`Listener::serve`]).
-    pub fn set_controller(&mut self, controller: Arc<Controller>) {
-        self.controller = Some(controller);
+    /// Answers cluster commands through `member` (before [`Listener::serve`]).
+    pub fn set_cluster(&mut self, member: Arc<Member>) {
+        self.cluster = Some(member);
     }
 
     /// The address actually bound (useful with port 0).
@@ -128,12 +129,12 @@ impl Listener {
                 wait: Duration::from_millis(limits.busy_timeout_ms),
             };
             let remote = incoming.remote_address();
-            let controller = self.controller.clone();
+            let cluster = self.cluster.clone();
             tracker.spawn(
                 async move {
                     let _permit = permit;
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, broker, stop, budget, controller).await,
+                        Ok(conn) => serve_connection(conn, broker, stop, budget, cluster).await,
                         Err(e) => debug!(error = %e, "handshake failed"),
                     }
                 }
@@ -158,8 +159,8 @@ impl Listener {
 struct Session {
     remote: SocketAddr,
     hello: AtomicBool,
-    /// The node's controller, when it runs one.
-    controller: Option<Arc<Controller>>,
+    /// The node's part in its cluster, when it is in one.
+    cluster: Option<Arc<Member>>,
     /// The peer presented a certificate that chains to the cluster's roots (the TLS layer
     /// refused any other): a cluster member.
     member: bool,
@@ -223,13 +224,13 @@ async fn serve_connection(
     broker: Arc<Broker>,
     stop: CancellationToken,
     budget: Budget,
-    controller: Option<Arc<Controller>>,
+    cluster: Option<Arc<Member>>,
 ) {
-    let member = controller.is_some() && conn.peer_identity().is_some();
+    let member = cluster.is_some() && conn.peer_identity().is_some();
     let session = Arc::new(Session {
         remote: conn.remote_address(),
         hello: AtomicBool::new(false),
-        controller,
+        cluster,
         member,
         budget,
     });
@@ -448,10 +449,10 @@ async fn raft(
     r: quiver_protocol::cmd::Raft,
     session: &Session,
 ) -> Result<quiver_protocol::Response, BrokerError> {
-    let Some(c) = &session.controller else {
+    let Some(c) = &session.cluster else {
         return Err(BrokerError::new(
             Status::NoController,
-            "this node runs no controller",
+            "this node is not in a cluster",
         ));
     };
     if !session.member {
@@ -460,7 +461,7 @@ async fn raft(
             "Raft messages are accepted only from cluster members (a TLS client certificate of this cluster)",
         ));
     }
-    match c.handle_raft(r).await {
+    match c.handle_peer(r).await {
         Ok(body) => Ok(quiver_protocol::Response::Raft(
             quiver_protocol::cmd::RaftReply { body },
         )),
@@ -480,7 +481,7 @@ async fn change_voters(
     v: quiver_protocol::cmd::ClusterVoter,
     session: &Session,
 ) -> Result<quiver_protocol::Response, BrokerError> {
-    let Some(c) = &session.controller else {
+    let Some(c) = session.cluster.as_ref().and_then(|m| m.controller()) else {
         return Err(BrokerError::new(
             Status::NoController,
             "this node runs no controller; ask a controller node",
@@ -540,7 +541,7 @@ async fn dispatch(
     let req = match req {
         Request::ClusterInfo(_) => {
             return Ok(quiver_protocol::Response::ClusterInfo(
-                match &session.controller {
+                match session.cluster.as_ref().and_then(|m| m.controller()) {
                     Some(c) => c.info(),
                     None => crate::cluster::standalone_info(),
                 },
@@ -548,7 +549,13 @@ async fn dispatch(
         }
         Request::Raft(r) => return raft(r, session).await,
         Request::ClusterVoter(v) => return change_voters(v, session).await,
-        other => other,
+        other => match &session.cluster {
+            Some(node) => match routing::intercept(other, node, broker, session.remote).await {
+                routing::Routed::Answered(r) => return r,
+                routing::Routed::Local(req) => req,
+            },
+            None => other,
+        },
     };
     if stop.is_cancelled() && matches!(req, Request::Send(_)) {
         return Err(BrokerError::new(

@@ -11,15 +11,15 @@ use quiver_client::{Admin, Client, ClientConfig, ClientError, Status, Tls};
 use quiver_protocol::cmd::{ClusterInfoReply, Raft, RaftKind};
 
 /// A `quiver serve` process; killed when dropped.
-struct Node {
+pub(crate) struct Node {
     child: Option<Child>,
     config: PathBuf,
     log: PathBuf,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Node {
-    fn start(config: &Path, log: &Path, addr: SocketAddr) -> Node {
+    pub(crate) fn start(config: &Path, log: &Path, addr: SocketAddr) -> Node {
         let mut n = Node {
             child: None,
             config: config.to_path_buf(),
@@ -30,7 +30,7 @@ impl Node {
         n
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,7 +49,7 @@ impl Node {
         self.child = Some(child);
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -63,7 +63,7 @@ impl Drop for Node {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -72,7 +72,7 @@ fn free_port() -> u16 {
 }
 
 /// One certificate and key shared by every node: the cluster's trust anchor.
-fn shared_identity(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn shared_identity(dir: &Path) -> (PathBuf, PathBuf) {
     let mut cfg = quiver::config::Config::default();
     cfg.broker.data_dir = dir.join("shared");
     let id = quiver::net::tls::load_or_generate(&cfg).unwrap();
@@ -81,12 +81,12 @@ fn shared_identity(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn node_config(
+pub(crate) fn node_config(
     dir: &Path,
     name: &str,
     id: u64,
     controller: bool,
-    broker_set: &str,
+    broker_set: Option<&str>,
     cluster: &str,
     voters: &[(u64, SocketAddr)],
     listen: SocketAddr,
@@ -115,8 +115,7 @@ key = "{key}"
 cluster_id = "{cluster}"
 node_id = {id}
 controller = {controller}
-broker_set = "{broker_set}"
-broker_heartbeat_ms = 200
+{broker_set}broker_heartbeat_ms = 200
 broker_lease_ms = 1000
 voters = [ {voters} ]
 "#,
@@ -124,13 +123,14 @@ voters = [ {voters} ]
         cert = cert.display(),
         key = key.display(),
         voters = voters.join(", "),
+        broker_set = broker_set.map_or(String::new(), |s| format!("broker_set = \"{s}\"\n")),
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
 
-async fn info(addr: SocketAddr, cert: &Path) -> Result<ClusterInfoReply, ClientError> {
+pub(crate) async fn info(addr: SocketAddr, cert: &Path) -> Result<ClusterInfoReply, ClientError> {
     let mut cfg = ClientConfig::new(addr, Tls::CaFile(cert.to_path_buf()));
     cfg.request_timeout = Duration::from_millis(500);
     let client = Client::connect(cfg).await?;
@@ -141,7 +141,7 @@ async fn info(addr: SocketAddr, cert: &Path) -> Result<ClusterInfoReply, ClientE
 
 /// Polls until every node in `addrs` names the same leader (not in `not`) in the same term,
 /// at most `limit`; returns (leader, term).
-async fn agreed_leader(
+pub(crate) async fn agreed_leader(
     addrs: &[SocketAddr],
     cert: &Path,
     not: &[u64],
@@ -175,7 +175,7 @@ async fn agreed_leader(
 }
 
 /// The last lines of every node's log in `dir`, for failure messages.
-fn tail_logs(dir: &Path) -> String {
+pub(crate) fn tail_logs(dir: &Path) -> String {
     let mut out = String::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
@@ -199,20 +199,20 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     let voters: Vec<(u64, SocketAddr)> = (1..=3)
         .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
         .collect();
-    // Nodes 1-3: controller voters with brokers in sets a, a, b; node 4: a broker of set b
+    // Nodes 1-3: controller voters with brokers in sets a, b, c; node 4: the broker of set d
     // without a controller (it registers through the voters).
     let mut all = voters.clone();
     all.push((4, SocketAddr::from(([127, 0, 0, 1], free_port()))));
     let mut nodes: Vec<Node> = all
         .iter()
         .map(|(id, addr)| {
-            let set = if *id >= 3 { "b" } else { "a" };
+            let set = ["a", "b", "c", "d"][*id as usize - 1];
             let cfg = node_config(
                 dir.path(),
                 &format!("node{id}"),
                 *id,
                 *id <= 3,
-                set,
+                Some(set),
                 "c1",
                 &voters,
                 *addr,
@@ -243,9 +243,9 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     };
     let want: Vec<(u64, String, bool)> = vec![
         (1, "a".into(), true),
-        (2, "a".into(), true),
-        (3, "b".into(), true),
-        (4, "b".into(), true),
+        (2, "b".into(), true),
+        (3, "c".into(), true),
+        (4, "d".into(), true),
     ];
     wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
         alive(i) == want
@@ -321,7 +321,7 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
         "node5",
         5,
         true,
-        "b",
+        Some("e"),
         "c1",
         &voters,
         addr5,
@@ -358,13 +358,24 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
         i.leader != 0 && voters_of(i) == vec![1, 2, 3, 5]
     })
     .await;
-    let removed = admin.cluster_remove_voter(5).await.unwrap();
+    // The promotion may still be settling (a membership change under way): retry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let removed = loop {
+        match admin.cluster_remove_voter(5).await {
+            Ok(i) => break i,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("remove-voter not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("remove-voter failed: {e}\n{}", tail_logs(dir.path())),
+        }
+    };
     assert_eq!(voters_of(&removed), vec![1, 2, 3]);
     admin_client.close().await;
 }
 
 /// Polls `addr`'s ClusterInfo until `ok` holds, at most `limit`.
-async fn wait_for(
+pub(crate) async fn wait_for(
     addr: &SocketAddr,
     cert: &Path,
     limit: Duration,
@@ -400,7 +411,7 @@ fn bad_cluster_configs_are_refused_at_start() {
                 "unknown",
                 9,
                 true,
-                "a",
+                Some("a"),
                 "c1",
                 &[(1, a), (2, b)],
                 a,
@@ -414,7 +425,7 @@ fn bad_cluster_configs_are_refused_at_start() {
                 "twice",
                 1,
                 true,
-                "a",
+                Some("a"),
                 "c1",
                 &[(1, a), (1, b)],
                 a,
@@ -428,7 +439,7 @@ fn bad_cluster_configs_are_refused_at_start() {
                 "badid",
                 1,
                 true,
-                "a",
+                Some("a"),
                 "bad id!",
                 &[(1, a)],
                 a,

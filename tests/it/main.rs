@@ -5,6 +5,7 @@
 mod broker;
 mod cli;
 mod cluster;
+mod cluster_routes;
 mod damage;
 mod filters;
 mod groups;

@@ -355,6 +355,28 @@ impl Client {
         Ok(client)
     }
 
+    /// A client that connects on its first request instead of now (the same reconnection
+    /// and back-off as after a lost connection); fails only when no UDP socket can be bound.
+    /// Must be called inside a tokio runtime.
+    pub fn lazy(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let mut quic = quinn_client_config(&cfg.tls)?;
+        if !cfg.liveness_timeout.is_zero() {
+            let mut transport = transport_config();
+            transport.keep_alive_interval(Some(keep_alive_interval(cfg.liveness_timeout)));
+            quic.transport_config(Arc::new(transport));
+        }
+        let bind: SocketAddr = if cfg.addr.is_ipv6() {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let endpoint = bind_endpoint(bind).map_err(|e| ClientError::Connect {
+            addr: cfg.addr,
+            reason: format!("cannot bind a UDP socket on {bind}: {e}"),
+        })?;
+        Ok(Client::with_parts(cfg, endpoint, quic, false))
+    }
+
     fn with_parts(
         cfg: ClientConfig,
         endpoint: Endpoint,

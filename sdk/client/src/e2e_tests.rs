@@ -474,7 +474,9 @@ async fn respond(
         | Request::PluginDetach(_)
         | Request::Raft(_)
         | Request::ClusterInfo(_)
-        | Request::ClusterVoter(_) => {
+        | Request::ClusterVoter(_)
+        | Request::TopicRoute(_)
+        | Request::TopicCreateOn(_) => {
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,

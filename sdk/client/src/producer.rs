@@ -16,6 +16,7 @@ use quiver_protocol::{names, SendMode, Status, WireMessage};
 use tokio::sync::oneshot;
 
 use crate::client::Client;
+use crate::cluster::{Cluster, SetRoute};
 use crate::error::ClientError;
 use crate::message::{Delivery, Message, MessageId};
 
@@ -23,6 +24,8 @@ use crate::message::{Delivery, Message, MessageId};
 const ROUTE_TTL: Duration = Duration::from_secs(30);
 /// First retry back-off; doubles on every further retry.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Shortest time one attempt gets when a cluster route leaves room for a retry elsewhere.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 /// Shared requests in flight per queue (see [`ProducerOptions::coalesce`]).
 const LANE_IN_FLIGHT: usize = 4;
 /// Most messages in one shared request.
@@ -115,24 +118,45 @@ pub struct SendResult {
     pub msg_id: MessageId,
     /// Topic.
     pub topic: String,
-    /// Queue it was appended to.
+    /// Queue it was appended to (its number on its broker set).
     pub queue_id: u32,
+    /// The broker set that stored it (a producer over a [`Cluster`]); empty for a producer
+    /// over one [`Client`].
+    pub broker_set: String,
     /// Its offset in that queue.
     pub queue_offset: u64,
     /// Its offset in the broker's commit log.
     pub commit_log_offset: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// A topic's queues: over one client, or over the broker sets of a cluster route, whose
+/// queues are numbered one after another in route order (global queue ids).
+#[derive(Debug)]
 struct Route {
+    /// Total queue count.
     queues: u32,
+    /// The sets with the first global queue id of each.
+    sets: Vec<(u32, SetRoute)>,
     fetched: Instant,
+}
+
+impl Route {
+    /// The set holding global queue `q` and the queue's number there.
+    fn locate(&self, q: u32) -> Option<(&SetRoute, u32)> {
+        self.sets
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= q)
+            .filter(|(first, s)| q - first < s.queues)
+            .map(|(first, s)| (s, q - first))
+    }
 }
 
 struct Inner {
     client: Client,
+    cluster: Option<Cluster>,
     opts: ProducerOptions,
-    routes: Mutex<HashMap<String, Route>>,
+    routes: Mutex<HashMap<String, Arc<Route>>>,
     round_robin: AtomicU32,
     /// Sends waiting to share a request, by (topic, queue).
     lanes: Mutex<HashMap<(String, u32), Lane>>,
@@ -196,9 +220,26 @@ pub(crate) enum Target {
 impl Producer {
     /// A producer sending over `client`.
     pub fn new(client: Client, options: ProducerOptions) -> Self {
+        Self::build(client, None, options)
+    }
+
+    /// A producer sending to the brokers of a cluster: each topic's route (its broker sets
+    /// and their queues) comes from the cluster and is cached for 30 s (refreshed at once
+    /// after a failure). Queue ids run over the route's sets in order (a topic with 4 queues
+    /// on each of two sets has global queues 0..8; [`Producer::send_to_queue`] takes such
+    /// an id), and [`SendResult`] names the set and its own queue number. A set that failed
+    /// a send is avoided for 10 s by the round-robin selector and by sharding keys whose
+    /// queue is on it (their order then holds only while their set is up: docs/SEMANTICS.md).
+    pub fn with_cluster(cluster: Cluster, options: ProducerOptions) -> Self {
+        let client = cluster.bootstrap()[0].clone();
+        Self::build(client, Some(cluster), options)
+    }
+
+    fn build(client: Client, cluster: Option<Cluster>, options: ProducerOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
+                cluster,
                 opts: options,
                 routes: Mutex::new(HashMap::new()),
                 round_robin: AtomicU32::new(0),
@@ -207,7 +248,7 @@ impl Producer {
         }
     }
 
-    /// The client this producer sends over.
+    /// The client this producer sends over (over a cluster: the first bootstrap broker's).
     pub fn client(&self) -> &Client {
         &self.inner.client
     }
@@ -450,15 +491,18 @@ impl Producer {
     pub async fn send_oneway(&self, message: Message) -> Result<(), ClientError> {
         message.validate()?;
         let deadline = Instant::now() + self.inner.opts.send_timeout;
-        let queues = self.route(message.topic(), deadline).await?;
-        let queue_id = self.select(&message, queues)?;
+        let route = self.route(message.topic(), deadline).await?;
+        let queue_id = self.select(&message, &route)?;
+        let (set, local) = route
+            .locate(queue_id)
+            .ok_or_else(|| ClientError::invalid(format!("no queue {queue_id}")))?;
         let request = SendRequest::new(
             message.topic().to_string(),
-            queue_id,
+            local,
             vec![message.to_wire(MessageId::new())],
             special_mode(&message, None),
         );
-        self.inner.client.send_oneway_frame(request.frame()).await
+        set.client.send_oneway_frame(request.frame()).await
     }
 
     pub(crate) async fn send_many(
@@ -563,13 +607,13 @@ impl Producer {
                 q
             }
             Target::Select => {
-                let queues = self.route(first.topic(), deadline).await?;
-                self.select(first, queues)?
+                let route = self.route(first.topic(), deadline).await?;
+                self.select(first, &route)?
             }
         })
     }
 
-    /// One request for one queue, answered with a result per message.
+    /// One request for one (global) queue, answered with a result per message.
     async fn send_to(
         &self,
         topic: &str,
@@ -578,10 +622,42 @@ impl Producer {
         mode: Option<SendMode>,
         deadline: Instant,
     ) -> Result<Vec<SendResult>, ClientError> {
+        let route = self.route(topic, deadline).await?;
+        let located = match route.locate(queue_id) {
+            Some(l) => Some(l),
+            // One broker: it judges the queue id itself (its queue count may have grown).
+            None if self.inner.cluster.is_none() => route.sets.first().map(|(_, s)| (s, queue_id)),
+            None => None,
+        };
+        let Some((set, local)) = located else {
+            return Err(ClientError::Broker {
+                status: Status::QueueNotFound,
+                message: format!("topic {topic:?} has {} queues", route.queues),
+            });
+        };
         let sent = wire.len();
-        let request = SendRequest::new(topic.to_string(), queue_id, wire, mode);
-        let timeout = self.timeout_until(deadline)?;
-        let SendReply { queue_id, receipts } = request.call(&self.inner.client, timeout).await?;
+        let request = SendRequest::new(topic.to_string(), local, wire, mode);
+        let mut timeout = self.timeout_until(deadline)?;
+        if self.inner.cluster.is_some() && route.sets.len() > 1 {
+            // Leave time for a retry on another set if this one's broker is dead (a killed
+            // QUIC peer is only noticed by silence).
+            timeout = timeout.min((timeout / 2).max(MIN_ATTEMPT));
+        }
+        let reply = request.call(&set.client, timeout).await;
+        let SendReply { queue_id, receipts } = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(cluster) = &self.inner.cluster {
+                    if e.is_retryable() {
+                        // Avoid the set for a while and read the route again (its broker may
+                        // be down, or gone).
+                        cluster.mark_failed(&set.name);
+                        self.forget_route(topic);
+                    }
+                }
+                return Err(e);
+            }
+        };
         if receipts.len() != sent {
             return Err(ClientError::Protocol(format!(
                 "{} receipts for {} messages",
@@ -589,12 +665,18 @@ impl Producer {
                 sent
             )));
         }
+        let broker_set = if self.inner.cluster.is_some() {
+            set.name.clone()
+        } else {
+            String::new()
+        };
         Ok(receipts
             .iter()
             .map(|r| SendResult {
                 msg_id: MessageId(r.id),
                 topic: topic.to_string(),
                 queue_id,
+                broker_set: broker_set.clone(),
                 queue_offset: r.queue_offset,
                 commit_log_offset: r.phys_offset,
             })
@@ -610,20 +692,43 @@ impl Producer {
         Ok(left.min(self.inner.client.config().request_timeout))
     }
 
-    /// The queue for a message, given the topic's queue count.
-    fn select(&self, message: &Message, queues: u32) -> Result<u32, ClientError> {
+    /// The (global) queue for a message, given the topic's route.
+    fn select(&self, message: &Message, route: &Route) -> Result<u32, ClientError> {
+        let queues = route.queues;
         if queues == 0 {
             return Err(ClientError::Protocol(format!(
                 "topic {:?} has no queues",
                 message.topic()
             )));
         }
+        let usable = |q: u32| match (&self.inner.cluster, route.locate(q)) {
+            (Some(c), Some((s, _))) => s.alive && c.available(&s.name),
+            _ => true,
+        };
         if let Some(key) = message.sharding_key() {
-            return Ok(sharding_queue(key, queues));
+            let q = sharding_queue(key, queues);
+            if usable(q) {
+                return Ok(q);
+            }
+            // Its set is down: the key moves to the queues that are up (its order holds
+            // only while its set is up).
+            let up: Vec<u32> = (0..queues).filter(|q| usable(*q)).collect();
+            return Ok(if up.is_empty() {
+                q
+            } else {
+                up[sharding_queue(key, up.len() as u32) as usize]
+            });
         }
         Ok(match &self.inner.opts.selector {
             QueueSelector::RoundRobin => {
-                self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues
+                let mut q = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues;
+                for _ in 0..queues {
+                    if usable(q) {
+                        break;
+                    }
+                    q = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues;
+                }
+                q
             }
             QueueSelector::Fixed(q) if *q < queues => *q,
             QueueSelector::Fixed(q) => {
@@ -636,45 +741,66 @@ impl Producer {
         })
     }
 
-    /// The queue count of a topic, from the cache or the broker.
-    async fn route(&self, topic: &str, deadline: Instant) -> Result<u32, ClientError> {
+    /// The route of a topic, from the cache or the broker(s).
+    async fn route(&self, topic: &str, deadline: Instant) -> Result<Arc<Route>, ClientError> {
         if let Some(r) = self.cached_route(topic) {
             return Ok(r);
         }
         names::check_name("topic", topic).map_err(ClientError::InvalidArgument)?;
         let timeout = self.timeout_until(deadline)?;
-        let request = cmd::Route {
-            topic: topic.to_string(),
-            create: self.inner.opts.auto_create,
+        let sets: Vec<SetRoute> = match &self.inner.cluster {
+            Some(cluster) => {
+                cluster
+                    .route(topic, self.inner.opts.auto_create, timeout)
+                    .await?
+            }
+            None => {
+                let request = cmd::Route {
+                    topic: topic.to_string(),
+                    create: self.inner.opts.auto_create,
+                };
+                let cmd::RouteReply { queues } = self
+                    .inner
+                    .client
+                    .call_with_timeout(request, timeout)
+                    .await?;
+                vec![SetRoute {
+                    name: String::new(),
+                    queues,
+                    alive: true,
+                    client: self.inner.client.clone(),
+                }]
+            }
         };
-        let cmd::RouteReply { queues } = self
-            .inner
-            .client
-            .call_with_timeout(request, timeout)
-            .await?;
-        if queues == 0 {
+        let mut first = 0u32;
+        let mut numbered = Vec::with_capacity(sets.len());
+        for s in sets {
+            let next = first.saturating_add(s.queues);
+            numbered.push((first, s));
+            first = next;
+        }
+        if first == 0 {
             return Err(ClientError::Protocol(format!(
                 "broker reports 0 queues for topic {topic:?}"
             )));
         }
+        let route = Arc::new(Route {
+            queues: first,
+            sets: numbered,
+            fetched: Instant::now(),
+        });
         if let Ok(mut routes) = self.inner.routes.lock() {
-            routes.insert(
-                topic.to_string(),
-                Route {
-                    queues,
-                    fetched: Instant::now(),
-                },
-            );
+            routes.insert(topic.to_string(), route.clone());
         }
-        Ok(queues)
+        Ok(route)
     }
 
-    fn cached_route(&self, topic: &str) -> Option<u32> {
+    fn cached_route(&self, topic: &str) -> Option<Arc<Route>> {
         let routes = self.inner.routes.lock().ok()?;
         routes
             .get(topic)
             .filter(|r| r.fetched.elapsed() < ROUTE_TTL)
-            .map(|r| r.queues)
+            .cloned()
     }
 
     fn forget_route(&self, topic: &str) {
@@ -795,6 +921,22 @@ mod tests {
         assert_eq!(used.len(), 8);
     }
 
+    fn route(queues: u32) -> Route {
+        Route {
+            queues,
+            sets: vec![(
+                0,
+                SetRoute {
+                    name: String::new(),
+                    queues,
+                    alive: true,
+                    client: Client::closed_for_tests(),
+                },
+            )],
+            fetched: Instant::now(),
+        }
+    }
+
     fn producer(selector: QueueSelector) -> Producer {
         // select() and validation need no network: a closed client is enough.
         Producer::new(
@@ -817,7 +959,7 @@ mod tests {
         ] {
             let p = producer(sel);
             for _ in 0..5 {
-                assert_eq!(p.select(&m, 8).unwrap(), want);
+                assert_eq!(p.select(&m, &route(8)).unwrap(), want);
             }
         }
     }
@@ -826,19 +968,22 @@ mod tests {
     async fn selectors() {
         let m = Message::new("demo", "x");
         let p = producer(QueueSelector::RoundRobin);
-        let picks: Vec<u32> = (0..8).map(|_| p.select(&m, 4).unwrap()).collect();
+        let picks: Vec<u32> = (0..8).map(|_| p.select(&m, &route(4)).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 3, 0, 1, 2, 3]);
         let p = producer(QueueSelector::Fixed(2));
-        assert_eq!(p.select(&m, 4).unwrap(), 2);
+        assert_eq!(p.select(&m, &route(4)).unwrap(), 2);
         assert!(matches!(
-            p.select(&m, 2),
+            p.select(&m, &route(2)),
             Err(ClientError::InvalidArgument(_))
         ));
         let p = producer(QueueSelector::Custom(Arc::new(|m, n| {
             m.body().len() as u32 + n
         })));
-        assert_eq!(p.select(&m, 4).unwrap(), 1); // (1 + 4) % 4
-        assert!(matches!(p.select(&m, 0), Err(ClientError::Protocol(_))));
+        assert_eq!(p.select(&m, &route(4)).unwrap(), 1); // (1 + 4) % 4
+        assert!(matches!(
+            p.select(&m, &route(0)),
+            Err(ClientError::Protocol(_))
+        ));
     }
 
     #[tokio::test]

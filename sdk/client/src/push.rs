@@ -161,7 +161,7 @@ impl PushConsumerOptions {
             .unwrap_or_else(|| Path::new("quiver-offsets").join(format!("{}.json", self.group)))
     }
 
-    fn validate(&self) -> Result<(), ClientError> {
+    pub(crate) fn validate(&self) -> Result<(), ClientError> {
         names::check_name("group", &self.group).map_err(ClientError::InvalidArgument)?;
         let positive = [
             ("max_in_flight", self.max_in_flight),
@@ -251,8 +251,21 @@ impl<E: fmt::Display> IntoConsumeResult for Result<(), E> {
     }
 }
 
-type ListenerFuture = Pin<Box<dyn Future<Output = ConsumeResult> + Send>>;
-type Listener = Arc<dyn Fn(Vec<ReceivedMessage>) -> ListenerFuture + Send + Sync>;
+pub(crate) type ListenerFuture = Pin<Box<dyn Future<Output = ConsumeResult> + Send>>;
+pub(crate) type Listener = Arc<dyn Fn(Vec<ReceivedMessage>) -> ListenerFuture + Send + Sync>;
+
+/// A batch listener in the form the consumer keeps.
+pub(crate) fn box_listener<F, Fut>(listener: F) -> Listener
+where
+    F: Fn(Vec<ReceivedMessage>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: IntoConsumeResult,
+{
+    Arc::new(move |batch| {
+        let fut = listener(batch);
+        Box::pin(async move { fut.await.into_consume_result() })
+    })
+}
 
 /// A consumer-group member that pulls its queues in the background and pushes the messages
 /// to a listener (RocketMQ's `DefaultMQPushConsumer`).
@@ -363,11 +376,7 @@ impl PushConsumer {
         Fut: Future + Send + 'static,
         Fut::Output: IntoConsumeResult,
     {
-        let listener: Listener = Arc::new(move |batch| {
-            let fut = listener(batch);
-            Box::pin(async move { fut.await.into_consume_result() })
-        });
-        Self::start_boxed(client, subscriptions, options, listener).await
+        Self::start_boxed(client, subscriptions, options, box_listener(listener)).await
     }
 
     /// Like [`PushConsumer::start`] with a listener taking one message at a time
@@ -396,7 +405,7 @@ impl PushConsumer {
         Self::start_boxed(client, subscriptions, options, listener).await
     }
 
-    async fn start_boxed(
+    pub(crate) async fn start_boxed(
         client: Client,
         subscriptions: Vec<Subscription>,
         options: PushConsumerOptions,

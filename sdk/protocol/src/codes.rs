@@ -78,6 +78,10 @@ pub enum Command {
     ClusterInfo = 91,
     /// Add or remove a controller voter.
     ClusterVoter = 92,
+    /// A topic's route in a cluster: its broker sets, queue counts and broker addresses.
+    TopicRoute = 93,
+    /// Create a topic in a cluster on chosen broker sets.
+    TopicCreateOn = 94,
 }
 
 impl Command {
@@ -121,6 +125,8 @@ impl Command {
             90 => Raft,
             91 => ClusterInfo,
             92 => ClusterVoter,
+            93 => TopicRoute,
+            94 => TopicCreateOn,
             _ => return None,
         })
     }
@@ -203,6 +209,9 @@ pub enum Status {
     NotClusterMember = 50,
     /// The node has no controller (no cluster configured, or the controller is not running).
     NoController = 51,
+    /// The controller cannot take or answer the request right now (no leader is known, or
+    /// no voter could be reached); retry after a back-off.
+    ControllerUnavailable = 52,
     /// An unexpected broker error.
     Internal = 99,
 }
@@ -247,13 +256,17 @@ impl Status {
             46 => PluginInUse,
             50 => NotClusterMember,
             51 => NoController,
+            52 => ControllerUnavailable,
             _ => Internal,
         }
     }
 
     /// True when the same request may succeed if retried after a back-off.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Status::Busy | Status::DiskFull | Status::ShuttingDown)
+        matches!(
+            self,
+            Status::Busy | Status::DiskFull | Status::ShuttingDown | Status::ControllerUnavailable
+        )
     }
 }
 

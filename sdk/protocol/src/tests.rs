@@ -504,7 +504,41 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
         (any::<bool>(), any::<u64>(), arb_string())
             .prop_map(|(add, id, addr)| cmd::ClusterVoter { add, id, addr }.into())
             .boxed(),
+        (arb_string(), any::<bool>())
+            .prop_map(|(topic, create)| cmd::TopicRoute { topic, create }.into())
+            .boxed(),
+        (arb_string(), any::<u32>(), vec(arb_string(), 0..4))
+            .prop_map(|(topic, queues, sets)| {
+                cmd::TopicCreateOn {
+                    topic,
+                    queues,
+                    sets,
+                }
+                .into()
+            })
+            .boxed(),
     ]
+}
+
+fn arb_topic_route_reply() -> impl Strategy<Value = cmd::TopicRouteReply> {
+    vec(
+        (
+            arb_string(),
+            any::<u32>(),
+            any::<u64>(),
+            arb_string(),
+            any::<bool>(),
+        )
+            .prop_map(|(set, queues, node_id, addr, alive)| cmd::RouteSet {
+                set,
+                queues,
+                node_id,
+                addr,
+                alive,
+            }),
+        0..5,
+    )
+    .prop_map(|sets| cmd::TopicRouteReply { sets })
 }
 
 fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
@@ -795,6 +829,12 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
             .boxed(),
         arb_cluster_info_reply()
             .prop_map(Response::ClusterVoter)
+            .boxed(),
+        arb_topic_route_reply()
+            .prop_map(Response::TopicRoute)
+            .boxed(),
+        arb_topic_route_reply()
+            .prop_map(Response::TopicCreateOn)
             .boxed(),
     ]
 }

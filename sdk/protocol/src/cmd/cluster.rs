@@ -26,6 +26,14 @@ pub enum RaftKind {
     /// A voter change (a [`ClusterVoter`] as JSON) forwarded by a follower to the leader.
     /// The answer is JSON `{"Ok": null}` or `{"Err": "reason"}`.
     ChangeVoters = 5,
+    /// A read of the committed cluster metadata from a node without a controller: the body
+    /// is empty, the answer JSON `{"Ok": state}` or `{"Err": "reason"}` (docs/CLUSTER.md).
+    Read = 6,
+    /// A broker is told to bring its local topics in line with the committed routes now
+    /// (after a topic was created, changed or deleted through the controller). The body is
+    /// JSON `{"deleted": null}` or `{"deleted": "topic"}`; the answer `{"Ok": null}` or
+    /// `{"Err": "reason"}`.
+    Sync = 7,
 }
 
 impl RaftKind {
@@ -36,6 +44,8 @@ impl RaftKind {
             3 => Some(RaftKind::InstallSnapshot),
             4 => Some(RaftKind::Write),
             5 => Some(RaftKind::ChangeVoters),
+            6 => Some(RaftKind::Read),
+            7 => Some(RaftKind::Sync),
             _ => None,
         }
     }
@@ -288,6 +298,133 @@ impl WireDecode for ClusterVoter {
             add,
             id: r.u64("node id")?,
             addr: r.str16("node address")?,
+        })
+    }
+}
+
+/// The route of a topic in a cluster: which broker sets hold its queues and where their
+/// brokers answer (RocketMQ's route query to the NameServer). Any cluster node answers, from
+/// the controller's committed state; with `create`, a topic without a route is created on
+/// every broker set that has a live broker, with the broker's `default_queues` each (when
+/// the answering broker allows auto-creation). A topic without a route is `TopicNotFound`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRoute {
+    /// Topic.
+    pub topic: String,
+    /// Create the topic when it has no route.
+    pub create: bool,
+}
+
+/// One broker set's part of a topic's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSet {
+    /// Broker set name.
+    pub set: String,
+    /// The topic's queue count on this set (its queues are `0..queues` there).
+    pub queues: u32,
+    /// The node id of the set's broker; 0 when the set has no registered broker.
+    pub node_id: u64,
+    /// The address its broker answers on (`host:port`); empty when none is registered.
+    pub addr: String,
+    /// The broker's lease was valid when the answering node looked.
+    pub alive: bool,
+}
+
+/// See [`TopicRoute`] and [`TopicCreateOn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRouteReply {
+    /// The broker sets holding the topic's queues, in route order.
+    pub sets: Vec<RouteSet>,
+}
+
+/// Creates a topic in a cluster with `queues` queues on each of the named broker sets (all
+/// broker sets with a live broker when `sets` is empty): `quiver admin topic create --sets`.
+/// The route is committed through the controller, then every set's broker creates its
+/// queues (a broker that is down creates them when it comes back). The answer is the new
+/// route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicCreateOn {
+    /// Topic.
+    pub topic: String,
+    /// Queue count on each set.
+    pub queues: u32,
+    /// Broker sets; empty for every set with a live broker.
+    pub sets: Vec<String>,
+}
+
+call!(TopicRoute => TopicRouteReply, TopicRoute);
+call!(TopicCreateOn => TopicRouteReply, TopicCreateOn);
+
+impl WireEncode for TopicRoute {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_str16(&self.topic);
+        b.put_u8(self.create as u8);
+    }
+}
+
+impl WireDecode for TopicRoute {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(TopicRoute {
+            topic: r.str16("topic")?,
+            create: r.bool("create")?,
+        })
+    }
+}
+
+impl WireEncode for TopicRouteReply {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_u16_le(self.sets.len() as u16);
+        for s in &self.sets {
+            b.put_str16(&s.set);
+            b.put_u32_le(s.queues);
+            b.put_u64_le(s.node_id);
+            b.put_str16(&s.addr);
+            b.put_u8(s.alive as u8);
+        }
+    }
+}
+
+impl WireDecode for TopicRouteReply {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let n = r.u16("set count")?;
+        let mut sets = Vec::with_capacity(n.min(64) as usize);
+        for _ in 0..n {
+            sets.push(RouteSet {
+                set: r.str16("broker set")?,
+                queues: r.u32("queue count")?,
+                node_id: r.u64("node id")?,
+                addr: r.str16("broker address")?,
+                alive: r.bool("alive")?,
+            });
+        }
+        Ok(TopicRouteReply { sets })
+    }
+}
+
+impl WireEncode for TopicCreateOn {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_str16(&self.topic);
+        b.put_u32_le(self.queues);
+        b.put_u16_le(self.sets.len() as u16);
+        for s in &self.sets {
+            b.put_str16(s);
+        }
+    }
+}
+
+impl WireDecode for TopicCreateOn {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let topic = r.str16("topic")?;
+        let queues = r.u32("queue count")?;
+        let n = r.u16("set count")?;
+        let mut sets = Vec::with_capacity(n.min(64) as usize);
+        for _ in 0..n {
+            sets.push(r.str16("broker set")?);
+        }
+        Ok(TopicCreateOn {
+            topic,
+            queues,
+            sets,
         })
     }
 }

@@ -28,7 +28,7 @@ mod topics;
 
 pub use cluster::{
     ClusterBroker, ClusterInfo, ClusterInfoReply, ClusterVoter, ControllerNode, Raft, RaftKind,
-    RaftReply, MAX_RAFT_BODY,
+    RaftReply, RouteSet, TopicCreateOn, TopicRoute, TopicRouteReply, MAX_RAFT_BODY,
 };
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
@@ -261,4 +261,6 @@ commands! {
     Raft(Raft),
     ClusterInfo(ClusterInfo),
     ClusterVoter(ClusterVoter),
+    TopicRoute(TopicRoute),
+    TopicCreateOn(TopicCreateOn),
 }

@@ -1,0 +1,282 @@
+//! Many masters with real processes: three controller voters, two of them also the brokers of
+//! broker sets `a` and `b`, the third a controller only. A topic spread over both sets; a
+//! cluster producer and a two-member consumer group running through `kill -9` of the
+//! controller leader and of one set's broker, and the broker's return. Every acknowledged
+//! message is consumed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver_client::{
+    Admin, Client, ClientConfig, Cluster, ClusterPushConsumer, ConsumeFrom, ConsumeResult, Message,
+    Producer, ProducerOptions, PushConsumerOptions, Status, Subscription, Tls,
+};
+
+use super::cluster::{
+    agreed_leader, free_port, info, node_config, shared_identity, tail_logs, wait_for, Node,
+};
+
+type Seen = Arc<Mutex<BTreeMap<u128, u32>>>;
+
+async fn consumer(cluster: &Cluster, seen: &Seen) -> ClusterPushConsumer {
+    let seen = seen.clone();
+    ClusterPushConsumer::start(
+        cluster,
+        vec![Subscription::new("orders", Default::default())],
+        PushConsumerOptions {
+            consume_from: ConsumeFrom::First,
+            ..PushConsumerOptions::new("billing")
+        },
+        move |batch| {
+            let seen = seen.clone();
+            async move {
+                let mut s = seen.lock().unwrap();
+                for m in batch {
+                    *s.entry(m.msg_id.0).or_default() += 1;
+                }
+                ConsumeResult::Success
+            }
+        },
+    )
+    .await
+    .expect("the consumer joins the group on every set")
+}
+
+/// Sends `n` messages; every send must succeed (retries inside the producer only). Returns
+/// the ids with the set that stored each.
+async fn send_all(producer: &Producer, n: usize, tag: &str) -> Vec<(u128, String)> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = producer
+            .send(Message::new("orders", format!("{tag}-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("send {tag}-{i} failed: {e}"));
+        out.push((r.msg_id.0, r.broker_set));
+    }
+    out
+}
+
+async fn wait_consumed(
+    seen: &Seen,
+    ids: &[(u128, String)],
+    limit: Duration,
+    logs: &std::path::Path,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let missing: Vec<u128> = {
+            let s = seen.lock().unwrap();
+            ids.iter()
+                .filter(|(id, _)| !s.contains_key(id))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages not consumed within {limit:?}\n{}",
+            missing.len(),
+            ids.len(),
+            tail_logs(logs)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sets_of(ids: &[(u128, String)]) -> BTreeSet<String> {
+    ids.iter().map(|(_, s)| s.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_broker_sets_route_produce_consume_and_survive_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = shared_identity(dir.path());
+    let cert = identity.0.clone();
+    let voters: Vec<(u64, SocketAddr)> = (1..=3)
+        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let sets = [Some("a"), Some("b"), None];
+    let mut nodes: Vec<Node> = voters
+        .iter()
+        .map(|(id, addr)| {
+            let cfg = node_config(
+                dir.path(),
+                &format!("node{id}"),
+                *id,
+                true,
+                sets[*id as usize - 1],
+                "c1",
+                &voters,
+                *addr,
+                &identity,
+            );
+            Node::start(&cfg, &dir.path().join(format!("node{id}.log")), *addr)
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
+    agreed_leader(&addrs, &cert, &[], Duration::from_secs(20), dir.path()).await;
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.brokers.len() == 2 && i.brokers.iter().all(|b| b.alive)
+    })
+    .await;
+
+    // Clients know only the controller-only node and node 1.
+    let mut template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    template.liveness_timeout = Duration::from_secs(1);
+    template.request_timeout = Duration::from_secs(2);
+    let cluster = Cluster::connect(&[addrs[2], addrs[0]], template.clone())
+        .await
+        .unwrap();
+
+    // A topic across both sets: 4 queues on each; each set's broker has them.
+    let route = cluster
+        .create_topic("orders", 4, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut names: Vec<(String, u32, bool)> = route
+        .iter()
+        .map(|s| (s.set.clone(), s.queues, s.alive))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![("a".into(), 4, true), ("b".into(), 4, true)],
+        "{route:?}"
+    );
+    for addr in &addrs[..2] {
+        let c = Client::connect(ClientConfig::new(*addr, Tls::CaFile(cert.clone())))
+            .await
+            .unwrap();
+        let t = Admin::new(c.clone())
+            .describe_topic("orders")
+            .await
+            .unwrap();
+        assert_eq!(t.len(), 4, "the broker at {addr} holds its 4 queues");
+        c.close().await;
+    }
+    // Creating it again is refused; a set that does not exist is a clear error.
+    let again = cluster
+        .create_topic("orders", 4, &[], Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(again.status(), Some(Status::TopicExists), "{again}");
+    let bad = cluster
+        .create_topic("other", 4, &["zz".to_string()], Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(Status::BadRequest), "{bad}");
+    // Every node answers the same route, the controller-only node included.
+    for a in &addrs {
+        let c = Cluster::connect(&[*a], template.clone()).await.unwrap();
+        let r = c
+            .route("orders", false, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(r.len(), 2);
+        c.close().await;
+    }
+
+    let seen: Seen = Arc::default();
+    let c1 = consumer(&cluster, &seen).await;
+    let c2 = consumer(&cluster, &seen).await;
+    assert_eq!(c1.sets().await, vec!["a".to_string(), "b".to_string()]);
+    let producer = Producer::with_cluster(
+        cluster.clone(),
+        ProducerOptions {
+            send_timeout: Duration::from_secs(8),
+            retries: 4,
+            ..ProducerOptions::default()
+        },
+    );
+    let mut acked = send_all(&producer, 200, "first").await;
+    assert_eq!(
+        sets_of(&acked),
+        BTreeSet::from(["a".to_string(), "b".to_string()]),
+        "sends go to both sets"
+    );
+    wait_consumed(&seen, &acked, Duration::from_secs(20), dir.path()).await;
+    // Both members own queues on both sets (each set rebalances its own 4 queues).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (o1, o2) = (c1.owned_queues().await, c2.owned_queues().await);
+        let on_both = |o: &[(String, (String, u32))]| {
+            o.iter()
+                .filter(|(_, (t, _))| t == "orders")
+                .map(|(s, _)| s.as_str())
+                .collect::<BTreeSet<&str>>()
+                .len()
+                == 2
+        };
+        let orders =
+            |o: &[(String, (String, u32))]| o.iter().filter(|(_, (t, _))| t == "orders").count();
+        if on_both(&o1) && on_both(&o2) && orders(&o1) + orders(&o2) == 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no balanced assignment: {o1:?} {o2:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // kill -9 the controller leader: a new one within 5 s; routes are still served and
+    // sends go on.
+    let (leader, _) = agreed_leader(&addrs, &cert, &[], Duration::from_secs(5), dir.path()).await;
+    let li = (leader - 1) as usize;
+    nodes[li].kill9();
+    let rest: Vec<SocketAddr> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, a)| *a)
+        .collect();
+    let killed = Instant::now();
+    agreed_leader(&rest, &cert, &[leader], Duration::from_secs(5), dir.path()).await;
+    eprintln!("new controller leader after {:?}", killed.elapsed());
+    acked.extend(send_all(&producer, 100, "leader-killed").await);
+    let c = Cluster::connect(&[rest[0]], template.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        c.route("orders", false, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    c.close().await;
+    nodes[li].spawn();
+    agreed_leader(&addrs, &cert, &[], Duration::from_secs(20), dir.path()).await;
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.brokers.iter().all(|b| b.alive)
+    })
+    .await;
+
+    // kill -9 set b's broker: sends keep succeeding (on set a), the group keeps consuming.
+    nodes[1].kill9();
+    let during = send_all(&producer, 150, "b-down").await;
+    let later: BTreeSet<String> = sets_of(&during[50..]);
+    assert_eq!(
+        later,
+        BTreeSet::from(["a".to_string()]),
+        "once set b failed, sends avoid it"
+    );
+    acked.extend(during);
+    // Set b comes back with its data: everything acknowledged on it is consumed too.
+    nodes[1].spawn();
+    wait_for(&addrs[2], &cert, Duration::from_secs(15), dir.path(), |i| {
+        i.brokers.iter().all(|b| b.alive)
+    })
+    .await;
+    acked.extend(send_all(&producer, 50, "b-back").await);
+    wait_consumed(&seen, &acked, Duration::from_secs(40), dir.path()).await;
+
+    c1.shutdown().await.unwrap();
+    c2.shutdown().await.unwrap();
+    cluster.close().await;
+    let _ = info(addrs[0], &cert).await;
+}
