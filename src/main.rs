@@ -41,6 +41,9 @@ enum Command {
     /// Measure throughput, latency and memory; prints figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Start a local cluster to try out: N `quiver serve` nodes on 127.0.0.1 (Ctrl-C stops
+    /// them all).
+    DevCluster(cli::dev_cluster::DevClusterArgs),
     /// Tools for tests and diagnosis.
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -262,6 +265,7 @@ fn main() -> anyhow::Result<()> {
         Command::Consume(a) => cli::run(cli::consume::run(a)),
         Command::Admin(a) => cli::run(cli::admin::run(a)),
         Command::Filter(c) => cli::run(async move { cli::filter::run(c) }),
+        Command::DevCluster(a) => cli::run(cli::dev_cluster::run(a)),
         Command::Bench(BenchCommand::Store(a)) => {
             std::fs::create_dir_all(&a.dir)
                 .with_context(|| format!("creating {}", a.dir.display()))?;

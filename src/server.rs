@@ -100,9 +100,16 @@ impl Server {
                 })
             };
             listener.serve(b.clone(), s).await;
+            tracing::debug!("listener closed");
             if let Some(c) = &stop_controller {
-                c.shutdown().await;
+                if tokio::time::timeout(Duration::from_secs(3), c.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the controller did not stop within 3 s; closing anyway");
+                }
             }
+            tracing::debug!("controller stopped");
             let _ = persist.await;
             tokio::task::spawn_blocking(move || b.close())
                 .await

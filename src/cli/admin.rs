@@ -76,9 +76,13 @@ enum TopicCommand {
     Create {
         /// Topic name: 1-127 characters from A-Z a-z 0-9 _ % | -
         name: String,
-        /// Number of queues.
+        /// Number of queues (in a cluster: on each broker set).
         #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
         queues: u32,
+        /// In a cluster: only on these broker sets (comma-separated); default every set with
+        /// a live broker.
+        #[arg(long, value_name = "SET,...", value_delimiter = ',')]
+        sets: Vec<String>,
     },
     /// Change a topic's queue count.
     Update {
@@ -95,6 +99,11 @@ enum TopicCommand {
     },
     /// List topics with their queue counts.
     List,
+    /// Show where a topic's queues are: broker sets, queue counts and brokers.
+    Route {
+        /// Topic name.
+        name: String,
+    },
     /// Show each queue's offset range and message count.
     Describe {
         /// Topic name.
@@ -161,6 +170,7 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             TopicCommand::Create { name, .. }
             | TopicCommand::Update { name, .. }
             | TopicCommand::Delete { name }
+            | TopicCommand::Route { name }
             | TopicCommand::Describe { name },
         ) => {
             super::check_name("topic", name)?;
@@ -215,12 +225,26 @@ async fn run_command(
         AdminCommand::Group(g) => super::group::run(admin, out, g).await,
         AdminCommand::Plugin(p) => super::plugin::run(admin, out, p).await,
         AdminCommand::Cluster(c) => super::cluster::run(admin, out, c).await,
-        AdminCommand::Topic(TopicCommand::Create { name, queues }) => {
+        AdminCommand::Topic(TopicCommand::Create { name, queues, sets }) if sets.is_empty() => {
             admin
                 .create_topic(&name, queues)
                 .await
                 .with_context(|| format!("creating topic {name:?}"))?;
             done(out, &name, "created", Some(queues))
+        }
+        AdminCommand::Topic(TopicCommand::Create { name, queues, sets }) => {
+            let route = admin
+                .create_topic_on(&name, queues, &sets)
+                .await
+                .with_context(|| format!("creating topic {name:?} on {}", sets.join(",")))?;
+            print_route(out, &name, &route)
+        }
+        AdminCommand::Topic(TopicCommand::Route { name }) => {
+            let route = admin
+                .topic_route(&name)
+                .await
+                .with_context(|| format!("reading the route of topic {name:?}"))?;
+            print_route(out, &name, &route)
         }
         AdminCommand::Topic(TopicCommand::Update { name, queues }) => {
             admin
@@ -420,6 +444,58 @@ fn done(
             if q == 1 { "" } else { "s" }
         ))?,
         None => out.line(&format!("{action} topic {topic}"))?,
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RouteRow<'a> {
+    topic: &'a str,
+    set: &'a str,
+    queues: u32,
+    node: u64,
+    addr: &'a str,
+    alive: bool,
+}
+
+/// A topic's route: one row per broker set.
+fn print_route(
+    out: &mut Out,
+    topic: &str,
+    route: &[quiver_client::quiver_protocol::cmd::RouteSet],
+) -> anyhow::Result<()> {
+    if out.json {
+        for s in route {
+            out.json(&RouteRow {
+                topic,
+                set: &s.set,
+                queues: s.queues,
+                node: s.node_id,
+                addr: &s.addr,
+                alive: s.alive,
+            })?;
+        }
+        return Ok(());
+    }
+    let w = route.iter().map(|s| s.set.len()).max().unwrap_or(0).max(3);
+    println!(
+        "{:<w$}  {:>6}  {:>5}  {:<22}  ALIVE",
+        "SET", "QUEUES", "NODE", "ADDRESS"
+    );
+    for s in route {
+        let addr = if s.addr.is_empty() {
+            "(this broker)"
+        } else {
+            s.addr.as_str()
+        };
+        println!(
+            "{:<w$}  {:>6}  {:>5}  {:<22}  {}",
+            s.set,
+            s.queues,
+            s.node_id,
+            addr,
+            if s.alive { "yes" } else { "no" }
+        );
     }
     Ok(())
 }

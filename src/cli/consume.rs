@@ -185,12 +185,13 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     if let Some(g) = &args.group {
         super::check_name("group", g)?;
     }
-    let client = args.client.connect().await?;
     if args.group.is_some() {
-        let result = consume_in_group(&args, client.clone()).await;
-        client.close().await;
+        let cluster = args.client.cluster().await?;
+        let result = consume_in_group(&args, &cluster).await;
+        cluster.close().await;
         return result;
     }
+    let client = args.client.connect().await?;
     let consumer = PullConsumer::new(client.clone());
     let result = consume(&args, consumer).await;
     client.close().await;
@@ -290,8 +291,11 @@ async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<(
 const GROUP_IDLE: Duration = Duration::from_secs(2);
 
 /// `consume --group`: a member of the group (push consumer), printing what it is given.
-async fn consume_in_group(args: &ConsumeArgs, client: quiver_client::Client) -> anyhow::Result<()> {
-    use quiver_client::{ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerOptions};
+async fn consume_in_group(
+    args: &ConsumeArgs,
+    cluster: &quiver_client::Cluster,
+) -> anyhow::Result<()> {
+    use quiver_client::{ClusterPushConsumer, ConsumeFrom, ConsumeResult, PushConsumerOptions};
     use tokio::sync::oneshot;
 
     let group = args.group.clone().context("group")?;
@@ -313,13 +317,18 @@ async fn consume_in_group(args: &ConsumeArgs, client: quiver_client::Client) -> 
         consume_from,
         // One message at a time, so what is committed is exactly what was printed.
         max_in_flight: 1,
+        batch_size: 1,
         ..PushConsumerOptions::new(group.clone())
     };
     let (tx, mut rx) = mpsc::channel::<(ReceivedMessage, oneshot::Sender<bool>)>(1);
     let sub = args.subscription();
-    let consumer = PushConsumer::start_single(client, vec![sub], options, move |m| {
+    // A member of the group on every broker set holding the topic (one set outside a cluster).
+    let consumer = ClusterPushConsumer::start(cluster, vec![sub], options, move |mut batch| {
         let tx = tx.clone();
         async move {
+            let Some(m) = batch.pop() else {
+                return ConsumeResult::Success;
+            };
             let (ack, printed) = oneshot::channel();
             // Not printed (stopping): left uncommitted for the next member, not retried.
             if tx.send((m, ack)).await.is_err() {

@@ -9,6 +9,7 @@ pub(crate) mod admin;
 pub(crate) mod bench;
 pub(crate) mod cluster;
 pub(crate) mod consume;
+pub(crate) mod dev_cluster;
 pub(crate) mod filter;
 pub(crate) mod group;
 pub(crate) mod output;
@@ -60,12 +61,13 @@ impl TlsArgs {
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Connection and output")]
 pub(crate) struct ClientArgs {
-    /// Broker address, HOST:PORT (UDP); the port defaults to 10911.
+    /// Broker address, HOST:PORT (UDP); the port defaults to 10911. In a cluster, several
+    /// comma-separated addresses of its nodes (any node answers routes): `a:10911,b:10911`.
     #[arg(
         long,
         env = "QUIVER_BROKER",
         default_value = "127.0.0.1:10911",
-        value_name = "ADDR",
+        value_name = "ADDR[,ADDR...]",
         global = true
     )]
     pub(crate) broker: String,
@@ -81,8 +83,8 @@ pub(crate) struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// Connects to the broker (QUIC + TLS + Hello).
-    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+    /// The client settings for the first `--broker` address, and every address.
+    async fn client_config(&self) -> anyhow::Result<(ClientConfig, Vec<SocketAddr>)> {
         let tls = self.tls.resolve(&self.data_dir)?.with_context(|| {
             format!(
                 "no way to verify the broker's certificate: pass --fingerprint HEX (printed by \
@@ -91,22 +93,61 @@ impl ClientArgs {
                 self.data_dir.join("tls").join("cert.pem").display()
             )
         })?;
-        let (addr, host) = resolve_broker(&self.broker).await?;
-        let mut cfg = ClientConfig::new(addr, tls);
+        let mut addrs = Vec::new();
+        let mut host = None;
+        for b in self
+            .broker
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        {
+            let (addr, h) = resolve_broker(b).await?;
+            addrs.push(addr);
+            host = host.or(h);
+        }
+        let first = *addrs.first().context("--broker names no address")?;
+        let mut cfg = ClientConfig::new(first, tls);
         if let Some(host) = host {
             // A CA-verified certificate must be valid for the name we dialled.
             cfg.server_name = host;
         }
-        match Client::connect(cfg).await {
-            Ok(c) => Ok(c),
+        Ok((cfg, addrs))
+    }
+
+    /// Connects to the broker (QUIC + TLS + Hello): the first `--broker` address that
+    /// answers.
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        let (cfg, addrs) = self.client_config().await?;
+        let mut last = None;
+        for addr in addrs {
+            match Client::connect(ClientConfig {
+                addr,
+                ..cfg.clone()
+            })
+            .await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
             // Already says where and why.
-            Err(
+            Some(
                 e @ (quiver_client::ClientError::Connect { .. }
                 | quiver_client::ClientError::Unreachable { .. }),
             ) => Err(e.into()),
-            Err(e) => Err(anyhow::Error::new(e)
+            Some(e) => Err(anyhow::Error::new(e)
                 .context(format!("connecting to the broker at {}", self.broker))),
+            None => anyhow::bail!("--broker names no address"),
         }
+    }
+
+    /// The cluster behind the `--broker` addresses (a single broker is a cluster of one set).
+    pub(crate) async fn cluster(&self) -> anyhow::Result<quiver_client::Cluster> {
+        let (cfg, addrs) = self.client_config().await?;
+        quiver_client::Cluster::connect(&addrs, cfg)
+            .await
+            .with_context(|| format!("connecting to {}", self.broker))
     }
 }
 

@@ -53,6 +53,8 @@ pub(crate) struct SentJson<'a> {
     pub(crate) queue: u32,
     pub(crate) offset: u64,
     pub(crate) commit_log_offset: u64,
+    /// The broker set that stored it (the broker's name outside a cluster).
+    pub(crate) set: &'a str,
 }
 
 impl<'a> From<&'a SendResult> for SentJson<'a> {
@@ -63,6 +65,7 @@ impl<'a> From<&'a SendResult> for SentJson<'a> {
             queue: r.queue_id,
             offset: r.queue_offset,
             commit_log_offset: r.commit_log_offset,
+            set: &r.broker_set,
         }
     }
 }

@@ -17,8 +17,11 @@ line ending; empty lines are skipped) is one message.
 A missing topic is created by the broker with its default queue count when the broker allows \
 auto-creation (broker.auto_create_topics); otherwise create it with `quiver admin topic create`.
 
-Prints one row per message: message id, topic, queue and offset (with --json: one object per \
-line with id, topic, queue, offset, commit_log_offset).
+Prints one row per message: message id, topic, queue, offset and the broker set that stored it \
+(with --json: one object per line with id, topic, queue, offset, commit_log_offset, set). In a \
+cluster, pass several nodes with --broker a,b: routes come from the cluster, a send goes to the \
+broker of the set holding the queue it picks, and --queue counts over all sets' queues in route \
+order.
 
 When the connection is lost (the broker restarted, even after kill -9), sends reconnect and are \
 retried within --send-timeout; a message whose first attempt may have been stored before the \
@@ -153,14 +156,14 @@ impl Sender<'_> {
                 let topic_w = r.topic.len().max(5);
                 if !self.header_done {
                     self.out.line(&format!(
-                        "{:<32}  {:<topic_w$}  {:>5}  {:>10}",
+                        "{:<32}  {:<topic_w$}  {:>5}  {:>10}  SET",
                         "MSG ID", "TOPIC", "QUEUE", "OFFSET"
                     ))?;
                     self.header_done = true;
                 }
                 self.out.line(&format!(
-                    "{}  {:<topic_w$}  {:>5}  {:>10}",
-                    r.msg_id, r.topic, r.queue_id, r.queue_offset
+                    "{}  {:<topic_w$}  {:>5}  {:>10}  {}",
+                    r.msg_id, r.topic, r.queue_id, r.queue_offset, r.broker_set
                 ))?;
             }
         }
@@ -171,9 +174,9 @@ impl Sender<'_> {
 /// Runs `quiver produce`.
 pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     super::check_name("topic", &args.topic)?;
-    let client = args.client.connect().await?;
-    let producer = Producer::new(
-        client.clone(),
+    let cluster = args.client.cluster().await?;
+    let producer = Producer::with_cluster(
+        cluster.clone(),
         ProducerOptions {
             selector: match args.queue {
                 Some(q) => QueueSelector::Fixed(q),
@@ -229,6 +232,6 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         sender.send(pending).await
     }
     .await;
-    client.close().await;
+    cluster.close().await;
     result
 }

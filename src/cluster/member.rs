@@ -40,7 +40,14 @@ pub trait LocalTopics: Send + Sync + 'static {
 struct SyncBody {
     /// A topic whose route was deleted: the receiving broker deletes it locally.
     deleted: Option<String>,
+    /// A topic whose route was created or changed: the receiving broker waits (briefly)
+    /// until the metadata it reads has it.
+    #[serde(default)]
+    changed: Option<String>,
 }
+
+/// How long a node waits for a committed route change to reach the metadata it reads.
+const APPLY_WAIT: Duration = Duration::from_secs(3);
 
 /// How long a node without a controller uses metadata it read from a voter before it reads
 /// again for a route query.
@@ -173,6 +180,24 @@ impl Member {
         Ok(s)
     }
 
+    /// The committed metadata once `topic`'s route is present (or absent): a write applied
+    /// through the leader reaches this node's controller, or the voter it reads, a moment
+    /// later. Gives up after [`APPLY_WAIT`] and returns what it has.
+    async fn state_with(
+        &self,
+        topic: &str,
+        present: bool,
+    ) -> Result<Arc<ClusterState>, ClusterError> {
+        let deadline = Instant::now() + APPLY_WAIT;
+        loop {
+            let s = self.state(true).await?;
+            if s.routes.contains_key(topic) == present || Instant::now() >= deadline {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Answers a [`RaftKind::Read`] or [`RaftKind::Sync`] message from a peer; other kinds
     /// go to the controller.
     pub async fn handle_peer(
@@ -189,18 +214,21 @@ impl Member {
             RaftKind::Sync => {
                 let b: SyncBody = serde_json::from_slice(&req.body)
                     .map_err(|e| ClusterError::Malformed(e.to_string()))?;
-                let r = self.sync(b.deleted).await.map_err(|e| e.to_string());
+                let r = self
+                    .sync(b.deleted, b.changed)
+                    .await
+                    .map_err(|e| e.to_string());
                 serde_json::to_vec(&r)
             }
             RaftKind::Read => {
                 let Some(ctl) = &self.controller else {
-                    return Err(ClusterError::Raft("this node runs no controller".into()));
+                    return Err(ClusterError::NotController);
                 };
                 serde_json::to_vec(&Ok::<_, String>(ctl.state()))
             }
             _ => {
                 let Some(ctl) = &self.controller else {
-                    return Err(ClusterError::Raft("this node runs no controller".into()));
+                    return Err(ClusterError::NotController);
                 };
                 return ctl.handle_raft(req).await;
             }
@@ -251,7 +279,7 @@ impl Member {
         {
             // Another client created it at the same moment: its route stands.
             Err(RouteError::Exists(_)) => {
-                let state = self.state(true).await?;
+                let state = self.state_with(topic, true).await?;
                 self.route_of(&state, topic)
                     .ok_or_else(|| RouteError::NoRoute(topic.to_string()))
             }
@@ -315,13 +343,20 @@ impl Member {
             .await?
         {
             Reply::Ok => {}
-            Reply::Refused(why) if why.contains("already") => {
+            // Another node created it first.
+            Reply::Refused(_)
+                if self
+                    .state_with(topic, true)
+                    .await?
+                    .routes
+                    .contains_key(topic) =>
+            {
                 return Err(RouteError::Exists(topic.to_string()))
             }
             Reply::Refused(why) => return Err(RouteError::Invalid(why)),
         }
         tracing::info!(%topic, queues, "topic route committed");
-        self.tell_sets(topic, None).await
+        self.tell_sets(topic).await
     }
 
     /// Gives every set of `topic`'s route `queues` queues.
@@ -341,7 +376,7 @@ impl Member {
         {
             return Err(RouteError::Invalid(why));
         }
-        self.tell_sets(topic, None).await.map(|_| ())
+        self.tell_sets(topic).await.map(|_| ())
     }
 
     /// Removes `topic`'s route and deletes it on the brokers of its sets.
@@ -362,37 +397,34 @@ impl Member {
             .iter()
             .filter_map(|(s, _)| state.broker_of(s).map(|(_, b)| b.addr))
             .collect();
-        self.tell(&addrs, Some(topic.to_string())).await;
+        self.tell(&addrs, Some(topic.to_string()), None).await;
         Ok(())
     }
 
-    /// Tells the brokers of `topic`'s sets to apply its route now; the route.
-    async fn tell_sets(
-        &self,
-        topic: &str,
-        deleted: Option<String>,
-    ) -> Result<Vec<RouteSet>, RouteError> {
-        let state = self.state(true).await?;
+    /// Tells the brokers of `topic`'s sets to apply its (new) route now; the route.
+    async fn tell_sets(&self, topic: &str) -> Result<Vec<RouteSet>, RouteError> {
+        let state = self.state_with(topic, true).await?;
         let route = self
             .route_of(&state, topic)
             .ok_or_else(|| RouteError::NoRoute(topic.to_string()))?;
         let addrs: Vec<SocketAddr> = route.iter().filter_map(|s| s.addr.parse().ok()).collect();
-        self.tell(&addrs, deleted).await;
+        self.tell(&addrs, None, Some(topic.to_string())).await;
         Ok(route)
     }
 
     /// Sends a [`RaftKind::Sync`] to each broker (this node's own is synced directly).
-    async fn tell(&self, addrs: &[SocketAddr], deleted: Option<String>) {
+    async fn tell(&self, addrs: &[SocketAddr], deleted: Option<String>, changed: Option<String>) {
         let body = serde_json::to_vec(&SyncBody {
             deleted: deleted.clone(),
+            changed: changed.clone(),
         })
         .unwrap_or_default();
         let mine = self.own_addr();
         let calls = addrs.iter().map(|addr| {
-            let (body, deleted) = (body.clone(), deleted.clone());
+            let (body, deleted, changed) = (body.clone(), deleted.clone(), changed.clone());
             async move {
                 let r = if Some(*addr) == mine {
-                    self.sync(deleted).await.map_err(|e| e.to_string())
+                    self.sync(deleted, changed).await.map_err(|e| e.to_string())
                 } else {
                     match network::send(
                         &self.transport,
@@ -424,12 +456,21 @@ impl Member {
     }
 
     /// Brings the local topics in line with the routes of this node's set: creates the
-    /// missing ones, raises queue counts, and deletes `deleted` when its route is gone.
-    pub async fn sync(&self, deleted: Option<String>) -> Result<(), ClusterError> {
+    /// missing ones, sets queue counts to the route's, and deletes `deleted` when its route
+    /// is gone (`changed`: wait briefly until the metadata read has that topic's route).
+    pub async fn sync(
+        &self,
+        deleted: Option<String>,
+        changed: Option<String>,
+    ) -> Result<(), ClusterError> {
         let (Some(set), Some(topics)) = (self.cfg.broker_set.as_deref(), self.topics.get()) else {
             return Ok(());
         };
-        let state = self.state(true).await?;
+        let state = match (&deleted, &changed) {
+            (Some(t), _) => self.state_with(t, false).await?,
+            (None, Some(t)) => self.state_with(t, true).await?,
+            (None, None) => self.state(true).await?,
+        };
         if let Some(t) = deleted {
             if !state.routes.contains_key(&t) {
                 topics
@@ -492,7 +533,7 @@ impl Member {
                         tracing::info!(%set, node = node_id, %addr, "broker registered with the controller");
                     }
                     registered = true;
-                    if let Err(e) = self.sync(None).await {
+                    if let Err(e) = self.sync(None, None).await {
                         tracing::warn!(error = %e, "applying the cluster's topic routes failed; retrying");
                     }
                     every

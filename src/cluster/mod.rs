@@ -61,6 +61,9 @@ pub enum ClusterError {
     /// The leader did not take a forwarded write.
     #[error("forwarding to the controller leader: {0}")]
     Forward(String),
+    /// A controller-only message reached a node that runs no controller.
+    #[error("this node runs no controller")]
+    NotController,
     /// A Raft message body that does not decode.
     #[error("malformed raft message: {0}")]
     Malformed(String),

@@ -151,7 +151,13 @@ impl Listener {
         }
         self.endpoint
             .close(quinn::VarInt::from_u32(0), SHUTDOWN_REASON);
-        self.endpoint.wait_idle().await;
+        // Peers that vanished never acknowledge the close: do not wait for them.
+        if tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            debug!("some connections were still closing after 2 s");
+        }
     }
 }
 
@@ -470,6 +476,9 @@ async fn raft(
         }
         Err(e @ crate::cluster::ClusterError::Malformed(_)) => {
             Err(BrokerError::new(Status::BadRequest, e.to_string()))
+        }
+        Err(e @ crate::cluster::ClusterError::NotController) => {
+            Err(BrokerError::new(Status::NoController, e.to_string()))
         }
         Err(e) => Err(BrokerError::new(Status::Internal, e.to_string())),
     }

@@ -275,8 +275,11 @@ async fn two_broker_sets_route_produce_consume_and_survive_kills() {
     acked.extend(send_all(&producer, 50, "b-back").await);
     wait_consumed(&seen, &acked, Duration::from_secs(40), dir.path()).await;
 
-    c1.shutdown().await.unwrap();
-    c2.shutdown().await.unwrap();
+    for c in [&c1, &c2] {
+        if let Err(e) = c.shutdown().await {
+            panic!("consumer shutdown: {e:?}\n{}", tail_logs(dir.path()));
+        }
+    }
     cluster.close().await;
     let _ = info(addrs[0], &cert).await;
 }

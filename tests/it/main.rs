@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod cluster_routes;
 mod damage;
+mod dev_cluster;
 mod filters;
 mod groups;
 mod harness;

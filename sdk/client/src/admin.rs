@@ -4,7 +4,8 @@ use bytes::Bytes;
 use quiver_protocol::cmd::{
     self, Call, DlqResend, GroupDelete, GroupDescribe, GroupList, GroupResetOffset, MessageById,
     MessageByKey, PluginAttach, PluginDescribe, PluginDetach, PluginList, PluginLoad, PluginReload,
-    PluginUnload, PluginsReply, TopicCreate, TopicDelete, TopicList, TopicUpdate,
+    PluginUnload, PluginsReply, RouteSet, TopicCreate, TopicCreateOn, TopicDelete, TopicList,
+    TopicRoute, TopicUpdate,
 };
 use quiver_protocol::{
     names, GroupMode, GroupQueue, GroupSummary, MemberInfo, PluginInfo, QueueInfo, ResetTarget,
@@ -67,6 +68,44 @@ impl Admin {
             queues,
         };
         self.done(request).await
+    }
+
+    /// Creates a topic in a cluster with `queues` queues on each of `sets` (every broker set
+    /// with a live broker when empty); returns its route. On a broker outside a cluster the
+    /// only set is the broker itself (named after it).
+    pub async fn create_topic_on(
+        &self,
+        name: &str,
+        queues: u32,
+        sets: &[String],
+    ) -> Result<Vec<RouteSet>, ClientError> {
+        check("topic", name)?;
+        if queues == 0 {
+            return Err(ClientError::invalid("a topic needs at least one queue"));
+        }
+        let reply = self
+            .client
+            .call(TopicCreateOn {
+                topic: name.to_string(),
+                queues,
+                sets: sets.to_vec(),
+            })
+            .await?;
+        Ok(reply.sets)
+    }
+
+    /// A topic's route: the broker sets holding its queues, their queue counts and brokers
+    /// (status `TopicNotFound` when it has none).
+    pub async fn topic_route(&self, name: &str) -> Result<Vec<RouteSet>, ClientError> {
+        check("topic", name)?;
+        let reply = self
+            .client
+            .call(TopicRoute {
+                topic: name.to_string(),
+                create: false,
+            })
+            .await?;
+        Ok(reply.sets)
     }
 
     /// Changes a topic's queue count.

@@ -119,7 +119,7 @@ impl Cluster {
         })
     }
 
-    /// The bootstrap connections, the one that answered last first.
+    /// The bootstrap connections, in the order given.
     pub fn bootstrap(&self) -> &[Client] {
         &self.inner.bootstrap
     }
