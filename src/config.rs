@@ -178,6 +178,16 @@ impl Config {
             return Err("tls.cert and tls.key must be given together".into());
         }
         self.cluster.validate(self.tls.cert.is_some())?;
+        if self.cluster.broker_set.is_some()
+            && self.cluster.advertise.is_none()
+            && self.broker.listen.ip().is_unspecified()
+        {
+            return Err(format!(
+                "broker.listen is {}, which others cannot dial: set cluster.advertise to the \
+                 address clients and the other nodes reach this broker on",
+                self.broker.listen
+            ));
+        }
         if b.group_heartbeat_interval_ms == 0
             || b.group_session_timeout_ms < 2 * b.group_heartbeat_interval_ms
         {

@@ -76,7 +76,7 @@ impl Server {
         let cert_path = listener.cert_path.clone();
         let shutdown = CancellationToken::new();
         if let Some(m) = member {
-            tokio::spawn(m.run(addr, shutdown.clone()));
+            tokio::spawn(m.run(cfg.cluster.advertise.unwrap_or(addr), shutdown.clone()));
         }
         let (b, s) = (broker.clone(), shutdown.clone());
         let stop_controller = controller.clone();
@@ -162,6 +162,9 @@ async fn start_controller(
     listener: &Listener,
     clock: &Clock,
 ) -> anyhow::Result<Option<(Option<Arc<Controller>>, Member)>> {
+    cfg.cluster
+        .check_data_dir(&cfg.broker.data_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if !cfg.cluster.enabled() {
         return Ok(None);
     }

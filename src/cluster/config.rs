@@ -43,6 +43,10 @@ pub struct ClusterConfig {
     /// The broker set this node's broker serves in; unset, the node registers no broker
     /// (a controller-only node).
     pub broker_set: Option<String>,
+    /// The address clients and the other nodes reach this node's broker on, as registered
+    /// in its broker set (RocketMQ's `brokerIP1`); default `broker.listen`. Needed when
+    /// `broker.listen` is a wildcard address (`0.0.0.0`, `[::]`).
+    pub advertise: Option<SocketAddr>,
     /// How often the broker renews its lease with the controller, in ms; default 2000.
     pub broker_heartbeat_ms: u64,
     /// A broker whose last heartbeat is older than this is not alive, in ms; default 10000.
@@ -67,6 +71,7 @@ impl Default for ClusterConfig {
             voters: Vec::new(),
             ca: None,
             broker_set: None,
+            advertise: None,
             broker_heartbeat_ms: 2000,
             broker_lease_ms: 10_000,
             heartbeat_interval_ms: 150,
@@ -77,6 +82,56 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// Checks that `data_dir` belongs to this cluster and node (recorded in
+    /// `<data_dir>/cluster.json` on a node's first start in a cluster), so a node started with
+    /// another cluster's or node's config is refused instead of mixing the two; records it on
+    /// the first start. A data directory that was a cluster node's is refused by a
+    /// standalone broker too.
+    pub fn check_data_dir(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        #[derive(Serialize, Deserialize, PartialEq)]
+        struct Owner {
+            cluster_id: String,
+            node_id: u64,
+        }
+        let path = data_dir.join("cluster.json");
+        let recorded: Option<Owner> = match std::fs::read(&path) {
+            Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
+                format!("{} is damaged ({e}); it records which cluster and node own this data directory", path.display())
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        match (&self.cluster_id, recorded) {
+            (None, None) => Ok(()),
+            (None, Some(o)) => Err(format!(
+                "this data directory belongs to node {} of cluster {:?} but the config has no \
+                 [cluster] section; start it with that node's config (or remove {} to use the \
+                 data as a standalone broker)",
+                o.node_id,
+                o.cluster_id,
+                path.display()
+            )),
+            (Some(id), Some(o)) if o.cluster_id != *id || o.node_id != self.node_id => {
+                Err(format!(
+                "this data directory belongs to node {} of cluster {:?}, but the config says node \
+                 {} of cluster {id:?}: a node keeps its cluster id and node id for the life of \
+                 its data",
+                o.node_id, o.cluster_id, self.node_id
+            ))
+            }
+            (Some(_), Some(_)) => Ok(()),
+            (Some(id), None) => {
+                let o = Owner {
+                    cluster_id: id.clone(),
+                    node_id: self.node_id,
+                };
+                std::fs::create_dir_all(data_dir)
+                    .and_then(|_| std::fs::write(&path, serde_json::to_vec(&o).unwrap_or_default()))
+                    .map_err(|e| format!("writing {}: {e}", path.display()))
+            }
+        }
+    }
+
     /// True when this node is part of a cluster.
     pub fn enabled(&self) -> bool {
         self.cluster_id.is_some()
@@ -142,6 +197,13 @@ impl ClusterConfig {
         }
         if let Some(set) = &self.broker_set {
             quiver_protocol::names::check_name("cluster.broker_set", set)?;
+        }
+        if let Some(a) = self.advertise {
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(format!(
+                    "cluster.advertise must be an address others can reach, not {a}"
+                ));
+            }
         }
         if self.broker_heartbeat_ms == 0 || self.broker_lease_ms < 2 * self.broker_heartbeat_ms {
             return Err("cluster.broker_lease_ms must be at least 2 x cluster.broker_heartbeat_ms (and the interval above 0)".into());
@@ -212,5 +274,28 @@ mod tests {
         let mut c = three();
         c.cluster_id = Some("bad id!".into());
         assert!(c.validate(true).is_err());
+    }
+
+    #[test]
+    fn a_data_directory_keeps_its_cluster_and_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = three();
+        c.check_data_dir(dir.path()).unwrap();
+        c.check_data_dir(dir.path()).unwrap();
+        let mut other = three();
+        other.cluster_id = Some("c2".into());
+        let e = other.check_data_dir(dir.path()).unwrap_err();
+        assert!(e.contains("cluster \"c1\"") && e.contains("c2"), "{e}");
+        let mut other = three();
+        other.node_id = 2;
+        assert!(other.check_data_dir(dir.path()).is_err());
+        let e = ClusterConfig::default()
+            .check_data_dir(dir.path())
+            .unwrap_err();
+        assert!(e.contains("no [cluster] section"), "{e}");
+        let fresh = tempfile::tempdir().unwrap();
+        ClusterConfig::default()
+            .check_data_dir(fresh.path())
+            .unwrap();
     }
 }

@@ -459,4 +459,42 @@ fn bad_cluster_configs_are_refused_at_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{want}: {err}");
     }
+
+    // A node that ran in cluster c1 is refused when its config later names another cluster
+    // (its data belongs to c1).
+    let cfg = node_config(
+        dir.path(),
+        "owned",
+        1,
+        true,
+        Some("a"),
+        "c1",
+        &[(1, a)],
+        a,
+        &identity,
+    );
+    let mut node = Node::start(&cfg, &dir.path().join("owned.log"), a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.path().join("owned").join("cluster.json").exists() {
+        assert!(Instant::now() < deadline, "{}", tail_logs(dir.path()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.kill9();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("cluster_id = \"c1\"", "cluster_id = \"c2\"");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a mismatched cluster id started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to node 1 of cluster \"c1\"") && err.contains("c2"),
+        "{err}"
+    );
 }
