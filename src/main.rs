@@ -151,6 +151,15 @@ struct NetBenchArgs {
     /// A running broker (default: start an embedded one on 127.0.0.1 with a temporary dir).
     #[arg(long)]
     addr: Option<std::net::SocketAddr>,
+    /// Nodes of a running cluster (comma-separated): `bench produce` sends through the
+    /// cluster's routes to every broker set, then measures route lookups on each node.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "ADDR,...",
+        conflicts_with = "addr"
+    )]
+    cluster: Vec<std::net::SocketAddr>,
     #[command(flatten)]
     tls: TlsArgs,
     /// Embedded broker's flush mode: async or sync.
@@ -361,7 +370,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn net_bench(kind: cli::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Result<()> {
-    let tls = if a.addr.is_some() {
+    let tls = if a.addr.is_some() || !a.cluster.is_empty() {
         a.tls.resolve(std::path::Path::new("quiver-data"))?
     } else {
         None
@@ -370,6 +379,7 @@ fn net_bench(kind: cli::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Result
         kind,
         &cli::bench::net::NetBenchOptions {
             addr: a.addr,
+            cluster: a.cluster,
             tls,
             flush: a.flush,
             dir: a.dir,

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use quiver_client::{
-    Admin, Client, ClientConfig, Message, Producer, ProducerOptions, PullConsumer, PullOptions,
-    PullStatus, QueueReader, QueueSelector, Tls,
+    Admin, Client, ClientConfig, Cluster, Message, Producer, ProducerOptions, PullConsumer,
+    PullOptions, PullStatus, QueueReader, QueueSelector, Tls,
 };
 
 use quiver::config::Config;
@@ -58,6 +58,8 @@ pub(crate) struct NetBenchOptions {
     pub(crate) plugin: Option<BenchPlugin>,
     /// Bytes each way of the raw-QUIC baseline run first (0 skips it).
     pub(crate) baseline_bytes: u64,
+    /// Nodes of a running cluster: producers route through it (produce only).
+    pub(crate) cluster: Vec<SocketAddr>,
 }
 
 /// A plugin module (binary or WAT) and its configuration.
@@ -145,11 +147,11 @@ struct Target {
 
 impl Target {
     fn open(opts: &NetBenchOptions) -> anyhow::Result<Target> {
-        if let Some(addr) = opts.addr {
+        if let Some(addr) = opts.addr.or(opts.cluster.first().copied()) {
             let tls = opts
                 .tls
                 .clone()
-                .context("--addr needs --fingerprint, --ca or --insecure")?;
+                .context("--addr and --cluster need --fingerprint, --ca or --insecure")?;
             return Ok(Target {
                 config: ClientConfig::new(addr, tls),
                 embedded: None,
@@ -272,6 +274,32 @@ fn stamped(template: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
+/// What a route refresh costs: sequential route queries to each node of the cluster.
+async fn route_lookups(cfg: &ClientConfig, opts: &NetBenchOptions) -> anyhow::Result<()> {
+    const LOOKUPS: u32 = 2000;
+    for addr in &opts.cluster {
+        let cluster = Cluster::connect(&[*addr], cfg.clone()).await?;
+        let mut h = histogram();
+        let start = Instant::now();
+        for _ in 0..LOOKUPS {
+            let t = Instant::now();
+            cluster
+                .route(&opts.topic, false, cfg.request_timeout)
+                .await?;
+            let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        }
+        let elapsed = start.elapsed();
+        println!(
+            "route lookups via {addr}: {:.0}/s, p50 {} us, p99 {} us",
+            f64::from(LOOKUPS) / elapsed.as_secs_f64(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99)
+        );
+        cluster.close().await;
+    }
+    Ok(())
+}
+
 async fn ensure_topic(client: &Client, topic: &str, queues: u32) -> anyhow::Result<()> {
     let admin = Admin::new(client.clone());
     if admin.describe_topic(topic).await.is_err() {
@@ -295,15 +323,18 @@ async fn run_producers(
     let mut tasks = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..opts.producers {
-        let client = Client::connect(cfg.clone()).await?;
-        clients.push(client.clone());
-        let producer = Producer::new(
-            client,
-            ProducerOptions {
-                selector: QueueSelector::RoundRobin,
-                ..ProducerOptions::default()
-            },
-        );
+        let options = ProducerOptions {
+            selector: QueueSelector::RoundRobin,
+            ..ProducerOptions::default()
+        };
+        let producer = if opts.cluster.is_empty() {
+            let client = Client::connect(cfg.clone()).await?;
+            clients.push(client.clone());
+            Producer::new(client, options)
+        } else {
+            let cluster = Cluster::connect(&opts.cluster, cfg.clone()).await?;
+            Producer::with_cluster(cluster, options)
+        };
         for _ in 0..opts.inflight.max(1) {
             let (producer, sent, errors, hist, template, claimed, pb) = (
                 producer.clone(),
@@ -572,7 +603,33 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
     let cfg = target.config.clone();
     let result = rt.block_on(async {
         let client = Client::connect(cfg.clone()).await?;
-        ensure_topic(&client, &opts.topic, opts.queues).await?;
+        if opts.cluster.is_empty() {
+            ensure_topic(&client, &opts.topic, opts.queues).await?;
+        } else {
+            let cluster = Cluster::connect(&opts.cluster, cfg.clone()).await?;
+            match cluster
+                .create_topic(&opts.topic, opts.queues, &[], cfg.request_timeout)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.status() == Some(quiver_client::Status::TopicExists) => {}
+                Err(e) => return Err(e).context("creating the benchmark topic in the cluster"),
+            }
+            let route = cluster
+                .route(&opts.topic, false, cfg.request_timeout)
+                .await?;
+            println!(
+                "cluster: topic {} on {} broker sets ({})",
+                opts.topic,
+                route.len(),
+                route
+                    .iter()
+                    .map(|s| format!("{} x{}", s.name, s.queues))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            cluster.close().await;
+        }
         if let Some((module, config)) = &opts.plugin {
             let admin = quiver_client::Admin::new(client.clone());
             let loaded = admin
@@ -628,6 +685,9 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
                 pb.finish_and_clear();
                 r.print(opts.size, up);
                 reports.push(r);
+                if !opts.cluster.is_empty() {
+                    route_lookups(&cfg, opts).await?;
+                }
             }
             NetBench::Consume if opts.group.is_some() => {
                 let group = opts.group.clone().unwrap_or_default();

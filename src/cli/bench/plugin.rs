@@ -185,6 +185,7 @@ fn in_process(
 fn pull_comparison(module: &[u8], opts: &PluginBenchOptions) -> anyhow::Result<()> {
     let base = NetBenchOptions {
         addr: None,
+        cluster: Vec::new(),
         tls: None,
         flush: FlushMode::Async,
         dir: opts.dir.clone(),
