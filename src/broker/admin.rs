@@ -311,6 +311,18 @@ impl Broker {
                 .map_err(internal)?;
             return Ok(q);
         }
+        if create && self.cfg.cluster.enabled() {
+            // A topic exists in a cluster only through its route: the node's cluster agent
+            // creates it (route queries with `create`, `admin topic create`).
+            return Err(BrokerError::new(
+                Status::TopicNotFound,
+                format!(
+                    "topic {topic:?} does not exist on this broker; in a cluster a topic is \
+                     created through the controller (a TopicRoute or Route query with create, \
+                     or `quiver admin topic create`)"
+                ),
+            ));
+        }
         if !create || !self.cfg.broker.auto_create_topics {
             return Err(BrokerError::new(
                 Status::TopicNotFound,

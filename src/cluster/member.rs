@@ -486,6 +486,16 @@ impl Member {
             .map_err(ClusterError::Storage)?
             .into_iter()
             .collect();
+        // Deletions this broker missed (it was down, or told before its metadata had them).
+        for topic in local.keys() {
+            if state.deleted.contains(topic) && !state.routes.contains_key(topic) {
+                topics
+                    .delete(topic.clone())
+                    .await
+                    .map_err(ClusterError::Storage)?;
+                tracing::info!(%topic, "topic deleted (its route was removed while this broker was away)");
+            }
+        }
         for (topic, sets) in &state.routes {
             let Some((_, want)) = sets.iter().find(|(s, _)| s == set) else {
                 continue;

@@ -75,6 +75,10 @@ pub struct ClusterState {
     pub brokers: BTreeMap<u64, BrokerEntry>,
     /// Topic routes: topic -> (broker set, queue count), in global queue order.
     pub routes: BTreeMap<String, Vec<(String, u32)>>,
+    /// Topics whose route was deleted (and not created again since): a broker that missed
+    /// the deletion (it was down) deletes its copy when it next applies the routes.
+    #[serde(default)]
+    pub deleted: std::collections::BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -138,10 +142,14 @@ impl ClusterState {
                     ));
                 }
                 self.routes.insert(topic.clone(), sets.clone());
+                self.deleted.remove(topic);
                 Reply::Ok
             }
             Command::DeleteTopic { topic } => match self.routes.remove(topic) {
-                Some(_) => Reply::Ok,
+                Some(_) => {
+                    self.deleted.insert(topic.clone());
+                    Reply::Ok
+                }
                 None => Reply::Refused(format!("topic {topic} has no route")),
             },
         }
@@ -257,6 +265,10 @@ mod tests {
         assert_eq!(
             s.apply(&Command::DeleteTopic { topic: "t".into() }),
             Reply::Ok
+        );
+        assert!(
+            s.deleted.contains("t"),
+            "a deleted route leaves a tombstone"
         );
         assert!(matches!(
             s.apply(&Command::DeleteTopic { topic: "t".into() }),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use quiver_client::{
     Admin, Client, ClientConfig, Cluster, ClusterPushConsumer, ConsumeFrom, ConsumeResult, Message,
-    Producer, ProducerOptions, PushConsumerOptions, Status, Subscription, Tls,
+    Producer, ProducerOptions, PushConsumerOptions, Status, Subscription, Tls, TransactionState,
 };
 
 use super::cluster::{
@@ -273,7 +273,77 @@ async fn two_broker_sets_route_produce_consume_and_survive_kills() {
     })
     .await;
     acked.extend(send_all(&producer, 50, "b-back").await);
+    // Once its pause (FAULT_PAUSE) is over, sends go to set b again.
+    let deadline = Instant::now() + quiver_client::FAULT_PAUSE + Duration::from_secs(10);
+    loop {
+        let batch = send_all(&producer, 10, "b-return").await;
+        let back = batch.iter().any(|(_, s)| s == "b");
+        acked.extend(batch);
+        if back {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sends never returned to set b");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Transactions: each decision goes to the set that stored the half message.
+    let mut tx_sets = BTreeSet::new();
+    for i in 0..8 {
+        let r = producer
+            .send_in_transaction(Message::new("orders", format!("tx-{i}")), |_, _| {
+                TransactionState::Commit
+            })
+            .await
+            .unwrap();
+        assert!(r.reported);
+        tx_sets.insert(r.send.broker_set.clone());
+        acked.push((r.send.msg_id.0, r.send.broker_set));
+    }
+    assert_eq!(tx_sets.len(), 2, "transactions on both sets");
     wait_consumed(&seen, &acked, Duration::from_secs(40), dir.path()).await;
+
+    // Through any node: a queue count change reaches every set's broker, and a topic deleted
+    // while one set's broker is down is deleted there when it returns.
+    let admin_client = Client::connect(ClientConfig::new(addrs[2], Tls::CaFile(cert.clone())))
+        .await
+        .unwrap();
+    let admin = Admin::new(admin_client.clone());
+    admin.update_topic("orders", 6).await.unwrap();
+    admin.create_topic("scratch", 2).await.unwrap();
+    let local_queues = |addr: SocketAddr, topic: &'static str| {
+        let cert = cert.clone();
+        async move {
+            let c = Client::connect(ClientConfig::new(addr, Tls::CaFile(cert)))
+                .await
+                .ok()?;
+            let r = Admin::new(c.clone()).describe_topic(topic).await.ok();
+            c.close().await;
+            r.map(|q| q.len())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local_queues(addrs[0], "orders").await != Some(6)
+        || local_queues(addrs[1], "orders").await != Some(6)
+        || local_queues(addrs[1], "scratch").await != Some(2)
+    {
+        assert!(Instant::now() < deadline, "route changes not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodes[1].kill9();
+    admin.delete_topic("scratch").await.unwrap();
+    assert_eq!(local_queues(addrs[0], "scratch").await, None);
+    let gone = admin.topic_route("scratch").await.unwrap_err();
+    assert_eq!(gone.status(), Some(Status::TopicNotFound), "{gone}");
+    nodes[1].spawn();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while local_queues(addrs[1], "scratch").await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the returning broker kept a deleted topic\n{}",
+            tail_logs(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin_client.close().await;
 
     for c in [&c1, &c2] {
         if let Err(e) = c.shutdown().await {

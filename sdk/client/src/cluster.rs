@@ -234,6 +234,14 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Every connection opened so far (bootstrap nodes and the brokers routes named).
+    pub fn clients(&self) -> Vec<Client> {
+        let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Client> = pool.values().cloned().collect();
+        v.sort_by_key(|c| c.config().addr);
+        v
+    }
+
     /// Remembers that `set` failed a request: queue selection avoids it for
     /// [`FAULT_PAUSE`].
     pub fn mark_failed(&self, set: &str) {

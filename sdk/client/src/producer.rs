@@ -20,8 +20,11 @@ use crate::cluster::{Cluster, SetRoute};
 use crate::error::ClientError;
 use crate::message::{Delivery, Message, MessageId};
 
-/// How long a topic's queue count is cached.
+/// How long a topic's route is cached.
 const ROUTE_TTL: Duration = Duration::from_secs(30);
+/// How long a route naming a broker set whose broker is not alive is cached (to notice its
+/// return soon).
+const DEGRADED_ROUTE_TTL: Duration = Duration::from_secs(2);
 /// First retry back-off; doubles on every further retry.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Shortest time one attempt gets when a cluster route leaves room for a retry elsewhere.
@@ -253,6 +256,26 @@ impl Producer {
         &self.inner.client
     }
 
+    /// The connection to the broker of broker set `set` (a [`SendResult::broker_set`]),
+    /// from the routes this producer has read; the producer's own client outside a cluster
+    /// or for a set it has not seen.
+    pub fn client_of(&self, set: &str) -> Client {
+        if self.inner.cluster.is_none() || set.is_empty() {
+            return self.inner.client.clone();
+        }
+        let routes = lock(&self.inner.routes);
+        routes
+            .values()
+            .flat_map(|r| r.sets.iter())
+            .find(|(_, s)| s.name == set)
+            .map_or_else(|| self.inner.client.clone(), |(_, s)| s.client.clone())
+    }
+
+    /// The cluster this producer routes through, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
+    }
+
     /// The options.
     pub fn options(&self) -> &ProducerOptions {
         &self.inner.opts
@@ -481,9 +504,23 @@ impl Producer {
     /// Cancels a scheduled message that is not yet due (by the id its send returned).
     /// Fails with [`Status::AlreadyDue`] once it is due or delivered and
     /// [`Status::NotFound`] for an unknown id.
+    /// Over a cluster, every broker this producer has reached is asked until one holds it.
     pub async fn cancel_scheduled(&self, id: MessageId) -> Result<(), ClientError> {
-        self.inner.client.call(CancelScheduled { id: id.0 }).await?;
-        Ok(())
+        let Some(cluster) = &self.inner.cluster else {
+            self.inner.client.call(CancelScheduled { id: id.0 }).await?;
+            return Ok(());
+        };
+        let mut last = None;
+        for c in cluster.clients() {
+            match c.call(CancelScheduled { id: id.0 }).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Broker {
+            status: Status::NotFound,
+            message: format!("no scheduled message {id}"),
+        }))
     }
 
     /// Sends one message without waiting for the broker: returns once the request is written
@@ -799,7 +836,14 @@ impl Producer {
         let routes = self.inner.routes.lock().ok()?;
         routes
             .get(topic)
-            .filter(|r| r.fetched.elapsed() < ROUTE_TTL)
+            .filter(|r| {
+                let ttl = if r.sets.iter().all(|(_, s)| s.alive) {
+                    ROUTE_TTL
+                } else {
+                    DEGRADED_ROUTE_TTL
+                };
+                r.fetched.elapsed() < ttl
+            })
             .cloned()
     }
 

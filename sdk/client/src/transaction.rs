@@ -59,7 +59,16 @@ impl Producer {
         half: &SendResult,
         state: TransactionState,
     ) -> Result<(), ClientError> {
-        end(self, half.msg_id, half.commit_log_offset, state, false).await
+        let client = self.client_of(&half.broker_set);
+        end(
+            self,
+            &client,
+            half.msg_id,
+            half.commit_log_offset,
+            state,
+            false,
+        )
+        .await
     }
 
     /// Sends `message` as a half message, runs `local` (your local transaction, e.g. a
@@ -105,7 +114,7 @@ impl Producer {
             from_check: false,
         };
         let reported = match self
-            .client()
+            .client_of(&send.broker_set)
             .send_oneway_frame(encode_request(&request))
             .await
         {
@@ -140,52 +149,86 @@ impl Producer {
             MessageId::new()
         );
         let task = tokio::spawn(async move {
-            let group = producer.options().group.clone();
+            let Some(cluster) = producer.cluster().cloned() else {
+                let client = producer.client().clone();
+                return poll_checks(producer, client, producer_id, checker).await;
+            };
+            // Over a cluster: a poll loop per broker this producer reaches (half messages are
+            // on the set that stored them), started as routes name new ones.
+            let mut polled = std::collections::HashSet::new();
+            let mut loops = tokio::task::JoinSet::new();
             loop {
-                // The request timeout is extended by the poll's wait (`Call::wait_ms`).
-                let req = PollTransactionChecks {
-                    group: group.clone(),
-                    producer_id: producer_id.clone(),
-                    max: 32,
-                    wait_ms: POLL_WAIT.as_millis() as u32,
-                };
-                let records = match producer.client().call(req).await {
-                    Ok(Records(r)) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "check-back poll failed; retrying");
-                        tokio::time::sleep(POLL_ERROR_PAUSE).await;
-                        continue;
-                    }
-                };
-                for rec in records {
-                    let msg = match ReceivedMessage::parse(rec) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "bad check-back record");
-                            continue;
-                        }
-                    };
-                    let (id, handle) = (msg.msg_id, msg.commit_log_offset);
-                    let fut = checker(msg);
-                    let state = match tokio::spawn(fut).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!(msg_id = %id, error = %e, "transaction checker failed; state unknown");
-                            TransactionState::Unknown
-                        }
-                    };
-                    if let Err(e) = end(&producer, id, handle, state, true).await {
-                        tracing::warn!(msg_id = %id, error = %e, "check-back answer not delivered");
+                for client in cluster.clients() {
+                    if polled.insert(client.config().addr) {
+                        loops.spawn(poll_checks(
+                            producer.clone(),
+                            client,
+                            producer_id.clone(),
+                            checker.clone(),
+                        ));
                     }
                 }
+                tokio::time::sleep(POLL_WAIT).await;
             }
         });
         TransactionChecker { task }
     }
 }
 
+/// Answers the check-backs one broker asks of this producer's group, forever.
+async fn poll_checks<F, Fut>(
+    producer: Producer,
+    client: crate::client::Client,
+    producer_id: String,
+    checker: Arc<F>,
+) where
+    F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = TransactionState> + Send + 'static,
+{
+    let group = producer.options().group.clone();
+    loop {
+        // The request timeout is extended by the poll's wait (`Call::wait_ms`).
+        let req = PollTransactionChecks {
+            group: group.clone(),
+            producer_id: producer_id.clone(),
+            max: 32,
+            wait_ms: POLL_WAIT.as_millis() as u32,
+        };
+        let records = match client.call(req).await {
+            Ok(Records(r)) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "check-back poll failed; retrying");
+                tokio::time::sleep(POLL_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        for rec in records {
+            let msg = match ReceivedMessage::parse(rec) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad check-back record");
+                    continue;
+                }
+            };
+            let (id, handle) = (msg.msg_id, msg.commit_log_offset);
+            let fut = checker(msg);
+            let state = match tokio::spawn(fut).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(msg_id = %id, error = %e, "transaction checker failed; state unknown");
+                    TransactionState::Unknown
+                }
+            };
+            if let Err(e) = end(&producer, &client, id, handle, state, true).await {
+                tracing::warn!(msg_id = %id, error = %e, "check-back answer not delivered");
+            }
+        }
+    }
+}
+
 async fn end(
     producer: &Producer,
+    client: &crate::client::Client,
     id: MessageId,
     handle: u64,
     state: TransactionState,
@@ -198,7 +241,7 @@ async fn end(
         state,
         from_check,
     };
-    producer.client().call(req).await?;
+    client.call(req).await?;
     Ok(())
 }
 
