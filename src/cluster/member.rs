@@ -180,6 +180,36 @@ impl Member {
         Ok(s)
     }
 
+    /// ClusterInfo as a node without a controller answers it: its cluster and node id, and
+    /// the brokers of the metadata it reads from a voter (leader, term and controller
+    /// members are the voters' to tell: 0 and empty).
+    pub async fn info_without_controller(
+        &self,
+    ) -> Result<quiver_protocol::cmd::ClusterInfoReply, ClusterError> {
+        let state = self.state(false).await?;
+        let now = self.clock.now_ms();
+        let lease = self.cfg.broker_lease_ms as i64;
+        Ok(quiver_protocol::cmd::ClusterInfoReply {
+            cluster_id: self.cluster_id().to_string(),
+            node_id: self.cfg.node_id,
+            leader: 0,
+            term: 0,
+            applied: 0,
+            nodes: Vec::new(),
+            brokers: state
+                .brokers
+                .iter()
+                .map(|(id, b)| quiver_protocol::cmd::ClusterBroker {
+                    id: *id,
+                    set: b.set.clone(),
+                    addr: b.addr.to_string(),
+                    alive: state.alive(*id, now, lease),
+                    last_seen_ms: b.last_seen_ms,
+                })
+                .collect(),
+        })
+    }
+
     /// The committed metadata once `topic`'s route is present (or absent): a write applied
     /// through the leader reaches this node's controller, or the voter it reads, a moment
     /// later. Gives up after [`APPLY_WAIT`] and returns what it has.

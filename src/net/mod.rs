@@ -549,12 +549,17 @@ async fn dispatch(
     }
     let req = match req {
         Request::ClusterInfo(_) => {
-            return Ok(quiver_protocol::Response::ClusterInfo(
-                match session.cluster.as_ref().and_then(|m| m.controller()) {
+            let info = match &session.cluster {
+                None => crate::cluster::standalone_info(),
+                Some(m) => match m.controller() {
                     Some(c) => c.info(),
-                    None => crate::cluster::standalone_info(),
+                    // A node without a controller: the brokers as a voter's metadata has them.
+                    None => m.info_without_controller().await.map_err(|e| {
+                        BrokerError::new(Status::ControllerUnavailable, e.to_string())
+                    })?,
                 },
-            ))
+            };
+            return Ok(quiver_protocol::Response::ClusterInfo(info));
         }
         Request::Raft(r) => return raft(r, session).await,
         Request::ClusterVoter(v) => return change_voters(v, session).await,

@@ -231,7 +231,7 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     assert!(i.nodes.iter().all(|n| n.voter));
 
     // Every broker registers in its set and stays alive; the controller-less node 4 answers
-    // ClusterInfo as a standalone view of its own (it runs no controller).
+    // ClusterInfo with the brokers of the metadata it reads from a voter.
     let alive = |i: &ClusterInfoReply| -> Vec<(u64, String, bool)> {
         let mut v: Vec<_> = i
             .brokers
@@ -249,6 +249,10 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     ];
     wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
         alive(i) == want
+    })
+    .await;
+    wait_for(&all[3].1, &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.cluster_id == "c1" && i.node_id == 4 && alive(i) == want
     })
     .await;
 
