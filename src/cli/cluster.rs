@@ -101,14 +101,18 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
         "cluster {}  (answered by node {}, leader {leader}, term {}, applied {})",
         info.cluster_id, info.node_id, info.term, info.applied
     ))?;
-    if info.nodes.is_empty() {
+    if info.nodes.is_empty() && info.brokers.is_empty() && info.cluster_id == "standalone" {
         out.line("no controller: a standalone broker")?;
         return Ok(());
     }
-    out.line(&format!(
-        "{:<6} {:<24} {:<8} {:<7} {}",
-        "NODE", "ADDRESS", "ROLE", "LEADER", "MATCHED"
-    ))?;
+    if info.nodes.is_empty() {
+        out.line("this node runs no controller: ask a voter for the controller's members")?;
+    } else {
+        out.line(&format!(
+            "{:<6} {:<24} {:<8} {:<7} {}",
+            "NODE", "ADDRESS", "ROLE", "LEADER", "MATCHED"
+        ))?;
+    }
     for n in &info.nodes {
         out.line(&format!(
             "{:<6} {:<24} {:<8} {:<7} {}",
