@@ -256,6 +256,43 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Appends records copied from another store's log (replication): `bytes` are whole,
+    /// validated records that belong exactly at the cursor; then, with `roll_after`, the
+    /// segment is closed as the source's was. Publishes the new written position once.
+    pub(crate) fn append_raw(
+        &self,
+        cur: &mut Cursor,
+        bytes: &[u8],
+        roll_after: bool,
+    ) -> Result<(), StoreError> {
+        let seg_end = cur.active.base() + self.segment_size;
+        if cur.pos + bytes.len() as u64 > seg_end {
+            return Err(corrupt(
+                cur.active.path(),
+                cur.pos - cur.active.base(),
+                "replicated records cross a segment boundary",
+            ));
+        }
+        if !bytes.is_empty() {
+            let off = (cur.pos - cur.active.base()) as usize;
+            // SAFETY: an unpublished range (at or past `written`) owned by the appender.
+            unsafe { cur.active.write_at(off, bytes) }?;
+            cur.pos += bytes.len() as u64;
+            self.written.store(cur.pos, Ordering::Release);
+        }
+        if roll_after {
+            self.roll(cur)?;
+        }
+        Ok(())
+    }
+
+    /// The published bytes `pos..pos+len`, inside one segment, sharing the mapping.
+    pub(crate) fn read_span(&self, pos: u64, len: usize) -> Result<Bytes, StoreError> {
+        let seg = self.checked_segment(pos, len)?;
+        let off = (pos - seg.base()) as usize;
+        Ok(Bytes::from_owner(SegmentBytes { seg, off, len }))
+    }
+
     /// Closes the active segment with a blank filler and moves to a new one. When the new
     /// segment cannot be allocated (disk full) nothing is published and the cursor stays: the
     /// filler lies past `written`, and the next append writes over it or rolls again.

@@ -87,6 +87,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is shut down")]
     Closed,
+    /// Replicated records that do not continue this log where it ends (another position,
+    /// other queue offsets, records that fail validation); nothing was appended.
+    #[error("replicated records do not continue this log: {0}")]
+    Diverged(String),
 }
 
 impl StoreError {
@@ -202,6 +206,7 @@ impl Clone for StoreError {
             StoreError::Locked(p) => StoreError::Locked(p.clone()),
             StoreError::Config(s) => StoreError::Config(s.clone()),
             StoreError::Closed => StoreError::Closed,
+            StoreError::Diverged(s) => StoreError::Diverged(s.clone()),
         }
     }
 }

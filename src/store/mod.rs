@@ -23,6 +23,7 @@ mod mapped;
 #[cfg(test)]
 mod powerloss;
 mod recovery;
+mod replica;
 mod retention;
 
 use std::collections::HashMap;
@@ -49,6 +50,7 @@ pub use consume_queue::{CqEntry, CQ_ENTRY_SIZE};
 pub use error::{DiskFullCause, StoreError};
 pub use index::{id_hash, key_hash};
 pub use record::{tag_hash, NewMessage, RecordView, FLAG_BATCH_CONT, HEADER_SIZE};
+pub use replica::LogChunk;
 
 /// Where one appended message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,6 +376,12 @@ impl Store {
             end,
             store_timestamp: ts,
         };
+        self.finish_append(appended)
+    }
+
+    /// After records are in the log: dispatch them now (async) or after their fsync (sync).
+    fn finish_append(&self, appended: Appended) -> Result<PendingAppend, StoreError> {
+        let inner = &self.inner;
         match inner.cfg.flush_mode {
             FlushMode::Async => {
                 match inner.dispatch_to(inner.log.written()) {
