@@ -76,7 +76,14 @@ impl Server {
         let cert_path = listener.cert_path.clone();
         let shutdown = CancellationToken::new();
         if let Some(m) = member {
-            tokio::spawn(m.run(cfg.cluster.advertise.unwrap_or(addr), shutdown.clone()));
+            tokio::spawn(
+                m.clone()
+                    .run(cfg.cluster.advertise.unwrap_or(addr), shutdown.clone()),
+            );
+            tokio::spawn(
+                m.clone()
+                    .replicate(broker.store().clone(), shutdown.clone()),
+            );
         }
         let (b, s) = (broker.clone(), shutdown.clone());
         let stop_controller = controller.clone();

@@ -135,6 +135,7 @@ impl From<StoreError> for BrokerError {
             StoreError::Poisoned(_) => Status::StoreUnavailable,
             StoreError::Closed => Status::ShuttingDown,
             StoreError::OffsetOutOfRange { .. } => Status::NotFound,
+            StoreError::Replica => Status::NotMaster,
             _ => Status::Internal,
         };
         if let StoreError::DiskFull { .. } = &e {
@@ -329,6 +330,26 @@ impl Broker {
         }))
     }
 
+    /// Whole records of the commit log from `from` for a slave (docs/STORAGE.md §11),
+    /// waiting up to `wait` for new ones when there are none yet.
+    pub async fn replica_chunk(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        wait: std::time::Duration,
+    ) -> Result<crate::store::LogChunk> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let store = self.store.clone();
+            let chunk = blocking(move || store.read_log(from, max_bytes)).await??;
+            if !chunk.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(chunk);
+            }
+            // New records are noticed within 2 ms (a slave's fetch is parked meanwhile).
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -443,7 +464,7 @@ impl Broker {
             // the client already uses (an empty address).
             Q::TopicRoute(c) => A::TopicRoute(self.standalone_route(c).await?),
             Q::TopicCreateOn(c) => A::TopicCreateOn(self.standalone_create_on(c).await?),
-            Q::Raft(_) | Q::ClusterInfo(_) | Q::ClusterVoter(_) => {
+            Q::Raft(_) | Q::ClusterInfo(_) | Q::ClusterVoter(_) | Q::ReplicaFetch(_) => {
                 return Err(BrokerError::new(
                     Status::NoController,
                     "cluster commands are answered by the node's controller",

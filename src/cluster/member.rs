@@ -105,6 +105,11 @@ impl Member {
         self.cfg.cluster_id.as_deref().unwrap_or_default()
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.cfg.node_id
+    }
+
     /// This node's broker set, if it serves in one.
     pub fn broker_set(&self) -> Option<&str> {
         self.cfg.broker_set.as_deref()
@@ -591,6 +596,136 @@ impl Member {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Bytes a slave asks for per fetch.
+const FETCH_BYTES: u32 = 4 << 20;
+/// How long a fetch waits at the master for new records.
+const FETCH_WAIT_MS: u32 = 500;
+
+impl Member {
+    /// Keeps this node's store in its role: a slave of its set fetches the master's commit
+    /// log and appends it at the same offsets (its store refuses every other write); the
+    /// master takes writes. Runs until `stop`; errors are logged and retried.
+    pub async fn replicate(
+        self: Arc<Self>,
+        store: Arc<crate::store::Store>,
+        stop: CancellationToken,
+    ) {
+        let Some(set) = self.cfg.broker_set.clone() else {
+            return;
+        };
+        let me = self.cfg.node_id;
+        let pause = |d: u64| {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(d)) => {}
+                }
+            }
+        };
+        let mut following: Option<(u64, u64)> = None;
+        while !stop.is_cancelled() {
+            let state = match self.state(false).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "replication: no cluster metadata yet");
+                    pause(300).await;
+                    continue;
+                }
+            };
+            let Some((master, addr, epoch)) = state.master_for(me) else {
+                pause(200).await;
+                continue;
+            };
+            if master == me {
+                if store.is_replica() || following.is_some() {
+                    let s = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.set_replica(false)).await;
+                    tracing::info!(%set, epoch, "this broker is the master of its set");
+                    following = None;
+                }
+                pause(200).await;
+                continue;
+            }
+            if following != Some((master, epoch)) {
+                let s = store.clone();
+                let _ = tokio::task::spawn_blocking(move || s.set_replica(true)).await;
+                tracing::info!(%set, master, %addr, epoch, from = store.log_end(),
+                    "this broker is a slave: replicating the master's commit log");
+                following = Some((master, epoch));
+            }
+            let from = store.log_end();
+            let fetch = quiver_protocol::cmd::ReplicaFetch {
+                cluster_id: self.cluster_id().to_string(),
+                set: set.clone(),
+                node_id: me,
+                epoch,
+                from,
+                max_bytes: FETCH_BYTES,
+                wait_ms: FETCH_WAIT_MS,
+            };
+            let frame = quiver_protocol::cmd::encode_request(&fetch);
+            let timeout = self.timeout() + Duration::from_millis(u64::from(FETCH_WAIT_MS));
+            let body = match self
+                .transport
+                .clone()
+                .request(
+                    addr,
+                    frame,
+                    quiver_protocol::Command::ReplicaFetch as u16,
+                    timeout,
+                )
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(master, error = %e, "replication fetch failed; retrying");
+                    pause(300).await;
+                    continue;
+                }
+            };
+            let chunk: quiver_protocol::cmd::ReplicaChunk =
+                match quiver_protocol::cmd::decode_body(body) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(master, error = %e, "malformed replication chunk");
+                        pause(1000).await;
+                        continue;
+                    }
+                };
+            let lc = crate::store::LogChunk {
+                start: chunk.start,
+                bytes: chunk.bytes,
+                next: chunk.next,
+            };
+            if lc.is_empty() {
+                continue;
+            }
+            let s = store.clone();
+            let appended = tokio::task::spawn_blocking(move || {
+                s.append_replica(&lc).and_then(|p| p.wait().map(|_| ()))
+            })
+            .await;
+            match appended {
+                Ok(Ok(())) => {}
+                Ok(Err(e @ crate::store::StoreError::Diverged(_))) => {
+                    tracing::error!(master, error = %e,
+                        "this slave's log does not continue its master's: replication stopped for this epoch");
+                    pause(5000).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(master, error = %e, "appending replicated records failed; retrying");
+                    pause(500).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "replication task failed");
+                    pause(1000).await;
+                }
             }
         }
     }

@@ -58,6 +58,16 @@ pub trait PeerTransport: Send + Sync + 'static {
         request: Raft,
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<Bytes, PeerError>> + Send + 'static>>;
+
+    /// Any request frame of command `command` (replication); the body of the successful
+    /// reply, within `timeout`.
+    fn request(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        frame: Bytes,
+        command: u16,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Bytes, PeerError>> + Send + 'static>>;
 }
 
 /// Sends a Raft command of `kind` with `body` to `addr` (for forwarding writes).

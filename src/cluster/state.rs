@@ -68,6 +68,16 @@ pub struct BrokerEntry {
     pub last_seen_ms: i64,
 }
 
+/// A broker set's roles: which of its brokers is the master, since which epoch. The other
+/// brokers of the set are slaves that replicate the master's commit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetState {
+    /// The master's node id.
+    pub master: u64,
+    /// Raised every time the set gets a new master; a master of an older epoch is fenced.
+    pub epoch: u64,
+}
+
 /// The cluster metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -75,6 +85,9 @@ pub struct ClusterState {
     pub brokers: BTreeMap<u64, BrokerEntry>,
     /// Topic routes: topic -> (broker set, queue count), in global queue order.
     pub routes: BTreeMap<String, Vec<(String, u32)>>,
+    /// Broker sets: their master and its epoch.
+    #[serde(default)]
+    pub sets: BTreeMap<String, SetState>,
     /// Topics whose route was deleted (and not created again since): a broker that missed
     /// the deletion (it was down) deletes its copy when it next applies the routes.
     #[serde(default)]
@@ -99,12 +112,15 @@ impl ClusterState {
                         ));
                     }
                 }
-                // One broker per set until sets replicate (slaves come with replication).
-                if let Some((other, _)) = self.broker_of(set).filter(|(id, _)| id != node_id) {
-                    return Reply::Refused(format!(
-                        "broker set {set} already has a broker (node {other}); a set holds one \
-                         broker until replication exists"
-                    ));
+                // The first broker of a set is its master (epoch 1); the next ones are slaves.
+                if self.sets.get(set).is_none_or(|st| st.master == 0) {
+                    self.sets.insert(
+                        set.clone(),
+                        SetState {
+                            master: *node_id,
+                            epoch: self.sets.get(set).map_or(0, |st| st.epoch) + 1,
+                        },
+                    );
                 }
                 let last_seen_ms = self
                     .brokers
@@ -155,12 +171,18 @@ impl ClusterState {
         }
     }
 
-    /// The broker serving `set` (its lowest node id), if any.
+    /// The master of `set`, if it has a broker.
     pub fn broker_of(&self, set: &str) -> Option<(u64, &BrokerEntry)> {
-        self.brokers
-            .iter()
-            .find(|(_, b)| b.set == set)
-            .map(|(id, b)| (*id, b))
+        let master = self.sets.get(set)?.master;
+        self.brokers.get(&master).map(|b| (master, b))
+    }
+
+    /// `node`'s role: `Some((master id, master address, epoch))` of its set.
+    pub fn master_for(&self, node: u64) -> Option<(u64, SocketAddr, u64)> {
+        let set = &self.brokers.get(&node)?.set;
+        let st = self.sets.get(set)?;
+        let m = self.brokers.get(&st.master)?;
+        Some((st.master, m.addr, st.epoch))
     }
 
     /// Whether a broker's lease is still valid at `now_ms`.
@@ -220,17 +242,19 @@ mod tests {
         let before = s.clone();
         assert!(matches!(s.apply(&other), Reply::Refused(_)));
         assert_eq!(s, before);
-        // A set holds one broker until replication exists; its broker may re-register.
+        // A second broker of a set is its slave; the first stays master, also when it
+        // registers again.
         let second = Command::RegisterBroker {
             set: "a".into(),
             node_id: 2,
             addr: addr(2),
             at_ms: 3,
         };
-        assert!(matches!(s.apply(&second), Reply::Refused(_)));
-        assert_eq!(s, before);
+        assert_eq!(s.apply(&second), Reply::Ok);
         assert_eq!(s.apply(&reg), Reply::Ok);
         assert_eq!(s.broker_of("a").map(|(id, _)| id), Some(1));
+        assert_eq!(s.master_for(2), Some((1, addr(1), 1)));
+        assert_eq!(s.master_for(1), Some((1, addr(1), 1)));
         assert!(
             s.alive(1, 49_999, 30_000),
             "a re-registration never moves a lease back"

@@ -484,6 +484,61 @@ async fn raft(
     }
 }
 
+/// A slave's fetch of this master's commit log: from a cluster member, for this node's set
+/// and current master epoch only.
+async fn replica_fetch(
+    f: quiver_protocol::cmd::ReplicaFetch,
+    broker: &Broker,
+    session: &Session,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    let Some(node) = &session.cluster else {
+        return Err(BrokerError::new(
+            Status::NoController,
+            "this node is not in a cluster",
+        ));
+    };
+    if !session.member || f.cluster_id != node.cluster_id() {
+        return Err(BrokerError::new(
+            Status::NotClusterMember,
+            "replication is served only to members of this cluster (a TLS client certificate of this cluster)",
+        ));
+    }
+    let state = node
+        .state(false)
+        .await
+        .map_err(|e| BrokerError::new(Status::ControllerUnavailable, e.to_string()))?;
+    let me = node.node_id();
+    match state.master_for(me) {
+        Some((master, _, epoch))
+            if master == me && epoch == f.epoch && node.broker_set() == Some(f.set.as_str()) => {}
+        other => {
+            return Err(BrokerError::new(
+                Status::NotMaster,
+                format!(
+                    "node {me} is not the master of broker set {:?} in epoch {} (it knows: {:?})",
+                    f.set,
+                    f.epoch,
+                    other.map(|(m, _, e)| format!("master {m}, epoch {e}"))
+                ),
+            ))
+        }
+    }
+    let max = f
+        .max_bytes
+        .clamp(1, quiver_protocol::cmd::MAX_REPLICA_CHUNK / 2) as usize;
+    let wait = Duration::from_millis(u64::from(f.wait_ms.min(5_000)));
+    let chunk = broker.replica_chunk(f.from, max, wait).await?;
+    Ok(quiver_protocol::Response::ReplicaFetch(
+        quiver_protocol::cmd::ReplicaChunk {
+            epoch: f.epoch,
+            start: chunk.start,
+            next: chunk.next,
+            end: broker.store().log_end(),
+            bytes: chunk.bytes,
+        },
+    ))
+}
+
 /// A voter change: from a cluster member, or from a client on this machine (loopback) until
 /// users and permissions exist.
 async fn change_voters(
@@ -563,6 +618,7 @@ async fn dispatch(
         }
         Request::Raft(r) => return raft(r, session).await,
         Request::ClusterVoter(v) => return change_voters(v, session).await,
+        Request::ReplicaFetch(f) => return replica_fetch(f, broker, session).await,
         other => match &session.cluster {
             Some(node) => match routing::intercept(other, node, broker, session.remote).await {
                 routing::Routed::Answered(r) => return r,

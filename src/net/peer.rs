@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use quiver_protocol::cmd::{encode_request, Call, Hello, Raft, MAX_RAFT_BODY};
+use quiver_protocol::cmd::{encode_request, Call, Hello, Raft, MAX_RAFT_BODY, MAX_REPLICA_CHUNK};
 use quiver_protocol::{decode_error, split_frame, Status, PROTOCOL_VERSION};
 
 use super::tls::{self, Identity};
@@ -112,7 +112,7 @@ async fn exchange(
         .await
         .map_err(|e| lost(e.to_string()))?;
     let _ = send.finish();
-    let limit = MAX_RAFT_BODY as usize + 64 * 1024;
+    let limit = MAX_RAFT_BODY.max(MAX_REPLICA_CHUNK) as usize + 64 * 1024;
     let data = recv
         .read_to_end(limit)
         .await
@@ -150,6 +150,28 @@ impl PeerTransport for QuicPeers {
     ) -> Pin<Box<dyn Future<Output = Result<Bytes, PeerError>> + Send + 'static>> {
         Box::pin(async move {
             match tokio::time::timeout(timeout, self.call(addr, request)).await {
+                Ok(r) => r,
+                Err(_) => Err(PeerError::Unreachable {
+                    addr,
+                    reason: format!("no answer within {timeout:?}"),
+                }),
+            }
+        })
+    }
+
+    fn request(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        frame: Bytes,
+        command: u16,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Bytes, PeerError>> + Send + 'static>> {
+        Box::pin(async move {
+            let call = async {
+                let conn = self.connection(addr).await?;
+                exchange(&conn, addr, frame, command).await
+            };
+            match tokio::time::timeout(timeout, call).await {
                 Ok(r) => r,
                 Err(_) => Err(PeerError::Unreachable {
                     addr,

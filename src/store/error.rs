@@ -87,6 +87,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is shut down")]
     Closed,
+    /// The store is a replica (its broker is a slave): only replicated records are appended.
+    #[error("this broker is a slave of its broker set: writes go to the set's master")]
+    Replica,
     /// Replicated records that do not continue this log where it ends (another position,
     /// other queue offsets, records that fail validation); nothing was appended.
     #[error("replicated records do not continue this log: {0}")]
@@ -207,6 +210,7 @@ impl Clone for StoreError {
             StoreError::Config(s) => StoreError::Config(s.clone()),
             StoreError::Closed => StoreError::Closed,
             StoreError::Diverged(s) => StoreError::Diverged(s.clone()),
+            StoreError::Replica => StoreError::Replica,
         }
     }
 }

@@ -289,6 +289,8 @@ struct Inner {
     rebuilt_index_files: AtomicU64,
     /// Set while `open` re-dispatches: damaged records are passed over instead of failing.
     recovering: AtomicBool,
+    /// A replica: `append` is refused, only `append_replica` writes (replica.rs).
+    replica: AtomicBool,
 }
 
 /// The store. Cheap to share behind an `Arc`; closing flushes and marks a clean shutdown.
@@ -320,6 +322,9 @@ impl Store {
     ) -> Result<PendingAppend, StoreError> {
         let inner = &self.inner;
         inner.check_writable()?;
+        if inner.replica.load(Ordering::Acquire) {
+            return Err(StoreError::Replica);
+        }
         if msgs.is_empty() {
             return Err(StoreError::InvalidMessage("empty batch".into()));
         }
@@ -337,6 +342,10 @@ impl Store {
         let (first, ts) = {
             let mut w = inner.writer.lock().expect("writer lock");
             inner.check_writable()?;
+            // Checked again under the lock: a store turned replica takes no write after.
+            if inner.replica.load(Ordering::Acquire) {
+                return Err(StoreError::Replica);
+            }
             let ts = inner.clock.now_ms().max(w.last_ts);
             let first = match w.next_offsets.get(topic).and_then(|m| m.get(&queue_id)) {
                 Some(o) => *o,

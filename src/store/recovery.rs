@@ -170,6 +170,7 @@ impl Store {
             damaged_spans: AtomicU64::new(0),
             rebuilt_index_files: AtomicU64::new(0),
             recovering: AtomicBool::new(false),
+            replica: AtomicBool::new(false),
             cfg,
         });
         // Damage below the checkpoint must not move a queue's end: check each end against the

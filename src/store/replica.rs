@@ -31,6 +31,24 @@ impl LogChunk {
 }
 
 impl Store {
+    /// Makes the store a replica (`true`: [`Store::append`] is refused with
+    /// [`StoreError::Replica`], only [`Store::append_replica`] writes) or a master again.
+    /// Taking the writer lock, it waits for an append in progress: once it returns, no
+    /// `append` writes until it is turned off.
+    pub fn set_replica(&self, on: bool) {
+        let _w = self.inner.writer.lock().expect("writer lock");
+        self.inner
+            .replica
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True while the store is a replica.
+    pub fn is_replica(&self) -> bool {
+        self.inner
+            .replica
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The end of the commit log: where a replica of this store continues, and the offset a
     /// replica reports when it has everything.
     pub fn log_end(&self) -> u64 {

@@ -17,5 +17,6 @@ mod plugins;
 mod raw_frames;
 mod reader;
 mod reconnect;
+mod replication;
 mod serve_process;
 mod store_crash;

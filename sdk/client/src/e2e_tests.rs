@@ -476,7 +476,8 @@ async fn respond(
         | Request::ClusterInfo(_)
         | Request::ClusterVoter(_)
         | Request::TopicRoute(_)
-        | Request::TopicCreateOn(_) => {
+        | Request::TopicCreateOn(_)
+        | Request::ReplicaFetch(_) => {
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,

@@ -82,6 +82,8 @@ pub enum Command {
     TopicRoute = 93,
     /// Create a topic in a cluster on chosen broker sets.
     TopicCreateOn = 94,
+    /// A slave reads its master's commit log (cluster members only).
+    ReplicaFetch = 95,
 }
 
 impl Command {
@@ -127,6 +129,7 @@ impl Command {
             92 => ClusterVoter,
             93 => TopicRoute,
             94 => TopicCreateOn,
+            95 => ReplicaFetch,
             _ => return None,
         })
     }
@@ -212,6 +215,10 @@ pub enum Status {
     /// The controller cannot take or answer the request right now (no leader is known, or
     /// no voter could be reached); retry after a back-off.
     ControllerUnavailable = 52,
+    /// The broker is a slave of its broker set: writes (sends, transaction decisions,
+    /// hand-backs) go to the set's master; read the topic's route again. Replication requests
+    /// that name a stale master epoch get it too.
+    NotMaster = 53,
     /// An unexpected broker error.
     Internal = 99,
 }
@@ -257,6 +264,7 @@ impl Status {
             50 => NotClusterMember,
             51 => NoController,
             52 => ControllerUnavailable,
+            53 => NotMaster,
             _ => Internal,
         }
     }
@@ -265,7 +273,11 @@ impl Status {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Status::Busy | Status::DiskFull | Status::ShuttingDown | Status::ControllerUnavailable
+            Status::Busy
+                | Status::DiskFull
+                | Status::ShuttingDown
+                | Status::ControllerUnavailable
+                | Status::NotMaster
         )
     }
 }

@@ -507,6 +507,30 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
         (arb_string(), any::<bool>())
             .prop_map(|(topic, create)| cmd::TopicRoute { topic, create }.into())
             .boxed(),
+        (
+            arb_string(),
+            arb_string(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(cluster_id, set, node_id, epoch, from, max_bytes, wait_ms)| {
+                    cmd::ReplicaFetch {
+                        cluster_id,
+                        set,
+                        node_id,
+                        epoch,
+                        from,
+                        max_bytes,
+                        wait_ms,
+                    }
+                    .into()
+                },
+            )
+            .boxed(),
         (arb_string(), any::<u32>(), vec(arb_string(), 0..4))
             .prop_map(|(topic, queues, sets)| {
                 cmd::TopicCreateOn {
@@ -835,6 +859,23 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
             .boxed(),
         arb_topic_route_reply()
             .prop_map(Response::TopicCreateOn)
+            .boxed(),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            arb_bytes(64),
+        )
+            .prop_map(|(epoch, start, next, end, bytes)| {
+                Response::ReplicaFetch(cmd::ReplicaChunk {
+                    epoch,
+                    start,
+                    next,
+                    end,
+                    bytes,
+                })
+            })
             .boxed(),
     ]
 }

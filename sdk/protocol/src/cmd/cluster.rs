@@ -428,3 +428,114 @@ impl WireDecode for TopicCreateOn {
         })
     }
 }
+
+/// Largest replicated chunk a [`ReplicaChunk`] carries (whole batches: a single batch may be
+/// as large as a request frame).
+pub const MAX_REPLICA_CHUNK: u32 = 24 << 20;
+
+/// A slave asks its set's master for the commit log from `from` (its own log end): the
+/// master answers with whole records as stored, waiting up to `wait_ms` for new ones when it
+/// has none (cluster members only; docs/CLUSTER.md, docs/STORAGE.md §11). `from` is also the
+/// slave's acknowledgement of everything before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFetch {
+    /// The cluster the slave belongs to.
+    pub cluster_id: String,
+    /// The broker set.
+    pub set: String,
+    /// The slave's node id.
+    pub node_id: u64,
+    /// The master epoch the slave follows; another epoch is refused with `NotMaster`.
+    pub epoch: u64,
+    /// Commit-log offset to read from (the slave's log end).
+    pub from: u64,
+    /// About how many bytes to return (whole batches; at least one).
+    pub max_bytes: u32,
+    /// How long to wait for new records when there are none, in ms.
+    pub wait_ms: u32,
+}
+
+/// See [`ReplicaFetch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaChunk {
+    /// The master's epoch.
+    pub epoch: u64,
+    /// Offset of the first byte (the request's `from`).
+    pub start: u64,
+    /// Where the log continues: `start + len`, or the next segment's base when the
+    /// master's segment ended there.
+    pub next: u64,
+    /// The master's log end when it answered (what the slave lags by).
+    pub end: u64,
+    /// The records.
+    pub bytes: Bytes,
+}
+
+impl super::Call for ReplicaFetch {
+    const COMMAND: crate::codes::Command = crate::codes::Command::ReplicaFetch;
+    type Reply = ReplicaChunk;
+
+    fn wait_ms(&self) -> u32 {
+        self.wait_ms
+    }
+}
+
+impl WireEncode for ReplicaFetch {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_str16(&self.cluster_id);
+        b.put_str16(&self.set);
+        b.put_u64_le(self.node_id);
+        b.put_u64_le(self.epoch);
+        b.put_u64_le(self.from);
+        b.put_u32_le(self.max_bytes);
+        b.put_u32_le(self.wait_ms);
+    }
+}
+
+impl WireDecode for ReplicaFetch {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ReplicaFetch {
+            cluster_id: r.str16("cluster id")?,
+            set: r.str16("broker set")?,
+            node_id: r.u64("node id")?,
+            epoch: r.u64("epoch")?,
+            from: r.u64("from")?,
+            max_bytes: r.u32("max bytes")?,
+            wait_ms: r.u32("wait")?,
+        })
+    }
+}
+
+impl WireEncode for ReplicaChunk {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.epoch);
+        b.put_u64_le(self.start);
+        b.put_u64_le(self.next);
+        b.put_u64_le(self.end);
+        b.put_u32_le(self.bytes.len() as u32);
+        b.put_slice(&self.bytes);
+    }
+}
+
+impl WireDecode for ReplicaChunk {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let epoch = r.u64("epoch")?;
+        let start = r.u64("start")?;
+        let next = r.u64("next")?;
+        let end = r.u64("end")?;
+        let n = r.u32("chunk length")?;
+        if n > MAX_REPLICA_CHUNK {
+            return Err(DecodeError::Invalid {
+                field: "chunk length",
+                reason: format!("{n} bytes is more than {MAX_REPLICA_CHUNK}"),
+            });
+        }
+        Ok(ReplicaChunk {
+            epoch,
+            start,
+            next,
+            end,
+            bytes: r.bytes(n as usize, "chunk")?,
+        })
+    }
+}

@@ -28,7 +28,8 @@ mod topics;
 
 pub use cluster::{
     ClusterBroker, ClusterInfo, ClusterInfoReply, ClusterVoter, ControllerNode, Raft, RaftKind,
-    RaftReply, RouteSet, TopicCreateOn, TopicRoute, TopicRouteReply, MAX_RAFT_BODY,
+    RaftReply, ReplicaChunk, ReplicaFetch, RouteSet, TopicCreateOn, TopicRoute, TopicRouteReply,
+    MAX_RAFT_BODY, MAX_REPLICA_CHUNK,
 };
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
@@ -263,4 +264,5 @@ commands! {
     ClusterVoter(ClusterVoter),
     TopicRoute(TopicRoute),
     TopicCreateOn(TopicCreateOn),
+    ReplicaFetch(ReplicaFetch),
 }

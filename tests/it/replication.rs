@@ -1,0 +1,198 @@
+//! Master/slave replication with real processes: broker set `a` has a master (node 1) and a
+//! slave (node 2); node 3 is a controller only. The slave mirrors the master's commit log
+//! (same offsets, same messages), serves reads, refuses writes, and catches up after
+//! `kill -9`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use quiver_client::{
+    Client, ClientConfig, ClientError, Cluster, Message, Producer, ProducerOptions, PullConsumer,
+    PullOptions, Status, Tls,
+};
+
+use super::cluster::{
+    agreed_leader, free_port, node_config, shared_identity, tail_logs, wait_for, Node,
+};
+
+/// Every message of `topic` on the broker at `addr`: (queue, offset, id, body) per queue.
+async fn read_all(
+    addr: SocketAddr,
+    cert: &std::path::Path,
+    topic: &str,
+) -> Vec<(u32, u64, u128, Vec<u8>)> {
+    let client = Client::connect(ClientConfig::new(addr, Tls::CaFile(cert.to_path_buf())))
+        .await
+        .unwrap();
+    let pull = PullConsumer::new(client.clone());
+    let mut out = Vec::new();
+    for q in 0..4 {
+        let mut offset = 0;
+        loop {
+            let r = match pull
+                .pull(
+                    topic,
+                    q,
+                    offset,
+                    PullOptions {
+                        max_messages: 256,
+                        ..PullOptions::default()
+                    },
+                )
+                .await
+            {
+                Ok(r) => r,
+                // Not replicated yet: the slave does not have the topic's queues.
+                Err(_) => break,
+            };
+            if r.messages.is_empty() {
+                break;
+            }
+            for m in &r.messages {
+                out.push((q, m.queue_offset, m.msg_id.0, m.body.to_vec()));
+            }
+            offset = r.next_offset;
+        }
+    }
+    client.close().await;
+    out
+}
+
+async fn send(producer: &Producer, n: usize, tag: &str) {
+    for i in 0..n {
+        if i % 5 == 0 {
+            let batch = (0..7)
+                .map(|j| Message::new("orders", format!("{tag}-{i}-{j}")))
+                .collect();
+            producer.send_batch(batch).await.unwrap();
+        } else {
+            let r = producer
+                .send(Message::new("orders", format!("{tag}-{i}")))
+                .await
+                .unwrap();
+            assert_eq!(r.broker_set, "a");
+        }
+    }
+}
+
+/// Waits until the slave holds exactly what the master holds.
+async fn in_step(
+    master: SocketAddr,
+    slave: SocketAddr,
+    cert: &std::path::Path,
+    logs: &std::path::Path,
+) -> usize {
+    let want = read_all(master, cert, "orders").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = read_all(slave, cert, "orders").await;
+        if have == want {
+            return want.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slave has {} of the master's {} messages\n{}",
+            have.len(),
+            want.len(),
+            tail_logs(logs)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = shared_identity(dir.path());
+    let cert = identity.0.clone();
+    let voters: Vec<(u64, SocketAddr)> = (1..=3)
+        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
+    let start = |id: u64, set: Option<&str>| {
+        let cfg = node_config(
+            dir.path(),
+            &format!("node{id}"),
+            id,
+            true,
+            set,
+            "c1",
+            &voters,
+            addrs[id as usize - 1],
+            &identity,
+        );
+        Node::start(
+            &cfg,
+            &dir.path().join(format!("node{id}.log")),
+            addrs[id as usize - 1],
+        )
+    };
+    // The first broker of set a registers first: it is the master.
+    let _n1 = start(1, Some("a"));
+    let _n3 = start(3, None);
+    agreed_leader(
+        &[addrs[0], addrs[2]],
+        &cert,
+        &[],
+        Duration::from_secs(20),
+        dir.path(),
+    )
+    .await;
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let mut n2 = start(2, Some("a"));
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.brokers.len() == 2 && i.brokers.iter().all(|b| b.alive)
+    })
+    .await;
+
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    let route = cluster
+        .create_topic("orders", 4, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(route.len(), 1);
+    assert_eq!(
+        (route[0].set.as_str(), route[0].node_id),
+        ("a", 1),
+        "{route:?}"
+    );
+    let producer = Producer::with_cluster(cluster.clone(), ProducerOptions::default());
+    send(&producer, 200, "first").await;
+    let n = in_step(addrs[0], addrs[1], &cert, dir.path()).await;
+    assert!(n >= 200, "{n}");
+
+    // The slave refuses writes (the client is told to go to the master).
+    let direct = Client::connect(ClientConfig::new(addrs[1], Tls::CaFile(cert.clone())))
+        .await
+        .unwrap();
+    let to_slave = Producer::new(
+        direct.clone(),
+        ProducerOptions {
+            retries: 0,
+            ..ProducerOptions::default()
+        },
+    );
+    match to_slave.send(Message::new("orders", "nope")).await {
+        Err(ClientError::Broker { status, .. }) => assert_eq!(status, Status::NotMaster),
+        other => panic!("a slave took a write: {other:?}"),
+    }
+    direct.close().await;
+
+    // kill -9 the slave, go on writing, bring it back: it catches up.
+    n2.kill9();
+    send(&producer, 150, "slave-down").await;
+    n2.spawn();
+    let n = in_step(addrs[0], addrs[1], &cert, dir.path()).await;
+    assert!(n >= 350, "{n}");
+    // And it keeps up with what follows.
+    send(&producer, 50, "after").await;
+    in_step(addrs[0], addrs[1], &cert, dir.path()).await;
+    cluster.close().await;
+    if std::env::var_os("QUIVER_TEST_KEEP_LOGS").is_some() {
+        let _ = std::fs::copy(dir.path().join("node2.log"), "/tmp/replication-node2.log");
+    }
+}
