@@ -32,8 +32,11 @@ mod membership;
 mod offsets;
 mod produce;
 mod pull;
+mod replicas;
 mod special;
 mod topics;
+
+pub use replicas::{Replicas, ReplicationPolicy, SlaveView};
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -186,6 +189,8 @@ pub struct Broker {
     appends: mpsc::Sender<AppendJob>,
     /// Byte budget of the append queue: memory held by waiting appends stays bounded.
     append_budget: Arc<tokio::sync::Semaphore>,
+    /// The slaves of this broker's set when it is their master (sync replication's gate).
+    replicas: Arc<Replicas>,
     appender: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Loaded WebAssembly plugins (docs/PLUGINS.md).
     plugins: Arc<PluginHost>,
@@ -255,10 +260,21 @@ impl Broker {
         );
         let w = waiters.clone();
         let tm = timer.clone();
+        let replicas = Arc::new(Replicas::new(
+            ReplicationPolicy {
+                sync: cfg.cluster.replication == crate::cluster::Replication::Sync,
+                min_in_sync: cfg.cluster.min_in_sync as usize,
+                lag_ms: cfg.cluster.replica_lag_ms as i64,
+                ack_timeout: Duration::from_millis(cfg.cluster.replica_ack_timeout_ms),
+            },
+            clock.clone(),
+        ));
+        let r = replicas.clone();
         store.set_arrival_listener(Arc::new(move |topic, queue, _max| {
             if topic == names::SCHEDULE_TOPIC {
                 tm.notify();
             }
+            r.notify_data();
             w.wake(topic, queue)
         }));
         let t = tx.clone();
@@ -327,27 +343,38 @@ impl Broker {
             append_budget,
             appends: append_tx,
             appender: Mutex::new(Some(appender)),
+            replicas,
         }))
     }
 
-    /// Whole records of the commit log from `from` for a slave (docs/STORAGE.md §11),
-    /// waiting up to `wait` for new ones when there are none yet.
+    /// Whole records of the commit log from `from` for slave `node` (docs/STORAGE.md §11),
+    /// waiting up to `wait` for new ones when there are none yet. `from` is the slave's
+    /// acknowledgement of everything before it.
     pub async fn replica_chunk(
         &self,
+        node: u64,
         from: u64,
         max_bytes: usize,
         wait: std::time::Duration,
     ) -> Result<crate::store::LogChunk> {
+        self.replicas.record_fetch(node, from, self.store.log_end());
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Created before reading, so records arriving meanwhile wake it.
+            let arrived = self.replicas.data_notified();
             let store = self.store.clone();
             let chunk = blocking(move || store.read_log(from, max_bytes)).await??;
             if !chunk.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(chunk);
             }
-            // New records are noticed within 2 ms (a slave's fetch is parked meanwhile).
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            let _ = tokio::time::timeout_at(deadline, arrived).await;
         }
+    }
+
+    /// This broker's slaves as their master sees them (empty on a slave or a standalone
+    /// broker).
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
     }
 
     /// The configuration it runs with.

@@ -106,6 +106,8 @@ impl Broker {
         messages: Vec<WireMessage>,
         born: SocketAddr,
     ) -> Result<Appended> {
+        // Sync replication: nothing is stored while too few copies are in sync.
+        self.replicas.check()?;
         let wait = Duration::from_millis(self.cfg.broker.busy_timeout_ms);
         let busy = || {
             BrokerError::new(
@@ -161,9 +163,12 @@ impl Broker {
                 ))
             }
         }
-        Ok(rx
+        let appended = rx
             .await
-            .map_err(|_| BrokerError::new(Status::ShuttingDown, "broker is shutting down"))??)
+            .map_err(|_| BrokerError::new(Status::ShuttingDown, "broker is shutting down"))??;
+        // Sync replication: answered once enough slaves hold it.
+        self.replicas.wait_acked(appended.end).await?;
+        Ok(appended)
     }
 }
 

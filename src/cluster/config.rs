@@ -7,6 +7,17 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// How a broker set's master replicates to its slaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// A send is answered once the master has it (slaves copy it a moment later).
+    #[default]
+    Async,
+    /// A send is answered once `min_in_sync` copies (the master's included) have it.
+    Sync,
+}
+
 /// A controller voter as the config names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +58,17 @@ pub struct ClusterConfig {
     /// in its broker set (RocketMQ's `brokerIP1`); default `broker.listen`. Needed when
     /// `broker.listen` is a wildcard address (`0.0.0.0`, `[::]`).
     pub advertise: Option<SocketAddr>,
+    /// On a master: `async` (default) or `sync` replication to the set's slaves.
+    pub replication: Replication,
+    /// Sync replication: copies of a send (the master's included) needed before it is
+    /// answered, and in sync before it is taken; default 2.
+    pub min_in_sync: u32,
+    /// A slave that has not caught up with the master for this long is out of sync, in ms;
+    /// default 5000.
+    pub replica_lag_ms: u64,
+    /// Sync replication: how long a stored send waits for its copies before it fails
+    /// (`NotEnoughReplicas`, retryable), in ms; default 3000.
+    pub replica_ack_timeout_ms: u64,
     /// How often the broker renews its lease with the controller, in ms; default 2000.
     pub broker_heartbeat_ms: u64,
     /// A broker whose last heartbeat is older than this is not alive, in ms; default 10000.
@@ -72,6 +94,10 @@ impl Default for ClusterConfig {
             ca: None,
             broker_set: None,
             advertise: None,
+            replication: Replication::Async,
+            min_in_sync: 2,
+            replica_lag_ms: 5_000,
+            replica_ack_timeout_ms: 3_000,
             broker_heartbeat_ms: 2000,
             broker_lease_ms: 10_000,
             heartbeat_interval_ms: 150,
@@ -207,6 +233,18 @@ impl ClusterConfig {
         }
         if self.broker_heartbeat_ms == 0 || self.broker_lease_ms < 2 * self.broker_heartbeat_ms {
             return Err("cluster.broker_lease_ms must be at least 2 x cluster.broker_heartbeat_ms (and the interval above 0)".into());
+        }
+        if self.replication == Replication::Sync && self.min_in_sync < 2 {
+            return Err(format!(
+                "cluster.replication = \"sync\" needs cluster.min_in_sync of at least 2 (the \
+                 master and one slave), got {}",
+                self.min_in_sync
+            ));
+        }
+        if self.replica_lag_ms == 0 || self.replica_ack_timeout_ms == 0 {
+            return Err(
+                "cluster.replica_lag_ms and cluster.replica_ack_timeout_ms must be above 0".into(),
+            );
         }
         if self.rpc_timeout_ms == 0 {
             return Err("cluster.rpc_timeout_ms must be above 0".into());

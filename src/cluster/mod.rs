@@ -26,7 +26,7 @@ use quiver_protocol::cmd::{self, ClusterBroker, ClusterInfoReply, ControllerNode
 
 use crate::clock::Clock;
 
-pub use config::{ClusterConfig, VoterConfig};
+pub use config::{ClusterConfig, Replication, VoterConfig};
 pub use member::{LocalTopics, Member, RouteError, TopicFuture};
 pub use network::{PeerError, PeerTransport};
 

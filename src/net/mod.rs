@@ -527,7 +527,7 @@ async fn replica_fetch(
         .max_bytes
         .clamp(1, quiver_protocol::cmd::MAX_REPLICA_CHUNK / 2) as usize;
     let wait = Duration::from_millis(u64::from(f.wait_ms.min(5_000)));
-    let chunk = broker.replica_chunk(f.from, max, wait).await?;
+    let chunk = broker.replica_chunk(f.node_id, f.from, max, wait).await?;
     Ok(quiver_protocol::Response::ReplicaFetch(
         quiver_protocol::cmd::ReplicaChunk {
             epoch: f.epoch,

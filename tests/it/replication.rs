@@ -196,3 +196,119 @@ async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up()
         let _ = std::fs::copy(dir.path().join("node2.log"), "/tmp/replication-node2.log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_replication_answers_only_what_a_slave_holds_and_refuses_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = shared_identity(dir.path());
+    let cert = identity.0.clone();
+    let voters: Vec<(u64, SocketAddr)> = (1..=3)
+        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
+    let start = |id: u64, set: Option<&str>| {
+        let cfg = node_config(
+            dir.path(),
+            &format!("node{id}"),
+            id,
+            true,
+            set,
+            "c1",
+            &voters,
+            addrs[id as usize - 1],
+            &identity,
+        );
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text += "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
+        std::fs::write(&cfg, text).unwrap();
+        Node::start(
+            &cfg,
+            &dir.path().join(format!("node{id}.log")),
+            addrs[id as usize - 1],
+        )
+    };
+    let _n1 = start(1, Some("a"));
+    let _n3 = start(3, None);
+    agreed_leader(
+        &[addrs[0], addrs[2]],
+        &cert,
+        &[],
+        Duration::from_secs(20),
+        dir.path(),
+    )
+    .await;
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    cluster
+        .create_topic("orders", 1, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let producer = Producer::with_cluster(
+        cluster.clone(),
+        ProducerOptions {
+            send_timeout: Duration::from_secs(2),
+            ..ProducerOptions::default()
+        },
+    );
+    // No slave: the master stores nothing and says why (retryable).
+    match producer.send(Message::new("orders", "alone")).await {
+        Err(e) => assert_eq!(e.status(), Some(Status::NotEnoughReplicas), "{e}"),
+        Ok(r) => panic!("a sync send was acknowledged without a slave: {r:?}"),
+    }
+    // A slave joins and catches up: sends succeed, and each acknowledged message is already
+    // readable on the slave when its send returns.
+    let mut n2 = start(2, Some("a"));
+    let slave = Client::connect(ClientConfig::new(addrs[1], Tls::CaFile(cert.clone())))
+        .await
+        .unwrap();
+    let on_slave = PullConsumer::new(slave.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    while sent < 50 {
+        match producer
+            .send(Message::new("orders", format!("m{sent}")))
+            .await
+        {
+            Ok(r) => {
+                let got = on_slave
+                    .pull("orders", 0, r.queue_offset, PullOptions::default())
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    got.messages.first().map(|m| m.msg_id),
+                    Some(r.msg_id),
+                    "an acknowledged sync send is not on the slave"
+                );
+                sent += 1;
+            }
+            Err(e) if e.status() == Some(Status::NotEnoughReplicas) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the slave never got in sync\n{}",
+                    tail_logs(dir.path())
+                );
+                assert_eq!(sent, 0, "refused after the slave was in sync: {e}");
+            }
+            Err(e) => panic!("send failed: {e}\n{}", tail_logs(dir.path())),
+        }
+    }
+    // The slave dies: sends are refused again (after the lag), never acknowledged alone.
+    n2.kill9();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match producer.send(Message::new("orders", "after")).await {
+            Err(e) if e.status() == Some(Status::NotEnoughReplicas) => break,
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "sends still acknowledged 10 s after the only slave died"
+            ),
+        }
+    }
+    slave.close().await;
+    cluster.close().await;
+}

@@ -219,6 +219,10 @@ pub enum Status {
     /// hand-backs) go to the set's master; read the topic's route again. Replication requests
     /// that name a stale master epoch get it too.
     NotMaster = 53,
+    /// Sync replication: too few copies of the log are in sync (nothing was stored), or the
+    /// slaves did not acknowledge a stored send in time (not acknowledged: a retry may store
+    /// it twice). Retry after a back-off.
+    NotEnoughReplicas = 54,
     /// An unexpected broker error.
     Internal = 99,
 }
@@ -265,6 +269,7 @@ impl Status {
             51 => NoController,
             52 => ControllerUnavailable,
             53 => NotMaster,
+            54 => NotEnoughReplicas,
             _ => Internal,
         }
     }
@@ -278,6 +283,7 @@ impl Status {
                 | Status::ShuttingDown
                 | Status::ControllerUnavailable
                 | Status::NotMaster
+                | Status::NotEnoughReplicas
         )
     }
 }
