@@ -39,7 +39,8 @@ const STOP_GRACE: Duration = Duration::from_secs(6);
 #[derive(Args)]
 #[command(after_help = "\
 Nodes 1 to min(N, 3) are controller voters; every node is also a broker, alone in its own \
-broker set (set-1, set-2, ...). All nodes share one self-signed certificate, generated into \
+broker set (set-1, set-2, ...), or, with --slaves K, in sets of 1 + K brokers (a master and K \
+slaves replicating it, --replication async or sync). All nodes share one self-signed certificate, generated into \
 DIR/shared/tls/. Each node's config (DIR/node-N.toml), data directory (DIR/node-N/) and log \
 (DIR/node-N.log) are kept on exit: after stopping the cluster, rerun a node by hand with \
 `quiver serve --config DIR/node-N.toml`. QUIVER_<SECTION>__<KEY> variables are not passed \
@@ -58,6 +59,14 @@ pub(crate) struct DevClusterArgs {
     /// Also copy the nodes' logs to stderr, each line prefixed with its node.
     #[arg(long)]
     foreground_logs: bool,
+    /// Slaves per broker set: nodes are grouped into sets of 1 + K (the first to register is
+    /// the set's master, the others replicate its commit log).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    slaves: u32,
+    /// With --slaves: `async` (a send is answered once the master has it) or `sync` (once
+    /// a slave has it too: min_in_sync = 2).
+    #[arg(long, value_name = "MODE", default_value = "async", value_parser = ["async", "sync"])]
+    replication: String,
     /// Give up (and stop every node) when the cluster is not ready within this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     ready_timeout: u64,
@@ -130,12 +139,12 @@ pub(crate) async fn run(a: DevClusterArgs) -> anyhow::Result<()> {
                 id,
                 addr: SocketAddr::from(([127, 0, 0, 1], ports[i as usize - 1])),
                 voter: voters.iter().any(|(v, _)| *v == id),
-                set: format!("set-{i}"),
+                set: format!("set-{}", (i - 1) / (a.slaves + 1) + 1),
                 config: dir.join(format!("node-{i}.toml")),
                 data: dir.join(format!("node-{i}")),
                 log: dir.join(format!("node-{i}.log")),
             };
-            write_config(&plan, a.nodes, &voters, &cert, &key)?;
+            write_config(&plan, a.nodes, &voters, &cert, &key, &a.replication)?;
             Ok(plan)
         })
         .collect::<anyhow::Result<_>>()?;
@@ -359,6 +368,7 @@ fn write_config(
     voters: &[(u64, SocketAddr)],
     cert: &Path,
     key: &Path,
+    replication: &str,
 ) -> anyhow::Result<()> {
     let voters: Vec<String> = voters
         .iter()
@@ -387,7 +397,15 @@ fn write_config(
          node_id = {id}\n\
          controller = {voter}\n\
          broker_set = {set}\n\
+         replication = {replication}\n\
+         {min_in_sync}\
          voters = [\n{voters}\n]\n",
+        replication = toml_str(replication),
+        min_in_sync = if replication == "sync" {
+            "min_in_sync = 2\n"
+        } else {
+            ""
+        },
         id = p.id,
         config = p.config.display(),
         name = toml_str(&format!("node-{}", p.id)),
