@@ -75,6 +75,14 @@ impl Server {
         let fingerprint = listener.fingerprint.clone();
         let cert_path = listener.cert_path.clone();
         let shutdown = CancellationToken::new();
+        if cfg.cluster.broker_set.is_some() {
+            // Until the node knows its role, it takes no write (a slave's log must only ever
+            // hold its master's records); the replication agent turns this off on a master.
+            let store = broker.store().clone();
+            tokio::task::spawn_blocking(move || store.set_replica(true))
+                .await
+                .context("setting the store's role")?;
+        }
         if let Some(m) = member {
             tokio::spawn(
                 m.clone()

@@ -357,13 +357,25 @@ impl Broker {
         max_bytes: usize,
         wait: std::time::Duration,
     ) -> Result<crate::store::LogChunk> {
-        self.replicas.record_fetch(node, from, self.store.log_end());
+        let end = self.store.log_end();
+        if from > end {
+            return Err(BrokerError::new(
+                Status::NotFound,
+                format!("offset {from} is past this master's log end {end}: the replica's log does not continue it"),
+            ));
+        }
         let deadline = tokio::time::Instant::now() + wait;
+        let mut recorded = false;
         loop {
             // Created before reading, so records arriving meanwhile wake it.
             let arrived = self.replicas.data_notified();
             let store = self.store.clone();
             let chunk = blocking(move || store.read_log(from, max_bytes)).await??;
+            if !recorded {
+                // `from` is a position of this log: the slave holds everything before it.
+                self.replicas.record_fetch(node, from, end);
+                recorded = true;
+            }
             if !chunk.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(chunk);
             }

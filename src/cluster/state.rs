@@ -140,6 +140,18 @@ impl ClusterState {
                 Some(b) => {
                     // A heartbeat proposed with an older clock never moves a lease back.
                     b.last_seen_ms = b.last_seen_ms.max(*at_ms);
+                    // A set registered before sets had masters gets its heartbeating broker.
+                    let set = b.set.clone();
+                    if self.sets.get(&set).is_none_or(|st| st.master == 0) {
+                        let epoch = self.sets.get(&set).map_or(0, |st| st.epoch) + 1;
+                        self.sets.insert(
+                            set,
+                            SetState {
+                                master: *node_id,
+                                epoch,
+                            },
+                        );
+                    }
                     Reply::Ok
                 }
                 None => Reply::Refused(format!("node {node_id} is not registered")),

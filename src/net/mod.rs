@@ -512,16 +512,30 @@ async fn replica_fetch(
         Some((master, _, epoch))
             if master == me && epoch == f.epoch && node.broker_set() == Some(f.set.as_str()) => {}
         other => {
+            let knows = match other {
+                Some((m, _, e)) => format!("its set's master is node {m} in epoch {e}"),
+                None => "it knows no master for its set".to_string(),
+            };
             return Err(BrokerError::new(
                 Status::NotMaster,
                 format!(
-                    "node {me} is not the master of broker set {:?} in epoch {} (it knows: {:?})",
-                    f.set,
-                    f.epoch,
-                    other.map(|(m, _, e)| format!("master {m}, epoch {e}"))
+                    "node {me} is not the master of broker set {:?} in epoch {}: {knows}",
+                    f.set, f.epoch
                 ),
-            ))
+            ));
         }
+    }
+    // Only a registered broker of this set acknowledges as a slave.
+    if f.node_id == me
+        || state.brokers.get(&f.node_id).map(|b| b.set.as_str()) != Some(f.set.as_str())
+    {
+        return Err(BrokerError::new(
+            Status::BadRequest,
+            format!(
+                "node {} is not a slave of broker set {:?}",
+                f.node_id, f.set
+            ),
+        ));
     }
     let max = f
         .max_bytes

@@ -431,7 +431,7 @@ impl WireDecode for TopicCreateOn {
 
 /// Largest replicated chunk a [`ReplicaChunk`] carries (whole batches: a single batch may be
 /// as large as a request frame).
-pub const MAX_REPLICA_CHUNK: u32 = 24 << 20;
+pub const MAX_REPLICA_CHUNK: u32 = 64 << 20;
 
 /// A slave asks its set's master for the commit log from `from` (its own log end): the
 /// master answers with whole records as stored, waiting up to `wait_ms` for new ones when it
