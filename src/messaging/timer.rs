@@ -949,6 +949,12 @@ impl Inner {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(p))
             }
+            // A slave's store takes only its master's records: the master delivers it, and
+            // that delivery is replicated here.
+            Err(crate::store::StoreError::Replica) => {
+                tracing::debug!(%topic, "due scheduled message left to the set's master");
+                Err(())
+            }
             Err(err) => {
                 tracing::error!(%topic, error = %err, "cannot deliver a due scheduled message; retrying");
                 Err(())
