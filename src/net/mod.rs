@@ -537,9 +537,8 @@ async fn replica_fetch(
             ),
         ));
     }
-    let max = f
-        .max_bytes
-        .clamp(1, quiver_protocol::cmd::MAX_REPLICA_CHUNK / 2) as usize;
+    // A chunk is this plus at most one whole batch (never split): within MAX_REPLICA_CHUNK.
+    let max = f.max_bytes.clamp(1, 8 << 20) as usize;
     let wait = Duration::from_millis(u64::from(f.wait_ms.min(5_000)));
     let chunk = broker.replica_chunk(f.node_id, f.from, max, wait).await?;
     Ok(quiver_protocol::Response::ReplicaFetch(
