@@ -166,6 +166,11 @@ impl ClusterConfig {
     /// Checks the section; `has_cert` says whether `tls.cert` is configured (the default
     /// trust anchor).
     pub fn validate(&self, has_cert: bool) -> Result<(), String> {
+        if self.replication == Replication::Sync && self.broker_set.is_none() {
+            return Err(
+                "cluster.replication = \"sync\" is a broker set's setting: it needs cluster.cluster_id and cluster.broker_set".into(),
+            );
+        }
         let Some(id) = &self.cluster_id else {
             if self.controller
                 || !self.voters.is_empty()
@@ -312,6 +317,22 @@ mod tests {
         let mut c = three();
         c.cluster_id = Some("bad id!".into());
         assert!(c.validate(true).is_err());
+    }
+
+    #[test]
+    fn sync_replication_needs_a_broker_set_and_two_copies() {
+        let mut c = three();
+        c.replication = Replication::Sync;
+        assert!(c.validate(true).unwrap_err().contains("broker_set"));
+        c.broker_set = Some("a".into());
+        assert!(c.validate(true).is_ok());
+        c.min_in_sync = 1;
+        assert!(c.validate(true).unwrap_err().contains("min_in_sync"));
+        let standalone = ClusterConfig {
+            replication: Replication::Sync,
+            ..ClusterConfig::default()
+        };
+        assert!(standalone.validate(false).is_err());
     }
 
     #[test]
