@@ -32,6 +32,10 @@ pub(crate) enum ClusterCommand {
 struct BrokerRow<'a> {
     cluster: &'a str,
     broker_set: &'a str,
+    /// `master` or `slave` of its set.
+    role: &'static str,
+    /// The set's master epoch.
+    epoch: u64,
     node: u64,
     addr: &'a str,
     alive: bool,
@@ -67,6 +71,15 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyh
     print(out, &info)
 }
 
+/// A broker's role in its set (and the set's epoch) from the reply's sets section.
+fn role_of(info: &ClusterInfoReply, set: &str, node: u64) -> (&'static str, u64) {
+    match info.sets.iter().find(|s| s.set == set) {
+        Some(s) if s.master == node => ("master", s.epoch),
+        Some(s) => ("slave", s.epoch),
+        None => ("-", 0),
+    }
+}
+
 fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
     if out.json {
         for n in &info.nodes {
@@ -81,9 +94,12 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
             })?;
         }
         for b in &info.brokers {
+            let (role, epoch) = role_of(info, &b.set, b.id);
             out.json(&BrokerRow {
                 cluster: &info.cluster_id,
                 broker_set: &b.set,
+                role,
+                epoch,
                 node: b.id,
                 addr: &b.addr,
                 alive: b.alive,
@@ -133,16 +149,19 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
     }
     out.line("")?;
     out.line(&format!(
-        "{:<16} {:<6} {:<24} {:<6} {}",
-        "BROKER SET", "NODE", "ADDRESS", "ALIVE", "LAST SEEN"
+        "{:<16} {:<6} {:<7} {:<6} {:<24} {:<6} {}",
+        "BROKER SET", "NODE", "ROLE", "EPOCH", "ADDRESS", "ALIVE", "LAST SEEN"
     ))?;
     let mut brokers = info.brokers.clone();
     brokers.sort_by(|a, b| (&a.set, a.id).cmp(&(&b.set, b.id)));
     for b in &brokers {
+        let (role, epoch) = role_of(info, &b.set, b.id);
         out.line(&format!(
-            "{:<16} {:<6} {:<24} {:<6} {}",
+            "{:<16} {:<6} {:<7} {:<6} {:<24} {:<6} {}",
             b.set,
             b.id,
+            role,
+            epoch,
             b.addr,
             if b.alive { "yes" } else { "NO" },
             rfc3339_ms(b.last_seen_ms)

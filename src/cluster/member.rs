@@ -212,6 +212,7 @@ impl Member {
                     last_seen_ms: b.last_seen_ms,
                 })
                 .collect(),
+            sets: super::sets_of(&state),
         })
     }
 

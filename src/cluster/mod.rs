@@ -353,6 +353,7 @@ impl Controller {
             applied: m.last_applied.map_or(0, |l| l.index),
             nodes,
             brokers,
+            sets: sets_of(&state),
         }
     }
 
@@ -412,5 +413,19 @@ pub fn standalone_info() -> ClusterInfoReply {
         applied: 0,
         nodes: Vec::new(),
         brokers: Vec::new(),
+        sets: Vec::new(),
     }
+}
+
+/// The sets' masters and epochs of `state`, for ClusterInfo.
+pub(crate) fn sets_of(state: &state::ClusterState) -> Vec<cmd::ClusterSet> {
+    state
+        .sets
+        .iter()
+        .map(|(set, st)| cmd::ClusterSet {
+            set: set.clone(),
+            master: st.master,
+            epoch: st.epoch,
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ use quiver_client::{
 };
 
 use super::cluster::{
-    agreed_leader, free_port, node_config, shared_identity, tail_logs, wait_for, Node,
+    agreed_leader, free_port, info, node_config, shared_identity, tail_logs, wait_for, Node,
 };
 
 /// Every message of `topic` on the broker at `addr`: (queue, offset, id, body) per queue.
@@ -148,6 +148,19 @@ async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up()
     })
     .await;
 
+    // Every node reports node 1 as the master of set a, in epoch 1.
+    for a in &addrs {
+        let i = info(*a, &cert).await.unwrap();
+        assert_eq!(
+            i.sets,
+            vec![quiver_client::quiver_protocol::cmd::ClusterSet {
+                set: "a".into(),
+                master: 1,
+                epoch: 1
+            }],
+            "{i:?}"
+        );
+    }
     let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
     let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
     let route = cluster
@@ -218,9 +231,11 @@ async fn sync_replication_answers_only_what_a_slave_holds_and_refuses_without_on
             addrs[id as usize - 1],
             &identity,
         );
-        let mut text = std::fs::read_to_string(&cfg).unwrap();
-        text += "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
-        std::fs::write(&cfg, text).unwrap();
+        if set.is_some() {
+            let mut text = std::fs::read_to_string(&cfg).unwrap();
+            text += "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
+            std::fs::write(&cfg, text).unwrap();
+        }
         Node::start(
             &cfg,
             &dir.path().join(format!("node{id}.log")),

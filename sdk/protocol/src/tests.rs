@@ -600,16 +600,24 @@ fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
                 }),
             0..5,
         ),
+        vec(
+            (arb_string(), any::<u64>(), any::<u64>())
+                .prop_map(|(set, master, epoch)| cmd::ClusterSet { set, master, epoch }),
+            0..4,
+        ),
     )
         .prop_map(
-            |(cluster_id, node_id, leader, term, applied, nodes, brokers)| cmd::ClusterInfoReply {
-                cluster_id,
-                node_id,
-                leader,
-                term,
-                applied,
-                nodes,
-                brokers,
+            |(cluster_id, node_id, leader, term, applied, nodes, brokers, sets)| {
+                cmd::ClusterInfoReply {
+                    cluster_id,
+                    node_id,
+                    leader,
+                    term,
+                    applied,
+                    nodes,
+                    brokers,
+                    sets,
+                }
             },
         )
 }
@@ -1186,6 +1194,8 @@ fn cluster_info_worked_example_matches_the_document() {
                 alive: true,
                 last_seen_ms: 1_764_806_400_000,
             }],
+            // The example ends after the brokers: no sets section (an older reply).
+            sets: vec![],
         }
     );
     let request = cmd::encode_request(&cmd::ClusterInfo {});

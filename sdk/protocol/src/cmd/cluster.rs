@@ -160,6 +160,17 @@ pub struct ClusterBroker {
     pub last_seen_ms: i64,
 }
 
+/// A broker set's roles as the committed metadata has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSet {
+    /// Broker set name.
+    pub set: String,
+    /// Its master's node id (the other brokers of the set are its slaves).
+    pub master: u64,
+    /// The master's epoch (raised at every change of master).
+    pub epoch: u64,
+}
+
 /// See [`ClusterInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInfoReply {
@@ -177,6 +188,9 @@ pub struct ClusterInfoReply {
     pub nodes: Vec<ControllerNode>,
     /// The brokers registered in the committed cluster state.
     pub brokers: Vec<ClusterBroker>,
+    /// The broker sets' masters and epochs (a trailing section: a reply that ends after
+    /// `brokers` has none).
+    pub sets: Vec<ClusterSet>,
 }
 
 call!(ClusterInfo => ClusterInfoReply, ClusterInfo);
@@ -213,6 +227,12 @@ impl WireEncode for ClusterInfoReply {
             b.put_u8(x.alive as u8);
             b.put_i64_le(x.last_seen_ms);
         }
+        b.put_u16_le(self.sets.len() as u16);
+        for x in &self.sets {
+            b.put_str16(&x.set);
+            b.put_u64_le(x.master);
+            b.put_u64_le(x.epoch);
+        }
     }
 }
 
@@ -244,6 +264,18 @@ impl WireDecode for ClusterInfoReply {
                 last_seen_ms: r.i64("last seen")?,
             });
         }
+        let mut sets = Vec::new();
+        if r.remaining() > 0 {
+            let n = r.u16("set count")?;
+            sets.reserve(n.min(64) as usize);
+            for _ in 0..n {
+                sets.push(ClusterSet {
+                    set: r.str16("broker set")?,
+                    master: r.u64("master")?,
+                    epoch: r.u64("epoch")?,
+                });
+            }
+        }
         Ok(ClusterInfoReply {
             cluster_id,
             node_id,
@@ -252,6 +284,7 @@ impl WireDecode for ClusterInfoReply {
             applied,
             nodes,
             brokers,
+            sets,
         })
     }
 }
