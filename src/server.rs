@@ -88,9 +88,18 @@ impl Server {
                 m.clone()
                     .run(cfg.cluster.advertise.unwrap_or(addr), shutdown.clone()),
             );
+            let b = broker.clone();
+            let in_sync: crate::cluster::InSyncSlaves = Arc::new(move || {
+                let r = b.replicas();
+                r.slaves()
+                    .iter()
+                    .filter(|v| r.in_sync(v))
+                    .map(|v| v.node)
+                    .collect()
+            });
             tokio::spawn(
                 m.clone()
-                    .replicate(broker.store().clone(), shutdown.clone()),
+                    .replicate(broker.store().clone(), in_sync, shutdown.clone()),
             );
         }
         let (b, s) = (broker.clone(), shutdown.clone());

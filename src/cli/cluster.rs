@@ -36,6 +36,9 @@ struct BrokerRow<'a> {
     role: &'static str,
     /// The set's master epoch.
     epoch: u64,
+    /// A slave: whether its master reports it in sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_sync: Option<bool>,
     node: u64,
     addr: &'a str,
     alive: bool,
@@ -71,12 +74,13 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyh
     print(out, &info)
 }
 
-/// A broker's role in its set (and the set's epoch) from the reply's sets section.
-fn role_of(info: &ClusterInfoReply, set: &str, node: u64) -> (&'static str, u64) {
+/// A broker's role in its set, the set's epoch, and (for a slave) whether its master reports
+/// it in sync, from the reply's sets section.
+fn role_of(info: &ClusterInfoReply, set: &str, node: u64) -> (&'static str, u64, Option<bool>) {
     match info.sets.iter().find(|s| s.set == set) {
-        Some(s) if s.master == node => ("master", s.epoch),
-        Some(s) => ("slave", s.epoch),
-        None => ("-", 0),
+        Some(s) if s.master == node => ("master", s.epoch, None),
+        Some(s) => ("slave", s.epoch, Some(s.in_sync.contains(&node))),
+        None => ("-", 0, None),
     }
 }
 
@@ -94,12 +98,13 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
             })?;
         }
         for b in &info.brokers {
-            let (role, epoch) = role_of(info, &b.set, b.id);
+            let (role, epoch, in_sync) = role_of(info, &b.set, b.id);
             out.json(&BrokerRow {
                 cluster: &info.cluster_id,
                 broker_set: &b.set,
                 role,
                 epoch,
+                in_sync,
                 node: b.id,
                 addr: &b.addr,
                 alive: b.alive,
@@ -149,19 +154,24 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
     }
     out.line("")?;
     out.line(&format!(
-        "{:<16} {:<6} {:<7} {:<6} {:<24} {:<6} {}",
-        "BROKER SET", "NODE", "ROLE", "EPOCH", "ADDRESS", "ALIVE", "LAST SEEN"
+        "{:<16} {:<6} {:<7} {:<6} {:<8} {:<24} {:<6} {}",
+        "BROKER SET", "NODE", "ROLE", "EPOCH", "IN SYNC", "ADDRESS", "ALIVE", "LAST SEEN"
     ))?;
     let mut brokers = info.brokers.clone();
     brokers.sort_by(|a, b| (&a.set, a.id).cmp(&(&b.set, b.id)));
     for b in &brokers {
-        let (role, epoch) = role_of(info, &b.set, b.id);
+        let (role, epoch, in_sync) = role_of(info, &b.set, b.id);
         out.line(&format!(
-            "{:<16} {:<6} {:<7} {:<6} {:<24} {:<6} {}",
+            "{:<16} {:<6} {:<7} {:<6} {:<8} {:<24} {:<6} {}",
             b.set,
             b.id,
             role,
             epoch,
+            match in_sync {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            },
             b.addr,
             if b.alive { "yes" } else { "NO" },
             rfc3339_ms(b.last_seen_ms)

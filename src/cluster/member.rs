@@ -602,6 +602,9 @@ impl Member {
     }
 }
 
+/// The slaves a master's broker counts in sync now (node ids).
+pub type InSyncSlaves = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
+
 /// Bytes a slave asks for per fetch.
 const FETCH_BYTES: u32 = 4 << 20;
 /// How long a fetch waits at the master for new records.
@@ -614,6 +617,7 @@ impl Member {
     pub async fn replicate(
         self: Arc<Self>,
         store: Arc<crate::store::Store>,
+        in_sync: InSyncSlaves,
         stop: CancellationToken,
     ) {
         let Some(set) = self.cfg.broker_set.clone() else {
@@ -649,6 +653,31 @@ impl Member {
                     let _ = tokio::task::spawn_blocking(move || s.set_replica(false)).await;
                     tracing::info!(%set, epoch, "this broker is the master of its set");
                     following = None;
+                }
+                // Report the in-sync slaves when they changed (the failover candidates).
+                let mut now: Vec<u64> = in_sync();
+                now.sort_unstable();
+                let known: Vec<u64> = state
+                    .sets
+                    .get(&set)
+                    .map(|st| st.in_sync.iter().copied().collect())
+                    .unwrap_or_default();
+                if now != known {
+                    let report = Command::SetInSync {
+                        set: set.clone(),
+                        epoch,
+                        master: me,
+                        in_sync: now.clone(),
+                    };
+                    match self.write(report).await {
+                        Ok(Reply::Ok) => {
+                            tracing::info!(%set, epoch, in_sync = ?now, "in-sync slaves reported")
+                        }
+                        Ok(Reply::Refused(why)) => {
+                            tracing::warn!(%set, %why, "the controller refused the in-sync report")
+                        }
+                        Err(e) => tracing::debug!(error = %e, "in-sync report not delivered"),
+                    }
                 }
                 pause(200).await;
                 continue;

@@ -27,7 +27,7 @@ use quiver_protocol::cmd::{self, ClusterBroker, ClusterInfoReply, ControllerNode
 use crate::clock::Clock;
 
 pub use config::{ClusterConfig, Replication, VoterConfig};
-pub use member::{LocalTopics, Member, RouteError, TopicFuture};
+pub use member::{InSyncSlaves, LocalTopics, Member, RouteError, TopicFuture};
 pub use network::{PeerError, PeerTransport};
 
 openraft::declare_raft_types!(
@@ -426,6 +426,7 @@ pub(crate) fn sets_of(state: &state::ClusterState) -> Vec<cmd::ClusterSet> {
             set: set.clone(),
             master: st.master,
             epoch: st.epoch,
+            in_sync: st.in_sync.iter().copied().collect(),
         })
         .collect()
 }

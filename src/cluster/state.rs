@@ -41,6 +41,17 @@ pub enum Command {
         #[serde(default)]
         only_new: bool,
     },
+    /// A set's master reports which of its slaves are in sync (for the master's epoch only).
+    SetInSync {
+        /// Broker set.
+        set: String,
+        /// The reporting master's epoch; a report from an older epoch is refused.
+        epoch: u64,
+        /// The reporting master.
+        master: u64,
+        /// Slaves in sync.
+        in_sync: Vec<u64>,
+    },
     /// A topic is removed from routing.
     DeleteTopic {
         /// Topic.
@@ -76,6 +87,9 @@ pub struct SetState {
     pub master: u64,
     /// Raised every time the set gets a new master; a master of an older epoch is fenced.
     pub epoch: u64,
+    /// The slaves the master reports in sync (candidates for a failover).
+    #[serde(default)]
+    pub in_sync: std::collections::BTreeSet<u64>,
 }
 
 /// The cluster metadata.
@@ -119,6 +133,7 @@ impl ClusterState {
                         SetState {
                             master: *node_id,
                             epoch: self.sets.get(set).map_or(0, |st| st.epoch) + 1,
+                            in_sync: Default::default(),
                         },
                     );
                 }
@@ -149,6 +164,7 @@ impl ClusterState {
                             SetState {
                                 master: *node_id,
                                 epoch,
+                                in_sync: Default::default(),
                             },
                         );
                     }
@@ -173,6 +189,28 @@ impl ClusterState {
                 self.deleted.remove(topic);
                 Reply::Ok
             }
+            Command::SetInSync {
+                set,
+                epoch,
+                master,
+                in_sync,
+            } => match self.sets.get_mut(set) {
+                Some(st) if st.epoch == *epoch && st.master == *master => {
+                    // Only registered brokers of the set, never the master itself.
+                    let members: std::collections::BTreeSet<u64> = in_sync
+                        .iter()
+                        .copied()
+                        .filter(|n| {
+                            *n != *master && self.brokers.get(n).is_some_and(|b| &b.set == set)
+                        })
+                        .collect();
+                    st.in_sync = members;
+                    Reply::Ok
+                }
+                _ => Reply::Refused(format!(
+                    "node {master} is not the master of broker set {set} in epoch {epoch}"
+                )),
+            },
             Command::DeleteTopic { topic } => match self.routes.remove(topic) {
                 Some(_) => {
                     self.deleted.insert(topic.clone());
@@ -267,6 +305,18 @@ mod tests {
         assert_eq!(s.broker_of("a").map(|(id, _)| id), Some(1));
         assert_eq!(s.master_for(2), Some((1, addr(1), 1)));
         assert_eq!(s.master_for(1), Some((1, addr(1), 1)));
+        // The master reports its in-sync slaves; others and stale epochs cannot.
+        let report = |master, epoch, in_sync: Vec<u64>| Command::SetInSync {
+            set: "a".into(),
+            epoch,
+            master,
+            in_sync,
+        };
+        assert_eq!(s.apply(&report(1, 1, vec![2, 1, 9])), Reply::Ok);
+        assert_eq!(s.sets["a"].in_sync, std::collections::BTreeSet::from([2]));
+        assert!(matches!(s.apply(&report(2, 1, vec![])), Reply::Refused(_)));
+        assert!(matches!(s.apply(&report(1, 0, vec![])), Reply::Refused(_)));
+        assert_eq!(s.sets["a"].in_sync, std::collections::BTreeSet::from([2]));
         assert!(
             s.alive(1, 49_999, 30_000),
             "a re-registration never moves a lease back"
@@ -339,6 +389,14 @@ mod tests {
                 }),
             prop_oneof![Just("t"), Just("u")]
                 .prop_map(|t| Command::DeleteTopic { topic: t.into() }),
+            (0u64..4, 0u64..3, proptest::collection::vec(0u64..4, 0..3)).prop_map(
+                |(master, epoch, in_sync)| Command::SetInSync {
+                    set: "a".into(),
+                    epoch,
+                    master,
+                    in_sync
+                }
+            ),
         ]
     }
 

@@ -156,7 +156,12 @@ async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up()
             vec![quiver_client::quiver_protocol::cmd::ClusterSet {
                 set: "a".into(),
                 master: 1,
-                epoch: 1
+                epoch: 1,
+                in_sync: i
+                    .sets
+                    .first()
+                    .map(|s| s.in_sync.clone())
+                    .unwrap_or_default(),
             }],
             "{i:?}"
         );
@@ -177,6 +182,11 @@ async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up()
     send(&producer, 200, "first").await;
     let n = in_step(addrs[0], addrs[1], &cert, dir.path()).await;
     assert!(n >= 200, "{n}");
+    // The master reports its caught-up slave in sync; the controller records it.
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
 
     // The slave refuses writes (the client is told to go to the master).
     let direct = Client::connect(ClientConfig::new(addrs[1], Tls::CaFile(cert.clone())))

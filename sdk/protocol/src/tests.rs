@@ -601,8 +601,18 @@ fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
             0..5,
         ),
         vec(
-            (arb_string(), any::<u64>(), any::<u64>())
-                .prop_map(|(set, master, epoch)| cmd::ClusterSet { set, master, epoch }),
+            (
+                arb_string(),
+                any::<u64>(),
+                any::<u64>(),
+                vec(any::<u64>(), 0..3),
+            )
+                .prop_map(|(set, master, epoch, in_sync)| cmd::ClusterSet {
+                    set,
+                    master,
+                    epoch,
+                    in_sync,
+                }),
             0..4,
         ),
     )

@@ -169,6 +169,8 @@ pub struct ClusterSet {
     pub master: u64,
     /// The master's epoch (raised at every change of master).
     pub epoch: u64,
+    /// The slaves the master reports in sync.
+    pub in_sync: Vec<u64>,
 }
 
 /// See [`ClusterInfo`].
@@ -232,6 +234,10 @@ impl WireEncode for ClusterInfoReply {
             b.put_str16(&x.set);
             b.put_u64_le(x.master);
             b.put_u64_le(x.epoch);
+            b.put_u16_le(x.in_sync.len() as u16);
+            for n in &x.in_sync {
+                b.put_u64_le(*n);
+            }
         }
     }
 }
@@ -269,10 +275,19 @@ impl WireDecode for ClusterInfoReply {
             let n = r.u16("set count")?;
             sets.reserve(n.min(64) as usize);
             for _ in 0..n {
+                let set = r.str16("broker set")?;
+                let master = r.u64("master")?;
+                let epoch = r.u64("epoch")?;
+                let k = r.u16("in-sync count")?;
+                let mut in_sync = Vec::with_capacity(k.min(64) as usize);
+                for _ in 0..k {
+                    in_sync.push(r.u64("in-sync slave")?);
+                }
                 sets.push(ClusterSet {
-                    set: r.str16("broker set")?,
-                    master: r.u64("master")?,
-                    epoch: r.u64("epoch")?,
+                    set,
+                    master,
+                    epoch,
+                    in_sync,
                 });
             }
         }
