@@ -713,6 +713,16 @@ impl Member {
                 .await
             {
                 Ok(b) => b,
+                // The master answered no: this log does not continue the master's (it holds
+                // records the master does not: an old master's unacknowledged tail).
+                Err(e @ super::PeerError::Refused { .. }) => {
+                    tracing::warn!(master, epoch, from, error = %e,
+                        "the master refuses this slave's position: its log does not continue the \
+                         master's; cutting it back is not implemented yet (move its data away to \
+                         rejoin empty)");
+                    pause(5000).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(master, error = %e, "replication fetch failed; retrying");
                     pause(300).await;

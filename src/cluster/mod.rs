@@ -79,7 +79,12 @@ pub struct Controller {
     rpc_timeout: Duration,
     clock: Clock,
     lease_ms: i64,
+    /// Stops the failover watch.
+    stop: tokio_util::sync::CancellationToken,
 }
+
+/// How often the controller leader looks for sets whose master lost its lease.
+const FAILOVER_CHECK: Duration = Duration::from_millis(250);
 
 impl Controller {
     /// Opens the controller's storage in `<data_dir>/controller/`, starts Raft and, when the
@@ -151,7 +156,7 @@ impl Controller {
             }
         }
         tracing::info!(cluster = %cluster_id, node = cfg.node_id, "controller started");
-        Ok(Arc::new(Self {
+        let controller = Arc::new(Self {
             raft,
             sm,
             cluster_id,
@@ -160,7 +165,59 @@ impl Controller {
             rpc_timeout: Duration::from_millis(cfg.rpc_timeout_ms),
             clock,
             lease_ms: cfg.broker_lease_ms as i64,
-        }))
+            stop: tokio_util::sync::CancellationToken::new(),
+        });
+        tokio::spawn(controller.clone().watch_masters());
+        Ok(controller)
+    }
+
+    /// On the leader: a set whose master's lease ran out gets a new master, its in-sync
+    /// slave with a live lease (the lowest node id), in the next epoch. Checked every
+    /// `FAILOVER_CHECK`; a set without such a slave keeps its master (and stays unavailable
+    /// until it returns).
+    async fn watch_masters(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(FAILOVER_CHECK) => {}
+            }
+            if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
+                continue;
+            }
+            let state = self.sm.state();
+            let now = self.clock.now_ms();
+            for (set, st) in &state.sets {
+                if state.alive(st.master, now, self.lease_ms) {
+                    continue;
+                }
+                let Some(next) = st
+                    .in_sync
+                    .iter()
+                    .copied()
+                    .find(|n| state.alive(*n, now, self.lease_ms))
+                else {
+                    continue;
+                };
+                let elect = state::Command::ElectMaster {
+                    set: set.clone(),
+                    epoch: st.epoch,
+                    node: next,
+                };
+                match self.write_local(elect).await {
+                    Ok(state::Reply::Ok) => tracing::warn!(
+                        %set,
+                        old = st.master,
+                        new = next,
+                        epoch = st.epoch + 1,
+                        "a broker set's master lost its lease: its in-sync slave is the new master"
+                    ),
+                    Ok(state::Reply::Refused(why)) => {
+                        tracing::debug!(%set, %why, "election refused")
+                    }
+                    Err(e) => tracing::debug!(%set, error = %e, "election not committed"),
+                }
+            }
+        }
     }
 
     /// The cluster id.
@@ -369,6 +426,7 @@ impl Controller {
 
     /// Stops Raft (on broker shutdown).
     pub async fn shutdown(&self) {
+        self.stop.cancel();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "controller shutdown");
         }

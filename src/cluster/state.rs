@@ -52,6 +52,16 @@ pub enum Command {
         /// Slaves in sync.
         in_sync: Vec<u64>,
     },
+    /// A set gets a new master (failover, or a switch-over): `node`, a registered broker of
+    /// the set, replaces the master of `epoch`; the epoch goes up by one.
+    ElectMaster {
+        /// Broker set.
+        set: String,
+        /// The epoch being replaced; a stale election is refused.
+        epoch: u64,
+        /// The new master.
+        node: u64,
+    },
     /// A topic is removed from routing.
     DeleteTopic {
         /// Topic.
@@ -211,6 +221,20 @@ impl ClusterState {
                     "node {master} is not the master of broker set {set} in epoch {epoch}"
                 )),
             },
+            Command::ElectMaster { set, epoch, node } => {
+                let member = self.brokers.get(node).is_some_and(|b| &b.set == set);
+                match self.sets.get_mut(set) {
+                    Some(st) if st.epoch == *epoch && st.master != *node && member => {
+                        st.master = *node;
+                        st.epoch += 1;
+                        st.in_sync.clear();
+                        Reply::Ok
+                    }
+                    _ => Reply::Refused(format!(
+                        "node {node} cannot replace the master of broker set {set} in epoch {epoch}"
+                    )),
+                }
+            }
             Command::DeleteTopic { topic } => match self.routes.remove(topic) {
                 Some(_) => {
                     self.deleted.insert(topic.clone());
@@ -317,6 +341,25 @@ mod tests {
         assert!(matches!(s.apply(&report(2, 1, vec![])), Reply::Refused(_)));
         assert!(matches!(s.apply(&report(1, 0, vec![])), Reply::Refused(_)));
         assert_eq!(s.sets["a"].in_sync, std::collections::BTreeSet::from([2]));
+        // An election replaces the master of its epoch once; the old master's reports are
+        // refused from then on.
+        let elect = |epoch, node| Command::ElectMaster {
+            set: "a".into(),
+            epoch,
+            node,
+        };
+        assert!(
+            matches!(s.apply(&elect(1, 9)), Reply::Refused(_)),
+            "not a broker of a"
+        );
+        assert_eq!(s.apply(&elect(1, 2)), Reply::Ok);
+        assert_eq!(s.master_for(1), Some((2, addr(2), 2)));
+        assert!(s.sets["a"].in_sync.is_empty());
+        assert!(
+            matches!(s.apply(&elect(1, 1)), Reply::Refused(_)),
+            "stale epoch"
+        );
+        assert!(matches!(s.apply(&report(1, 1, vec![2])), Reply::Refused(_)));
         assert!(
             s.alive(1, 49_999, 30_000),
             "a re-registration never moves a lease back"
@@ -389,6 +432,11 @@ mod tests {
                 }),
             prop_oneof![Just("t"), Just("u")]
                 .prop_map(|t| Command::DeleteTopic { topic: t.into() }),
+            (0u64..3, 0u64..4).prop_map(|(epoch, node)| Command::ElectMaster {
+                set: "a".into(),
+                epoch,
+                node
+            }),
             (0u64..4, 0u64..3, proptest::collection::vec(0u64..4, 0..3)).prop_map(
                 |(master, epoch, in_sync)| Command::SetInSync {
                     set: "a".into(),

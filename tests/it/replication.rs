@@ -337,3 +337,130 @@ async fn sync_replication_answers_only_what_a_slave_holds_and_refuses_without_on
     slave.close().await;
     cluster.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_is_replaced_by_its_in_sync_slave_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = shared_identity(dir.path());
+    let cert = identity.0.clone();
+    let voters: Vec<(u64, SocketAddr)> = (1..=3)
+        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
+    let start = |id: u64, set: Option<&str>| {
+        let cfg = node_config(
+            dir.path(),
+            &format!("node{id}"),
+            id,
+            true,
+            set,
+            "c1",
+            &voters,
+            addrs[id as usize - 1],
+            &identity,
+        );
+        if set.is_some() {
+            let mut text = std::fs::read_to_string(&cfg).unwrap();
+            text += "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
+            std::fs::write(&cfg, text).unwrap();
+        }
+        Node::start(
+            &cfg,
+            &dir.path().join(format!("node{id}.log")),
+            addrs[id as usize - 1],
+        )
+    };
+    let mut n1 = start(1, Some("a"));
+    let _n3 = start(3, None);
+    agreed_leader(
+        &[addrs[0], addrs[2]],
+        &cert,
+        &[],
+        Duration::from_secs(20),
+        dir.path(),
+    )
+    .await;
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let _n2 = start(2, Some("a"));
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    cluster
+        .create_topic("orders", 2, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let producer = Producer::with_cluster(
+        cluster.clone(),
+        ProducerOptions {
+            send_timeout: Duration::from_secs(2),
+            ..ProducerOptions::default()
+        },
+    );
+    // Every send acknowledged (sync: the slave holds it too), once the slave is in sync.
+    let send_acked = |n: usize, tag: &'static str| {
+        let producer = producer.clone();
+        let logs = dir.path().to_path_buf();
+        async move {
+            let mut ids = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ids.len() < n {
+                match producer
+                    .send(Message::new("orders", format!("{tag}-{}", ids.len())))
+                    .await
+                {
+                    Ok(r) => ids.push(r.msg_id.0),
+                    Err(e) => {
+                        assert!(
+                            e.is_retryable() && Instant::now() < deadline,
+                            "send failed: {e}\n{}",
+                            tail_logs(&logs)
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            ids
+        }
+    };
+    let mut acked = send_acked(100, "before").await;
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
+
+    // kill -9 the master: the controller makes its in-sync slave the master, epoch 2.
+    n1.kill9();
+    let killed = Instant::now();
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.sets
+            .first()
+            .is_some_and(|s| s.master == 2 && s.epoch == 2)
+    })
+    .await;
+    eprintln!("failover after {:?}", killed.elapsed());
+    // Nothing acknowledged is lost: the new master has every message.
+    let have: std::collections::BTreeSet<u128> = read_all(addrs[1], &cert, "orders")
+        .await
+        .into_iter()
+        .map(|(_, _, id, _)| id)
+        .collect();
+    let lost: Vec<&u128> = acked.iter().filter(|id| !have.contains(id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
+
+    // The old master comes back as the new master's slave; sends are acknowledged again
+    // (two copies in sync), and it mirrors the new master.
+    n1.spawn();
+    acked.extend(send_acked(50, "after").await);
+    let i = info(addrs[2], &cert).await.unwrap();
+    assert_eq!(i.sets[0].master, 2, "{i:?}");
+    in_step(addrs[1], addrs[0], &cert, dir.path()).await;
+    let have: std::collections::BTreeSet<u128> = read_all(addrs[0], &cert, "orders")
+        .await
+        .into_iter()
+        .map(|(_, _, id, _)| id)
+        .collect();
+    assert!(acked.iter().all(|id| have.contains(id)));
+    cluster.close().await;
+}
