@@ -272,7 +272,7 @@ impl Cluster {
 }
 
 /// How often a [`ClusterPushConsumer`] reads its topics' routes again to join broker sets
-/// that started holding them.
+/// that started holding them, and to follow a set to its new master after a failover.
 const ROUTE_REFRESH: Duration = Duration::from_secs(10);
 
 /// A consumer-group member over every broker set that holds its topics: one
@@ -281,7 +281,10 @@ const ROUTE_REFRESH: Duration = Duration::from_secs(10);
 /// the group's committed offsets of its queues; a message handed back for retry is retried
 /// on the set that holds it. Sets that start holding a subscribed topic later are joined
 /// within 10 s. A set whose broker is down keeps its queues (and their offsets) until it is
-/// back: the other sets' queues go on being consumed.
+/// back, or until the set has a new master (failover): the member then moves to it within
+/// 10 s (group offsets are not replicated yet: the new master's member starts by
+/// `consume_from`, and may deliver again what was consumed). The other sets' queues go on
+/// being consumed.
 pub struct ClusterPushConsumer {
     members: Arc<tokio::sync::Mutex<HashMap<String, PushConsumer>>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -407,8 +410,19 @@ async fn join_sets(
     }
     let mut members = members.lock().await;
     for (set, (client, subs)) in per_set {
-        if members.contains_key(&set) {
-            continue;
+        match members.get(&set) {
+            Some(m) if m.broker_addr() == client.config().addr => continue,
+            // The set has a new master (failover): the member moves to it. The old one stops
+            // as a crash would (its broker is gone or a slave now); group offsets are not
+            // replicated yet, so the new master's member starts by `consume_from` and may
+            // deliver again what was consumed before.
+            Some(m) => {
+                tracing::warn!(%set, from = %m.broker_addr(), to = %client.config().addr,
+                    "the broker set has a new master: the group member moves to it");
+                m.kill();
+                members.remove(&set);
+            }
+            None => {}
         }
         let mut opts = options.clone();
         if opts.mode == GroupMode::Broadcasting {

@@ -504,6 +504,11 @@ impl PushConsumer {
         })
     }
 
+    /// The address of the broker this consumer talks to.
+    pub(crate) fn broker_addr(&self) -> std::net::SocketAddr {
+        self.shared.client.config().addr
+    }
+
     /// This member's id in its group: `<client id>-<16 random hex digits>`, unique per
     /// consumer instance.
     pub fn member_id(&self) -> &str {
