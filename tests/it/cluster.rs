@@ -194,6 +194,7 @@ pub(crate) fn tail_logs(dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_controllers_elect_fail_over_and_take_a_node_back() {
+    let _heavy = super::harness::heavy();
     let dir = tempfile::tempdir().unwrap();
     let identity = shared_identity(dir.path());
     let voters: Vec<(u64, SocketAddr)> = (1..=3)

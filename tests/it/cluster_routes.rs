@@ -93,6 +93,7 @@ fn sets_of(ids: &[(u128, String)]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_broker_sets_route_produce_consume_and_survive_kills() {
+    let _heavy = super::harness::heavy();
     let dir = tempfile::tempdir().unwrap();
     let identity = shared_identity(dir.path());
     let cert = identity.0.clone();

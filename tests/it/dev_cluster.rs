@@ -75,6 +75,7 @@ async fn info(addr: SocketAddr, cert: &Path) -> anyhow::Result<ClusterInfoReply>
 
 #[test]
 fn dev_cluster_starts_three_nodes_and_sigint_stops_them_all() {
+    let _heavy = super::harness::heavy();
     let dir = tempfile::tempdir().unwrap();
     let stderr = std::fs::File::create(dir.path().join("dev-cluster.stderr")).unwrap();
     let cluster_dir = dir.path().join("cluster");

@@ -159,3 +159,20 @@ pub async fn raw_connection(
     let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     (endpoint, conn)
 }
+
+/// Held by the tests that run several broker processes or kill them and time their return
+/// (cluster, replication, reconnect, crash tests): one at a time, so that on a 2-core machine
+/// one's processes do not starve another's timing (the other tests still run beside them).
+/// Each test runs on its own runtime and holds it for its whole body, awaits included: the
+/// only other holders are other tests' threads, which simply wait their turn.
+pub struct Heavy {
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Waits for the heavy tests' turn (see [`Heavy`]).
+pub fn heavy() -> Heavy {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    Heavy {
+        _turn: HEAVY.lock().unwrap_or_else(|e| e.into_inner()),
+    }
+}

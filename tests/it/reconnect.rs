@@ -103,6 +103,7 @@ async fn spawn(config: &Path, listen: Option<SocketAddr>) -> (Child, SocketAddr,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn producer_and_push_consumer_survive_a_broker_kill_and_restart() {
+    let _heavy = super::harness::heavy();
     let mut broker = ProcessBroker::start().await;
     let topic = "restarts";
     // Producer and consumer in separate clients, as in separate applications; every SDK
@@ -247,6 +248,7 @@ async fn producer_and_push_consumer_survive_a_broker_kill_and_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_producer_rides_out_a_broker_kill_and_restart() {
+    let _heavy = super::harness::heavy();
     let mut broker = ProcessBroker::start().await;
     let topic = "cli-restarts";
     let mut produce = Command::new(env!("CARGO_BIN_EXE_quiver"))

@@ -102,6 +102,7 @@ async fn in_step(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up() {
+    let _heavy = super::harness::heavy();
     let dir = tempfile::tempdir().unwrap();
     let identity = shared_identity(dir.path());
     let cert = identity.0.clone();
@@ -222,6 +223,7 @@ async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_replication_answers_only_what_a_slave_holds_and_refuses_without_one() {
+    let _heavy = super::harness::heavy();
     let dir = tempfile::tempdir().unwrap();
     let identity = shared_identity(dir.path());
     let cert = identity.0.clone();
@@ -340,6 +342,7 @@ async fn sync_replication_answers_only_what_a_slave_holds_and_refuses_without_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_is_replaced_by_its_in_sync_slave_and_nothing_acknowledged_is_lost() {
+    let _heavy = super::harness::heavy();
     let dir = tempfile::tempdir().unwrap();
     let identity = shared_identity(dir.path());
     let cert = identity.0.clone();

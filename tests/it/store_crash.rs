@@ -32,6 +32,7 @@ fn config(dir: &std::path::Path) -> StoreConfig {
 
 #[test]
 fn every_acked_message_survives_sigkill_and_appends_continue() {
+    let _heavy = super::harness::heavy();
     let dir = tempfile::tempdir().unwrap();
     // (queue, offset) -> (id, body length) for every ack printed by a killed writer.
     let mut acked: HashMap<(u32, u64), (u64, usize)> = HashMap::new();
