@@ -331,25 +331,8 @@ impl Client {
     /// Connects to the broker and performs the Hello handshake (one attempt, within
     /// `connect_timeout` + `request_timeout`). Must be called inside a tokio runtime.
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let mut quic = quinn_client_config(&cfg.tls)?;
-        if !cfg.liveness_timeout.is_zero() {
-            // An idle connection pings this often, so a dead broker is noticed even when no
-            // request is in flight (or only a long poll, which sends nothing while it waits).
-            let mut transport = transport_config();
-            transport.keep_alive_interval(Some(keep_alive_interval(cfg.liveness_timeout)));
-            quic.transport_config(Arc::new(transport));
-        }
-        let bind: SocketAddr = if cfg.addr.is_ipv6() {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let endpoint = bind_endpoint(bind).map_err(|e| ClientError::Connect {
-            addr: cfg.addr,
-            reason: format!("cannot bind a UDP socket on {bind}: {e}"),
-        })?;
         let limit = cfg.connect_timeout + cfg.request_timeout;
-        let client = Client::with_parts(cfg, endpoint, quic, false);
+        let client = Client::lazy(cfg)?;
         let conn = client.establish(Instant::now() + limit).await?;
         client.install(conn);
         Ok(client)
@@ -361,6 +344,8 @@ impl Client {
     pub fn lazy(cfg: ClientConfig) -> Result<Client, ClientError> {
         let mut quic = quinn_client_config(&cfg.tls)?;
         if !cfg.liveness_timeout.is_zero() {
+            // An idle connection pings this often, so a dead broker is noticed even when no
+            // request is in flight (or only a long poll, which sends nothing while it waits).
             let mut transport = transport_config();
             transport.keep_alive_interval(Some(keep_alive_interval(cfg.liveness_timeout)));
             quic.transport_config(Arc::new(transport));
