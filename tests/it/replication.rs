@@ -15,6 +15,62 @@ use super::cluster::{
     agreed_leader, free_port, info, node_config, shared_identity, tail_logs, wait_for, Node,
 };
 
+/// Sync replication settings (short lag and acknowledgement timeouts for the tests).
+const SYNC: &str =
+    "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
+
+/// Three nodes on free ports sharing one certificate: voters 1-3; `extra` goes into the
+/// `[cluster]` section of the nodes that serve in a broker set.
+struct Nodes {
+    dir: tempfile::TempDir,
+    identity: (std::path::PathBuf, std::path::PathBuf),
+    cert: std::path::PathBuf,
+    voters: Vec<(u64, SocketAddr)>,
+    addrs: Vec<SocketAddr>,
+    extra: &'static str,
+}
+
+impl Nodes {
+    fn new(extra: &'static str) -> Nodes {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = shared_identity(dir.path());
+        let cert = identity.0.clone();
+        let voters: Vec<(u64, SocketAddr)> = (1..=3)
+            .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .collect();
+        let addrs = voters.iter().map(|(_, a)| *a).collect();
+        Nodes {
+            dir,
+            identity,
+            cert,
+            voters,
+            addrs,
+            extra,
+        }
+    }
+
+    fn start(&self, id: u64, set: Option<&str>) -> Node {
+        let addr = self.addrs[id as usize - 1];
+        let cfg = node_config(
+            self.dir.path(),
+            &format!("node{id}"),
+            id,
+            true,
+            set,
+            "c1",
+            &self.voters,
+            addr,
+            &self.identity,
+        );
+        if set.is_some() && !self.extra.is_empty() {
+            let mut text = std::fs::read_to_string(&cfg).unwrap();
+            text += self.extra;
+            std::fs::write(&cfg, text).unwrap();
+        }
+        Node::start(&cfg, &self.dir.path().join(format!("node{id}.log")), addr)
+    }
+}
+
 /// Every message of `topic` on the broker at `addr`: (queue, offset, id, body) per queue.
 async fn read_all(
     addr: SocketAddr,
@@ -103,31 +159,9 @@ async fn in_step(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up() {
     let _heavy = super::harness::heavy();
-    let dir = tempfile::tempdir().unwrap();
-    let identity = shared_identity(dir.path());
-    let cert = identity.0.clone();
-    let voters: Vec<(u64, SocketAddr)> = (1..=3)
-        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
-        .collect();
-    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
-    let start = |id: u64, set: Option<&str>| {
-        let cfg = node_config(
-            dir.path(),
-            &format!("node{id}"),
-            id,
-            true,
-            set,
-            "c1",
-            &voters,
-            addrs[id as usize - 1],
-            &identity,
-        );
-        Node::start(
-            &cfg,
-            &dir.path().join(format!("node{id}.log")),
-            addrs[id as usize - 1],
-        )
-    };
+    let nodes = Nodes::new("");
+    let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
+    let start = |id: u64, set: Option<&str>| nodes.start(id, set);
     // The first broker of set a registers first: it is the master.
     let _n1 = start(1, Some("a"));
     let _n3 = start(3, None);
@@ -224,36 +258,9 @@ async fn a_slave_mirrors_its_master_serves_reads_refuses_writes_and_catches_up()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_replication_answers_only_what_a_slave_holds_and_refuses_without_one() {
     let _heavy = super::harness::heavy();
-    let dir = tempfile::tempdir().unwrap();
-    let identity = shared_identity(dir.path());
-    let cert = identity.0.clone();
-    let voters: Vec<(u64, SocketAddr)> = (1..=3)
-        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
-        .collect();
-    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
-    let start = |id: u64, set: Option<&str>| {
-        let cfg = node_config(
-            dir.path(),
-            &format!("node{id}"),
-            id,
-            true,
-            set,
-            "c1",
-            &voters,
-            addrs[id as usize - 1],
-            &identity,
-        );
-        if set.is_some() {
-            let mut text = std::fs::read_to_string(&cfg).unwrap();
-            text += "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
-            std::fs::write(&cfg, text).unwrap();
-        }
-        Node::start(
-            &cfg,
-            &dir.path().join(format!("node{id}.log")),
-            addrs[id as usize - 1],
-        )
-    };
+    let nodes = Nodes::new(SYNC);
+    let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
+    let start = |id: u64, set: Option<&str>| nodes.start(id, set);
     let _n1 = start(1, Some("a"));
     let _n3 = start(3, None);
     agreed_leader(
@@ -343,36 +350,9 @@ async fn sync_replication_answers_only_what_a_slave_holds_and_refuses_without_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_master_is_replaced_by_its_in_sync_slave_and_nothing_acknowledged_is_lost() {
     let _heavy = super::harness::heavy();
-    let dir = tempfile::tempdir().unwrap();
-    let identity = shared_identity(dir.path());
-    let cert = identity.0.clone();
-    let voters: Vec<(u64, SocketAddr)> = (1..=3)
-        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
-        .collect();
-    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
-    let start = |id: u64, set: Option<&str>| {
-        let cfg = node_config(
-            dir.path(),
-            &format!("node{id}"),
-            id,
-            true,
-            set,
-            "c1",
-            &voters,
-            addrs[id as usize - 1],
-            &identity,
-        );
-        if set.is_some() {
-            let mut text = std::fs::read_to_string(&cfg).unwrap();
-            text += "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
-            std::fs::write(&cfg, text).unwrap();
-        }
-        Node::start(
-            &cfg,
-            &dir.path().join(format!("node{id}.log")),
-            addrs[id as usize - 1],
-        )
-    };
+    let nodes = Nodes::new(SYNC);
+    let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
+    let start = |id: u64, set: Option<&str>| nodes.start(id, set);
     let mut n1 = start(1, Some("a"));
     let _n3 = start(3, None);
     agreed_leader(
