@@ -148,30 +148,31 @@ pub(crate) async fn agreed_leader(
     limit: Duration,
     logs: &Path,
 ) -> (u64, u64) {
-    let deadline = Instant::now() + limit;
-    let mut last = Vec::new();
-    loop {
-        last.clear();
+    let agreed = super::harness::within(limit, Duration::from_millis(50), async || {
+        let mut last = Vec::new();
         for a in addrs {
             last.push(info(*a, cert).await.map(|i| (i.leader, i.term)));
         }
-        if let Some(Ok((leader, term))) = last.first() {
-            if *leader != 0
-                && !not.contains(leader)
-                && last
-                    .iter()
-                    .all(|r| r.as_ref().ok() == Some(&(*leader, *term)))
+        match last.first() {
+            Some(Ok((leader, term)))
+                if *leader != 0
+                    && !not.contains(leader)
+                    && last
+                        .iter()
+                        .all(|r| r.as_ref().ok() == Some(&(*leader, *term))) =>
             {
-                return (*leader, *term);
+                Ok((*leader, *term))
             }
+            _ => Err(last),
         }
-        assert!(
-            Instant::now() < deadline,
+    })
+    .await;
+    agreed.unwrap_or_else(|last| {
+        panic!(
             "no agreed leader within {limit:?}: {last:?}\n{}",
             tail_logs(logs)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        )
+    })
 }
 
 /// The last lines of every node's log in `dir`, for failure messages.
@@ -347,17 +348,13 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     };
     // The new node's listener may take a moment to come up: retry while the leader cannot
     // reach it yet.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let added = loop {
-        match admin.cluster_add_voter(5, addr5).await {
-            Ok(i) => break i,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("add-voter not yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("add-voter failed: {e}\n{}", tail_logs(dir.path())),
-        }
-    };
+    let added = super::harness::within(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        async || admin.cluster_add_voter(5, addr5).await,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("add-voter failed: {e}\n{}", tail_logs(dir.path())));
     eprintln!("voters right after the addition: {:?}", voters_of(&added));
     wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
         voters_of(i) == vec![1, 2, 3, 5]
@@ -368,17 +365,13 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     })
     .await;
     // The promotion may still be settling (a membership change under way): retry.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let removed = loop {
-        match admin.cluster_remove_voter(5).await {
-            Ok(i) => break i,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("remove-voter not yet: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("remove-voter failed: {e}\n{}", tail_logs(dir.path())),
-        }
-    };
+    let removed = super::harness::within(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || admin.cluster_remove_voter(5).await,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("remove-voter failed: {e}\n{}", tail_logs(dir.path())));
     // The answering node may be a follower that applies the change a moment later.
     eprintln!("voters right after the removal: {:?}", voters_of(&removed));
     wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
@@ -396,18 +389,15 @@ pub(crate) async fn wait_for(
     logs: &Path,
     ok: impl Fn(&ClusterInfoReply) -> bool,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let r = info(*addr, cert).await;
-        if r.as_ref().is_ok_and(&ok) {
-            return;
+    let r = super::harness::within(limit, Duration::from_millis(50), async || {
+        match info(*addr, cert).await {
+            Ok(i) if ok(&i) => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            Instant::now() < deadline,
-            "not within {limit:?}: {r:?}\n{}",
-            tail_logs(logs)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await;
+    if let Err(r) = r {
+        panic!("not within {limit:?}: {r:?}\n{}", tail_logs(logs));
     }
 }
 

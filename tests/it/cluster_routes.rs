@@ -64,26 +64,22 @@ async fn wait_consumed(
     limit: Duration,
     logs: &std::path::Path,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let missing: Vec<u128> = {
-            let s = seen.lock().unwrap();
-            ids.iter()
-                .filter(|(id, _)| !s.contains_key(id))
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        if missing.is_empty() {
-            return;
+    let waited = super::harness::within(limit, Duration::from_millis(100), async || {
+        let s = seen.lock().unwrap();
+        let missing = ids.iter().filter(|(id, _)| !s.contains_key(id)).count();
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(missing)
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} acknowledged messages not consumed within {limit:?}\n{}",
-            missing.len(),
+    })
+    .await;
+    if let Err(missing) = waited {
+        panic!(
+            "{missing} of {} acknowledged messages not consumed within {limit:?}\n{}",
             ids.len(),
             tail_logs(logs)
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -201,27 +197,31 @@ async fn two_broker_sets_route_produce_consume_and_survive_kills() {
     );
     wait_consumed(&seen, &acked, Duration::from_secs(20), dir.path()).await;
     // Both members own queues on both sets (each set rebalances its own 4 queues).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (o1, o2) = (c1.owned_queues().await, c2.owned_queues().await);
-        let on_both = |o: &[(String, (String, u32))]| {
-            o.iter()
-                .filter(|(_, (t, _))| t == "orders")
-                .map(|(s, _)| s.as_str())
-                .collect::<BTreeSet<&str>>()
-                .len()
-                == 2
-        };
-        let orders =
-            |o: &[(String, (String, u32))]| o.iter().filter(|(_, (t, _))| t == "orders").count();
-        if on_both(&o1) && on_both(&o2) && orders(&o1) + orders(&o2) == 8 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no balanced assignment: {o1:?} {o2:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let orders = |o: &[(String, (String, u32))]| {
+        o.iter()
+            .filter(|(_, (t, _))| t == "orders")
+            .map(|(s, _)| s.clone())
+            .collect::<Vec<String>>()
+    };
+    let balanced = super::harness::within(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || {
+            let (o1, o2) = (
+                orders(&c1.owned_queues().await),
+                orders(&c2.owned_queues().await),
+            );
+            let on_both = |o: &[String]| o.iter().collect::<BTreeSet<_>>().len() == 2;
+            if on_both(&o1) && on_both(&o2) && o1.len() + o2.len() == 8 {
+                Ok(())
+            } else {
+                Err((o1, o2))
+            }
+        },
+    )
+    .await;
+    if let Err((o1, o2)) = balanced {
+        panic!("no balanced assignment: {o1:?} {o2:?}");
     }
 
     // kill -9 the controller leader: a new one within 5 s; routes are still served and
@@ -275,17 +275,22 @@ async fn two_broker_sets_route_produce_consume_and_survive_kills() {
     .await;
     acked.extend(send_all(&producer, 50, "b-back").await);
     // Once its pause (FAULT_PAUSE) is over, sends go to set b again.
-    let deadline = Instant::now() + quiver_client::FAULT_PAUSE + Duration::from_secs(10);
-    loop {
-        let batch = send_all(&producer, 10, "b-return").await;
-        let back = batch.iter().any(|(_, s)| s == "b");
-        acked.extend(batch);
-        if back {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sends never returned to set b");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let returned = super::harness::within(
+        quiver_client::FAULT_PAUSE + Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || {
+            let batch = send_all(&producer, 10, "b-return").await;
+            let back = batch.iter().any(|(_, s)| s == "b");
+            acked.extend(batch);
+            if back {
+                Ok(())
+            } else {
+                Err(())
+            }
+        },
+    )
+    .await;
+    assert!(returned.is_ok(), "sends never returned to set b");
     // Transactions: each decision goes to the set that stored the half message.
     let mut tx_sets = BTreeSet::new();
     for i in 0..8 {
@@ -321,13 +326,25 @@ async fn two_broker_sets_route_produce_consume_and_survive_kills() {
             r.map(|q| q.len())
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while local_queues(addrs[0], "orders").await != Some(6)
-        || local_queues(addrs[1], "orders").await != Some(6)
-        || local_queues(addrs[1], "scratch").await != Some(2)
-    {
-        assert!(Instant::now() < deadline, "route changes not applied");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let applied = super::harness::within(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || {
+            let now = (
+                local_queues(addrs[0], "orders").await,
+                local_queues(addrs[1], "orders").await,
+                local_queues(addrs[1], "scratch").await,
+            );
+            if now == (Some(6), Some(6), Some(2)) {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
+    if let Err(now) = applied {
+        panic!("route changes not applied: {now:?}");
     }
     nodes[1].kill9();
     admin.delete_topic("scratch").await.unwrap();
@@ -335,14 +352,20 @@ async fn two_broker_sets_route_produce_consume_and_survive_kills() {
     let gone = admin.topic_route("scratch").await.unwrap_err();
     assert_eq!(gone.status(), Some(Status::TopicNotFound), "{gone}");
     nodes[1].spawn();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while local_queues(addrs[1], "scratch").await.is_some() {
-        assert!(
-            Instant::now() < deadline,
+    let deleted = super::harness::within(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || match local_queues(addrs[1], "scratch").await {
+            None => Ok(()),
+            Some(n) => Err(n),
+        },
+    )
+    .await;
+    if deleted.is_err() {
+        panic!(
             "the returning broker kept a deleted topic\n{}",
             tail_logs(dir.path())
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     admin_client.close().await;
 

@@ -176,3 +176,21 @@ pub fn heavy() -> Heavy {
         _turn: HEAVY.lock().unwrap_or_else(|e| e.into_inner()),
     }
 }
+
+/// Calls `f` until it gives `Ok`, pausing `every` between calls (for waits on other processes
+/// and the network, whose time is real); after `limit`, the last `Err`. Callers fail the test
+/// with it and whatever context they have (logs, state).
+pub async fn within<T, E>(
+    limit: Duration,
+    every: Duration,
+    mut f: impl AsyncFnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}

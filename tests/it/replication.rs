@@ -139,21 +139,26 @@ async fn in_step(
     logs: &std::path::Path,
 ) -> usize {
     let want = read_all(master, cert, "orders").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let have = read_all(slave, cert, "orders").await;
-        if have == want {
-            return want.len();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slave has {} of the master's {} messages\n{}",
-            have.len(),
+    let same = super::harness::within(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            let have = read_all(slave, cert, "orders").await;
+            if have == want {
+                Ok(want.len())
+            } else {
+                Err(have.len())
+            }
+        },
+    )
+    .await;
+    same.unwrap_or_else(|have| {
+        panic!(
+            "the slave has {have} of the master's {} messages\n{}",
             want.len(),
             tail_logs(logs)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,21 +392,21 @@ async fn a_dead_master_is_replaced_by_its_in_sync_slave_and_nothing_acknowledged
         let logs = dir.path().to_path_buf();
         async move {
             let mut ids = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
             while ids.len() < n {
-                match producer
-                    .send(Message::new("orders", format!("{tag}-{}", ids.len())))
-                    .await
-                {
-                    Ok(r) => ids.push(r.msg_id.0),
-                    Err(e) => {
-                        assert!(
-                            e.is_retryable() && Instant::now() < deadline,
-                            "send failed: {e}\n{}",
-                            tail_logs(&logs)
-                        );
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                // A retryable refusal (no copy in sync yet) is waited out, up to 30 s.
+                let m = format!("{tag}-{}", ids.len());
+                let sent = super::harness::within(
+                    Duration::from_secs(30),
+                    Duration::from_millis(100),
+                    async || match producer.send(Message::new("orders", m.clone())).await {
+                        Err(e) if e.is_retryable() => Err(e),
+                        other => Ok(other),
+                    },
+                )
+                .await;
+                match sent {
+                    Ok(Ok(r)) => ids.push(r.msg_id.0),
+                    Ok(Err(e)) | Err(e) => panic!("send failed: {e}\n{}", tail_logs(&logs)),
                 }
             }
             ids
