@@ -87,15 +87,25 @@ impl QuicPeers {
         Ok(conn)
     }
 
-    async fn call(&self, addr: SocketAddr, request: Raft) -> Result<Bytes, PeerError> {
-        let conn = self.connection(addr).await?;
-        let body = exchange(&conn, addr, encode_request(&request), Raft::COMMAND as u16).await?;
-        let reply: quiver_protocol::cmd::RaftReply = quiver_protocol::cmd::decode_body(body)
-            .map_err(|e| PeerError::Refused {
+    /// One request frame to `addr` within `timeout`; the body of the successful reply.
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        frame: Bytes,
+        command: u16,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError> {
+        let call = async {
+            let conn = self.connection(addr).await?;
+            exchange(&conn, addr, frame, command).await
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Unreachable {
                 addr,
-                reason: format!("malformed reply: {e}"),
-            })?;
-        Ok(reply.body)
+                reason: format!("no answer within {timeout:?}"),
+            }),
+        }
     }
 }
 
@@ -149,13 +159,16 @@ impl PeerTransport for QuicPeers {
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<Bytes, PeerError>> + Send + 'static>> {
         Box::pin(async move {
-            match tokio::time::timeout(timeout, self.call(addr, request)).await {
-                Ok(r) => r,
-                Err(_) => Err(PeerError::Unreachable {
+            let frame = encode_request(&request);
+            let body = self
+                .call(addr, frame, Raft::COMMAND as u16, timeout)
+                .await?;
+            let reply: quiver_protocol::cmd::RaftReply = quiver_protocol::cmd::decode_body(body)
+                .map_err(|e| PeerError::Refused {
                     addr,
-                    reason: format!("no answer within {timeout:?}"),
-                }),
-            }
+                    reason: format!("malformed reply: {e}"),
+                })?;
+            Ok(reply.body)
         })
     }
 
@@ -166,18 +179,6 @@ impl PeerTransport for QuicPeers {
         command: u16,
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<Bytes, PeerError>> + Send + 'static>> {
-        Box::pin(async move {
-            let call = async {
-                let conn = self.connection(addr).await?;
-                exchange(&conn, addr, frame, command).await
-            };
-            match tokio::time::timeout(timeout, call).await {
-                Ok(r) => r,
-                Err(_) => Err(PeerError::Unreachable {
-                    addr,
-                    reason: format!("no answer within {timeout:?}"),
-                }),
-            }
-        })
+        Box::pin(async move { self.call(addr, frame, command, timeout).await })
     }
 }

@@ -307,7 +307,7 @@ impl Producer {
         message.validate()?;
         let deadline = Instant::now() + self.inner.opts.send_timeout;
         let queue_id = match self.pick_queue(&message, target, deadline).await {
-            Ok(q) => q,
+            Ok((_, q)) => q,
             // Routing failed (e.g. the broker is restarting): that was the first attempt; the
             // plain path makes the others.
             Err(e) => {
@@ -395,7 +395,13 @@ impl Producer {
         let deadline = batch.iter().map(|p| p.deadline).min();
         let wire: Vec<WireMessage> = batch.iter().map(|p| p.wire.clone()).collect();
         let result = match deadline {
-            Some(deadline) => self.send_to(&key.0, key.1, wire, None, deadline).await,
+            Some(deadline) => match self.route(&key.0, deadline).await {
+                Ok(route) => {
+                    self.send_to(&route, &key.0, key.1, wire, None, deadline)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
             None => return,
         };
         match result {
@@ -624,42 +630,39 @@ impl Producer {
         deadline: Instant,
         half_group: Option<&str>,
     ) -> Result<Vec<SendResult>, ClientError> {
-        let queue_id = self.pick_queue(first, target, deadline).await?;
+        let (route, queue_id) = self.pick_queue(first, target, deadline).await?;
         let mode = special_mode(first, half_group);
-        self.send_to(topic, queue_id, wire.to_vec(), mode, deadline)
+        self.send_to(&route, topic, queue_id, wire.to_vec(), mode, deadline)
             .await
     }
 
-    /// The queue for a send: the given one, or by sharding key or selector.
+    /// The topic's route (read even for a given queue: it creates the topic when
+    /// auto-creation is on) and the queue for a send: the given one, or by sharding key or
+    /// selector.
     async fn pick_queue(
         &self,
         first: &Message,
         target: Target,
         deadline: Instant,
-    ) -> Result<u32, ClientError> {
-        Ok(match target {
-            Target::Queue(q) => {
-                // Still look the route up: it creates the topic when auto-creation is on.
-                self.route(first.topic(), deadline).await?;
-                q
-            }
-            Target::Select => {
-                let route = self.route(first.topic(), deadline).await?;
-                self.select(first, &route)?
-            }
-        })
+    ) -> Result<(Arc<Route>, u32), ClientError> {
+        let route = self.route(first.topic(), deadline).await?;
+        let queue = match target {
+            Target::Queue(q) => q,
+            Target::Select => self.select(first, &route)?,
+        };
+        Ok((route, queue))
     }
 
-    /// One request for one (global) queue, answered with a result per message.
+    /// One request for one (global) queue of `route`, answered with a result per message.
     async fn send_to(
         &self,
+        route: &Route,
         topic: &str,
         queue_id: u32,
         wire: Vec<WireMessage>,
         mode: Option<SendMode>,
         deadline: Instant,
     ) -> Result<Vec<SendResult>, ClientError> {
-        let route = self.route(topic, deadline).await?;
         let located = match route.locate(queue_id) {
             Some(l) => Some(l),
             // One broker: it judges the queue id itself (its queue count may have grown).
