@@ -503,6 +503,44 @@ impl CommitLog {
         Ok(removed)
     }
 
+    /// Drops everything from `pos` on in a live log (readers may hold records past `pos`):
+    /// later segments are deleted (their mappings stay valid for whoever holds them), and the
+    /// segment holding `pos` is replaced by a copy of its bytes below `pos`, so no byte a
+    /// reader may be looking at is ever written. Returns the cursor for appends at `pos`;
+    /// `written` becomes `pos` and `flushed` at most `pos`. The caller holds the writer lock.
+    pub(crate) fn cut_live(&self, pos: u64) -> Result<Cursor, StoreError> {
+        {
+            let mut segs = self.segments.write().expect("segments lock");
+            while let Some(last) = segs.last() {
+                if last.base() > pos || (last.base() == pos && segs.len() > 1) {
+                    last.delete()?;
+                    segs.pop();
+                } else {
+                    break;
+                }
+            }
+            if let Some(last) = segs.last_mut() {
+                if pos >= last.base() && pos < last.base() + self.segment_size {
+                    let copy = last.copy_prefix(pos - last.base(), &self.space)?;
+                    *last = Arc::new(copy);
+                }
+            }
+            super::durable::sync_dir(&self.dir)?;
+        }
+        self.written.store(pos, Ordering::Release);
+        self.flushed.fetch_min(pos, Ordering::AcqRel);
+        let base = pos - pos % self.segment_size;
+        let active = match self.segment_for(pos).filter(|s| s.base() == base) {
+            Some(seg) => seg,
+            None => self.add_segment(base)?,
+        };
+        Ok(Cursor {
+            active,
+            pos,
+            scratch: Vec::new(),
+        })
+    }
+
     /// Deletes the oldest segment if it is sealed and `keep(segment)` says no; returns its
     /// range. The active segment is never deleted.
     pub(crate) fn delete_oldest_if(

@@ -94,6 +94,7 @@ impl Inner {
                 }
                 continue;
             }
+            let quiet = self.quiesce.lock().expect("quiesce lock");
             let w = self.log.written();
             let t0 = Instant::now();
             let flushed = self.log.flush(self.log.flushed(), w);
@@ -128,6 +129,7 @@ impl Inner {
                     Err(StoreError::Poisoned(e.to_string()))
                 }
             };
+            drop(quiet);
             match outcome {
                 Ok(()) => {
                     for (_, done) in waiters {
@@ -180,7 +182,11 @@ impl Inner {
             if last_checkpoint.elapsed() >= Duration::from_millis(self.cfg.checkpoint_interval_ms) {
                 last_checkpoint = Instant::now();
                 if self.poisoned.get().is_none() {
-                    match self.checkpoint() {
+                    let checkpoint = {
+                        let _quiet = self.quiesce.lock().expect("quiesce lock");
+                        self.checkpoint()
+                    };
+                    match checkpoint {
                         Ok(()) => {
                             if checkpoint_deferred {
                                 checkpoint_deferred = false;
@@ -202,6 +208,7 @@ impl Inner {
             }
             if last_retention.elapsed() >= Duration::from_secs(10) {
                 last_retention = Instant::now();
+                let _quiet = self.quiesce.lock().expect("quiesce lock");
                 if let Err(e) = self.run_retention(false) {
                     tracing::error!(error = %e, "retention pass failed");
                 }

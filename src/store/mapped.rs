@@ -128,6 +128,47 @@ impl MappedFile {
         Self::map(path, file, base, len)
     }
 
+    /// A new file that replaces this one under its name, holding its first `keep` bytes and
+    /// zeros after them (reserved like [`MappedFile::create`]), made durable before the
+    /// rename. The old file's bytes are never written: whoever still holds its mapping (a
+    /// read in flight) keeps reading what it read, the unlinked file lives on until the last
+    /// mapping goes. A replica cutting its log uses it (docs/STORAGE.md §11.2).
+    pub(crate) fn copy_prefix(&self, keep: u64, space: &SpaceCheck) -> Result<Self, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let keep = keep.min(self.len);
+        space.before_alloc(self.len)?;
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".cut");
+        let tmp = PathBuf::from(tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(&tmp, e))?;
+        let fill = || -> std::io::Result<()> {
+            reserve(&file, self.len)?;
+            let mut off = 0u64;
+            while off < keep {
+                let n = (keep - off).min(8 << 20);
+                // SAFETY: bytes below the cut were written before it and are never written
+                // again (the appender writes only past the log's end, which is past them).
+                let src = unsafe { self.slice(off as usize, n as usize) };
+                file.write_all_at(src, off)?;
+                off += n;
+            }
+            file.sync_data()
+        };
+        if let Err(e) = fill() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::io(&tmp, e));
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|e| StoreError::io(&self.path, e))?;
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        Self::map(self.path.clone(), file, self.base, self.len)
+    }
+
     /// Opens an existing file, which must be exactly `len` bytes.
     pub(crate) fn open(path: &Path, base: u64, len: u64) -> Result<Self, StoreError> {
         let file = OpenOptions::new()

@@ -16,6 +16,7 @@ mod consume_queue;
 mod damage;
 mod dispatch;
 pub(crate) mod durable;
+mod epochs;
 mod error;
 mod flush;
 mod index;
@@ -47,6 +48,7 @@ use mapped::SpaceCheck;
 
 pub use config::{DiskSpace, DiskSpaceSource, FlushMode, StoreConfig};
 pub use consume_queue::{CqEntry, CQ_ENTRY_SIZE};
+pub use epochs::{epoch_end, EpochEntry};
 pub use error::{DiskFullCause, StoreError};
 pub use index::{id_hash, key_hash};
 pub use record::{tag_hash, NewMessage, RecordView, FLAG_BATCH_CONT, HEADER_SIZE};
@@ -291,6 +293,12 @@ struct Inner {
     recovering: AtomicBool,
     /// A replica: `append` is refused, only `append_replica` writes (replica.rs).
     replica: AtomicBool,
+    /// Which master epoch wrote which part of the log (epochs.rs).
+    epochs: Mutex<epochs::EpochFile>,
+    /// Held by the flush thread around a flush and dispatch, by housekeeping around a
+    /// checkpoint or retention pass, and by a replica's cut (replica.rs) for all of it: a cut
+    /// never races a thread that read the log's end before it.
+    quiesce: Mutex<()>,
 }
 
 /// The store. Cheap to share behind an `Arc`; closing flushes and marks a clean shutdown.
@@ -735,6 +743,7 @@ impl Store {
 
     /// Runs a retention pass now. `force` deletes expired segments whatever the hour.
     pub fn run_retention(&self, force: bool) -> Result<RetentionReport, StoreError> {
+        let _quiet = self.inner.quiesce.lock().expect("quiesce lock");
         self.inner.run_retention(force)
     }
 

@@ -124,6 +124,7 @@ impl Store {
         }
         let cursor = log.start_at(end)?;
         report.end = end;
+        let epochs = super::epochs::EpochFile::open(&cfg.dir, end)?;
 
         // 2. Consume queues keep what refers to durable, dispatched records; the rest is rebuilt.
         let dispatched_cp = if rebuild_all {
@@ -171,6 +172,8 @@ impl Store {
             rebuilt_index_files: AtomicU64::new(0),
             recovering: AtomicBool::new(false),
             replica: AtomicBool::new(false),
+            epochs: Mutex::new(epochs),
+            quiesce: Mutex::new(()),
             cfg,
         });
         // Damage below the checkpoint must not move a queue's end: check each end against the

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use quiver_protocol::record::{self, RecordView, FLAG_BATCH_CONT};
 
 use super::commitlog::Step;
-use super::{Appended, PendingAppend, PutResult, Store, StoreError, Writer};
+use super::{Appended, EpochEntry, PendingAppend, PutResult, Store, StoreError, Writer};
 
 /// A run of whole commit-log records, as stored, for a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +185,184 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The epoch file's entries (docs/STORAGE.md §11.2), oldest first.
+    pub fn epochs(&self) -> Vec<EpochEntry> {
+        self.inner
+            .epochs
+            .lock()
+            .expect("epochs lock")
+            .entries()
+            .to_vec()
+    }
+
+    /// The newest epoch this log holds records of (or was begun in); 0 when none.
+    pub fn last_epoch(&self) -> u64 {
+        self.inner
+            .epochs
+            .lock()
+            .expect("epochs lock")
+            .entries()
+            .last()
+            .map_or(0, |e| e.epoch)
+    }
+
+    /// Where `epoch`'s part of this log ends ([`super::epoch_end`]): what a master answers a
+    /// slave whose newest epoch is `epoch`.
+    pub fn epoch_end(&self, epoch: u64) -> (u64, u64) {
+        let ep = self.inner.epochs.lock().expect("epochs lock");
+        super::epoch_end(ep.entries(), epoch, self.inner.log.written())
+    }
+
+    /// A master of `epoch` records that its records from the log's end on are that epoch's,
+    /// unless the newest entry is `epoch` already. Call it before the store takes writes as
+    /// master. Blocks on an fsync. Returns whether an entry was added.
+    pub fn begin_epoch(&self, epoch: u64) -> Result<bool, StoreError> {
+        let _w = self.inner.writer.lock().expect("writer lock");
+        let mut ep = self.inner.epochs.lock().expect("epochs lock");
+        if let Some(last) = ep.entries().last() {
+            if last.epoch >= epoch {
+                if last.epoch > epoch {
+                    tracing::warn!(
+                        epoch,
+                        newest = last.epoch,
+                        "master in an epoch older than its log's newest; no entry added"
+                    );
+                }
+                return Ok(false);
+            }
+        }
+        let mut entries = ep.entries().to_vec();
+        entries.push(EpochEntry {
+            epoch,
+            start: self.inner.log.written(),
+        });
+        ep.set(entries)?;
+        Ok(true)
+    }
+
+    /// A replica takes its master's epoch entries that lie within its log (start at or below
+    /// its end). Blocks on an fsync when they changed.
+    pub fn adopt_epochs(&self, master: &[EpochEntry]) -> Result<(), StoreError> {
+        let end = self.inner.log.written();
+        let mut ep = self.inner.epochs.lock().expect("epochs lock");
+        let mine: Vec<EpochEntry> = master.iter().copied().filter(|e| e.start <= end).collect();
+        ep.set(mine)
+    }
+
+    /// A replica's side of the epoch check (docs/STORAGE.md §11.2): its master said that
+    /// the part of its history for this replica's newest epoch is epoch `master_epoch`'s and
+    /// ends at `master_end` ([`Store::epoch_end`] on the master). When this log agrees (same
+    /// newest epoch, not longer) nothing happens and the answer is `None`; otherwise the log
+    /// is cut back to where the histories part (the smaller of `master_end` and this log's
+    /// own end of `master_epoch`) and the answer is how many bytes were cut (maybe 0, when
+    /// only epoch entries went). Repeat with the next fetch until it answers `None`.
+    pub fn follow_history(
+        &self,
+        master_epoch: u64,
+        master_end: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (mine, own_end) = {
+            let ep = self.inner.epochs.lock().expect("epochs lock");
+            let end = self.inner.log.written();
+            let last = ep.entries().last().map_or(0, |e| e.epoch);
+            if last == master_epoch && end <= master_end {
+                return Ok(None);
+            }
+            (end, super::epoch_end(ep.entries(), master_epoch, end).1)
+        };
+        let to = master_end.min(own_end).min(mine);
+        self.truncate_replica(to, master_epoch).map(Some)
+    }
+
+    /// A replica cuts its log back to `to` (a record boundary): the records from `to` on,
+    /// their consume-queue entries and the epoch entries newer than `keep_epoch` or starting
+    /// past `to` are gone, and appends continue at `to`. A returning old master does it to
+    /// drop what the new master never had (docs/STORAGE.md §11.2). Reads in flight keep the
+    /// bytes they hold (`CommitLog::cut_live`). Returns how many bytes were cut. Blocks on
+    /// fsyncs and on a copy of the cut segment's bytes below `to`.
+    pub fn truncate_replica(&self, to: u64, keep_epoch: u64) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        if !self.is_replica() {
+            return Err(StoreError::Diverged(
+                "only a replica's log may be cut back".into(),
+            ));
+        }
+        let _quiet = inner.quiesce.lock().expect("quiesce lock");
+        let mut w = inner.writer.lock().expect("writer lock");
+        inner.check_writable()?;
+        let end = inner.log.written();
+        let min = inner.log.min_offset();
+        let to = to.min(end);
+        if to < min {
+            return Err(StoreError::Diverged(format!(
+                "the log must be cut back to offset {to} but it starts at {min} (retention \
+                 deleted the rest): move the data directory away so the broker rejoins empty"
+            )));
+        }
+        if to < end {
+            match inner.log.step(to, true) {
+                Step::Record { .. } | Step::NextSegment(_) => {}
+                Step::End { reason, .. } => {
+                    return Err(StoreError::Diverged(format!(
+                        "no record starts at offset {to}, where the log should be cut: {reason}"
+                    )))
+                }
+            }
+            let queues: Vec<_> = inner
+                .queues
+                .read()
+                .expect("queues lock")
+                .values()
+                .flat_map(|m| m.values().cloned())
+                .collect();
+            let mut dispatched = inner.dispatched.lock().expect("dispatch lock");
+            // Queues first: no read that starts from now on finds an entry past the cut.
+            for cq in &queues {
+                cq.flush()?;
+                let max = cq.recover(to);
+                cq.erase_after(max)?;
+                w.next_offsets
+                    .entry(cq.topic().to_string())
+                    .or_default()
+                    .insert(cq.queue_id(), max);
+            }
+            *dispatched = (*dispatched).min(to);
+            drop(dispatched);
+            w.cursor = inner.log.cut_live(to)?;
+            // Nobody waits for records past the cut (a replica's appends are sequential),
+            // but should anyone, it hears that they are gone.
+            let gone: Vec<_> = {
+                let mut st = inner.flush.lock().expect("flush lock");
+                let (gone, keep) = std::mem::take(&mut st.waiters)
+                    .into_iter()
+                    .partition(|(e, _)| *e > to);
+                st.waiters = keep;
+                gone
+            };
+            for (_, done) in gone {
+                done(Err(StoreError::Diverged(format!(
+                    "the log was cut back to {to}"
+                ))));
+            }
+            tracing::warn!(from = end, to, cut = end - to, "replica log cut back");
+        }
+        {
+            let mut ep = inner.epochs.lock().expect("epochs lock");
+            let keep: Vec<EpochEntry> = ep
+                .entries()
+                .iter()
+                .copied()
+                .filter(|e| e.epoch <= keep_epoch && e.start <= to)
+                .collect();
+            ep.set(keep)?;
+        }
+        drop(w);
+        inner.checkpoint()?;
+        Ok(end - to)
+    }
+}
+
 type Validated = (Vec<PutResult>, i64, HashMap<(String, u32), u64>);
 
 /// Checks every record of a chunk against the log it continues; what appending it means
@@ -332,6 +510,104 @@ mod tests {
             // The replica continues the queues where the master left them, as a new master.
             let a = append(&slave, "T", 0, &[Msg::new(u128::MAX, b"after")]).unwrap();
             prop_assert_eq!(a.results[0].queue_offset, master.queue_bounds("T", 0).1);
+        }
+    }
+
+    /// What a slave does (cluster/member.rs) at the store level: agree on history with the
+    /// master, then copy and adopt its epoch entries.
+    fn follow(master: &Store, slave: &Store, max: usize) -> u64 {
+        let mut cut = 0;
+        loop {
+            let (e, end) = master.epoch_end(slave.last_epoch());
+            match slave.follow_history(e, end).unwrap() {
+                Some(n) => cut += n,
+                None => break,
+            }
+        }
+        loop {
+            let chunk = master.read_log(slave.log_end(), max).unwrap();
+            if !chunk.is_empty() {
+                slave.append_replica(&chunk).unwrap().wait().unwrap();
+            }
+            slave.adopt_epochs(&master.epochs()).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+        }
+        cut
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+        /// Node A is master in epoch 1; B copies part of its log and becomes master in epoch
+        /// 2 (a failover) and writes; A, cut off, goes on writing in epoch 1, then returns as
+        /// B's slave: it cuts exactly its own tail, then mirrors B (log, queues, epochs), also
+        /// after a reopen; and the new master C of epoch 3 (from B's history) brings B back
+        /// the same way.
+        #[test]
+        fn a_returning_old_master_cuts_what_the_new_master_never_had(
+            first in proptest::collection::vec((0u32..3, 1usize..6), 1..12),
+            copied in 0usize..12,
+            theirs in proptest::collection::vec((0u32..3, 1usize..6), 0..10),
+            ours in proptest::collection::vec((0u32..3, 1usize..6), 0..10),
+            max in 1usize..20_000,
+        ) {
+            let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+            let open = |i: usize| Store::open(StoreConfig::small_for_tests(dirs[i].path())).unwrap();
+            let (a, b, c) = (open(0), open(1), open(2));
+            let mut id = 0u128;
+            let mut write = |s: &Store, batches: &[(u32, usize)]| {
+                for (q, n) in batches {
+                    let msgs: Vec<Msg> = (0..*n).map(|_| { id += 1; Msg::new(id, &[id as u8; 700]) }).collect();
+                    append(s, "T", *q, &msgs).unwrap();
+                }
+            };
+            a.begin_epoch(1).unwrap();
+            b.set_replica(true);
+            c.set_replica(true);
+            write(&a, &first[..copied.min(first.len())]);
+            follow(&a, &b, max);
+            follow(&a, &c, max);
+            write(&a, &first[copied.min(first.len())..]);
+            // Failover: B is master in epoch 2; A writes on in epoch 1 (partitioned).
+            b.set_replica(false);
+            b.begin_epoch(2).unwrap();
+            let b_start = b.log_end();
+            write(&b, &theirs);
+            write(&a, &ours);
+            a.set_replica(true);
+            let a_end = a.log_end();
+            let cut = follow(&b, &a, max);
+            // Exactly what A wrote after B's copy ended.
+            prop_assert_eq!(cut, a_end - b_start);
+            prop_assert_eq!(whole_log(&a), whole_log(&b));
+            prop_assert_eq!(a.epochs(), b.epochs());
+            prop_assert_eq!(a.epochs().last().copied(), Some(EpochEntry { epoch: 2, start: b_start }));
+            for q in 0..3 {
+                prop_assert_eq!(a.queue_bounds("T", q), b.queue_bounds("T", q));
+                prop_assert_eq!(read_all(&a, "T", q), read_all(&b, "T", q));
+            }
+            a.close().unwrap();
+            drop(a);
+            let a = open(0);
+            prop_assert_eq!(whole_log(&a), whole_log(&b));
+            prop_assert_eq!(a.epochs(), b.epochs());
+            // C (a slave of epoch 1 that missed epoch 2) becomes master in epoch 3: B cuts
+            // its epoch-2 records back to where C's history parts from it.
+            c.set_replica(false);
+            c.begin_epoch(3).unwrap();
+            write(&c, &theirs);
+            b.set_replica(true);
+            follow(&c, &b, max);
+            prop_assert_eq!(whole_log(&b), whole_log(&c));
+            prop_assert_eq!(b.epochs(), c.epochs());
+            for q in 0..3 {
+                prop_assert_eq!(read_all(&b, "T", q), read_all(&c, "T", q));
+            }
+            // The cut replica takes writes as a master again, continuing its queues.
+            b.set_replica(false);
+            let next = append(&b, "T", 0, &[Msg::new(u128::MAX, b"after")]).unwrap();
+            prop_assert_eq!(next.results[0].queue_offset, c.queue_bounds("T", 0).1);
         }
     }
 
