@@ -89,14 +89,7 @@ impl Server {
                     .run(cfg.cluster.advertise.unwrap_or(addr), shutdown.clone()),
             );
             let b = broker.clone();
-            let in_sync: crate::cluster::InSyncSlaves = Arc::new(move || {
-                let r = b.replicas();
-                r.slaves()
-                    .iter()
-                    .filter(|v| r.in_sync(v))
-                    .map(|v| v.node)
-                    .collect()
-            });
+            let in_sync: crate::cluster::InSyncSlaves = b.replicas_arc();
             tokio::spawn(
                 m.clone()
                     .replicate(broker.store().clone(), in_sync, shutdown.clone()),

@@ -389,6 +389,11 @@ impl Broker {
         &self.replicas
     }
 
+    /// The same, shared (the cluster's replication loop holds it).
+    pub fn replicas_arc(&self) -> Arc<Replicas> {
+        self.replicas.clone()
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.cfg

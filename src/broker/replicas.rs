@@ -27,6 +27,9 @@ pub struct SlaveView {
     pub last_fetch_ms: i64,
     /// When it last had everything the master had at its previous fetch.
     pub caught_up_ms: i64,
+    /// Whether it joined the in-sync set: at a fetch that caught up and held everything
+    /// acknowledged so far (the high watermark); it leaves when it stops catching up.
+    pub member: bool,
 }
 
 /// Replication settings of a master (from `[cluster]`).
@@ -47,6 +50,14 @@ pub struct Replicas {
     policy: ReplicationPolicy,
     clock: Clock,
     slaves: Mutex<BTreeMap<u64, SlaveView>>,
+    /// The set's in-sync slaves as last read from the controller.
+    committed: Mutex<Vec<u64>>,
+    /// Slaves reported in sync to the controller, until when (ms) they count as possibly
+    /// committed even when a read of the metadata does not show them (it may be stale).
+    reported: Mutex<BTreeMap<u64, i64>>,
+    /// The highest log end a sync send was acknowledged at: a slave joins the in-sync set
+    /// only once it holds it.
+    high_watermark: std::sync::atomic::AtomicU64,
     /// Woken when a slave acknowledges (a fetch arrives).
     acked: Notify,
     /// Woken when new records are readable (parked fetches).
@@ -60,6 +71,9 @@ impl Replicas {
             policy,
             clock,
             slaves: Mutex::new(BTreeMap::new()),
+            committed: Mutex::new(Vec::new()),
+            reported: Mutex::new(BTreeMap::new()),
+            high_watermark: std::sync::atomic::AtomicU64::new(0),
             acked: Notify::new(),
             data: Notify::new(),
         }
@@ -74,6 +88,7 @@ impl Replicas {
     /// the master's log end now.
     pub fn record_fetch(&self, node: u64, from: u64, end: u64) {
         let now = self.clock.now_ms();
+        let hw = self.high_watermark();
         {
             let mut s = self.slaves.lock().unwrap_or_else(|e| e.into_inner());
             let v = s.entry(node).or_insert(SlaveView {
@@ -82,10 +97,19 @@ impl Replicas {
                 end: 0,
                 last_fetch_ms: now,
                 caught_up_ms: i64::MIN,
+                member: false,
             });
+            if now.saturating_sub(v.caught_up_ms) >= self.policy.lag_ms {
+                v.member = false;
+            }
             // Caught up: it has what the master had when it last asked.
             if from >= v.end {
                 v.caught_up_ms = now;
+                // It joins holding everything acknowledged so far (Kafka's rule for
+                // joining the ISR: the follower has reached the high watermark).
+                if from >= hw {
+                    v.member = true;
+                }
             }
             v.acked = from;
             v.end = end;
@@ -102,7 +126,39 @@ impl Replicas {
 
     /// Whether `v` is in sync now.
     pub fn in_sync(&self, v: &SlaveView) -> bool {
-        self.clock.now_ms().saturating_sub(v.caught_up_ms) < self.policy.lag_ms
+        v.member && self.clock.now_ms().saturating_sub(v.caught_up_ms) < self.policy.lag_ms
+    }
+
+    /// The highest log end a sync send was acknowledged at.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The slaves every sync send waits for: those in sync now, those the controller has as
+    /// in sync (failover candidates), and those reported to it lately (its answer may not be
+    /// read yet). Whoever the controller may elect holds every acknowledged send.
+    pub fn required(&self) -> Vec<u64> {
+        let now = self.clock.now_ms();
+        let mut nodes: Vec<u64> = self
+            .slaves()
+            .iter()
+            .filter(|v| self.in_sync(v))
+            .map(|v| v.node)
+            .collect();
+        nodes.extend(
+            self.committed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied(),
+        );
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        reported.retain(|_, until| *until > now);
+        nodes.extend(reported.keys().copied());
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
     }
 
     /// Copies of the log (the master's included) that are in sync now.
@@ -132,8 +188,12 @@ impl Replicas {
         let wait = async {
             loop {
                 let notified = self.acked.notified();
-                let have = self.slaves().iter().filter(|v| v.acked >= end).count();
-                if have >= need {
+                let slaves = self.slaves();
+                let holds = |n: &u64| slaves.iter().any(|v| v.node == *n && v.acked >= end);
+                let have = slaves.iter().filter(|v| v.acked >= end).count();
+                if have >= need && self.required().iter().all(holds) {
+                    self.high_watermark
+                        .fetch_max(end, std::sync::atomic::Ordering::AcqRel);
                     return;
                 }
                 notified.await;
@@ -162,6 +222,45 @@ impl Replicas {
     /// counts from its creation, before it is polled).
     pub fn data_notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.data.notified()
+    }
+}
+
+/// How long a reported in-sync slave counts as possibly committed: longer than a metadata
+/// read may lag (the 500 ms cache of a node without a controller, a 200 ms read interval).
+const REPORTED_MS: i64 = 3_000;
+
+impl crate::cluster::SlaveTracker for Replicas {
+    fn in_sync_now(&self) -> Vec<u64> {
+        self.slaves()
+            .iter()
+            .filter(|v| self.in_sync(v))
+            .map(|v| v.node)
+            .collect()
+    }
+
+    fn committed_in_sync(&self, nodes: &[u64]) {
+        let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if c.as_slice() != nodes {
+            *c = nodes.to_vec();
+            drop(c);
+            // A slave no longer required may be all a send waits for.
+            self.acked.notify_waiters();
+        }
+    }
+
+    fn became_master(&self, log_end: u64) {
+        // Anything in the log may have been acknowledged (before a restart, or by the
+        // master this one replaces): a slave joins the in-sync set only holding all of it.
+        self.high_watermark
+            .fetch_max(log_end, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn reporting(&self, nodes: &[u64]) {
+        let until = self.clock.now_ms().saturating_add(REPORTED_MS);
+        let mut r = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for n in nodes {
+            r.insert(*n, until);
+        }
     }
 }
 
@@ -232,6 +331,52 @@ mod tests {
         // It catches up: back in sync.
         r.record_fetch(2, 10_000, 10_000);
         assert_eq!(r.copies_in_sync(), 2);
+    }
+
+    /// Whoever the controller may elect holds every acknowledged send: a send waits for
+    /// every slave in sync, committed in sync or lately reported, and a slave joins the
+    /// in-sync set only holding the high watermark.
+    #[tokio::test]
+    async fn every_failover_candidate_holds_what_was_acknowledged() {
+        use crate::cluster::SlaveTracker;
+        let (r, clock) = replicas(true, 2);
+        r.record_fetch(2, 0, 0);
+        r.record_fetch(3, 0, 0);
+        assert_eq!(r.required(), vec![2, 3]);
+        // Slave 2 acknowledges 100; slave 3 (in sync) has not: the send waits for it too.
+        r.record_fetch(2, 100, 100);
+        let wait = r.wait_acked(100);
+        tokio::pin!(wait);
+        assert!(futures::poll!(&mut wait).is_pending());
+        r.record_fetch(3, 100, 100);
+        wait.await.unwrap();
+        assert_eq!(r.high_watermark(), 100);
+        // Slave 3 stops; once out of sync locally it is still waited for while the
+        // controller (or a recent report) has it.
+        r.committed_in_sync(&[2, 3]);
+        clock.advance(Duration::from_millis(5_001));
+        r.record_fetch(2, 100, 100);
+        r.record_fetch(2, 200, 200);
+        assert_eq!(r.in_sync_now(), vec![2]);
+        let wait = r.wait_acked(200);
+        tokio::pin!(wait);
+        assert!(futures::poll!(&mut wait).is_pending());
+        // The controller's in-sync set drops it: the send is answered.
+        r.committed_in_sync(&[2]);
+        wait.await.unwrap();
+        assert_eq!(r.high_watermark(), 200);
+        // Slave 3 comes back caught up with the master's previous end but below the high
+        // watermark: not in sync until it holds it.
+        r.record_fetch(3, 150, 150);
+        r.record_fetch(3, 150, 150);
+        assert_eq!(r.in_sync_now(), vec![2]);
+        r.record_fetch(3, 200, 200);
+        assert_eq!(r.in_sync_now(), vec![2, 3]);
+        // A report keeps a slave required for a while even if the metadata read lags.
+        r.reporting(&[4]);
+        assert!(r.required().contains(&4));
+        clock.advance(Duration::from_millis(3_001));
+        assert!(!r.required().contains(&4));
     }
 
     #[tokio::test]

@@ -602,8 +602,21 @@ impl Member {
     }
 }
 
-/// The slaves a master's broker counts in sync now (node ids).
-pub type InSyncSlaves = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
+/// A master broker's view of its slaves, as the replication loop needs it.
+pub trait SlaveTracker: Send + Sync {
+    /// The slaves the master counts in sync now (node ids, any order).
+    fn in_sync_now(&self) -> Vec<u64>;
+    /// The set's in-sync slaves as the controller has committed them (the failover
+    /// candidates): a sync send waits for every one of them.
+    fn committed_in_sync(&self, nodes: &[u64]);
+    /// This broker became its set's master with its log ending at `log_end`.
+    fn became_master(&self, log_end: u64);
+    /// These slaves are about to be reported in sync to the controller.
+    fn reporting(&self, nodes: &[u64]);
+}
+
+/// See [`SlaveTracker`].
+pub type InSyncSlaves = Arc<dyn SlaveTracker>;
 
 /// Bytes a slave asks for per fetch.
 const FETCH_BYTES: u32 = 4 << 20;
@@ -649,20 +662,46 @@ impl Member {
             };
             if master == me {
                 if store.is_replica() || following.is_some() {
+                    // The epoch file first: its records from here on are this epoch's.
                     let s = store.clone();
-                    let _ = tokio::task::spawn_blocking(move || s.set_replica(false)).await;
-                    tracing::info!(%set, epoch, "this broker is the master of its set");
-                    following = None;
+                    let begun = tokio::task::spawn_blocking(move || {
+                        s.begin_epoch(epoch)?;
+                        s.set_replica(false);
+                        Ok::<_, crate::store::StoreError>(())
+                    })
+                    .await;
+                    match begun {
+                        Ok(Ok(())) => {
+                            in_sync.became_master(store.log_end());
+                            tracing::info!(%set, epoch, from = store.log_end(),
+                                "this broker is the master of its set");
+                            following = None;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(%set, epoch, error = %e,
+                                "cannot record the epoch in the epoch file: not taking writes");
+                            pause(1000).await;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "epoch task failed");
+                            pause(1000).await;
+                            continue;
+                        }
+                    }
                 }
                 // Report the in-sync slaves when they changed (the failover candidates).
-                let mut now: Vec<u64> = in_sync();
+                let mut now: Vec<u64> = in_sync.in_sync_now();
                 now.sort_unstable();
                 let known: Vec<u64> = state
                     .sets
                     .get(&set)
+                    .filter(|st| st.epoch == epoch)
                     .map(|st| st.in_sync.iter().copied().collect())
                     .unwrap_or_default();
+                in_sync.committed_in_sync(&known);
                 if now != known {
+                    in_sync.reporting(&now);
                     let report = Command::SetInSync {
                         set: set.clone(),
                         epoch,
@@ -698,6 +737,7 @@ impl Member {
                 from,
                 max_bytes: FETCH_BYTES,
                 wait_ms: FETCH_WAIT_MS,
+                last_epoch: store.last_epoch(),
             };
             let frame = quiver_protocol::cmd::encode_request(&fetch);
             let timeout = self.timeout() + Duration::from_millis(u64::from(FETCH_WAIT_MS));
@@ -717,9 +757,7 @@ impl Member {
                 // records the master does not: an old master's unacknowledged tail).
                 Err(e @ super::PeerError::Refused { .. }) => {
                     tracing::warn!(master, epoch, from, error = %e,
-                        "the master refuses this slave's position: its log does not continue the \
-                         master's; cutting it back is not implemented yet (move its data away to \
-                         rejoin empty)");
+                        "the master refuses this slave's fetch");
                     pause(5000).await;
                     continue;
                 }
@@ -738,17 +776,48 @@ impl Member {
                         continue;
                     }
                 };
+            // Its history first: a log that holds records the master never had (an old
+            // master's unacknowledged tail) is cut back to where the histories part.
+            if chunk.history_epoch != fetch.last_epoch || from > chunk.history_end {
+                let s = store.clone();
+                let (he, hend) = (chunk.history_epoch, chunk.history_end);
+                match tokio::task::spawn_blocking(move || s.follow_history(he, hend)).await {
+                    Ok(Ok(cut)) => tracing::warn!(%set, master, epoch, from,
+                        to = store.log_end(), cut_bytes = ?cut, history_epoch = he,
+                        "this log held records its master never had: cut back to where their \
+                         histories part"),
+                    Ok(Err(e)) => {
+                        tracing::error!(%set, master, error = %e,
+                            "cannot cut this log back to the master's history; retrying");
+                        pause(5000).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cut task failed");
+                        pause(1000).await;
+                    }
+                }
+                continue;
+            }
+            let epochs: Vec<crate::store::EpochEntry> = chunk
+                .epochs
+                .iter()
+                .map(|e| crate::store::EpochEntry {
+                    epoch: e.epoch,
+                    start: e.start,
+                })
+                .collect();
             let lc = crate::store::LogChunk {
                 start: chunk.start,
                 bytes: chunk.bytes,
                 next: chunk.next,
             };
-            if lc.is_empty() {
-                continue;
-            }
             let s = store.clone();
             let appended = tokio::task::spawn_blocking(move || {
-                s.append_replica(&lc).and_then(|p| p.wait().map(|_| ()))
+                if !lc.is_empty() {
+                    s.append_replica(&lc).and_then(|p| p.wait().map(|_| ()))?;
+                }
+                // The master's epoch entries that lie within this log now.
+                s.adopt_epochs(&epochs)
             })
             .await;
             match appended {

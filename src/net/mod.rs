@@ -537,19 +537,44 @@ async fn replica_fetch(
             ),
         ));
     }
+    // The slave's history first: where its newest epoch's part of this log ends.
+    let store = broker.store();
+    let (history_epoch, history_end) = store.epoch_end(f.last_epoch);
+    let epochs = store
+        .epochs()
+        .into_iter()
+        .map(|e| quiver_protocol::cmd::EpochStart {
+            epoch: e.epoch,
+            start: e.start,
+        })
+        .collect();
+    let reply = |chunk: crate::store::LogChunk, epochs| {
+        quiver_protocol::Response::ReplicaFetch(quiver_protocol::cmd::ReplicaChunk {
+            epoch: f.epoch,
+            start: chunk.start,
+            next: chunk.next,
+            end: store.log_end(),
+            bytes: chunk.bytes,
+            history_epoch,
+            history_end,
+            epochs,
+        })
+    };
+    if history_epoch != f.last_epoch || f.from > history_end {
+        // It holds records this master never had: no records until it has cut them (and
+        // its position acknowledges nothing).
+        let none = crate::store::LogChunk {
+            start: f.from,
+            bytes: bytes::Bytes::new(),
+            next: f.from,
+        };
+        return Ok(reply(none, epochs));
+    }
     // A chunk is this plus at most one whole batch (never split): within MAX_REPLICA_CHUNK.
     let max = f.max_bytes.clamp(1, 8 << 20) as usize;
     let wait = Duration::from_millis(u64::from(f.wait_ms.min(5_000)));
     let chunk = broker.replica_chunk(f.node_id, f.from, max, wait).await?;
-    Ok(quiver_protocol::Response::ReplicaFetch(
-        quiver_protocol::cmd::ReplicaChunk {
-            epoch: f.epoch,
-            start: chunk.start,
-            next: chunk.next,
-            end: broker.store().log_end(),
-            bytes: chunk.bytes,
-        },
-    ))
+    Ok(reply(chunk, epochs))
 }
 
 /// A voter change: from a cluster member, or from a client on this machine (loopback) until

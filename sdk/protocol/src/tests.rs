@@ -515,9 +515,10 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
             any::<u64>(),
             any::<u32>(),
             any::<u32>(),
+            any::<u64>(),
         )
             .prop_map(
-                |(cluster_id, set, node_id, epoch, from, max_bytes, wait_ms)| {
+                |(cluster_id, set, node_id, epoch, from, max_bytes, wait_ms, last_epoch)| {
                     cmd::ReplicaFetch {
                         cluster_id,
                         set,
@@ -526,6 +527,7 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
                         from,
                         max_bytes,
                         wait_ms,
+                        last_epoch,
                     }
                     .into()
                 },
@@ -884,14 +886,25 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
             any::<u64>(),
             any::<u64>(),
             arb_bytes(64),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                vec((any::<u64>(), any::<u64>()), 0..4),
+            ),
         )
-            .prop_map(|(epoch, start, next, end, bytes)| {
+            .prop_map(|(epoch, start, next, end, bytes, (he, hend, eps))| {
                 Response::ReplicaFetch(cmd::ReplicaChunk {
                     epoch,
                     start,
                     next,
                     end,
                     bytes,
+                    history_epoch: he,
+                    history_end: hend,
+                    epochs: eps
+                        .into_iter()
+                        .map(|(epoch, start)| cmd::EpochStart { epoch, start })
+                        .collect(),
                 })
             })
             .boxed(),

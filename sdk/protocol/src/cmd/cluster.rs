@@ -501,6 +501,22 @@ pub struct ReplicaFetch {
     pub max_bytes: u32,
     /// How long to wait for new records when there are none, in ms.
     pub wait_ms: u32,
+    /// The newest epoch in the slave's epoch file (0 when it has none): the master answers
+    /// where that epoch's part of its own history ends ([`ReplicaChunk::history_end`]).
+    pub last_epoch: u64,
+}
+
+/// Most epoch entries a [`ReplicaChunk`] carries.
+pub const MAX_EPOCH_ENTRIES: u32 = 65_536;
+
+/// One entry of a master's epoch file: from commit-log offset `start` on, the records were
+/// written by the master of `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochStart {
+    /// The master epoch.
+    pub epoch: u64,
+    /// Commit-log offset of its first record.
+    pub start: u64,
 }
 
 /// See [`ReplicaFetch`].
@@ -515,8 +531,18 @@ pub struct ReplicaChunk {
     pub next: u64,
     /// The master's log end when it answered (what the slave lags by).
     pub end: u64,
-    /// The records.
+    /// The records (none when the slave's history parts from the master's: see
+    /// `history_end`).
     pub bytes: Bytes,
+    /// The largest epoch of the master's epoch file at or below the request's `last_epoch`
+    /// (0: none is).
+    pub history_epoch: u64,
+    /// Where that epoch's part of the master's log ends: the next entry's start, or the
+    /// master's log end. A slave whose newest epoch is not `history_epoch`, or whose log is
+    /// longer than `history_end`, cuts its log back before it fetches again.
+    pub history_end: u64,
+    /// The master's epoch file, oldest first.
+    pub epochs: Vec<EpochStart>,
 }
 
 impl super::Call for ReplicaFetch {
@@ -537,6 +563,7 @@ impl WireEncode for ReplicaFetch {
         b.put_u64_le(self.from);
         b.put_u32_le(self.max_bytes);
         b.put_u32_le(self.wait_ms);
+        b.put_u64_le(self.last_epoch);
     }
 }
 
@@ -550,6 +577,7 @@ impl WireDecode for ReplicaFetch {
             from: r.u64("from")?,
             max_bytes: r.u32("max bytes")?,
             wait_ms: r.u32("wait")?,
+            last_epoch: r.u64("last epoch")?,
         })
     }
 }
@@ -562,6 +590,13 @@ impl WireEncode for ReplicaChunk {
         b.put_u64_le(self.end);
         b.put_u32_le(self.bytes.len() as u32);
         b.put_slice(&self.bytes);
+        b.put_u64_le(self.history_epoch);
+        b.put_u64_le(self.history_end);
+        b.put_u32_le(self.epochs.len() as u32);
+        for e in &self.epochs {
+            b.put_u64_le(e.epoch);
+            b.put_u64_le(e.start);
+        }
     }
 }
 
@@ -578,12 +613,32 @@ impl WireDecode for ReplicaChunk {
                 reason: format!("{n} bytes is more than {MAX_REPLICA_CHUNK}"),
             });
         }
+        let bytes = r.bytes(n as usize, "chunk")?;
+        let history_epoch = r.u64("history epoch")?;
+        let history_end = r.u64("history end")?;
+        let count = r.u32("epoch count")?;
+        if count > MAX_EPOCH_ENTRIES {
+            return Err(DecodeError::Invalid {
+                field: "epoch count",
+                reason: format!("{count} entries is more than {MAX_EPOCH_ENTRIES}"),
+            });
+        }
+        let mut epochs = Vec::new();
+        for _ in 0..count {
+            epochs.push(EpochStart {
+                epoch: r.u64("epoch")?,
+                start: r.u64("epoch start")?,
+            });
+        }
         Ok(ReplicaChunk {
             epoch,
             start,
             next,
             end,
-            bytes: r.bytes(n as usize, "chunk")?,
+            bytes,
+            history_epoch,
+            history_end,
+            epochs,
         })
     }
 }

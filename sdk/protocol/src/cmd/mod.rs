@@ -27,9 +27,9 @@ mod special;
 mod topics;
 
 pub use cluster::{
-    ClusterBroker, ClusterInfo, ClusterInfoReply, ClusterSet, ClusterVoter, ControllerNode, Raft,
-    RaftKind, RaftReply, ReplicaChunk, ReplicaFetch, RouteSet, TopicCreateOn, TopicRoute,
-    TopicRouteReply, MAX_RAFT_BODY, MAX_REPLICA_CHUNK,
+    ClusterBroker, ClusterInfo, ClusterInfoReply, ClusterSet, ClusterVoter, ControllerNode,
+    EpochStart, Raft, RaftKind, RaftReply, ReplicaChunk, ReplicaFetch, RouteSet, TopicCreateOn,
+    TopicRoute, TopicRouteReply, MAX_EPOCH_ENTRIES, MAX_RAFT_BODY, MAX_REPLICA_CHUNK,
 };
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
