@@ -89,7 +89,8 @@ impl Server {
                     .run(cfg.cluster.advertise.unwrap_or(addr), shutdown.clone()),
             );
             let b = broker.clone();
-            let in_sync: crate::cluster::InSyncSlaves = b.replicas_arc();
+            let in_sync: crate::cluster::InSyncSlaves = b.clone();
+            tokio::spawn(m.clone().mirror_state(in_sync.clone(), shutdown.clone()));
             tokio::spawn(
                 m.clone()
                     .replicate(broker.store().clone(), in_sync, shutdown.clone()),

@@ -389,9 +389,26 @@ impl Broker {
         &self.replicas
     }
 
-    /// The same, shared (the cluster's replication loop holds it).
-    pub fn replicas_arc(&self) -> Arc<Replicas> {
-        self.replicas.clone()
+    /// What a master gives its slaves besides the log (docs/PROTOCOL.md §6.32): the
+    /// committed consumer offsets, as JSON.
+    pub fn replica_state(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&serde_json::json!({
+            "offsets": self.offsets.to_json(),
+        }))?)
+    }
+
+    /// A slave takes its master's state ([`Broker::replica_state`]): its committed offsets
+    /// become the master's (saved by the once-a-second persist).
+    pub fn apply_replica_state(&self, json: &[u8]) -> anyhow::Result<()> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(json).context("the master's state is not JSON")?;
+        if let Some(offsets) = v.get_mut("offsets").map(serde_json::Value::take) {
+            anyhow::ensure!(
+                self.offsets.replace_from_json(offsets),
+                "the master's offsets are not an offset table"
+            );
+        }
+        Ok(())
     }
 
     /// The configuration it runs with.
@@ -508,7 +525,12 @@ impl Broker {
             // the client already uses (an empty address).
             Q::TopicRoute(c) => A::TopicRoute(self.standalone_route(c).await?),
             Q::TopicCreateOn(c) => A::TopicCreateOn(self.standalone_create_on(c).await?),
-            Q::Raft(_) | Q::ClusterInfo(_) | Q::ClusterVoter(_) | Q::ReplicaFetch(_) => {
+            Q::Raft(_)
+            | Q::ClusterInfo(_)
+            | Q::ClusterVoter(_)
+            | Q::ReplicaFetch(_)
+            | Q::ReplicaState(_)
+            | Q::ClusterElect(_) => {
                 return Err(BrokerError::new(
                     Status::NoController,
                     "cluster commands are answered by the node's controller",
@@ -603,6 +625,36 @@ impl From<PluginError> for BrokerError {
 impl From<BrokerError> for std::io::Error {
     fn from(e: BrokerError) -> Self {
         std::io::Error::other(e.message)
+    }
+}
+
+/// The cluster's replication loop drives the broker's role through this.
+impl crate::cluster::BrokerRole for Broker {
+    fn in_sync_now(&self) -> Vec<u64> {
+        self.replicas.in_sync_now()
+    }
+
+    fn committed_in_sync(&self, nodes: &[u64]) {
+        self.replicas.committed_in_sync(nodes)
+    }
+
+    fn reporting(&self, nodes: &[u64]) {
+        self.replicas.reporting(nodes)
+    }
+
+    /// The transactions' unresolved set is rebuilt from the log (a slave's memory never saw
+    /// the half messages it replicated), and the scheduler checks every message due before
+    /// now against the log before delivering it (the old master may have delivered it).
+    fn became_master(&self, log_end: u64) -> std::result::Result<(), String> {
+        self.replicas.became_master(log_end);
+        self.timer.trust_from(self.clock.now_ms());
+        self.tx
+            .reload()
+            .map_err(|e| format!("rebuilding the transactions from the log: {e}"))
+    }
+
+    fn apply_master_state(&self, json: &[u8]) -> std::result::Result<(), String> {
+        self.apply_replica_state(json).map_err(|e| format!("{e:#}"))
     }
 }
 

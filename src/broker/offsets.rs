@@ -99,6 +99,26 @@ impl OffsetTable {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// The whole table as JSON (what a master gives its slaves).
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let t = self.table.lock().expect("offsets lock");
+        serde_json::to_value(&*t).unwrap_or_default()
+    }
+
+    /// Replaces the whole table with a master's (a slave mirroring it); false when `v` is
+    /// not a table.
+    pub(crate) fn replace_from_json(&self, v: serde_json::Value) -> bool {
+        let Ok(table) = serde_json::from_value::<Table>(v) else {
+            return false;
+        };
+        let mut t = self.table.lock().expect("offsets lock");
+        if *t != table {
+            *t = table;
+            self.dirty.store(true, Ordering::Release);
+        }
+        true
+    }
+
     /// Writes the table if it changed since the last save.
     pub(crate) fn save_if_dirty(&self) -> anyhow::Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {

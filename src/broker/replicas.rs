@@ -229,8 +229,11 @@ impl Replicas {
 /// read may lag (the 500 ms cache of a node without a controller, a 200 ms read interval).
 const REPORTED_MS: i64 = 3_000;
 
-impl crate::cluster::SlaveTracker for Replicas {
-    fn in_sync_now(&self) -> Vec<u64> {
+/// What the cluster's replication loop tells and asks a master (through the broker's
+/// `cluster::BrokerRole`).
+impl Replicas {
+    /// The slaves in sync now (node ids).
+    pub fn in_sync_now(&self) -> Vec<u64> {
         self.slaves()
             .iter()
             .filter(|v| self.in_sync(v))
@@ -238,7 +241,8 @@ impl crate::cluster::SlaveTracker for Replicas {
             .collect()
     }
 
-    fn committed_in_sync(&self, nodes: &[u64]) {
+    /// The set's in-sync slaves as the controller has them (read from its metadata).
+    pub fn committed_in_sync(&self, nodes: &[u64]) {
         let mut c = self.committed.lock().unwrap_or_else(|e| e.into_inner());
         if c.as_slice() != nodes {
             *c = nodes.to_vec();
@@ -248,14 +252,16 @@ impl crate::cluster::SlaveTracker for Replicas {
         }
     }
 
-    fn became_master(&self, log_end: u64) {
+    /// This broker became its set's master with its log ending at `log_end`.
+    pub fn became_master(&self, log_end: u64) {
         // Anything in the log may have been acknowledged (before a restart, or by the
         // master this one replaces): a slave joins the in-sync set only holding all of it.
         self.high_watermark
             .fetch_max(log_end, std::sync::atomic::Ordering::AcqRel);
     }
 
-    fn reporting(&self, nodes: &[u64]) {
+    /// These slaves are about to be reported in sync to the controller.
+    pub fn reporting(&self, nodes: &[u64]) {
         let until = self.clock.now_ms().saturating_add(REPORTED_MS);
         let mut r = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         for n in nodes {
@@ -338,7 +344,6 @@ mod tests {
     /// in-sync set only holding the high watermark.
     #[tokio::test]
     async fn every_failover_candidate_holds_what_was_acknowledged() {
-        use crate::cluster::SlaveTracker;
         let (r, clock) = replicas(true, 2);
         r.record_fetch(2, 0, 0);
         r.record_fetch(3, 0, 0);

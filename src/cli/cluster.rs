@@ -21,6 +21,15 @@ pub(crate) enum ClusterCommand {
         /// Its listener address (`broker.listen`).
         addr: std::net::SocketAddr,
     },
+    /// Make an in-sync slave the master of its broker set (a switch-over, like RocketMQ 5's
+    /// electMaster): the set's epoch rises, the old master becomes a slave and clients follow
+    /// the new route. Refused for a slave that is not in sync.
+    ElectMaster {
+        /// The broker set.
+        set: String,
+        /// The `cluster.node_id` of the slave to make master.
+        node: u64,
+    },
     /// Remove a controller voter.
     RemoveVoter {
         /// The node's `cluster.node_id`.
@@ -57,20 +66,25 @@ struct NodeRow<'a> {
 }
 
 pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyhow::Result<()> {
-    let info = match c {
-        ClusterCommand::List => admin
-            .cluster_info()
-            .await
-            .context("asking for the cluster")?,
-        ClusterCommand::AddVoter { id, addr } => admin
-            .cluster_add_voter(id, addr)
-            .await
-            .with_context(|| format!("adding voter {id} at {addr}"))?,
-        ClusterCommand::RemoveVoter { id } => admin
-            .cluster_remove_voter(id)
-            .await
-            .with_context(|| format!("removing voter {id}"))?,
-    };
+    let info =
+        match c {
+            ClusterCommand::List => admin
+                .cluster_info()
+                .await
+                .context("asking for the cluster")?,
+            ClusterCommand::AddVoter { id, addr } => admin
+                .cluster_add_voter(id, addr)
+                .await
+                .with_context(|| format!("adding voter {id} at {addr}"))?,
+            ClusterCommand::ElectMaster { set, node } => admin
+                .cluster_elect_master(&set, node)
+                .await
+                .with_context(|| format!("making node {node} the master of broker set {set}"))?,
+            ClusterCommand::RemoveVoter { id } => admin
+                .cluster_remove_voter(id)
+                .await
+                .with_context(|| format!("removing voter {id}"))?,
+        };
     print(out, &info)
 }
 

@@ -602,21 +602,24 @@ impl Member {
     }
 }
 
-/// A master broker's view of its slaves, as the replication loop needs it.
-pub trait SlaveTracker: Send + Sync {
+/// What the replication loop needs from its broker, as master or as slave.
+pub trait BrokerRole: Send + Sync {
     /// The slaves the master counts in sync now (node ids, any order).
     fn in_sync_now(&self) -> Vec<u64>;
     /// The set's in-sync slaves as the controller has committed them (the failover
     /// candidates): a sync send waits for every one of them.
     fn committed_in_sync(&self, nodes: &[u64]);
-    /// This broker became its set's master with its log ending at `log_end`.
-    fn became_master(&self, log_end: u64);
     /// These slaves are about to be reported in sync to the controller.
     fn reporting(&self, nodes: &[u64]);
+    /// This broker became its set's master with its log ending at `log_end`: its state
+    /// outside the log becomes a master's. Blocking (reads the log).
+    fn became_master(&self, log_end: u64) -> Result<(), String>;
+    /// A slave takes its master's state outside the log (ReplicaState's JSON).
+    fn apply_master_state(&self, json: &[u8]) -> Result<(), String>;
 }
 
-/// See [`SlaveTracker`].
-pub type InSyncSlaves = Arc<dyn SlaveTracker>;
+/// See [`BrokerRole`].
+pub type InSyncSlaves = Arc<dyn BrokerRole>;
 
 /// Bytes a slave asks for per fetch.
 const FETCH_BYTES: u32 = 4 << 20;
@@ -664,15 +667,17 @@ impl Member {
                 if store.is_replica() || following.is_some() {
                     // The epoch file first: its records from here on are this epoch's.
                     let s = store.clone();
+                    let role = in_sync.clone();
                     let begun = tokio::task::spawn_blocking(move || {
-                        s.begin_epoch(epoch)?;
+                        s.begin_epoch(epoch).map_err(|e| e.to_string())?;
+                        // Its state before its first write as master.
+                        role.became_master(s.log_end())?;
                         s.set_replica(false);
-                        Ok::<_, crate::store::StoreError>(())
+                        Ok::<_, String>(())
                     })
                     .await;
                     match begun {
                         Ok(Ok(())) => {
-                            in_sync.became_master(store.log_end());
                             tracing::info!(%set, epoch, from = store.log_end(),
                                 "this broker is the master of its set");
                             following = None;
@@ -834,6 +839,75 @@ impl Member {
                 Err(e) => {
                     tracing::error!(error = %e, "replication task failed");
                     pause(1000).await;
+                }
+            }
+        }
+    }
+}
+
+/// How often a slave copies its master's state outside the log (consumer offsets).
+const STATE_EVERY: Duration = Duration::from_secs(1);
+
+impl Member {
+    /// A slave copies its master's state outside the commit log (the committed consumer
+    /// offsets) once a second, so consumers continue where they were after a failover
+    /// (redelivering at most about a second of commits). Runs until `stop`.
+    pub async fn mirror_state(self: Arc<Self>, role: InSyncSlaves, stop: CancellationToken) {
+        let Some(set) = self.cfg.broker_set.clone() else {
+            return;
+        };
+        let me = self.cfg.node_id;
+        let mut warned = false;
+        while !stop.is_cancelled() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(STATE_EVERY) => {}
+            }
+            let Ok(state) = self.state(false).await else {
+                continue;
+            };
+            let Some((master, addr, epoch)) = state.master_for(me) else {
+                continue;
+            };
+            if master == me {
+                continue;
+            }
+            let req = quiver_protocol::cmd::ReplicaState {
+                cluster_id: self.cluster_id().to_string(),
+                set: set.clone(),
+                node_id: me,
+                epoch,
+            };
+            let frame = quiver_protocol::cmd::encode_request(&req);
+            let got = self
+                .transport
+                .clone()
+                .request(
+                    addr,
+                    frame,
+                    quiver_protocol::Command::ReplicaState as u16,
+                    self.timeout(),
+                )
+                .await;
+            let applied = match got {
+                Ok(body) => {
+                    match quiver_protocol::cmd::decode_body::<quiver_protocol::cmd::ReplicaStateReply>(
+                        body,
+                    ) {
+                        Ok(r) => role.apply_master_state(&r.json),
+                        Err(e) => Err(format!("malformed state: {e}")),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match applied {
+                Ok(()) => warned = false,
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(master, error = %e, "cannot copy the master's consumer offsets; retrying");
+                }
+                Err(e) => {
+                    tracing::debug!(master, error = %e, "cannot copy the master's consumer offsets")
                 }
             }
         }

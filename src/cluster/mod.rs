@@ -27,7 +27,7 @@ use quiver_protocol::cmd::{self, ClusterBroker, ClusterInfoReply, ControllerNode
 use crate::clock::Clock;
 
 pub use config::{ClusterConfig, Replication, VoterConfig};
-pub use member::{InSyncSlaves, LocalTopics, Member, RouteError, SlaveTracker, TopicFuture};
+pub use member::{BrokerRole, InSyncSlaves, LocalTopics, Member, RouteError, TopicFuture};
 pub use network::{PeerError, PeerTransport};
 
 openraft::declare_raft_types!(

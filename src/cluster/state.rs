@@ -224,14 +224,21 @@ impl ClusterState {
             Command::ElectMaster { set, epoch, node } => {
                 let member = self.brokers.get(node).is_some_and(|b| &b.set == set);
                 match self.sets.get_mut(set) {
-                    Some(st) if st.epoch == *epoch && st.master != *node && member => {
+                    // Only an in-sync slave holds everything the master acknowledged.
+                    Some(st)
+                        if st.epoch == *epoch
+                            && st.master != *node
+                            && member
+                            && st.in_sync.contains(node) =>
+                    {
                         st.master = *node;
                         st.epoch += 1;
                         st.in_sync.clear();
                         Reply::Ok
                     }
                     _ => Reply::Refused(format!(
-                        "node {node} cannot replace the master of broker set {set} in epoch {epoch}"
+                        "node {node} cannot replace the master of broker set {set} in epoch \
+                         {epoch}: it is not an in-sync slave of that set in that epoch"
                     )),
                 }
             }

@@ -301,8 +301,9 @@ struct Inner {
     /// Wakes the scheduler (an entry for the next slot, or stop).
     sched_cv: Condvar,
     stop: AtomicBool,
-    /// Messages due before this time may have been delivered by the previous run.
-    started_at: i64,
+    /// Messages due before this time may have been delivered by the previous run, or by the
+    /// set's previous master (moved to the failover's time by [`Timer::trust_from`]).
+    started_at: std::sync::atomic::AtomicI64,
     delivered: AtomicU64,
     rolled: AtomicU64,
     cancelled: AtomicU64,
@@ -410,7 +411,7 @@ impl Timer {
             dispatch_cv: Condvar::new(),
             sched_cv: Condvar::new(),
             stop: AtomicBool::new(false),
-            started_at,
+            started_at: std::sync::atomic::AtomicI64::new(started_at),
             delivered: AtomicU64::new(0),
             rolled: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
@@ -456,6 +457,12 @@ impl Timer {
     }
 
     /// Counters.
+    /// Messages due before `now_ms` may have been delivered by another broker (this one was
+    /// a slave until now): each is looked up by id in its topic before it is delivered.
+    pub(crate) fn trust_from(&self, now_ms: i64) {
+        self.inner.started_at.fetch_max(now_ms, Ordering::AcqRel);
+    }
+
     pub(crate) fn stats(&self) -> TimerStats {
         let i = &self.inner;
         TimerStats {
@@ -875,7 +882,7 @@ impl Inner {
 
     /// True when the previous run already stored this stage of the message.
     fn already_done(&self, e: &Entry, v: &RecordView<'_>, topic: &str) -> bool {
-        if e.deliver_at >= self.started_at {
+        if e.deliver_at >= self.started_at.load(Ordering::Acquire) {
             return false;
         }
         let Ok(found) = self.store.messages_by_id(e.id) else {

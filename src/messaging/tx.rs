@@ -256,6 +256,61 @@ fn scan(store: &Store, topic: &str, mut f: impl FnMut(&RecordView<'_>)) -> Resul
     }
 }
 
+/// The unresolved half messages as the log has them: op records first, then half messages.
+fn load(store: &Store, timing: &TxTiming, clock: &Clock) -> Result<State, StoreError> {
+    let mut st = State::new(timing.max_checks);
+    let mut checks: HashMap<u64, u32> = HashMap::new();
+    scan(store, HALF_OP_TOPIC, |op| {
+        let Some(h) = handle_of(op) else { return };
+        let o = match op.tag() {
+            "commit" => Outcome::Commit,
+            "rollback" => Outcome::Rollback,
+            "discard" => Outcome::Discard,
+            "check" => {
+                let c = checks.entry(h).or_default();
+                *c = (*c).max(
+                    op.property(props::TRAN_CHECK_TIMES)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(*c + 1),
+                );
+                return;
+            }
+            _ => return,
+        };
+        st.resolve(h, op.msg_id(), o);
+    })?;
+    let now = clock.now_ms();
+    scan(store, HALF_TOPIC, |half| {
+        let h = half.phys_offset();
+        if st.resolved.contains_key(&h) {
+            return;
+        }
+        let checks = checks.get(&h).copied().unwrap_or(0);
+        // After a restart producers get a check timeout to reconnect first.
+        let next = (half.store_timestamp() + timing.check_timeout_ms).max(
+            now + if checks > 0 {
+                timing.check_timeout_ms
+            } else {
+                0
+            },
+        );
+        st.insert(
+            h,
+            Pending {
+                id: half.msg_id(),
+                group: half.property(props::PGROUP).unwrap_or_default().to_string(),
+                checks,
+                next_check_at: next,
+                busy: false,
+            },
+        );
+    })?;
+    if !st.pending.is_empty() {
+        tracing::info!(unresolved = st.pending.len(), "transactions recovered");
+    }
+    Ok(st)
+}
+
 fn handle_of(op: &RecordView<'_>) -> Option<u64> {
     Some(u64::from_le_bytes(op.body().get(0..8)?.try_into().ok()?))
 }
@@ -268,56 +323,7 @@ impl Transactions {
         queues: Arc<super::timer::QueueCount>,
         clock: Clock,
     ) -> Result<Transactions, StoreError> {
-        let mut st = State::new(timing.max_checks);
-        let mut checks: HashMap<u64, u32> = HashMap::new();
-        scan(&store, HALF_OP_TOPIC, |op| {
-            let Some(h) = handle_of(op) else { return };
-            let o = match op.tag() {
-                "commit" => Outcome::Commit,
-                "rollback" => Outcome::Rollback,
-                "discard" => Outcome::Discard,
-                "check" => {
-                    let c = checks.entry(h).or_default();
-                    *c = (*c).max(
-                        op.property(props::TRAN_CHECK_TIMES)
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(*c + 1),
-                    );
-                    return;
-                }
-                _ => return,
-            };
-            st.resolve(h, op.msg_id(), o);
-        })?;
-        let now = clock.now_ms();
-        scan(&store, HALF_TOPIC, |half| {
-            let h = half.phys_offset();
-            if st.resolved.contains_key(&h) {
-                return;
-            }
-            let checks = checks.get(&h).copied().unwrap_or(0);
-            // After a restart producers get a check timeout to reconnect first.
-            let next = (half.store_timestamp() + timing.check_timeout_ms).max(
-                now + if checks > 0 {
-                    timing.check_timeout_ms
-                } else {
-                    0
-                },
-            );
-            st.insert(
-                h,
-                Pending {
-                    id: half.msg_id(),
-                    group: half.property(props::PGROUP).unwrap_or_default().to_string(),
-                    checks,
-                    next_check_at: next,
-                    busy: false,
-                },
-            );
-        })?;
-        if !st.pending.is_empty() {
-            tracing::info!(unresolved = st.pending.len(), "transactions recovered");
-        }
+        let st = load(&store, &timing, &clock)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(st),
             discard_cv: Condvar::new(),
@@ -340,6 +346,17 @@ impl Transactions {
             clock,
             _on_advance: on_advance,
         })
+    }
+
+    /// Rebuilds the unresolved set from the log, as at a start: a slave that a failover made
+    /// the master holds its old master's half messages and decisions (replicated), which its
+    /// own memory never saw.
+    pub(crate) fn reload(&self) -> Result<(), StoreError> {
+        let st = load(&self.store, &self.timing, &self.clock)?;
+        *self.state() = st;
+        self.shared.wake_discarder();
+        self.shared.wake_polls(None);
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

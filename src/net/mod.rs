@@ -484,20 +484,23 @@ async fn raft(
     }
 }
 
-/// A slave's fetch of this master's commit log: from a cluster member, for this node's set
-/// and current master epoch only.
-async fn replica_fetch(
-    f: quiver_protocol::cmd::ReplicaFetch,
-    broker: &Broker,
-    session: &Session,
-) -> Result<quiver_protocol::Response, BrokerError> {
+/// Who a slave's request (ReplicaFetch, ReplicaState) comes from: a member of this
+/// cluster, a registered broker of this node's set other than this node, following this
+/// node as the set's master in `epoch`. Returns the cluster member.
+async fn check_slave<'a>(
+    session: &'a Session,
+    cluster_id: &str,
+    set: &str,
+    node_id: u64,
+    epoch: u64,
+) -> Result<&'a Arc<crate::cluster::Member>, BrokerError> {
     let Some(node) = &session.cluster else {
         return Err(BrokerError::new(
             Status::NoController,
             "this node is not in a cluster",
         ));
     };
-    if !session.member || f.cluster_id != node.cluster_id() {
+    if !session.member || cluster_id != node.cluster_id() {
         return Err(BrokerError::new(
             Status::NotClusterMember,
             "replication is served only to members of this cluster (a TLS client certificate of this cluster)",
@@ -509,8 +512,7 @@ async fn replica_fetch(
         .map_err(|e| BrokerError::new(Status::ControllerUnavailable, e.to_string()))?;
     let me = node.node_id();
     match state.master_for(me) {
-        Some((master, _, epoch))
-            if master == me && epoch == f.epoch && node.broker_set() == Some(f.set.as_str()) => {}
+        Some((master, _, e)) if master == me && e == epoch && node.broker_set() == Some(set) => {}
         other => {
             let knows = match other {
                 Some((m, _, e)) => format!("its set's master is node {m} in epoch {e}"),
@@ -519,24 +521,29 @@ async fn replica_fetch(
             return Err(BrokerError::new(
                 Status::NotMaster,
                 format!(
-                    "node {me} is not the master of broker set {:?} in epoch {}: {knows}",
-                    f.set, f.epoch
+                    "node {me} is not the master of broker set {set:?} in epoch {epoch}: {knows}"
                 ),
             ));
         }
     }
     // Only a registered broker of this set acknowledges as a slave.
-    if f.node_id == me
-        || state.brokers.get(&f.node_id).map(|b| b.set.as_str()) != Some(f.set.as_str())
-    {
+    if node_id == me || state.brokers.get(&node_id).map(|b| b.set.as_str()) != Some(set) {
         return Err(BrokerError::new(
             Status::BadRequest,
-            format!(
-                "node {} is not a slave of broker set {:?}",
-                f.node_id, f.set
-            ),
+            format!("node {node_id} is not a slave of broker set {set:?}"),
         ));
     }
+    Ok(node)
+}
+
+/// A slave's fetch of this master's commit log: from a cluster member, for this node's set
+/// and current master epoch only.
+async fn replica_fetch(
+    f: quiver_protocol::cmd::ReplicaFetch,
+    broker: &Broker,
+    session: &Session,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    check_slave(session, &f.cluster_id, &f.set, f.node_id, f.epoch).await?;
     // The slave's history first: where its newest epoch's part of this log ends.
     let store = broker.store();
     let (history_epoch, history_end) = store.epoch_end(f.last_epoch);
@@ -575,6 +582,101 @@ async fn replica_fetch(
     let wait = Duration::from_millis(u64::from(f.wait_ms.min(5_000)));
     let chunk = broker.replica_chunk(f.node_id, f.from, max, wait).await?;
     Ok(reply(chunk, epochs))
+}
+
+/// A slave's read of this master's state outside the log (consumer offsets).
+async fn replica_state(
+    f: quiver_protocol::cmd::ReplicaState,
+    broker: &Broker,
+    session: &Session,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    check_slave(session, &f.cluster_id, &f.set, f.node_id, f.epoch).await?;
+    let json = broker
+        .replica_state()
+        .map_err(|e| BrokerError::new(Status::Internal, e.to_string()))?;
+    Ok(quiver_protocol::Response::ReplicaState(
+        quiver_protocol::cmd::ReplicaStateReply { json: json.into() },
+    ))
+}
+
+/// A switch-over: makes a broker the master of its set. From a cluster member, or from a
+/// client on this machine (loopback) until users and permissions exist.
+async fn elect_master(
+    c: quiver_protocol::cmd::ClusterElect,
+    session: &Session,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    let Some(node) = &session.cluster else {
+        return Err(BrokerError::new(
+            Status::NoController,
+            "this node is not in a cluster",
+        ));
+    };
+    if !session.member && !session.remote.ip().is_loopback() {
+        return Err(BrokerError::new(
+            Status::NotClusterMember,
+            "master elections are accepted from cluster members and from this machine only",
+        ));
+    }
+    let unavailable = |e: crate::cluster::ClusterError| {
+        BrokerError::new(Status::ControllerUnavailable, e.to_string())
+    };
+    let state = node.state(true).await.map_err(unavailable)?;
+    let Some(st) = state.sets.get(&c.set) else {
+        return Err(BrokerError::new(
+            Status::BadRequest,
+            format!(
+                "broker set {:?} has no master: no broker of it is registered",
+                c.set
+            ),
+        ));
+    };
+    if st.master == c.node_id {
+        return Err(BrokerError::new(
+            Status::BadRequest,
+            format!(
+                "node {} is already the master of broker set {:?} (epoch {})",
+                c.node_id, c.set, st.epoch
+            ),
+        ));
+    }
+    match state.brokers.get(&c.node_id) {
+        Some(b) if b.set == c.set => {}
+        _ => {
+            return Err(BrokerError::new(
+                Status::BadRequest,
+                format!(
+                    "node {} is not a registered broker of broker set {:?}",
+                    c.node_id, c.set
+                ),
+            ))
+        }
+    }
+    if !st.in_sync.contains(&c.node_id) {
+        return Err(BrokerError::new(
+            Status::NotEnoughReplicas,
+            format!(
+                "node {} is not in sync with the master of broker set {:?} (in sync: {:?}): \
+                 electing it could lose acknowledged messages; wait until it is in sync",
+                c.node_id, c.set, st.in_sync
+            ),
+        ));
+    }
+    let cmd = crate::cluster::state::Command::ElectMaster {
+        set: c.set.clone(),
+        epoch: st.epoch,
+        node: c.node_id,
+    };
+    match node.write(cmd).await.map_err(unavailable)? {
+        crate::cluster::state::Reply::Ok => {}
+        crate::cluster::state::Reply::Refused(why) => {
+            return Err(BrokerError::new(Status::BadRequest, why));
+        }
+    }
+    let info = match node.controller() {
+        Some(ctl) => ctl.info(),
+        None => node.info_without_controller().await.map_err(unavailable)?,
+    };
+    Ok(quiver_protocol::Response::ClusterElect(info))
 }
 
 /// A voter change: from a cluster member, or from a client on this machine (loopback) until
@@ -657,6 +759,8 @@ async fn dispatch(
         Request::Raft(r) => return raft(r, session).await,
         Request::ClusterVoter(v) => return change_voters(v, session).await,
         Request::ReplicaFetch(f) => return replica_fetch(f, broker, session).await,
+        Request::ReplicaState(f) => return replica_state(f, broker, session).await,
+        Request::ClusterElect(c) => return elect_master(c, session).await,
         other => match &session.cluster {
             Some(node) => match routing::intercept(other, node, broker, session.remote).await {
                 routing::Routed::Answered(r) => return r,

@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_routes;
 mod damage;
 mod dev_cluster;
+mod failover;
 mod filters;
 mod groups;
 mod harness;

@@ -16,22 +16,22 @@ use super::cluster::{
 };
 
 /// Sync replication settings (short lag and acknowledgement timeouts for the tests).
-const SYNC: &str =
+pub(crate) const SYNC: &str =
     "replication = \"sync\"\nmin_in_sync = 2\nreplica_lag_ms = 1000\nreplica_ack_timeout_ms = 1000\n";
 
 /// Three nodes on free ports sharing one certificate: voters 1-3; `extra` goes into the
 /// `[cluster]` section of the nodes that serve in a broker set.
-struct Nodes {
-    dir: tempfile::TempDir,
+pub(crate) struct Nodes {
+    pub(crate) dir: tempfile::TempDir,
     identity: (std::path::PathBuf, std::path::PathBuf),
-    cert: std::path::PathBuf,
+    pub(crate) cert: std::path::PathBuf,
     voters: Vec<(u64, SocketAddr)>,
-    addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<SocketAddr>,
     extra: &'static str,
 }
 
 impl Nodes {
-    fn new(extra: &'static str) -> Nodes {
+    pub(crate) fn new(extra: &'static str) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         let identity = shared_identity(dir.path());
         let cert = identity.0.clone();
@@ -49,7 +49,7 @@ impl Nodes {
         }
     }
 
-    fn start(&self, id: u64, set: Option<&str>) -> Node {
+    pub(crate) fn start(&self, id: u64, set: Option<&str>) -> Node {
         let addr = self.addrs[id as usize - 1];
         let cfg = node_config(
             self.dir.path(),
@@ -72,7 +72,7 @@ impl Nodes {
 }
 
 /// Every message of `topic` on the broker at `addr`: (queue, offset, id, body) per queue.
-async fn read_all(
+pub(crate) async fn read_all(
     addr: SocketAddr,
     cert: &std::path::Path,
     topic: &str,

@@ -139,6 +139,24 @@ impl Admin {
         self.client.call(quiver_protocol::cmd::ClusterInfo {}).await
     }
 
+    /// Makes node `node` the master of broker set `set` (a switch-over): it must be an
+    /// in-sync slave of the set, or the controller refuses (`NotEnoughReplicas` when it is
+    /// not in sync). The set's epoch rises by one; the old master becomes a slave. Returns
+    /// the cluster as the answering node sees it afterwards.
+    pub async fn cluster_elect_master(
+        &self,
+        set: &str,
+        node: u64,
+    ) -> Result<quiver_protocol::cmd::ClusterInfoReply, ClientError> {
+        let c = quiver_protocol::cmd::ClusterElect {
+            set: set.to_string(),
+            node_id: node,
+        };
+        self.client
+            .call_with_timeout(c, std::time::Duration::from_secs(30))
+            .await
+    }
+
     /// Adds controller voter `id` listening at `addr` (a node started with `cluster.join`):
     /// it joins as a learner, catches up with the log, then votes. Accepted from this
     /// machine (loopback) or a cluster member; returns the controller afterwards.

@@ -273,7 +273,7 @@ impl Cluster {
 
 /// How often a [`ClusterPushConsumer`] reads its topics' routes again to join broker sets
 /// that started holding them, and to follow a set to its new master after a failover.
-const ROUTE_REFRESH: Duration = Duration::from_secs(10);
+const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
 /// A consumer-group member over every broker set that holds its topics: one
 /// [`PushConsumer`] per set, all sharing the listener. Each set's broker rebalances its own

@@ -477,7 +477,9 @@ async fn respond(
         | Request::ClusterVoter(_)
         | Request::TopicRoute(_)
         | Request::TopicCreateOn(_)
-        | Request::ReplicaFetch(_) => {
+        | Request::ReplicaFetch(_)
+        | Request::ReplicaState(_)
+        | Request::ClusterElect(_) => {
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,

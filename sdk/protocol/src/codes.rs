@@ -84,6 +84,10 @@ pub enum Command {
     TopicCreateOn = 94,
     /// A slave reads its master's commit log (cluster members only).
     ReplicaFetch = 95,
+    /// A slave reads its master's offsets and other state outside the log (members only).
+    ReplicaState = 96,
+    /// Make a broker the master of its set (switch-over).
+    ClusterElect = 97,
 }
 
 impl Command {
@@ -130,6 +134,8 @@ impl Command {
             93 => TopicRoute,
             94 => TopicCreateOn,
             95 => ReplicaFetch,
+            96 => ReplicaState,
+            97 => ClusterElect,
             _ => return None,
         })
     }

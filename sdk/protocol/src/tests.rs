@@ -543,6 +543,20 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
                 .into()
             })
             .boxed(),
+        (arb_string(), arb_string(), any::<u64>(), any::<u64>())
+            .prop_map(|(cluster_id, set, node_id, epoch)| {
+                cmd::ReplicaState {
+                    cluster_id,
+                    set,
+                    node_id,
+                    epoch,
+                }
+                .into()
+            })
+            .boxed(),
+        (arb_string(), any::<u64>())
+            .prop_map(|(set, node_id)| cmd::ClusterElect { set, node_id }.into())
+            .boxed(),
     ]
 }
 
@@ -907,6 +921,12 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
                         .collect(),
                 })
             })
+            .boxed(),
+        arb_bytes(64)
+            .prop_map(|json| Response::ReplicaState(cmd::ReplicaStateReply { json }))
+            .boxed(),
+        arb_cluster_info_reply()
+            .prop_map(Response::ClusterElect)
             .boxed(),
     ]
 }

@@ -642,3 +642,102 @@ impl WireDecode for ReplicaChunk {
         })
     }
 }
+
+/// Largest [`ReplicaStateReply`] body.
+pub const MAX_REPLICA_STATE: u32 = 16 << 20;
+
+/// A slave asks its set's master for the broker state that is not in the commit log (the
+/// consumer groups' committed offsets), to hold it when a failover makes it the master
+/// (cluster members only; docs/CLUSTER.md). Checked like a [`ReplicaFetch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// The cluster the slave belongs to.
+    pub cluster_id: String,
+    /// The broker set.
+    pub set: String,
+    /// The slave's node id.
+    pub node_id: u64,
+    /// The master epoch the slave follows; another epoch is refused with `NotMaster`.
+    pub epoch: u64,
+}
+
+/// See [`ReplicaState`]: the state as JSON (docs/PROTOCOL.md §6.32).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStateReply {
+    /// JSON object: `{"offsets": {group: {topic: {queue: offset}}}}`.
+    pub json: Bytes,
+}
+
+call!(ReplicaState => ReplicaStateReply, ReplicaState);
+
+impl WireEncode for ReplicaState {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_str16(&self.cluster_id);
+        b.put_str16(&self.set);
+        b.put_u64_le(self.node_id);
+        b.put_u64_le(self.epoch);
+    }
+}
+
+impl WireDecode for ReplicaState {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ReplicaState {
+            cluster_id: r.str16("cluster id")?,
+            set: r.str16("broker set")?,
+            node_id: r.u64("node id")?,
+            epoch: r.u64("epoch")?,
+        })
+    }
+}
+
+impl WireEncode for ReplicaStateReply {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_u32_le(self.json.len() as u32);
+        b.put_slice(&self.json);
+    }
+}
+
+impl WireDecode for ReplicaStateReply {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let n = r.u32("state length")?;
+        if n > MAX_REPLICA_STATE {
+            return Err(DecodeError::Invalid {
+                field: "state length",
+                reason: format!("{n} bytes is more than {MAX_REPLICA_STATE}"),
+            });
+        }
+        Ok(ReplicaStateReply {
+            json: r.bytes(n as usize, "state")?,
+        })
+    }
+}
+
+/// Makes `node` the master of broker set `set` (a switch-over: `quiver admin cluster
+/// elect-master`). The node must be a live broker of the set that the controller has in the
+/// set's in-sync set; the set's epoch rises by one. Accepted from cluster members and from
+/// clients on the node's own machine. The answer is the cluster's state afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterElect {
+    /// The broker set.
+    pub set: String,
+    /// The node to make its master.
+    pub node_id: u64,
+}
+
+call!(ClusterElect => ClusterInfoReply, ClusterElect);
+
+impl WireEncode for ClusterElect {
+    fn encode(&self, b: &mut BytesMut) {
+        b.put_str16(&self.set);
+        b.put_u64_le(self.node_id);
+    }
+}
+
+impl WireDecode for ClusterElect {
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ClusterElect {
+            set: r.str16("broker set")?,
+            node_id: r.u64("node id")?,
+        })
+    }
+}

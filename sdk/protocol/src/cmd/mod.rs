@@ -27,9 +27,10 @@ mod special;
 mod topics;
 
 pub use cluster::{
-    ClusterBroker, ClusterInfo, ClusterInfoReply, ClusterSet, ClusterVoter, ControllerNode,
-    EpochStart, Raft, RaftKind, RaftReply, ReplicaChunk, ReplicaFetch, RouteSet, TopicCreateOn,
-    TopicRoute, TopicRouteReply, MAX_EPOCH_ENTRIES, MAX_RAFT_BODY, MAX_REPLICA_CHUNK,
+    ClusterBroker, ClusterElect, ClusterInfo, ClusterInfoReply, ClusterSet, ClusterVoter,
+    ControllerNode, EpochStart, Raft, RaftKind, RaftReply, ReplicaChunk, ReplicaFetch,
+    ReplicaState, ReplicaStateReply, RouteSet, TopicCreateOn, TopicRoute, TopicRouteReply,
+    MAX_EPOCH_ENTRIES, MAX_RAFT_BODY, MAX_REPLICA_CHUNK, MAX_REPLICA_STATE,
 };
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
@@ -265,4 +266,6 @@ commands! {
     TopicRoute(TopicRoute),
     TopicCreateOn(TopicCreateOn),
     ReplicaFetch(ReplicaFetch),
+    ReplicaState(ReplicaState),
+    ClusterElect(ClusterElect),
 }
