@@ -389,6 +389,39 @@ impl Broker {
         &self.replicas
     }
 
+    /// This broker's slaves and how far each lags, when it is a master (empty otherwise):
+    /// the `replicas` section of ClusterInfo. Counting the messages walks the log between
+    /// each slave's position and the end (at most a million records; blocking reads of
+    /// mapped memory).
+    pub async fn replica_lags(&self) -> Vec<quiver_protocol::cmd::ReplicaLag> {
+        if self.store.is_replica() {
+            return Vec::new();
+        }
+        let end = self.store.log_end();
+        let slaves: Vec<(SlaveView, bool)> = self
+            .replicas
+            .slaves()
+            .into_iter()
+            .map(|v| (v, self.replicas.in_sync(&v)))
+            .collect();
+        let store = self.store.clone();
+        let counted = blocking(move || {
+            slaves
+                .into_iter()
+                .map(|(v, in_sync)| quiver_protocol::cmd::ReplicaLag {
+                    node: v.node,
+                    acked: v.acked,
+                    master_end: end,
+                    lag_messages: store.records_after(v.acked, 1_000_000).unwrap_or(u64::MAX),
+                    in_sync,
+                    last_fetch_ms: v.last_fetch_ms,
+                })
+                .collect()
+        })
+        .await;
+        counted.unwrap_or_default()
+    }
+
     /// What a master gives its slaves besides the log (docs/PROTOCOL.md §6.32): the
     /// committed consumer offsets, as JSON.
     pub fn replica_state(&self) -> anyhow::Result<Vec<u8>> {

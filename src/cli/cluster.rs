@@ -2,8 +2,10 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use quiver_client::Admin;
-use quiver_protocol::cmd::ClusterInfoReply;
+use std::collections::HashMap;
+
+use quiver_client::{Admin, Client};
+use quiver_protocol::cmd::{ClusterInfoReply, ReplicaLag};
 use serde::Serialize;
 
 use super::output::{rfc3339_ms, Out};
@@ -48,6 +50,12 @@ struct BrokerRow<'a> {
     /// A slave: whether its master reports it in sync.
     #[serde(skip_serializing_if = "Option::is_none")]
     in_sync: Option<bool>,
+    /// A slave: bytes of the master's log it does not hold yet (as its master counts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_bytes: Option<u64>,
+    /// A slave: messages it does not hold yet (absent when more than a million, or unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_messages: Option<u64>,
     node: u64,
     addr: &'a str,
     alive: bool,
@@ -68,10 +76,14 @@ struct NodeRow<'a> {
 pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyhow::Result<()> {
     let info =
         match c {
-            ClusterCommand::List => admin
-                .cluster_info()
-                .await
-                .context("asking for the cluster")?,
+            ClusterCommand::List => {
+                let info = admin
+                    .cluster_info()
+                    .await
+                    .context("asking for the cluster")?;
+                let lags = slave_lags(admin, &info).await;
+                return print(out, &info, &lags);
+            }
             ClusterCommand::AddVoter { id, addr } => admin
                 .cluster_add_voter(id, addr)
                 .await
@@ -85,7 +97,42 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, c: ClusterCommand) -> anyh
                 .await
                 .with_context(|| format!("removing voter {id}"))?,
         };
-    print(out, &info)
+    print(out, &info, &HashMap::new())
+}
+
+/// Each slave's lag as its master reports it (ClusterInfo's `replicas` section): the
+/// answering node's own slaves, and each other master's, asked directly. A master that
+/// does not answer leaves its slaves' lag unknown.
+async fn slave_lags(admin: &Admin, info: &ClusterInfoReply) -> HashMap<u64, ReplicaLag> {
+    let mut lags: HashMap<u64, ReplicaLag> = HashMap::new();
+    for set in &info.sets {
+        let replicas = if set.master == info.node_id {
+            info.replicas.clone()
+        } else {
+            let Some(addr) = info
+                .brokers
+                .iter()
+                .find(|b| b.id == set.master && b.alive)
+                .and_then(|b| b.addr.parse::<std::net::SocketAddr>().ok())
+            else {
+                continue;
+            };
+            let mut cfg = admin.client().config().clone();
+            cfg.addr = addr;
+            match Client::connect(cfg).await {
+                Ok(c) => {
+                    let r = Admin::new(c.clone()).cluster_info().await;
+                    c.close().await;
+                    r.map(|i| i.replicas).unwrap_or_default()
+                }
+                Err(_) => Vec::new(),
+            }
+        };
+        for r in replicas {
+            lags.insert(r.node, r);
+        }
+    }
+    lags
 }
 
 /// A broker's role in its set, the set's epoch, and (for a slave) whether its master reports
@@ -98,7 +145,11 @@ fn role_of(info: &ClusterInfoReply, set: &str, node: u64) -> (&'static str, u64,
     }
 }
 
-fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
+fn print(
+    out: &mut Out,
+    info: &ClusterInfoReply,
+    lags: &HashMap<u64, ReplicaLag>,
+) -> anyhow::Result<()> {
     if out.json {
         for n in &info.nodes {
             out.json(&NodeRow {
@@ -113,12 +164,15 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
         }
         for b in &info.brokers {
             let (role, epoch, in_sync) = role_of(info, &b.set, b.id);
+            let lag = lags.get(&b.id).filter(|_| role == "slave");
             out.json(&BrokerRow {
                 cluster: &info.cluster_id,
                 broker_set: &b.set,
                 role,
                 epoch,
                 in_sync,
+                lag_bytes: lag.map(|l| l.master_end.saturating_sub(l.acked)),
+                lag_messages: lag.map(|l| l.lag_messages).filter(|n| *n != u64::MAX),
                 node: b.id,
                 addr: &b.addr,
                 alive: b.alive,
@@ -168,15 +222,33 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
     }
     out.line("")?;
     out.line(&format!(
-        "{:<16} {:<6} {:<7} {:<6} {:<8} {:<24} {:<6} {}",
-        "BROKER SET", "NODE", "ROLE", "EPOCH", "IN SYNC", "ADDRESS", "ALIVE", "LAST SEEN"
+        "{:<16} {:<6} {:<7} {:<6} {:<8} {:<12} {:<10} {:<24} {:<6} {}",
+        "BROKER SET",
+        "NODE",
+        "ROLE",
+        "EPOCH",
+        "IN SYNC",
+        "LAG BYTES",
+        "LAG MSGS",
+        "ADDRESS",
+        "ALIVE",
+        "LAST SEEN"
     ))?;
     let mut brokers = info.brokers.clone();
     brokers.sort_by(|a, b| (&a.set, a.id).cmp(&(&b.set, b.id)));
     for b in &brokers {
         let (role, epoch, in_sync) = role_of(info, &b.set, b.id);
+        let lag = lags.get(&b.id).filter(|_| role == "slave");
+        let lag_bytes = lag.map_or("-".to_string(), |l| {
+            l.master_end.saturating_sub(l.acked).to_string()
+        });
+        let lag_messages = match lag.map(|l| l.lag_messages) {
+            None => "-".to_string(),
+            Some(u64::MAX) => ">1000000".to_string(),
+            Some(n) => n.to_string(),
+        };
         out.line(&format!(
-            "{:<16} {:<6} {:<7} {:<6} {:<8} {:<24} {:<6} {}",
+            "{:<16} {:<6} {:<7} {:<6} {:<8} {:<12} {:<10} {:<24} {:<6} {}",
             b.set,
             b.id,
             role,
@@ -186,6 +258,8 @@ fn print(out: &mut Out, info: &ClusterInfoReply) -> anyhow::Result<()> {
                 Some(false) => "NO",
                 None => "-",
             },
+            lag_bytes,
+            lag_messages,
             b.addr,
             if b.alive { "yes" } else { "NO" },
             rfc3339_ms(b.last_seen_ms)

@@ -213,6 +213,7 @@ impl Member {
                 })
                 .collect(),
             sets: super::sets_of(&state),
+            replicas: Vec::new(),
         })
     }
 

@@ -411,6 +411,7 @@ impl Controller {
             nodes,
             brokers,
             sets: sets_of(&state),
+            replicas: Vec::new(),
         }
     }
 
@@ -472,6 +473,7 @@ pub fn standalone_info() -> ClusterInfoReply {
         nodes: Vec::new(),
         brokers: Vec::new(),
         sets: Vec::new(),
+        replicas: Vec::new(),
     }
 }
 

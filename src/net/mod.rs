@@ -744,7 +744,7 @@ async fn dispatch(
     }
     let req = match req {
         Request::ClusterInfo(_) => {
-            let info = match &session.cluster {
+            let mut info = match &session.cluster {
                 None => crate::cluster::standalone_info(),
                 Some(m) => match m.controller() {
                     Some(c) => c.info(),
@@ -754,6 +754,9 @@ async fn dispatch(
                     })?,
                 },
             };
+            if session.cluster.is_some() {
+                info.replicas = broker.replica_lags().await;
+            }
             return Ok(quiver_protocol::Response::ClusterInfo(info));
         }
         Request::Raft(r) => return raft(r, session).await,

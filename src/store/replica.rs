@@ -250,6 +250,32 @@ impl Store {
         ep.set(mine)
     }
 
+    /// How many records lie between `from` (a record boundary, such as a slave's
+    /// acknowledged offset) and the log's end, counting at most `cap`: `None` beyond it or
+    /// when `from` is not a position of this log.
+    pub fn records_after(&self, from: u64, cap: u64) -> Option<u64> {
+        let log = &self.inner.log;
+        let end = log.written();
+        if from < log.min_offset() || from > end {
+            return None;
+        }
+        let (mut pos, mut n) = (from, 0u64);
+        while pos < end {
+            match log.step(pos, false) {
+                Step::Record { len, .. } => {
+                    n += 1;
+                    if n > cap {
+                        return None;
+                    }
+                    pos += len as u64;
+                }
+                Step::NextSegment(next) => pos = next,
+                Step::End { .. } => return None,
+            }
+        }
+        Some(n)
+    }
+
     /// A replica's side of the epoch check (docs/STORAGE.md §11.2): its master said that
     /// the part of its history for this replica's newest epoch is epoch `master_epoch`'s and
     /// ends at `master_end` ([`Store::epoch_end`] on the master). When this log agrees (same
@@ -601,6 +627,13 @@ mod tests {
             follow(&c, &b, max);
             prop_assert_eq!(whole_log(&b), whole_log(&c));
             prop_assert_eq!(b.epochs(), c.epochs());
+            // What a master counts as a slave's lag in messages: the records after a position.
+            let total: usize = (0..3).map(|q| read_all(&c, "T", q).len()).sum();
+            prop_assert_eq!(c.records_after(0, u64::MAX), Some(total as u64));
+            prop_assert_eq!(c.records_after(c.log_end(), 10), Some(0));
+            if total > 1 {
+                prop_assert_eq!(c.records_after(0, total as u64 - 1), None);
+            }
             for q in 0..3 {
                 prop_assert_eq!(read_all(&b, "T", q), read_all(&c, "T", q));
             }

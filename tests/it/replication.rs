@@ -452,3 +452,112 @@ async fn a_dead_master_is_replaced_by_its_in_sync_slave_and_nothing_acknowledged
     assert!(acked.iter().all(|id| have.contains(id)));
     cluster.close().await;
 }
+
+/// `quiver admin cluster …` against the running nodes at `addr`: (success, stdout, stderr).
+fn admin_cli(addr: SocketAddr, cert: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .arg("admin")
+        .arg("--broker")
+        .arg(addr.to_string())
+        .arg("--ca")
+        .arg(cert)
+        .args(args)
+        .env_remove("QUIVER_BROKER")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("quiver runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The operator's view and switch-over: `cluster list` shows each slave's lag (bytes and
+/// messages, from its master) and whether it is in sync; `cluster elect-master` makes an
+/// in-sync slave the master (the old master follows it as a slave, sends go on without a
+/// restart of the producer) and refuses a node that cannot take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_slave_lag_and_switches_the_master_over() {
+    let _heavy = super::harness::heavy();
+    let nodes = Nodes::new(SYNC);
+    let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
+    let _n1 = nodes.start(1, Some("a"));
+    let _n3 = nodes.start(3, None);
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
+        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let _n2 = nodes.start(2, Some("a"));
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    cluster
+        .create_topic("orders", 2, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let producer = Producer::with_cluster(
+        cluster.clone(),
+        ProducerOptions {
+            send_timeout: Duration::from_secs(3),
+            ..ProducerOptions::default()
+        },
+    );
+    send(&producer, 30, "before").await;
+
+    // The slave's lag as JSON rows, asked of the controller-only node (which asks the
+    // master): caught up, it lags by nothing.
+    let lag = super::harness::within(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || {
+            let (ok, out, err) = admin_cli(addrs[2], &cert, &["--json", "cluster", "list"]);
+            assert!(ok, "{err}");
+            let row = out
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["node"] == 2 && v["role"] == "slave")
+                .ok_or_else(|| out.clone())?;
+            if row["in_sync"] == true && row["lag_bytes"] == 0 && row["lag_messages"] == 0 {
+                Ok(row)
+            } else {
+                Err(row.to_string())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|last| panic!("no caught-up slave row: {last}"));
+    eprintln!("slave row: {lag}");
+    let (ok, text, _) = admin_cli(addrs[2], &cert, &["cluster", "list"]);
+    assert!(ok);
+    assert!(
+        text.contains("LAG BYTES") && text.contains("LAG MSGS"),
+        "{text}"
+    );
+
+    // Refusals: a node that is not a broker of the set, and the master itself.
+    let (ok, _, err) = admin_cli(addrs[2], &cert, &["cluster", "elect-master", "a", "3"]);
+    assert!(!ok && err.contains("not a registered broker"), "{err}");
+    let (ok, _, err) = admin_cli(addrs[2], &cert, &["cluster", "elect-master", "a", "1"]);
+    assert!(!ok && err.contains("already the master"), "{err}");
+
+    // The switch-over: node 2 takes over in epoch 2; node 1 follows it.
+    let (ok, out, err) = admin_cli(addrs[2], &cert, &["cluster", "elect-master", "a", "2"]);
+    assert!(ok, "elect-master failed: {err}");
+    assert!(out.contains("master"), "{out}");
+    wait_for(&addrs[2], &cert, Duration::from_secs(10), dir.path(), |i| {
+        i.sets
+            .first()
+            .is_some_and(|s| s.master == 2 && s.epoch == 2 && s.in_sync == vec![1])
+    })
+    .await;
+    // The same producer goes on (it follows the route); node 1 mirrors node 2.
+    send(&producer, 30, "after").await;
+    let n = in_step(addrs[1], addrs[0], &cert, dir.path()).await;
+    assert!(n >= 2 * (24 + 6 * 7), "{n}");
+    cluster.close().await;
+}

@@ -631,9 +631,32 @@ fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
                 }),
             0..4,
         ),
+        vec(
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<i64>(),
+            )
+                .prop_map(
+                    |(node, acked, master_end, lag_messages, in_sync, last_fetch_ms)| {
+                        cmd::ReplicaLag {
+                            node,
+                            acked,
+                            master_end,
+                            lag_messages,
+                            in_sync,
+                            last_fetch_ms,
+                        }
+                    },
+                ),
+            0..3,
+        ),
     )
         .prop_map(
-            |(cluster_id, node_id, leader, term, applied, nodes, brokers, sets)| {
+            |(cluster_id, node_id, leader, term, applied, nodes, brokers, sets, replicas)| {
                 cmd::ClusterInfoReply {
                     cluster_id,
                     node_id,
@@ -643,6 +666,7 @@ fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
                     nodes,
                     brokers,
                     sets,
+                    replicas,
                 }
             },
         )
@@ -1239,6 +1263,7 @@ fn cluster_info_worked_example_matches_the_document() {
             }],
             // The example ends after the brokers: no sets section (an older reply).
             sets: vec![],
+            replicas: vec![],
         }
     );
     let request = cmd::encode_request(&cmd::ClusterInfo {});

@@ -173,6 +173,24 @@ pub struct ClusterSet {
     pub in_sync: Vec<u64>,
 }
 
+/// A slave as its master sees it (the answering node's own slaves, when it is a master).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaLag {
+    /// The slave's node id.
+    pub node: u64,
+    /// Commit-log offset up to which it holds the master's log (its last fetch's `from`).
+    pub acked: u64,
+    /// The master's log end now.
+    pub master_end: u64,
+    /// Messages (records) between `acked` and `master_end`; `u64::MAX` when more than the
+    /// master counts (1,000,000).
+    pub lag_messages: u64,
+    /// Whether the master counts it in sync now.
+    pub in_sync: bool,
+    /// When it last fetched, ms since the Unix epoch.
+    pub last_fetch_ms: i64,
+}
+
 /// See [`ClusterInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterInfoReply {
@@ -193,6 +211,9 @@ pub struct ClusterInfoReply {
     /// The broker sets' masters and epochs (a trailing section: a reply that ends after
     /// `brokers` has none).
     pub sets: Vec<ClusterSet>,
+    /// The answering node's slaves when it is a master of its set (a trailing section after
+    /// `sets`: a reply that ends before it has none; empty on other nodes).
+    pub replicas: Vec<ReplicaLag>,
 }
 
 call!(ClusterInfo => ClusterInfoReply, ClusterInfo);
@@ -238,6 +259,15 @@ impl WireEncode for ClusterInfoReply {
             for n in &x.in_sync {
                 b.put_u64_le(*n);
             }
+        }
+        b.put_u16_le(self.replicas.len() as u16);
+        for x in &self.replicas {
+            b.put_u64_le(x.node);
+            b.put_u64_le(x.acked);
+            b.put_u64_le(x.master_end);
+            b.put_u64_le(x.lag_messages);
+            b.put_u8(x.in_sync as u8);
+            b.put_i64_le(x.last_fetch_ms);
         }
     }
 }
@@ -291,6 +321,21 @@ impl WireDecode for ClusterInfoReply {
                 });
             }
         }
+        let mut replicas = Vec::new();
+        if r.remaining() > 0 {
+            let n = r.u16("replica count")?;
+            replicas.reserve(n.min(64) as usize);
+            for _ in 0..n {
+                replicas.push(ReplicaLag {
+                    node: r.u64("replica node")?,
+                    acked: r.u64("replica acked")?,
+                    master_end: r.u64("master end")?,
+                    lag_messages: r.u64("lag messages")?,
+                    in_sync: r.bool("replica in sync")?,
+                    last_fetch_ms: r.i64("last fetch")?,
+                });
+            }
+        }
         Ok(ClusterInfoReply {
             cluster_id,
             node_id,
@@ -300,6 +345,7 @@ impl WireDecode for ClusterInfoReply {
             nodes,
             brokers,
             sets,
+            replicas,
         })
     }
 }

@@ -28,7 +28,7 @@ mod topics;
 
 pub use cluster::{
     ClusterBroker, ClusterElect, ClusterInfo, ClusterInfoReply, ClusterSet, ClusterVoter,
-    ControllerNode, EpochStart, Raft, RaftKind, RaftReply, ReplicaChunk, ReplicaFetch,
+    ControllerNode, EpochStart, Raft, RaftKind, RaftReply, ReplicaChunk, ReplicaFetch, ReplicaLag,
     ReplicaState, ReplicaStateReply, RouteSet, TopicCreateOn, TopicRoute, TopicRouteReply,
     MAX_EPOCH_ENTRIES, MAX_RAFT_BODY, MAX_REPLICA_CHUNK, MAX_REPLICA_STATE,
 };
