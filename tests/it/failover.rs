@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use quiver_client::quiver_protocol::cmd::ClusterInfoReply;
 use quiver_client::{
-    ClientConfig, Cluster, ClusterPushConsumer, ConsumeFrom, ConsumeResult, Message, Producer,
-    ProducerOptions, PushConsumerOptions, Subscription, Tls,
+    Client, ClientConfig, Cluster, ClusterPushConsumer, ConsumeFrom, ConsumeResult, Message,
+    Producer, ProducerOptions, PushConsumerOptions, Status, Subscription, Tls,
 };
 
-use super::cluster::{info, tail_logs, Node};
+use super::cluster::{info, tail_logs, wait_for, Node};
 use super::replication::{read_all, Nodes, SYNC};
 
 const KILLS: usize = 10;
@@ -330,5 +330,235 @@ async fn ten_master_kills_under_four_producers_lose_nothing_acknowledged() {
         "{duplicates} duplicates for {} messages: offsets did not survive the failovers",
         acked.len()
     );
+    cluster.close().await;
+}
+
+/// A slave cut off from its master (a UDP relay in front of the master drops everything)
+/// leaves the in-sync set, so sync sends are refused instead of acknowledged with one copy;
+/// when the network heals it catches up, rejoins, and sends are acknowledged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_slave_leaves_the_in_sync_set_and_rejoins() {
+    let _heavy = super::harness::heavy();
+    let nodes = Nodes::new(SYNC);
+    let (cert, addrs) = (nodes.cert.clone(), nodes.addrs.clone());
+    let logs = nodes.dir.path().to_path_buf();
+    // The master advertises the relay: its slave reaches it only through it.
+    let relay = super::harness::UdpRelay::start(addrs[0]).await;
+    let _n1 = nodes.start_with(1, Some("a"), &format!("advertise = \"{}\"\n", relay.addr));
+    let _n3 = nodes.start(3, None);
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
+        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let _n2 = nodes.start(2, Some("a"));
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    cluster
+        .create_topic("orders", 1, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The producer talks to the master directly, not through the relay.
+    let direct = Client::connect(ClientConfig::new(addrs[0], Tls::CaFile(cert.clone())))
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        direct.clone(),
+        ProducerOptions {
+            retries: 0,
+            send_timeout: Duration::from_secs(3),
+            ..ProducerOptions::default()
+        },
+    );
+    for i in 0..20 {
+        producer
+            .send(Message::new("orders", format!("before-{i}")))
+            .await
+            .unwrap();
+    }
+
+    relay.cut(true);
+    let cut = Instant::now();
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
+        i.sets.first().is_some_and(|s| s.in_sync.is_empty())
+    })
+    .await;
+    eprintln!(
+        "the cut-off slave left the in-sync set after {:?}",
+        cut.elapsed()
+    );
+    // With one copy in sync, a send is refused, never acknowledged alone.
+    let refused = super::harness::within(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || match producer.send(Message::new("orders", "alone")).await {
+            Err(e) if e.status() == Some(Status::NotEnoughReplicas) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    refused.unwrap_or_else(|last| panic!("a send while cut off: {last}\n{}", tail_logs(&logs)));
+
+    relay.cut(false);
+    let healed = Instant::now();
+    wait_for(&addrs[2], &cert, Duration::from_secs(30), &logs, |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
+    eprintln!(
+        "the slave rejoined {:?} after the network healed",
+        healed.elapsed()
+    );
+    let sent = super::harness::within(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        async || producer.send(Message::new("orders", "healed")).await,
+    )
+    .await;
+    sent.unwrap_or_else(|e| panic!("no send acknowledged after healing: {e}"));
+    // The slave holds what the master holds (what was stored while it was cut off too).
+    let want = read_all(addrs[0], &cert, "orders").await;
+    let same = super::harness::within(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        async || {
+            let have = read_all(addrs[1], &cert, "orders").await;
+            if have == want {
+                Ok(())
+            } else {
+                Err(have.len())
+            }
+        },
+    )
+    .await;
+    if let Err(n) = same {
+        panic!(
+            "the slave has {n} of {} messages\n{}",
+            want.len(),
+            tail_logs(&logs)
+        );
+    }
+    direct.close().await;
+    cluster.close().await;
+}
+
+/// Asynchronous replication: the master answers at once, so a `kill -9` loses what its
+/// in-sync slave had not fetched yet. Measured and printed; bounded by what the master
+/// acknowledged within `replica_lag_ms` (+ the 1 s a report takes to reach the controller)
+/// before it died (docs/CLUSTER.md). The old master returns as a slave and cuts the tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_replication_loses_at_most_the_documented_window() {
+    let _heavy = super::harness::heavy();
+    const LAG_MS: u64 = 1000;
+    let nodes = Nodes::new("replication = \"async\"\nreplica_lag_ms = 1000\n");
+    let (cert, addrs) = (nodes.cert.clone(), nodes.addrs.clone());
+    let logs = nodes.dir.path().to_path_buf();
+    let mut n1 = nodes.start(1, Some("a"));
+    let _n3 = nodes.start(3, None);
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
+        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let _n2 = nodes.start(2, Some("a"));
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    cluster
+        .create_topic("orders", 4, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(u128, Instant)>>> = Arc::default();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let producer = Producer::with_cluster(
+                cluster.clone(),
+                ProducerOptions {
+                    send_timeout: Duration::from_secs(2),
+                    ..ProducerOptions::default()
+                },
+            );
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let m = Message::new("orders", format!("p{p}-{i}"));
+                    if let Ok(r) = producer.send(m).await {
+                        acked.lock().unwrap().push((r.msg_id.0, Instant::now()));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Long enough that the bound covers only part of what was acknowledged.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    n1.kill9();
+    let killed = Instant::now();
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
+        i.sets
+            .first()
+            .is_some_and(|s| s.master == 2 && s.epoch == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let held: std::collections::HashSet<u128> = read_all(addrs[1], &cert, "orders")
+        .await
+        .into_iter()
+        .map(|m| m.2)
+        .collect();
+    let lost: Vec<&(u128, Instant)> = acked.iter().filter(|(id, _)| !held.contains(id)).collect();
+    let window = Duration::from_millis(LAG_MS + 1000);
+    let in_window = acked
+        .iter()
+        .filter(|(_, at)| *at <= killed && killed.duration_since(*at) <= window)
+        .count();
+    eprintln!(
+        "async replication, kill -9 of the master: {} of {} acknowledged messages lost; the \
+         documented bound (acknowledged in the last {window:?}) was {in_window}",
+        lost.len(),
+        acked.len()
+    );
+    assert!(
+        lost.iter()
+            .all(|(_, at)| *at <= killed && killed.duration_since(*at) <= window),
+        "a message acknowledged before the window was lost"
+    );
+    assert!(lost.len() <= in_window);
+    // The old master returns as a slave: it cuts what the new master never had and holds
+    // exactly what the new master holds.
+    n1.spawn();
+    let want = read_all(addrs[1], &cert, "orders").await;
+    let same = super::harness::within(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let have = read_all(addrs[0], &cert, "orders").await;
+            if have == want {
+                Ok(())
+            } else {
+                Err(have.len())
+            }
+        },
+    )
+    .await;
+    if let Err(n) = same {
+        panic!(
+            "the old master holds {n} messages, the new one {}\n{}",
+            want.len(),
+            tail_logs(&logs)
+        );
+    }
     cluster.close().await;
 }

@@ -194,3 +194,71 @@ pub async fn within<T, E>(
         }
     }
 }
+
+/// A UDP relay on 127.0.0.1 in front of `target` that the test can cut and heal: while cut,
+/// every datagram either way is dropped (a network partition for whoever reaches `target`
+/// through it). Each client address gets its own socket towards `target`. Stops when
+/// dropped.
+pub struct UdpRelay {
+    /// Where clients send.
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UdpRelay {
+    pub async fn start(target: std::net::SocketAddr) -> UdpRelay {
+        use std::collections::HashMap;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (f, c) = (front.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            let mut backs: HashMap<std::net::SocketAddr, Arc<tokio::net::UdpSocket>> =
+                HashMap::new();
+            let mut replies = tokio::task::JoinSet::new();
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, client)) = f.recv_from(&mut buf).await else {
+                    return;
+                };
+                if c.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let back = match backs.get(&client) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        b.connect(target).await.unwrap();
+                        let (b2, f2, c2) = (b.clone(), f.clone(), c.clone());
+                        replies.spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok(n) = b2.recv(&mut buf).await {
+                                if !c2.load(Ordering::Relaxed) {
+                                    let _ = f2.send_to(&buf[..n], client).await;
+                                }
+                            }
+                        });
+                        backs.insert(client, b.clone());
+                        b
+                    }
+                };
+                let _ = back.send(&buf[..n]).await;
+            }
+        });
+        UdpRelay { addr, cut, task }
+    }
+
+    /// Drops everything from now on (`true`) or forwards again (`false`).
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -50,6 +50,11 @@ impl Nodes {
     }
 
     pub(crate) fn start(&self, id: u64, set: Option<&str>) -> Node {
+        self.start_with(id, set, "")
+    }
+
+    /// [`Nodes::start`] with `more` added to the node's `[cluster]` section.
+    pub(crate) fn start_with(&self, id: u64, set: Option<&str>, more: &str) -> Node {
         let addr = self.addrs[id as usize - 1];
         let cfg = node_config(
             self.dir.path(),
@@ -62,11 +67,12 @@ impl Nodes {
             addr,
             &self.identity,
         );
-        if set.is_some() && !self.extra.is_empty() {
-            let mut text = std::fs::read_to_string(&cfg).unwrap();
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        if set.is_some() {
             text += self.extra;
-            std::fs::write(&cfg, text).unwrap();
         }
+        text += more;
+        std::fs::write(&cfg, text).unwrap();
         Node::start(&cfg, &self.dir.path().join(format!("node{id}.log")), addr)
     }
 }
