@@ -685,7 +685,8 @@ impl Member {
                         }
                         Ok(Err(e)) => {
                             tracing::error!(%set, epoch, error = %e,
-                                "cannot record the epoch in the epoch file: not taking writes");
+                                "cannot take over as master (epoch file or broker state): not \
+                                 taking writes; retrying");
                             pause(1000).await;
                             continue;
                         }
@@ -842,6 +843,40 @@ impl Member {
                     pause(1000).await;
                 }
             }
+        }
+    }
+}
+
+impl Member {
+    /// Now by this member's clock, ms since the Unix epoch.
+    pub fn clock_now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// How long a broker's registration lives without a heartbeat (`broker_lease_ms`).
+    pub fn lease_ms(&self) -> i64 {
+        self.cfg.broker_lease_ms as i64
+    }
+
+    /// Sends a request frame (`code`: its command) to this node's set's master over the
+    /// node-to-node connection and returns the answer's body; an error when this node has
+    /// no set, no known master, or is the master itself.
+    pub async fn forward_to_master(
+        &self,
+        frame: bytes::Bytes,
+        code: u16,
+    ) -> Result<bytes::Bytes, String> {
+        let state = self.state(false).await.map_err(|e| e.to_string())?;
+        let me = self.cfg.node_id;
+        match state.master_for(me) {
+            Some((master, addr, _)) if master != me => self
+                .transport
+                .clone()
+                .request(addr, frame, code, self.timeout())
+                .await
+                .map_err(|e| e.to_string()),
+            Some(_) => Err("this node is its set's master".into()),
+            None => Err("no master known for this node's set".into()),
         }
     }
 }

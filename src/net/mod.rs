@@ -594,6 +594,16 @@ async fn replica_state(
     let json = broker
         .replica_state()
         .map_err(|e| BrokerError::new(Status::Internal, e.to_string()))?;
+    if json.len() > quiver_protocol::cmd::MAX_REPLICA_STATE as usize {
+        return Err(BrokerError::new(
+            Status::Internal,
+            format!(
+                "the state is {} bytes, more than a ReplicaState carries ({}); offsets are not mirrored",
+                json.len(),
+                quiver_protocol::cmd::MAX_REPLICA_STATE
+            ),
+        ));
+    }
     Ok(quiver_protocol::Response::ReplicaState(
         quiver_protocol::cmd::ReplicaStateReply { json: json.into() },
     ))
@@ -639,7 +649,17 @@ async fn elect_master(
             ),
         ));
     }
+    let alive = state.alive(c.node_id, node.clock_now_ms(), node.lease_ms());
     match state.brokers.get(&c.node_id) {
+        Some(b) if b.set == c.set && !alive => {
+            return Err(BrokerError::new(
+                Status::BadRequest,
+                format!(
+                    "node {} of broker set {:?} is not alive (its lease expired)",
+                    c.node_id, c.set
+                ),
+            ))
+        }
         Some(b) if b.set == c.set => {}
         _ => {
             return Err(BrokerError::new(

@@ -21,7 +21,7 @@ pub(super) enum Routed {
 /// Takes the topic commands that are the cluster's business; hands back the rest.
 pub(super) async fn intercept(
     req: Request,
-    node: &Member,
+    node: &std::sync::Arc<Member>,
     broker: &Broker,
     remote: SocketAddr,
 ) -> Routed {
@@ -91,6 +91,22 @@ pub(super) async fn intercept(
                 return Routed::Answered(Err(route_error(e)));
             }
             return Routed::Local(Request::Route(local));
+        }
+        // A consumer reading from a slave commits there: the commit also goes to the set's
+        // master (which the slave mirrors its offsets from), so it is neither lost at the
+        // next mirror nor after a failover. In the background; the slave answers at once.
+        Request::CommitOffset(c) if broker.store().is_replica() => {
+            let frame = quiver_protocol::cmd::encode_request(&c);
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node
+                    .forward_to_master(frame, quiver_protocol::Command::CommitOffset as u16)
+                    .await
+                {
+                    tracing::debug!(error = %e, "commit not forwarded to the master");
+                }
+            });
+            return Routed::Local(Request::CommitOffset(c));
         }
         other => return Routed::Local(other),
     };

@@ -567,3 +567,129 @@ async fn an_operator_sees_slave_lag_and_switches_the_master_over() {
     assert!(n >= 2 * (24 + 6 * 7), "{n}");
     cluster.close().await;
 }
+
+/// Reads from a slave (`ReadFrom::Slave`, to offload the master): a cluster consumer group
+/// member joins the group on the slave and consumes everything from it; its commits reach
+/// the master too (the slave forwards them), so the master's committed offsets, which the
+/// slaves mirror, never fall behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reads_from_a_slave_and_its_commits_reach_the_master() {
+    use quiver_client::{
+        ClusterPushConsumer, ConsumeFrom, ConsumeResult, PushConsumerOptions, ReadFrom,
+        Subscription,
+    };
+    let _heavy = super::harness::heavy();
+    let nodes = Nodes::new("");
+    let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
+    let _n1 = nodes.start(1, Some("a"));
+    let _n3 = nodes.start(3, None);
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
+        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let _n2 = nodes.start(2, Some("a"));
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    cluster
+        .create_topic("orders", 2, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let producer = Producer::with_cluster(cluster.clone(), ProducerOptions::default());
+    send(&producer, 50, "m").await;
+    let total = in_step(addrs[0], addrs[1], &cert, dir.path()).await;
+
+    let seen: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u128>>> =
+        Default::default();
+    let s2 = seen.clone();
+    let consumer = ClusterPushConsumer::start(
+        &cluster,
+        vec![Subscription::new("orders", Default::default())],
+        PushConsumerOptions {
+            consume_from: ConsumeFrom::First,
+            commit_interval: Duration::from_millis(200),
+            read_from: ReadFrom::Slave,
+            ..PushConsumerOptions::new("billing")
+        },
+        move |batch| {
+            let seen = s2.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .extend(batch.iter().map(|m| m.msg_id.0));
+                ConsumeResult::Success
+            }
+        },
+    )
+    .await
+    .unwrap();
+    super::harness::within(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            let n = seen.lock().unwrap().len();
+            if n == total {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|n| panic!("consumed {n} of {total}\n{}", tail_logs(dir.path())));
+    // The member is on the slave, not on the master.
+    let admin_of = |a: SocketAddr| {
+        let cert = cert.clone();
+        async move {
+            let c = Client::connect(ClientConfig::new(a, Tls::CaFile(cert)))
+                .await
+                .unwrap();
+            (quiver_client::Admin::new(c.clone()), c)
+        }
+    };
+    let (on_slave, c2) = admin_of(addrs[1]).await;
+    let (on_master, c1) = admin_of(addrs[0]).await;
+    assert_eq!(
+        on_slave
+            .describe_group("billing")
+            .await
+            .unwrap()
+            .members
+            .len(),
+        1
+    );
+    assert!(on_master
+        .describe_group("billing")
+        .await
+        .unwrap()
+        .members
+        .is_empty());
+    // Its commits reached the master: every queue committed at its end there.
+    super::harness::within(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || {
+            let d = on_master.describe_group("billing").await.unwrap();
+            let behind: Vec<_> = d
+                .queues
+                .iter()
+                .filter(|q| q.committed != Some(q.max_offset))
+                .map(|q| format!("{q:?}"))
+                .collect();
+            if d.queues.len() == 2 && behind.is_empty() {
+                Ok(())
+            } else {
+                Err(behind)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|b| panic!("the master's committed offsets lag: {b:?}"));
+    consumer.shutdown().await.unwrap();
+    c1.close().await;
+    c2.close().await;
+    cluster.close().await;
+}

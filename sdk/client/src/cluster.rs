@@ -173,6 +173,37 @@ impl Cluster {
         self.resolve(&asked, reply.sets)
     }
 
+    /// The cluster as the first bootstrap node that answers sees it: controller, brokers,
+    /// and each broker set's master, epoch and in-sync slaves.
+    pub async fn info(
+        &self,
+        timeout: Duration,
+    ) -> Result<quiver_protocol::cmd::ClusterInfoReply, ClientError> {
+        self.ask(timeout, |c, t| async move {
+            c.call_with_timeout(quiver_protocol::cmd::ClusterInfo {}, t)
+                .await
+        })
+        .await
+    }
+
+    /// Connections to the live slaves of broker set `set` according to `info`, in-sync ones
+    /// first, then by node id.
+    pub fn slaves(&self, info: &quiver_protocol::cmd::ClusterInfoReply, set: &str) -> Vec<Client> {
+        let Some(roles) = info.sets.iter().find(|s| s.set == set) else {
+            return Vec::new();
+        };
+        let mut live: Vec<&quiver_protocol::cmd::ClusterBroker> = info
+            .brokers
+            .iter()
+            .filter(|b| b.set == set && b.alive && b.id != roles.master)
+            .collect();
+        live.sort_by_key(|b| (!roles.in_sync.contains(&b.id), b.id));
+        live.into_iter()
+            .filter_map(|b| b.addr.parse::<SocketAddr>().ok())
+            .filter_map(|a| self.client(a).ok())
+            .collect()
+    }
+
     /// Creates a topic with `queues` queues on each of `sets` (every set with a live broker
     /// when empty); its route.
     pub async fn create_topic(
@@ -271,6 +302,25 @@ impl Cluster {
     }
 }
 
+/// Which broker of a set a [`ClusterPushConsumer`] reads from ([`PushConsumerOptions`]'s
+/// `read_from`). A slave serves reads like its master (the same messages at the same
+/// offsets, up to what it has replicated); offsets committed on a slave also go to the
+/// master, which the slaves mirror. Messages a listener hands back for retry need the
+/// master (a slave refuses the write): while reading from a slave, such a message is
+/// delivered again from the slave instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// Always the set's master (the default).
+    #[default]
+    Master,
+    /// The master while it is alive; a live slave of the set while the master is down (and
+    /// no failover has named a new master yet), back to the master when it is.
+    MasterOrSlave,
+    /// A live slave (in sync preferred) to take reads off the master; the master when the
+    /// set has none.
+    Slave,
+}
+
 /// How often a [`ClusterPushConsumer`] reads its topics' routes again to join broker sets
 /// that started holding them, and to follow a set to its new master after a failover.
 const ROUTE_REFRESH: Duration = Duration::from_secs(2);
@@ -280,11 +330,12 @@ const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 /// queues over the group's members (every member joins the group on every set), and keeps
 /// the group's committed offsets of its queues; a message handed back for retry is retried
 /// on the set that holds it. Sets that start holding a subscribed topic later are joined
-/// within 10 s. A set whose broker is down keeps its queues (and their offsets) until it is
+/// within 2 s. A set whose broker is down keeps its queues (and their offsets) until it is
 /// back, or until the set has a new master (failover): the member then moves to it within
-/// 10 s (group offsets are not replicated yet: the new master's member starts by
-/// `consume_from`, and may deliver again what was consumed). The other sets' queues go on
-/// being consumed.
+/// 2 s, and continues from the group's committed offsets, which the new master mirrored
+/// from the old one as a slave (once a second: what was consumed since may be delivered
+/// again). With `read_from` ([`ReadFrom`]) it reads from a slave of the set instead. The
+/// other sets' queues go on being consumed.
 pub struct ClusterPushConsumer {
     members: Arc<tokio::sync::Mutex<HashMap<String, PushConsumer>>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -398,12 +449,28 @@ async fn join_sets(
     first: bool,
 ) -> Result<(), ClientError> {
     let timeout = cluster.bootstrap()[0].config().request_timeout;
+    // Who holds each set's slaves, when they may be read from.
+    let info = match options.read_from {
+        ReadFrom::Master => None,
+        _ => cluster.info(timeout).await.ok(),
+    };
     let mut per_set: HashMap<String, (Client, Vec<Subscription>)> = HashMap::new();
     for s in subscriptions {
         for set in cluster.route(&s.topic, true, timeout).await? {
+            let slave = || {
+                info.as_ref()
+                    .and_then(|i| cluster.slaves(i, &set.name).into_iter().next())
+            };
+            let reader = match options.read_from {
+                ReadFrom::Master => set.client.clone(),
+                ReadFrom::MasterOrSlave if set.alive => set.client.clone(),
+                ReadFrom::MasterOrSlave | ReadFrom::Slave => {
+                    slave().unwrap_or_else(|| set.client.clone())
+                }
+            };
             per_set
                 .entry(set.name.clone())
-                .or_insert_with(|| (set.client.clone(), Vec::new()))
+                .or_insert_with(|| (reader, Vec::new()))
                 .1
                 .push(s.clone());
         }
@@ -412,13 +479,14 @@ async fn join_sets(
     for (set, (client, subs)) in per_set {
         match members.get(&set) {
             Some(m) if m.broker_addr() == client.config().addr => continue,
-            // The set has a new master (failover): the member moves to it. The old one stops
-            // as a crash would (its broker is gone or a slave now); group offsets are not
-            // replicated yet, so the new master's member starts by `consume_from` and may
-            // deliver again what was consumed before.
+            // The set has a new master (failover), or the broker to read from changed
+            // (`read_from`): the member moves. The old one stops as a crash would (its broker
+            // may be gone); the new broker has the group's committed offsets (slaves mirror
+            // their master's once a second), so what is delivered again is what was
+            // consumed since.
             Some(m) => {
                 tracing::warn!(%set, from = %m.broker_addr(), to = %client.config().addr,
-                    "the broker set has a new master: the group member moves to it");
+                    "the broker set's reader moves: the group member follows");
                 m.kill();
                 members.remove(&set);
             }

@@ -38,7 +38,7 @@ mod transaction;
 
 pub use admin::{Admin, GroupDescription};
 pub use client::{BrokerInfo, Client, ClientConfig, DEFAULT_MAX_FRAME};
-pub use cluster::{Cluster, ClusterPushConsumer, SetRoute, FAULT_PAUSE};
+pub use cluster::{Cluster, ClusterPushConsumer, ReadFrom, SetRoute, FAULT_PAUSE};
 pub use consumer::{PullConsumer, PullOptions, PullResult};
 pub use error::ClientError;
 pub use message::{Delivery, Message, MessageId, ReceivedMessage};

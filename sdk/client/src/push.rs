@@ -118,6 +118,10 @@ pub struct PushConsumerOptions {
     pub consume_timeout: Duration,
     /// Pause before an orderly consumer retries a failed batch in place; default 1 s.
     pub orderly_retry_pause: Duration,
+    /// [`crate::ClusterPushConsumer`] only: which broker of each set it reads from (the
+    /// master, a slave while the master is down, or a slave to offload the master); default
+    /// [`crate::ReadFrom::Master`].
+    pub read_from: crate::ReadFrom,
 }
 
 impl Default for PushConsumerOptions {
@@ -141,6 +145,7 @@ impl Default for PushConsumerOptions {
             max_reconsume_times: 16,
             consume_timeout: Duration::from_secs(15 * 60),
             orderly_retry_pause: Duration::from_secs(1),
+            read_from: crate::ReadFrom::Master,
         }
     }
 }
