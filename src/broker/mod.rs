@@ -427,12 +427,19 @@ impl Broker {
     pub fn replica_state(&self) -> anyhow::Result<Vec<u8>> {
         Ok(serde_json::to_vec(&serde_json::json!({
             "offsets": self.offsets.to_json(),
+            "plugins": self.plugins.replica_view(),
         }))?)
     }
 
     /// A slave takes its master's state ([`Broker::replica_state`]): its committed offsets
-    /// become the master's (saved by the once-a-second persist).
-    pub fn apply_replica_state(&self, json: &[u8]) -> anyhow::Result<()> {
+    /// become the master's (saved by the once-a-second persist), and its plugins and their
+    /// attachments the master's (modules from `modules` or its own store). Returns the
+    /// hashes of modules it still lacks. Blocking (compiles plugins).
+    pub fn apply_replica_state(
+        &self,
+        json: &[u8],
+        modules: &std::collections::HashMap<String, bytes::Bytes>,
+    ) -> anyhow::Result<Vec<String>> {
         let mut v: serde_json::Value =
             serde_json::from_slice(json).context("the master's state is not JSON")?;
         if let Some(offsets) = v.get_mut("offsets").map(serde_json::Value::take) {
@@ -441,7 +448,13 @@ impl Broker {
                 "the master's offsets are not an offset table"
             );
         }
-        Ok(())
+        match v.get_mut("plugins").map(serde_json::Value::take) {
+            Some(view) => Ok(self
+                .plugins
+                .mirror(view, modules)
+                .context("mirroring the master's plugins")?),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The configuration it runs with.
@@ -686,8 +699,13 @@ impl crate::cluster::BrokerRole for Broker {
             .map_err(|e| format!("rebuilding the transactions from the log: {e}"))
     }
 
-    fn apply_master_state(&self, json: &[u8]) -> std::result::Result<(), String> {
-        self.apply_replica_state(json).map_err(|e| format!("{e:#}"))
+    fn apply_master_state(
+        &self,
+        json: &[u8],
+        modules: &std::collections::HashMap<String, bytes::Bytes>,
+    ) -> std::result::Result<Vec<String>, String> {
+        self.apply_replica_state(json, modules)
+            .map_err(|e| format!("{e:#}"))
     }
 }
 

@@ -615,8 +615,13 @@ pub trait BrokerRole: Send + Sync {
     /// This broker became its set's master with its log ending at `log_end`: its state
     /// outside the log becomes a master's. Blocking (reads the log).
     fn became_master(&self, log_end: u64) -> Result<(), String>;
-    /// A slave takes its master's state outside the log (ReplicaState's JSON).
-    fn apply_master_state(&self, json: &[u8]) -> Result<(), String>;
+    /// A slave takes its master's state outside the log (ReplicaState's JSON and the plugin
+    /// modules it carries); returns the module hashes it still lacks. Blocking.
+    fn apply_master_state(
+        &self,
+        json: &[u8],
+        modules: &std::collections::HashMap<String, bytes::Bytes>,
+    ) -> Result<Vec<String>, String>;
 }
 
 /// See [`BrokerRole`].
@@ -894,6 +899,8 @@ impl Member {
         };
         let me = self.cfg.node_id;
         let mut warned = false;
+        // Plugin modules to ask for (the previous round found them missing).
+        let mut want: Vec<String> = Vec::new();
         while !stop.is_cancelled() {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -913,6 +920,11 @@ impl Member {
                 set: set.clone(),
                 node_id: me,
                 epoch,
+                want: want
+                    .iter()
+                    .take(quiver_protocol::cmd::MAX_WANTED_MODULES as usize)
+                    .cloned()
+                    .collect(),
             };
             let frame = quiver_protocol::cmd::encode_request(&req);
             let got = self
@@ -930,20 +942,31 @@ impl Member {
                     match quiver_protocol::cmd::decode_body::<quiver_protocol::cmd::ReplicaStateReply>(
                         body,
                     ) {
-                        Ok(r) => role.apply_master_state(&r.json),
+                        Ok(r) => {
+                            let role = role.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let modules = r.modules.into_iter().collect();
+                                role.apply_master_state(&r.json, &modules)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(format!("state task failed: {e}")))
+                        }
                         Err(e) => Err(format!("malformed state: {e}")),
                     }
                 }
                 Err(e) => Err(e.to_string()),
             };
             match applied {
-                Ok(()) => warned = false,
+                Ok(missing) => {
+                    warned = false;
+                    want = missing;
+                }
                 Err(e) if !warned => {
                     warned = true;
-                    tracing::warn!(master, error = %e, "cannot copy the master's consumer offsets; retrying");
+                    tracing::warn!(master, error = %e, "cannot copy the master's consumer offsets and plugins; retrying");
                 }
                 Err(e) => {
-                    tracing::debug!(master, error = %e, "cannot copy the master's consumer offsets")
+                    tracing::debug!(master, error = %e, "cannot copy the master's consumer offsets and plugins")
                 }
             }
         }

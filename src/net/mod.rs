@@ -604,8 +604,31 @@ async fn replica_state(
             ),
         ));
     }
+    let broker_ = broker.plugins().clone();
+    let want = f.want;
+    // Modules up to 32 MiB in one reply (at least one): the rest at the next round.
+    let modules = tokio::task::spawn_blocking(move || {
+        let mut total = 0usize;
+        let mut out = Vec::new();
+        for sha in &want {
+            let Some(m) = broker_.module_bytes(sha) else {
+                continue;
+            };
+            if !out.is_empty() && total + m.len() > 32 << 20 {
+                break;
+            }
+            total += m.len();
+            out.push((sha.clone(), m));
+        }
+        out
+    })
+    .await
+    .unwrap_or_default();
     Ok(quiver_protocol::Response::ReplicaState(
-        quiver_protocol::cmd::ReplicaStateReply { json: json.into() },
+        quiver_protocol::cmd::ReplicaStateReply {
+            json: json.into(),
+            modules,
+        },
     ))
 }
 

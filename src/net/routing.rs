@@ -92,6 +92,20 @@ pub(super) async fn intercept(
             }
             return Routed::Local(Request::Route(local));
         }
+        // Plugins are the master's: a slave mirrors them (and would undo a change of its own).
+        Request::PluginLoad(_)
+        | Request::PluginReload(_)
+        | Request::PluginUnload(_)
+        | Request::PluginAttach(_)
+        | Request::PluginDetach(_)
+            if broker.store().is_replica() =>
+        {
+            Err(BrokerError::new(
+                Status::NotMaster,
+                "this broker is a slave of its broker set: plugins are loaded and attached on \
+                 the set's master, and its slaves mirror them",
+            ))
+        }
         // A consumer reading from a slave commits there: the commit also goes to the set's
         // master (which the slave mirrors its offsets from), so it is neither lost at the
         // next mirror nor after a failover. In the background; the slave answers at once.

@@ -353,6 +353,30 @@ struct Entry {
     loaded_at_ms: i64,
 }
 
+/// A loaded plugin's registry entry.
+fn entry_of(p: &Plugin) -> Entry {
+    Entry {
+        name: p.name.to_string(),
+        sha256: p.sha256.clone(),
+        config: p.config.clone(),
+        memory_limit_bytes: p.memory_limit,
+        time_limit_ms: p.time_limit_ms,
+        version: p.version,
+        loaded_at_ms: p.loaded_at_ms,
+    }
+}
+
+impl Entry {
+    /// The same plugin as `o` (module, configuration, limits, version).
+    fn same_as(&self, o: &Entry) -> bool {
+        self.sha256 == o.sha256
+            && self.config == o.config
+            && self.memory_limit_bytes == o.memory_limit_bytes
+            && self.time_limit_ms == o.time_limit_ms
+            && self.version == o.version
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct RegistryFile {
     plugins: Vec<Entry>,
@@ -560,19 +584,7 @@ impl PluginHost {
     fn persist(&self) -> Result<(), PluginError> {
         let file = {
             let st = self.read();
-            let mut plugins: Vec<Entry> = st
-                .plugins
-                .values()
-                .map(|p| Entry {
-                    name: p.name.to_string(),
-                    sha256: p.sha256.clone(),
-                    config: p.config.clone(),
-                    memory_limit_bytes: p.memory_limit,
-                    time_limit_ms: p.time_limit_ms,
-                    version: p.version,
-                    loaded_at_ms: p.loaded_at_ms,
-                })
-                .collect();
+            let mut plugins: Vec<Entry> = st.plugins.values().map(|p| entry_of(p)).collect();
             plugins.extend(st.broken.values().map(|(e, _)| e.clone()));
             plugins.sort_by(|a, b| a.name.cmp(&b.name));
             RegistryFile {
@@ -834,6 +846,120 @@ impl PluginHost {
         self.persist()?;
         tracing::info!(plugin = name, topic, "plugin detached from topic ingress");
         Ok(())
+    }
+
+    /// The registry as a master gives it to its slaves (docs/CLUSTER.md): every plugin's
+    /// name, module hash, configuration, limits and version, and the topics' ingress chains.
+    pub fn replica_view(&self) -> serde_json::Value {
+        let st = self.read();
+        let mut plugins: Vec<Entry> = st.plugins.values().map(|p| entry_of(p)).collect();
+        plugins.extend(st.broken.values().map(|(e, _)| e.clone()));
+        plugins.sort_by(|a, b| a.name.cmp(&b.name));
+        serde_json::to_value(RegistryFile {
+            plugins,
+            ingress: st.ingress.clone(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// The module whose SHA-256 (lowercase hex) is `sha`, if this broker keeps it.
+    pub fn module_bytes(&self, sha: &str) -> Option<Bytes> {
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        std::fs::read(self.module_path(sha)).ok().map(Bytes::from)
+    }
+
+    /// A slave makes its plugins its master's ([`PluginHost::replica_view`]): plugins the
+    /// master has are loaded or replaced with the master's module, configuration, limits and
+    /// version; plugins it lacks are unloaded; the ingress chains become the master's.
+    /// Modules come from `modules` (by hash) or this broker's own store; the hashes of those
+    /// it has neither way are returned, to ask for next time (those plugins wait). Blocking
+    /// (compiles). A module that does not match its hash, or does not compile here, is
+    /// logged and its plugin left as it was.
+    pub fn mirror(
+        &self,
+        view: serde_json::Value,
+        modules: &HashMap<String, Bytes>,
+    ) -> Result<Vec<String>, PluginError> {
+        let want: RegistryFile = serde_json::from_value(view)
+            .map_err(|e| PluginError::BadRequest(format!("the master's plugin registry: {e}")))?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut missing = Vec::new();
+        let mut changed = false;
+        for e in &want.plugins {
+            if check_name("plugin", &e.name).is_err() {
+                continue;
+            }
+            let same = match self.read().plugins.get(&e.name) {
+                Some(p) => entry_of(p).same_as(e),
+                None => false,
+            };
+            if same {
+                continue;
+            }
+            let wasm = match modules.get(&e.sha256) {
+                Some(w) => w.clone(),
+                None => match self.module_bytes(&e.sha256) {
+                    Some(w) => w,
+                    None => {
+                        missing.push(e.sha256.clone());
+                        continue;
+                    }
+                },
+            };
+            if sha256_hex(&wasm) != e.sha256 {
+                tracing::warn!(
+                    plugin = e.name,
+                    "the master's module does not match its hash; ignored"
+                );
+                continue;
+            }
+            match self.build(&e.name, &wasm, e.sha256.clone(), e) {
+                Ok(p) => {
+                    self.store_module(&e.sha256, &wasm)?;
+                    let mut st = self.write();
+                    st.plugins.insert(e.name.clone(), Arc::new(p));
+                    st.broken.remove(&e.name);
+                    changed = true;
+                    tracing::info!(
+                        plugin = e.name,
+                        version = e.version,
+                        "plugin mirrored from the master"
+                    );
+                }
+                Err(reason) => {
+                    tracing::error!(plugin = e.name, %reason, "the master's plugin does not load here");
+                }
+            }
+        }
+        {
+            let mut st = self.write();
+            let names: std::collections::HashSet<&str> =
+                want.plugins.iter().map(|e| e.name.as_str()).collect();
+            let before = st.plugins.len() + st.broken.len();
+            st.plugins.retain(|n, _| names.contains(n.as_str()));
+            st.broken.retain(|n, _| names.contains(n.as_str()));
+            changed |= st.plugins.len() + st.broken.len() != before;
+            let known: std::collections::HashSet<String> = st.plugins.keys().cloned().collect();
+            let ingress: BTreeMap<String, Vec<String>> = want
+                .ingress
+                .iter()
+                .map(|(t, c)| {
+                    let c: Vec<String> = c.iter().filter(|n| known.contains(*n)).cloned().collect();
+                    (t.clone(), c)
+                })
+                .filter(|(_, c)| !c.is_empty())
+                .collect();
+            if st.ingress != ingress {
+                st.ingress = ingress;
+                changed = true;
+            }
+        }
+        if changed {
+            self.persist()?;
+        }
+        Ok(missing)
     }
 
     fn get(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {

@@ -693,3 +693,111 @@ async fn a_consumer_reads_from_a_slave_and_its_commits_reach_the_master() {
     c2.close().await;
     cluster.close().await;
 }
+
+/// Plugins and their attachments survive failover: a transform loaded on the master and
+/// attached to a topic's ingress is mirrored to the slave (refused there directly), and
+/// after the master's `kill -9` the new master runs it on every send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_and_their_attachments_survive_failover() {
+    let _heavy = super::harness::heavy();
+    let nodes = Nodes::new("");
+    let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
+    let mut n1 = nodes.start(1, Some("a"));
+    let _n3 = nodes.start(3, None);
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
+        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
+    })
+    .await;
+    let _n2 = nodes.start(2, Some("a"));
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
+        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
+    })
+    .await;
+    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
+    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
+    cluster
+        .create_topic("orders", 1, &[], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let connect = |a: SocketAddr| {
+        let cert = cert.clone();
+        async move {
+            Client::connect(ClientConfig::new(a, Tls::CaFile(cert)))
+                .await
+                .unwrap()
+        }
+    };
+    let wat = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/plugins/tag_to_body.wat"),
+    )
+    .unwrap();
+    let master = quiver_client::Admin::new(connect(addrs[0]).await);
+    let loaded = master
+        .load_plugin("tagger", wat.clone(), vec![], None, None)
+        .await
+        .unwrap();
+    master.attach_plugin("tagger", "orders").await.unwrap();
+    // The slave refuses plugin changes of its own, and mirrors the master's.
+    let slave = quiver_client::Admin::new(connect(addrs[1]).await);
+    match slave.load_plugin("mine", wat, vec![], None, None).await {
+        Err(e) => assert_eq!(e.status(), Some(Status::NotMaster), "{e}"),
+        Ok(_) => panic!("a slave loaded a plugin of its own"),
+    }
+    super::harness::within(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        async || {
+            let list = slave.list_plugins().await.unwrap();
+            match list.iter().find(|p| p.name == "tagger") {
+                Some(p) if p.sha256 == loaded.sha256 && p.topics == vec!["orders".to_string()] => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "the slave never mirrored the plugin: {e}\n{}",
+            tail_logs(dir.path())
+        )
+    });
+
+    // Failover: the new master runs the mirrored transform (the body becomes the tag).
+    n1.kill9();
+    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
+        i.sets
+            .first()
+            .is_some_and(|s| s.master == 2 && s.epoch == 2)
+    })
+    .await;
+    let producer = Producer::with_cluster(
+        cluster.clone(),
+        ProducerOptions {
+            send_timeout: Duration::from_secs(3),
+            ..ProducerOptions::default()
+        },
+    );
+    let sent = super::harness::within(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || {
+            producer
+                .send(Message::new("orders", "the body").with_tag("from-the-tag"))
+                .await
+        },
+    )
+    .await
+    .unwrap();
+    let got = read_all(addrs[1], &cert, "orders").await;
+    let stored = got
+        .iter()
+        .find(|m| m.2 == sent.msg_id.0)
+        .expect("stored on the new master");
+    assert_eq!(stored.3, b"from-the-tag".to_vec());
+    master.client().close().await;
+    slave.client().close().await;
+    cluster.close().await;
+}

@@ -543,13 +543,20 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
                 .into()
             })
             .boxed(),
-        (arb_string(), arb_string(), any::<u64>(), any::<u64>())
-            .prop_map(|(cluster_id, set, node_id, epoch)| {
+        (
+            arb_string(),
+            arb_string(),
+            any::<u64>(),
+            any::<u64>(),
+            vec(arb_string(), 0..3),
+        )
+            .prop_map(|(cluster_id, set, node_id, epoch, want)| {
                 cmd::ReplicaState {
                     cluster_id,
                     set,
                     node_id,
                     epoch,
+                    want,
                 }
                 .into()
             })
@@ -946,8 +953,10 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
                 })
             })
             .boxed(),
-        arb_bytes(64)
-            .prop_map(|json| Response::ReplicaState(cmd::ReplicaStateReply { json }))
+        (arb_bytes(64), vec((arb_string(), arb_bytes(32)), 0..3))
+            .prop_map(|(json, modules)| {
+                Response::ReplicaState(cmd::ReplicaStateReply { json, modules })
+            })
             .boxed(),
         arb_cluster_info_reply()
             .prop_map(Response::ClusterElect)

@@ -705,13 +705,22 @@ pub struct ReplicaState {
     pub node_id: u64,
     /// The master epoch the slave follows; another epoch is refused with `NotMaster`.
     pub epoch: u64,
+    /// Plugin modules the slave lacks, by SHA-256 (lowercase hex), at most
+    /// [`MAX_WANTED_MODULES`]: the master sends them in the reply.
+    pub want: Vec<String>,
 }
 
-/// See [`ReplicaState`]: the state as JSON (docs/PROTOCOL.md §6.32).
+/// Most modules a [`ReplicaState`] asks for at once.
+pub const MAX_WANTED_MODULES: u16 = 16;
+
+/// See [`ReplicaState`]: the state as JSON, and the plugin modules asked for
+/// (docs/PROTOCOL.md §6.32).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaStateReply {
-    /// JSON object: `{"offsets": {group: {topic: {queue: offset}}}}`.
+    /// JSON object: `{"offsets": {group: {topic: {queue: offset}}}, "plugins": registry}`.
     pub json: Bytes,
+    /// The wanted modules the master has: (SHA-256 hex, module bytes).
+    pub modules: Vec<(String, Bytes)>,
 }
 
 call!(ReplicaState => ReplicaStateReply, ReplicaState);
@@ -722,16 +731,36 @@ impl WireEncode for ReplicaState {
         b.put_str16(&self.set);
         b.put_u64_le(self.node_id);
         b.put_u64_le(self.epoch);
+        b.put_u16_le(self.want.len() as u16);
+        for w in &self.want {
+            b.put_str16(w);
+        }
     }
 }
 
 impl WireDecode for ReplicaState {
     fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let cluster_id = r.str16("cluster id")?;
+        let set = r.str16("broker set")?;
+        let node_id = r.u64("node id")?;
+        let epoch = r.u64("epoch")?;
+        let n = r.u16("wanted modules")?;
+        if n > MAX_WANTED_MODULES {
+            return Err(DecodeError::Invalid {
+                field: "wanted modules",
+                reason: format!("{n} is more than {MAX_WANTED_MODULES}"),
+            });
+        }
+        let mut want = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            want.push(r.str16("module hash")?);
+        }
         Ok(ReplicaState {
-            cluster_id: r.str16("cluster id")?,
-            set: r.str16("broker set")?,
-            node_id: r.u64("node id")?,
-            epoch: r.u64("epoch")?,
+            cluster_id,
+            set,
+            node_id,
+            epoch,
+            want,
         })
     }
 }
@@ -740,6 +769,12 @@ impl WireEncode for ReplicaStateReply {
     fn encode(&self, b: &mut BytesMut) {
         b.put_u32_le(self.json.len() as u32);
         b.put_slice(&self.json);
+        b.put_u16_le(self.modules.len() as u16);
+        for (sha, m) in &self.modules {
+            b.put_str16(sha);
+            b.put_u32_le(m.len() as u32);
+            b.put_slice(m);
+        }
     }
 }
 
@@ -752,9 +787,27 @@ impl WireDecode for ReplicaStateReply {
                 reason: format!("{n} bytes is more than {MAX_REPLICA_STATE}"),
             });
         }
-        Ok(ReplicaStateReply {
-            json: r.bytes(n as usize, "state")?,
-        })
+        let json = r.bytes(n as usize, "state")?;
+        let k = r.u16("module count")?;
+        if k > MAX_WANTED_MODULES {
+            return Err(DecodeError::Invalid {
+                field: "module count",
+                reason: format!("{k} is more than {MAX_WANTED_MODULES}"),
+            });
+        }
+        let mut modules = Vec::with_capacity(k as usize);
+        for _ in 0..k {
+            let sha = r.str16("module hash")?;
+            let len = r.u32("module length")?;
+            if len > MAX_REPLICA_CHUNK {
+                return Err(DecodeError::Invalid {
+                    field: "module length",
+                    reason: format!("{len} bytes is more than {MAX_REPLICA_CHUNK}"),
+                });
+            }
+            modules.push((sha, r.bytes(len as usize, "module")?));
+        }
+        Ok(ReplicaStateReply { json, modules })
     }
 }
 

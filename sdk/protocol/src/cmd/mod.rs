@@ -30,7 +30,7 @@ pub use cluster::{
     ClusterBroker, ClusterElect, ClusterInfo, ClusterInfoReply, ClusterSet, ClusterVoter,
     ControllerNode, EpochStart, Raft, RaftKind, RaftReply, ReplicaChunk, ReplicaFetch, ReplicaLag,
     ReplicaState, ReplicaStateReply, RouteSet, TopicCreateOn, TopicRoute, TopicRouteReply,
-    MAX_EPOCH_ENTRIES, MAX_RAFT_BODY, MAX_REPLICA_CHUNK, MAX_REPLICA_STATE,
+    MAX_EPOCH_ENTRIES, MAX_RAFT_BODY, MAX_REPLICA_CHUNK, MAX_REPLICA_STATE, MAX_WANTED_MODULES,
 };
 pub use groups::{
     GroupDelete, GroupDescribe, GroupList, GroupListReply, GroupReply, GroupResetOffset, Heartbeat,
