@@ -132,6 +132,33 @@ enum BenchCommand {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// Replication on local `quiver serve` processes: producer throughput on a single broker
+    /// against a master with a sync and an async slave (ratio), then failover: SIGKILL of a
+    /// sync-replicated master KILLS times under producers, time to a new master and to the
+    /// first acknowledged send (p50, max), and acknowledged messages lost (must be 0).
+    Replication {
+        /// Seconds of each throughput run (0 skips the throughput part).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Producers (each with its own connection).
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        /// Requests in flight per producer (throughput part).
+        #[arg(long, default_value_t = 4)]
+        inflight: usize,
+        /// Messages per request (throughput part).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Message body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Master kills of the failover part (0 skips it).
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Where the nodes' directories go.
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// Pull-path scan rate for tag and SQL subscriptions matching 1%, 10% and 100%.
     Filter {
         /// Where to put the benchmark's data.
@@ -361,6 +388,23 @@ fn main() -> anyhow::Result<()> {
             inflight,
         }),
         Command::Bench(BenchCommand::E2e(a)) => net_bench(cli::bench::net::NetBench::EndToEnd, a),
+        Command::Bench(BenchCommand::Replication {
+            seconds,
+            producers,
+            inflight,
+            batch,
+            size,
+            kills,
+            dir,
+        }) => cli::bench::replication::run(&cli::bench::replication::ReplicationBenchOptions {
+            dir,
+            seconds,
+            producers,
+            inflight,
+            batch,
+            size,
+            kills,
+        }),
         Command::Debug(DebugCommand::StoreWriter {
             dir,
             threads,

@@ -116,39 +116,8 @@ pub(crate) async fn run(a: DevClusterArgs) -> anyhow::Result<()> {
     // First, so that Ctrl-C during startup already stops the nodes instead of killing only us.
     let mut stop_signal = Box::pin(stop_signal()?);
     let dir = prepare_dir(a.dir.as_deref())?;
-    let ports = ports(a.nodes, a.base_port)?;
-    let identity = {
-        let mut cfg = quiver::config::Config::default();
-        cfg.broker.data_dir = dir.join("shared");
-        quiver::net::tls::load_or_generate(&cfg).context("generating the shared certificate")?
-    };
+    let (identity, plans) = plan(&dir, a.nodes, a.base_port, a.slaves, &a.replication)?;
     let cert = identity.cert_path.clone();
-    let key = cert.with_file_name("key.pem");
-    let voters: Vec<(u64, SocketAddr)> = (1..=a.nodes.min(MAX_VOTERS))
-        .map(|i| {
-            (
-                u64::from(i),
-                SocketAddr::from(([127, 0, 0, 1], ports[i as usize - 1])),
-            )
-        })
-        .collect();
-    let plans: Vec<NodePlan> = (1..=a.nodes)
-        .map(|i| {
-            let id = u64::from(i);
-            let plan = NodePlan {
-                id,
-                addr: SocketAddr::from(([127, 0, 0, 1], ports[i as usize - 1])),
-                voter: voters.iter().any(|(v, _)| *v == id),
-                set: format!("set-{}", (i - 1) / (a.slaves + 1) + 1),
-                config: dir.join(format!("node-{i}.toml")),
-                data: dir.join(format!("node-{i}")),
-                log: dir.join(format!("node-{i}.log")),
-            };
-            write_config(&plan, a.nodes, &voters, &cert, &key, &a.replication)?;
-            Ok(plan)
-        })
-        .collect::<anyhow::Result<_>>()?;
-
     let ignored: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| is_config_var(k))
@@ -278,6 +247,113 @@ pub(crate) async fn run(a: DevClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Some((id, how)) = exits.recv() => Err(node_exited(id, &how, &mut running, &plans).await),
+    }
+}
+
+/// Generates the shared certificate and every node's config in `dir`: nodes 1..=3 are
+/// voters; sets of `1 + slaves` brokers.
+fn plan(
+    dir: &Path,
+    nodes: u32,
+    base_port: Option<u16>,
+    slaves: u32,
+    replication: &str,
+) -> anyhow::Result<(quiver::net::tls::Identity, Vec<NodePlan>)> {
+    let ports = ports(nodes, base_port)?;
+    let identity = {
+        let mut cfg = quiver::config::Config::default();
+        cfg.broker.data_dir = dir.join("shared");
+        quiver::net::tls::load_or_generate(&cfg).context("generating the shared certificate")?
+    };
+    let cert = identity.cert_path.clone();
+    let key = cert.with_file_name("key.pem");
+    let voters: Vec<(u64, SocketAddr)> = (1..=nodes.min(MAX_VOTERS))
+        .map(|i| {
+            (
+                u64::from(i),
+                SocketAddr::from(([127, 0, 0, 1], ports[i as usize - 1])),
+            )
+        })
+        .collect();
+    let plans: Vec<NodePlan> = (1..=nodes)
+        .map(|i| {
+            let id = u64::from(i);
+            let plan = NodePlan {
+                id,
+                addr: SocketAddr::from(([127, 0, 0, 1], ports[i as usize - 1])),
+                voter: voters.iter().any(|(v, _)| *v == id),
+                set: format!("set-{}", (i - 1) / (slaves + 1) + 1),
+                config: dir.join(format!("node-{i}.toml")),
+                data: dir.join(format!("node-{i}")),
+                log: dir.join(format!("node-{i}.log")),
+            };
+            write_config(&plan, nodes, &voters, &cert, &key, replication)?;
+            Ok(plan)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((identity, plans))
+}
+
+/// A local cluster of `quiver serve` processes that its owner starts and kills one by one
+/// (`quiver bench replication`). Every node is killed when this is dropped.
+pub(crate) struct LocalNodes {
+    /// The shared certificate (the CA file clients trust).
+    pub(crate) cert: PathBuf,
+    plans: Vec<NodePlan>,
+    children: Vec<Option<Child>>,
+}
+
+impl LocalNodes {
+    /// Writes the layout of `quiver dev-cluster --nodes N --slaves K --replication R` into
+    /// `dir` (a new or empty directory) and starts every node.
+    pub(crate) fn start(
+        dir: &Path,
+        nodes: u32,
+        slaves: u32,
+        replication: &str,
+    ) -> anyhow::Result<LocalNodes> {
+        let dir = prepare_dir(Some(dir))?;
+        let (identity, plans) = plan(&dir, nodes, None, slaves, replication)?;
+        let mut me = LocalNodes {
+            cert: identity.cert_path,
+            children: plans.iter().map(|_| None).collect(),
+            plans,
+        };
+        for i in 0..me.plans.len() {
+            me.spawn(i)?;
+        }
+        Ok(me)
+    }
+
+    /// Every node's address, by index (node id − 1).
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.plans.iter().map(|p| p.addr).collect()
+    }
+
+    /// Starts node `i` (again).
+    pub(crate) fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = command_for(&self.plans[i], &[], false)?
+            .spawn()
+            .with_context(|| format!("starting node {}", self.plans[i].id))?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` of node `i`, waiting until it is gone.
+    pub(crate) async fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Waits until the voters agree on a leader and every broker is alive.
+    pub(crate) async fn ready(&self, limit: Duration) -> anyhow::Result<ClusterInfoReply> {
+        wait_ready(&self.plans, &self.cert, limit).await
+    }
+
+    /// The last lines of node `i`'s log.
+    pub(crate) fn tail(&self, i: usize, n: usize) -> String {
+        tail(&self.plans[i].log, n)
     }
 }
 
@@ -432,14 +508,13 @@ fn is_config_var(k: &str) -> bool {
     k.starts_with("QUIVER_") && k.contains("__")
 }
 
-/// Starts `quiver serve --config` for the node, and a task that watches it: it reports an exit
-/// on `exits` (with the node id) unless asked to stop first, and stops the node when asked.
-fn spawn_node(
+/// The `quiver serve --config` command of a node: its output to its log (or piped, for
+/// `foreground_logs`), its own process group, and SIGTERM when we die.
+fn command_for(
     p: &NodePlan,
     ignored_env: &[String],
     foreground_logs: bool,
-    exits: mpsc::UnboundedSender<(u64, String)>,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("finding the quiver executable")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -484,11 +559,28 @@ fn spawn_node(
             });
         }
     }
+    Ok(cmd)
+}
+
+/// Starts `quiver serve --config` for the node, and a task that watches it: it reports an exit
+/// on `exits` (with the node id) unless asked to stop first, and stops the node when asked.
+fn spawn_node(
+    p: &NodePlan,
+    ignored_env: &[String],
+    foreground_logs: bool,
+    exits: mpsc::UnboundedSender<(u64, String)>,
+) -> anyhow::Result<Running> {
+    let mut cmd = command_for(p, ignored_env, foreground_logs)?;
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting node {} (quiver serve)", p.id))?;
     let pid = child.id().context("the node exited at once")?;
     if foreground_logs {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .with_context(|| format!("opening {}", p.log.display()))?;
         let log = Arc::new(Mutex::new(log));
         let prefix = format!("[node-{}] ", p.id);
         if let Some(out) = child.stdout.take() {

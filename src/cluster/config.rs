@@ -69,9 +69,9 @@ pub struct ClusterConfig {
     /// Sync replication: how long a stored send waits for its copies before it fails
     /// (`NotEnoughReplicas`, retryable), in ms; default 3000.
     pub replica_ack_timeout_ms: u64,
-    /// How often the broker renews its lease with the controller, in ms; default 2000.
+    /// How often the broker renews its lease with the controller, in ms; default 1000.
     pub broker_heartbeat_ms: u64,
-    /// A broker whose last heartbeat is older than this is not alive, in ms; default 10000.
+    /// A broker whose last heartbeat is older than this is not alive, in ms; default 3000 (a failover starts this long after a master stops).
     pub broker_lease_ms: u64,
     /// Leader heartbeat interval in ms; default 150.
     pub heartbeat_interval_ms: u64,
@@ -98,8 +98,8 @@ impl Default for ClusterConfig {
             min_in_sync: 2,
             replica_lag_ms: 5_000,
             replica_ack_timeout_ms: 3_000,
-            broker_heartbeat_ms: 2000,
-            broker_lease_ms: 10_000,
+            broker_heartbeat_ms: 1000,
+            broker_lease_ms: 3000,
             heartbeat_interval_ms: 150,
             election_timeout_ms: 600,
             rpc_timeout_ms: 1000,

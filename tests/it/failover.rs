@@ -21,23 +21,31 @@ use super::replication::{read_all, Nodes, SYNC};
 
 const KILLS: usize = 10;
 
-/// The cluster as the first live node that answers sees it.
+/// The cluster as the most up-to-date live node sees it (the highest epoch of set `a`, then
+/// the most log applied): a node that just restarted may still answer from old state.
 async fn any_info(
     addrs: &[std::net::SocketAddr],
     cert: &std::path::Path,
     down: Option<usize>,
 ) -> Option<ClusterInfoReply> {
+    let mut best: Option<ClusterInfoReply> = None;
+    let key = |i: &ClusterInfoReply| {
+        (
+            i.sets.iter().find(|s| s.set == "a").map_or(0, |s| s.epoch),
+            i.applied,
+        )
+    };
     for (i, a) in addrs.iter().enumerate() {
         if Some(i) == down {
             continue;
         }
         if let Ok(info) = info(*a, cert).await {
-            if info.leader != 0 {
-                return Some(info);
+            if info.leader != 0 && best.as_ref().is_none_or(|b| key(b) < key(&info)) {
+                best = Some(info);
             }
         }
     }
-    None
+    best
 }
 
 /// Polls the cluster until `ok` holds for set `a`, at most `limit`.

@@ -11,6 +11,7 @@ pub(crate) mod messaging;
 pub(crate) mod net;
 pub(crate) mod plugin;
 pub(crate) mod quic;
+pub(crate) mod replication;
 pub(crate) mod store;
 
 pub(crate) use store::{store_bench, StoreBenchOptions};

@@ -308,7 +308,7 @@ async fn ensure_topic(client: &Client, topic: &str, queues: u32) -> anyhow::Resu
     Ok(())
 }
 
-async fn run_producers(
+pub(crate) async fn run_producers(
     cfg: &ClientConfig,
     opts: &NetBenchOptions,
     pb: &ProgressBar,
