@@ -191,7 +191,14 @@ fn literal_forms_integers_decimals_exponents_and_signs() {
         ("a = +3", "3", T),
         ("a > -3.5", "-3", T),
         ("a = 10L", "10", T),
-        ("a = 9223372036854775808", "9223372036854775808", T),
+        ("a = 10l", "10", T),
+        ("a > 3l", "4", T),
+        ("a > - -1", "2", T),
+        ("a > - -1", "1", F),
+        ("a = - + -3", "3", T),
+        ("a = 9223372036854775807", "9223372036854775807", T),
+        ("a = -9223372036854775808", "-9223372036854775808", T),
+        ("a = 9223372036854775808.0", "9223372036854775808", T),
     ];
     for (expr, v, want) in cases {
         assert_eq!(eval(expr, &[("a", v)]), *want, "{expr} with a = {v:?}");
@@ -660,21 +667,28 @@ fn only_whitelisted_constructs_compile() {
             Some(5),
             "TRUE and FALSE can only be compared with = and <>",
         ),
-        ("a", Some(1), "property a alone is not a condition"),
+        ("1", Some(1), "a number or string alone is not a condition"),
         (
-            "a AND b = 1",
+            "'x'",
             Some(1),
-            "property a alone is not a condition",
+            "a number or string alone is not a condition",
         ),
-        ("1", Some(1), "a literal alone is not a condition"),
-        ("'x'", Some(1), "a literal alone is not a condition"),
         (
-            "a = b",
+            "a > 9223372036854775808",
             Some(5),
-            "comparing two properties is not supported",
+            "outside the 64-bit range",
         ),
-        ("1 = 1", Some(1), "both sides are literals"),
-        ("(a = 1) = 1", Some(2), "this is a condition"),
+        (
+            "a > 100000000000000000000000",
+            Some(5),
+            "outside the 64-bit range",
+        ),
+        (
+            "1 STARTSWITH 'x'",
+            Some(1),
+            "needs a property or a string literal",
+        ),
+        ("a = NULL = TRUE", Some(5), "comparing with NULL"),
         (
             "a IS TRUE",
             Some(6),
@@ -734,11 +748,6 @@ fn only_whitelisted_constructs_compile() {
         ("'x' IN ('x')", Some(1), "IN needs a property name"),
         ("a CONTAINS 1", Some(12), "CONTAINS needs a string literal"),
         ("a CONTAINS b", Some(12), "CONTAINS needs a string literal"),
-        (
-            "'a' STARTSWITH 'x'",
-            Some(1),
-            "STARTSWITH needs a property name",
-        ),
         ("NULL IS NULL", Some(1), "IS NULL needs a property name"),
         ("a = 1e999", Some(5), "out of range"),
         ("a = 1.5L", Some(5), "the L suffix needs an integer"),
@@ -799,8 +808,15 @@ fn nesting_depth_is_limited() {
     assert!(e.message.contains("nests deeper"), "{e}");
     let e = err(&format!("{}a = 1", "NOT ".repeat(1000)));
     assert!(e.message.contains("nests deeper"), "{e}");
-    let e = err(&format!("a = {}1", "- ".repeat(1000)));
-    assert!(e.message.contains("sign"), "{e}");
+    // Signs are read in a loop, not by recursion: any number of them.
+    assert_eq!(
+        compile(&format!("a = {}1", "- ".repeat(1000))).canonical(),
+        "a = 1"
+    );
+    assert_eq!(
+        compile(&format!("a = {}1", "- ".repeat(999))).canonical(),
+        "a = -1"
+    );
     // 100k levels: refused by length, long before any recursion.
     let e = err(&nest(100_000));
     assert!(e.message.contains("limit"), "{e}");
@@ -1179,6 +1195,484 @@ proptest! {
             let again = SqlFilter::compile(&f.canonical());
             prop_assert!(again.is_ok(), "{s:?} -> {:?}", f.canonical());
             prop_assert_eq!(again.unwrap().canonical(), f.canonical());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RocketMQ compatibility (issue 18): what RocketMQ accepts, with its answers
+
+/// Expressions RocketMQ accepts that Quiver once refused or answered differently, with the
+/// answer for a = '5', b = '7', c = 'true', s = 'axb', q = "it's" (docs/FILTERS.md §8.1).
+#[test]
+fn rocketmq_expressions_are_accepted_with_its_answers() {
+    let m = msg(&[
+        ("a", "5"),
+        ("b", "7"),
+        ("c", "true"),
+        ("s", "axb"),
+        ("q", "it's"),
+    ]);
+    let cases: &[(&str, Truth)] = &[
+        // Two properties.
+        ("a < b", T),
+        ("a > b", F),
+        ("a = b", F),
+        ("a <> b", T),
+        ("a >= a", T),
+        ("a BETWEEN a AND b", T),
+        ("b BETWEEN a AND 6", F),
+        ("a NOT BETWEEN 1 AND b", F),
+        ("a = missing", U),
+        ("s = s", T),
+        ("s < s", U),
+        // Boolean operands.
+        ("c", T),
+        ("NOT c", F),
+        ("a", U),
+        ("missing", U),
+        ("c AND a = 5", T),
+        ("TRUE", T),
+        ("FALSE", F),
+        ("NULL", U),
+        ("TRUE = TRUE", T),
+        ("TRUE <> FALSE", T),
+        ("1 = 1", T),
+        ("1 = 1.0", T),
+        ("'1' = 1", T),
+        ("'a' = 'a'", T),
+        ("'a' <> 'a'", F),
+        ("NULL OR TRUE", T),
+        ("NULL AND FALSE", F),
+        ("NULL AND TRUE", U),
+        ("a = 5 = TRUE", T),
+        ("a = 6 = TRUE", F),
+        ("a = 6 = FALSE", T),
+        ("(a = 5) = (b = 7)", T),
+        ("missing = 1 = TRUE", U),
+        ("c = TRUE", T),
+        // String operators with a literal on the left.
+        ("'axb' CONTAINS 'x'", T),
+        ("'axb' NOT STARTSWITH 'u'", T),
+        ("' ' ENDSWITH ' '", T),
+        ("'axb' ENDSWITH 'a'", F),
+        // Literals.
+        ("a > 3l", T),
+        ("a > 3L", T),
+        ("a > - -1", T),
+        ("a < - -6", T),
+        ("q = 'it''s'", T),
+        ("'''tag''' = '''tag'''", T),
+        // A reversed range under NOT: true for every number.
+        ("a NOT BETWEEN 3 AND 1", T),
+        ("s NOT BETWEEN 3 AND 1", U),
+    ];
+    for (expr, want) in cases {
+        assert_eq!(compile(expr).evaluate(&m), *want, "{expr}");
+        // The canonical text means the same.
+        let canonical = compile(expr).canonical();
+        assert_eq!(
+            compile(&canonical).evaluate(&m),
+            *want,
+            "{expr} as {canonical}"
+        );
+    }
+    let tagged = PropertyMap::new().with_topic("t").with_tag("'tag'");
+    assert!(compile("TAGS = '''tag'''").matches(&tagged));
+    // Still refused (deliberately, or as RocketMQ refuses them).
+    for expr in [
+        "a BETWEEN 3 AND 1",
+        "a = NULL",
+        "a > 'x'",
+        "'a' < 'b'",
+        "TRUE > FALSE",
+        "a > 9223372036854775808",
+        "1",
+        "a = 1 b",
+    ] {
+        err(expr);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// a straightforward reference interpreter, against the compiled evaluator
+
+const RNAMES: &[&str] = &["a", "b", "c", "missing"];
+const RNUMS: &[&str] = &["0", "1", "-1", "2.5", "10", "1e1", "9223372036854775807"];
+const RSTRS: &[&str] = &["", "x", "10", "1.0", "true", "FALSE", "it's", "xy"];
+
+#[derive(Debug, Clone)]
+enum ROp {
+    Prop(&'static str),
+    Num(&'static str),
+    Str(&'static str),
+    Bool(bool),
+    Cond(Box<RCond>),
+}
+
+#[derive(Debug, Clone)]
+enum RCond {
+    Const(Option<bool>),
+    Truthy(&'static str),
+    Cmp(ROp, &'static str, ROp),
+    Between(ROp, bool, ROp, ROp),
+    InStr(&'static str, bool, Vec<&'static str>),
+    InNum(&'static str, bool, Vec<&'static str>),
+    Text(ROp, bool, &'static str, &'static str),
+    IsNull(&'static str, bool),
+    Not(Box<RCond>),
+    And(Box<RCond>, Box<RCond>),
+    Or(Box<RCond>, Box<RCond>),
+}
+
+impl ROp {
+    fn text(&self) -> String {
+        match self {
+            ROp::Prop(n) | ROp::Num(n) => n.to_string(),
+            ROp::Str(s) => quote(s),
+            ROp::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+            ROp::Cond(c) => format!("({})", c.text()),
+        }
+    }
+}
+
+impl RCond {
+    fn text(&self) -> String {
+        let not = |n: &bool| if *n { " NOT" } else { "" };
+        match self {
+            RCond::Const(None) => "NULL".into(),
+            RCond::Const(Some(b)) => if *b { "TRUE" } else { "FALSE" }.into(),
+            RCond::Truthy(n) => n.to_string(),
+            RCond::Cmp(l, op, r) => format!("{} {op} {}", l.text(), r.text()),
+            RCond::Between(x, n, lo, hi) => {
+                format!(
+                    "{}{} BETWEEN {} AND {}",
+                    x.text(),
+                    not(n),
+                    lo.text(),
+                    hi.text()
+                )
+            }
+            RCond::InStr(p, n, l) => format!(
+                "{p}{} IN ({})",
+                not(n),
+                l.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
+            ),
+            RCond::InNum(p, n, l) => format!("{p}{} IN ({})", not(n), l.join(", ")),
+            RCond::Text(l, n, op, s) => format!("{}{} {op} {}", l.text(), not(n), quote(s)),
+            RCond::IsNull(p, n) => format!("{p} IS{} NULL", not(n)),
+            RCond::Not(c) => format!("NOT ({})", c.text()),
+            RCond::And(a, b) => format!("({}) AND ({})", a.text(), b.text()),
+            RCond::Or(a, b) => format!("({}) OR ({})", a.text(), b.text()),
+        }
+    }
+}
+
+/// A value as the reference sees it.
+#[derive(Debug, Clone)]
+enum RVal {
+    Null,
+    Bool(bool),
+    Num(String),
+    Str(String),
+}
+
+/// A number: exact when both are integers, else as f64; `None` when the text is not one
+/// (only `[+-]digits[.digits][e[+-]digits]`-like text, finite).
+fn rnum(s: &str) -> Option<(Option<i64>, f64)> {
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | '.' | 'e' | 'E'))
+        && s.chars().any(|c| c.is_ascii_digit());
+    if !ok {
+        return None;
+    }
+    let f: f64 = s.parse().ok()?;
+    if !f.is_finite() {
+        return None;
+    }
+    let int = if s.contains(['.', 'e', 'E']) {
+        None
+    } else {
+        s.parse::<i64>().ok()
+    };
+    Some((int, f))
+}
+
+fn rorder(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let (x, y) = (rnum(a)?, rnum(b)?);
+    match (x.0, y.0) {
+        (Some(i), Some(j)) => Some(i.cmp(&j)),
+        _ => x.1.partial_cmp(&y.1),
+    }
+}
+
+fn rbool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+fn rtruth(b: Option<bool>) -> Truth {
+    match b {
+        Some(true) => T,
+        Some(false) => F,
+        None => U,
+    }
+}
+
+fn rholds(op: &str, o: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::*;
+    match op {
+        "=" => o == Equal,
+        "<>" => o != Equal,
+        "<" => o == Less,
+        "<=" => o != Greater,
+        ">" => o == Greater,
+        _ => o != Less,
+    }
+}
+
+fn rcompare(l: &RVal, op: &str, r: &RVal) -> Truth {
+    let eq = op == "=" || op == "<>";
+    let same = |x: bool| rtruth(Some(x == (op == "=")));
+    match (l, r) {
+        (RVal::Null, _) | (_, RVal::Null) => U,
+        (RVal::Num(a), RVal::Num(b))
+        | (RVal::Num(a), RVal::Str(b))
+        | (RVal::Str(a), RVal::Num(b)) => rtruth(rorder(a, b).map(|o| rholds(op, o))),
+        (RVal::Str(a), RVal::Str(b)) if eq => same(a == b),
+        (RVal::Str(a), RVal::Str(b)) => rtruth(rorder(a, b).map(|o| rholds(op, o))),
+        (RVal::Bool(a), RVal::Bool(b)) if eq => same(a == b),
+        (RVal::Bool(a), RVal::Str(s)) | (RVal::Str(s), RVal::Bool(a)) if eq => {
+            rtruth(rbool(s).map(|b| (b == *a) == (op == "=")))
+        }
+        _ => U,
+    }
+}
+
+fn rand3(a: Truth, b: Truth) -> Truth {
+    match (a, b) {
+        (F, _) | (_, F) => F,
+        (T, T) => T,
+        _ => U,
+    }
+}
+
+fn rnot(a: Truth) -> Truth {
+    match a {
+        T => F,
+        F => T,
+        U => U,
+    }
+}
+
+fn rval(o: &ROp, m: &PropertyMap) -> RVal {
+    match o {
+        ROp::Prop(n) => m
+            .property(n)
+            .map_or(RVal::Null, |v| RVal::Str(v.to_string())),
+        ROp::Num(n) => RVal::Num(n.to_string()),
+        ROp::Str(s) => RVal::Str(s.to_string()),
+        ROp::Bool(b) => RVal::Bool(*b),
+        ROp::Cond(c) => match reval(c, m) {
+            T => RVal::Bool(true),
+            F => RVal::Bool(false),
+            U => RVal::Null,
+        },
+    }
+}
+
+fn reval(c: &RCond, m: &PropertyMap) -> Truth {
+    let neg = |n: bool, t: Truth| if n { rnot(t) } else { t };
+    match c {
+        RCond::Const(b) => rtruth(*b),
+        RCond::Truthy(n) => rtruth(m.property(n).and_then(rbool)),
+        RCond::Cmp(l, op, r) => rcompare(&rval(l, m), op, &rval(r, m)),
+        RCond::Between(x, n, lo, hi) => {
+            let x = rval(x, m);
+            neg(
+                *n,
+                rand3(
+                    rcompare(&x, ">=", &rval(lo, m)),
+                    rcompare(&x, "<=", &rval(hi, m)),
+                ),
+            )
+        }
+        RCond::InStr(p, n, l) => match m.property(p) {
+            None => U,
+            Some(v) => neg(*n, rtruth(Some(l.contains(&v)))),
+        },
+        RCond::InNum(p, n, l) => match m.property(p) {
+            None => U,
+            Some(v) if rnum(v).is_none() => U,
+            Some(v) => neg(
+                *n,
+                rtruth(Some(
+                    l.iter()
+                        .any(|x| rorder(v, x) == Some(std::cmp::Ordering::Equal)),
+                )),
+            ),
+        },
+        RCond::Text(l, n, op, s) => match rval(l, m) {
+            RVal::Str(v) => neg(
+                *n,
+                rtruth(Some(match *op {
+                    "CONTAINS" => v.contains(s),
+                    "STARTSWITH" => v.starts_with(s),
+                    _ => v.ends_with(s),
+                })),
+            ),
+            _ => U,
+        },
+        RCond::IsNull(p, n) => neg(*n, rtruth(Some(m.property(p).is_none()))),
+        RCond::Not(c) => rnot(reval(c, m)),
+        RCond::And(a, b) => rand3(reval(a, m), reval(b, m)),
+        RCond::Or(a, b) => rnot(rand3(rnot(reval(a, m)), rnot(reval(b, m)))),
+    }
+}
+
+fn rname() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(RNAMES)
+}
+
+fn rnum_lit() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(RNUMS)
+}
+
+fn rstr_lit() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(RSTRS)
+}
+
+/// A comparison operand that is a value (not a condition).
+fn rvalue_op() -> impl Strategy<Value = ROp> {
+    prop_oneof![
+        rname().prop_map(ROp::Prop),
+        rnum_lit().prop_map(ROp::Num),
+        rstr_lit().prop_map(ROp::Str),
+        any::<bool>().prop_map(ROp::Bool),
+    ]
+}
+
+fn rleaf() -> impl Strategy<Value = RCond> {
+    let cmp_op = prop::sample::select(&["=", "<>", "<", "<=", ">", ">="][..]);
+    prop_oneof![
+        prop::option::of(any::<bool>()).prop_map(RCond::Const),
+        rname().prop_map(RCond::Truthy),
+        (rvalue_op(), cmp_op, rvalue_op()).prop_filter_map(
+            "a comparison the language refuses",
+            |(l, op, r)| {
+                let ordering = !matches!(op, "=" | "<>");
+                let refused = |o: &ROp| ordering && matches!(o, ROp::Str(_) | ROp::Bool(_));
+                (!refused(&l) && !refused(&r)).then_some(RCond::Cmp(l, op, r))
+            }
+        ),
+        (
+            prop_oneof![rname().prop_map(ROp::Prop), rnum_lit().prop_map(ROp::Num)],
+            any::<bool>(),
+            prop_oneof![rname().prop_map(ROp::Prop), rnum_lit().prop_map(ROp::Num)],
+            prop_oneof![rname().prop_map(ROp::Prop), rnum_lit().prop_map(ROp::Num)],
+        )
+            .prop_filter(
+                "a reversed range of literals is refused",
+                |(x, n, lo, hi)| {
+                    match (x, lo, hi) {
+                        (ROp::Prop(_), ROp::Num(a), ROp::Num(b)) => {
+                            *n || rorder(a, b) != Some(std::cmp::Ordering::Greater)
+                        }
+                        _ => true,
+                    }
+                }
+            )
+            .prop_map(|(x, n, lo, hi)| RCond::Between(x, n, lo, hi)),
+        (
+            rname(),
+            any::<bool>(),
+            prop::collection::vec(rstr_lit(), 1..4)
+        )
+            .prop_map(|(p, n, l)| RCond::InStr(p, n, l)),
+        (
+            rname(),
+            any::<bool>(),
+            prop::collection::vec(rnum_lit(), 1..4)
+        )
+            .prop_map(|(p, n, l)| RCond::InNum(p, n, l)),
+        (
+            prop_oneof![rname().prop_map(ROp::Prop), rstr_lit().prop_map(ROp::Str)],
+            any::<bool>(),
+            prop::sample::select(&["CONTAINS", "STARTSWITH", "ENDSWITH"][..]),
+            rstr_lit()
+        )
+            .prop_map(|(l, n, op, s)| RCond::Text(l, n, op, s)),
+        (rname(), any::<bool>()).prop_map(|(p, n)| RCond::IsNull(p, n)),
+    ]
+}
+
+fn rcond() -> impl Strategy<Value = RCond> {
+    rleaf().prop_recursive(4, 24, 3, |inner| {
+        let cmp_op = prop::sample::select(&["=", "<>"][..]);
+        prop_oneof![
+            inner.clone().prop_map(|c| RCond::Not(Box::new(c))),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| RCond::And(Box::new(a), Box::new(b))),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| RCond::Or(Box::new(a), Box::new(b))),
+            // A condition compared with a value or another condition.
+            (
+                inner.clone(),
+                cmp_op,
+                prop_oneof![
+                    rvalue_op(),
+                    inner.clone().prop_map(|c| ROp::Cond(Box::new(c)))
+                ]
+            )
+                // `(NULL) = x` is the NULL literal compared: refused like `NULL = x`.
+                // `(NULL) = x` is the NULL literal compared (refused like `NULL = x`), and
+                // `(a) = x` compares the property a, not the condition `a`.
+                .prop_filter("NULL or a bare property compared", |(c, _, r)| {
+                    let plain = |c: &RCond| matches!(c, RCond::Const(None) | RCond::Truthy(_));
+                    !plain(c) && !matches!(r, ROp::Cond(x) if plain(x))
+                })
+                .prop_map(|(c, op, r)| RCond::Cmp(ROp::Cond(Box::new(c)), op, r)),
+        ]
+    })
+}
+
+fn rmessage() -> impl Strategy<Value = PropertyMap> {
+    let value = prop::option::of(prop::sample::select(
+        RSTRS.iter().chain(RNUMS).copied().collect::<Vec<_>>(),
+    ));
+    (value.clone(), value.clone(), value).prop_map(|(a, b, c)| {
+        let mut m = PropertyMap::new().with_topic("t");
+        for (name, v) in [("a", a), ("b", b), ("c", c)] {
+            if let Some(v) = v {
+                m = m.with_property(name, v);
+            }
+        }
+        m
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The compiled evaluator (with its fast paths, folded literals and canonical text)
+    /// agrees with a plain interpreter of the documented rules on random expressions.
+    #[test]
+    fn the_compiled_evaluator_agrees_with_a_reference_interpreter(
+        c in rcond(),
+        msgs in prop::collection::vec(rmessage(), 1..6),
+    ) {
+        let text = c.text();
+        let f = SqlFilter::compile(&text)
+            .unwrap_or_else(|e| panic!("{text:?} should compile: {e}"));
+        let again = SqlFilter::compile(f.as_str())
+            .unwrap_or_else(|e| panic!("canonical {:?} of {text:?} should compile: {e}", f.as_str()));
+        prop_assert_eq!(again.as_str(), f.as_str());
+        for m in &msgs {
+            let want = reval(&c, m);
+            prop_assert_eq!(f.evaluate(m), want, "{} on {:?}", text, m);
+            prop_assert_eq!(again.evaluate(m), want, "canonical {} on {:?}", f.as_str(), m);
         }
     }
 }

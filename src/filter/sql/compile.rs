@@ -3,9 +3,10 @@
 
 use sqlparser::ast::{BinaryOperator, Expr, Spanned, UnaryOperator, Value};
 
-use super::eval::{Attr, CmpOp, Node, NumSet, StrSet, Test};
+use super::eval::{self, Attr, CmpOp, LitVal, Node, NumSet, StrSet, Test};
 use super::num::Num;
 use super::parse::SourceMap;
+use super::Truth;
 use crate::filter::error::FilterError;
 
 /// Most values an `IN` list may hold.
@@ -23,6 +24,30 @@ enum Lit {
 enum Operand {
     Attr(Attr),
     Lit(Lit),
+    /// A condition used as a value (`(a = 1) = TRUE`, `a = 1 = TRUE`).
+    Cond(Node),
+}
+
+impl Lit {
+    /// The literal as a comparison operand (`None` for NULL, which none may be).
+    fn value(self) -> Option<LitVal> {
+        match self {
+            Lit::Null => None,
+            Lit::Bool(b) => Some(LitVal::Bool(b)),
+            Lit::Num(n) => Some(LitVal::Num(n)),
+            Lit::Str(s) => Some(LitVal::Str(s.into())),
+        }
+    }
+}
+
+impl Operand {
+    fn general(self) -> Option<eval::Operand> {
+        Some(match self {
+            Operand::Attr(a) => eval::Operand::Attr(a),
+            Operand::Lit(l) => eval::Operand::Lit(l.value()?),
+            Operand::Cond(n) => eval::Operand::Cond(Box::new(n)),
+        })
+    }
 }
 
 pub(crate) struct Compiler<'m> {
@@ -99,18 +124,7 @@ impl<'m> Compiler<'m> {
                 negated,
                 low,
                 high,
-            } => {
-                let attr = self.attr(expr, "BETWEEN")?;
-                let lo = self.bound(low)?;
-                let hi = self.bound(high)?;
-                if lo.compare(hi) == Some(std::cmp::Ordering::Greater) {
-                    return self.err(
-                        low,
-                        format!("BETWEEN {lo} AND {hi} can never be true: the lower bound is greater than the upper bound"),
-                    );
-                }
-                Ok(negate(*negated, Node::Test(attr, Test::Between(lo, hi))))
-            }
+            } => self.between(expr, *negated, low, high),
             Expr::InList {
                 expr,
                 list,
@@ -120,19 +134,15 @@ impl<'m> Compiler<'m> {
                 Ok(negate(*negated, Node::Test(attr, self.in_list(list)?)))
             }
             Expr::Value(v) => match &v.value {
-                Value::Boolean(b) => Ok(Node::Const(*b)),
+                Value::Boolean(b) => Ok(Node::Const(Truth::from(*b))),
+                Value::Null => Ok(Node::Const(Truth::Unknown)),
                 _ => self.err(
                     e,
-                    "a literal alone is not a condition; compare a property with it (e.g. a = 1)",
+                    "a number or string alone is not a condition; compare a property with it (e.g. a = 1)",
                 ),
             },
-            Expr::Identifier(id) => self.err(
-                e,
-                format!(
-                    "property {0} alone is not a condition; compare it (e.g. {0} = 'x') or test it ({0} IS NOT NULL)",
-                    id.value
-                ),
-            ),
+            // A property alone is a boolean condition, as in RocketMQ (`vip AND a = 1`).
+            Expr::Identifier(id) => Ok(Node::Truthy(Attr::named(&id.value))),
             other => self.unsupported(other),
         }
     }
@@ -213,6 +223,36 @@ impl<'m> Compiler<'m> {
             | Expr::IsNull(_)
             | Expr::IsNotNull(_)
             | Expr::Between { .. }
+            | Expr::InList { .. }) => Ok(Operand::Cond(self.node(cond)?)),
+            other => self.unsupported(other),
+        }
+    }
+
+    /// An operand that must be a property or a literal (IN list items, string operators).
+    fn simple_operand(&self, e: &Expr) -> Result<Operand, FilterError> {
+        match strip(e) {
+            Expr::Identifier(id) => Ok(Operand::Attr(Attr::named(&id.value))),
+            Expr::Value(v) => Ok(Operand::Lit(self.literal(e, &v.value)?)),
+            cond @ (Expr::BinaryOp {
+                op:
+                    BinaryOperator::And
+                    | BinaryOperator::Or
+                    | BinaryOperator::Eq
+                    | BinaryOperator::NotEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq
+                    | BinaryOperator::Gt
+                    | BinaryOperator::GtEq
+                    | BinaryOperator::Custom(_),
+                ..
+            }
+            | Expr::UnaryOp {
+                op: UnaryOperator::Not,
+                ..
+            }
+            | Expr::IsNull(_)
+            | Expr::IsNotNull(_)
+            | Expr::Between { .. }
             | Expr::InList { .. }) => self.err(
                 cond,
                 "a comparison compares a property name with a literal; this is a condition",
@@ -227,6 +267,19 @@ impl<'m> Compiler<'m> {
             Value::Boolean(b) => Ok(Lit::Bool(*b)),
             Value::SingleQuotedString(s) => Ok(Lit::Str(s.clone())),
             Value::Number(text, long) => {
+                // An integer literal is a 64-bit integer, as in RocketMQ: beyond that range it
+                // is an error, not a value.
+                let integer = !text.contains(['.', 'e', 'E']);
+                if integer && text.parse::<i64>().is_err() {
+                    return self.err(
+                        e,
+                        format!(
+                            "integer {text} is outside the 64-bit range ({} to {})",
+                            i64::MIN,
+                            i64::MAX
+                        ),
+                    );
+                }
                 // The tokenizer only makes well-formed numbers: failing means overflow.
                 let Some(n) = Num::parse(text) else {
                     return self.err(e, format!("number {text} is out of range"));
@@ -241,50 +294,103 @@ impl<'m> Compiler<'m> {
     }
 
     fn comparison(&self, left: &Expr, op: CmpOp, right: &Expr) -> Result<Node, FilterError> {
-        let (attr, op, lit, lit_expr) =
-            match (self.operand(left)?, self.operand(right)?) {
-                (Operand::Attr(a), Operand::Lit(l)) => (a, op, l, right),
-                (Operand::Lit(l), Operand::Attr(a)) => (a, op.flipped(), l, left),
-                (Operand::Attr(_), Operand::Attr(_)) => return self.err(
-                    right,
-                    "comparing two properties is not supported; compare a property with a literal",
-                ),
-                (Operand::Lit(Lit::Null), _) => return self.null_comparison(left, op),
-                (Operand::Lit(_), Operand::Lit(_)) => {
+        let (l, r) = (self.operand(left)?, self.operand(right)?);
+        // Refused whatever the other side is: NULL (use IS NULL), and ordering a string or a
+        // boolean literal (as RocketMQ does).
+        for (side, e) in [(&l, left), (&r, right)] {
+            match side {
+                Operand::Lit(Lit::Null) => return self.null_comparison(e, op),
+                Operand::Lit(Lit::Str(_)) if !matches!(op, CmpOp::Eq | CmpOp::Ne) => {
                     return self.err(
-                        left,
-                        "both sides are literals; compare a property with a literal",
+                        e,
+                        "strings can only be compared with = and <>; <, <=, > and >= need a number",
                     )
                 }
-            };
-        let test =
-            match lit {
-                Lit::Null => return self.null_comparison(lit_expr, op),
-                Lit::Num(n) => Test::Num(op, n),
-                Lit::Str(s) => match op {
-                    CmpOp::Eq | CmpOp::Ne => Test::Str {
-                        eq: op == CmpOp::Eq,
-                        lit: s.into(),
-                    },
-                    _ => return self.err(
-                        lit_expr,
-                        "strings can only be compared with = and <>; <, <=, > and >= need a number",
-                    ),
-                },
-                Lit::Bool(b) => match op {
-                    CmpOp::Eq | CmpOp::Ne => Test::Bool {
-                        eq: op == CmpOp::Eq,
-                        lit: b,
-                    },
-                    _ => {
-                        return self.err(
-                            lit_expr,
-                            "TRUE and FALSE can only be compared with = and <>",
-                        )
-                    }
-                },
-            };
+                Operand::Lit(Lit::Bool(_)) if !matches!(op, CmpOp::Eq | CmpOp::Ne) => {
+                    return self.err(e, "TRUE and FALSE can only be compared with = and <>")
+                }
+                _ => {}
+            }
+        }
+        // A condition decided when compiled is a literal: TRUE or FALSE, or, when UNKNOWN,
+        // it makes the comparison UNKNOWN.
+        let (Some(l), Some(r)) = (fold(l), fold(r)) else {
+            return Ok(Node::Const(Truth::Unknown));
+        };
+        let (attr, op, lit) = match (l, r) {
+            (Operand::Attr(a), Operand::Lit(lit)) => (a, op, lit),
+            (Operand::Lit(lit), Operand::Attr(a)) => (a, op.flipped(), lit),
+            // Literals only: decided now.
+            (Operand::Lit(a), Operand::Lit(b)) => {
+                let (a, b) = (a.value(), b.value());
+                let t = match (&a, &b) {
+                    (Some(a), Some(b)) => eval::compare(a.val(), op, b.val()),
+                    _ => Truth::Unknown,
+                };
+                return Ok(Node::Const(t));
+            }
+            // Two properties, or a condition compared with a value.
+            (l, r) => {
+                let (Some(l), Some(r)) = (l.general(), r.general()) else {
+                    return self.null_comparison(right, op);
+                };
+                return Ok(Node::Cmp(Box::new((l, op, r))));
+            }
+        };
+        // A property and a literal: the precompiled test.
+        let test = match lit {
+            Lit::Null => return self.null_comparison(right, op),
+            Lit::Num(n) => Test::Num(op, n),
+            Lit::Str(s) => Test::Str {
+                eq: op == CmpOp::Eq,
+                lit: s.into(),
+            },
+            Lit::Bool(b) => Test::Bool {
+                eq: op == CmpOp::Eq,
+                lit: b,
+            },
+        };
         Ok(Node::Test(attr, test))
+    }
+
+    /// `x [NOT] BETWEEN low AND high`: bounds are numbers or properties (or conditions).
+    fn between(
+        &self,
+        x: &Expr,
+        negated: bool,
+        low: &Expr,
+        high: &Expr,
+    ) -> Result<Node, FilterError> {
+        let x_op = self.operand(x)?;
+        let lo = self.bound(low)?;
+        let hi = self.bound(high)?;
+        let Some(x_op) = fold(x_op) else {
+            return Ok(Node::Const(Truth::Unknown));
+        };
+        if let (Operand::Attr(attr), Operand::Lit(Lit::Num(lo)), Operand::Lit(Lit::Num(hi))) =
+            (&x_op, &lo, &hi)
+        {
+            // A reversed range is always false; refused as RocketMQ refuses it, except under
+            // NOT, where it is simply always true for a number.
+            if !negated && lo.compare(*hi) == Some(std::cmp::Ordering::Greater) {
+                return self.err(
+                    low,
+                    format!("BETWEEN {lo} AND {hi} can never be true: the lower bound is greater than the upper bound"),
+                );
+            }
+            return Ok(negate(
+                negated,
+                Node::Test(attr.clone(), Test::Between(*lo, *hi)),
+            ));
+        }
+        if let Operand::Lit(Lit::Str(_) | Lit::Bool(_) | Lit::Null) = x_op {
+            return self.err(x, "BETWEEN needs a property or a number on its left");
+        }
+        let (Some(x_op), Some(lo), Some(hi)) = (x_op.general(), lo.general(), hi.general()) else {
+            return self.err(x, "BETWEEN bounds must be numbers or properties");
+        };
+        let node = Node::Range(Box::new([x_op, lo, hi]));
+        Ok(negate(negated, node))
     }
 
     fn null_comparison<T>(&self, null: &Expr, op: CmpOp) -> Result<T, FilterError> {
@@ -299,14 +405,16 @@ impl<'m> Compiler<'m> {
         )
     }
 
-    /// A `BETWEEN` bound: a number.
-    fn bound(&self, e: &Expr) -> Result<Num, FilterError> {
-        match self.operand(e) {
-            Ok(Operand::Lit(Lit::Num(n))) => Ok(n),
-            Ok(Operand::Lit(Lit::Null)) => {
-                self.err(e, "NULL is not a BETWEEN bound; bounds are numbers")
-            }
-            _ => self.err(e, "BETWEEN bounds must be numbers"),
+    /// A `BETWEEN` bound: a number or a property.
+    fn bound(&self, e: &Expr) -> Result<Operand, FilterError> {
+        match self.simple_operand(e) {
+            Ok(o @ (Operand::Lit(Lit::Num(_)) | Operand::Attr(_))) => Ok(o),
+            Ok(Operand::Lit(Lit::Null)) => self.err(
+                e,
+                "NULL is not a BETWEEN bound; bounds are numbers or properties",
+            ),
+            Ok(_) => self.err(e, "BETWEEN bounds must be numbers or properties"),
+            Err(err) => Err(err),
         }
     }
 
@@ -323,7 +431,7 @@ impl<'m> Compiler<'m> {
         let mut strs: Vec<Box<str>> = Vec::new();
         let mut nums: Vec<Num> = Vec::new();
         for item in list {
-            let lit = match self.operand(item) {
+            let lit = match self.simple_operand(item) {
                 Ok(Operand::Lit(l)) => l,
                 _ => return self.err(item, "IN lists hold literals only ('a', 'b' or 1, 2)"),
             };
@@ -356,8 +464,7 @@ impl<'m> Compiler<'m> {
             Some(op) => (true, op),
             None => (false, name),
         };
-        let attr = self.attr(left, op)?;
-        let lit: Box<str> = match self.operand(right) {
+        let lit: Box<str> = match self.simple_operand(right) {
             Ok(Operand::Lit(Lit::Str(s))) => s.into(),
             _ => {
                 return self.err(
@@ -372,7 +479,29 @@ impl<'m> Compiler<'m> {
             "ENDSWITH" => Test::EndsWith(lit),
             other => return self.err(left, format!("operator {other} is not supported")),
         };
-        Ok(negate(negated, Node::Test(attr, test)))
+        match self.simple_operand(left) {
+            Ok(Operand::Attr(attr)) => Ok(negate(negated, Node::Test(attr, test))),
+            // A string literal on the left: decided now (`'axb' CONTAINS 'x'`).
+            Ok(Operand::Lit(Lit::Str(s))) => {
+                let t = struct_eval(&test, &s);
+                Ok(Node::Const(if negated { !t } else { t }))
+            }
+            _ => self.err(
+                left,
+                format!("{op} needs a property or a string literal on its left"),
+            ),
+        }
+    }
+}
+
+/// A condition operand decided when compiled becomes its literal; `None` when it is UNKNOWN
+/// (the comparison it is part of is UNKNOWN).
+fn fold(o: Operand) -> Option<Operand> {
+    match o {
+        Operand::Cond(Node::Const(Truth::True)) => Some(Operand::Lit(Lit::Bool(true))),
+        Operand::Cond(Node::Const(Truth::False)) => Some(Operand::Lit(Lit::Bool(false))),
+        Operand::Cond(Node::Const(Truth::Unknown)) => None,
+        other => Some(other),
     }
 }
 
@@ -382,4 +511,9 @@ fn negate(negated: bool, node: Node) -> Node {
     } else {
         node
     }
+}
+
+/// A string test on a literal value, decided when compiled.
+fn struct_eval(test: &Test, value: &str) -> Truth {
+    test.eval_value(Some(value))
 }

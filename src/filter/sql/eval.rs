@@ -17,8 +17,17 @@ pub(crate) const KEYS_STACK_BYTES: usize = 256;
 /// A node of the compiled expression.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Node {
-    /// `TRUE` or `FALSE`.
-    Const(bool),
+    /// `TRUE`, `FALSE`, or `NULL` (UNKNOWN); also a folded condition on literals only.
+    Const(Truth),
+    /// A property alone as a condition: TRUE or FALSE for the value `true` or `false` (any
+    /// case), UNKNOWN for any other value or a missing property.
+    Truthy(Attr),
+    /// A comparison whose operands are not one attribute and one literal (two properties, a
+    /// condition compared with a value): evaluated by [`compare`].
+    Cmp(Box<(Operand, CmpOp, Operand)>),
+    /// `x BETWEEN low AND high` with a property (or a condition) among the bounds:
+    /// `x >= low AND x <= high` by [`compare`].
+    Range(Box<[Operand; 3]>),
     /// All children (two or more); stops at the first FALSE.
     And(Box<[Node]>),
     /// Any child (two or more); stops at the first TRUE.
@@ -27,6 +36,95 @@ pub(crate) enum Node {
     Not(Box<Node>),
     /// A test on one attribute.
     Test(Attr, Test),
+}
+
+/// An operand of a general comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Operand {
+    /// A property or system attribute (a string, or NULL when missing).
+    Attr(Attr),
+    /// A literal.
+    Lit(LitVal),
+    /// A condition (its value is TRUE, FALSE or, when UNKNOWN, NULL).
+    Cond(Box<Node>),
+}
+
+/// A literal operand (`NULL` never is one: comparing with it is refused when compiled).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LitVal {
+    Bool(bool),
+    Num(Num),
+    Str(Box<str>),
+}
+
+/// A value at evaluation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Val<'a> {
+    Null,
+    Bool(bool),
+    Num(Num),
+    Str(&'a str),
+}
+
+impl LitVal {
+    pub(crate) fn val(&self) -> Val<'_> {
+        match self {
+            LitVal::Bool(b) => Val::Bool(*b),
+            LitVal::Num(n) => Val::Num(*n),
+            LitVal::Str(s) => Val::Str(s),
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            LitVal::Bool(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
+            LitVal::Num(n) => {
+                let _ = write!(out, "{n}");
+            }
+            LitVal::Str(s) => write_str_lit(s, out),
+        }
+    }
+}
+
+fn truth_val(t: Truth) -> Val<'static> {
+    match t {
+        Truth::True => Val::Bool(true),
+        Truth::False => Val::Bool(false),
+        Truth::Unknown => Val::Null,
+    }
+}
+
+/// `l OP r` for any two values (docs/FILTERS.md §3, "Comparing any two operands"): NULL on
+/// either side is UNKNOWN; numbers compare as numbers, and a string with a number as a number
+/// when it reads as one (else UNKNOWN); two strings are equal or not by their text, and are
+/// ordered only when both read as numbers (else UNKNOWN); booleans are only equal or not, a
+/// string with a boolean when it is `true` or `false` in any case; a boolean with a number is
+/// UNKNOWN.
+pub(crate) fn compare(l: Val<'_>, op: CmpOp, r: Val<'_>) -> Truth {
+    let ord = |o: Option<Ordering>| match o {
+        Some(o) => Truth::from(op.holds(o)),
+        None => Truth::Unknown,
+    };
+    let equality = matches!(op, CmpOp::Eq | CmpOp::Ne);
+    match (l, r) {
+        (Val::Null, _) | (_, Val::Null) => Truth::Unknown,
+        (Val::Num(a), Val::Num(b)) => ord(a.compare(b)),
+        (Val::Num(a), Val::Str(s)) => ord(Num::parse(s).and_then(|b| a.compare(b))),
+        (Val::Str(s), Val::Num(b)) => ord(Num::parse(s).and_then(|a| a.compare(b))),
+        (Val::Str(a), Val::Str(b)) if equality => Truth::from((a == b) == (op == CmpOp::Eq)),
+        (Val::Str(a), Val::Str(b)) => match (Num::parse(a), Num::parse(b)) {
+            (Some(x), Some(y)) => ord(x.compare(y)),
+            _ => Truth::Unknown,
+        },
+        (Val::Bool(a), Val::Bool(b)) if equality => Truth::from((a == b) == (op == CmpOp::Eq)),
+        (Val::Bool(a), Val::Str(s)) | (Val::Str(s), Val::Bool(a)) if equality => {
+            match parse_bool(s) {
+                Some(b) => Truth::from((a == b) == (op == CmpOp::Eq)),
+                None => Truth::Unknown,
+            }
+        }
+        _ => Truth::Unknown,
+    }
 }
 
 /// What a test reads from the message.
@@ -76,7 +174,7 @@ pub(crate) enum CmpOp {
 
 impl CmpOp {
     /// Whether `value OP literal` holds given `value.cmp(literal)`.
-    fn holds(self, o: Ordering) -> bool {
+    pub(crate) fn holds(self, o: Ordering) -> bool {
         match self {
             CmpOp::Eq => o == Ordering::Equal,
             CmpOp::Ne => o != Ordering::Equal,
@@ -99,7 +197,7 @@ impl CmpOp {
         }
     }
 
-    fn text(self) -> &'static str {
+    pub(crate) fn text(self) -> &'static str {
         match self {
             CmpOp::Eq => "=",
             CmpOp::Ne => "<>",
@@ -228,6 +326,11 @@ fn zero_sign(f: f64) -> f64 {
 }
 
 impl Test {
+    /// The test on a value (`None`: NULL), for compiling literal-only conditions.
+    pub(crate) fn eval_value(&self, value: Option<&str>) -> Truth {
+        self.eval(value)
+    }
+
     /// The test on a value (`None`: the attribute is missing, i.e. NULL).
     #[inline]
     fn eval(&self, value: Option<&str>) -> Truth {
@@ -387,7 +490,25 @@ impl Node {
                 acc
             }
             Node::Not(child) => !child.eval(msg),
-            Node::Const(b) => Truth::from(*b),
+            Node::Const(t) => *t,
+            Node::Truthy(attr) => with_value(attr, msg, |v| match v.and_then(parse_bool) {
+                Some(b) => Truth::from(b),
+                None => Truth::Unknown,
+            }),
+            Node::Cmp(c) => {
+                let (l, op, r) = &**c;
+                with_operand(l, msg, |lv| with_operand(r, msg, |rv| compare(lv, *op, rv)))
+            }
+            Node::Range(ops) => {
+                let [x, lo, hi] = &**ops;
+                with_operand(x, msg, |xv| {
+                    let low = with_operand(lo, msg, |v| compare(xv, CmpOp::Ge, v));
+                    if low == Truth::False {
+                        return Truth::False;
+                    }
+                    low.and(with_operand(hi, msg, |v| compare(xv, CmpOp::Le, v)))
+                })
+            }
         }
     }
 
@@ -395,10 +516,37 @@ impl Node {
     /// always followed by a parenthesized operand unless it has an infix spelling.
     pub(crate) fn write(&self, out: &mut String) {
         match self {
-            Node::Const(b) => out.push_str(if *b { "TRUE" } else { "FALSE" }),
+            Node::Const(t) => out.push_str(match t {
+                Truth::True => "TRUE",
+                Truth::False => "FALSE",
+                Truth::Unknown => "NULL",
+            }),
+            Node::Truthy(attr) => out.push_str(attr.name()),
+            Node::Cmp(c) => {
+                let (l, op, r) = &**c;
+                l.write(out);
+                let _ = write!(out, " {} ", op.text());
+                r.write(out);
+            }
+            Node::Range(ops) => {
+                let [x, lo, hi] = &**ops;
+                x.write(out);
+                out.push_str(" BETWEEN ");
+                lo.write(out);
+                out.push_str(" AND ");
+                hi.write(out);
+            }
             Node::Test(attr, test) => test.write(attr, false, out),
             Node::Not(child) => match &**child {
                 Node::Test(attr, test) if test.negatable() => test.write(attr, true, out),
+                Node::Range(ops) => {
+                    let [x, lo, hi] = &**ops;
+                    x.write(out);
+                    out.push_str(" NOT BETWEEN ");
+                    lo.write(out);
+                    out.push_str(" AND ");
+                    hi.write(out);
+                }
                 other => {
                     out.push_str("NOT (");
                     other.write(out);
@@ -425,6 +573,54 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+impl Operand {
+    fn write(&self, out: &mut String) {
+        match self {
+            Operand::Attr(a) => out.push_str(a.name()),
+            Operand::Lit(l) => l.write(out),
+            Operand::Cond(c) => {
+                out.push('(');
+                c.write(out);
+                out.push(')');
+            }
+        }
+    }
+}
+
+/// Calls `f` with an attribute's value (`None`: NULL).
+fn with_value<M: MessageProps + ?Sized, R>(
+    attr: &Attr,
+    msg: &M,
+    f: impl FnOnce(Option<&str>) -> R,
+) -> R {
+    match attr {
+        Attr::Prop(name) => f(msg.property(name)),
+        Attr::Tags => {
+            let tag = msg.tag();
+            f((!tag.is_empty()).then_some(tag))
+        }
+        Attr::Topic => f(Some(msg.topic())),
+        Attr::Keys => {
+            let mut joined = JoinedKeys::new();
+            let value = joined.join(msg.keys());
+            f(value)
+        }
+    }
+}
+
+/// Calls `f` with an operand's value.
+fn with_operand<M: MessageProps + ?Sized, R>(
+    o: &Operand,
+    msg: &M,
+    f: impl FnOnce(Val<'_>) -> R,
+) -> R {
+    match o {
+        Operand::Attr(a) => with_value(a, msg, |v| f(v.map_or(Val::Null, Val::Str))),
+        Operand::Lit(l) => f(l.val()),
+        Operand::Cond(c) => f(truth_val(c.eval(msg))),
     }
 }
 

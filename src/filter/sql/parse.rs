@@ -209,17 +209,29 @@ impl FilterDialect {
                 Ok(Expr::Nested(Box::new(inner)))
             }
             Token::Minus | Token::Plus => {
-                let sign = if token == Token::Minus { "-" } else { "" };
-                let next = p.next_token();
-                match next.token {
-                    Token::Number(text, long) => Ok(literal(
-                        Value::Number(format!("{sign}{text}"), long),
-                        span.union(&next.span),
-                    )),
-                    _ => error_at(
-                        at,
-                        "a sign must be followed by a number (arithmetic is not supported)",
-                    ),
+                // Signs before a number, any number of them (`- -1` is 1), as RocketMQ reads
+                // them; the input's length bounds the loop.
+                let mut negative = token == Token::Minus;
+                loop {
+                    let next = p.next_token();
+                    match next.token {
+                        Token::Minus => negative = !negative,
+                        Token::Plus => {}
+                        Token::Number(text, long) => {
+                            let sign = if negative { "-" } else { "" };
+                            return Ok(literal(
+                                Value::Number(format!("{sign}{text}"), long),
+                                span.union(&next.span),
+                            ));
+                        }
+                        Token::Whitespace(_) => {}
+                        _ => {
+                            return error_at(
+                                at,
+                                "a sign must be followed by a number (arithmetic is not supported)",
+                            )
+                        }
+                    }
                 }
             }
             Token::HexStringLiteral(_) => error_at(
@@ -334,6 +346,7 @@ pub(crate) fn parse(src: &str, map: &SourceMap) -> Result<Expr, FilterError> {
     let tokens = Tokenizer::new(&dialect, src)
         .tokenize_with_location()
         .map_err(|e| tokenizer_error(&e.message, e.location, map))?;
+    let tokens = long_suffixes(tokens);
     screen(&tokens, map)?;
     if tokens
         .iter()
@@ -373,6 +386,31 @@ pub(crate) fn parse(src: &str, map: &SourceMap) -> Result<Expr, FilterError> {
         return Err(FilterError { message, column });
     }
     Ok(expr)
+}
+
+/// RocketMQ's long suffix in either case: the tokenizer reads `3L` as a long but `3l` as the
+/// number 3 followed by the word `l`; a word `l` right after a number (no space) joins it.
+fn long_suffixes(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let mut out: Vec<TokenWithSpan> = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        if let Token::Word(w) = &t.token {
+            if w.quote_style.is_none() && w.value == "l" {
+                if let Some(TokenWithSpan {
+                    token: Token::Number(_, long @ false),
+                    span,
+                }) = out.last_mut()
+                {
+                    if span.end == t.span.start {
+                        *long = true;
+                        span.end = t.span.end;
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push(t);
+    }
+    out
 }
 
 /// Refuses the operators and quotes people bring from other languages, by name.
