@@ -68,6 +68,9 @@ fn bench_filters(c: &mut Criterion) {
             "sql_region_in_amount_vip",
             "region IN ('eu','us') AND amount > 100.5 AND vip IS NOT NULL",
         ),
+        // RocketMQ's general forms: two properties compared, a chained comparison.
+        ("sql_two_properties", "amount > a AND region <> channel"),
+        ("sql_chained_comparison", "a = 7 = TRUE AND amount BETWEEN a AND 300"),
     ] {
         let f = SqlFilter::compile(expr).expect("compiles");
         assert_eq!(f.evaluate(&view), Truth::True, "{expr}");
