@@ -70,7 +70,10 @@ fn bench_filters(c: &mut Criterion) {
         ),
         // RocketMQ's general forms: two properties compared, a chained comparison.
         ("sql_two_properties", "amount > a AND region <> channel"),
-        ("sql_chained_comparison", "a = 7 = TRUE AND amount BETWEEN a AND 300"),
+        (
+            "sql_chained_comparison",
+            "a = 7 = TRUE AND amount BETWEEN a AND 300",
+        ),
     ] {
         let f = SqlFilter::compile(expr).expect("compiles");
         assert_eq!(f.evaluate(&view), Truth::True, "{expr}");

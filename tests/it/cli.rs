@@ -682,6 +682,34 @@ async fn filters_from_the_shell() {
         "false"
     );
     check(&["eval", "a == 1"]).expect_fail("bad expression");
+    // RocketMQ's general forms, from the shell too.
+    for (args, want) in [
+        (
+            &["eval", "a > b", "--prop", "a=5", "--prop", "b=3"][..],
+            "true",
+        ),
+        (&["eval", "a = 1 = TRUE", "--prop", "a=1"][..], "true"),
+        (&["eval", "vip", "--prop", "vip=TRUE"][..], "true"),
+        (&["eval", "NULL OR TRUE"][..], "true"),
+        (
+            &["eval", "a NOT BETWEEN 3 AND 1", "--prop", "a=2"][..],
+            "true",
+        ),
+    ] {
+        assert_eq!(
+            check(args).expect_ok("eval").stdout.trim(),
+            want,
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        check(&["check", "a = 1 = true"])
+            .expect_ok("check")
+            .stdout
+            .trim(),
+        "(a = 1) = TRUE"
+    );
+    check(&["eval", "a > 9223372036854775808"]).expect_fail("integer out of range");
 
     // consume --tag / --sql ask the broker to filter.
     let broker = TestBroker::start().await;

@@ -108,6 +108,21 @@ async fn tag_and_sql_subscriptions_receive_exactly_the_matching_messages() {
     .await;
     assert_eq!(system, expected(|i| i % 3 == 1 && (i / 3) % 3 != 1));
 
+    // RocketMQ's general forms (docs/FILTERS.md §3.1): a property alone as a condition
+    // (`vip` is 'yes', neither true nor false: UNKNOWN), two properties compared, chains.
+    let general = pull_filtered(
+        &consumer,
+        FilterSpec::Sql("(amount > 300 = TRUE) AND region <> TAGS AND NOT vip IS NULL".into()),
+    )
+    .await;
+    assert_eq!(general, expected(|i| i * 10 > 300 && i % 4 == 0));
+    let bare = pull_filtered(&consumer, FilterSpec::Sql("vip OR TAGS = 'A'".into())).await;
+    assert_eq!(
+        bare,
+        expected(|i| i % 3 == 0),
+        "'yes' is not a boolean: UNKNOWN"
+    );
+
     let all = pull_filtered(&consumer, FilterSpec::Tag("*".into())).await;
     assert_eq!(all.len(), 60);
     let none = pull_filtered(&consumer, FilterSpec::Tag("Z".into())).await;
