@@ -32,6 +32,8 @@ pub struct Config {
     pub messaging: MessagingConfig,
     /// Cluster membership and the controller (off: a standalone broker).
     pub cluster: ClusterConfig,
+    /// The admin HTTP listener (`/metrics`).
+    pub admin: crate::admin_http::AdminConfig,
 }
 
 /// Network, topic and limit settings.

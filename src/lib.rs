@@ -18,12 +18,14 @@
 //! client SDK (`quiver-client`) is used only by the binary (`src/main.rs`, `src/cli/`: the
 //! client commands and `quiver bench`), never by this library.
 
+pub mod admin_http;
 pub mod broker;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod filter;
 pub mod messaging;
+pub mod metrics;
 pub mod net;
 pub mod plugin;
 pub mod server;

@@ -481,6 +481,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         banner += &format!("  data directory: {}\n", cfg.broker.data_dir.display());
         banner += &format!("  certificate:    {}\n", server.cert_path.display());
         banner += &format!("  sha256 fingerprint: {}\n", server.fingerprint);
+        if let Some(a) = server.admin_addr() {
+            banner += &format!("  metrics:        http://{a}/metrics\n");
+        }
         if report.unclean {
             banner += &format!(
                 "  recovered after an unclean shutdown in {} ms (scanned {} records{})\n",

@@ -25,6 +25,7 @@ pub struct Server {
     pub fingerprint: String,
     /// The certificate file (usable as a client CA file).
     pub cert_path: PathBuf,
+    admin_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     controller: Option<Arc<Controller>>,
     shutdown: CancellationToken,
@@ -55,6 +56,19 @@ impl Server {
                 return Err(e);
             }
         };
+        let admin = if cfg.admin.enabled {
+            match crate::admin_http::bind(&cfg.admin).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let b = broker.clone();
+                    let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let admin_addr = admin.as_ref().and_then(crate::admin_http::local_addr);
         let controller = match start_controller(&cfg, &listener, &clock).await {
             Ok(c) => c,
             Err(e) => {
@@ -82,6 +96,14 @@ impl Server {
             tokio::task::spawn_blocking(move || store.set_replica(true))
                 .await
                 .context("setting the store's role")?;
+        }
+        if let Some(l) = admin {
+            tokio::spawn(crate::admin_http::serve(
+                l,
+                broker.clone(),
+                member.clone(),
+                shutdown.clone(),
+            ));
         }
         if let Some(m) = member {
             tokio::spawn(
@@ -137,6 +159,7 @@ impl Server {
         });
         Ok(Server {
             addr,
+            admin_addr,
             fingerprint,
             cert_path,
             broker,
@@ -144,6 +167,11 @@ impl Server {
             shutdown,
             task,
         })
+    }
+
+    /// Where the admin HTTP listener (`/metrics`) listens, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The node's controller, when `cluster.controller` is on.

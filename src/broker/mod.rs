@@ -206,6 +206,8 @@ pub struct Broker {
     housekeeping: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Where groups, the timer and transactions read the time.
     clock: Clock,
+    /// Counters and histograms for `/metrics` (src/metrics.rs).
+    metrics: Arc<crate::metrics::BrokerMetrics>,
 }
 
 impl Broker {
@@ -324,7 +326,13 @@ impl Broker {
             )
             .context("opening the plugin registry")?,
         );
+        let metrics = Arc::new(crate::metrics::BrokerMetrics::new());
+        {
+            let m = metrics.clone();
+            store.set_flush_observer(Arc::new(move |took, appends| m.fsync(took, appends)));
+        }
         Ok(Arc::new(Broker {
+            metrics,
             plugins,
             timer,
             tx,
@@ -387,6 +395,78 @@ impl Broker {
     /// broker).
     pub fn replicas(&self) -> &Replicas {
         &self.replicas
+    }
+
+    /// The broker's metrics (src/metrics.rs).
+    pub fn metrics(&self) -> &Arc<crate::metrics::BrokerMetrics> {
+        &self.metrics
+    }
+
+    /// What `/metrics` gauges show now: consumer lag, dead-letter sizes, plugins, scheduled
+    /// and transactional counts, disk, log size and slaves (docs/OPERATIONS.md).
+    pub async fn gauges(&self) -> crate::metrics::Gauges {
+        use crate::metrics::{PluginGauge, QueueLag, SlaveGauge};
+        let mut lag = Vec::new();
+        let mut dlq = Vec::new();
+        for group in self.offsets.groups() {
+            for (topic, queue, committed) in self.offsets.of_group(&group) {
+                let (_, max) = self.store.queue_bounds(&topic, queue);
+                lag.push(QueueLag {
+                    group: group.clone(),
+                    topic,
+                    queue,
+                    lag: max.saturating_sub(committed),
+                });
+            }
+        }
+        for (name, queues) in self.topics.list() {
+            if let Some(group) = name.strip_prefix(quiver_protocol::names::DLQ_PREFIX) {
+                let n: u64 = (0..queues)
+                    .map(|q| {
+                        let (min, max) = self.store.queue_bounds(&name, q);
+                        max - min
+                    })
+                    .sum();
+                dlq.push((group.to_string(), n));
+            }
+        }
+        let plugins = self
+            .plugins
+            .list()
+            .into_iter()
+            .map(|p| PluginGauge {
+                name: p.name,
+                batches: p.batches,
+                failures: p.failures,
+                messages_in: p.messages_in,
+                messages_out: p.messages_out,
+                healthy: p.healthy,
+            })
+            .collect();
+        let (min, written, _) = self.store.log_offsets();
+        let slaves = self
+            .replica_lags()
+            .await
+            .into_iter()
+            .map(|r| SlaveGauge {
+                node: r.node,
+                lag_bytes: r.master_end.saturating_sub(r.acked),
+                lag_messages: r.lag_messages,
+                in_sync: r.in_sync,
+            })
+            .collect();
+        crate::metrics::Gauges {
+            lag,
+            dlq,
+            plugins,
+            scheduled_pending: self.timer.stats().pending,
+            unresolved_transactions: self.tx.unresolved() as u64,
+            disk_used_ratio: self.store.disk_used_ratio(),
+            disk_full: self.store.disk_full(),
+            log_bytes: written.saturating_sub(min),
+            slaves,
+            controller: None,
+        }
     }
 
     /// This broker's slaves and how far each lags, when it is a master (empty otherwise):

@@ -145,6 +145,8 @@ impl Broker {
             Err(_) => return Err(busy()),
         };
         let (reply, rx) = oneshot::channel();
+        let started = std::time::Instant::now();
+        let name = topic.clone();
         let job = AppendJob::Append {
             topic,
             queue_id,
@@ -166,6 +168,12 @@ impl Broker {
         let appended = rx
             .await
             .map_err(|_| BrokerError::new(Status::ShuttingDown, "broker is shutting down"))??;
+        self.metrics.append(started.elapsed());
+        self.metrics.stored(
+            &name,
+            appended.results.len() as u64,
+            appended.results.iter().map(|r| u64::from(r.size)).sum(),
+        );
         // Sync replication: answered once enough slaves hold it.
         self.replicas.wait_acked(appended.end).await?;
         Ok(appended)

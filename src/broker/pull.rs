@@ -144,6 +144,13 @@ impl Broker {
                     GetStatus::OffsetTooSmall => PullStatus::OffsetTooSmall,
                     GetStatus::OffsetOverflow => PullStatus::OffsetOverflow,
                 };
+                if !records.is_empty() {
+                    self.metrics.delivered(
+                        &topic,
+                        records.len() as u64,
+                        records.iter().map(|r| r.len() as u64).sum(),
+                    );
+                }
                 return Ok(PullReply {
                     status,
                     next_offset,
@@ -158,6 +165,7 @@ impl Broker {
             } else {
                 deadline
             };
+            let _parked = Parked::new(&self.metrics);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(wake) => {}
@@ -180,5 +188,21 @@ impl Broker {
                 format!("invalid {} filter {expr:?}: {e}", kind.name()),
             )),
         }
+    }
+}
+
+/// Counts a parked pull for as long as it lives (also when the client abandons it).
+struct Parked<'a>(&'a crate::metrics::BrokerMetrics);
+
+impl<'a> Parked<'a> {
+    fn new(m: &'a crate::metrics::BrokerMetrics) -> Self {
+        m.parked(1);
+        Self(m)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.parked(-1);
     }
 }

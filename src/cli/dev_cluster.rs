@@ -468,6 +468,10 @@ fn write_config(
          cert = {cert}\n\
          key = {key}\n\
          \n\
+         [admin]\n\
+         # /metrics over HTTP on any free port (its log says which).\n\
+         listen = \"127.0.0.1:0\"\n\
+         \n\
          [cluster]\n\
          cluster_id = {cluster}\n\
          node_id = {id}\n\

@@ -242,6 +242,8 @@ async fn serve_connection(
     });
     let streams = tokio_util::task::TaskTracker::new();
     debug!("connection open");
+    broker.metrics().connections(1);
+    let _counted = ConnectionCount(broker.clone());
     let shutting_down = loop {
         tokio::select! {
             _ = stop.cancelled() => break true,
@@ -268,6 +270,15 @@ async fn serve_connection(
     streams.wait().await;
     if shutting_down {
         conn.close(quinn::VarInt::from_u32(0), SHUTDOWN_REASON);
+    }
+}
+
+/// Counts a connection in `quiver_connections` until it ends.
+struct ConnectionCount(Arc<Broker>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.metrics().connections(-1);
     }
 }
 
@@ -381,12 +392,21 @@ async fn handle_bi(
                         }
                     };
                     match result {
-                        Ok(resp) => resp.encode_chunks(),
-                        Err(e) => vec![encode_error(e.status(), cmd as u16, &e.to_string())],
+                        Ok(resp) => {
+                            broker.metrics().request(Some(cmd), Status::Ok);
+                            resp.encode_chunks()
+                        }
+                        Err(e) => {
+                            broker.metrics().request(Some(cmd), e.status());
+                            vec![encode_error(e.status(), cmd as u16, &e.to_string())]
+                        }
                     }
                 }
                 Err(e) => {
                     debug!(error = %e, code = header.code, "bad request");
+                    broker
+                        .metrics()
+                        .request(Command::from_u16(header.code), e.status());
                     vec![encode_error(
                         e.status(),
                         header.code,
@@ -396,6 +416,7 @@ async fn handle_bi(
             },
             Err((status, code, msg)) => {
                 debug!(status = %status_name(status), %msg, "bad frame");
+                broker.metrics().request(Command::from_u16(code), status);
                 let _ = recv.stop(quinn::VarInt::from_u32(status as u32));
                 vec![encode_error(status, code, &msg)]
             }

@@ -97,9 +97,16 @@ impl Inner {
             let quiet = self.quiesce.lock().expect("quiesce lock");
             let w = self.log.written();
             let t0 = Instant::now();
+            let dirty = w > self.log.flushed();
             let flushed = self.log.flush(self.log.flushed(), w);
+            let took = t0.elapsed();
             self.flush_nanos
-                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            if dirty {
+                if let Some(f) = self.flush_observer.read().expect("observer lock").as_ref() {
+                    f(took, waiters.len());
+                }
+            }
             self.flush_count.fetch_add(1, Ordering::Relaxed);
             self.flush_waiters
                 .fetch_add(waiters.len() as u64, Ordering::Relaxed);

@@ -247,6 +247,9 @@ pub struct RecoveryReport {
 pub type ConsumerProgress = dyn Fn(&str, u32) -> Option<u64> + Send + Sync;
 /// Called after new entries become readable: (topic, queue id, new max offset).
 pub type ArrivalListener = dyn Fn(&str, u32, u64) + Send + Sync;
+/// Called after each commit-log fsync of the flush thread: (its duration, appends it
+/// acknowledged). Runs on the flush thread: keep it short.
+pub type FlushObserver = dyn Fn(Duration, usize) + Send + Sync;
 
 struct Writer {
     cursor: Cursor,
@@ -278,6 +281,7 @@ struct Inner {
     derived_space: SpaceCheck,
     closed: AtomicBool,
     listener: RwLock<Option<Arc<ArrivalListener>>>,
+    flush_observer: RwLock<Option<Arc<FlushObserver>>>,
     progress: RwLock<Option<Arc<ConsumerProgress>>>,
     lost_total: Mutex<HashMap<(String, u32), u64>>,
     /// Flushes done and appends they acknowledged (sync group-commit efficiency).
@@ -776,6 +780,21 @@ impl Store {
     /// Re-reads disk usage now (the housekeeping thread does it every second).
     pub fn check_disk(&self) {
         self.inner.check_disk();
+    }
+
+    /// The used fraction of the filesystem holding the store, when the system tells.
+    pub fn disk_used_ratio(&self) -> Option<f64> {
+        self.inner.disk_usage()
+    }
+
+    /// True while writes are refused because the disk is above its high watermark.
+    pub fn disk_full(&self) -> bool {
+        self.inner.disk_full_bp.load(Ordering::Relaxed) > 0
+    }
+
+    /// Sets the function told about every fsync of the flush thread (metrics).
+    pub fn set_flush_observer(&self, f: Arc<FlushObserver>) {
+        *self.inner.flush_observer.write().expect("observer lock") = Some(f);
     }
 
     /// Flush statistics since open: (flushes, appends acknowledged by them, time in fsync).

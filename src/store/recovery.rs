@@ -161,6 +161,7 @@ impl Store {
             derived_space,
             closed: AtomicBool::new(false),
             listener: RwLock::new(None),
+            flush_observer: RwLock::new(None),
             progress: RwLock::new(None),
             lost_total: Mutex::new(HashMap::new()),
             flush_count: AtomicU64::new(0),

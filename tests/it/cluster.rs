@@ -38,6 +38,7 @@ impl Node {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_quiver"))
             .arg("serve")
+            .env("QUIVER_ADMIN__LISTEN", "127.0.0.1:0")
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,openraft=warn")
@@ -111,6 +112,8 @@ disk_clean_watermark = 1.0
 [tls]
 cert = "{cert}"
 key = "{key}"
+[admin]
+listen = "127.0.0.1:0"
 [cluster]
 cluster_id = "{cluster}"
 node_id = {id}
@@ -454,6 +457,7 @@ fn bad_cluster_configs_are_refused_at_start() {
     for (want, cfg) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
             .arg("serve")
+            .env("QUIVER_ADMIN__LISTEN", "127.0.0.1:0")
             .arg("--config")
             .arg(&cfg)
             .stdin(Stdio::null())
@@ -490,6 +494,7 @@ fn bad_cluster_configs_are_refused_at_start() {
     std::fs::write(&cfg, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
         .arg("serve")
+        .env("QUIVER_ADMIN__LISTEN", "127.0.0.1:0")
         .arg("--config")
         .arg(&cfg)
         .stdin(Stdio::null())

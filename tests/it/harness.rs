@@ -21,6 +21,8 @@ pub struct TestBroker {
 pub fn test_config(dir: &Path) -> Config {
     let mut cfg = Config::default();
     cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    // The admin HTTP listener on any free port (tests run side by side).
+    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
     cfg.broker.data_dir = dir.to_path_buf();
     cfg.broker.shutdown_grace_ms = 2000;
     cfg.store.dir = dir.join("store");

@@ -13,6 +13,7 @@ mod filters;
 mod groups;
 mod harness;
 mod messaging;
+mod metrics;
 mod ordered;
 mod plugins;
 mod raw_frames;

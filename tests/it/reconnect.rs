@@ -72,6 +72,7 @@ async fn spawn(config: &Path, listen: Option<SocketAddr>) -> (Child, SocketAddr,
     }
     let mut child = cmd
         .env("RUST_LOG", "warn")
+        .env("QUIVER_ADMIN__LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -33,6 +33,7 @@ fn serve(envs: &[(&str, &str)]) -> Serve {
         .arg("--data-dir")
         .arg(dir.path())
         .env("QUIVER_BROKER__LISTEN", "127.0.0.1:0")
+        .env("QUIVER_ADMIN__LISTEN", "127.0.0.1:0")
         .env("QUIVER_STORE__SEGMENT_SIZE", "1048576")
         .env("QUIVER_STORE__MAX_MESSAGE_SIZE", "262144")
         .env("QUIVER_STORE__INDEX_SLOTS", "1024")

@@ -74,6 +74,7 @@ async fn start(opts: &MessagingBenchOptions, name: &str) -> anyhow::Result<Embed
         .join(format!("quiver-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = Config::default();
+    cfg.admin.enabled = false;
     cfg.broker.listen = "127.0.0.1:0".parse().expect("literal address");
     cfg.broker.data_dir = dir.clone();
     cfg.store.dir = dir.join("store");

@@ -161,6 +161,7 @@ impl Target {
             .dir
             .join(format!("quiver-bench-broker-{}", std::process::id()));
         let mut cfg = Config::default();
+        cfg.admin.enabled = false;
         cfg.broker.listen = "127.0.0.1:0".parse().expect("literal address");
         cfg.broker.data_dir = dir.clone();
         cfg.store.dir = dir.join("store");
