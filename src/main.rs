@@ -21,14 +21,48 @@ use cli::TlsArgs;
     about = "Quiver: a RocketMQ-class message broker over QUIC"
 )]
 struct Cli {
+    /// Log lines on stderr as text for people (the default) or as one JSON object per line.
+    /// Which lines: RUST_LOG (e.g. `RUST_LOG=debug`, `RUST_LOG=quiver=debug,openraft=warn`);
+    /// by default `info` for `serve`, `bench` and `dev-cluster`, `warn` for the client
+    /// commands. Colours only when stderr is a terminal (and NO_COLOR is unset).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"], env = "QUIVER_LOG_FORMAT")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Writes to stdout; a reader that closed the pipe early (`| head`) is not an error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+/// `--version`: the package version, the git commit it was built from, the protocol version.
+fn version_text() -> &'static str {
+    let v = format!(
+        "{} (commit {}, protocol version {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("QUIVER_GIT_COMMIT"),
+        quiver_protocol::PROTOCOL_VERSION
+    );
+    Box::leak(v.into_boxed_str())
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (embedded defaults; see --print-config).
     Serve(ServeArgs),
+    /// Print a shell completion script: `quiver completions bash > /etc/bash_completion.d/quiver`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `quiver man > quiver.1 && man ./quiver.1`.
+    Man,
     /// Send messages (arguments, or one per stdin line).
     Produce(cli::produce::ProduceArgs),
     /// Print a topic's messages; --follow waits for new ones.
@@ -276,27 +310,52 @@ enum DebugCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().version(version_text()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Client commands log warnings only (their output is the point); RUST_LOG overrides.
     let client = matches!(
         cli.command,
         Command::Produce(_) | Command::Consume(_) | Command::Admin(_) | Command::Filter(_)
     );
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if client { "warn" } else { "info" })
-            }),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if client { "warn" } else { "info" })
+    });
+    // Colour codes only for a person at a terminal: never in a file or a pipe.
+    let ansi = {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         // A log line that cannot be written (stderr is a closed pipe: `quiver serve 2>&1 |
         // head`) is dropped. By default the subscriber reports that with eprintln!, which
         // panics on the same closed pipe, in whatever task logged: the signal handler's
         // panic would leave SIGTERM ignored.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Command::Serve(a) => serve(a),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command().version(version_text());
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "quiver", &mut out);
+            print_all(&out)
+        }
+        Command::Man => {
+            let cmd = Cli::command().version(version_text());
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .context("rendering the manual page")?;
+            print_all(&out)
+        }
         Command::Produce(a) => cli::run(cli::produce::run(a)),
         Command::Consume(a) => cli::run(cli::consume::run(a)),
         Command::Admin(a) => cli::run(cli::admin::run(a)),

@@ -308,3 +308,63 @@ fn claimed_frame_lengths_do_not_reserve_memory() {
         );
     });
 }
+
+/// Logs in a pipe carry no colour codes; `--log-format json` (or `QUIVER_LOG_FORMAT=json`)
+/// writes one JSON object per line; the banner names the metrics address.
+#[test]
+fn logs_in_a_pipe_are_plain_and_json_on_request() {
+    for (format, json) in [("text", false), ("json", true)] {
+        let mut s = serve(&[("QUIVER_LOG_FORMAT", format)]);
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(
+            unsafe { libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        let status = exits_within(&mut s.child, Duration::from_secs(20)).expect("stops");
+        assert!(status.success());
+        let mut err = String::new();
+        std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(!err.contains('\u{1b}'), "colour codes in a pipe:\n{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "no log lines");
+        for l in &lines {
+            let parsed = serde_json::from_str::<serde_json::Value>(l);
+            assert_eq!(parsed.is_ok(), json, "{format}: {l}");
+        }
+        if json {
+            assert!(err.contains("\"level\":\"INFO\""), "{err}");
+        }
+    }
+}
+
+/// `--version` names the commit and the protocol version; completions and the manual page
+/// come from the command definitions.
+#[test]
+fn version_completions_and_manual_page() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v = run(&["--version"]);
+    assert!(v.starts_with("quiver "), "{v}");
+    assert!(
+        v.contains("commit ") && v.contains("protocol version 3"),
+        "{v}"
+    );
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("_quiver()") && bash.contains("dev-cluster"),
+        "{bash}"
+    );
+    assert!(run(&["completions", "zsh"]).contains("#compdef quiver"));
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH quiver 1") && man.contains("serve"),
+        "{man}"
+    );
+}
