@@ -309,7 +309,15 @@ enum DebugCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line, as the client commands print theirs (`error: what: why`).
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().version(version_text()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

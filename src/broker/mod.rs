@@ -220,7 +220,12 @@ impl Broker {
     /// [`Broker::open`] with the clock that times group sessions, scheduled messages and
     /// transaction check-backs (tests pass a manual one). Blocking.
     pub fn open_with_clock(cfg: Config, clock: Clock) -> anyhow::Result<Arc<Broker>> {
-        std::fs::create_dir_all(&cfg.broker.data_dir)?;
+        std::fs::create_dir_all(&cfg.broker.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {} (broker.data_dir, --data-dir)",
+                cfg.broker.data_dir.display()
+            )
+        })?;
         let store = Arc::new(Store::open_with_clock(cfg.store.clone(), clock.clone())?);
         let topics = Arc::new(TopicTable::load(cfg.broker.data_dir.join("topics.json"))?);
         let offsets = Arc::new(OffsetTable::load(cfg.broker.data_dir.join("offsets.json"))?);

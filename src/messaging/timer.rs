@@ -329,7 +329,9 @@ impl Timer {
         queues: Arc<QueueCount>,
         clock: Clock,
     ) -> std::io::Result<Timer> {
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))
+        })?;
         let slot_ms = slot_ms as i64;
         let slots = i64::from(slots);
         let started_at = clock.now_ms();

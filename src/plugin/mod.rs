@@ -423,7 +423,9 @@ impl PluginHost {
         dir: PathBuf,
         record_limits: RecordLimits,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir.join("modules"))?;
+        let modules = dir.join("modules");
+        std::fs::create_dir_all(&modules)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", modules.display()))?;
         let rt = Runtime::new(Duration::from_millis(cfg.epoch_tick_ms))?;
         let host = Self {
             cfg,

@@ -368,3 +368,28 @@ fn version_completions_and_manual_page() {
         "{man}"
     );
 }
+
+/// A data directory that cannot be made is named in a one-line error, like the client
+/// commands' errors.
+#[test]
+fn a_bad_data_directory_is_named_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let bad = file.join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&bad)
+        .env("QUIVER_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(&*bad.to_string_lossy()), "{err}");
+    assert!(lines[0].contains("Not a directory"), "{err}");
+}
