@@ -91,6 +91,10 @@ enum TopicCommand {
         /// New number of queues.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         queues: u32,
+        /// Shrink the topic: producers stop sending to the queues beyond N, and consumers
+        /// that have not read their messages yet no longer get them.
+        #[arg(long)]
+        force: bool,
     },
     /// Delete a topic and its messages.
     Delete {
@@ -246,7 +250,31 @@ async fn run_command(
                 .with_context(|| format!("reading the route of topic {name:?}"))?;
             print_route(out, &name, &route)
         }
-        AdminCommand::Topic(TopicCommand::Update { name, queues }) => {
+        AdminCommand::Topic(TopicCommand::Update {
+            name,
+            queues,
+            force,
+        }) => {
+            if !force {
+                let now = admin
+                    .describe_topic(&name)
+                    .await
+                    .with_context(|| format!("reading topic {name:?}"))?;
+                let unread: u64 = now
+                    .iter()
+                    .filter(|q| q.queue_id >= queues)
+                    .map(|q| q.max_offset - q.min_offset)
+                    .sum();
+                if (now.len() as u32) > queues {
+                    anyhow::bail!(
+                        "topic {name:?} has {} queues: shrinking it to {queues} stops sends to \
+                         queues {queues}..{} and leaves their {unread} stored message(s) behind \
+                         for new consumers; add --force to shrink it",
+                        now.len(),
+                        now.len() - 1
+                    );
+                }
+            }
             admin
                 .update_topic(&name, queues)
                 .await

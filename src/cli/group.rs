@@ -154,6 +154,19 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, cmd: GroupCommand) -> anyh
                 })
                 .collect();
             if out.json {
+                // The members first (rows with a "member" key), then the queues.
+                for m in &d.members {
+                    let owns: Vec<String> =
+                        m.owned.iter().map(|(t, q)| format!("{t}/{q}")).collect();
+                    out.json(&serde_json::json!({
+                        "group": group,
+                        "member": m.member_id,
+                        "client_id": m.client_id,
+                        "remote": m.remote,
+                        "topics": m.topics,
+                        "owns": owns,
+                    }))?;
+                }
                 for r in &rows {
                     out.json(r)?;
                 }

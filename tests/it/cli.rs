@@ -350,6 +350,28 @@ async fn admin_topic_lifecycle() {
         .expect_ok("describe after update")
         .json();
     assert_eq!(described.len(), 5);
+    // Shrinking asks for --force, saying what it leaves behind.
+    let refused = q
+        .run(&["admin", "topic", "update", "adm", "--queues", "2"])
+        .await
+        .expect_fail("shrink without --force");
+    assert!(
+        refused.stderr.contains("has 5 queues") && refused.stderr.contains("--force"),
+        "{refused:?}"
+    );
+    q.run(&[
+        "admin", "topic", "update", "adm", "--queues", "2", "--force",
+    ])
+    .await
+    .expect_ok("shrink with --force");
+    assert_eq!(
+        q.run(&["admin", "topic", "describe", "adm", "--json"])
+            .await
+            .expect_ok("describe after shrink")
+            .json()
+            .len(),
+        2
+    );
 
     q.run(&["admin", "topic", "delete", "adm"])
         .await
@@ -587,7 +609,11 @@ async fn admin_group_describe_reset_and_delete() {
         .await
         .expect_ok("describe")
         .json();
-    let lag: u64 = rows.iter().map(|r| r["lag"].as_u64().unwrap()).sum();
+    let lag: u64 = rows
+        .iter()
+        .filter(|r| r.get("queue").is_some())
+        .map(|r| r["lag"].as_u64().unwrap())
+        .sum();
     assert_eq!(lag, 2, "4 produced, 2 consumed: {rows:?}");
     let human = q
         .run(&["admin", "group", "describe", "billing"])
@@ -638,6 +664,40 @@ async fn admin_group_describe_reset_and_delete() {
         .await
         .expect_fail("describe deleted");
     assert!(gone.stderr.contains("no members"), "{gone:?}");
+
+    // With a live member, --json lists it (a row with a "member" key) before the queues.
+    let member = quiver_client::PushConsumer::start(
+        broker.client().await,
+        vec![quiver_client::Subscription::new("grp", Default::default())],
+        quiver_client::PushConsumerOptions::new("live"),
+        |_batch| async { quiver_client::ConsumeResult::Success },
+    )
+    .await
+    .unwrap();
+    let rows = crate::harness::eventually_some("the member owns queues", async || {
+        let rows = q
+            .run(&["admin", "group", "describe", "live", "--json"])
+            .await
+            .expect_ok("describe live")
+            .json();
+        rows.iter()
+            .any(|r| {
+                r.get("member").is_some() && r["owns"].as_array().is_some_and(|o| o.len() >= 2)
+            })
+            .then_some(rows)
+    })
+    .await;
+    let m = rows.iter().find(|r| r.get("member").is_some()).unwrap();
+    assert_eq!(m["group"], "live");
+    // Its subscription, and the group's retry topic every member reads too.
+    assert_eq!(m["topics"], serde_json::json!(["%RETRY%live", "grp"]));
+    let owns = m["owns"].as_array().unwrap();
+    assert!(
+        owns.contains(&"grp/0".into()) && owns.contains(&"grp/1".into()),
+        "{m}"
+    );
+    assert!(rows.iter().any(|r| r.get("queue").is_some()), "{rows:?}");
+    member.shutdown().await.unwrap();
     broker.stop().await;
 }
 
