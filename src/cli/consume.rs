@@ -254,6 +254,15 @@ async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<(
                 }
             }
         }
+        if printer.printed == 0 {
+            // Said on stderr: stdout (and --json output) stays empty for scripts.
+            let what = if args.tag.is_some() || args.sql.is_some() {
+                " matched the filter"
+            } else {
+                ""
+            };
+            eprintln!("no messages{what} in topic {topic:?} from the chosen offsets");
+        }
         return Ok(());
     }
     // --follow: one long-polling task per queue feeds the printer.

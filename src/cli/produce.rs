@@ -67,9 +67,12 @@ pub(crate) struct ProduceArgs {
     /// busy broker), within --send-timeout.
     #[arg(long, value_name = "N", default_value_t = 5)]
     retries: u32,
-    /// Message bodies; without any, stdin is read line by line.
-    #[arg(value_name = "BODY")]
+    /// Message bodies; without any (and without --file), stdin is read line by line.
+    #[arg(value_name = "BODY", conflicts_with = "file")]
     bodies: Vec<String>,
+    /// Send this file's whole content as one message.
+    #[arg(long, value_name = "PATH")]
+    file: Option<std::path::PathBuf>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -149,7 +152,42 @@ impl Sender<'_> {
             })?
         };
         self.sent += n as u64;
+        // A scheduled message: when it is due, not where the broker keeps it meanwhile.
+        let due = self.args.delay.map(|d| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            super::output::rfc3339_ms((now + d).as_millis() as i64)
+        });
+        let scheduled = due.clone().or_else(|| {
+            self.args
+                .delay_level
+                .map(|l| format!("after delay level {l}"))
+        });
         for r in &results {
+            if let Some(when) = &scheduled {
+                if self.out.json {
+                    self.out.json(&serde_json::json!({
+                        "msg_id": r.msg_id.to_string(),
+                        "topic": self.args.topic,
+                        "scheduled": true,
+                        "due_at": due,
+                        "delay_level": self.args.delay_level,
+                    }))?;
+                } else {
+                    self.out.line(&format!(
+                        "{}  scheduled for topic {}: due {}",
+                        r.msg_id,
+                        self.args.topic,
+                        if due.is_some() {
+                            format!("at {when}")
+                        } else {
+                            when.clone()
+                        }
+                    ))?;
+                }
+                continue;
+            }
             if self.out.json {
                 self.out.json(&SentJson::from(r))?;
             } else {
@@ -196,6 +234,11 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     };
     let batch = args.batch as usize;
     let result = async {
+        if let Some(path) = &args.file {
+            let body =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            return sender.send(vec![body]).await;
+        }
         if !args.bodies.is_empty() {
             for chunk in args.bodies.chunks(batch) {
                 sender

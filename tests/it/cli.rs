@@ -271,6 +271,90 @@ async fn produce_from_args_and_stdin_then_consume() {
     broker.stop().await;
 }
 
+/// `produce --file` sends a file as one message; a scheduled send says when it is due; a
+/// consume that finds nothing says so (on stderr, stdout stays empty for scripts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_due_times_and_empty_results() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+    q.run(&["admin", "topic", "create", "files", "--queues", "1"])
+        .await
+        .expect_ok("create");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("order.json");
+    let content = "{\"id\": 7,\n \"lines\": [1, 2, 3]}\n";
+    std::fs::write(&path, content).unwrap();
+    let sent = q
+        .run(&[
+            "produce",
+            "--topic",
+            "files",
+            "--json",
+            "--file",
+            path.to_str().unwrap(),
+        ])
+        .await
+        .expect_ok("produce --file")
+        .json();
+    assert_eq!(sent.len(), 1, "one message for the whole file");
+    let got = q
+        .run(&["consume", "--topic", "files", "--from", "first", "--json"])
+        .await
+        .expect_ok("consume")
+        .json();
+    assert_eq!(bodies(&got), vec![content.to_string()]);
+    let missing = q
+        .run(&[
+            "produce",
+            "--topic",
+            "files",
+            "--file",
+            "/nonexistent/order.json",
+        ])
+        .await
+        .expect_fail("missing file");
+    assert!(
+        missing.stderr.contains("/nonexistent/order.json"),
+        "{missing:?}"
+    );
+
+    // A delayed send: when it is due, not the scheduler's internal queue and offset.
+    let delayed = q
+        .run(&["produce", "--topic", "files", "--delay", "1h", "later"])
+        .await
+        .expect_ok("produce --delay");
+    assert!(
+        delayed
+            .stdout
+            .contains("scheduled for topic files: due at 20"),
+        "{delayed:?}"
+    );
+    let delayed = q
+        .run(&[
+            "produce", "--topic", "files", "--delay", "1h", "--json", "later",
+        ])
+        .await
+        .expect_ok("produce --delay --json")
+        .json();
+    assert_eq!(delayed[0]["scheduled"], true);
+    assert!(delayed[0]["due_at"].as_str().unwrap().ends_with('Z'));
+
+    // Nothing matches: said so.
+    let none = q
+        .run(&[
+            "consume", "--topic", "files", "--from", "first", "--tag", "nope", "--json",
+        ])
+        .await
+        .expect_ok("consume nothing");
+    assert!(none.stdout.is_empty(), "{none:?}");
+    assert!(
+        none.stderr
+            .contains("no messages matched the filter in topic \"files\""),
+        "{none:?}"
+    );
+    broker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_topic_lifecycle() {
     let broker = TestBroker::start().await;
