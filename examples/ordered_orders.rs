@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Arguments and environment:
-//! * first argument, else `QUIVER_ADDR`: broker address (default `127.0.0.1:10911`).
+//! * first argument, else `QUIVER_BROKER`: broker address, `HOST:PORT` (default
+//!   `127.0.0.1:10911`; `localhost:10911` works too).
 //! * `QUIVER_FINGERPRINT`: SHA-256 of the broker certificate (64 hex digits, `:` allowed) to
 //!   pin; without it, `quiver-data/tls/cert.pem` (the broker's self-signed certificate) is
 //!   trusted as the CA.
@@ -26,14 +27,12 @@
 //! are acknowledged and ignored.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_client::{
-    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId,
-    Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage, Subscription,
-    Tls,
+    Client, ClientConfig, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId, Producer,
+    ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage, Subscription,
 };
 use tokio::sync::mpsc;
 
@@ -41,21 +40,6 @@ const TOPIC: &str = "order-steps";
 const GROUP: &str = "order-steps-orderly";
 const ORDERS: usize = 8;
 const STEPS: [&str; 4] = ["created", "paid", "shipped", "done"];
-
-fn tls() -> Result<Tls, ClientError> {
-    match std::env::var("QUIVER_FINGERPRINT") {
-        Ok(fp) if !fp.trim().is_empty() => Tls::fingerprint_from_hex(&fp),
-        _ => Ok(Tls::CaFile("quiver-data/tls/cert.pem".into())),
-    }
-}
-
-fn addr() -> Result<SocketAddr, Box<dyn std::error::Error>> {
-    let s = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("QUIVER_ADDR").ok())
-        .unwrap_or_else(|| "127.0.0.1:10911".into());
-    Ok(s.parse()?)
-}
 
 /// What the consumer saw of one order.
 #[derive(Default)]
@@ -70,7 +54,8 @@ struct Progress {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(ClientConfig::new(addr()?, tls()?)).await?;
+    let client =
+        Client::connect(ClientConfig::from_env(std::env::args().nth(1).as_deref())?).await?;
     let producer = Producer::new(client.clone(), ProducerOptions::default());
     let run = MessageId::new().to_string();
     let started = Instant::now();

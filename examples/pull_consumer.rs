@@ -8,35 +8,19 @@
 //! ```
 //!
 //! Environment:
-//! * `QUIVER_ADDR`: broker address (default `127.0.0.1:10911`).
+//! * `QUIVER_BROKER`: broker address, `HOST:PORT` (default `127.0.0.1:10911`).
 //! * `QUIVER_FINGERPRINT`: SHA-256 of the broker certificate (64 hex digits, `:` allowed) to
 //!   pin; without it, `quiver-data/tls/cert.pem` (the broker's self-signed certificate) is
 //!   trusted as the CA.
 
-use std::net::SocketAddr;
-
-use quiver_client::{
-    Client, ClientConfig, ClientError, PullConsumer, PullOptions, PullStatus, Tls,
-};
+use quiver_client::{Client, ClientConfig, PullConsumer, PullOptions, PullStatus};
 
 const TOPIC: &str = "demo";
 const GROUP: &str = "demo-group";
 
-fn tls() -> Result<Tls, ClientError> {
-    match std::env::var("QUIVER_FINGERPRINT") {
-        Ok(fp) if !fp.trim().is_empty() => Tls::fingerprint_from_hex(&fp),
-        _ => Ok(Tls::CaFile("quiver-data/tls/cert.pem".into())),
-    }
-}
-
-fn addr() -> Result<SocketAddr, Box<dyn std::error::Error>> {
-    let s = std::env::var("QUIVER_ADDR").unwrap_or_else(|_| "127.0.0.1:10911".into());
-    Ok(s.parse()?)
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(ClientConfig::new(addr()?, tls()?)).await?;
+    let client = Client::connect(ClientConfig::from_env(None)?).await?;
     let consumer = PullConsumer::new(client.clone());
     let mut total = 0usize;
 

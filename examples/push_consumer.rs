@@ -8,29 +8,17 @@
 //! cargo run --example producer           # in another
 //! ```
 //!
-//! Environment: `QUIVER_ADDR` (default `127.0.0.1:10911`) and `QUIVER_FINGERPRINT` (else
+//! Environment: `QUIVER_BROKER` (default `127.0.0.1:10911`) and `QUIVER_FINGERPRINT` (else
 //! `quiver-data/tls/cert.pem` is trusted as the CA).
 
-use std::net::SocketAddr;
-
 use quiver_client::{
-    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, PushConsumer,
-    PushConsumerOptions, ReceivedMessage, Tls,
+    Client, ClientConfig, ConsumeFrom, ConsumeResult, PushConsumer, PushConsumerOptions,
+    ReceivedMessage,
 };
-
-fn tls() -> Result<Tls, ClientError> {
-    match std::env::var("QUIVER_FINGERPRINT") {
-        Ok(fp) if !fp.trim().is_empty() => Tls::fingerprint_from_hex(&fp),
-        _ => Ok(Tls::CaFile("quiver-data/tls/cert.pem".into())),
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::var("QUIVER_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:10911".into())
-        .parse()?;
-    let client = Client::connect(ClientConfig::new(addr, tls()?)).await?;
+    let client = Client::connect(ClientConfig::from_env(None)?).await?;
     let options = PushConsumerOptions {
         consume_from: ConsumeFrom::First,
         ..PushConsumerOptions::new("demo-push")

@@ -23,7 +23,8 @@
 //! delay repeats for later retries).
 //!
 //! Arguments and environment:
-//! * first argument, else `QUIVER_ADDR`: broker address (default `127.0.0.1:10911`).
+//! * first argument, else `QUIVER_BROKER`: broker address, `HOST:PORT` (default
+//!   `127.0.0.1:10911`; `localhost:10911` works too).
 //! * `QUIVER_FINGERPRINT`: SHA-256 of the broker certificate (64 hex digits, `:` allowed) to
 //!   pin; without it, `quiver-data/tls/cert.pem` (the broker's self-signed certificate) is
 //!   trusted as the CA.
@@ -39,14 +40,13 @@
 //! Every message carries a `run` property: messages of earlier runs (in the topic or in the
 //! dead-letter queue) are ignored.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use quiver_client::quiver_protocol::names;
 use quiver_client::{
     Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId,
     Producer, ProducerOptions, PullConsumer, PullOptions, PullStatus, PushConsumer,
-    PushConsumerOptions, ReceivedMessage, Status, Subscription, Tls,
+    PushConsumerOptions, ReceivedMessage, Status, Subscription,
 };
 use tokio::sync::mpsc;
 
@@ -54,21 +54,6 @@ const TOPIC: &str = "notifications";
 const GROUP: &str = "notify-retry-demo";
 const POISON_KEY: &str = "poison";
 const MAX_RECONSUME_TIMES: u32 = 2;
-
-fn tls() -> Result<Tls, ClientError> {
-    match std::env::var("QUIVER_FINGERPRINT") {
-        Ok(fp) if !fp.trim().is_empty() => Tls::fingerprint_from_hex(&fp),
-        _ => Ok(Tls::CaFile("quiver-data/tls/cert.pem".into())),
-    }
-}
-
-fn addr() -> Result<SocketAddr, Box<dyn std::error::Error>> {
-    let s = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("QUIVER_ADDR").ok())
-        .unwrap_or_else(|| "127.0.0.1:10911".into());
-    Ok(s.parse()?)
-}
 
 /// Looks for the message `id` in every queue of the dead-letter topic.
 async fn find_in_dlq(
@@ -103,7 +88,8 @@ async fn find_in_dlq(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(ClientConfig::new(addr()?, tls()?)).await?;
+    let client =
+        Client::connect(ClientConfig::from_env(std::env::args().nth(1).as_deref())?).await?;
     let producer = Producer::new(client.clone(), ProducerOptions::default());
     let run = MessageId::new().to_string();
     let started = Instant::now();

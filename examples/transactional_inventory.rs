@@ -25,7 +25,8 @@
 //! ```
 //!
 //! Arguments and environment:
-//! * first argument, else `QUIVER_ADDR`: broker address (default `127.0.0.1:10911`).
+//! * first argument, else `QUIVER_BROKER`: broker address, `HOST:PORT` (default
+//!   `127.0.0.1:10911`; `localhost:10911` works too).
 //! * `QUIVER_FINGERPRINT`: SHA-256 of the broker certificate (64 hex digits, `:` allowed) to
 //!   pin; without it, `quiver-data/tls/cert.pem` (the broker's self-signed certificate) is
 //!   trusted as the CA.
@@ -36,14 +37,13 @@
 //! flow table and rolled back.
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver_client::{
-    Client, ClientConfig, ClientError, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId,
-    Producer, ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage, Subscription,
-    Tls, TransactionState,
+    Client, ClientConfig, ConsumeFrom, ConsumeResult, FilterSpec, Message, MessageId, Producer,
+    ProducerOptions, PushConsumer, PushConsumerOptions, ReceivedMessage, Subscription,
+    TransactionState,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::mpsc;
@@ -51,21 +51,6 @@ use tokio::sync::mpsc;
 const TOPIC: &str = "order-paid";
 const PRODUCER_GROUP: &str = "inventory-tx";
 const CONSUMER_GROUP: &str = "order-paid-shipping";
-
-fn tls() -> Result<Tls, ClientError> {
-    match std::env::var("QUIVER_FINGERPRINT") {
-        Ok(fp) if !fp.trim().is_empty() => Tls::fingerprint_from_hex(&fp),
-        _ => Ok(Tls::CaFile("quiver-data/tls/cert.pem".into())),
-    }
-}
-
-fn addr() -> Result<SocketAddr, Box<dyn std::error::Error>> {
-    let s = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("QUIVER_ADDR").ok())
-        .unwrap_or_else(|| "127.0.0.1:10911".into());
-    Ok(s.parse()?)
-}
 
 /// How the producer behaves around its local transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +178,8 @@ fn print_tables(db: &Db) -> rusqlite::Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(ClientConfig::new(addr()?, tls()?)).await?;
+    let client =
+        Client::connect(ClientConfig::from_env(std::env::args().nth(1).as_deref())?).await?;
     let db: Db = Arc::new(Mutex::new(open_db()?));
     let run = MessageId::new().to_string();
     let started = Instant::now();

@@ -31,6 +31,12 @@ struct Cli {
     command: Command,
 }
 
+/// A socket address from `IP:PORT` or `HOST:PORT` (host names resolved; the port defaults
+/// to 10911), as `--broker` reads it.
+fn parse_host_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    quiver_client::resolve_broker(s).map_err(|e| e.to_string())
+}
+
 /// Writes to stdout; a reader that closed the pipe early (`| head`) is not an error.
 fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -88,8 +94,8 @@ struct ServeArgs {
     /// TOML configuration file (sections [broker], [tls], [store]).
     #[arg(long, short = 'c', env = "QUIVER_CONFIG")]
     config: Option<PathBuf>,
-    /// UDP address to listen on (overrides broker.listen).
-    #[arg(long)]
+    /// UDP address to listen on, HOST:PORT (overrides broker.listen; `localhost:10911` works).
+    #[arg(long, value_parser = parse_host_addr)]
     listen: Option<std::net::SocketAddr>,
     /// Data directory (overrides broker.data_dir).
     #[arg(long)]
@@ -209,8 +215,9 @@ enum BenchCommand {
 
 #[derive(Args, Clone)]
 struct NetBenchArgs {
-    /// A running broker (default: start an embedded one on 127.0.0.1 with a temporary dir).
-    #[arg(long)]
+    /// A running broker, HOST:PORT (default: start an embedded one on 127.0.0.1 with a
+    /// temporary dir). `--addr` is an older name for it.
+    #[arg(long = "broker", alias = "addr", env = "QUIVER_BROKER", value_name = "ADDR", value_parser = parse_host_addr)]
     addr: Option<std::net::SocketAddr>,
     /// Nodes of a running cluster (comma-separated): `bench produce` sends through the
     /// cluster's routes to every broker set, then measures route lookups on each node.

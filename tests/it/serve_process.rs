@@ -393,3 +393,43 @@ fn a_bad_data_directory_is_named_in_one_line() {
     assert!(lines[0].contains(&*bad.to_string_lossy()), "{err}");
     assert!(lines[0].contains("Not a directory"), "{err}");
 }
+
+/// Host names are addresses too: `serve --listen localhost:0` listens on loopback, and
+/// `bench --broker` (the CLI's one name for the broker address) resolves them.
+#[test]
+fn host_names_for_listen_and_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--listen", "localhost:0", "--data-dir"])
+        .arg(dir.path())
+        .env("QUIVER_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr: SocketAddr = first
+        .strip_prefix("quiver broker listening on ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("banner: {first:?}"))
+        .parse()
+        .unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["bench", "produce", "--broker", "no-such-host.invalid:1"])
+        .env_remove("QUIVER_BROKER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot resolve the broker address"), "{err}");
+}

@@ -83,6 +83,61 @@ impl ClientConfig {
     }
 }
 
+/// The broker port when an address names none (RocketMQ's 10911).
+pub const DEFAULT_PORT: u16 = 10911;
+
+/// Resolves a broker address as the `quiver` CLI does: `IP:PORT`, `HOST:PORT`
+/// (`localhost:10911`), or an IP or host name alone (port [`DEFAULT_PORT`]). Host names are
+/// looked up with the system resolver (blocking).
+pub fn resolve_broker(s: &str) -> Result<SocketAddr, ClientError> {
+    use std::net::ToSocketAddrs;
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = match s.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() => s.to_string(),
+        _ => format!("{s}:{DEFAULT_PORT}"),
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| ClientError::invalid(format!("cannot resolve the broker address {s:?}: {e}")))?
+        .next()
+        .ok_or_else(|| {
+            ClientError::invalid(format!("the broker address {s:?} resolves to nothing"))
+        })
+}
+
+impl ClientConfig {
+    /// The connection the `quiver` CLI would make, from the same environment: the broker at
+    /// `broker` when given (e.g. a command-line argument), else `QUIVER_BROKER` (the first of
+    /// a comma-separated list), else `127.0.0.1:10911`, resolved by [`resolve_broker`]; TLS
+    /// pinned to `QUIVER_FINGERPRINT` when set, else trusting the CA file `QUIVER_CA`, else
+    /// the local broker's own certificate `quiver-data/tls/cert.pem`.
+    pub fn from_env(broker: Option<&str>) -> Result<ClientConfig, ClientError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let broker = broker
+            .map(str::to_string)
+            .or_else(|| env("QUIVER_BROKER"))
+            .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"));
+        let first = broker.split(',').next().unwrap_or_default();
+        let addr = resolve_broker(first)?;
+        let tls = match (env("QUIVER_FINGERPRINT"), env("QUIVER_CA")) {
+            (Some(fp), _) => Tls::fingerprint_from_hex(&fp)?,
+            (None, Some(ca)) => Tls::CaFile(ca.into()),
+            (None, None) => Tls::CaFile("quiver-data/tls/cert.pem".into()),
+        };
+        Ok(ClientConfig::new(addr, tls))
+    }
+}
+
 /// What the broker said in the Hello handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerInfo {
@@ -969,5 +1024,25 @@ mod tests {
         let err = Client::connect(cfg).await.unwrap_err();
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
         assert!(err.is_retryable());
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses_resolve_as_the_cli_resolves_them() {
+        let a = |s: &str| resolve_broker(s).unwrap();
+        assert_eq!(a("127.0.0.1:4000"), "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(a("127.0.0.1"), "127.0.0.1:10911".parse().unwrap());
+        assert_eq!(a("[::1]:4000"), "[::1]:4000".parse().unwrap());
+        assert_eq!(a("::1"), "[::1]:10911".parse().unwrap());
+        assert!(a("localhost:4000").ip().is_loopback());
+        assert_eq!(a("localhost:4000").port(), 4000);
+        assert_eq!(a("localhost").port(), 10911);
+        assert!(resolve_broker("no such host.invalid:1").is_err());
+        let c = ClientConfig::from_env(Some("localhost:4001,other:1")).unwrap();
+        assert_eq!(c.addr.port(), 4001);
     }
 }

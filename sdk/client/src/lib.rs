@@ -37,7 +37,9 @@ mod tls;
 mod transaction;
 
 pub use admin::{Admin, GroupDescription};
-pub use client::{BrokerInfo, Client, ClientConfig, DEFAULT_MAX_FRAME};
+pub use client::{
+    resolve_broker, BrokerInfo, Client, ClientConfig, DEFAULT_MAX_FRAME, DEFAULT_PORT,
+};
 pub use cluster::{Cluster, ClusterPushConsumer, ReadFrom, SetRoute, FAULT_PAUSE};
 pub use consumer::{PullConsumer, PullOptions, PullResult};
 pub use error::ClientError;
