@@ -219,7 +219,18 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, cmd: GroupCommand) -> anyh
                 return out
                     .json(&serde_json::json!({"group": group, "topic": topic, "action": "reset"}));
             }
-            out.line(&format!("reset group {group} on topic {topic} to {to:?}"))?;
+            let to = match to {
+                ResetTarget::First => "the first message".to_string(),
+                ResetTarget::Last => "the end".to_string(),
+                ResetTarget::Timestamp(ms) => {
+                    format!(
+                        "the first message at or after {}",
+                        super::output::rfc3339_ms(ms)
+                    )
+                }
+                ResetTarget::Offset(o) => format!("offset {o}"),
+            };
+            out.line(&format!("reset group {group} on topic {topic} to {to}"))?;
             Ok(())
         }
         GroupCommand::Delete { group, force } => {

@@ -616,6 +616,33 @@ async fn bad_input_fails_with_a_clear_message() {
         "{no_tls:?}"
     );
 
+    // Another certificate than the broker's: said in words, with what to do.
+    let addr = broker.server().addr.to_string();
+    let wrong = tokio::task::spawn_blocking(move || {
+        run_raw(
+            vec![
+                "admin".into(),
+                "topic".into(),
+                "list".into(),
+                "--broker".into(),
+                addr,
+                "--fingerprint".into(),
+                "ab".repeat(32),
+            ],
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .expect_fail("wrong fingerprint");
+    assert!(
+        wrong
+            .stderr
+            .contains("the broker's certificate is not the one this client trusts"),
+        "{wrong:?}"
+    );
+    assert!(!wrong.stderr.contains("Connect {"), "{wrong:?}");
+
     broker.stop().await;
 }
 

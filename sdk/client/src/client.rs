@@ -83,6 +83,30 @@ impl ClientConfig {
     }
 }
 
+/// A handshake failure in words people can act on: a certificate the client does not trust
+/// is named as such, with what to do (rustls says `BadSignature`, `UnknownIssuer`, ...).
+fn explain_tls(reason: &str) -> String {
+    let certificate = [
+        "BadSignature",
+        "UnknownIssuer",
+        "invalid peer certificate",
+        "NotValidForName",
+        "certificate",
+    ]
+    .iter()
+    .any(|k| reason.contains(k));
+    if certificate {
+        format!(
+            "the broker's certificate is not the one this client trusts ({reason}): the broker \
+             runs with another certificate than the --ca file or --fingerprint given (it may have \
+             generated a new one in a new data directory); use the certificate it prints at start \
+             (its data directory's tls/cert.pem, or the sha256 fingerprint)"
+        )
+    } else {
+        reason.to_string()
+    }
+}
+
 /// The broker port when an address names none (RocketMQ's 10911).
 pub const DEFAULT_PORT: u16 = 10911;
 
@@ -764,7 +788,7 @@ impl Client {
                     "the broker refused the connection: {c}"
                 )))
             }
-            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Ok(Err(e)) => return Err(fail(explain_tls(&e.to_string()))),
             Err(_) => {
                 return Err(unreachable(format!(
                     "no QUIC handshake within {:?}",

@@ -663,7 +663,13 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
             opts.size,
             cfg.addr,
             if target.embedded.is_some() {
-                format!(" (embedded, {:?} flush)", opts.flush)
+                format!(
+                    " (embedded, {} flush)",
+                    match opts.flush {
+                        FlushMode::Sync => "sync",
+                        FlushMode::Async => "async",
+                    }
+                )
             } else {
                 String::new()
             }
