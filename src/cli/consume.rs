@@ -201,10 +201,21 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 async fn consume(args: &ConsumeArgs, consumer: PullConsumer) -> anyhow::Result<()> {
     let topic = args.topic.as_str();
     let filter = args.subscription();
-    let mut queues = consumer
-        .queues(topic)
-        .await
-        .with_context(|| format!("describing topic {topic:?}"))?;
+    let mut queues = match consumer.queues(topic).await {
+        // --follow on a topic that does not exist yet: wait for it to be created.
+        Err(e) if args.follow && e.status() == Some(quiver_client::Status::TopicNotFound) => {
+            eprintln!("topic {topic:?} does not exist yet: waiting for it to be created");
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match consumer.queues(topic).await {
+                    Ok(q) => break q,
+                    Err(e) if e.status() == Some(quiver_client::Status::TopicNotFound) => {}
+                    Err(e) => return Err(e).with_context(|| format!("describing topic {topic:?}")),
+                }
+            }
+        }
+        other => other.with_context(|| format!("describing topic {topic:?}"))?,
+    };
     if let Some(q) = args.queue {
         let n = queues.len();
         queues.retain(|i| i.queue_id == q);

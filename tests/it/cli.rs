@@ -684,6 +684,28 @@ async fn follow_waits_for_new_messages() {
         .expect_ok("follow");
     assert_eq!(bodies(&out.json()), ["new 1", "new 2", "new 3"]);
 
+    // --follow on a topic nobody has created yet waits for it.
+    let follow = tokio::task::spawn_blocking({
+        let args = q.args(&[
+            "consume", "--topic", "notyet", "--from", "first", "--follow", "--max", "1", "--json",
+        ]);
+        move || run_raw(args, None)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    q.run(&["produce", "--topic", "notyet", "at last"])
+        .await
+        .expect_ok("produce creates the topic");
+    let out = tokio::time::timeout(Duration::from_secs(20), follow)
+        .await
+        .expect("--follow returns once the topic exists")
+        .unwrap()
+        .expect_ok("follow a new topic");
+    assert_eq!(bodies(&out.json()), ["at last"]);
+    assert!(
+        out.stderr.contains("waiting for it to be created"),
+        "{out:?}"
+    );
+
     broker.stop().await;
 }
 
