@@ -92,7 +92,7 @@ impl BrokerMetrics {
                 n if n.ends_with("_total") => {
                     recorder.describe_counter((*n).into(), *unit, (*help).into())
                 }
-                n if n.ends_with("_seconds") || *n == "quiver_store_group_commit_appends" => {
+                n if HISTOGRAMS.contains(n) => {
                     recorder.describe_histogram((*n).into(), *unit, (*help).into())
                 }
                 n => recorder.describe_gauge((*n).into(), *unit, (*help).into()),
@@ -258,6 +258,7 @@ impl BrokerMetrics {
             set("quiver_plugin_messages_in", l(), p.messages_in as f64);
             set("quiver_plugin_messages_out", l(), p.messages_out as f64);
             set("quiver_plugin_healthy", l(), f64::from(u8::from(p.healthy)));
+            set("quiver_plugin_busy_seconds", l(), p.run_seconds);
         }
         set(
             "quiver_scheduled_pending",
@@ -333,6 +334,8 @@ pub struct PluginGauge {
     pub messages_out: u64,
     /// Not marked unhealthy.
     pub healthy: bool,
+    /// Time spent running batches, seconds.
+    pub run_seconds: f64,
 }
 
 /// A slave as its master sees it.
@@ -384,6 +387,14 @@ pub struct Gauges {
     pub controller: Option<ControllerGauge>,
 }
 
+/// The histograms among [`DESCRIPTIONS`] (the names ending in `_total` are counters, the
+/// rest gauges).
+const HISTOGRAMS: &[&str] = &[
+    "quiver_store_append_seconds",
+    "quiver_store_fsync_seconds",
+    "quiver_store_group_commit_appends",
+];
+
 /// Every metric: name, unit, help (the HELP line; docs/OPERATIONS.md repeats them).
 pub const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
     ("quiver_messages_in_total", Some(Unit::Count), "Messages stored, by topic"),
@@ -403,6 +414,7 @@ pub const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
     ("quiver_plugin_messages_in", Some(Unit::Count), "Messages given to a plugin since it was loaded"),
     ("quiver_plugin_messages_out", Some(Unit::Count), "Messages a plugin kept since it was loaded"),
     ("quiver_plugin_healthy", None, "1 while a plugin is healthy, 0 once marked unhealthy"),
+    ("quiver_plugin_busy_seconds", Some(Unit::Seconds), "Time a plugin spent running batches since it was loaded"),
     ("quiver_scheduled_pending", Some(Unit::Count), "Scheduled messages (and cancels) waiting in the timer wheel"),
     ("quiver_transactions_unresolved", Some(Unit::Count), "Half messages not yet committed or rolled back"),
     ("quiver_disk_used_ratio", None, "Used fraction of the filesystem holding the store"),

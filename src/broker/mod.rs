@@ -435,11 +435,14 @@ impl Broker {
                 dlq.push((group.to_string(), n));
             }
         }
+        let times: std::collections::HashMap<String, Duration> =
+            self.plugins.run_times().into_iter().collect();
         let plugins = self
             .plugins
             .list()
             .into_iter()
             .map(|p| PluginGauge {
+                run_seconds: times.get(&p.name).map_or(0.0, Duration::as_secs_f64),
                 name: p.name,
                 batches: p.batches,
                 failures: p.failures,

@@ -197,6 +197,8 @@ pub struct Plugin {
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     failures: AtomicU64,
+    /// Time spent running batches (instance creation included), ns.
+    run_nanos: AtomicU64,
 }
 
 impl Plugin {
@@ -232,6 +234,8 @@ impl Plugin {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.messages_in
             .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let counted = RunTime(&self.run_nanos, started);
         let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
         let guest = match idle {
             Some(g) => Ok(g),
@@ -256,6 +260,7 @@ impl Plugin {
             )?;
             Ok((g, out))
         });
+        drop(counted);
         match result {
             Ok((g, out)) => {
                 self.consecutive.store(0, Ordering::Relaxed);
@@ -569,6 +574,7 @@ impl PluginHost {
             unhealthy: AtomicBool::new(false),
             last_error: Mutex::new(String::new()),
             batches: AtomicU64::new(0),
+            run_nanos: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -964,6 +970,20 @@ impl PluginHost {
         Ok(missing)
     }
 
+    /// Time each loaded plugin has spent running batches since it was loaded.
+    pub fn run_times(&self) -> Vec<(String, Duration)> {
+        self.read()
+            .plugins
+            .values()
+            .map(|p| {
+                (
+                    p.name.to_string(),
+                    Duration::from_nanos(p.run_nanos.load(Ordering::Relaxed)),
+                )
+            })
+            .collect()
+    }
+
     fn get(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
         self.read()
             .plugins
@@ -1240,4 +1260,14 @@ fn reencode(
     };
     encode_into(&mut buf, view.topic(), &m, &at);
     Ok(Bytes::from(buf))
+}
+
+/// Adds the time since its start to a plugin's run time when dropped (also on a failure).
+struct RunTime<'a>(&'a AtomicU64, std::time::Instant);
+
+impl Drop for RunTime<'_> {
+    fn drop(&mut self) {
+        self.0
+            .fetch_add(self.1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
 }

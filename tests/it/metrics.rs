@@ -137,6 +137,45 @@ async fn metrics_count_real_traffic_in_the_prometheus_format() {
         Some(1.0),
         "{body}"
     );
+    // A plugin's counters and run time.
+    let wat = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/plugins/tag_to_body.wat"),
+    )
+    .unwrap();
+    let admin = Admin::new(client.clone());
+    admin.create_topic("tagged", 1).await.unwrap();
+    admin
+        .load_plugin("tagger", wat, vec![], None, None)
+        .await
+        .unwrap();
+    admin.attach_plugin("tagger", "tagged").await.unwrap();
+    for i in 0..3 {
+        producer
+            .send(Message::new("tagged", format!("b{i}")).with_tag(format!("t{i}")))
+            .await
+            .unwrap();
+    }
+    let (_, _, body) = get(admin_addr, "/metrics").await;
+    assert_eq!(
+        sample(&body, "quiver_plugin_batches{plugin=\"tagger\"}"),
+        Some(3.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "quiver_plugin_messages_in{plugin=\"tagger\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&body, "quiver_plugin_failures{plugin=\"tagger\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&body, "quiver_plugin_healthy{plugin=\"tagger\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&body, "quiver_plugin_busy_seconds{plugin=\"tagger\"}").unwrap() > 0.0);
+
     let (status, _, _) = get(admin_addr, "/nothing-here").await;
     assert!(status.contains("404"), "{status}");
     client.close().await;
