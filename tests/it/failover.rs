@@ -183,7 +183,14 @@ async fn ten_master_kills_under_four_producers_lose_nothing_acknowledged() {
             |s| s.in_sync.len() == 2,
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Sends under way on this master before it dies.
+        let base = acked.lock().unwrap().len();
+        super::harness::within(Duration::from_secs(30), Duration::from_millis(20), async || {
+            let n = acked.lock().unwrap().len();
+            if n >= base + 200 { Ok(()) } else { Err(n) }
+        })
+        .await
+        .unwrap_or_else(|n| panic!("kill {k}: only {} sends acknowledged", n - base));
         let victim = set.master as usize - 1;
         running[victim].kill9();
         let killed = Instant::now();
@@ -506,7 +513,13 @@ async fn async_replication_loses_at_most_the_documented_window() {
         })
         .collect();
     // Long enough that the bound covers only part of what was acknowledged.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let started = Instant::now();
+    super::harness::within(Duration::from_secs(60), Duration::from_millis(50), async || {
+        let n = acked.lock().unwrap().len();
+        if n >= 3000 && started.elapsed() >= Duration::from_secs(3) { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap_or_else(|n| panic!("only {n} sends acknowledged"));
     n1.kill9();
     let killed = Instant::now();
     wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
@@ -515,7 +528,14 @@ async fn async_replication_loses_at_most_the_documented_window() {
             .is_some_and(|s| s.master == 2 && s.epoch == 2)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Sends go on through the new master before the producers stop.
+    let base = acked.lock().unwrap().len();
+    super::harness::within(Duration::from_secs(30), Duration::from_millis(20), async || {
+        let n = acked.lock().unwrap().len();
+        if n >= base + 100 { Ok(()) } else { Err(n) }
+    })
+    .await
+    .unwrap_or_else(|n| panic!("no sends acknowledged by the new master ({} more)", n - base));
     stop.store(true, Ordering::Relaxed);
     for p in producers {
         p.await.unwrap();
