@@ -185,10 +185,18 @@ async fn ten_master_kills_under_four_producers_lose_nothing_acknowledged() {
         .await;
         // Sends under way on this master before it dies.
         let base = acked.lock().unwrap().len();
-        super::harness::within(Duration::from_secs(30), Duration::from_millis(20), async || {
-            let n = acked.lock().unwrap().len();
-            if n >= base + 200 { Ok(()) } else { Err(n) }
-        })
+        super::harness::within(
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            async || {
+                let n = acked.lock().unwrap().len();
+                if n >= base + 200 {
+                    Ok(())
+                } else {
+                    Err(n)
+                }
+            },
+        )
         .await
         .unwrap_or_else(|n| panic!("kill {k}: only {} sends acknowledged", n - base));
         let victim = set.master as usize - 1;
@@ -514,10 +522,18 @@ async fn async_replication_loses_at_most_the_documented_window() {
         .collect();
     // Long enough that the bound covers only part of what was acknowledged.
     let started = Instant::now();
-    super::harness::within(Duration::from_secs(60), Duration::from_millis(50), async || {
-        let n = acked.lock().unwrap().len();
-        if n >= 3000 && started.elapsed() >= Duration::from_secs(3) { Ok(()) } else { Err(n) }
-    })
+    super::harness::within(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        async || {
+            let n = acked.lock().unwrap().len();
+            if n >= 3000 && started.elapsed() >= Duration::from_secs(3) {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
     .await
     .unwrap_or_else(|n| panic!("only {n} sends acknowledged"));
     n1.kill9();
@@ -530,12 +546,25 @@ async fn async_replication_loses_at_most_the_documented_window() {
     .await;
     // Sends go on through the new master before the producers stop.
     let base = acked.lock().unwrap().len();
-    super::harness::within(Duration::from_secs(30), Duration::from_millis(20), async || {
-        let n = acked.lock().unwrap().len();
-        if n >= base + 100 { Ok(()) } else { Err(n) }
-    })
+    super::harness::within(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        async || {
+            let n = acked.lock().unwrap().len();
+            if n >= base + 100 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
     .await
-    .unwrap_or_else(|n| panic!("no sends acknowledged by the new master ({} more)", n - base));
+    .unwrap_or_else(|n| {
+        panic!(
+            "no sends acknowledged by the new master ({} more)",
+            n - base
+        )
+    });
     stop.store(true, Ordering::Relaxed);
     for p in producers {
         p.await.unwrap();
