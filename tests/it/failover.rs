@@ -536,8 +536,9 @@ async fn async_replication_loses_at_most_the_documented_window() {
     )
     .await
     .unwrap_or_else(|n| panic!("only {n} sends acknowledged"));
-    n1.kill9();
+    // Before the kill: an answer the dying master sent may arrive after it.
     let killed = Instant::now();
+    n1.kill9();
     wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
         i.sets
             .first()
@@ -576,23 +577,24 @@ async fn async_replication_loses_at_most_the_documented_window() {
         .map(|m| m.2)
         .collect();
     let lost: Vec<&(u128, Instant)> = acked.iter().filter(|(id, _)| !held.contains(id)).collect();
+    // The window: acknowledged from `replica_lag_ms` + 1 s before the kill on (answers of the
+    // old master still in flight when it died arrive after the kill; answers of the new
+    // master are never lost, so counting them too only widens the bound).
     let window = Duration::from_millis(LAG_MS + 1000);
-    let in_window = acked
-        .iter()
-        .filter(|(_, at)| *at <= killed && killed.duration_since(*at) <= window)
-        .count();
+    let in_window = |at: &Instant| killed.saturating_duration_since(*at) <= window;
+    let bound = acked.iter().filter(|(_, at)| in_window(at)).count();
     eprintln!(
         "async replication, kill -9 of the master: {} of {} acknowledged messages lost; the \
-         documented bound (acknowledged in the last {window:?}) was {in_window}",
+         documented bound (acknowledged in the last {window:?} before the kill or after it) \
+         was {bound}",
         lost.len(),
         acked.len()
     );
     assert!(
-        lost.iter()
-            .all(|(_, at)| *at <= killed && killed.duration_since(*at) <= window),
+        lost.iter().all(|(_, at)| in_window(at)),
         "a message acknowledged before the window was lost"
     );
-    assert!(lost.len() <= in_window);
+    assert!(lost.len() <= bound);
     // The old master returns as a slave: it cuts what the new master never had and holds
     // exactly what the new master holds.
     n1.spawn();
