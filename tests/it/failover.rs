@@ -479,23 +479,8 @@ async fn async_replication_loses_at_most_the_documented_window() {
     let nodes = Nodes::new("replication = \"async\"\nreplica_lag_ms = 1000\n");
     let (cert, addrs) = (nodes.cert.clone(), nodes.addrs.clone());
     let logs = nodes.dir.path().to_path_buf();
-    let mut n1 = nodes.start(1, Some("a"));
-    let _n3 = nodes.start(3, None);
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
-        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
-    })
-    .await;
-    let _n2 = nodes.start(2, Some("a"));
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), &logs, |i| {
-        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
-    })
-    .await;
-    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
-    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
-    cluster
-        .create_topic("orders", 4, &[], Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (mut n1, _n2, _n3) = nodes.master_slave_controller().await;
+    let cluster = nodes.cluster_with("orders", 4).await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(u128, Instant)>>> = Arc::default();
     let producers: Vec<_> = (0..4)

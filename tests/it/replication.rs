@@ -77,6 +77,45 @@ impl Nodes {
     }
 }
 
+impl Nodes {
+    /// The usual layout: node 1 the master of set `a`, node 3 a controller only, node 2 the
+    /// slave, started in that order and waited for until node 2 is in sync. Returns the nodes
+    /// (1, 2, 3).
+    pub(crate) async fn master_slave_controller(&self) -> (Node, Node, Node) {
+        let n1 = self.start(1, Some("a"));
+        let n3 = self.start(3, None);
+        wait_for(
+            &self.addrs[2],
+            &self.cert,
+            Duration::from_secs(20),
+            self.dir.path(),
+            |i| i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive),
+        )
+        .await;
+        let n2 = self.start(2, Some("a"));
+        wait_for(
+            &self.addrs[2],
+            &self.cert,
+            Duration::from_secs(20),
+            self.dir.path(),
+            |i| i.sets.first().is_some_and(|s| s.in_sync == vec![2]),
+        )
+        .await;
+        (n1, n2, n3)
+    }
+
+    /// A cluster client through node 3, with `topic` created (`queues` queues).
+    pub(crate) async fn cluster_with(&self, topic: &str, queues: u32) -> Cluster {
+        let template = ClientConfig::new(self.addrs[2], Tls::CaFile(self.cert.clone()));
+        let cluster = Cluster::connect(&[self.addrs[2]], template).await.unwrap();
+        cluster
+            .create_topic(topic, queues, &[], Duration::from_secs(5))
+            .await
+            .unwrap();
+        cluster
+    }
+}
+
 /// Every message of `topic` on the broker at `addr`: (queue, offset, id, body) per queue.
 pub(crate) async fn read_all(
     addr: SocketAddr,
@@ -489,23 +528,8 @@ async fn an_operator_sees_slave_lag_and_switches_the_master_over() {
     let _heavy = super::harness::heavy();
     let nodes = Nodes::new(SYNC);
     let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
-    let _n1 = nodes.start(1, Some("a"));
-    let _n3 = nodes.start(3, None);
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
-        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
-    })
-    .await;
-    let _n2 = nodes.start(2, Some("a"));
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
-        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
-    })
-    .await;
-    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
-    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
-    cluster
-        .create_topic("orders", 2, &[], Duration::from_secs(5))
-        .await
-        .unwrap();
+    let _nodes = nodes.master_slave_controller().await;
+    let cluster = nodes.cluster_with("orders", 2).await;
     let producer = Producer::with_cluster(
         cluster.clone(),
         ProducerOptions {
@@ -581,23 +605,8 @@ async fn a_consumer_reads_from_a_slave_and_its_commits_reach_the_master() {
     let _heavy = super::harness::heavy();
     let nodes = Nodes::new("");
     let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
-    let _n1 = nodes.start(1, Some("a"));
-    let _n3 = nodes.start(3, None);
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
-        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
-    })
-    .await;
-    let _n2 = nodes.start(2, Some("a"));
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
-        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
-    })
-    .await;
-    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
-    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
-    cluster
-        .create_topic("orders", 2, &[], Duration::from_secs(5))
-        .await
-        .unwrap();
+    let _nodes = nodes.master_slave_controller().await;
+    let cluster = nodes.cluster_with("orders", 2).await;
     let producer = Producer::with_cluster(cluster.clone(), ProducerOptions::default());
     send(&producer, 50, "m").await;
     let total = in_step(addrs[0], addrs[1], &cert, dir.path()).await;
@@ -702,23 +711,8 @@ async fn plugins_and_their_attachments_survive_failover() {
     let _heavy = super::harness::heavy();
     let nodes = Nodes::new("");
     let (dir, cert, addrs) = (&nodes.dir, nodes.cert.clone(), nodes.addrs.clone());
-    let mut n1 = nodes.start(1, Some("a"));
-    let _n3 = nodes.start(3, None);
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
-        i.leader != 0 && i.brokers.iter().any(|b| b.id == 1 && b.alive)
-    })
-    .await;
-    let _n2 = nodes.start(2, Some("a"));
-    wait_for(&addrs[2], &cert, Duration::from_secs(20), dir.path(), |i| {
-        i.sets.first().is_some_and(|s| s.in_sync == vec![2])
-    })
-    .await;
-    let template = ClientConfig::new(addrs[2], Tls::CaFile(cert.clone()));
-    let cluster = Cluster::connect(&[addrs[2]], template).await.unwrap();
-    cluster
-        .create_topic("orders", 1, &[], Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (mut n1, _n2, _n3) = nodes.master_slave_controller().await;
+    let cluster = nodes.cluster_with("orders", 1).await;
     let connect = |a: SocketAddr| {
         let cert = cert.clone();
         async move {
