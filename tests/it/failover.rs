@@ -17,7 +17,7 @@ use quiver_client::{
 };
 
 use super::cluster::{info, tail_logs, wait_for, Node};
-use super::replication::{read_all, Nodes, SYNC};
+use super::replication::{in_step, read_all, Nodes, SYNC};
 
 const KILLS: usize = 10;
 
@@ -443,27 +443,7 @@ async fn a_partitioned_slave_leaves_the_in_sync_set_and_rejoins() {
     .await;
     sent.unwrap_or_else(|e| panic!("no send acknowledged after healing: {e}"));
     // The slave holds what the master holds (what was stored while it was cut off too).
-    let want = read_all(addrs[0], &cert, "orders").await;
-    let same = super::harness::within(
-        Duration::from_secs(20),
-        Duration::from_millis(200),
-        async || {
-            let have = read_all(addrs[1], &cert, "orders").await;
-            if have == want {
-                Ok(())
-            } else {
-                Err(have.len())
-            }
-        },
-    )
-    .await;
-    if let Err(n) = same {
-        panic!(
-            "the slave has {n} of {} messages\n{}",
-            want.len(),
-            tail_logs(&logs)
-        );
-    }
+    in_step(addrs[0], addrs[1], &cert, &logs).await;
     direct.close().await;
     cluster.close().await;
 }
@@ -583,26 +563,6 @@ async fn async_replication_loses_at_most_the_documented_window() {
     // The old master returns as a slave: it cuts what the new master never had and holds
     // exactly what the new master holds.
     n1.spawn();
-    let want = read_all(addrs[1], &cert, "orders").await;
-    let same = super::harness::within(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        async || {
-            let have = read_all(addrs[0], &cert, "orders").await;
-            if have == want {
-                Ok(())
-            } else {
-                Err(have.len())
-            }
-        },
-    )
-    .await;
-    if let Err(n) = same {
-        panic!(
-            "the old master holds {n} messages, the new one {}\n{}",
-            want.len(),
-            tail_logs(&logs)
-        );
-    }
+    in_step(addrs[1], addrs[0], &cert, &logs).await;
     cluster.close().await;
 }

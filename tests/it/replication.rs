@@ -177,7 +177,7 @@ async fn send(producer: &Producer, n: usize, tag: &str) {
 }
 
 /// Waits until the slave holds exactly what the master holds.
-async fn in_step(
+pub(crate) async fn in_step(
     master: SocketAddr,
     slave: SocketAddr,
     cert: &std::path::Path,
