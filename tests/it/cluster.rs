@@ -252,11 +252,11 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
         (3, "c".into(), true),
         (4, "d".into(), true),
     ];
-    wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
+    wait_for(&addrs[0], &cert, Duration::from_secs(20), dir.path(), |i| {
         alive(i) == want
     })
     .await;
-    wait_for(&all[3].1, &cert, Duration::from_secs(10), dir.path(), |i| {
+    wait_for(&all[3].1, &cert, Duration::from_secs(20), dir.path(), |i| {
         i.cluster_id == "c1" && i.node_id == 4 && alive(i) == want
     })
     .await;
@@ -302,7 +302,7 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
         .iter()
         .map(|(id, set, _)| (*id, set.clone(), *id != leader))
         .collect();
-    wait_for(&rest[0], &cert, Duration::from_secs(10), dir.path(), |i| {
+    wait_for(&rest[0], &cert, Duration::from_secs(20), dir.path(), |i| {
         alive(i) == expected
     })
     .await;
@@ -359,7 +359,7 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     .await
     .unwrap_or_else(|e| panic!("add-voter failed: {e}\n{}", tail_logs(dir.path())));
     eprintln!("voters right after the addition: {:?}", voters_of(&added));
-    wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
+    wait_for(&addrs[0], &cert, Duration::from_secs(20), dir.path(), |i| {
         voters_of(i) == vec![1, 2, 3, 5]
     })
     .await;
@@ -377,7 +377,7 @@ async fn three_controllers_elect_fail_over_and_take_a_node_back() {
     .unwrap_or_else(|e| panic!("remove-voter failed: {e}\n{}", tail_logs(dir.path())));
     // The answering node may be a follower that applies the change a moment later.
     eprintln!("voters right after the removal: {:?}", voters_of(&removed));
-    wait_for(&addrs[0], &cert, Duration::from_secs(10), dir.path(), |i| {
+    wait_for(&addrs[0], &cert, Duration::from_secs(20), dir.path(), |i| {
         voters_of(i) == vec![1, 2, 3]
     })
     .await;
