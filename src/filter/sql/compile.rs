@@ -199,61 +199,21 @@ impl<'m> Compiler<'m> {
         }
     }
 
+    /// A comparison operand: a property, a literal, or a condition used as a value.
     fn operand(&self, e: &Expr) -> Result<Operand, FilterError> {
         match strip(e) {
-            Expr::Identifier(id) => Ok(Operand::Attr(Attr::named(&id.value))),
-            Expr::Value(v) => Ok(Operand::Lit(self.literal(e, &v.value)?)),
-            cond @ (Expr::BinaryOp {
-                op:
-                    BinaryOperator::And
-                    | BinaryOperator::Or
-                    | BinaryOperator::Eq
-                    | BinaryOperator::NotEq
-                    | BinaryOperator::Lt
-                    | BinaryOperator::LtEq
-                    | BinaryOperator::Gt
-                    | BinaryOperator::GtEq
-                    | BinaryOperator::Custom(_),
-                ..
-            }
-            | Expr::UnaryOp {
-                op: UnaryOperator::Not,
-                ..
-            }
-            | Expr::IsNull(_)
-            | Expr::IsNotNull(_)
-            | Expr::Between { .. }
-            | Expr::InList { .. }) => Ok(Operand::Cond(self.node(cond)?)),
-            other => self.unsupported(other),
+            cond if is_condition(cond) => Ok(Operand::Cond(self.node(cond)?)),
+            _ => self.simple_operand(e),
         }
     }
 
-    /// An operand that must be a property or a literal (IN list items, string operators).
+    /// An operand that must be a property or a literal (IN list items, string operators,
+    /// BETWEEN bounds).
     fn simple_operand(&self, e: &Expr) -> Result<Operand, FilterError> {
         match strip(e) {
             Expr::Identifier(id) => Ok(Operand::Attr(Attr::named(&id.value))),
             Expr::Value(v) => Ok(Operand::Lit(self.literal(e, &v.value)?)),
-            cond @ (Expr::BinaryOp {
-                op:
-                    BinaryOperator::And
-                    | BinaryOperator::Or
-                    | BinaryOperator::Eq
-                    | BinaryOperator::NotEq
-                    | BinaryOperator::Lt
-                    | BinaryOperator::LtEq
-                    | BinaryOperator::Gt
-                    | BinaryOperator::GtEq
-                    | BinaryOperator::Custom(_),
-                ..
-            }
-            | Expr::UnaryOp {
-                op: UnaryOperator::Not,
-                ..
-            }
-            | Expr::IsNull(_)
-            | Expr::IsNotNull(_)
-            | Expr::Between { .. }
-            | Expr::InList { .. }) => self.err(
+            cond if is_condition(cond) => self.err(
                 cond,
                 "a comparison compares a property name with a literal; this is a condition",
             ),
@@ -492,6 +452,31 @@ impl<'m> Compiler<'m> {
             ),
         }
     }
+}
+
+/// Whether `e` is a condition (its value is TRUE, FALSE or UNKNOWN).
+fn is_condition(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::BinaryOp {
+            op: BinaryOperator::And
+                | BinaryOperator::Or
+                | BinaryOperator::Eq
+                | BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq
+                | BinaryOperator::Custom(_),
+            ..
+        } | Expr::UnaryOp {
+            op: UnaryOperator::Not,
+            ..
+        } | Expr::IsNull(_)
+            | Expr::IsNotNull(_)
+            | Expr::Between { .. }
+            | Expr::InList { .. }
+    )
 }
 
 /// A condition operand decided when compiled becomes its literal; `None` when it is UNKNOWN
