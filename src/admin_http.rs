@@ -1,6 +1,6 @@
 //! The admin HTTP listener, off the QUIC port: `GET /metrics` in the Prometheus text format
-//! (docs/OPERATIONS.md). It listens on 127.0.0.1 unless configured otherwise, and serves
-//! only reads.
+//! (docs/OPERATIONS.md) and the web console with its JSON API under `/api` (src/console,
+//! docs/CONSOLE.md). It listens on 127.0.0.1 unless configured otherwise.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,15 +15,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::cluster::Member;
+use crate::console::ConsoleState;
 
 /// `[admin]`: the admin HTTP listener.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Serve `/metrics` (and, later, the console) over HTTP.
+    /// Serve `/metrics` and the console over HTTP.
     pub enabled: bool,
     /// TCP address of the listener; loopback by default (port 0: any free port, printed).
     pub listen: SocketAddr,
+    /// The admin token the console's API asks for when the listener is not on loopback
+    /// (`Authorization: Bearer <token>`); without one, such a listener serves `/metrics`
+    /// and refuses the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -31,14 +37,9 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 10980)),
+            token: None,
         }
     }
-}
-
-#[derive(Clone)]
-struct AdminState {
-    broker: Arc<Broker>,
-    member: Option<Arc<Member>>,
 }
 
 /// Binds the listener (an error names the address and what to change).
@@ -59,28 +60,47 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: Arc<Broker>,
     member: Option<Arc<Member>>,
+    token: Option<String>,
     stop: CancellationToken,
 ) {
+    let Ok(local) = listener.local_addr() else {
+        tracing::error!("admin HTTP listener has no local address");
+        return;
+    };
+    // Requests are bounded by what a QUIC request may carry (a plugin upload in base64
+    // is a third larger), and are buffered only as their bytes arrive.
+    let body_limit = (broker.config().broker.max_frame_bytes as usize).saturating_mul(4) / 3 + 4096;
+    let state = ConsoleState {
+        broker,
+        member,
+        local,
+        token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        stop: stop.clone(),
+    };
+    let api = crate::console::api_routes()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::console::guard,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(crate::console::json_errors));
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/", get(index))
-        .with_state(AdminState { broker, member });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+        .merge(crate::console::page_routes())
+        .nest("/api", api)
+        .with_state(state);
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
     {
         tracing::error!(error = %e, "admin HTTP listener failed");
     }
 }
 
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "Quiver admin listener: GET /metrics (Prometheus text format; docs/OPERATIONS.md)\n",
-    )
-}
-
-async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+async fn metrics(State(s): State<ConsoleState>) -> impl IntoResponse {
     let mut g = s.broker.gauges().await;
     if let Some(c) = s.member.as_ref().and_then(|m| m.controller()) {
         let info = c.info();

@@ -23,6 +23,7 @@ pub mod broker;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+mod console;
 pub mod filter;
 pub mod messaging;
 pub mod metrics;

@@ -556,7 +556,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         banner += &format!("  certificate:    {}\n", server.cert_path.display());
         banner += &format!("  sha256 fingerprint: {}\n", server.fingerprint);
         if let Some(a) = server.admin_addr() {
-            banner += &format!("  metrics:        http://{a}/metrics\n");
+            banner +=
+                &format!("  console:        http://{a}/\n  metrics:        http://{a}/metrics\n");
         }
         if report.unclean {
             banner += &format!(

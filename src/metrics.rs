@@ -7,7 +7,7 @@
 //! state when `/metrics` is scraped ([`Gauges`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -46,6 +46,21 @@ pub struct BrokerMetrics {
     group_commit: Histogram,
     connections: AtomicI64,
     parked_pulls: AtomicI64,
+    /// Messages in, bytes in, messages out, bytes out over every topic (the console's rates).
+    totals: [AtomicU64; 4],
+}
+
+/// Messages and bytes stored and delivered since the broker started, over every topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Messages stored.
+    pub messages_in: u64,
+    /// Bytes of stored messages.
+    pub bytes_in: u64,
+    /// Messages delivered to consumers.
+    pub messages_out: u64,
+    /// Bytes of delivered messages.
+    pub bytes_out: u64,
 }
 
 impl std::fmt::Debug for BrokerMetrics {
@@ -114,6 +129,7 @@ impl BrokerMetrics {
             group_commit,
             connections: AtomicI64::new(0),
             parked_pulls: AtomicI64::new(0),
+            totals: Default::default(),
         }
     }
 
@@ -146,6 +162,8 @@ impl BrokerMetrics {
         let c = self.topic(topic);
         c.msgs_in.increment(messages);
         c.bytes_in.increment(bytes);
+        self.totals[0].fetch_add(messages, Ordering::Relaxed);
+        self.totals[1].fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Messages sent to consumers from `topic`.
@@ -153,6 +171,29 @@ impl BrokerMetrics {
         let c = self.topic(topic);
         c.msgs_out.increment(messages);
         c.bytes_out.increment(bytes);
+        self.totals[2].fetch_add(messages, Ordering::Relaxed);
+        self.totals[3].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Messages and bytes in and out since the start, over every topic.
+    pub fn totals(&self) -> Totals {
+        let t = |i: usize| self.totals[i].load(Ordering::Relaxed);
+        Totals {
+            messages_in: t(0),
+            bytes_in: t(1),
+            messages_out: t(2),
+            bytes_out: t(3),
+        }
+    }
+
+    /// Open client connections now.
+    pub fn open_connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Pulls parked waiting for messages now.
+    pub fn parked_pulls(&self) -> i64 {
+        self.parked_pulls.load(Ordering::Relaxed)
     }
 
     /// One request answered: its command (`None`: a frame that did not decode) and status.

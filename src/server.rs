@@ -102,6 +102,7 @@ impl Server {
                 l,
                 broker.clone(),
                 member.clone(),
+                cfg.admin.token.clone(),
                 shutdown.clone(),
             ));
         }

@@ -208,6 +208,8 @@ pub struct Broker {
     clock: Clock,
     /// Counters and histograms for `/metrics` (src/metrics.rs).
     metrics: Arc<crate::metrics::BrokerMetrics>,
+    /// When the broker opened, ms since the Unix epoch (its clock).
+    started_ms: i64,
 }
 
 impl Broker {
@@ -338,6 +340,7 @@ impl Broker {
         }
         Ok(Arc::new(Broker {
             metrics,
+            started_ms: clock.now_ms(),
             plugins,
             timer,
             tx,
@@ -400,6 +403,16 @@ impl Broker {
     /// broker).
     pub fn replicas(&self) -> &Replicas {
         &self.replicas
+    }
+
+    /// When the broker opened, ms since the Unix epoch (its clock).
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms
+    }
+
+    /// The broker's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The broker's metrics (src/metrics.rs).

@@ -828,13 +828,28 @@ async fn dispatch(
         Request::ReplicaFetch(f) => return replica_fetch(f, broker, session).await,
         Request::ReplicaState(f) => return replica_state(f, broker, session).await,
         Request::ClusterElect(c) => return elect_master(c, session).await,
-        other => match &session.cluster {
-            Some(node) => match routing::intercept(other, node, broker, session.remote).await {
-                routing::Routed::Answered(r) => return r,
-                routing::Routed::Local(req) => req,
-            },
-            None => other,
+        other => other,
+    };
+    answer(req, broker, session.cluster.as_ref(), session.remote, stop).await
+}
+
+/// Answers a client request that needs no connection identity the way this node answers it
+/// over QUIC: on a cluster node, topic commands go through the controller and plugin changes
+/// are refused on a slave; everything else goes to the local broker. The web console's JSON
+/// API (src/console) calls this too, so both give the same answers.
+pub async fn answer(
+    req: Request,
+    broker: &Broker,
+    cluster: Option<&Arc<Member>>,
+    remote: SocketAddr,
+    stop: &CancellationToken,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    let req = match cluster {
+        Some(node) => match routing::intercept(req, node, broker, remote).await {
+            routing::Routed::Answered(r) => return r,
+            routing::Routed::Local(req) => req,
         },
+        None => req,
     };
     if stop.is_cancelled() && matches!(req, Request::Send(_)) {
         return Err(BrokerError::new(
@@ -842,5 +857,5 @@ async fn dispatch(
             "broker is shutting down",
         ));
     }
-    broker.handle_with_stop(req, session.remote, stop).await
+    broker.handle_with_stop(req, remote, stop).await
 }

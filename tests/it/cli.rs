@@ -11,23 +11,23 @@ use crate::harness::TestBroker;
 
 /// What one run of the binary produced.
 #[derive(Debug)]
-struct Run {
-    ok: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Run {
     /// stdout as one JSON value per line.
-    fn json(&self) -> Vec<Value> {
+    pub fn json(&self) -> Vec<Value> {
         self.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
             .collect()
     }
 
-    fn expect_ok(self, what: &str) -> Run {
+    pub fn expect_ok(self, what: &str) -> Run {
         assert!(self.ok, "{what} failed: {self:#?}");
         self
     }
@@ -71,13 +71,13 @@ fn run_raw(args: Vec<String>, stdin: Option<Vec<u8>>) -> Run {
 }
 
 /// Runs the binary against `broker`.
-struct Quiver {
+pub struct Quiver {
     addr: String,
     fingerprint: String,
 }
 
 impl Quiver {
-    fn new(broker: &TestBroker) -> Self {
+    pub fn new(broker: &TestBroker) -> Self {
         Quiver {
             addr: broker.server().addr.to_string(),
             fingerprint: broker.server().fingerprint.clone(),
@@ -95,7 +95,7 @@ impl Quiver {
         v
     }
 
-    async fn run(&self, args: &[&str]) -> Run {
+    pub async fn run(&self, args: &[&str]) -> Run {
         let args = self.args(args);
         tokio::task::spawn_blocking(move || run_raw(args, None))
             .await

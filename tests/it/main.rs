@@ -3,9 +3,11 @@
 #![allow(unreachable_pub)]
 
 mod broker;
+mod browser;
 mod cli;
 mod cluster;
 mod cluster_routes;
+mod console;
 mod damage;
 mod dev_cluster;
 mod failover;
