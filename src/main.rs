@@ -228,6 +228,9 @@ struct NetBenchArgs {
         conflicts_with = "addr"
     )]
     cluster: Vec<std::net::SocketAddr>,
+    /// Figures as one JSON object per line on stdout (the lines for people go to stderr).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     tls: TlsArgs,
     /// Embedded broker's flush mode: async or sync.
@@ -488,6 +491,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn net_bench(kind: cli::bench::net::NetBench, a: NetBenchArgs) -> anyhow::Result<()> {
+    cli::bench::set_json(a.json);
     let tls = if a.addr.is_some() || !a.cluster.is_empty() {
         a.tls.resolve(std::path::Path::new("quiver-data"))?
     } else {

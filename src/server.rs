@@ -86,6 +86,7 @@ impl Server {
             listener.set_cluster(m.clone());
         }
         let addr = listener.local_addr()?;
+        broker.set_listen_addr(addr);
         let fingerprint = listener.fingerprint.clone();
         let cert_path = listener.cert_path.clone();
         let shutdown = CancellationToken::new();

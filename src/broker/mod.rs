@@ -210,6 +210,8 @@ pub struct Broker {
     metrics: Arc<crate::metrics::BrokerMetrics>,
     /// When the broker opened, ms since the Unix epoch (its clock).
     started_ms: i64,
+    /// The QUIC address it listens on, once bound (port 0 resolved).
+    listen_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl Broker {
@@ -341,6 +343,7 @@ impl Broker {
         Ok(Arc::new(Broker {
             metrics,
             started_ms: clock.now_ms(),
+            listen_addr: std::sync::OnceLock::new(),
             plugins,
             timer,
             tx,
@@ -408,6 +411,19 @@ impl Broker {
     /// When the broker opened, ms since the Unix epoch (its clock).
     pub fn started_ms(&self) -> i64 {
         self.started_ms
+    }
+
+    /// Records the address the QUIC listener bound (called once by the server).
+    pub fn set_listen_addr(&self, addr: SocketAddr) {
+        let _ = self.listen_addr.set(addr);
+    }
+
+    /// The QUIC address it listens on: the bound one, else the configured one.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+            .get()
+            .copied()
+            .unwrap_or(self.cfg.broker.listen)
     }
 
     /// The broker's clock.
@@ -663,6 +679,12 @@ impl Broker {
             Q::PluginUnload(c) => A::PluginUnload(self.unload_plugin(c).await?),
             Q::PluginList(_) => A::PluginList(self.list_plugins()),
             Q::PluginDescribe(c) => A::PluginDescribe(self.describe_plugin(c)?),
+            // Normally answered by `net::answer`, which knows the node's cluster role.
+            Q::BrokerStatus(_) => A::BrokerStatus(quiver_protocol::cmd::BrokerStatusReply {
+                json: Box::pin(crate::console::status(self, None))
+                    .await?
+                    .to_string(),
+            }),
             Q::PluginAttach(c) => A::PluginAttach(self.attach_plugin(c).await?),
             Q::PluginDetach(c) => A::PluginDetach(self.detach_plugin(c).await?),
             // Cluster commands need the connection's peer identity and the controller: `net`

@@ -38,6 +38,20 @@ enum AdminCommand {
     /// The cluster: its controller's leader, term and voters.
     #[command(subcommand)]
     Cluster(super::cluster::ClusterCommand),
+    /// The broker itself: its status.
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+}
+
+#[derive(Subcommand)]
+enum BrokerCommand {
+    /// Version, uptime, role, configuration summary, message rates, connections and disk
+    /// (like `mqadmin brokerStatus`); the rates are measured over --sample.
+    Status {
+        /// How long to watch the totals to measure the rates (0: no rates).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_sample)]
+        sample: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,7 +223,7 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             None
         }
-        AdminCommand::Cluster(_) => None,
+        AdminCommand::Cluster(_) | AdminCommand::Broker(_) => None,
     };
     let client = args.client.connect().await?;
     let admin = Admin::new(client.clone());
@@ -229,6 +243,9 @@ async fn run_command(
         AdminCommand::Group(g) => super::group::run(admin, out, g).await,
         AdminCommand::Plugin(p) => super::plugin::run(admin, out, p).await,
         AdminCommand::Cluster(c) => super::cluster::run(admin, out, c).await,
+        AdminCommand::Broker(BrokerCommand::Status { sample }) => {
+            broker_status(admin, out, sample).await
+        }
         AdminCommand::Topic(TopicCommand::Create { name, queues, sets }) if sets.is_empty() => {
             admin
                 .create_topic(&name, queues)
@@ -526,4 +543,164 @@ fn print_route(
         );
     }
     Ok(())
+}
+
+/// `quiver admin broker status`: the BrokerStatus report, with rates from two samples.
+async fn broker_status(
+    admin: &Admin,
+    out: &mut Out,
+    sample: std::time::Duration,
+) -> anyhow::Result<()> {
+    let first = admin
+        .broker_status()
+        .await
+        .context("asking for the broker's status")?;
+    let mut status = first.clone();
+    let mut rates = None;
+    if !sample.is_zero() {
+        tokio::time::sleep(sample).await;
+        status = admin
+            .broker_status()
+            .await
+            .context("asking for the broker's status")?;
+        let secs = (status["now_ms"].as_i64().unwrap_or(0) - first["now_ms"].as_i64().unwrap_or(0))
+            .max(1) as f64
+            / 1000.0;
+        let rate = |k: &str| {
+            (status["totals"][k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(first["totals"][k].as_u64().unwrap_or(0))) as f64
+                / secs
+        };
+        rates = Some((
+            rate("messages_in"),
+            rate("messages_out"),
+            rate("bytes_in"),
+            rate("bytes_out"),
+        ));
+    }
+    if out.json {
+        let mut v = status.clone();
+        if let Some((mi, mo, bi, bo)) = rates {
+            v["rates"] = serde_json::json!({
+                "messages_in_per_second": mi, "messages_out_per_second": mo,
+                "bytes_in_per_second": bi, "bytes_out_per_second": bo,
+            });
+        }
+        return out.json(&v);
+    }
+    let s = |k: &str| match &status[k] {
+        serde_json::Value::String(x) => x.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let up = status["uptime_seconds"].as_u64().unwrap_or(0);
+    let mut lines = vec![
+        format!(
+            "broker {} ({}), listening on {}",
+            s("broker"),
+            s("role"),
+            s("listen")
+        ),
+        format!(
+            "  version:       {} (commit {}, protocol {})",
+            s("version"),
+            s("commit"),
+            s("protocol")
+        ),
+        format!(
+            "  uptime:        {}h {:02}m {:02}s",
+            up / 3600,
+            up % 3600 / 60,
+            up % 60
+        ),
+        format!("  flush:         {}", s("flush")),
+    ];
+    if status["replication"].is_string() {
+        lines.push(format!("  replication:   {}", s("replication")));
+    }
+    let t = &status["totals"];
+    lines.push(format!(
+        "  messages:      {} in, {} out since start ({} B in, {} B out)",
+        t["messages_in"], t["messages_out"], t["bytes_in"], t["bytes_out"]
+    ));
+    if let Some((mi, mo, bi, bo)) = rates {
+        lines.push(format!(
+            "  rates:         {mi:.1} msg/s in, {mo:.1} msg/s out ({bi:.0} B/s in, {bo:.0} B/s out; over {})",
+            humantime_like(sample)
+        ));
+    }
+    lines.push(format!(
+        "  connections:   {} ({} long polls parked)",
+        s("connections"),
+        s("long_polls_parked")
+    ));
+    lines.push(format!(
+        "  topics:        {}, groups: {}, plugins: {}",
+        s("topics"),
+        s("groups"),
+        s("plugins")
+    ));
+    lines.push(format!(
+        "  pending:       {} scheduled, {} unresolved transactions, {} dead letters",
+        s("scheduled_pending"),
+        s("unresolved_transactions"),
+        s("dlq_messages")
+    ));
+    let disk = match status["disk_used_ratio"].as_f64() {
+        Some(r) => format!("{:.0}% used", r * 100.0),
+        None => "usage unknown".to_string(),
+    };
+    lines.push(format!(
+        "  disk:          {disk}, commit log {} B{}",
+        s("log_bytes"),
+        if status["disk_full"] == true {
+            ", WRITES REFUSED (disk full)"
+        } else {
+            ""
+        }
+    ));
+    if let Some(c) = status["controller"].as_object() {
+        lines.push(format!(
+            "  controller:    cluster {}, node {}, leader {}, term {}",
+            c["cluster"].as_str().unwrap_or("-"),
+            c["node"],
+            c["leader"],
+            c["term"]
+        ));
+    }
+    for sl in status["slaves"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  slave {}:       lag {} B / {} msgs, {}",
+            sl["node"],
+            sl["lag_bytes"],
+            sl["lag_messages"],
+            if sl["in_sync"] == true {
+                "in sync"
+            } else {
+                "NOT in sync"
+            }
+        ));
+    }
+    for l in lines {
+        out.line(&l)?;
+    }
+    Ok(())
+}
+
+fn humantime_like(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A duration, or `0` for none.
+fn parse_sample(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    quiver::units::parse_duration(s)
 }

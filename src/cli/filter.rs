@@ -37,6 +37,10 @@ pub(crate) struct ExprArgs {
     tag: bool,
     /// The expression, e.g. "region IN ('eu','us') AND amount > 100.5".
     expr: String,
+    /// Print the answer as one JSON object (an invalid expression: `{"valid": false,
+    /// "error": ...}` on stdout, still exit 1).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_prop(s: &str) -> Result<(String, String), String> {
@@ -46,14 +50,35 @@ fn parse_prop(s: &str) -> Result<(String, String), String> {
 }
 
 impl ExprArgs {
-    fn compile(&self) -> anyhow::Result<Filter> {
-        let kind = if self.tag {
+    fn kind(&self) -> FilterKind {
+        if self.tag {
             FilterKind::Tag
         } else {
             FilterKind::Sql
-        };
-        Filter::parse(kind, &self.expr)
-            .map_err(|e| anyhow::anyhow!("invalid {} expression {:?}: {e}", kind.name(), self.expr))
+        }
+    }
+
+    fn compile(&self) -> anyhow::Result<Filter> {
+        let kind = self.kind();
+        match Filter::parse(kind, &self.expr) {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                if self.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "kind": kind.name(), "expression": self.expr,
+                            "valid": false, "error": e.to_string(),
+                        })
+                    );
+                }
+                Err(anyhow::anyhow!(
+                    "invalid {} expression {:?}: {e}",
+                    kind.name(),
+                    self.expr
+                ))
+            }
+        }
     }
 }
 
@@ -61,7 +86,18 @@ impl ExprArgs {
 pub(crate) fn run(cmd: FilterCommand) -> anyhow::Result<()> {
     match cmd {
         FilterCommand::Check(e) => {
-            println!("{}", e.compile()?.canonical());
+            let canonical = e.compile()?.canonical();
+            if e.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "kind": e.kind().name(), "expression": e.expr,
+                        "valid": true, "canonical": canonical,
+                    })
+                );
+            } else {
+                println!("{canonical}");
+            }
             Ok(())
         }
         FilterCommand::Eval {
@@ -83,7 +119,18 @@ pub(crate) fn run(cmd: FilterCommand) -> anyhow::Result<()> {
                 Filter::Sql(sql) => sql.evaluate(&msg),
                 other => Truth::from(other.matches(&msg)),
             };
-            println!("{}", truth.to_string().to_lowercase());
+            let answer = truth.to_string().to_lowercase();
+            if expr.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "kind": expr.kind().name(), "expression": expr.expr,
+                        "result": answer, "delivered": answer == "true",
+                    })
+                );
+            } else {
+                println!("{answer}");
+            }
             Ok(())
         }
     }

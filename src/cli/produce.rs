@@ -123,6 +123,8 @@ struct Sender<'a> {
     out: Out,
     header_done: bool,
     sent: u64,
+    /// Count and rate on a terminal's stderr while stdin is sent and stdout is redirected.
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl Sender<'_> {
@@ -152,6 +154,11 @@ impl Sender<'_> {
             })?
         };
         self.sent += n as u64;
+        if let Some(pb) = &self.progress {
+            pb.inc(n as u64);
+            let rate = pb.position() as f64 / pb.elapsed().as_secs_f64().max(1e-3);
+            pb.set_message(format!("{rate:.0} msg/s"));
+        }
         // A scheduled message: when it is due, not where the broker keeps it meanwhile.
         let due = self.args.delay.map(|d| {
             let now = std::time::SystemTime::now()
@@ -231,6 +238,7 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         out: Out::new(args.client.json),
         header_done: false,
         sent: 0,
+        progress: None,
     };
     let batch = args.batch as usize;
     let result = async {
@@ -249,6 +257,7 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         }
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
         let mut pending = Vec::with_capacity(batch);
+        sender.progress = stdin_progress();
         loop {
             let mut line = Vec::new();
             let n = stdin
@@ -275,6 +284,28 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         sender.send(pending).await
     }
     .await;
+    if let Some(pb) = &sender.progress {
+        pb.finish_and_clear();
+    }
     cluster.close().await;
     result
+}
+
+/// A live count and rate for a long stdin, on stderr, only when stderr is a terminal and
+/// stdout is not (receipts going to a file would otherwise leave the terminal silent).
+fn stdin_progress() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::stderr_with_hz(4),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} sent {human_pos} messages ({msg}, {elapsed})",
+    ) {
+        pb.set_style(style);
+    }
+    Some(pb)
 }

@@ -138,56 +138,7 @@ fn messages_json(records: &[Bytes]) -> Result<Value, ApiError> {
 }
 
 async fn overview(State(s): State<ConsoleState>) -> ApiResult {
-    let b = &s.broker;
-    let g = b.gauges().await;
-    let m = b.metrics();
-    let now = b.clock().now_ms();
-    let role = match (&s.member, b.store().is_replica()) {
-        (None, _) => "standalone",
-        (Some(_), true) => "slave",
-        (Some(_), false) => "master",
-    };
-    let topics = b
-        .handle(Request::TopicList(cmd::TopicList), s.local)
-        .await?;
-    let topics = reply!(topics, TopicList).topics;
-    let groups = reply!(b.handle(cmd::GroupList.into(), s.local).await?, GroupList).groups;
-    let cluster = match &s.member {
-        Some(node) => node.controller().map(|c| {
-            let i = c.info();
-            json!({ "term": i.term, "leader": i.leader, "node": i.node_id })
-        }),
-        None => None,
-    };
-    let cfg = b.config();
-    Ok(Json(json!({
-        "broker": cfg.broker.name,
-        "version": env!("CARGO_PKG_VERSION"),
-        "commit": env!("QUIVER_GIT_COMMIT"),
-        "protocol": quiver_protocol::PROTOCOL_VERSION,
-        "role": role,
-        "flush": format!("{:?}", cfg.store.flush_mode).to_lowercase(),
-        "now_ms": now,
-        "started_ms": b.started_ms(),
-        "uptime_seconds": (now - b.started_ms()).max(0) / 1000,
-        "totals": m.totals(),
-        "connections": m.open_connections(),
-        "long_polls_parked": m.parked_pulls(),
-        "scheduled_pending": g.scheduled_pending,
-        "unresolved_transactions": g.unresolved_transactions,
-        "disk_used_ratio": g.disk_used_ratio,
-        "disk_full": g.disk_full,
-        "log_bytes": g.log_bytes,
-        "topics": topics.iter().filter(|t| !names::is_system_topic(&t.name)).count(),
-        "groups": groups.len(),
-        "plugins": g.plugins.len(),
-        "dlq_messages": g.dlq.iter().map(|(_, n)| n).sum::<u64>(),
-        "slaves": g.slaves.iter().map(|s| json!({
-            "node": s.node, "lag_bytes": s.lag_bytes,
-            "lag_messages": s.lag_messages, "in_sync": s.in_sync,
-        })).collect::<Vec<_>>(),
-        "controller": cluster,
-    })))
+    Ok(Json(super::status(&s.broker, s.member.as_ref()).await?))
 }
 
 async fn topics(State(s): State<ConsoleState>) -> ApiResult {

@@ -44,6 +44,69 @@ impl ConsoleState {
     }
 }
 
+/// The broker's status: the console's overview and the BrokerStatus command's reply
+/// (`quiver admin broker status`); fields in docs/CONSOLE.md and docs/PROTOCOL.md.
+pub(crate) async fn status(
+    b: &Broker,
+    member: Option<&Arc<Member>>,
+) -> Result<serde_json::Value, BrokerError> {
+    use quiver_protocol::{cmd, names, Request, Response};
+    use serde_json::json;
+    let g = b.gauges().await;
+    let m = b.metrics();
+    let now = b.clock().now_ms();
+    let role = match (member, b.store().is_replica()) {
+        (None, _) => "standalone",
+        (Some(_), true) => "slave",
+        (Some(_), false) => "master",
+    };
+    let local = b.listen_addr();
+    let topics = match b.handle(Request::TopicList(cmd::TopicList), local).await? {
+        Response::TopicList(t) => t.topics,
+        _ => Vec::new(),
+    };
+    let groups = match b.handle(Request::GroupList(cmd::GroupList), local).await? {
+        Response::GroupList(g) => g.groups,
+        _ => Vec::new(),
+    };
+    let controller = member.and_then(|node| node.controller()).map(|c| {
+        let i = c.info();
+        json!({ "cluster": i.cluster_id, "node": i.node_id, "term": i.term, "leader": i.leader })
+    });
+    let cfg = b.config();
+    Ok(json!({
+        "broker": cfg.broker.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("QUIVER_GIT_COMMIT"),
+        "protocol": quiver_protocol::PROTOCOL_VERSION,
+        "role": role,
+        "listen": local.to_string(),
+        "flush": format!("{:?}", cfg.store.flush_mode).to_lowercase(),
+        "replication": member.map(|_| format!("{:?}", b.replicas().policy()).to_lowercase()),
+        "max_message_bytes": cfg.store.max_message_size,
+        "now_ms": now,
+        "started_ms": b.started_ms(),
+        "uptime_seconds": (now - b.started_ms()).max(0) / 1000,
+        "totals": m.totals(),
+        "connections": m.open_connections(),
+        "long_polls_parked": m.parked_pulls(),
+        "scheduled_pending": g.scheduled_pending,
+        "unresolved_transactions": g.unresolved_transactions,
+        "disk_used_ratio": g.disk_used_ratio,
+        "disk_full": g.disk_full,
+        "log_bytes": g.log_bytes,
+        "topics": topics.iter().filter(|t| !names::is_system_topic(&t.name)).count(),
+        "groups": groups.len(),
+        "plugins": g.plugins.len(),
+        "dlq_messages": g.dlq.iter().map(|(_, n)| n).sum::<u64>(),
+        "slaves": g.slaves.iter().map(|s| json!({
+            "node": s.node, "lag_bytes": s.lag_bytes,
+            "lag_messages": s.lag_messages, "in_sync": s.in_sync,
+        })).collect::<Vec<_>>(),
+        "controller": controller,
+    }))
+}
+
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const CONSOLE_JS: &str = include_str!("assets/console.js");
 const CONSOLE_CSS: &str = include_str!("assets/console.css");

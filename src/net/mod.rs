@@ -844,6 +844,14 @@ pub async fn answer(
     remote: SocketAddr,
     stop: &CancellationToken,
 ) -> Result<quiver_protocol::Response, BrokerError> {
+    if let Request::BrokerStatus(_) = req {
+        let status = crate::console::status(broker, cluster).await?;
+        return Ok(quiver_protocol::Response::BrokerStatus(
+            quiver_protocol::cmd::BrokerStatusReply {
+                json: status.to_string(),
+            },
+        ));
+    }
     let req = match cluster {
         Some(node) => match routing::intercept(req, node, broker, remote).await {
             routing::Routed::Answered(r) => return r,

@@ -32,7 +32,7 @@ impl Run {
         self
     }
 
-    fn expect_fail(self, what: &str) -> Run {
+    pub fn expect_fail(self, what: &str) -> Run {
         assert!(!self.ok, "{what} should fail: {self:#?}");
         assert_eq!(self.code, Some(1), "{what}: exit code {self:#?}");
         self
@@ -949,4 +949,113 @@ async fn filters_from_the_shell() {
         .expect_fail("bad sql");
     assert!(bad.stderr.contains("single quotes"), "{bad:?}");
     broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_status_reports_what_the_broker_did() {
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+    for i in 0..3 {
+        q.run(&["produce", "--topic", "status-t", &format!("m{i}")])
+            .await
+            .expect_ok("produce");
+    }
+    let v = &q
+        .run(&["admin", "broker", "status", "--json", "--sample", "0"])
+        .await
+        .expect_ok("broker status --json")
+        .json()[0];
+    assert_eq!(v["role"], "standalone");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["totals"]["messages_in"], 3);
+    assert_eq!(v["topics"], 1);
+    assert!(v["uptime_seconds"].as_u64().is_some());
+    assert_eq!(v["listen"], broker.server().addr.to_string());
+    assert!(v.get("rates").is_none(), "no sample, no rates");
+    // The text form, with rates measured over a short sample.
+    let text = q
+        .run(&["admin", "broker", "status", "--sample", "200ms"])
+        .await
+        .expect_ok("broker status");
+    for want in [
+        "uptime:",
+        "3 in,",
+        "rates:",
+        "connections:",
+        "disk:",
+        "standalone",
+    ] {
+        assert!(text.stdout.contains(want), "{want:?} in {}", text.stdout);
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_and_filter_print_json_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_string_lossy().into_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        run_raw(
+            [
+                "bench",
+                "produce",
+                "--messages",
+                "300",
+                "--json",
+                "--baseline-mib",
+                "0",
+                "--dir",
+                &d,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .expect_ok("bench produce --json");
+    let lines = run.json();
+    assert_eq!(lines.len(), 1, "one JSON line per measurement: {run:#?}");
+    assert_eq!(lines[0]["messages"], 300);
+    assert_eq!(lines[0]["errors"], 0);
+    assert!(lines[0]["messages_per_second"].as_f64().unwrap() > 0.0);
+    assert!(lines[0]["latency_ms"]["p99"].as_f64().is_some());
+    assert!(
+        run.stderr.contains("quiver bench produce"),
+        "the header goes to stderr"
+    );
+
+    let check = run_raw(
+        vec![
+            "filter".into(),
+            "check".into(),
+            "a >= 1".into(),
+            "--json".into(),
+        ],
+        None,
+    )
+    .expect_ok("filter check --json");
+    assert_eq!(check.json()[0]["canonical"], "a >= 1");
+    let bad = run_raw(
+        vec![
+            "filter".into(),
+            "check".into(),
+            "a >=".into(),
+            "--json".into(),
+        ],
+        None,
+    )
+    .expect_fail("filter check --json of a bad expression");
+    assert_eq!(bad.json()[0]["valid"], false);
+    let eval = run_raw(
+        ["filter", "eval", "a >= 1", "--prop", "a=0", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        None,
+    )
+    .expect_ok("filter eval --json");
+    assert_eq!(eval.json()[0]["result"], "false");
 }

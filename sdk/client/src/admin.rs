@@ -190,6 +190,15 @@ impl Admin {
             .await
     }
 
+    /// The broker's status report as a JSON object: version, uptime, role, configuration
+    /// summary, message totals, connections, disk and counters (fields in
+    /// docs/PROTOCOL.md, command BrokerStatus).
+    pub async fn broker_status(&self) -> Result<serde_json::Value, ClientError> {
+        let reply = self.client.call(quiver_protocol::cmd::BrokerStatus).await?;
+        serde_json::from_str(&reply.json)
+            .map_err(|e| ClientError::Protocol(format!("broker status is not JSON: {e}")))
+    }
+
     /// All topics with their queue counts.
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
         Ok(self.client.call(TopicList).await?.topics)

@@ -470,6 +470,7 @@ async fn respond(
         | Request::PluginUnload(_)
         | Request::PluginList(_)
         | Request::PluginDescribe(_)
+        | Request::BrokerStatus(_)
         | Request::PluginAttach(_)
         | Request::PluginDetach(_)
         | Request::Raft(_)

@@ -72,6 +72,8 @@ pub enum Command {
     PluginAttach = 65,
     /// Detach a plugin from a topic's ingress chain.
     PluginDetach = 66,
+    /// The broker's status report: version, uptime, role, totals, connections, disk.
+    BrokerStatus = 70,
     /// A Raft message between controller nodes (cluster members only).
     Raft = 90,
     /// The controller's leader, term and members as the answering node sees them.
@@ -128,6 +130,7 @@ impl Command {
             64 => PluginDescribe,
             65 => PluginAttach,
             66 => PluginDetach,
+            70 => BrokerStatus,
             90 => Raft,
             91 => ClusterInfo,
             92 => ClusterVoter,

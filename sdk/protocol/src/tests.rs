@@ -363,6 +363,7 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
             .prop_map(|topic| cmd::TopicDelete { topic }.into())
             .boxed(),
         Just(cmd::TopicList.into()).boxed(),
+        Just(cmd::BrokerStatus.into()).boxed(),
         arb_string()
             .prop_map(|topic| cmd::TopicDescribe { topic }.into())
             .boxed(),
@@ -892,6 +893,9 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
         arb_done().prop_map(Response::TopicUpdate).boxed(),
         arb_done().prop_map(Response::TopicDelete).boxed(),
         arb_topic_list_reply().prop_map(Response::TopicList).boxed(),
+        arb_string()
+            .prop_map(|json| Response::BrokerStatus(cmd::BrokerStatusReply { json }))
+            .boxed(),
         arb_topic_reply().prop_map(Response::TopicDescribe).boxed(),
         arb_records_reply().prop_map(Response::MessageById).boxed(),
         arb_records_reply().prop_map(Response::MessageByKey).boxed(),

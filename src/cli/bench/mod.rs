@@ -15,3 +15,25 @@ pub(crate) mod replication;
 pub(crate) mod store;
 
 pub(crate) use store::{store_bench, StoreBenchOptions};
+
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--json`: figures go to stdout as one JSON object per line, and the lines for people to
+/// stderr.
+pub(crate) fn set_json(on: bool) {
+    JSON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether figures are printed as JSON.
+pub(crate) fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A line for people: stdout, or stderr when stdout carries JSON.
+pub(crate) fn say(line: &str) {
+    if json() {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}

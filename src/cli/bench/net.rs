@@ -94,6 +94,26 @@ impl NetReport {
     pub(crate) fn print(&self, size: usize, raw: Option<f64>) {
         let l = &self.latency;
         let bytes_per_sec = self.rate() * size as f64;
+        if super::json() {
+            let ms = |q: f64| l.value_at_quantile(q) as f64 / 1000.0;
+            let v = serde_json::json!({
+                "name": self.name.trim(),
+                "messages": self.messages,
+                "seconds": self.elapsed.as_secs_f64(),
+                "messages_per_second": self.rate(),
+                "megabytes_per_second": bytes_per_sec / 1e6,
+                "errors": self.errors,
+                "vs_raw_quic": raw.filter(|r| *r > 0.0).map(|r| bytes_per_sec / r),
+                "latency_ms": if l.is_empty() { serde_json::Value::Null } else {
+                    serde_json::json!({
+                        "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999),
+                        "max": l.max() as f64 / 1000.0,
+                    })
+                },
+            });
+            println!("{v}");
+            return;
+        }
         let ratio = raw
             .filter(|r| *r > 0.0)
             .map(|r| format!("  = {:.2} x raw QUIC", bytes_per_sec / r))
@@ -290,12 +310,12 @@ async fn route_lookups(cfg: &ClientConfig, opts: &NetBenchOptions) -> anyhow::Re
             let _ = h.record(t.elapsed().as_micros().max(1) as u64);
         }
         let elapsed = start.elapsed();
-        println!(
+        super::say(&format!(
             "route lookups via {addr}: {:.0}/s, p50 {} us, p99 {} us",
             f64::from(LOOKUPS) / elapsed.as_secs_f64(),
             h.value_at_quantile(0.5),
             h.value_at_quantile(0.99)
-        );
+        ));
         cluster.close().await;
     }
     Ok(())
@@ -619,7 +639,7 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
             let route = cluster
                 .route(&opts.topic, false, cfg.request_timeout)
                 .await?;
-            println!(
+            super::say(&format!(
                 "cluster: topic {} on {} broker sets ({})",
                 opts.topic,
                 route.len(),
@@ -628,7 +648,7 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
                     .map(|s| format!("{} x{}", s.name, s.queues))
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            ));
             cluster.close().await;
         }
         if let Some((module, config)) = &opts.plugin {
@@ -652,7 +672,7 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
                 Err(e) => return Err(e).context("loading the benchmark plugin"),
             }
         }
-        println!(
+        super::say(&format!(
             "quiver bench {}: {} x {}-byte messages, broker {}{}",
             match kind {
                 NetBench::Produce => "produce",
@@ -673,7 +693,7 @@ pub(crate) fn run(kind: NetBench, opts: &NetBenchOptions) -> anyhow::Result<Vec<
             } else {
                 String::new()
             }
-        );
+        ));
         // The transport's own capacity on this machine, in the same run (before the load).
         let (up, down) = if opts.baseline_bytes > 0 {
             let raw = super::quic::measure(&opts.dir, opts.baseline_bytes)

@@ -34,6 +34,17 @@ pub(crate) struct Baseline {
 impl Baseline {
     /// Prints the figures.
     pub(crate) fn print(&self, bytes: u64) {
+        if super::json() {
+            let v = serde_json::json!({
+                "name": "raw QUIC baseline",
+                "upload_megabytes_per_second": self.upload / 1e6,
+                "download_megabytes_per_second": self.download / 1e6,
+                "request_1mb_ms": { "p50": self.request_p50_us as f64 / 1000.0, "p99": self.request_p99_us as f64 / 1000.0 },
+                "request_1kb_ms": { "p50": self.small_p50_us as f64 / 1000.0, "p99": self.small_p99_us as f64 / 1000.0 },
+            });
+            println!("{v}");
+            return;
+        }
         println!(
             "{:<28} upload {:.1} MB/s  download {:.1} MB/s  ({} MiB each way, one stream, broker TLS and transport settings)",
             "raw QUIC baseline",

@@ -24,6 +24,7 @@ mod replies;
 mod retry;
 mod send;
 mod special;
+mod status;
 mod topics;
 
 pub use cluster::{
@@ -48,6 +49,7 @@ pub use replies::{CountReply, Done, Records};
 pub use retry::{DlqResend, SendBack, SentBackReply};
 pub use send::{Send, SendReply};
 pub use special::{CancelScheduled, EndTransaction, PollTransactionChecks, SendSpecial};
+pub use status::{BrokerStatus, BrokerStatusReply};
 pub use topics::{
     TopicCreate, TopicDelete, TopicDescribe, TopicList, TopicListReply, TopicReply, TopicUpdate,
 };
@@ -258,6 +260,7 @@ commands! {
     PluginUnload(PluginUnload),
     PluginList(PluginList),
     PluginDescribe(PluginDescribe),
+    BrokerStatus(BrokerStatus),
     PluginAttach(PluginAttach),
     PluginDetach(PluginDetach),
     Raft(Raft),
