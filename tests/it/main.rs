@@ -10,6 +10,7 @@ mod cluster_routes;
 mod console;
 mod damage;
 mod dev_cluster;
+mod examples;
 mod failover;
 mod filters;
 mod groups;
