@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod config;
 mod console;
 pub mod filter;
+pub mod memory;
 pub mod messaging;
 pub mod metrics;
 pub mod net;

@@ -199,6 +199,33 @@ enum BenchCommand {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// Many client connections to a `quiver serve` process of its own: time to connect them
+    /// all, the broker's memory idle, with them open and after they closed, a burst of one
+    /// send per connection, then every connection with one send in flight (a seckill's
+    /// producers): msgs/s, p99, failed sends and appends per fsync.
+    Connections {
+        /// Client connections.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Connections being established at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// Seconds of the sustained part (0 skips it).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Message body size in bytes.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// The broker's flush mode.
+        #[arg(long, default_value = "sync", value_parser = ["sync", "async"])]
+        flush: String,
+        /// Where the broker's directory goes.
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+        /// Figures as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pull-path scan rate for tag and SQL subscriptions matching 1%, 10% and 100%.
     Filter {
         /// Where to put the benchmark's data.
@@ -482,6 +509,25 @@ fn run() -> anyhow::Result<()> {
             size,
             kills,
         }),
+        Command::Bench(BenchCommand::Connections {
+            count,
+            concurrency,
+            seconds,
+            size,
+            flush,
+            dir,
+            json,
+        }) => {
+            cli::bench::set_json(json);
+            cli::bench::connections::run(&cli::bench::connections::ConnectionsBenchOptions {
+                dir,
+                count,
+                concurrency,
+                seconds,
+                size,
+                flush,
+            })
+        }
         Command::Debug(DebugCommand::StoreWriter {
             dir,
             threads,

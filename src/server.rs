@@ -127,10 +127,14 @@ impl Server {
                 let (b, s) = (b.clone(), s.clone());
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    let mut trimmer = crate::memory::Trimmer::new();
                     loop {
                         tokio::select! {
                             _ = s.cancelled() => break,
                             _ = tick.tick() => {}
+                        }
+                        if trimmer.observe(b.metrics().open_connections()) {
+                            let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
                         }
                         let b = b.clone();
                         if let Ok(Err(e)) =

@@ -1059,3 +1059,45 @@ async fn bench_and_filter_print_json_when_asked() {
     .expect_ok("filter eval --json");
     assert_eq!(eval.json()[0]["result"], "false");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_connections_measures_a_broker_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_string_lossy().into_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        run_raw(
+            [
+                "bench",
+                "connections",
+                "--count",
+                "40",
+                "--concurrency",
+                "20",
+                "--seconds",
+                "1",
+                "--json",
+                "--dir",
+                &d,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            None,
+        )
+    })
+    .await
+    .unwrap()
+    .expect_ok("bench connections --json");
+    let v = &run.json()[0];
+    assert_eq!(v["connections"], 40, "{run:#?}");
+    assert_eq!(v["connect_errors"], 0);
+    assert_eq!(v["burst"]["errors"], 0);
+    assert_eq!(v["sustained"]["errors"], 0);
+    assert!(v["sustained"]["messages"].as_u64().unwrap() > 0);
+    // A sync-flush broker: every fsync acknowledged at least one append.
+    assert!(
+        v["sustained"]["appends_per_fsync"].as_f64().unwrap() >= 1.0,
+        "{v}"
+    );
+    assert!(v["rss_bytes"]["open"].as_u64().unwrap() > 0);
+}

@@ -6,6 +6,7 @@
 //! - [`plugin`]: WebAssembly plugin cost per message and pull throughput with a plugin.
 //! - [`messaging`]: scheduled-message lateness and memory; transactional send throughput.
 
+pub(crate) mod connections;
 pub(crate) mod filter;
 pub(crate) mod messaging;
 pub(crate) mod net;
