@@ -512,6 +512,21 @@ struct Search {
     max: Option<u32>,
 }
 
+/// A pull of every message of one queue from `offset` (at most `max`, about 4 MiB), without
+/// waiting.
+fn read_from(topic: &str, queue_id: u32, offset: u64, max: u32) -> cmd::Pull {
+    cmd::Pull {
+        topic: topic.to_string(),
+        queue_id,
+        offset,
+        max_messages: max,
+        max_bytes: 4 << 20,
+        long_poll_ms: 0,
+        filter: FilterSpec::All,
+        plugins: Vec::new(),
+    }
+}
+
 /// A message by id, the messages of a topic with a key, or those stored in a time range.
 async fn messages(State(s): State<ConsoleState>, Query(q): Query<Search>) -> ApiResult {
     let max = q.max.unwrap_or(64).clamp(1, MAX_LIST);
@@ -572,20 +587,7 @@ async fn messages(State(s): State<ConsoleState>, Query(q): Query<Search>) -> Api
         };
         'queue: while offset < queue.max_offset && (found.len() as u32) < max {
             let r = reply!(
-                call(
-                    &s,
-                    cmd::Pull {
-                        topic: topic.clone(),
-                        queue_id: queue.queue_id,
-                        offset,
-                        max_messages: 256,
-                        max_bytes: 4 << 20,
-                        long_poll_ms: 0,
-                        filter: FilterSpec::All,
-                        plugins: Vec::new(),
-                    },
-                )
-                .await?,
+                call(&s, read_from(&topic, queue.queue_id, offset, 256)).await?,
                 Pull
             );
             if r.records.is_empty() || r.next_offset <= offset {
@@ -685,20 +687,8 @@ async fn dlq(
     Query(p): Query<Page>,
 ) -> ApiResult {
     let topic = names::dlq_topic(&group);
-    let r = call(
-        &s,
-        cmd::Pull {
-            topic,
-            queue_id: 0,
-            offset: p.from.unwrap_or(0),
-            max_messages: p.max.unwrap_or(64).clamp(1, MAX_LIST),
-            max_bytes: 4 << 20,
-            long_poll_ms: 0,
-            filter: FilterSpec::All,
-            plugins: Vec::new(),
-        },
-    )
-    .await;
+    let max = p.max.unwrap_or(64).clamp(1, MAX_LIST);
+    let r = call(&s, read_from(&topic, 0, p.from.unwrap_or(0), max)).await;
     match r {
         Ok(r) => Ok(Json(messages_json(&reply!(r, Pull).records)?)),
         Err(e) if e.status == "TopicNotFound" => Ok(Json(json!([]))),
