@@ -187,6 +187,10 @@ impl Target {
         cfg.store.dir = dir.join("store");
         cfg.store.flush_mode = opts.flush;
         cfg.store.segment_size = 256 << 20;
+        // The benchmark measures the broker, not how full this machine's disk is.
+        cfg.store.disk_high_watermark = 1.0;
+        cfg.store.disk_clean_watermark = 1.0;
+        cfg.store.disk_headroom_bytes = 0;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("bench-broker".into())
