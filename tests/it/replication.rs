@@ -569,6 +569,23 @@ async fn an_operator_sees_slave_lag_and_switches_the_master_over() {
         "{text}"
     );
 
+    // Each broker's status report (BrokerStatus, the console's overview) names its role,
+    // and the master's lists its in-sync slave.
+    let status = |addr: SocketAddr| {
+        let (ok, out, err) = admin_cli(
+            addr,
+            &cert,
+            &["--json", "broker", "status", "--sample", "0"],
+        );
+        assert!(ok, "broker status: {err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).expect("one JSON object")
+    };
+    let master = status(addrs[0]);
+    assert_eq!(master["role"], "master", "{master}");
+    assert_eq!(master["slaves"][0]["node"], 2, "{master}");
+    assert_eq!(master["slaves"][0]["in_sync"], true, "{master}");
+    assert_eq!(status(addrs[1])["role"], "slave");
+
     // Refusals: a node that is not a broker of the set, and the master itself.
     let (ok, _, err) = admin_cli(addrs[2], &cert, &["cluster", "elect-master", "a", "3"]);
     assert!(!ok && err.contains("not a registered broker"), "{err}");
