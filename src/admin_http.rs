@@ -89,12 +89,13 @@ pub async fn serve(
         .merge(crate::console::page_routes())
         .nest("/api", api)
         .with_state(state);
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
+    let listener = Guarded {
+        inner: listener,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+    };
+    if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
     {
         tracing::error!(error = %e, "admin HTTP listener failed");
     }
@@ -123,4 +124,162 @@ async fn metrics(State(s): State<ConsoleState>) -> impl IntoResponse {
 /// Where the listener ended up (for port 0).
 pub fn local_addr(l: &tokio::net::TcpListener) -> Option<SocketAddr> {
     l.local_addr().ok()
+}
+
+/// Most HTTP connections the admin listener holds at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long an admin HTTP connection may send nothing while the listener waits for bytes
+/// (a request's headers, or the next request) before it is closed.
+pub const IDLE_READ: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The admin listener with a connection cap and an idle-read deadline per connection, so a
+/// client that opens connections and sends nothing (or a byte now and then) cannot hold
+/// them all: axum's `serve` gives hyper no timer, so hyper's header-read timeout does not
+/// apply.
+struct Guarded {
+    inner: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for Guarded {
+    type Io = Deadline<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                std::future::pending::<()>().await;
+                continue;
+            };
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (Deadline::new(stream, IDLE_READ, slot), addr);
+                }
+                // Out of file descriptors and the like: wait a little, as axum does.
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The client's address, for handlers (`ConnectInfo<Peer>`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guarded>> for Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, Guarded>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+/// A stream whose reads fail with `TimedOut` after `idle` without a byte, holding its
+/// listener slot until dropped.
+pub(crate) struct Deadline<T> {
+    io: T,
+    idle: std::time::Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T> Deadline<T> {
+    fn new(io: T, idle: std::time::Duration, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self {
+            io,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            _slot: slot,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Deadline<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.idle;
+                    self.timer.as_mut().reset(next);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match std::future::Future::poll(self.timer.as_mut(), cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "admin HTTP connection idle",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Deadline<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_times_out_and_a_talking_one_does_not() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let (client, server) = tokio::io::duplex(64);
+        let slot = slots.clone().try_acquire_owned().unwrap();
+        let mut io = Deadline::new(server, IDLE_READ, slot);
+        let mut client = client;
+        // Bytes now and then keep it open past the deadline in total.
+        let mut buf = [0u8; 8];
+        for _ in 0..3 {
+            tokio::time::advance(IDLE_READ / 2).await;
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        }
+        // Then silence: the read fails once the deadline passes.
+        let err = tokio::time::timeout(IDLE_READ * 2, io.read(&mut buf))
+            .await
+            .expect("the read ends by itself at the deadline")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // The slot is held until the stream is dropped.
+        assert!(slots.clone().try_acquire_owned().is_err());
+        drop(io);
+        assert!(slots.try_acquire_owned().is_ok());
+    }
 }

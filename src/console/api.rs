@@ -301,7 +301,7 @@ fn new_id(now_ms: i64) -> u128 {
 
 async fn send_message(
     State(s): State<ConsoleState>,
-    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
+    ConnectInfo(crate::admin_http::Peer(remote)): ConnectInfo<crate::admin_http::Peer>,
     Path(name): Path<String>,
     Json(m): Json<TestMessage>,
 ) -> ApiResult {
