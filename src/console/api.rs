@@ -622,8 +622,9 @@ struct Resend {
     group: String,
 }
 
-/// Delivers a stored message again to one group (through its retry topic), whatever its
-/// offsets say: RocketMQ Dashboard's "resend message".
+/// Delivers a stored message again to one group (through its retry topic, after the
+/// broker's delay level 1, 1 s by default), whatever its offsets say: RocketMQ Dashboard's
+/// "resend message".
 async fn resend_message(
     State(s): State<ConsoleState>,
     Path(id): Path<String>,
@@ -648,7 +649,8 @@ async fn resend_message(
                 group: r.group.clone(),
                 id,
                 handle,
-                delay_level: 0,
+                // Delay level 1 (1 s by default): at once, not after the group's back-off.
+                delay_level: 1,
                 max_reconsume: u32::MAX,
                 to_dlq: false,
             },

@@ -367,6 +367,43 @@ async fn the_api_refuses_other_sites_and_explains_errors() {
     let (status, body) = http(addr, "GET", "/api/no-such-route", &[], "").await;
     assert_eq!(status, 404, "{body}");
 
+    // Resend a message to a group: it reaches the group's retry topic about a second later.
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/topics/api-made/messages",
+        &[json],
+        r#"{"body":"again","keys":["k-1"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent: Value = serde_json::from_str(&body).unwrap();
+    let id = sent["id"].as_str().unwrap();
+    let (status, body) = http(
+        addr,
+        "POST",
+        &format!("/api/messages/{id}/resend"),
+        &[json],
+        r#"{"group":"resend-g"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["retry_topic"], "%RETRY%resend-g");
+    assert_eq!(r["reconsume_times"], 1);
+    crate::harness::eventually("the copy in %RETRY%resend-g", async || {
+        let (_, body) = http(addr, "GET", "/api/topics/%25RETRY%25resend-g", &[], "").await;
+        serde_json::from_str::<Value>(&body).is_ok_and(|v| {
+            v["queues"].as_array().is_some_and(|q| {
+                q.iter()
+                    .map(|q| q["messages"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+                    == 1
+            })
+        })
+    })
+    .await;
+
     // Every /api reply is JSON, even for a body that is not.
     let (status, body) = http(addr, "POST", "/api/topics", &[json], "{not json").await;
     assert_eq!(status, 400, "{body}");
