@@ -70,6 +70,14 @@ fn run_raw(args: Vec<String>, stdin: Option<Vec<u8>>) -> Run {
     }
 }
 
+/// Runs the binary with `args` and no broker, off the async runtime.
+async fn run_local(args: &[&str]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || run_raw(args, None))
+        .await
+        .unwrap()
+}
+
 /// Runs the binary against `broker`.
 pub struct Quiver {
     addr: String,
@@ -994,27 +1002,18 @@ async fn broker_status_reports_what_the_broker_did() {
 async fn bench_and_filter_print_json_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_string_lossy().into_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        run_raw(
-            [
-                "bench",
-                "produce",
-                "--messages",
-                "300",
-                "--json",
-                "--baseline-mib",
-                "0",
-                "--dir",
-                &d,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            None,
-        )
-    })
+    let run = run_local(&[
+        "bench",
+        "produce",
+        "--messages",
+        "300",
+        "--json",
+        "--baseline-mib",
+        "0",
+        "--dir",
+        &d,
+    ])
     .await
-    .unwrap()
     .expect_ok("bench produce --json");
     let lines = run.json();
     assert_eq!(lines.len(), 1, "one JSON line per measurement: {run:#?}");
@@ -1027,36 +1026,17 @@ async fn bench_and_filter_print_json_when_asked() {
         "the header goes to stderr"
     );
 
-    let check = run_raw(
-        vec![
-            "filter".into(),
-            "check".into(),
-            "a >= 1".into(),
-            "--json".into(),
-        ],
-        None,
-    )
-    .expect_ok("filter check --json");
+    let check = run_local(&["filter", "check", "a >= 1", "--json"])
+        .await
+        .expect_ok("filter check --json");
     assert_eq!(check.json()[0]["canonical"], "a >= 1");
-    let bad = run_raw(
-        vec![
-            "filter".into(),
-            "check".into(),
-            "a >=".into(),
-            "--json".into(),
-        ],
-        None,
-    )
-    .expect_fail("filter check --json of a bad expression");
+    let bad = run_local(&["filter", "check", "a >=", "--json"])
+        .await
+        .expect_fail("filter check --json of a bad expression");
     assert_eq!(bad.json()[0]["valid"], false);
-    let eval = run_raw(
-        ["filter", "eval", "a >= 1", "--prop", "a=0", "--json"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        None,
-    )
-    .expect_ok("filter eval --json");
+    let eval = run_local(&["filter", "eval", "a >= 1", "--prop", "a=0", "--json"])
+        .await
+        .expect_ok("filter eval --json");
     assert_eq!(eval.json()[0]["result"], "false");
 }
 
@@ -1064,29 +1044,20 @@ async fn bench_and_filter_print_json_when_asked() {
 async fn bench_connections_measures_a_broker_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_string_lossy().into_owned();
-    let run = tokio::task::spawn_blocking(move || {
-        run_raw(
-            [
-                "bench",
-                "connections",
-                "--count",
-                "40",
-                "--concurrency",
-                "20",
-                "--seconds",
-                "1",
-                "--json",
-                "--dir",
-                &d,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            None,
-        )
-    })
+    let run = run_local(&[
+        "bench",
+        "connections",
+        "--count",
+        "40",
+        "--concurrency",
+        "20",
+        "--seconds",
+        "1",
+        "--json",
+        "--dir",
+        &d,
+    ])
     .await
-    .unwrap()
     .expect_ok("bench connections --json");
     let v = &run.json()[0];
     assert_eq!(v["connections"], 40, "{run:#?}");
