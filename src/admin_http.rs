@@ -76,6 +76,7 @@ pub async fn serve(
         local,
         token: token.filter(|t| !t.is_empty()).map(Arc::from),
         stop: stop.clone(),
+        sessions: Arc::new(crate::console::Sessions::new()),
     };
     let api = crate::console::api_routes()
         .layer(axum::middleware::from_fn_with_state(

@@ -34,6 +34,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The admin HTTP listener (`/metrics`).
     pub admin: crate::admin_http::AdminConfig,
+    /// Users and access rules (docs/SECURITY.md).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Network, topic and limit settings.

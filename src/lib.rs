@@ -5,6 +5,8 @@
 //! - [`net`]: QUIC endpoint, TLS identity, connections and streams; frames in, frames out.
 //! - [`broker`]: request handling: topics, produce, pull with long polling, offsets, groups,
 //!   admin. Each handler checks a request, calls the rooms below and builds the response.
+//! - [`auth`]: users, access rules, the broker's side of the password handshake, and the
+//!   check of what a request needs against who sends it.
 //! - [`messaging`]: scheduled messages (timer wheel), transactions with check-back, retries
 //!   and dead-letter queues.
 //! - [`plugin`]: WebAssembly filter and transform plugins (wasmtime), per batch.
@@ -19,6 +21,7 @@
 //! client commands and `quiver bench`), never by this library.
 
 pub mod admin_http;
+pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod cluster;

@@ -48,6 +48,21 @@ impl Server {
         let broker = tokio::task::spawn_blocking(move || Broker::open_with_clock(c, broker_clock))
             .await
             .context("opening the broker")??;
+        let auth = broker.auth();
+        if auth.mode() == crate::auth::AuthMode::On
+            && auth.user_count() == 0
+            && !cfg.broker.listen.ip().is_loopback()
+        {
+            let b = broker.clone();
+            let _ = tokio::task::spawn_blocking(move || b.close()).await;
+            anyhow::bail!(
+                "refusing to listen on {} without users: anyone who can reach it could read, send \
+                 and delete everything. Set auth.bootstrap_password (QUIVER_AUTH__BOOTSTRAP_PASSWORD) \
+                 to create the first user, create users while listening on 127.0.0.1, or set \
+                 auth.mode = \"off\" (QUIVER_AUTH__MODE=off) to run without access control",
+                cfg.broker.listen
+            );
+        }
         let mut listener = match Listener::bind(&cfg) {
             Ok(l) => l,
             Err(e) => {

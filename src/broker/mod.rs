@@ -126,6 +126,12 @@ fn next_error_id() -> String {
     format!("{start:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+impl From<crate::auth::Refused> for BrokerError {
+    fn from(e: crate::auth::Refused) -> Self {
+        BrokerError::new(e.status, e.message)
+    }
+}
+
 impl From<StoreError> for BrokerError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
@@ -212,6 +218,8 @@ pub struct Broker {
     started_ms: i64,
     /// The QUIC address it listens on, once bound (port 0 resolved).
     listen_addr: std::sync::OnceLock<SocketAddr>,
+    /// Users and access rules (src/auth).
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl Broker {
@@ -230,6 +238,10 @@ impl Broker {
                 cfg.broker.data_dir.display()
             )
         })?;
+        let auth = Arc::new(
+            crate::auth::Auth::open(&cfg.auth, &cfg.broker.data_dir, clock.clone())
+                .context("opening users and access rules")?,
+        );
         let store = Arc::new(Store::open_with_clock(cfg.store.clone(), clock.clone())?);
         let topics = Arc::new(TopicTable::load(cfg.broker.data_dir.join("topics.json"))?);
         let offsets = Arc::new(OffsetTable::load(cfg.broker.data_dir.join("offsets.json"))?);
@@ -344,6 +356,7 @@ impl Broker {
             metrics,
             started_ms: clock.now_ms(),
             listen_addr: std::sync::OnceLock::new(),
+            auth,
             plugins,
             timer,
             tx,
@@ -424,6 +437,11 @@ impl Broker {
             .get()
             .copied()
             .unwrap_or(self.cfg.broker.listen)
+    }
+
+    /// Users and access rules.
+    pub fn auth(&self) -> &Arc<crate::auth::Auth> {
+        &self.auth
     }
 
     /// The broker's clock.
@@ -694,6 +712,20 @@ impl Broker {
             // the client already uses (an empty address).
             Q::TopicRoute(c) => A::TopicRoute(self.standalone_route(c).await?),
             Q::TopicCreateOn(c) => A::TopicCreateOn(self.standalone_create_on(c).await?),
+            // Users and rules; the connection's front door checked the caller.
+            q @ (Q::UserCreate(_)
+            | Q::UserPassword(_)
+            | Q::UserDelete(_)
+            | Q::UserList(_)
+            | Q::AclGrant(_)
+            | Q::AclRevoke(_)
+            | Q::AclList(_)) => return Ok(self.auth.manage(q).await?),
+            Q::AuthStart(_) | Q::AuthFinish(_) => {
+                return Err(BrokerError::new(
+                    Status::BadRequest,
+                    "the password handshake belongs to a connection",
+                ))
+            }
             Q::Raft(_)
             | Q::ClusterInfo(_)
             | Q::ClusterVoter(_)

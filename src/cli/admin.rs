@@ -41,6 +41,12 @@ enum AdminCommand {
     /// The broker itself: its status.
     #[command(subcommand)]
     Broker(BrokerCommand),
+    /// Users: create, change password, delete, list (docs/SECURITY.md).
+    #[command(subcommand)]
+    User(super::users::UserCommand),
+    /// Access rules of users: grant, revoke, list.
+    #[command(subcommand)]
+    Acl(super::users::AclCommand),
 }
 
 #[derive(Subcommand)]
@@ -223,7 +229,10 @@ pub(crate) async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             None
         }
-        AdminCommand::Cluster(_) | AdminCommand::Broker(_) => None,
+        AdminCommand::Cluster(_)
+        | AdminCommand::Broker(_)
+        | AdminCommand::User(_)
+        | AdminCommand::Acl(_) => None,
     };
     let client = args.client.connect().await?;
     let admin = Admin::new(client.clone());
@@ -243,6 +252,8 @@ async fn run_command(
         AdminCommand::Group(g) => super::group::run(admin, out, g).await,
         AdminCommand::Plugin(p) => super::plugin::run(admin, out, p).await,
         AdminCommand::Cluster(c) => super::cluster::run(admin, out, c).await,
+        AdminCommand::User(c) => super::users::run_user(admin, out, c).await,
+        AdminCommand::Acl(c) => super::users::run_acl(admin, out, c).await,
         AdminCommand::Broker(BrokerCommand::Status { sample }) => {
             broker_status(admin, out, sample).await
         }

@@ -15,6 +15,7 @@ pub(crate) mod group;
 pub(crate) mod output;
 pub(crate) mod plugin;
 pub(crate) mod produce;
+pub(crate) mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,9 +78,45 @@ pub(crate) struct ClientArgs {
     pub(crate) data_dir: PathBuf,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
+    /// Log in as this user (password from QUIVER_PASSWORD); needed once the broker has
+    /// users (docs/SECURITY.md).
+    #[arg(long, env = "QUIVER_USER", value_name = "NAME", global = true)]
+    pub(crate) user: Option<String>,
+    /// Read the user and password from this file (lines `user = "NAME"` and
+    /// `password = "SECRET"`); default ~/.config/quiver/credentials when it exists.
+    #[arg(long, env = "QUIVER_CREDENTIALS", value_name = "FILE", global = true)]
+    pub(crate) credentials: Option<PathBuf>,
     /// Print one JSON object per line (for scripts) instead of text for people.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+impl ClientArgs {
+    /// The credentials to log in with: --user with QUIVER_PASSWORD, --credentials FILE, or
+    /// ~/.config/quiver/credentials; none when nothing is given.
+    fn login(&self) -> anyhow::Result<Option<quiver_client::Credentials>> {
+        if let Some(user) = &self.user {
+            let password = std::env::var("QUIVER_PASSWORD").map_err(|_| {
+                anyhow::anyhow!(
+                    "--user {user} needs its password in QUIVER_PASSWORD (or use --credentials FILE)"
+                )
+            })?;
+            return Ok(Some(quiver_client::Credentials::new(
+                user.clone(),
+                password,
+            )));
+        }
+        if let Some(file) = &self.credentials {
+            return Ok(Some(quiver_client::Credentials::from_file(file)?));
+        }
+        let default = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".config/quiver/credentials"))
+            .filter(|p| p.exists());
+        match default {
+            Some(file) => Ok(Some(quiver_client::Credentials::from_file(&file)?)),
+            None => Ok(None),
+        }
+    }
 }
 
 impl ClientArgs {
@@ -107,6 +144,7 @@ impl ClientArgs {
         }
         let first = *addrs.first().context("--broker names no address")?;
         let mut cfg = ClientConfig::new(first, tls);
+        cfg.credentials = self.login()?;
         if let Some(host) = host {
             // A CA-verified certificate must be valid for the name we dialled.
             cfg.server_name = host;

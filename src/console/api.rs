@@ -27,6 +27,9 @@ const MAX_LIST: u32 = 1000;
 pub(crate) fn api_routes() -> Router<ConsoleState> {
     Router::new()
         .route("/overview", get(overview))
+        .route("/login", post(super::login::login))
+        .route("/logout", post(super::login::logout))
+        .route("/whoami", get(super::login::whoami))
         .route("/topics", get(topics).post(create_topic))
         .route(
             "/topics/{name}",
@@ -58,7 +61,8 @@ pub(crate) fn api_routes() -> Router<ConsoleState> {
 
 /// Sends one request through the node, as a QUIC client's would be answered.
 async fn call(s: &ConsoleState, req: impl Into<Request>) -> Result<Response, ApiError> {
-    Ok(crate::net::answer(req.into(), &s.broker, s.member.as_ref(), s.local, &s.stop).await?)
+    let caller = super::login::caller(s.local);
+    Ok(crate::net::answer(req.into(), &s.broker, s.member.as_ref(), &caller, &s.stop).await?)
 }
 
 /// The reply of the command just sent (any other reply is a broker bug).
@@ -336,7 +340,7 @@ async fn send_message(
         .into(),
         &s.broker,
         s.member.as_ref(),
-        remote,
+        &super::login::caller(remote),
         &s.stop,
     )
     .await?;

@@ -7,6 +7,7 @@
 //! the API is [`guard`]'s business.
 
 mod api;
+mod login;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +20,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Who;
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::Member;
 
 pub(crate) use api::api_routes;
+pub(crate) use login::Sessions;
 
 /// What the console's handlers share.
 #[derive(Clone)]
@@ -35,6 +38,8 @@ pub(crate) struct ConsoleState {
     pub(crate) token: Option<Arc<str>>,
     /// Fires at shutdown (parked requests answer early).
     pub(crate) stop: CancellationToken,
+    /// Console logins with the broker's users.
+    pub(crate) sessions: Arc<login::Sessions>,
 }
 
 impl ConsoleState {
@@ -177,8 +182,11 @@ impl From<BrokerError> for ApiError {
             | S::QueueNotFound
             | S::GroupNotFound
             | S::NotFound
-            | S::PluginNotFound => StatusCode::NOT_FOUND,
-            S::TopicExists | S::PluginExists | S::GroupOnline | S::PluginInUse => {
+            | S::PluginNotFound
+            | S::UserNotFound => StatusCode::NOT_FOUND,
+            S::AccessDenied => StatusCode::FORBIDDEN,
+            S::AuthenticationFailed => StatusCode::UNAUTHORIZED,
+            S::TopicExists | S::PluginExists | S::GroupOnline | S::PluginInUse | S::UserExists => {
                 StatusCode::CONFLICT
             }
             S::Busy
@@ -244,21 +252,34 @@ pub(crate) async fn guard(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check_access(
+    let now = s.broker.clock().now_ms();
+    let session = login::bearer(req.headers()).and_then(|t| s.sessions.user(t, now));
+    let who = check_access(
         s.loopback(),
         s.token.as_deref(),
+        session,
+        req.uri().path().ends_with("/login"),
         req.method(),
         req.headers(),
     )?;
-    Ok(next.run(req).await)
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::admin_http::Peer>>()
+        .map_or(s.local, |c| (c.0).0);
+    let caller = crate::auth::Caller { who, remote };
+    Ok(login::CALLER.scope(caller, next.run(req)).await)
 }
 
+/// Who a request is from, or why it is refused (see [`guard`]): `session` is the user of a
+/// live console login whose token the request carries.
 fn check_access(
     loopback: bool,
     token: Option<&str>,
+    session: Option<Arc<str>>,
+    login_path: bool,
     method: &Method,
     headers: &HeaderMap,
-) -> Result<(), ApiError> {
+) -> Result<Who, ApiError> {
     let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let host = header(header::HOST).unwrap_or("");
     let change = !matches!(*method, Method::GET | Method::HEAD);
@@ -277,35 +298,44 @@ fn check_access(
             }
         }
     }
-    if loopback {
-        if !loopback_host(host) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                "the console on a loopback listener answers only to localhost, 127.0.0.1 or [::1]",
-            ));
-        }
-        return Ok(());
-    }
-    let Some(token) = token else {
+    if loopback && !loopback_host(host) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            "the admin listener is not on loopback and no admin.token is configured: set \
-             admin.token (QUIVER_ADMIN__TOKEN) to use the console from another machine",
+            "the console on a loopback listener answers only to localhost, 127.0.0.1 or [::1]",
         ));
-    };
-    let given = header(header::AUTHORIZATION)
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same_secret(given.as_bytes(), token.as_bytes()) {
+    }
+    if let Some(given) = login::bearer(headers) {
+        if token.is_some_and(|t| same_secret(given.as_bytes(), t.as_bytes())) {
+            return Ok(Who::AdminToken);
+        }
+        if let Some(user) = session {
+            return Ok(Who::User(user));
+        }
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
-            "this console needs the admin token (Authorization: Bearer <admin.token>)",
+            "the Authorization token is neither the admin token nor a live console login: \
+             log in again",
         ));
     }
-    Ok(())
+    if loopback || login_path {
+        return Ok(Who::Anonymous);
+    }
+    if token.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the admin listener is not on loopback: log in with a broker user, or set \
+             admin.token (QUIVER_ADMIN__TOKEN) to use the console from another machine",
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "this console needs a login (a broker user) or the admin token \
+         (Authorization: Bearer <admin.token>)",
+    ))
 }
 
 /// `localhost`, `127.0.0.1`, `[::1]` (or any 127.x address), with or without a port.
@@ -371,34 +401,53 @@ mod tests {
     fn access_rules() {
         let get = Method::GET;
         let post = Method::POST;
+        let check = |loopback, token, session: Option<&str>, method: &Method, h: &HeaderMap| {
+            check_access(loopback, token, session.map(Arc::from), false, method, h)
+        };
         let local = headers(&[("host", "127.0.0.1:10980")]);
         // Loopback: anyone on the machine, changes only from the same origin.
-        assert!(check_access(true, None, &get, &local).is_ok());
-        assert!(check_access(true, None, &post, &local).is_ok());
+        assert_eq!(
+            check(true, None, None, &get, &local).unwrap(),
+            Who::Anonymous
+        );
+        assert!(check(true, None, None, &post, &local).is_ok());
         let same = headers(&[("host", "localhost:1"), ("origin", "http://localhost:1")]);
-        assert!(check_access(true, None, &post, &same).is_ok());
+        assert!(check(true, None, None, &post, &same).is_ok());
         let cross = headers(&[("host", "localhost:1"), ("origin", "http://evil.example")]);
         assert_eq!(
-            check_access(true, None, &post, &cross).unwrap_err().code,
+            check(true, None, None, &post, &cross).unwrap_err().code,
             StatusCode::FORBIDDEN
         );
         let rebound = headers(&[("host", "evil.example")]);
-        assert!(check_access(true, None, &get, &rebound).is_err());
-        // Elsewhere: the token, for reads and changes alike.
+        assert!(check(true, None, None, &get, &rebound).is_err());
+        // Elsewhere: the token or a login, for reads and changes alike.
         let remote = headers(&[("host", "10.0.0.5:10980")]);
-        let e = check_access(false, None, &get, &remote).unwrap_err();
+        let e = check(false, None, None, &get, &remote).unwrap_err();
         assert_eq!(e.code, StatusCode::FORBIDDEN);
         assert!(e.message.contains("admin.token"), "{}", e.message);
-        let e = check_access(false, Some("s3cret"), &get, &remote).unwrap_err();
+        let e = check(false, Some("s3cret"), None, &get, &remote).unwrap_err();
         assert_eq!(e.code, StatusCode::UNAUTHORIZED);
         let wrong = headers(&[("host", "10.0.0.5:10980"), ("authorization", "Bearer nope")]);
-        assert!(check_access(false, Some("s3cret"), &post, &wrong).is_err());
+        assert!(check(false, Some("s3cret"), None, &post, &wrong).is_err());
         let right = headers(&[
             ("host", "10.0.0.5:10980"),
             ("authorization", "Bearer s3cret"),
         ]);
-        assert!(check_access(false, Some("s3cret"), &get, &right).is_ok());
-        assert!(check_access(false, Some("s3cret"), &post, &right).is_ok());
+        assert_eq!(
+            check(false, Some("s3cret"), None, &get, &right).unwrap(),
+            Who::AdminToken
+        );
+        assert!(check(false, Some("s3cret"), None, &post, &right).is_ok());
+        // A live console login (the guard found the token's session).
+        assert_eq!(
+            check(false, None, Some("alice"), &get, &wrong).unwrap(),
+            Who::User(Arc::from("alice"))
+        );
+        // The login form itself needs no token.
+        assert_eq!(
+            check_access(false, None, None, true, &post, &remote).unwrap(),
+            Who::Anonymous
+        );
     }
 
     #[test]

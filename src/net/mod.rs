@@ -20,6 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::perm::{self, Resource};
+use crate::auth::{Caller, Who};
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::Member;
 
@@ -172,6 +174,37 @@ struct Session {
     member: bool,
     /// Request-buffer budgets: this connection's and the whole broker's.
     budget: Budget,
+    /// The password handshake's state and the user logged in (src/auth).
+    login: std::sync::Mutex<crate::auth::Login>,
+}
+
+impl Session {
+    /// Who sends this connection's requests.
+    fn caller(&self) -> Caller {
+        let who = if self.member {
+            Who::Member
+        } else {
+            match self.login.lock() {
+                Ok(l) => l.user().cloned().map_or(Who::Anonymous, Who::User),
+                Err(p) => p
+                    .into_inner()
+                    .user()
+                    .cloned()
+                    .map_or(Who::Anonymous, Who::User),
+            }
+        };
+        Caller {
+            who,
+            remote: self.remote,
+        }
+    }
+
+    fn login(&self) -> std::sync::MutexGuard<'_, crate::auth::Login> {
+        match self.login.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        }
+    }
 }
 
 /// Bytes of request buffers that may be held at once, per connection and in the whole broker.
@@ -239,6 +272,7 @@ async fn serve_connection(
         cluster,
         member,
         budget,
+        login: Default::default(),
     });
     let streams = tokio_util::task::TaskTracker::new();
     debug!("connection open");
@@ -460,6 +494,13 @@ async fn handle_uni(mut recv: quinn::RecvStream, broker: Arc<Broker>, session: A
         Ok(req @ (Request::Send(_) | Request::SendSpecial(_) | Request::EndTransaction(_)))
             if session.hello.load(Ordering::Acquire) =>
         {
+            let req = match authorize(req, &broker, &session.caller()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "one-way request refused");
+                    return;
+                }
+            };
             if let Err(e) = broker.handle(req, session.remote).await {
                 debug!(error = %e, "one-way request failed");
             }
@@ -806,6 +847,19 @@ async fn dispatch(
             ),
         ));
     }
+    match &req {
+        Request::AuthStart(s) => {
+            let reply = broker.auth().start(&mut session.login(), s)?;
+            return Ok(quiver_protocol::Response::AuthStart(reply));
+        }
+        Request::AuthFinish(f) => {
+            let reply = broker.auth().finish(&mut session.login(), f)?;
+            return Ok(quiver_protocol::Response::AuthFinish(reply));
+        }
+        _ => {}
+    }
+    let caller = session.caller();
+    let req = authorize(req, broker, &caller).await?;
     let req = match req {
         Request::ClusterInfo(_) => {
             let mut info = match &session.cluster {
@@ -830,14 +884,123 @@ async fn dispatch(
         Request::ClusterElect(c) => return elect_master(c, session).await,
         other => other,
     };
-    answer(req, broker, session.cluster.as_ref(), session.remote, stop).await
+    let resp = answer_checked(req, broker, session.cluster.as_ref(), session.remote, stop).await?;
+    Ok(filter(resp, broker, &caller))
 }
 
-/// Answers a client request that needs no connection identity the way this node answers it
-/// over QUIC: on a cluster node, topic commands go through the controller and plugin changes
-/// are refused on a slave; everything else goes to the local broker. The web console's JSON
-/// API (src/console) calls this too, so both give the same answers.
+/// Checks that `caller` holds what `req` needs (docs/SECURITY.md §4) and returns the request
+/// to run: a route's auto-creation is dropped for a caller who may not create the topic.
+pub async fn authorize(
+    req: Request,
+    broker: &Broker,
+    caller: &Caller,
+) -> Result<Request, BrokerError> {
+    let auth = broker.auth();
+    let mut needs = perm::needs(&req);
+    for n in &mut needs {
+        if let Resource::MessageTopic(id) = n.resource {
+            n.resource = message_topic(broker, id).await;
+        }
+    }
+    needs.retain(|n| !matches!(n.resource, Resource::MessageTopic(_)));
+    auth.check(caller, &needs)?;
+    let create = quiver_protocol::cmd::actions::CREATE;
+    Ok(match req {
+        Request::Route(mut r)
+            if r.create && !auth.may(caller, create, Resource::topic(&r.topic)) =>
+        {
+            r.create = false;
+            Request::Route(r)
+        }
+        Request::TopicRoute(mut r)
+            if r.create && !auth.may(caller, create, Resource::topic(&r.topic)) =>
+        {
+            r.create = false;
+            Request::TopicRoute(r)
+        }
+        other => other,
+    })
+}
+
+/// The topic a scheduled or half message was sent to (its `REAL_TOPIC`), or the topic of the
+/// stored message with this id; unresolved when no such message exists (the request then
+/// fails with `NotFound` on its own).
+async fn message_topic(broker: &Broker, id: u128) -> Resource {
+    let store = broker.store().clone();
+    let records = tokio::task::spawn_blocking(move || store.messages_by_id(id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    records
+        .iter()
+        .find_map(|b| record_topic(b))
+        .map_or(Resource::MessageTopic(id), |t| Resource::topic(&t))
+}
+
+/// A stored record's topic as users know it: a scheduled or half message's real topic.
+fn record_topic(record: &[u8]) -> Option<String> {
+    let v = quiver_protocol::RecordView::parse_unchecked_crc(record).ok()?;
+    let real = v.property(quiver_protocol::names::props::REAL_TOPIC);
+    Some(match real {
+        Some(t) if v.topic().starts_with('%') => t.to_string(),
+        _ => v.topic().to_string(),
+    })
+}
+
+/// Leaves out of lists and lookups what `caller` may not see.
+fn filter(
+    resp: quiver_protocol::Response,
+    broker: &Broker,
+    caller: &Caller,
+) -> quiver_protocol::Response {
+    use quiver_protocol::cmd::actions::{CONSUME, DESCRIBE, SEND};
+    use quiver_protocol::Response as A;
+    let auth = broker.auth();
+    if !auth.enforced() {
+        return resp;
+    }
+    match resp {
+        A::TopicList(mut r) => {
+            r.topics
+                .retain(|t| auth.may(caller, DESCRIBE | SEND | CONSUME, Resource::topic(&t.name)));
+            A::TopicList(r)
+        }
+        A::GroupList(mut r) => {
+            r.groups
+                .retain(|g| auth.may(caller, DESCRIBE | CONSUME, Resource::Group(g.name.clone())));
+            A::GroupList(r)
+        }
+        A::MessageById(mut r) => {
+            r.0.retain(|rec| {
+                record_topic(rec).is_some_and(|t| auth.may(caller, DESCRIBE, Resource::topic(&t)))
+            });
+            A::MessageById(r)
+        }
+        other => other,
+    }
+}
+
+/// [`answer_checked`] for a caller that has not been checked yet (the web console): the
+/// same checks and filters a QUIC connection gets.
 pub async fn answer(
+    req: Request,
+    broker: &Broker,
+    cluster: Option<&Arc<Member>>,
+    caller: &Caller,
+    stop: &CancellationToken,
+) -> Result<quiver_protocol::Response, BrokerError> {
+    let req = authorize(req, broker, caller).await?;
+    let resp = answer_checked(req, broker, cluster, caller.remote, stop).await?;
+    Ok(filter(resp, broker, caller))
+}
+
+/// Answers a client request that needs no connection identity and has been authorized, the
+/// way this node answers it over QUIC: on a cluster node, topic commands go through the
+/// controller and plugin changes are refused on a slave; everything else goes to the local
+/// broker. The web console's JSON API (src/console) comes here through [`answer`], so both
+/// give the same answers.
+async fn answer_checked(
     req: Request,
     broker: &Broker,
     cluster: Option<&Arc<Member>>,

@@ -36,6 +36,30 @@ pub struct Admin {
     client: Client,
 }
 
+/// A password's verifier with a new salt (argon2id off the async threads).
+async fn wire_verifier(password: &str) -> Result<cmd::WireVerifier, ClientError> {
+    let password = password.to_string();
+    let v = tokio::task::spawn_blocking(move || {
+        crate::auth::Credentials::new("", password)
+            .verifier(quiver_protocol::scram::Params::DEFAULT)
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(format!("password hashing failed: {e}")))??;
+    Ok(cmd::WireVerifier {
+        salt: v.salt,
+        m_kib: v.params.m_kib,
+        t: v.params.t,
+        p: v.params.p,
+        stored_key: v.stored_key,
+        server_key: v.server_key,
+    })
+}
+
+fn json(reply: cmd::JsonReply) -> Result<serde_json::Value, ClientError> {
+    serde_json::from_str(&reply.json)
+        .map_err(|e| ClientError::Protocol(format!("the broker's answer is not JSON: {e}")))
+}
+
 fn check(kind: &str, name: &str) -> Result<(), ClientError> {
     names::check_name(kind, name).map_err(ClientError::InvalidArgument)
 }
@@ -197,6 +221,82 @@ impl Admin {
         let reply = self.client.call(quiver_protocol::cmd::BrokerStatus).await?;
         serde_json::from_str(&reply.json)
             .map_err(|e| ClientError::Protocol(format!("broker status is not JSON: {e}")))
+    }
+
+    /// Creates a user with `password` (the first user of a broker must be
+    /// [`Role::Super`](quiver_protocol::cmd::Role)). Only the password's verifier is sent:
+    /// a random salt, argon2id with the default costs, then the SCRAM keys
+    /// (docs/SECURITY.md §2).
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password: &str,
+        role: cmd::Role,
+    ) -> Result<(), ClientError> {
+        check("user", name)?;
+        let verifier = wire_verifier(password).await?;
+        self.done(cmd::UserCreate {
+            name: name.to_string(),
+            role,
+            verifier,
+        })
+        .await
+    }
+
+    /// Replaces a user's password (open connections stay logged in).
+    pub async fn change_password(&self, name: &str, password: &str) -> Result<(), ClientError> {
+        let verifier = wire_verifier(password).await?;
+        self.done(cmd::UserPassword {
+            name: name.to_string(),
+            verifier,
+        })
+        .await
+    }
+
+    /// Deletes a user and its rules; its open connections are refused from their next
+    /// request.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        self.done(cmd::UserDelete {
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    /// Every user: `{"users": [{"name", "role", "rules", "created_ms"}]}`.
+    pub async fn list_users(&self) -> Result<serde_json::Value, ClientError> {
+        json(self.client.call(cmd::UserList).await?)
+    }
+
+    /// Adds a rule to a user (or widens the actions of its rule with the same resource,
+    /// decision and source). Applies to the user's open connections at once.
+    pub async fn grant(&self, user: &str, rule: cmd::AclRule) -> Result<(), ClientError> {
+        self.done(cmd::AclGrant {
+            user: user.to_string(),
+            rule,
+        })
+        .await
+    }
+
+    /// Removes `rule.actions` from the user's rule with the same resource, decision and
+    /// source (status `NotFound` when it has none).
+    pub async fn revoke(&self, user: &str, rule: cmd::AclRule) -> Result<(), ClientError> {
+        self.done(cmd::AclRevoke {
+            user: user.to_string(),
+            rule,
+        })
+        .await
+    }
+
+    /// A user's rules, or every user's (`None`): `{"users": [{"user", "role", "rules":
+    /// [{"resource", "actions", "decision", "source"}]}]}`.
+    pub async fn list_rules(&self, user: Option<&str>) -> Result<serde_json::Value, ClientError> {
+        json(
+            self.client
+                .call(cmd::AclList {
+                    user: user.unwrap_or("").to_string(),
+                })
+                .await?,
+        )
     }
 
     /// All topics with their queue counts.

@@ -60,6 +60,9 @@ pub struct ClientConfig {
     pub reconnect_backoff: Duration,
     /// Longest wait between two reconnection attempts; default 5 s.
     pub reconnect_backoff_max: Duration,
+    /// Log in with this user on every connection, right after Hello (docs/PROTOCOL.md
+    /// §5.1); `None` (the default) for a broker that does not check access.
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 impl ClientConfig {
@@ -79,6 +82,7 @@ impl ClientConfig {
             liveness_timeout: Duration::from_secs(3),
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
+            credentials: None,
         }
     }
 }
@@ -350,7 +354,15 @@ struct Inner {
     /// The generation of the newest connection (0 before the first).
     generation_tx: watch::Sender<u64>,
     closed: AtomicBool,
+    /// The last salted password computed (salt, costs, key): reconnections skip argon2id.
+    salted: StdMutex<Option<Salted>>,
 }
+
+type Salted = (
+    [u8; quiver_protocol::cmd::SALT_LEN],
+    quiver_protocol::scram::Params,
+    [u8; quiver_protocol::cmd::KEY_LEN],
+);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -461,6 +473,7 @@ impl Client {
                 generations: AtomicU64::new(0),
                 generation_tx: watch::channel(0).0,
                 closed: AtomicBool::new(closed),
+                salted: StdMutex::new(None),
             }),
         }
     }
@@ -840,6 +853,12 @@ impl Client {
                         max_frame
                     },
                 };
+                if let Some(cred) = &cfg.credentials {
+                    if let Err(e) = self.login(&c, cred, deadline).await {
+                        c.conn.close(VarInt::from_u32(CLOSE_CODE), b"login failed");
+                        return Err(e);
+                    }
+                }
                 tracing::debug!(addr = %cfg.addr, broker = %c.info.broker, generation, "connected");
                 Ok(c)
             }
@@ -854,6 +873,55 @@ impl Client {
                 })
             }
         }
+    }
+}
+
+impl Client {
+    /// The password handshake on a new connection (after Hello).
+    async fn login(
+        &self,
+        c: &Conn,
+        cred: &crate::auth::Credentials,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        use quiver_protocol::cmd::{AuthFinish, AuthFinishReply, AuthStart, AuthStartReply};
+        let timeout = self.inner.cfg.request_timeout;
+        let step = |cmd, frame| async move {
+            let limit = (Instant::now() + timeout).min(deadline);
+            match tokio::time::timeout_at(limit, exchange(c, cmd, frame)).await {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Timeout(timeout)),
+            }
+        };
+        let hs = crate::auth::Handshake::new(&cred.user);
+        let body = step(AuthStart::COMMAND, encode_request(hs.start())).await?;
+        let challenge = decode_body::<AuthStartReply>(body)?;
+        let params = crate::auth::challenge_params(&challenge)?;
+        let cached = match self.inner.salted.lock() {
+            Ok(g) => g
+                .filter(|(salt, p, _)| *salt == challenge.salt && *p == params)
+                .map(|(_, _, key)| key),
+            Err(_) => None,
+        };
+        let salted = match cached {
+            Some(k) => k,
+            None => {
+                let (password, salt) = (cred.password().to_string(), challenge.salt);
+                let key = tokio::task::spawn_blocking(move || {
+                    quiver_protocol::scram::salted_password(&password, &salt, params)
+                })
+                .await
+                .map_err(|e| ClientError::Protocol(format!("password hashing failed: {e}")))?
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if let Ok(mut g) = self.inner.salted.lock() {
+                    *g = Some((salt, params, key));
+                }
+                key
+            }
+        };
+        let proof = hs.prove(&challenge, salted);
+        let body = step(AuthFinish::COMMAND, encode_request(&proof.finish)).await?;
+        proof.check(&decode_body::<AuthFinishReply>(body)?)
     }
 }
 

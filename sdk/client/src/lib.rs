@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod auth;
 mod client;
 mod cluster;
 mod consumer;
@@ -37,6 +38,7 @@ mod tls;
 mod transaction;
 
 pub use admin::{Admin, GroupDescription};
+pub use auth::Credentials;
 pub use client::{
     resolve_broker, BrokerInfo, Client, ClientConfig, DEFAULT_MAX_FRAME, DEFAULT_PORT,
 };

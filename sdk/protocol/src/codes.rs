@@ -7,6 +7,10 @@
 pub enum Command {
     /// Version handshake; must be the first request of a connection.
     Hello = 1,
+    /// Password handshake, step 1: user name and client nonce; the answer is the challenge.
+    AuthStart = 3,
+    /// Password handshake, step 2: the client's proof; the answer is the broker's signature.
+    AuthFinish = 4,
     /// Queue count of a topic (optionally creating it when auto-creation is on).
     Route = 2,
     /// Append one message or an atomic batch to one queue.
@@ -74,6 +78,20 @@ pub enum Command {
     PluginDetach = 66,
     /// The broker's status report: version, uptime, role, totals, connections, disk.
     BrokerStatus = 70,
+    /// Create a user (name, role, password verifier).
+    UserCreate = 80,
+    /// Replace a user's password verifier.
+    UserPassword = 81,
+    /// Delete a user and its rules.
+    UserDelete = 82,
+    /// List users.
+    UserList = 83,
+    /// Add an access rule to a user.
+    AclGrant = 84,
+    /// Remove actions from a user's access rule.
+    AclRevoke = 85,
+    /// List access rules.
+    AclList = 86,
     /// A Raft message between controller nodes (cluster members only).
     Raft = 90,
     /// The controller's leader, term and members as the answering node sees them.
@@ -98,6 +116,8 @@ impl Command {
         use Command::*;
         Some(match v {
             1 => Hello,
+            3 => AuthStart,
+            4 => AuthFinish,
             2 => Route,
             10 => Send,
             11 => SendSpecial,
@@ -131,6 +151,13 @@ impl Command {
             65 => PluginAttach,
             66 => PluginDetach,
             70 => BrokerStatus,
+            80 => UserCreate,
+            81 => UserPassword,
+            82 => UserDelete,
+            83 => UserList,
+            84 => AclGrant,
+            85 => AclRevoke,
+            86 => AclList,
             90 => Raft,
             91 => ClusterInfo,
             92 => ClusterVoter,
@@ -232,6 +259,16 @@ pub enum Status {
     /// slaves did not acknowledge a stored send in time (not acknowledged: a retry may store
     /// it twice). Retry after a back-off.
     NotEnoughReplicas = 54,
+    /// The password handshake failed: unknown user, wrong password, a proof without a
+    /// fresh AuthStart, or too many attempts. The message never says which.
+    AuthenticationFailed = 60,
+    /// The connection's user (or an unauthenticated connection) may not do this; the
+    /// message names the action and the resource.
+    AccessDenied = 61,
+    /// No user of that name exists (user and rule management).
+    UserNotFound = 62,
+    /// A user of that name already exists.
+    UserExists = 63,
     /// An unexpected broker error.
     Internal = 99,
 }
@@ -279,6 +316,10 @@ impl Status {
             52 => ControllerUnavailable,
             53 => NotMaster,
             54 => NotEnoughReplicas,
+            60 => AuthenticationFailed,
+            61 => AccessDenied,
+            62 => UserNotFound,
+            63 => UserExists,
             _ => Internal,
         }
     }

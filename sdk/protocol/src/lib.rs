@@ -8,6 +8,8 @@ pub mod frame;
 pub mod names;
 pub mod plugins;
 pub mod record;
+#[cfg(feature = "auth")]
+pub mod scram;
 pub mod text;
 #[cfg(feature = "quic")]
 pub mod transport;

@@ -364,6 +364,42 @@ fn request_strategies() -> Vec<BoxedStrategy<Request>> {
             .boxed(),
         Just(cmd::TopicList.into()).boxed(),
         Just(cmd::BrokerStatus.into()).boxed(),
+        (arb_string(), any::<[u8; 32]>())
+            .prop_map(|(user, client_nonce)| cmd::AuthStart { user, client_nonce }.into())
+            .boxed(),
+        any::<[u8; 32]>()
+            .prop_map(|proof| cmd::AuthFinish { proof }.into())
+            .boxed(),
+        (arb_string(), any::<bool>(), arb_verifier())
+            .prop_map(|(name, sup, verifier)| {
+                cmd::UserCreate {
+                    name,
+                    role: if sup {
+                        cmd::Role::Super
+                    } else {
+                        cmd::Role::Normal
+                    },
+                    verifier,
+                }
+                .into()
+            })
+            .boxed(),
+        (arb_string(), arb_verifier())
+            .prop_map(|(name, verifier)| cmd::UserPassword { name, verifier }.into())
+            .boxed(),
+        arb_string()
+            .prop_map(|name| cmd::UserDelete { name }.into())
+            .boxed(),
+        Just(cmd::UserList.into()).boxed(),
+        (arb_string(), arb_rule())
+            .prop_map(|(user, rule)| cmd::AclGrant { user, rule }.into())
+            .boxed(),
+        (arb_string(), arb_rule())
+            .prop_map(|(user, rule)| cmd::AclRevoke { user, rule }.into())
+            .boxed(),
+        arb_string()
+            .prop_map(|user| cmd::AclList { user }.into())
+            .boxed(),
         arb_string()
             .prop_map(|topic| cmd::TopicDescribe { topic }.into())
             .boxed(),
@@ -680,6 +716,40 @@ fn arb_cluster_info_reply() -> impl Strategy<Value = cmd::ClusterInfoReply> {
         )
 }
 
+fn arb_verifier() -> impl Strategy<Value = cmd::WireVerifier> {
+    (
+        any::<[u8; 16]>(),
+        any::<(u32, u32, u32)>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(
+            |(salt, (m_kib, t, p), stored_key, server_key)| cmd::WireVerifier {
+                salt,
+                m_kib,
+                t,
+                p,
+                stored_key,
+                server_key,
+            },
+        )
+}
+
+fn arb_rule() -> impl Strategy<Value = cmd::AclRule> {
+    (arb_string(), any::<u16>(), any::<bool>(), arb_string()).prop_map(
+        |(resource, actions, deny, source)| cmd::AclRule {
+            resource,
+            actions,
+            decision: if deny {
+                cmd::Decision::Deny
+            } else {
+                cmd::Decision::Allow
+            },
+            source,
+        },
+    )
+}
+
 fn arb_request() -> impl Strategy<Value = Request> {
     Union::new(request_strategies())
 }
@@ -964,6 +1034,39 @@ fn response_strategies() -> Vec<BoxedStrategy<Response>> {
             .boxed(),
         arb_cluster_info_reply()
             .prop_map(Response::ClusterElect)
+            .boxed(),
+        (
+            any::<u8>(),
+            any::<[u8; 16]>(),
+            any::<(u32, u32, u32)>(),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(mechanism, salt, (m_kib, t, p), server_nonce)| {
+                Response::AuthStart(cmd::AuthStartReply {
+                    mechanism,
+                    salt,
+                    m_kib,
+                    t,
+                    p,
+                    server_nonce,
+                })
+            })
+            .boxed(),
+        any::<[u8; 32]>()
+            .prop_map(|server_signature| {
+                Response::AuthFinish(cmd::AuthFinishReply { server_signature })
+            })
+            .boxed(),
+        arb_done().prop_map(Response::UserCreate).boxed(),
+        arb_done().prop_map(Response::UserPassword).boxed(),
+        arb_done().prop_map(Response::UserDelete).boxed(),
+        arb_string()
+            .prop_map(|json| Response::UserList(cmd::JsonReply { json }))
+            .boxed(),
+        arb_done().prop_map(Response::AclGrant).boxed(),
+        arb_done().prop_map(Response::AclRevoke).boxed(),
+        arb_string()
+            .prop_map(|json| Response::AclList(cmd::JsonReply { json }))
             .boxed(),
     ]
 }

@@ -13,6 +13,17 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The bytes of an even-length hex string (either case); `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch by the system clock (0 before 1970). The broker reads
 /// time from its `Clock` instead, so tests can drive it; this is for clients and tools.
 pub fn epoch_ms() -> i64 {
@@ -28,6 +39,10 @@ mod tests {
     #[test]
     fn hex_is_two_lower_case_digits_a_byte() {
         assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(unhex("000fA5ff"), Some(vec![0x00, 0x0f, 0xa5, 0xff]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("+1"), None);
         assert_eq!(hex(&[]), "");
     }
 

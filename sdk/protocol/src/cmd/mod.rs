@@ -13,6 +13,7 @@ use crate::codes::{Command, Status};
 use crate::frame::{finish_frame, FrameError, FrameHeader};
 use crate::wire::{DecodeError, Reader};
 
+mod auth;
 mod cluster;
 mod groups;
 mod hello;
@@ -27,6 +28,11 @@ mod special;
 mod status;
 mod topics;
 
+pub use auth::{
+    actions, AclGrant, AclList, AclRevoke, AclRule, AuthFinish, AuthFinishReply, AuthStart,
+    AuthStartReply, Decision, JsonReply, Role, UserCreate, UserDelete, UserList, UserPassword,
+    WireVerifier, KEY_LEN, MECHANISM_SCRAM_ARGON2ID, NONCE_LEN, SALT_LEN,
+};
 pub use cluster::{
     ClusterBroker, ClusterElect, ClusterInfo, ClusterInfoReply, ClusterSet, ClusterVoter,
     ControllerNode, EpochStart, Raft, RaftKind, RaftReply, ReplicaChunk, ReplicaFetch, ReplicaLag,
@@ -230,6 +236,8 @@ macro_rules! commands {
 
 commands! {
     Hello(Hello),
+    AuthStart(AuthStart),
+    AuthFinish(AuthFinish),
     Route(Route),
     Send(Send),
     SendSpecial(SendSpecial),
@@ -261,6 +269,13 @@ commands! {
     PluginList(PluginList),
     PluginDescribe(PluginDescribe),
     BrokerStatus(BrokerStatus),
+    UserCreate(UserCreate),
+    UserPassword(UserPassword),
+    UserDelete(UserDelete),
+    UserList(UserList),
+    AclGrant(AclGrant),
+    AclRevoke(AclRevoke),
+    AclList(AclList),
     PluginAttach(PluginAttach),
     PluginDetach(PluginDetach),
     Raft(Raft),

@@ -1,0 +1,317 @@
+use super::*;
+use quiver_protocol::cmd::actions::{CONSUME, CREATE, DESCRIBE, SEND};
+
+const CHEAP: Params = Params {
+    m_kib: 64,
+    t: 1,
+    p: 1,
+};
+
+fn open(dir: &Path) -> Auth {
+    Auth::open(&AuthConfig::default(), dir, Clock::system()).unwrap()
+}
+
+fn wire(password: &str) -> cmd::WireVerifier {
+    let v = Verifier::new(password, CHEAP).unwrap();
+    cmd::WireVerifier {
+        salt: v.salt,
+        m_kib: CHEAP.m_kib,
+        t: CHEAP.t,
+        p: CHEAP.p,
+        stored_key: v.stored_key,
+        server_key: v.server_key,
+    }
+}
+
+async fn create(a: &Auth, name: &str, role: Role) {
+    a.manage(Request::UserCreate(cmd::UserCreate {
+        name: name.into(),
+        role,
+        verifier: wire("pw"),
+    }))
+    .await
+    .unwrap();
+}
+
+fn rule(resource: &str, actions: u16, decision: Decision, source: &str) -> cmd::AclRule {
+    AclRule {
+        resource: resource.into(),
+        actions,
+        decision,
+        source: source.into(),
+    }
+}
+
+async fn grant(a: &Auth, user: &str, r: cmd::AclRule) -> Result<Response, Refused> {
+    a.manage(Request::AclGrant(cmd::AclGrant {
+        user: user.into(),
+        rule: r,
+    }))
+    .await
+}
+
+fn caller(user: &str, ip: [u8; 4]) -> Caller {
+    Caller {
+        who: Who::User(Arc::from(user)),
+        remote: SocketAddr::from((ip, 5000)),
+    }
+}
+
+fn topic(actions: u16, t: &str) -> Need {
+    Need {
+        actions,
+        resource: Resource::topic(t),
+    }
+}
+
+/// Runs the client's side of the handshake against `a`.
+fn login(a: &Auth, l: &mut Login, user: &str, password: &str) -> Result<(), Refused> {
+    let start = cmd::AuthStart {
+        user: user.into(),
+        client_nonce: scram::random(),
+    };
+    let reply = a.start(l, &start)?;
+    let params = Params {
+        m_kib: reply.m_kib,
+        t: reply.t,
+        p: reply.p,
+    };
+    let salted = scram::salted_password(password, &reply.salt, params).unwrap();
+    let am = scram::auth_message(&body(&start), &body(&reply));
+    let fin = a.finish(
+        l,
+        &cmd::AuthFinish {
+            proof: scram::client_proof(&salted, &am),
+        },
+    )?;
+    assert_eq!(
+        fin.server_signature,
+        scram::hmac(&scram::server_key(&salted), &am),
+        "the broker proves it holds the verifier"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn before_the_first_user_only_this_machine_is_served_and_the_first_user_is_super() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    assert!(!a.enforced());
+    let anon = |ip: [u8; 4]| Caller {
+        who: Who::Anonymous,
+        remote: SocketAddr::from((ip, 1)),
+    };
+    a.check(&anon([127, 0, 0, 1]), &[topic(SEND, "orders")])
+        .unwrap();
+    let e = a
+        .check(&anon([10, 0, 0, 1]), &[topic(SEND, "orders")])
+        .unwrap_err();
+    assert_eq!(e.status, Status::AccessDenied);
+    let e = a
+        .manage(Request::UserCreate(cmd::UserCreate {
+            name: "alice".into(),
+            role: Role::Normal,
+            verifier: wire("pw"),
+        }))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("first user must be a super user"), "{e}");
+    create(&a, "root", Role::Super).await;
+    assert!(a.enforced());
+    let e = a
+        .check(&anon([127, 0, 0, 1]), &[topic(SEND, "orders")])
+        .unwrap_err();
+    assert!(e.message.contains("requires a user"), "{e}");
+}
+
+#[tokio::test]
+async fn deny_wins_prefixes_match_and_sources_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    create(&a, "root", Role::Super).await;
+    create(&a, "alice", Role::Normal).await;
+    let here = caller("alice", [10, 1, 2, 3]);
+    // Nothing is allowed by default.
+    assert!(a.check(&here, &[topic(SEND, "orders")]).is_err());
+    grant(
+        &a,
+        "alice",
+        rule("topic:orders.*", SEND | CONSUME, Decision::Allow, ""),
+    )
+    .await
+    .unwrap();
+    a.check(&here, &[topic(SEND, "orders.eu")]).unwrap();
+    assert!(a.check(&here, &[topic(SEND, "orders")]).is_err());
+    assert!(a.check(&here, &[topic(CREATE, "orders.eu")]).is_err());
+    // A deny on one topic of the prefix wins over the allow.
+    grant(
+        &a,
+        "alice",
+        rule("topic:orders.secret", SEND, Decision::Deny, ""),
+    )
+    .await
+    .unwrap();
+    let e = a.check(&here, &[topic(SEND, "orders.secret")]).unwrap_err();
+    assert_eq!(
+        e.message,
+        r#"user "alice" may not send on topic:orders.secret"#
+    );
+    a.check(&here, &[topic(CONSUME, "orders.secret")]).unwrap();
+    // Any one of several actions is enough (a route needs any right on the topic).
+    a.check(&here, &[topic(SEND | DESCRIBE, "orders.us")])
+        .unwrap();
+    // Sources: an allow from 192.168.0.0/16 only.
+    grant(
+        &a,
+        "alice",
+        rule("group:billing", CONSUME, Decision::Allow, "192.168.0.0/16"),
+    )
+    .await
+    .unwrap();
+    let g = Need {
+        actions: CONSUME,
+        resource: Resource::Group("billing".into()),
+    };
+    assert!(a.check(&here, std::slice::from_ref(&g)).is_err());
+    a.check(&caller("alice", [192, 168, 4, 4]), &[g]).unwrap();
+    // A super user needs no rule.
+    a.check(&caller("root", [10, 9, 9, 9]), &[topic(CREATE, "x")])
+        .unwrap();
+    // Bad rules are refused with what to write.
+    for (r, says) in [
+        (rule("orders", SEND, Decision::Allow, ""), "topic:NAME"),
+        (rule("topic:a*b", SEND, Decision::Allow, ""), "topic:NAME"),
+        (rule("topic:a", 0, Decision::Allow, ""), "actions"),
+        (rule("topic:a", SEND, Decision::Allow, "10.0.0/8"), "CIDR"),
+    ] {
+        let e = grant(&a, "alice", r).await.unwrap_err();
+        assert!(e.message.contains(says), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn rules_and_users_survive_a_restart_and_revoke_narrows() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let a = open(dir.path());
+        create(&a, "root", Role::Super).await;
+        create(&a, "bob", Role::Normal).await;
+        grant(
+            &a,
+            "bob",
+            rule("topic:t", SEND | CONSUME, Decision::Allow, "::1"),
+        )
+        .await
+        .unwrap();
+    }
+    let a = open(dir.path());
+    assert_eq!(a.user_count(), 2);
+    let bob = Caller {
+        who: Who::User(Arc::from("bob")),
+        remote: "[::1]:9".parse().unwrap(),
+    };
+    a.check(&bob, &[topic(CONSUME, "t")]).unwrap();
+    a.manage(Request::AclRevoke(cmd::AclRevoke {
+        user: "bob".into(),
+        rule: rule("topic:t", CONSUME, Decision::Allow, "::1"),
+    }))
+    .await
+    .unwrap();
+    assert!(a.check(&bob, &[topic(CONSUME, "t")]).is_err());
+    a.check(&bob, &[topic(SEND, "t")]).unwrap();
+    // The last super user cannot be deleted while others exist.
+    let e = a
+        .manage(Request::UserDelete(cmd::UserDelete {
+            name: "root".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("last super user"), "{e}");
+    let json = match a
+        .manage(Request::AclList(cmd::AclList { user: "bob".into() }))
+        .await
+        .unwrap()
+    {
+        Response::AclList(j) => j.json,
+        other => panic!("{other:?}"),
+    };
+    assert!(json.contains(r#""actions":"send""#), "{json}");
+    assert!(json.contains(r#""source":"::1/128""#), "{json}");
+}
+
+#[tokio::test]
+async fn wrong_password_unknown_user_and_replayed_proof_fail_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    create(&a, "root", Role::Super).await;
+    let mut l = Login::default();
+    login(&a, &mut l, "root", "pw").unwrap();
+    assert_eq!(l.user().map(|u| &**u), Some("root"));
+
+    let mut l = Login::default();
+    let wrong = login(&a, &mut l, "root", "nope").unwrap_err();
+    let unknown = login(&a, &mut l, "nobody", "pw").unwrap_err();
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong.status, Status::AuthenticationFailed);
+    assert!(l.user().is_none());
+
+    // An unknown user's salt is the same every time (it cannot be told from a real one by
+    // asking twice).
+    let s1 = a
+        .start(
+            &mut Login::default(),
+            &cmd::AuthStart {
+                user: "ghost".into(),
+                client_nonce: [1; 32],
+            },
+        )
+        .unwrap();
+    let s2 = a
+        .start(
+            &mut Login::default(),
+            &cmd::AuthStart {
+                user: "ghost".into(),
+                client_nonce: [2; 32],
+            },
+        )
+        .unwrap();
+    assert_eq!(s1.salt, s2.salt);
+    assert_ne!(s1.server_nonce, s2.server_nonce);
+
+    // A proof recorded from a good login is refused on a new handshake, and a second
+    // AuthFinish without a new AuthStart is refused too.
+    let mut l = Login::default();
+    let start = cmd::AuthStart {
+        user: "root".into(),
+        client_nonce: [9; 32],
+    };
+    let reply = a.start(&mut l, &start).unwrap();
+    let salted = scram::salted_password(
+        "pw",
+        &reply.salt,
+        Params {
+            m_kib: reply.m_kib,
+            t: reply.t,
+            p: reply.p,
+        },
+    )
+    .unwrap();
+    let proof = scram::client_proof(&salted, &scram::auth_message(&body(&start), &body(&reply)));
+    a.finish(&mut l, &cmd::AuthFinish { proof }).unwrap();
+    let again = a.finish(&mut l, &cmd::AuthFinish { proof }).unwrap_err();
+    assert_eq!(again, wrong);
+    let mut other = Login::default();
+    a.start(&mut other, &start).unwrap();
+    let replayed = a
+        .finish(&mut other, &cmd::AuthFinish { proof })
+        .unwrap_err();
+    assert_eq!(replayed, wrong);
+}
+
+#[test]
+fn a_damaged_file_stops_the_start_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("auth.json"), b"{not json").unwrap();
+    let e = Auth::open(&AuthConfig::default(), dir.path(), Clock::system()).unwrap_err();
+    assert!(format!("{e:#}").contains("is damaged"), "{e:#}");
+}
