@@ -200,7 +200,7 @@ pub(crate) async fn run_acl(admin: &Admin, out: &mut Out, c: AclCommand) -> anyh
                 .grant(&user, r.clone())
                 .await
                 .with_context(|| format!("granting to {user:?}"))?;
-            done(out, &format!("{}", describe(&r)), &user)
+            done(out, &describe(&r), &user)
         }
         AclCommand::Revoke { user, rule } => {
             let r = rule.rule()?;

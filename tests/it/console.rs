@@ -264,7 +264,7 @@ async fn an_operator_uses_the_console_and_the_cli_agrees() {
 }
 
 /// One HTTP/1.1 request over a fresh connection: status and body.
-async fn http(
+pub async fn http(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,

@@ -2,6 +2,7 @@
 //! ports and temporary data directories; clients use the real SDK over QUIC.
 #![allow(unreachable_pub)]
 
+mod auth;
 mod broker;
 mod browser;
 mod cli;

@@ -480,7 +480,16 @@ async fn respond(
         | Request::TopicCreateOn(_)
         | Request::ReplicaFetch(_)
         | Request::ReplicaState(_)
-        | Request::ClusterElect(_) => {
+        | Request::ClusterElect(_)
+        | Request::AuthStart(_)
+        | Request::AuthFinish(_)
+        | Request::UserCreate(_)
+        | Request::UserPassword(_)
+        | Request::UserDelete(_)
+        | Request::UserList(_)
+        | Request::AclGrant(_)
+        | Request::AclRevoke(_)
+        | Request::AclList(_) => {
             return vec![quiver_protocol::encode_error(
                 quiver_protocol::Status::UnknownCommand,
                 cmd as u16,

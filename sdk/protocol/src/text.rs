@@ -15,7 +15,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The bytes of an even-length hex string (either case); `None` for anything else.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

@@ -1,0 +1,392 @@
+//! Users and access rules against a real broker over QUIC (docs/SECURITY.md): what a user
+//! limited to one topic may and may not do, what an admin may, failed and replayed logins,
+//! rules changed at runtime, the console's login, and the refusal to listen openly
+//! without users.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_client::{
+    Admin, Client, ClientError, ConsumeFrom, ConsumeResult, Credentials, Message, Producer,
+    ProducerOptions, PullConsumer, PullOptions, PushConsumer, PushConsumerOptions, ReceivedMessage,
+};
+use quiver_protocol::cmd::{self, actions, AclRule, Decision, Role};
+use quiver_protocol::{decode_error, split_frame, Request, Status, PROTOCOL_VERSION};
+
+use crate::harness::TestBroker;
+
+const ROOT_PW: &str = "root-secret-1";
+const ALICE_PW: &str = "alice-secret-1";
+
+async fn as_user(broker: &TestBroker, user: &str, password: &str) -> Result<Client, ClientError> {
+    let mut cfg = broker.client_config();
+    cfg.credentials = Some(Credentials::new(user, password));
+    Client::connect(cfg).await
+}
+
+fn allow(resource: &str, bits: u16) -> AclRule {
+    AclRule {
+        resource: resource.into(),
+        actions: bits,
+        decision: Decision::Allow,
+        source: String::new(),
+    }
+}
+
+fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
+    match r {
+        Err(e) => e
+            .status()
+            .unwrap_or_else(|| panic!("no broker status: {e}")),
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+    }
+}
+
+/// A broker with a super user `root` and a user `alice` allowed to send to and consume
+/// `orders` as group `order-workers`; topics `orders` and `payments` exist.
+async fn broker_with_users() -> (TestBroker, Admin) {
+    let broker = TestBroker::start().await;
+    // No user yet: this machine may do anything, including creating the first user.
+    let open = Admin::new(broker.client().await);
+    let e = open
+        .create_user("alice", ALICE_PW, Role::Normal)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("super"), "{e}");
+    open.create_user("root", ROOT_PW, Role::Super)
+        .await
+        .unwrap();
+    let root = Admin::new(as_user(&broker, "root", ROOT_PW).await.unwrap());
+    root.create_user("alice", ALICE_PW, Role::Normal)
+        .await
+        .unwrap();
+    root.grant(
+        "alice",
+        allow("topic:orders", actions::SEND | actions::CONSUME),
+    )
+    .await
+    .unwrap();
+    root.grant("alice", allow("group:order-workers", actions::CONSUME))
+        .await
+        .unwrap();
+    root.create_topic("orders", 2).await.unwrap();
+    root.create_topic("payments", 2).await.unwrap();
+    (broker, root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_limited_to_orders_may_use_orders_and_nothing_else() {
+    let (broker, root) = broker_with_users().await;
+    let alice = as_user(&broker, "alice", ALICE_PW).await.unwrap();
+    let producer = Producer::new(alice.clone(), ProducerOptions::default());
+    producer
+        .send(Message::new("orders", "order-1"))
+        .await
+        .expect("alice sends to orders");
+
+    // What she lacks is refused with AccessDenied, naming the action and the resource.
+    let e = producer
+        .send(Message::new("payments", "pay-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::AccessDenied), "{e}");
+    assert!(e.to_string().contains("topic:payments"), "{e}");
+    let puller = PullConsumer::new(alice.clone());
+    assert_eq!(
+        status(puller.pull("payments", 0, 0, PullOptions::default()).await),
+        Status::AccessDenied
+    );
+    assert_eq!(
+        status(puller.commit_offset("billing", "orders", 0, 1).await),
+        Status::AccessDenied,
+        "a group she lacks"
+    );
+    puller
+        .commit_offset("order-workers", "orders", 0, 0)
+        .await
+        .expect("her own group");
+    let admin = Admin::new(alice.clone());
+    assert_eq!(
+        status(admin.create_topic("alice-topic", 1).await),
+        Status::AccessDenied
+    );
+    assert_eq!(
+        status(
+            admin
+                .load_plugin("evil", Bytes::from_static(b"\0asm"), vec![], None, None)
+                .await
+        ),
+        Status::AccessDenied
+    );
+    assert_eq!(status(admin.list_users().await), Status::AccessDenied);
+    assert_eq!(
+        status(admin.broker_status().await),
+        Status::AccessDenied,
+        "the broker's status is describe on cluster"
+    );
+    // Lists show only what she may see.
+    let topics: Vec<String> = admin
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(topics, vec!["orders".to_string()]);
+
+    // A push consumer of her group gets her message (heartbeats, pulls of orders and of
+    // the group's retry topic, offset commits: all allowed by the two rules).
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let mut opts = PushConsumerOptions::new("order-workers");
+    opts.consume_from = ConsumeFrom::First;
+    let consumer = PushConsumer::start_single(
+        alice.clone(),
+        vec!["orders".into()],
+        opts,
+        move |m: ReceivedMessage| {
+            let s = s.clone();
+            async move {
+                s.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&m.body).into_owned());
+                ConsumeResult::Success
+            }
+        },
+    )
+    .await
+    .expect("alice consumes as order-workers");
+    crate::harness::eventually("alice's consumer gets order-1", async || {
+        seen.lock().unwrap().contains(&"order-1".to_string())
+    })
+    .await;
+    consumer.shutdown().await.unwrap();
+
+    // The admin may do what she may not.
+    root.create_topic("root-topic", 1).await.unwrap();
+    Producer::new(root.client().clone(), ProducerOptions::default())
+        .send(Message::new("payments", "pay-2"))
+        .await
+        .unwrap();
+    let status_json = root.broker_status().await.unwrap();
+    assert_eq!(status_json["topics"], 3);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_change_at_runtime_on_open_connections() {
+    let (broker, root) = broker_with_users().await;
+    let alice = as_user(&broker, "alice", ALICE_PW).await.unwrap();
+    let producer = Producer::new(alice.clone(), ProducerOptions::default());
+    let pay = || Message::new("payments", "p");
+    assert_eq!(status(producer.send(pay()).await), Status::AccessDenied);
+
+    root.grant("alice", allow("topic:pay*", actions::SEND))
+        .await
+        .unwrap();
+    producer
+        .send(pay())
+        .await
+        .expect("granted: same connection");
+
+    // A deny wins over the allow.
+    let mut deny = allow("topic:payments", actions::SEND);
+    deny.decision = Decision::Deny;
+    root.grant("alice", deny.clone()).await.unwrap();
+    assert_eq!(status(producer.send(pay()).await), Status::AccessDenied);
+    root.revoke("alice", deny).await.unwrap();
+    producer.send(pay()).await.expect("the deny is gone");
+
+    // Her rules as the admin sees them.
+    let rules = root.list_rules(Some("alice")).await.unwrap();
+    let list = rules["users"][0]["rules"].as_array().unwrap().clone();
+    assert!(
+        list.iter()
+            .any(|r| r["resource"] == "topic:pay*" && r["actions"] == "send"),
+        "{rules}"
+    );
+
+    // Deleted, she is refused from the next request.
+    root.delete_user("alice").await.unwrap();
+    let e = producer
+        .send(Message::new("orders", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::AccessDenied), "{e}");
+    assert!(e.to_string().contains("no longer exists"), "{e}");
+
+    // Without a login nothing is allowed once users exist, even from this machine.
+    let anonymous = Admin::new(broker.client().await);
+    let e = anonymous.list_topics().await.unwrap_err();
+    assert_eq!(e.status(), Some(Status::AccessDenied), "{e}");
+    assert!(e.to_string().contains("log in"), "{e}");
+    broker.stop().await;
+}
+
+/// A raw connection that has said Hello, for handshakes by hand.
+async fn raw(broker: &TestBroker) -> (quinn::Endpoint, quinn::Connection) {
+    let s = broker.server();
+    let (endpoint, conn) = crate::harness::raw_connection(s.addr, &s.fingerprint).await;
+    let hello = Request::Hello(cmd::Hello {
+        version: PROTOCOL_VERSION,
+        client_id: "raw-auth".into(),
+    });
+    assert_eq!(exchange(&conn, hello).await.0, Status::Ok);
+    (endpoint, conn)
+}
+
+async fn exchange(conn: &quinn::Connection, req: Request) -> (Status, Bytes) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&req.encode()).await.unwrap();
+    let _ = send.finish();
+    let resp = tokio::time::timeout(Duration::from_secs(15), recv.read_to_end(1 << 20))
+        .await
+        .expect("answered")
+        .expect("readable");
+    let (h, body) = split_frame(&Bytes::from(resp), 1 << 20).unwrap();
+    (Status::from_u16(h.code), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_unknown_user_and_a_replayed_handshake_are_refused_alike() {
+    let (broker, _root) = broker_with_users().await;
+    let failure = |r: Result<Client, ClientError>| match r {
+        Err(ClientError::Broker { status, message }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let wrong = failure(as_user(&broker, "alice", "not-her-password").await);
+    let unknown = failure(as_user(&broker, "mallory", ALICE_PW).await);
+    assert_eq!(wrong.0, Status::AuthenticationFailed);
+    assert_eq!(wrong, unknown, "the answers do not tell which");
+
+    // Record a good handshake by hand, then replay its proof on a new connection.
+    let (_e1, conn) = raw(&broker).await;
+    let start = cmd::AuthStart {
+        user: "alice".into(),
+        client_nonce: [7; 32],
+    };
+    let (st, body) = exchange(&conn, Request::AuthStart(start.clone())).await;
+    assert_eq!(st, Status::Ok);
+    let challenge: cmd::AuthStartReply = cmd::decode_body(body).unwrap();
+    let params = quiver_protocol::scram::Params {
+        m_kib: challenge.m_kib,
+        t: challenge.t,
+        p: challenge.p,
+    };
+    assert_eq!(params, quiver_protocol::scram::Params::DEFAULT);
+    let salted =
+        quiver_protocol::scram::salted_password(ALICE_PW, &challenge.salt, params).unwrap();
+    let mut start_body = bytes::BytesMut::new();
+    quiver_protocol::WireEncode::encode(&start, &mut start_body);
+    let mut reply_body = bytes::BytesMut::new();
+    quiver_protocol::WireEncode::encode(&challenge, &mut reply_body);
+    let am = quiver_protocol::scram::auth_message(&start_body, &reply_body);
+    let finish = cmd::AuthFinish {
+        proof: quiver_protocol::scram::client_proof(&salted, &am),
+    };
+    let (st, _) = exchange(&conn, Request::AuthFinish(finish.clone())).await;
+    assert_eq!(st, Status::Ok, "the recorded handshake was good");
+    let (st, _) = exchange(&conn, Request::TopicList(cmd::TopicList)).await;
+    assert_eq!(st, Status::Ok, "logged in");
+
+    let (_e2, replay) = raw(&broker).await;
+    let (st, _) = exchange(&replay, Request::AuthStart(start.clone())).await;
+    assert_eq!(st, Status::Ok);
+    let (st, body) = exchange(&replay, Request::AuthFinish(finish.clone())).await;
+    assert_eq!(
+        (st, decode_error(body)),
+        (wrong.0, wrong.1.clone()),
+        "a replayed proof fails like a wrong password"
+    );
+    // A proof without any AuthStart too.
+    let (_e3, bare) = raw(&broker).await;
+    let (st, body) = exchange(&bare, Request::AuthFinish(finish)).await;
+    assert_eq!((st, decode_error(body)), (wrong.0, wrong.1.clone()));
+    let (st, _) = exchange(&bare, Request::TopicList(cmd::TopicList)).await;
+    assert_eq!(st, Status::AccessDenied, "still not logged in");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_refuses_to_listen_openly_without_users_and_bootstraps_its_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::harness::test_config(dir.path());
+    cfg.broker.listen = "0.0.0.0:0".parse().unwrap();
+    let e = quiver::server::Server::start(cfg.clone())
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{e:#}");
+    assert!(text.contains("without users"), "{text}");
+    assert!(text.contains("auth.mode"), "{text}");
+
+    // With a bootstrap password the first user is created at start (here on loopback).
+    cfg.broker.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.auth.bootstrap_password = Some("boot-secret-1".into());
+    let broker = TestBroker::start_with(cfg).await;
+    let anonymous = Admin::new(broker.client().await);
+    assert_eq!(status(anonymous.list_topics().await), Status::AccessDenied);
+    let admin = Admin::new(as_user(&broker, "admin", "boot-secret-1").await.unwrap());
+    let users = admin.list_users().await.unwrap();
+    assert_eq!(users["users"][0]["name"], "admin");
+    assert_eq!(users["users"][0]["role"], "super");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_logs_in_with_broker_users() {
+    let (broker, _root) = broker_with_users().await;
+    let addr = broker.server().admin_addr().expect("admin listener");
+    let json = ("Content-Type", "application/json");
+    let (code, body) = crate::console::http(addr, "GET", "/api/topics", &[], "").await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("AccessDenied"), "{body}");
+    let (code, body) = crate::console::http(
+        addr,
+        "POST",
+        "/api/login",
+        &[json],
+        r#"{"user":"alice","password":"wrong"}"#,
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("AuthenticationFailed"), "{body}");
+    let (code, body) = crate::console::http(
+        addr,
+        "POST",
+        "/api/login",
+        &[json],
+        &format!(r#"{{"user":"alice","password":"{ALICE_PW}"}}"#),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let login: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bearer = format!("Bearer {}", login["token"].as_str().unwrap());
+    let auth = ("Authorization", bearer.as_str());
+    let (code, body) = crate::console::http(addr, "GET", "/api/whoami", &[auth], "").await;
+    assert_eq!(code, 200);
+    assert!(body.contains(r#""user":"alice""#), "{body}");
+    // She sees only her topic, and may not create one.
+    let (code, body) = crate::console::http(addr, "GET", "/api/topics", &[auth], "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("orders") && !body.contains("payments"),
+        "{body}"
+    );
+    let (code, body) = crate::console::http(
+        addr,
+        "POST",
+        "/api/topics",
+        &[auth, json],
+        r#"{"topic":"web","queues":1}"#,
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    // After logout the token is dead.
+    let (code, _) = crate::console::http(addr, "POST", "/api/logout", &[auth], "").await;
+    assert_eq!(code, 200);
+    let (code, body) = crate::console::http(addr, "GET", "/api/topics", &[auth], "").await;
+    assert_eq!(code, 401, "{body}");
+    broker.stop().await;
+}
