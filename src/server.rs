@@ -17,6 +17,45 @@ use crate::net::Listener;
 use quiver_protocol::cmd;
 use quiver_protocol::{Request, Response, Status};
 
+/// On a cluster node: user and rule changes go through the controller, and the node applies
+/// the cluster's newest users and rules (checked about once a second), so a user created
+/// on any node can log in on every node.
+fn share_users(broker: &Arc<Broker>, member: &Arc<Member>, cfg: &Config, stop: CancellationToken) {
+    use crate::auth::Refused;
+    use crate::cluster::state::{Command, Reply};
+    let m = member.clone();
+    broker.auth().attach_cluster(Arc::new(move |expect, json| {
+        let m = m.clone();
+        Box::pin(async move {
+            match m.write(Command::SetAuth { expect, json }).await {
+                Ok(Reply::Ok) => Ok(()),
+                Ok(Reply::Refused(why)) => Err(Refused::new(Status::Busy, why)),
+                Err(e) => Err(Refused::new(
+                    Status::ControllerUnavailable,
+                    format!("users and rules are stored by the controller: {e}"),
+                )),
+            }
+        })
+    }));
+    let (b, m) = (broker.clone(), member.clone());
+    let every = Duration::from_millis(cfg.cluster.broker_heartbeat_ms.clamp(100, 1000));
+    tokio::spawn(async move {
+        loop {
+            if let Ok(state) = m.state(false).await {
+                if state.auth.version > b.auth().cluster_version() {
+                    if let Err(e) = b.auth().adopt(state.auth.version, &state.auth.json).await {
+                        tracing::error!(error = %format!("{e:#}"), "cannot apply the cluster's users and rules");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    });
+}
+
 /// A broker serving on its address until stopped.
 pub struct Server {
     /// The bound UDP address.
@@ -123,6 +162,7 @@ impl Server {
             ));
         }
         if let Some(m) = member {
+            share_users(&broker, &m, &cfg, shutdown.clone());
             tokio::spawn(
                 m.clone()
                     .run(cfg.cluster.advertise.unwrap_or(addr), shutdown.clone()),

@@ -239,6 +239,8 @@ impl User {
 struct Users {
     secret: [u8; 32],
     users: BTreeMap<String, User>,
+    /// The cluster's version of these users (0 outside a cluster).
+    version: u64,
 }
 
 /// `auth.json`.
@@ -246,6 +248,9 @@ struct Users {
 #[serde(deny_unknown_fields)]
 struct File {
     version: u32,
+    /// The cluster's version of this document (0 outside a cluster).
+    #[serde(default)]
+    cluster_version: u64,
     secret: String,
     users: BTreeMap<String, FileUser>,
 }
@@ -335,12 +340,14 @@ impl Users {
         Ok(Users {
             secret: fixed(&f.secret, "secret")?,
             users,
+            version: f.cluster_version,
         })
     }
 
     fn to_file(&self) -> File {
         File {
             version: 1,
+            cluster_version: self.version,
             secret: hex(&self.secret),
             users: self
                 .users
@@ -426,7 +433,21 @@ pub struct Auth {
     /// One change at a time: read, change, write the file, then publish.
     writer: tokio::sync::Mutex<()>,
     clock: Clock,
+    /// On a cluster node: stores a change through the controller (every node adopts it).
+    publish: std::sync::OnceLock<Publish>,
 }
+
+/// Stores a new document (`json`) through the cluster's controller, made on version
+/// `expect`; refused when the cluster's document moved on meanwhile.
+pub type Publish = Arc<
+    dyn Fn(
+            u64,
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refused>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -456,6 +477,7 @@ impl Auth {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Users {
                 secret: scram::random(),
                 users: BTreeMap::new(),
+                version: 0,
             },
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -487,6 +509,7 @@ impl Auth {
             users: RwLock::new(Arc::new(users)),
             writer: tokio::sync::Mutex::new(()),
             clock,
+            publish: std::sync::OnceLock::new(),
         })
     }
 
@@ -495,6 +518,39 @@ impl Auth {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// Makes every later change go through the cluster (see [`Publish`]).
+    pub fn attach_cluster(&self, publish: Publish) {
+        let _ = self.publish.set(publish);
+    }
+
+    /// The cluster's version of the users this node applies (0 before the first).
+    pub fn cluster_version(&self) -> u64 {
+        self.snapshot().version
+    }
+
+    /// Applies the cluster's document when it is newer than this node's: replaces the
+    /// users and rules, and `auth.json`. Returns whether it changed anything.
+    pub async fn adopt(&self, version: u64, json: &str) -> anyhow::Result<bool> {
+        let _one = self.writer.lock().await;
+        if version <= self.snapshot().version {
+            return Ok(false);
+        }
+        let mut next = serde_json::from_str::<File>(json)
+            .map_err(anyhow::Error::from)
+            .and_then(Users::from_file)
+            .context("the cluster's users and rules do not parse")?;
+        next.version = version;
+        let next = Arc::new(next);
+        let (path, to_write) = (self.path.clone(), next.clone());
+        tokio::task::spawn_blocking(move || write(&path, &to_write)).await??;
+        match self.users.write() {
+            Ok(mut g) => *g = next,
+            Err(p) => *p.into_inner() = next,
+        }
+        tracing::info!(version, "applied the cluster's users and rules");
+        Ok(true)
     }
 
     /// The configured mode.
@@ -812,6 +868,13 @@ impl Auth {
         let _one = self.writer.lock().await;
         let mut next = (*self.snapshot()).clone();
         f(&mut next)?;
+        if let Some(publish) = self.publish.get() {
+            let expect = next.version;
+            next.version = expect + 1;
+            let json = serde_json::to_string(&next.to_file())
+                .map_err(|e| Refused::new(Status::Internal, e.to_string()))?;
+            publish(expect, json).await?;
+        }
         let path = self.path.clone();
         let next = Arc::new(next);
         let to_write = next.clone();

@@ -67,6 +67,24 @@ pub enum Command {
         /// Topic.
         topic: String,
     },
+    /// Users and access rules change (src/auth's whole document, JSON): refused unless the
+    /// stored document is still at version `expect`, so two nodes' concurrent changes do not
+    /// overwrite each other.
+    SetAuth {
+        /// The version the change was made on.
+        expect: u64,
+        /// The new document.
+        json: String,
+    },
+}
+
+/// Users and access rules as the cluster stores them: every node applies the newest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthDoc {
+    /// Raised by one at every change; 0 before the first.
+    pub version: u64,
+    /// The document (src/auth's `auth.json` layout).
+    pub json: String,
 }
 
 /// What applying a command answered.
@@ -116,6 +134,9 @@ pub struct ClusterState {
     /// the deletion (it was down) deletes its copy when it next applies the routes.
     #[serde(default)]
     pub deleted: std::collections::BTreeSet<String>,
+    /// Users and access rules, shared by every node.
+    #[serde(default)]
+    pub auth: AuthDoc,
 }
 
 impl ClusterState {
@@ -249,6 +270,20 @@ impl ClusterState {
                 }
                 None => Reply::Refused(format!("topic {topic} has no route")),
             },
+            Command::SetAuth { expect, json } => {
+                if self.auth.version != *expect {
+                    return Reply::Refused(format!(
+                        "users and rules changed meanwhile (version {} now, {expect} expected); \
+                         retry",
+                        self.auth.version
+                    ));
+                }
+                self.auth = AuthDoc {
+                    version: expect + 1,
+                    json: json.clone(),
+                };
+                Reply::Ok
+            }
         }
     }
 
@@ -402,6 +437,15 @@ mod tests {
             s.apply(&Command::DeleteTopic { topic: "t".into() }),
             Reply::Ok
         );
+        // Users: a change made on an older version is refused.
+        let set = |expect: u64, json: &str| Command::SetAuth {
+            expect,
+            json: json.into(),
+        };
+        assert_eq!(s.apply(&set(0, "a")), Reply::Ok);
+        assert!(matches!(s.apply(&set(0, "b")), Reply::Refused(_)));
+        assert_eq!(s.apply(&set(1, "c")), Reply::Ok);
+        assert_eq!((s.auth.version, s.auth.json.as_str()), (2, "c"));
         assert!(
             s.deleted.contains("t"),
             "a deleted route leaves a tombstone"

@@ -390,3 +390,101 @@ async fn the_console_logs_in_with_broker_users() {
     assert_eq!(code, 401, "{body}");
     broker.stop().await;
 }
+
+/// Users live in the cluster's controller: created on one node, they log in on every node,
+/// and a node restarted with kill -9 still knows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_created_on_one_cluster_node_log_in_on_every_node() {
+    use crate::cluster::{agreed_leader, free_port, node_config, shared_identity, Node};
+    use quiver_client::{ClientConfig, Tls};
+    use std::net::SocketAddr;
+    let _heavy = crate::harness::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let identity = shared_identity(dir.path());
+    let cert = identity.0.clone();
+    let voters: Vec<(u64, SocketAddr)> = (1..=3)
+        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let sets = [Some("a"), Some("b"), None];
+    let mut nodes: Vec<Node> = voters
+        .iter()
+        .map(|(id, addr)| {
+            let cfg = node_config(
+                dir.path(),
+                &format!("node{id}"),
+                *id,
+                true,
+                sets[*id as usize - 1],
+                "c1",
+                &voters,
+                *addr,
+                &identity,
+            );
+            Node::start(&cfg, &dir.path().join(format!("node{id}.log")), *addr)
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
+    agreed_leader(&addrs, &cert, &[], Duration::from_secs(20), dir.path()).await;
+    let connect = |addr: SocketAddr, login: Option<(&str, &str)>| {
+        let mut cfg = ClientConfig::new(addr, Tls::CaFile(cert.clone()));
+        cfg.request_timeout = Duration::from_secs(2);
+        cfg.credentials = login.map(|(u, p)| Credentials::new(u, p));
+        Client::connect(cfg)
+    };
+    // The first user, from this machine, on node 1.
+    let open = Admin::new(connect(addrs[0], None).await.unwrap());
+    open.create_user("root", ROOT_PW, Role::Super)
+        .await
+        .expect("the first user is stored through the controller");
+    // Every node applies it: anonymous requests are refused, root logs in.
+    for addr in &addrs {
+        crate::harness::eventually(
+            &format!("node {addr} requires a login"),
+            async || match connect(*addr, None).await {
+                Ok(c) => {
+                    let r = Admin::new(c.clone()).list_topics().await;
+                    c.close().await;
+                    r.is_err_and(|e| e.status() == Some(Status::AccessDenied))
+                }
+                Err(_) => false,
+            },
+        )
+        .await;
+        let root = connect(*addr, Some(("root", ROOT_PW)))
+            .await
+            .unwrap_or_else(|e| panic!("root logs in on {addr}: {e}"));
+        root.close().await;
+    }
+    // A user created on the controller-only node, logging in on the broker of set b, is
+    // refused what its rules do not give it.
+    let root3 = Admin::new(connect(addrs[2], Some(("root", ROOT_PW))).await.unwrap());
+    root3
+        .create_user("alice", ALICE_PW, Role::Normal)
+        .await
+        .unwrap();
+    root3
+        .grant("alice", allow("topic:orders", actions::SEND))
+        .await
+        .unwrap();
+    let alice = crate::harness::eventually_some("alice logs in on node 2", async || {
+        connect(addrs[1], Some(("alice", ALICE_PW))).await.ok()
+    })
+    .await;
+    let e = Admin::new(alice.clone())
+        .create_topic("mine", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::AccessDenied), "{e}");
+    alice.close().await;
+
+    // Node 2 killed and restarted: it still knows alice (its auth.json, then the cluster).
+    nodes[1].kill9();
+    nodes[1].spawn();
+    crate::harness::eventually_some("alice logs in on restarted node 2", async || {
+        connect(addrs[1], Some(("alice", ALICE_PW))).await.ok()
+    })
+    .await
+    .close()
+    .await;
+    drop(nodes);
+}
