@@ -488,3 +488,70 @@ async fn users_created_on_one_cluster_node_log_in_on_every_node() {
     .await;
     drop(nodes);
 }
+
+/// The console's login in a real browser: a wrong password is refused, a user logs in and
+/// sees only what her rules give her, and logs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_logs_in_to_the_console_in_a_browser() {
+    let Some(mut b) =
+        crate::browser::Browser::start("a_user_logs_in_to_the_console_in_a_browser").await
+    else {
+        return;
+    };
+    let (broker, _root) = broker_with_users().await;
+    let base = format!(
+        "http://{}/",
+        broker.server().admin_addr().expect("admin listener")
+    );
+    b.open(&format!("{base}#topics")).await;
+    b.wait(
+        "the login form",
+        "!document.querySelector('#token-box').hidden",
+    )
+    .await;
+    b.fill("#login-user", "alice").await;
+    b.fill("#login-password", "not-her-password").await;
+    b.click("#login-form button").await;
+    b.wait(
+        "the refusal",
+        "document.querySelector('#notice').textContent.includes('authentication failed')",
+    )
+    .await;
+    b.fill("#login-user", "alice").await;
+    b.fill("#login-password", ALICE_PW).await;
+    b.click("#login-form button").await;
+    b.wait(
+        "logged in",
+        "document.querySelector('#whoami').textContent === 'as alice'",
+    )
+    .await;
+    b.wait(
+        "her topic listed",
+        "!!document.querySelector('#topics-table tr[data-topic=\"orders\"]')",
+    )
+    .await;
+    let other = b
+        .eval("!!document.querySelector('#topics-table tr[data-topic=\"payments\"]')")
+        .await;
+    assert_eq!(
+        other,
+        serde_json::Value::Bool(false),
+        "payments is not hers"
+    );
+    // A change her rules do not allow is refused, with the reason on the page.
+    b.fill("#topic-create-name", "web").await;
+    b.fill("#topic-create-queues", "1").await;
+    b.click("#topic-create-submit").await;
+    b.wait(
+        "the refusal names what she lacks",
+        "document.querySelector('#notice').textContent.includes('may not create')",
+    )
+    .await;
+    b.click("#logout").await;
+    b.wait(
+        "logged out",
+        "!document.querySelector('#token-box').hidden && document.querySelector('#whoami').textContent === ''",
+    )
+    .await;
+    broker.stop().await;
+}

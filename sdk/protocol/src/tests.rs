@@ -1385,3 +1385,71 @@ fn cluster_info_worked_example_matches_the_document() {
     let request = cmd::encode_request(&cmd::ClusterInfo {});
     assert_eq!(&request[..], &[0x04, 0, 0, 0, 0x5b, 0, 0, 0]);
 }
+
+/// The password handshake of docs/PROTOCOL.md §10.23, byte for byte: user "alice",
+/// password "pencil-42", small argon2id costs so the example is quick to recompute.
+#[test]
+fn auth_worked_example_matches_the_document() {
+    use crate::scram;
+    let unhex = |s: &str| crate::text::unhex(&s.split_whitespace().collect::<String>()).unwrap();
+    let start = cmd::AuthStart {
+        user: "alice".into(),
+        client_nonce: std::array::from_fn(|i| i as u8 + 1),
+    };
+    let reply = cmd::AuthStartReply {
+        mechanism: cmd::MECHANISM_SCRAM_ARGON2ID,
+        salt: std::array::from_fn(|i| 0x10 + i as u8),
+        m_kib: 64,
+        t: 1,
+        p: 1,
+        server_nonce: std::array::from_fn(|i| 0xa0 + i as u8),
+    };
+    let params = scram::Params {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
+    let salted = scram::salted_password("pencil-42", &reply.salt, params).unwrap();
+    let mut a = bytes::BytesMut::new();
+    start.encode(&mut a);
+    let mut b = bytes::BytesMut::new();
+    reply.encode(&mut b);
+    let am = scram::auth_message(&a, &b);
+    let proof = scram::client_proof(&salted, &am);
+    let client_key = scram::client_key(&salted);
+    let stored = scram::sha256(&client_key);
+    let server_key = scram::server_key(&salted);
+    let signature = scram::hmac(&server_key, &am);
+    let hex = |v: &[u8]| crate::text::hex(v);
+    assert_eq!(
+        hex(&cmd::encode_request(&start)),
+        "2b000000030000000500616c6963650102030405060708090a0b0c0d0e0f10\
+         1112131415161718191a1b1c1d1e1f20"
+    );
+    assert_eq!(
+        hex(&Response::AuthStart(reply).encode_chunks().concat()),
+        "410000000000030001101112131415161718191a1b1c1d1e1f4000000001000000\
+         01000000a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    );
+    assert_eq!(
+        hex(&client_key),
+        "af9656af877fef628b91986cf67b56d73a92c7752e964ea3db4ef90e84ef60cc"
+    );
+    assert_eq!(
+        hex(&stored),
+        "8d18c3b6044916a5d3ffcddd75c43fcfb01b81cbb2ad3be3bcc0918ac404b13d"
+    );
+    assert_eq!(
+        hex(&server_key),
+        "b7212060021f2268b28de6fde1fa24a1f40041666b8d33023807e60b49d26654"
+    );
+    assert_eq!(salted.to_vec(), unhex(EXAMPLE_SALTED));
+    assert_eq!(proof.to_vec(), unhex(EXAMPLE_PROOF));
+    assert_eq!(signature.to_vec(), unhex(EXAMPLE_SIGNATURE));
+}
+
+// Also computed independently with Python's argon2-cffi, hmac and hashlib from the
+// document's description (§10.23).
+const EXAMPLE_SALTED: &str = "aa43272fe468aa62806870761afe20132c078718dcf46c817b6bee9d7c88043b";
+const EXAMPLE_PROOF: &str = "e18ed160db89ab9def9e2d34f46307503378660aaeec60bb3a83b816a418fb35";
+const EXAMPLE_SIGNATURE: &str = "61131167a72ae6f1f6bc655f197d63eee29e8d9ba220f15d3315619f596d4745";

@@ -42,7 +42,9 @@ async function api(method, path, body) {
   });
   let data = null;
   try { data = await resp.json(); } catch (_) { /* not JSON */ }
-  if (resp.status === 401 || (resp.status === 403 && !token && data && /admin.token/.test(data.error || ""))) {
+  const needsLogin = resp.status === 401 ||
+    (resp.status === 403 && data && (/admin.token/.test(data.error || "") || /log in/.test(data.error || "")));
+  if (needsLogin && path !== "/login") {
     document.getElementById("token-box").hidden = false;
   }
   if (!resp.ok) {
@@ -481,13 +483,49 @@ async function render() {
   }
 }
 
+function useToken(t) {
+  token = t;
+  if (t) sessionStorage.setItem("quiver-token", t);
+  else sessionStorage.removeItem("quiver-token");
+  document.getElementById("token-box").hidden = !!t || document.getElementById("token-box").hidden;
+  showUser();
+  render();
+}
+
+// Who the console acts as, in the header, with a log-out button for a login.
+async function showUser() {
+  try {
+    const w = await api("GET", "/whoami");
+    document.getElementById("whoami").textContent = w.user ? "as " + w.user : "";
+    document.getElementById("logout").hidden = !w.user;
+  } catch (_) {
+    document.getElementById("whoami").textContent = "";
+    document.getElementById("logout").hidden = true;
+  }
+}
+
 document.getElementById("token-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  token = document.getElementById("token-input").value;
-  sessionStorage.setItem("quiver-token", token);
-  document.getElementById("token-box").hidden = true;
-  render();
+  useToken(document.getElementById("token-input").value);
 });
+document.getElementById("login-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const user = document.getElementById("login-user").value;
+  const password = document.getElementById("login-password").value;
+  const r = await act(() => api("POST", "/login", { user, password }));
+  document.getElementById("login-password").value = "";
+  if (r && r.token) {
+    document.getElementById("token-box").hidden = true;
+    notice("");
+    useToken(r.token);
+  }
+});
+document.getElementById("logout").addEventListener("click", async () => {
+  await act(() => api("POST", "/logout"));
+  useToken("");
+  document.getElementById("token-box").hidden = false;
+});
+showUser();
 window.addEventListener("hashchange", () => { notice(""); render(); });
 api("GET", "/overview").then((o) => {
   document.getElementById("broker-name").textContent = o.broker + " · " + o.role;
