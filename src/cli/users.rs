@@ -78,21 +78,24 @@ pub(crate) enum AclCommand {
     /// to its open connections.
     Grant {
         /// The user.
-        user: String,
+        #[arg(value_name = "USER")]
+        name: String,
         #[command(flatten)]
         rule: RuleArgs,
     },
     /// Remove actions from the user's rule with the same resource, decision and source.
     Revoke {
         /// The user.
-        user: String,
+        #[arg(value_name = "USER")]
+        name: String,
         #[command(flatten)]
         rule: RuleArgs,
     },
     /// A user's rules, or every user's.
     List {
         /// The user (all users when omitted).
-        user: Option<String>,
+        #[arg(value_name = "USER")]
+        name: Option<String>,
     },
 }
 
@@ -194,7 +197,7 @@ pub(crate) async fn run_user(admin: &Admin, out: &mut Out, c: UserCommand) -> an
 
 pub(crate) async fn run_acl(admin: &Admin, out: &mut Out, c: AclCommand) -> anyhow::Result<()> {
     match c {
-        AclCommand::Grant { user, rule } => {
+        AclCommand::Grant { name: user, rule } => {
             let r = rule.rule()?;
             admin
                 .grant(&user, r.clone())
@@ -202,7 +205,7 @@ pub(crate) async fn run_acl(admin: &Admin, out: &mut Out, c: AclCommand) -> anyh
                 .with_context(|| format!("granting to {user:?}"))?;
             done(out, &describe(&r), &user)
         }
-        AclCommand::Revoke { user, rule } => {
+        AclCommand::Revoke { name: user, rule } => {
             let r = rule.rule()?;
             admin
                 .revoke(&user, r.clone())
@@ -210,7 +213,7 @@ pub(crate) async fn run_acl(admin: &Admin, out: &mut Out, c: AclCommand) -> anyh
                 .with_context(|| format!("revoking from {user:?}"))?;
             done(out, &format!("revoked {}", describe(&r)), &user)
         }
-        AclCommand::List { user } => {
+        AclCommand::List { name: user } => {
             let list = admin
                 .list_rules(user.as_deref())
                 .await

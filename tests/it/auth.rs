@@ -555,3 +555,167 @@ async fn a_user_logs_in_to_the_console_in_a_browser() {
     .await;
     broker.stop().await;
 }
+
+/// The CLI: the first user, users and rules, logins from a credentials file, and what a
+/// refusal looks like to an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_manages_users_and_rules_with_the_cli() {
+    use crate::cli::Quiver;
+    let broker = TestBroker::start().await;
+    let q = Quiver::new(&broker);
+    let dir = tempfile::tempdir().unwrap();
+    let cred = |name: &str, pw: &str| {
+        let path = dir.path().join(format!("{name}.cred"));
+        std::fs::write(&path, format!("user = \"{name}\"\npassword = \"{pw}\"\n")).unwrap();
+        path.display().to_string()
+    };
+    let (root, alice) = (cred("root", ROOT_PW), cred("alice", ALICE_PW));
+
+    let made = q
+        .run_stdin(
+            &[
+                "admin",
+                "user",
+                "create",
+                "root",
+                "--super",
+                "--password-stdin",
+            ],
+            format!("{ROOT_PW}\n").as_bytes(),
+        )
+        .await
+        .expect_ok("the first user");
+    assert!(made.stdout.contains("created (super)"), "{made:?}");
+    let short = q
+        .run_stdin(
+            &[
+                "admin",
+                "user",
+                "create",
+                "bob",
+                "--password-stdin",
+                "--credentials",
+                &root,
+            ],
+            b"short\n",
+        )
+        .await
+        .expect_fail("a short password");
+    assert!(short.stderr.contains("shorter than 8"), "{short:?}");
+    q.run_stdin(
+        &[
+            "admin",
+            "user",
+            "create",
+            "alice",
+            "--password-stdin",
+            "--credentials",
+            &root,
+        ],
+        format!("{ALICE_PW}\n").as_bytes(),
+    )
+    .await
+    .expect_ok("alice");
+    let as_root = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend(["--credentials", root.as_str()]);
+        v.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let run = |args: Vec<String>| {
+        let q = &q;
+        async move {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            q.run(&a).await
+        }
+    };
+    run(as_root(&[
+        "admin",
+        "acl",
+        "grant",
+        "alice",
+        "--resource",
+        "topic:orders",
+        "--actions",
+        "send,consume",
+    ]))
+    .await
+    .expect_ok("grant");
+    let bad = run(as_root(&[
+        "admin",
+        "acl",
+        "grant",
+        "alice",
+        "--resource",
+        "orders",
+        "--actions",
+        "send",
+    ]))
+    .await
+    .expect_fail("a resource without its kind");
+    assert!(bad.stderr.contains("topic:NAME"), "{bad:?}");
+    let listed = run(as_root(&["admin", "acl", "list", "alice", "--json"]))
+        .await
+        .expect_ok("acl list")
+        .json();
+    assert_eq!(
+        listed[0]["users"][0]["rules"][0]["actions"], "send,consume",
+        "{listed:?}"
+    );
+    let users = run(as_root(&["admin", "user", "list", "--json"]))
+        .await
+        .expect_ok("user list")
+        .json();
+    assert_eq!(users[0]["users"].as_array().unwrap().len(), 2, "{users:?}");
+    run(as_root(&["admin", "topic", "create", "orders"]))
+        .await
+        .expect_ok("root creates orders");
+
+    // Alice from her credentials file: orders yes, payments no, with the reason.
+    q.run(&[
+        "produce",
+        "--topic",
+        "orders",
+        "--credentials",
+        &alice,
+        "hello",
+    ])
+    .await
+    .expect_ok("alice sends to orders");
+    let refused = q
+        .run(&[
+            "produce",
+            "--topic",
+            "payments",
+            "--credentials",
+            &alice,
+            "hello",
+        ])
+        .await
+        .expect_fail("alice sends to payments");
+    assert!(
+        refused.stderr.contains(r#"user "alice" may not"#),
+        "{refused:?}"
+    );
+    // Without a login nothing works, and the message says what to do.
+    let anonymous = q
+        .run(&["admin", "topic", "list"])
+        .await
+        .expect_fail("no login");
+    assert!(anonymous.stderr.contains("log in"), "{anonymous:?}");
+    // A wrong password.
+    let wrong = q
+        .run(&[
+            "admin",
+            "topic",
+            "list",
+            "--credentials",
+            &cred("alice", "nope-nope"),
+        ])
+        .await
+        .expect_fail("a wrong password");
+    assert!(
+        wrong.stderr.contains("unknown user or wrong password"),
+        "{wrong:?}"
+    );
+    broker.stop().await;
+}

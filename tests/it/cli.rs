@@ -47,6 +47,10 @@ fn run_raw(args: Vec<String>, stdin: Option<Vec<u8>>) -> Run {
         .env_remove("QUIVER_BROKER")
         .env_remove("QUIVER_FINGERPRINT")
         .env_remove("QUIVER_CA")
+        .env_remove("QUIVER_USER")
+        .env_remove("QUIVER_PASSWORD")
+        .env_remove("QUIVER_CREDENTIALS")
+        .env_remove("QUIVER_NEW_PASSWORD")
         .env_remove("RUST_LOG")
         .current_dir(std::env::temp_dir())
         .stdin(if stdin.is_some() {
@@ -110,7 +114,7 @@ impl Quiver {
             .unwrap()
     }
 
-    async fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+    pub async fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
         let (args, stdin) = (self.args(args), stdin.to_vec());
         tokio::task::spawn_blocking(move || run_raw(args, Some(stdin)))
             .await
