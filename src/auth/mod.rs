@@ -61,6 +61,12 @@ pub struct AuthConfig {
     /// while no user exists; only its argon2id verifier is stored.
     #[serde(skip_serializing)]
     pub bootstrap_password: Option<String>,
+    /// A PEM file of certificate authorities for applications' TLS client certificates: a
+    /// connection presenting a certificate they issued is logged in as the user named by
+    /// its subject's common name (the user must exist; its rules apply). None: only cluster
+    /// nodes present certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -69,6 +75,7 @@ impl Default for AuthConfig {
             mode: AuthMode::On,
             bootstrap_user: "admin".into(),
             bootstrap_password: None,
+            client_ca: None,
         }
     }
 }
@@ -405,6 +412,14 @@ struct Pending {
 }
 
 impl Login {
+    /// A connection logged in by its TLS client certificate (`auth.client_ca`).
+    pub fn by_certificate(user: &str) -> Login {
+        Login {
+            user: Some(Arc::from(user)),
+            ..Login::default()
+        }
+    }
+
     /// The user this connection logged in as.
     pub fn user(&self) -> Option<&Arc<str>> {
         self.user.as_ref()
@@ -681,7 +696,7 @@ impl Auth {
             }
         };
         let Some(user) = users.users.get(&**name) else {
-            return Err(denied(format!("user {name:?} no longer exists")));
+            return Err(denied(format!("user {name:?} does not exist (any more)")));
         };
         for need in needs {
             if !user.allows(need, caller.remote.ip()) {

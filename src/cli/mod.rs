@@ -86,6 +86,25 @@ pub(crate) struct ClientArgs {
     /// `password = "SECRET"`); default ~/.config/quiver/credentials when it exists.
     #[arg(long, env = "QUIVER_CREDENTIALS", value_name = "FILE", global = true)]
     pub(crate) credentials: Option<PathBuf>,
+    /// Present this TLS client certificate (PEM; with --client-key): a broker with
+    /// auth.client_ca logs in as the user it names, without a password.
+    #[arg(
+        long,
+        env = "QUIVER_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(
+        long,
+        env = "QUIVER_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<PathBuf>,
     /// Print one JSON object per line (for scripts) instead of text for people.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -145,6 +164,12 @@ impl ClientArgs {
         let first = *addrs.first().context("--broker names no address")?;
         let mut cfg = ClientConfig::new(first, tls);
         cfg.credentials = self.login()?;
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            cfg.certificate = Some(quiver_client::ClientCertificate {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
         if let Some(host) = host {
             // A CA-verified certificate must be valid for the name we dialled.
             cfg.server_name = host;

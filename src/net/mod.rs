@@ -48,6 +48,8 @@ pub struct Listener {
     endpoint: quinn::Endpoint,
     identity: tls::Identity,
     cluster: Option<Arc<Member>>,
+    /// Sorts presented client certificates into cluster nodes and users.
+    peers: Arc<tls::PeerCheck>,
     /// SHA-256 fingerprint of the certificate, for clients to pin.
     pub fingerprint: String,
     /// The certificate file (clients can use it as a CA file).
@@ -80,6 +82,7 @@ impl Listener {
             cert_path: id.cert_path.clone(),
             identity: id,
             cluster: None,
+            peers: Arc::new(tls::PeerCheck::new(cfg)?),
         })
     }
 
@@ -132,11 +135,14 @@ impl Listener {
             };
             let remote = incoming.remote_address();
             let cluster = self.cluster.clone();
+            let peers = self.peers.clone();
             tracker.spawn(
                 async move {
                     let _permit = permit;
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, broker, stop, budget, cluster).await,
+                        Ok(conn) => {
+                            serve_connection(conn, broker, stop, budget, cluster, &peers).await
+                        }
                         Err(e) => debug!(error = %e, "handshake failed"),
                     }
                 }
@@ -264,15 +270,30 @@ async fn serve_connection(
     stop: CancellationToken,
     budget: Budget,
     cluster: Option<Arc<Member>>,
+    peers: &tls::PeerCheck,
 ) {
-    let member = cluster.is_some() && conn.peer_identity().is_some();
+    let presented = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map_or(tls::PeerCert::None, |chain| peers.classify(&chain));
+    let member = cluster.is_some() && presented == tls::PeerCert::Member;
+    let login = match &presented {
+        tls::PeerCert::User(user) => {
+            debug!(%user, "logged in by TLS client certificate");
+            crate::auth::Login::by_certificate(user)
+        }
+        _ => crate::auth::Login::default(),
+    };
     let session = Arc::new(Session {
         remote: conn.remote_address(),
         hello: AtomicBool::new(false),
         cluster,
         member,
         budget,
-        login: Default::default(),
+        login: std::sync::Mutex::new(login),
     });
     let streams = tokio_util::task::TaskTracker::new();
     debug!("connection open");

@@ -135,24 +135,118 @@ pub fn cluster_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCert
     Ok(Some(Arc::new(roots)))
 }
 
+/// The certificate authorities of applications' client certificates (`auth.client_ca`).
+pub fn client_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCertStore>>> {
+    let Some(path) = cfg.auth.client_ca.as_ref() else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading auth.client_ca {}", path.display()))?
+    {
+        let cert = cert.with_context(|| format!("parsing auth.client_ca {}", path.display()))?;
+        roots.add(cert).with_context(|| {
+            format!(
+                "auth.client_ca {} is not a usable trust anchor",
+                path.display()
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        bail!("auth.client_ca {} holds no certificate", path.display());
+    }
+    Ok(Some(Arc::new(roots)))
+}
+
+/// Who a presented client certificate says the peer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerCert {
+    /// No certificate, or one that is neither a cluster node's nor an application's.
+    None,
+    /// A certificate of the cluster's roots: a cluster node.
+    Member,
+    /// A certificate from `auth.client_ca`: the user its common name names.
+    User(String),
+}
+
+/// Sorts presented client certificates into cluster nodes and applications' users.
+#[derive(Default)]
+pub struct PeerCheck {
+    cluster: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl PeerCheck {
+    fn verifier(
+        roots: Arc<rustls::RootCertStore>,
+    ) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+            .build()
+            .context("building a client-certificate verifier")
+    }
+
+    /// The checks for `cfg`'s cluster roots and `auth.client_ca`.
+    pub fn new(cfg: &Config) -> anyhow::Result<PeerCheck> {
+        Ok(PeerCheck {
+            cluster: cluster_roots(cfg)?.map(Self::verifier).transpose()?,
+            clients: client_roots(cfg)?.map(Self::verifier).transpose()?,
+        })
+    }
+
+    /// What the certificate chain a connection presented (the TLS handshake already checked
+    /// that it chains to one of the two sets of roots) makes the peer.
+    pub fn classify(&self, chain: &[CertificateDer<'static>]) -> PeerCert {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return PeerCert::None;
+        };
+        let now = rustls::pki_types::UnixTime::now();
+        let chains = |v: &Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| {
+            v.as_ref()
+                .is_some_and(|v| v.verify_client_cert(leaf, rest, now).is_ok())
+        };
+        if chains(&self.cluster) {
+            return PeerCert::Member;
+        }
+        if chains(&self.clients) {
+            return common_name(leaf).map_or(PeerCert::None, PeerCert::User);
+        }
+        PeerCert::None
+    }
+}
+
+/// The subject's common name of a DER certificate.
+fn common_name(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(cn.to_string())
+}
+
 /// The QUIC server configuration: TLS 1.3 only, ALPN `quiver/1`, no 0-RTT, stream limits.
-/// In a cluster, clients may present a certificate; one that chains to the cluster's roots
-/// marks the connection as a cluster member's (ordinary clients present none and are served
-/// as before).
+/// Clients may present a certificate when the node is in a cluster or `auth.client_ca` is
+/// set: one that chains to the cluster's roots marks a cluster member's connection, one from
+/// `auth.client_ca` logs the connection in as its user ([`PeerCheck`]). Clients that present
+/// none are served as before.
 pub fn server_config(id: &Identity, cfg: &Config) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match cluster_roots(cfg)? {
-        Some(roots) => {
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .context("building the cluster client-certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
+    let mut roots = rustls::RootCertStore::empty();
+    for store in [cluster_roots(cfg)?, client_roots(cfg)?]
+        .into_iter()
+        .flatten()
+    {
+        roots.roots.extend(store.roots.iter().cloned());
+    }
+    let builder = if roots.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .context("building the client-certificate verifier")?;
+        builder.with_client_cert_verifier(verifier)
     };
     let mut tls = builder
         .with_single_cert(id.certs.clone(), id.key.clone_key())

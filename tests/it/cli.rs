@@ -51,6 +51,8 @@ fn run_raw(args: Vec<String>, stdin: Option<Vec<u8>>) -> Run {
         .env_remove("QUIVER_PASSWORD")
         .env_remove("QUIVER_CREDENTIALS")
         .env_remove("QUIVER_NEW_PASSWORD")
+        .env_remove("QUIVER_CLIENT_CERT")
+        .env_remove("QUIVER_CLIENT_KEY")
         .env_remove("RUST_LOG")
         .current_dir(std::env::temp_dir())
         .stdin(if stdin.is_some() {

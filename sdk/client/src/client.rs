@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::ClientError;
-use crate::tls::{quinn_client_config, transport_config, Tls};
+use crate::tls::{transport_config, Tls};
 
 /// Largest response accepted before the broker has told its `max_frame` (16 MiB + 64 KiB).
 pub const DEFAULT_MAX_FRAME: u32 = (16 << 20) + (64 << 10);
@@ -63,6 +63,9 @@ pub struct ClientConfig {
     /// Log in with this user on every connection, right after Hello (docs/PROTOCOL.md
     /// §5.1); `None` (the default) for a broker that does not check access.
     pub credentials: Option<crate::auth::Credentials>,
+    /// Present this TLS client certificate: a broker with `auth.client_ca` logs the
+    /// connection in as the user the certificate names, without a password. Default none.
+    pub certificate: Option<crate::tls::ClientCertificate>,
 }
 
 impl ClientConfig {
@@ -83,6 +86,7 @@ impl ClientConfig {
             reconnect_backoff: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
             credentials: None,
+            certificate: None,
         }
     }
 }
@@ -433,7 +437,7 @@ impl Client {
     /// and back-off as after a lost connection); fails only when no UDP socket can be bound.
     /// Must be called inside a tokio runtime.
     pub fn lazy(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let mut quic = quinn_client_config(&cfg.tls)?;
+        let mut quic = crate::tls::quinn_client_config_with(&cfg.tls, cfg.certificate.as_ref())?;
         if !cfg.liveness_timeout.is_zero() {
             // An idle connection pings this often, so a dead broker is noticed even when no
             // request is in flight (or only a long poll, which sends nothing while it waits).
@@ -483,7 +487,7 @@ impl Client {
     #[cfg(test)]
     pub(crate) fn closed_for_tests() -> Client {
         let cfg = ClientConfig::new((Ipv4Addr::LOCALHOST, 9).into(), Tls::Insecure);
-        let quic = quinn_client_config(&cfg.tls).expect("config");
+        let quic = crate::tls::quinn_client_config(&cfg.tls).expect("config");
         let endpoint = Endpoint::client((Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
         Client::with_parts(cfg, endpoint, quic, true)
     }

@@ -51,7 +51,10 @@ pub use producer::{
 };
 pub use push::{ConsumeFrom, ConsumeResult, IntoConsumeResult, PushConsumer, PushConsumerOptions};
 pub use reader::QueueReader;
-pub use tls::{fingerprint, fingerprint_hex, quinn_client_config, transport_config, Tls};
+pub use tls::{
+    fingerprint, fingerprint_hex, quinn_client_config, quinn_client_config_with, transport_config,
+    ClientCertificate, Tls,
+};
 pub use transaction::{TransactionChecker, TransactionSendResult, TransactionState};
 
 pub use quiver_protocol;

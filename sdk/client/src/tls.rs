@@ -132,6 +132,46 @@ fn load_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, 
 /// Builds the quinn client configuration (TLS 1.3 only, ALPN `quiver/1`, no early data, the
 /// shared [`transport_config`]).
 pub fn quinn_client_config(tls: &Tls) -> Result<quinn::ClientConfig, ClientError> {
+    quinn_client_config_with(tls, None)
+}
+
+/// A TLS client certificate and its private key (PEM files), presented to the broker: with
+/// `auth.client_ca` on the broker, it logs the connection in as the user its common name
+/// names (docs/SECURITY.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The certificate (and any intermediates), PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl ClientCertificate {
+    fn load(
+        &self,
+    ) -> Result<
+        (
+            Vec<CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        ClientError,
+    > {
+        let chain = load_ca_file(&self.cert)?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            ClientError::Tls(format!(
+                "cannot read the client key {}: {e}",
+                self.key.display()
+            ))
+        })?;
+        Ok((chain, key))
+    }
+}
+
+/// [`quinn_client_config`], presenting `certificate` when given.
+pub fn quinn_client_config_with(
+    tls: &Tls,
+    certificate: Option<&ClientCertificate>,
+) -> Result<quinn::ClientConfig, ClientError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -145,27 +185,36 @@ pub fn quinn_client_config(tls: &Tls) -> Result<quinn::ClientConfig, ClientError
         }
         Ok(store)
     };
-    let mut cfg = match tls {
-        Tls::CaFile(path) => builder
-            .with_root_certificates(roots(load_ca_file(path)?)?)
-            .with_no_client_auth(),
-        Tls::CaDer(der) => builder
-            .with_root_certificates(roots(vec![CertificateDer::from(der.clone())])?)
-            .with_no_client_auth(),
+    let builder = match tls {
+        Tls::CaFile(path) => builder.with_root_certificates(roots(load_ca_file(path)?)?),
+        Tls::CaDer(der) => {
+            builder.with_root_certificates(roots(vec![CertificateDer::from(der.clone())])?)
+        }
         Tls::Fingerprint(fp) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
                 pin: Some(*fp),
                 provider,
-            }))
-            .with_no_client_auth(),
+            })),
         Tls::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
                 pin: None,
                 provider,
-            }))
-            .with_no_client_auth(),
+            })),
+    };
+    let mut cfg = match certificate {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let (chain, key) = c.load()?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ClientError::Tls(format!(
+                    "the client certificate {} and key {} do not go together: {e}",
+                    c.cert.display(),
+                    c.key.display()
+                ))
+            })?
+        }
     };
     cfg.alpn_protocols = vec![quiver_protocol::ALPN.to_vec()];
     cfg.enable_early_data = false;
