@@ -165,6 +165,14 @@ async fn a_user_limited_to_orders_may_use_orders_and_nothing_else() {
 
     // The admin may do what she may not.
     root.create_topic("root-topic", 1).await.unwrap();
+    let wat = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/plugins/keep_tag.wat"),
+    )
+    .unwrap();
+    root.load_plugin("keep", wat, vec![("tag".into(), "a".into())], None, None)
+        .await
+        .expect("the admin loads a plugin");
     Producer::new(root.client().clone(), ProducerOptions::default())
         .send(Message::new("payments", "pay-2"))
         .await
