@@ -152,7 +152,10 @@ impl ClientConfig {
     /// `broker` when given (e.g. a command-line argument), else `QUIVER_BROKER` (the first of
     /// a comma-separated list), else `127.0.0.1:10911`, resolved by [`resolve_broker`]; TLS
     /// pinned to `QUIVER_FINGERPRINT` when set, else trusting the CA file `QUIVER_CA`, else
-    /// the local broker's own certificate `quiver-data/tls/cert.pem`.
+    /// the local broker's own certificate `quiver-data/tls/cert.pem`. It logs in as
+    /// `QUIVER_USER` with `QUIVER_PASSWORD` when both are set, else with the credentials
+    /// file `QUIVER_CREDENTIALS` when set, and presents the client certificate
+    /// `QUIVER_CLIENT_CERT` with its key `QUIVER_CLIENT_KEY` when both are set.
     pub fn from_env(broker: Option<&str>) -> Result<ClientConfig, ClientError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let broker = broker
@@ -166,7 +169,22 @@ impl ClientConfig {
             (None, Some(ca)) => Tls::CaFile(ca.into()),
             (None, None) => Tls::CaFile("quiver-data/tls/cert.pem".into()),
         };
-        Ok(ClientConfig::new(addr, tls))
+        let mut cfg = ClientConfig::new(addr, tls);
+        cfg.credentials = match (
+            crate::auth::Credentials::from_env(),
+            env("QUIVER_CREDENTIALS"),
+        ) {
+            (Some(c), _) => Some(c),
+            (None, Some(file)) => Some(crate::auth::Credentials::from_file(file.as_ref())?),
+            (None, None) => None,
+        };
+        if let (Some(cert), Some(key)) = (env("QUIVER_CLIENT_CERT"), env("QUIVER_CLIENT_KEY")) {
+            cfg.certificate = Some(crate::tls::ClientCertificate {
+                cert: cert.into(),
+                key: key.into(),
+            });
+        }
+        Ok(cfg)
     }
 }
 
