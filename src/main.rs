@@ -222,6 +222,10 @@ enum BenchCommand {
         /// Where the broker's directory goes.
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
+        /// Also measure raw QUIC (no broker) with the sustained part's shape: the ceiling
+        /// of this machine for one request per stream.
+        #[arg(long)]
+        baseline: bool,
         /// Figures as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -516,6 +520,7 @@ fn run() -> anyhow::Result<()> {
             size,
             flush,
             dir,
+            baseline,
             json,
         }) => {
             cli::bench::set_json(json);
@@ -526,6 +531,7 @@ fn run() -> anyhow::Result<()> {
                 seconds,
                 size,
                 flush,
+                baseline,
             })
         }
         Command::Debug(DebugCommand::StoreWriter {

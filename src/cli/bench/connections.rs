@@ -35,6 +35,8 @@ pub(crate) struct ConnectionsBenchOptions {
     pub(crate) size: usize,
     /// The broker's flush mode (`sync` or `async`).
     pub(crate) flush: String,
+    /// Also measure raw QUIC with the sustained part's shape (no broker): the ceiling.
+    pub(crate) baseline: bool,
 }
 
 const TOPIC: &str = "bench-connections";
@@ -332,6 +334,13 @@ async fn run_async(o: &ConnectionsBenchOptions) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let closed = broker.rss();
 
+    // 5. The ceiling: raw QUIC with the sustained part's shape, no broker.
+    let baseline = if o.baseline && o.seconds > 0 {
+        Some(super::quic::request_rate(&o.dir, n, o.seconds, o.size + 60).await?)
+    } else {
+        None
+    };
+
     admin_client.close().await;
 
     if super::json() {
@@ -356,6 +365,12 @@ async fn run_async(o: &ConnectionsBenchOptions) -> anyhow::Result<()> {
                 "messages_per_second": *sent as f64 / took.as_secs_f64(),
                 "ms": { "p50": ms(h.value_at_quantile(0.5)), "p99": ms(h.value_at_quantile(0.99)), "max": ms(h.max()) },
                 "appends_per_fsync": per_fsync,
+            });
+        }
+        if let Some((rate, p50, p99)) = baseline {
+            v["raw_quic"] = serde_json::json!({
+                "requests_per_second": rate,
+                "ms": { "p50": ms(p50), "p99": ms(p99) },
             });
         }
         println!("{v}");
@@ -394,6 +409,15 @@ async fn run_async(o: &ConnectionsBenchOptions) -> anyhow::Result<()> {
             ms(h.value_at_quantile(0.99)),
             ms(h.max()),
             per_fsync.map_or("?".to_string(), |a| format!("{a:.1}")),
+        );
+    }
+    if let Some((rate, p50, p99)) = baseline {
+        println!(
+            "{:<28} {rate:.0} requests/s, p50 {:.1} ms p99 {:.1} ms ({n} connections x 1 in flight, {} B up, 8 B back, a stream each, no broker)",
+            "raw QUIC, same shape",
+            ms(p50),
+            ms(p99),
+            o.size + 60,
         );
     }
     Ok(())

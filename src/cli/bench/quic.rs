@@ -78,62 +78,157 @@ const CHUNK: usize = 256 << 10;
 /// Measures the baseline: a raw QUIC server on its own runtime (like the embedded broker) on
 /// 127.0.0.1, and a client on the caller's runtime.
 pub(crate) async fn measure(dir: &std::path::Path, bytes: u64) -> anyhow::Result<Baseline> {
-    let dir = dir.join(format!("quiver-bench-quic-{}", std::process::id()));
-    let mut cfg = Config::default();
-    cfg.broker.data_dir = dir.clone();
-    let id = tls::load_or_generate(&cfg)?;
-    let server_cfg = tls::server_config(&id, &cfg)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let server_stop = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("bench-quic".into())
-        .spawn(move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("bench-quic-server")
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let (socket, _) = quiver_protocol::transport::udp_socket(
-                    "127.0.0.1:0".parse().expect("literal address"),
-                )?;
-                let runtime = quinn::default_runtime().context("no async runtime")?;
-                let endpoint = quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    Some(server_cfg),
-                    socket,
-                    runtime,
-                )?;
-                let _ = tx.send(endpoint.local_addr()?);
-                loop {
-                    let incoming = tokio::select! {
-                        i = endpoint.accept() => i,
-                        _ = server_stop.cancelled() => break,
-                    };
-                    let Some(incoming) = incoming else { break };
-                    tokio::spawn(async move {
-                        if let Ok(conn) = incoming.await {
-                            while let Ok((send, recv)) = conn.accept_bi().await {
-                                tokio::spawn(serve_stream(send, recv));
-                            }
-                        }
-                    });
-                }
-                endpoint.close(0u32.into(), b"done");
-                endpoint.wait_idle().await;
-                anyhow::Ok(())
-            })
-        })?;
-    let addr: SocketAddr = rx.recv().context("the baseline server failed to start")?;
-    let result = client_side(addr, &id.fingerprint, bytes).await;
-    stop.cancel();
-    let served = thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the baseline server panicked"))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    served?;
+    let server = Server::start(dir)?;
+    let result = client_side(server.addr, &server.fingerprint, bytes).await;
+    server.stop()?;
     result
+}
+
+/// The raw server: its own thread and 2-worker runtime (like the embedded broker), the
+/// broker's TLS and transport settings, [`serve_stream`] on every stream.
+struct Server {
+    addr: SocketAddr,
+    fingerprint: String,
+    stop: tokio_util::sync::CancellationToken,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    dir: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path) -> anyhow::Result<Server> {
+        let dir = dir.join(format!("quiver-bench-quic-{}", std::process::id()));
+        let mut cfg = Config::default();
+        cfg.broker.data_dir = dir.clone();
+        let id = tls::load_or_generate(&cfg)?;
+        let server_cfg = tls::server_config(&id, &cfg)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bench-quic".into())
+            .spawn(move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("bench-quic-server")
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let (socket, _) = quiver_protocol::transport::udp_socket(
+                        "127.0.0.1:0".parse().expect("literal address"),
+                    )?;
+                    let runtime = quinn::default_runtime().context("no async runtime")?;
+                    let endpoint = quinn::Endpoint::new(
+                        quinn::EndpointConfig::default(),
+                        Some(server_cfg),
+                        socket,
+                        runtime,
+                    )?;
+                    let _ = tx.send(endpoint.local_addr()?);
+                    loop {
+                        let incoming = tokio::select! {
+                            i = endpoint.accept() => i,
+                            _ = server_stop.cancelled() => break,
+                        };
+                        let Some(incoming) = incoming else { break };
+                        tokio::spawn(async move {
+                            if let Ok(conn) = incoming.await {
+                                while let Ok((send, recv)) = conn.accept_bi().await {
+                                    tokio::spawn(serve_stream(send, recv));
+                                }
+                            }
+                        });
+                    }
+                    endpoint.close(0u32.into(), b"done");
+                    endpoint.wait_idle().await;
+                    anyhow::Ok(())
+                })
+            })?;
+        let addr: SocketAddr = rx.recv().context("the baseline server failed to start")?;
+        Ok(Server {
+            addr,
+            fingerprint: id.fingerprint.clone(),
+            stop,
+            thread,
+            dir,
+        })
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let served = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the baseline server panicked"))?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        served
+    }
+}
+
+/// Requests per second raw QUIC answers from `connections` connections with one request in
+/// flight each, each request a new stream carrying `size` bytes up and 8 back (the shape of
+/// a single send and its receipt, without a broker), for `seconds`; with p50 and p99 in
+/// microseconds. The ceiling `quiver bench connections` compares the broker with.
+pub(crate) async fn request_rate(
+    dir: &std::path::Path,
+    connections: usize,
+    seconds: u64,
+    size: usize,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let server = Server::start(dir)?;
+    let qc = quinn_client_config(&Tls::fingerprint_from_hex(&server.fingerprint)?)?;
+    let mut endpoints = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        // One endpoint (UDP socket) per connection, as separate producers have.
+        let (socket, _) = quiver_protocol::transport::udp_socket(
+            "127.0.0.1:0".parse().expect("literal address"),
+        )?;
+        let runtime = quinn::default_runtime().context("no async runtime")?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
+        conns.push(
+            endpoint
+                .connect_with(qc.clone(), server.addr, "localhost")?
+                .await?,
+        );
+        endpoints.push(endpoint);
+    }
+    let mut frame = vec![b'U'];
+    frame.resize(1 + size, b'q');
+    let frame = Bytes::from(frame);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for conn in &conns {
+        let (conn, frame) = (conn.clone(), frame.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let (mut send, mut recv) = conn.open_bi().await?;
+                send.write_chunk(frame.clone()).await?;
+                send.finish()?;
+                recv.read_to_end(8).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    let took = started.elapsed().as_secs_f64();
+    for (c, e) in conns.iter().zip(&endpoints) {
+        c.close(0u32.into(), b"done");
+        e.wait_idle().await;
+    }
+    server.stop()?;
+    Ok((
+        all.len() as f64 / took.max(1e-9),
+        all.value_at_quantile(0.5),
+        all.value_at_quantile(0.99),
+    ))
 }
 
 /// One stream: `U` then bytes up to FIN (answered with their count), or `D` and a u64 count
