@@ -1059,6 +1059,7 @@ async fn bench_connections_measures_a_broker_of_its_own() {
         "20",
         "--seconds",
         "1",
+        "--baseline",
         "--json",
         "--dir",
         &d,
@@ -1077,4 +1078,9 @@ async fn bench_connections_measures_a_broker_of_its_own() {
         "{v}"
     );
     assert!(v["rss_bytes"]["open"].as_u64().unwrap() > 0);
+    // The raw-QUIC ceiling was measured with the same shape.
+    assert!(
+        v["raw_quic"]["requests_per_second"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
 }
