@@ -917,6 +917,9 @@ pub async fn authorize(
     caller: &Caller,
 ) -> Result<Request, BrokerError> {
     let auth = broker.auth();
+    if auth.unchecked(caller) {
+        return Ok(req);
+    }
     let mut needs = perm::needs(&req);
     for n in &mut needs {
         if let Resource::MessageTopic(id) = n.resource {

@@ -403,36 +403,25 @@ async fn the_console_logs_in_with_broker_users() {
 /// and a node restarted with kill -9 still knows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_created_on_one_cluster_node_log_in_on_every_node() {
-    use crate::cluster::{agreed_leader, free_port, node_config, shared_identity, Node};
+    use crate::cluster::agreed_leader;
     use quiver_client::{ClientConfig, Tls};
     use std::net::SocketAddr;
     let _heavy = crate::harness::heavy();
-    let dir = tempfile::tempdir().unwrap();
-    let identity = shared_identity(dir.path());
-    let cert = identity.0.clone();
-    let voters: Vec<(u64, SocketAddr)> = (1..=3)
-        .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], free_port()))))
-        .collect();
-    let sets = [Some("a"), Some("b"), None];
-    let mut nodes: Vec<Node> = voters
-        .iter()
-        .map(|(id, addr)| {
-            let cfg = node_config(
-                dir.path(),
-                &format!("node{id}"),
-                *id,
-                true,
-                sets[*id as usize - 1],
-                "c1",
-                &voters,
-                *addr,
-                &identity,
-            );
-            Node::start(&cfg, &dir.path().join(format!("node{id}.log")), *addr)
-        })
-        .collect();
-    let addrs: Vec<SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
-    agreed_leader(&addrs, &cert, &[], Duration::from_secs(20), dir.path()).await;
+    let cluster = crate::replication::Nodes::new("");
+    let mut nodes = vec![
+        cluster.start(1, Some("a")),
+        cluster.start(2, Some("b")),
+        cluster.start(3, None),
+    ];
+    let (addrs, cert) = (cluster.addrs.clone(), cluster.cert.clone());
+    agreed_leader(
+        &addrs,
+        &cert,
+        &[],
+        Duration::from_secs(20),
+        cluster.dir.path(),
+    )
+    .await;
     let connect = |addr: SocketAddr, login: Option<(&str, &str)>| {
         let mut cfg = ClientConfig::new(addr, Tls::CaFile(cert.clone()));
         cfg.request_timeout = Duration::from_secs(2);
