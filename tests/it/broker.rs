@@ -144,7 +144,7 @@ async fn a_parked_pull_answers_as_soon_as_a_message_arrives() {
             .unwrap();
         (r, t.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    broker.parked(1).await;
     let producer = Producer::new(client.clone(), ProducerOptions::default());
     producer.send(Message::new("lp", "wake up")).await.unwrap();
     let (r, waited) = parked.await.unwrap();

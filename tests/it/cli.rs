@@ -686,8 +686,8 @@ async fn follow_waits_for_new_messages() {
         ]);
         move || run_raw(args, None)
     });
-    // Most likely the consumer is parked in a long poll by now.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The consumer is parked in a long poll.
+    broker.parked(1).await;
     q.run(&["produce", "--topic", "live", "new 1", "new 2", "new 3"])
         .await
         .expect_ok("produce new");

@@ -151,7 +151,7 @@ async fn a_filtered_long_poll_wakes_for_a_matching_arrival() {
         .await
         .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    broker.parked(1).await;
     let producer = Producer::new(client, ProducerOptions::default());
     producer
         .send(Message::new("mixed", "not this").with_tag("EARLY"))

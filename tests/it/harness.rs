@@ -113,6 +113,16 @@ impl TestBroker {
         );
     }
 
+    /// Waits until at least `n` pulls are parked in the broker (long polls waiting for a
+    /// message), instead of sleeping and hoping they are.
+    pub async fn parked(&self, n: i64) {
+        let b = self.server().broker().clone();
+        eventually(&format!("{n} parked pull(s)"), async || {
+            b.metrics().parked_pulls() >= n
+        })
+        .await;
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.stop().await.expect("clean stop");
