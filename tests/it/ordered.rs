@@ -144,7 +144,8 @@ async fn two_orderly_members_never_share_a_queue_and_keep_order_across_a_rebalan
     produce(&broker, 100).await;
     let track: Shared = Arc::default();
     let a = orderly_member(&broker, track.clone(), None, 20).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let done = || -> usize { track.lock().unwrap().done.values().map(|v| v.len()).sum() };
+    crate::harness::eventually("a is at work", async || done() >= 5).await;
     // b joins while a is busy: two queues move to b once a has released them (committed).
     let b = orderly_member(&broker, track.clone(), None, 20).await;
     let start = Instant::now();

@@ -163,11 +163,10 @@ async fn producer_and_push_consumer_survive_a_broker_kill_and_restart() {
     let consumed_count = || consumed.lock().unwrap().len();
     let acked_count = || acked.lock().unwrap().len();
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        acked_count() > 0 && consumed_count() > 0,
-        "traffic before the kill"
-    );
+    crate::harness::eventually("traffic before the kill", async || {
+        acked_count() >= 20 && consumed_count() >= 20
+    })
+    .await;
     let killed_at = Instant::now();
     broker.kill_and_restart(Duration::from_millis(100)).await;
     let restarted_at = Instant::now();
