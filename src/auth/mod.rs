@@ -638,7 +638,7 @@ impl Auth {
         };
         match p.verifier {
             Some(v) if v.check_proof(&p.auth_message, &req.proof) => {
-                tracing::debug!(user = %p.user, "logged in");
+                tracing::debug!(user = ?p.user, "logged in");
                 login.user = Some(Arc::from(p.user.as_str()));
                 Ok(cmd::AuthFinishReply {
                     server_signature: v.server_signature(&p.auth_message),
@@ -646,7 +646,7 @@ impl Auth {
             }
             _ => {
                 login.failures += 1;
-                tracing::info!(user = %p.user, "failed login");
+                tracing::info!(user = ?p.user, "failed login");
                 Err(failed())
             }
         }
@@ -849,7 +849,7 @@ impl Auth {
                     Ok(())
                 })
                 .await?;
-                tracing::info!(user = %g.user, resource = %g.rule.resource,
+                tracing::info!(user = ?g.user, resource = ?g.rule.resource,
                     actions = %actions::names(g.rule.actions), decision = g.rule.decision.name(), "rule granted");
                 Ok(Response::AclGrant(cmd::Done))
             }

@@ -116,7 +116,7 @@ pub(crate) async fn login(
         .await
         .unwrap_or(false);
     if !ok {
-        tracing::info!(user = %b.user, "failed console login");
+        tracing::info!(user = ?b.user, "failed console login");
         return Err(failed());
     }
     let now = s.broker.clock().now_ms();

@@ -282,7 +282,7 @@ async fn serve_connection(
     let member = cluster.is_some() && presented == tls::PeerCert::Member;
     let login = match &presented {
         tls::PeerCert::User(user) => {
-            debug!(%user, "logged in by TLS client certificate");
+            debug!(user = ?user, "logged in by TLS client certificate");
             crate::auth::Login::by_certificate(user)
         }
         _ => crate::auth::Login::default(),
