@@ -223,9 +223,13 @@ enum BenchCommand {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
         /// Also measure raw QUIC (no broker) with the sustained part's shape: the ceiling
-        /// of this machine for one request per stream.
+        /// of this machine for one request per stream (with --senders 1).
         #[arg(long)]
         baseline: bool,
+        /// Producers per connection in the sustained part, each with one send in flight,
+        /// sharing the connection (as producers in one application process share a client).
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
         /// Figures as one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -521,6 +525,7 @@ fn run() -> anyhow::Result<()> {
             flush,
             dir,
             baseline,
+            senders,
             json,
         }) => {
             cli::bench::set_json(json);
@@ -532,6 +537,7 @@ fn run() -> anyhow::Result<()> {
                 size,
                 flush,
                 baseline,
+                senders,
             })
         }
         Command::Debug(DebugCommand::StoreWriter {

@@ -37,6 +37,9 @@ pub(crate) struct ConnectionsBenchOptions {
     pub(crate) flush: String,
     /// Also measure raw QUIC with the sustained part's shape (no broker): the ceiling.
     pub(crate) baseline: bool,
+    /// Producers per connection in the sustained part, each with one send in flight (they
+    /// share the connection's `Client`, as producers in one application process do).
+    pub(crate) senders: usize,
 }
 
 const TOPIC: &str = "bench-connections";
@@ -280,7 +283,10 @@ async fn run_async(o: &ConnectionsBenchOptions) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(o.seconds);
         let t0 = Instant::now();
         let mut tasks = Vec::new();
-        for p in &producers {
+        let senders = producers
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p, o.senders.max(1)));
+        for p in senders {
             let (p, sent, errors, hist, body) = (
                 p.clone(),
                 sent.clone(),
@@ -335,7 +341,7 @@ async fn run_async(o: &ConnectionsBenchOptions) -> anyhow::Result<()> {
     let closed = broker.rss();
 
     // 5. The ceiling: raw QUIC with the sustained part's shape, no broker.
-    let baseline = if o.baseline && o.seconds > 0 {
+    let baseline = if o.baseline && o.seconds > 0 && o.senders <= 1 {
         Some(super::quic::request_rate(&o.dir, n, o.seconds, o.size + 60).await?)
     } else {
         None
@@ -361,6 +367,7 @@ async fn run_async(o: &ConnectionsBenchOptions) -> anyhow::Result<()> {
         });
         if let Some((sent, errors, took, h, per_fsync)) = &sustained {
             v["sustained"] = serde_json::json!({
+                "producers_per_connection": o.senders.max(1),
                 "messages": sent, "errors": errors, "seconds": took.as_secs_f64(),
                 "messages_per_second": *sent as f64 / took.as_secs_f64(),
                 "ms": { "p50": ms(h.value_at_quantile(0.5)), "p99": ms(h.value_at_quantile(0.99)), "max": ms(h.max()) },
@@ -403,7 +410,7 @@ async fn run_async(o: &ConnectionsBenchOptions) -> anyhow::Result<()> {
     if let Some((sent, errors, took, h, per_fsync)) = sustained {
         println!(
             "{:<28} {:.0} msgs/s, p50 {:.1} ms p99 {:.1} ms max {:.1} ms, {errors} failed, {} appends per fsync",
-            format!("sustained ({n} x 1 in flight)"),
+            format!("sustained ({n} x {} in flight)", o.senders.max(1)),
             sent as f64 / took.as_secs_f64().max(1e-9),
             ms(h.value_at_quantile(0.5)),
             ms(h.value_at_quantile(0.99)),
