@@ -8,6 +8,7 @@
 //! connection's [`Login`] and pass a [`Caller`].
 
 pub mod perm;
+mod throttle;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -450,6 +451,8 @@ pub struct Auth {
     clock: Clock,
     /// On a cluster node: stores a change through the controller (every node adopts it).
     publish: std::sync::OnceLock<Publish>,
+    /// Failed logins per source address.
+    throttle: throttle::Throttle,
 }
 
 /// Stores a new document (`json`) through the cluster's controller, made on version
@@ -525,6 +528,7 @@ impl Auth {
             writer: tokio::sync::Mutex::new(()),
             clock,
             publish: std::sync::OnceLock::new(),
+            throttle: throttle::Throttle::default(),
         })
     }
 
@@ -583,12 +587,28 @@ impl Auth {
         self.mode == AuthMode::On && !self.snapshot().users.is_empty()
     }
 
+    /// Refuses logins from `from` after too many failures from there (any connection).
+    fn throttled(&self, from: IpAddr) -> Result<(), Refused> {
+        if self.throttle.blocked(from, self.clock.now_ms()) {
+            return Err(Refused::new(
+                Status::AuthenticationFailed,
+                format!(
+                    "authentication failed: more than {} failed logins from this address in a \
+                     minute; wait",
+                    throttle::LIMIT
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Step 1 of the handshake: the user's salt and costs (made up, the same every time,
-    /// for an unknown user) and a fresh broker nonce.
+    /// for an unknown user) and a fresh broker nonce. `from` is the peer's address.
     pub fn start(
         &self,
         login: &mut Login,
         req: &cmd::AuthStart,
+        from: IpAddr,
     ) -> Result<cmd::AuthStartReply, Refused> {
         if login.failures >= MAX_FAILURES {
             return Err(Refused::new(
@@ -596,6 +616,7 @@ impl Auth {
                 "authentication failed: too many failed attempts on this connection",
             ));
         }
+        self.throttled(from)?;
         let users = self.snapshot();
         let verifier = users.users.get(&req.user).map(|u| u.verifier.clone());
         let (salt, params) = match &verifier {
@@ -630,8 +651,12 @@ impl Auth {
         &self,
         login: &mut Login,
         req: &cmd::AuthFinish,
+        from: IpAddr,
     ) -> Result<cmd::AuthFinishReply, Refused> {
-        let failed = || Refused::new(Status::AuthenticationFailed, FAILED);
+        let failed = || {
+            self.throttle.failed(from, self.clock.now_ms());
+            Refused::new(Status::AuthenticationFailed, FAILED)
+        };
         let Some(p) = login.pending.take() else {
             login.failures += 1;
             return Err(failed());
@@ -652,9 +677,19 @@ impl Auth {
         }
     }
 
-    /// Checks a user name and password directly (the console's login form). Runs
-    /// argon2id: call it off async threads. Unknown users cost the same work.
-    pub fn check_password(&self, user: &str, password: &str) -> bool {
+    /// Checks a user name and password directly (the console's login form), from `from`.
+    /// Runs argon2id: call it off async threads. Unknown users cost the same work. Counts
+    /// toward, and obeys, the per-address limit on failed logins.
+    pub fn check_password(&self, user: &str, password: &str, from: IpAddr) -> Result<(), Refused> {
+        self.throttled(from)?;
+        if self.password_matches(user, password) {
+            return Ok(());
+        }
+        self.throttle.failed(from, self.clock.now_ms());
+        Err(Refused::new(Status::AuthenticationFailed, FAILED))
+    }
+
+    fn password_matches(&self, user: &str, password: &str) -> bool {
         let users = self.snapshot();
         match users.users.get(user) {
             Some(u) => u.verifier.check_password(password),

@@ -1,6 +1,8 @@
 use super::*;
 use quiver_protocol::cmd::actions::{CONSUME, CREATE, DESCRIBE, SEND};
 
+const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+
 const CHEAP: Params = Params {
     m_kib: 64,
     t: 1,
@@ -70,7 +72,7 @@ fn login(a: &Auth, l: &mut Login, user: &str, password: &str) -> Result<(), Refu
         user: user.into(),
         client_nonce: scram::random(),
     };
-    let reply = a.start(l, &start)?;
+    let reply = a.start(l, &start, HERE)?;
     let params = Params {
         m_kib: reply.m_kib,
         t: reply.t,
@@ -83,6 +85,7 @@ fn login(a: &Auth, l: &mut Login, user: &str, password: &str) -> Result<(), Refu
         &cmd::AuthFinish {
             proof: scram::client_proof(&salted, &am),
         },
+        HERE,
     )?;
     assert_eq!(
         fin.server_signature,
@@ -264,6 +267,7 @@ async fn wrong_password_unknown_user_and_replayed_proof_fail_alike() {
                 user: "ghost".into(),
                 client_nonce: [1; 32],
             },
+            HERE,
         )
         .unwrap();
     let s2 = a
@@ -273,6 +277,7 @@ async fn wrong_password_unknown_user_and_replayed_proof_fail_alike() {
                 user: "ghost".into(),
                 client_nonce: [2; 32],
             },
+            HERE,
         )
         .unwrap();
     assert_eq!(s1.salt, s2.salt);
@@ -285,7 +290,7 @@ async fn wrong_password_unknown_user_and_replayed_proof_fail_alike() {
         user: "root".into(),
         client_nonce: [9; 32],
     };
-    let reply = a.start(&mut l, &start).unwrap();
+    let reply = a.start(&mut l, &start, HERE).unwrap();
     let salted = scram::salted_password(
         "pw",
         &reply.salt,
@@ -297,13 +302,15 @@ async fn wrong_password_unknown_user_and_replayed_proof_fail_alike() {
     )
     .unwrap();
     let proof = scram::client_proof(&salted, &scram::auth_message(&body(&start), &body(&reply)));
-    a.finish(&mut l, &cmd::AuthFinish { proof }).unwrap();
-    let again = a.finish(&mut l, &cmd::AuthFinish { proof }).unwrap_err();
+    a.finish(&mut l, &cmd::AuthFinish { proof }, HERE).unwrap();
+    let again = a
+        .finish(&mut l, &cmd::AuthFinish { proof }, HERE)
+        .unwrap_err();
     assert_eq!(again, wrong);
     let mut other = Login::default();
-    a.start(&mut other, &start).unwrap();
+    a.start(&mut other, &start, HERE).unwrap();
     let replayed = a
-        .finish(&mut other, &cmd::AuthFinish { proof })
+        .finish(&mut other, &cmd::AuthFinish { proof }, HERE)
         .unwrap_err();
     assert_eq!(replayed, wrong);
 }
@@ -314,4 +321,33 @@ fn a_damaged_file_stops_the_start_with_what_to_do() {
     std::fs::write(dir.path().join("auth.json"), b"{not json").unwrap();
     let e = Auth::open(&AuthConfig::default(), dir.path(), Clock::system()).unwrap_err();
     assert!(format!("{e:#}").contains("is damaged"), "{e:#}");
+}
+
+#[tokio::test]
+async fn an_address_with_too_many_failed_logins_waits_a_minute_whatever_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let time = crate::clock::ManualClock::starting_now();
+    let a = Auth::open(&AuthConfig::default(), dir.path(), time.clock()).unwrap();
+    create(&a, "root", Role::Super).await;
+    // Four connections of five wrong guesses each: twenty failures from one address.
+    for _ in 0..4 {
+        let mut l = Login::default();
+        for _ in 0..5 {
+            assert!(login(&a, &mut l, "root", "guess").is_err());
+        }
+    }
+    let e = login(&a, &mut Login::default(), "root", "pw").unwrap_err();
+    assert!(
+        e.message.contains("failed logins from this address"),
+        "{e:?}"
+    );
+    assert!(
+        a.check_password("root", "pw", HERE).is_err(),
+        "the console too"
+    );
+    // Another address is not affected; after the minute this one may try again.
+    let elsewhere = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 8));
+    a.check_password("root", "pw", elsewhere).unwrap();
+    time.advance(std::time::Duration::from_secs(60));
+    login(&a, &mut Login::default(), "root", "pw").unwrap();
 }

@@ -94,6 +94,9 @@ pub(crate) struct LoginBody {
 /// `POST /api/login {user, password}` → `{token, user, expires_ms}`.
 pub(crate) async fn login(
     State(s): State<ConsoleState>,
+    axum::extract::ConnectInfo(crate::admin_http::Peer(from)): axum::extract::ConnectInfo<
+        crate::admin_http::Peer,
+    >,
     Json(b): Json<LoginBody>,
 ) -> Result<Json<Value>, ApiError> {
     let failed = || {
@@ -112,12 +115,17 @@ pub(crate) async fn login(
         })?;
     let auth = s.broker.auth().clone();
     let user = b.user.clone();
-    let ok = tokio::task::spawn_blocking(move || auth.check_password(&user, &b.password))
-        .await
-        .unwrap_or(false);
-    if !ok {
+    let checked =
+        tokio::task::spawn_blocking(move || auth.check_password(&user, &b.password, from.ip()))
+            .await
+            .map_err(|_| failed())?;
+    if let Err(e) = checked {
         tracing::info!(user = ?b.user, "failed console login");
-        return Err(failed());
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AuthenticationFailed",
+            e.message,
+        ));
     }
     let now = s.broker.clock().now_ms();
     let (token, until) = s.sessions.add(Arc::from(b.user.as_str()), now);

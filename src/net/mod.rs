@@ -870,11 +870,15 @@ async fn dispatch(
     }
     match &req {
         Request::AuthStart(s) => {
-            let reply = broker.auth().start(&mut session.login(), s)?;
+            let reply = broker
+                .auth()
+                .start(&mut session.login(), s, session.remote.ip())?;
             return Ok(quiver_protocol::Response::AuthStart(reply));
         }
         Request::AuthFinish(f) => {
-            let reply = broker.auth().finish(&mut session.login(), f)?;
+            let reply = broker
+                .auth()
+                .finish(&mut session.login(), f, session.remote.ip())?;
             return Ok(quiver_protocol::Response::AuthFinish(reply));
         }
         _ => {}
