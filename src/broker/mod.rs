@@ -439,6 +439,11 @@ impl Broker {
             .unwrap_or(self.cfg.broker.listen)
     }
 
+    /// Whether this broker holds the topic now.
+    pub fn has_topic(&self, name: &str) -> bool {
+        self.topics.queues(name).is_some()
+    }
+
     /// Users and access rules.
     pub fn auth(&self) -> &Arc<crate::auth::Auth> {
         &self.auth

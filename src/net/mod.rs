@@ -716,7 +716,8 @@ async fn replica_state(
 }
 
 /// A switch-over: makes a broker the master of its set. From a cluster member, or from a
-/// client on this machine (loopback) until users and permissions exist.
+/// client on this machine (loopback); on a node with users, authorize has also checked that
+/// the caller has `admin` on `cluster`.
 async fn elect_master(
     c: quiver_protocol::cmd::ClusterElect,
     session: &Session,
@@ -933,6 +934,28 @@ pub async fn authorize(
     needs.retain(|n| !matches!(n.resource, Resource::MessageTopic(_)));
     auth.check(caller, &needs)?;
     let create = quiver_protocol::cmd::actions::CREATE;
+    // Sends and subscriptions create a missing topic on a standalone broker: only for a
+    // caller who may create it.
+    let created: Vec<&str> = match &req {
+        Request::Send(s) => vec![s.topic.as_str()],
+        Request::SendSpecial(s) => vec![s.topic.as_str()],
+        Request::Heartbeat(h) => h.subscriptions.iter().map(|s| s.topic.as_str()).collect(),
+        _ => vec![],
+    };
+    for topic in created {
+        if !quiver_protocol::names::is_system_topic(topic)
+            && !broker.has_topic(topic)
+            && !auth.may(caller, create, Resource::topic(topic))
+        {
+            return Err(BrokerError::new(
+                Status::TopicNotFound,
+                format!(
+                    "topic {topic:?} does not exist, and this user may not create it (create \
+                     on topic:{topic})"
+                ),
+            ));
+        }
+    }
     Ok(match req {
         Request::Route(mut r)
             if r.create && !auth.may(caller, create, Resource::topic(&r.topic)) =>

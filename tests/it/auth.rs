@@ -197,6 +197,39 @@ async fn rules_change_at_runtime_on_open_connections() {
         .send(pay())
         .await
         .expect("granted: same connection");
+    // Sending to a missing topic the prefix covers does not create it without `create`:
+    // neither the producer's route (its auto-creation is dropped) nor a bare Send.
+    let e = producer
+        .send(Message::new("pay-later", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::TopicNotFound), "{e}");
+    let bare = alice
+        .call(cmd::Send {
+            topic: "pay-later".into(),
+            queue_id: 0,
+            messages: vec![quiver_protocol::WireMessage {
+                id: 7,
+                born_timestamp: 0,
+                flags: 0,
+                tag: String::new(),
+                keys: vec![],
+                properties: vec![],
+                body: Bytes::from_static(b"x"),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bare.status(), Some(Status::TopicNotFound), "{bare}");
+    assert!(bare.to_string().contains("may not create"), "{bare}");
+    let names: Vec<String> = root
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(!names.contains(&"pay-later".to_string()), "{names:?}");
 
     // A deny wins over the allow.
     let mut deny = allow("topic:payments", actions::SEND);
