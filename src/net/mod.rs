@@ -806,8 +806,8 @@ async fn elect_master(
     Ok(quiver_protocol::Response::ClusterElect(info))
 }
 
-/// A voter change: from a cluster member, or from a client on this machine (loopback) until
-/// users and permissions exist.
+/// A voter change: from a cluster member, or from a client on this machine (loopback); on a
+/// node with users, authorize has also checked that the caller has `admin` on `cluster`.
 async fn change_voters(
     v: quiver_protocol::cmd::ClusterVoter,
     session: &Session,
