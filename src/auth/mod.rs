@@ -636,7 +636,7 @@ impl Auth {
             p: params.p,
             server_nonce: scram::random(),
         };
-        let auth_message = scram::auth_message(&body(req), &body(&reply));
+        let auth_message = scram::auth_message_of(req, &reply);
         login.pending = Some(Pending {
             user: req.user.clone(),
             verifier,
@@ -947,12 +947,6 @@ impl Auth {
         }
         Ok(())
     }
-}
-
-fn body<T: quiver_protocol::WireEncode>(v: &T) -> Vec<u8> {
-    let mut b = bytes::BytesMut::new();
-    v.encode(&mut b);
-    b.to_vec()
 }
 
 fn same_rule(a: &Rule, b: &Rule) -> bool {

@@ -79,7 +79,7 @@ fn login(a: &Auth, l: &mut Login, user: &str, password: &str) -> Result<(), Refu
         p: reply.p,
     };
     let salted = scram::salted_password(password, &reply.salt, params).unwrap();
-    let am = scram::auth_message(&body(&start), &body(&reply));
+    let am = scram::auth_message_of(&start, &reply);
     let fin = a.finish(
         l,
         &cmd::AuthFinish {
@@ -301,7 +301,7 @@ async fn wrong_password_unknown_user_and_replayed_proof_fail_alike() {
         },
     )
     .unwrap();
-    let proof = scram::client_proof(&salted, &scram::auth_message(&body(&start), &body(&reply)));
+    let proof = scram::client_proof(&salted, &scram::auth_message_of(&start, &reply));
     a.finish(&mut l, &cmd::AuthFinish { proof }, HERE).unwrap();
     let again = a
         .finish(&mut l, &cmd::AuthFinish { proof }, HERE)

@@ -318,11 +318,7 @@ async fn wrong_password_unknown_user_and_a_replayed_handshake_are_refused_alike(
     assert_eq!(params, quiver_protocol::scram::Params::DEFAULT);
     let salted =
         quiver_protocol::scram::salted_password(ALICE_PW, &challenge.salt, params).unwrap();
-    let mut start_body = bytes::BytesMut::new();
-    quiver_protocol::WireEncode::encode(&start, &mut start_body);
-    let mut reply_body = bytes::BytesMut::new();
-    quiver_protocol::WireEncode::encode(&challenge, &mut reply_body);
-    let am = quiver_protocol::scram::auth_message(&start_body, &reply_body);
+    let am = quiver_protocol::scram::auth_message_of(&start, &challenge);
     let finish = cmd::AuthFinish {
         proof: quiver_protocol::scram::client_proof(&salted, &am),
     };

@@ -3,10 +3,8 @@
 
 use std::path::Path;
 
-use bytes::BytesMut;
 use quiver_protocol::cmd::{AuthFinish, AuthFinishReply, AuthStart, AuthStartReply};
 use quiver_protocol::scram::{self, Params, Verifier};
-use quiver_protocol::WireEncode;
 
 use crate::error::ClientError;
 
@@ -119,12 +117,6 @@ pub(crate) struct Proof {
     expected: [u8; scram::KEY_LEN],
 }
 
-fn body<T: WireEncode>(v: &T) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    v.encode(&mut b);
-    b.to_vec()
-}
-
 impl Handshake {
     pub(crate) fn new(user: &str) -> Self {
         Self {
@@ -142,7 +134,7 @@ impl Handshake {
     /// The proof for the broker's challenge, from the salted password (`salted` computes
     /// it for a salt and costs; the caller caches it across reconnections).
     pub(crate) fn prove(&self, reply: &AuthStartReply, salted: [u8; scram::KEY_LEN]) -> Proof {
-        let am = scram::auth_message(&body(&self.start), &body(reply));
+        let am = scram::auth_message_of(&self.start, reply);
         Proof {
             finish: AuthFinish {
                 proof: scram::client_proof(&salted, &am),

@@ -129,6 +129,19 @@ fn same(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `AuthMessage` of an AuthStart and the broker's reply to it (their bodies as the wire
+/// carries them).
+pub fn auth_message_of(
+    start: &crate::cmd::AuthStart,
+    reply: &crate::cmd::AuthStartReply,
+) -> Vec<u8> {
+    use crate::WireEncode;
+    let (mut a, mut b) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+    start.encode(&mut a);
+    reply.encode(&mut b);
+    auth_message(&a, &b)
+}
+
 fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     let mut out = [0u8; KEY_LEN];
     for (o, (x, y)) in out.iter_mut().zip(a.iter().zip(b)) {

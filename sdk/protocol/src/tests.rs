@@ -1415,6 +1415,8 @@ fn auth_worked_example_matches_the_document() {
     let mut b = bytes::BytesMut::new();
     reply.encode(&mut b);
     let am = scram::auth_message(&a, &b);
+    assert_eq!(am.len(), 114, "the document's AuthMessage length");
+    assert_eq!(am, scram::auth_message_of(&start, &reply));
     let proof = scram::client_proof(&salted, &am);
     let client_key = scram::client_key(&salted);
     let stored = scram::sha256(&client_key);
