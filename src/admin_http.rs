@@ -30,6 +30,10 @@ pub struct AdminConfig {
     /// and refuses the API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// HTTPS with the broker's certificate: `auto` (the default) when the listener is not on
+    /// loopback, so passwords, session tokens and the admin token never cross a network in
+    /// the clear; `on`; or `off` (plain HTTP, e.g. behind a TLS-terminating proxy).
+    pub tls: AdminTls,
 }
 
 impl Default for AdminConfig {
@@ -38,8 +42,32 @@ impl Default for AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 10980)),
             token: None,
+            tls: AdminTls::Auto,
         }
     }
+}
+
+impl AdminConfig {
+    /// Whether the listener speaks HTTPS.
+    pub fn https(&self) -> bool {
+        match self.tls {
+            AdminTls::On => true,
+            AdminTls::Off => false,
+            AdminTls::Auto => !self.listen.ip().is_loopback(),
+        }
+    }
+}
+
+/// `admin.tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminTls {
+    /// HTTPS unless the listener is on loopback.
+    Auto,
+    /// Always HTTPS.
+    On,
+    /// Always plain HTTP.
+    Off,
 }
 
 /// Binds the listener (an error names the address and what to change).
@@ -55,9 +83,10 @@ pub async fn bind(cfg: &AdminConfig) -> anyhow::Result<tokio::net::TcpListener> 
         })
 }
 
-/// Serves until `stop`.
+/// Serves until `stop`: HTTPS when `tls` is given (see [`AdminConfig::https`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     broker: Arc<Broker>,
     member: Option<Arc<Member>>,
     token: Option<String>,
@@ -90,9 +119,22 @@ pub async fn serve(
         .merge(crate::console::page_routes())
         .nest("/api", api)
         .with_state(state);
-    let listener = Guarded {
-        inner: listener,
-        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let listener = match tls {
+        None => Guarded::Plain {
+            inner: listener,
+            slots,
+            local,
+        },
+        Some(config) => Guarded::Tls {
+            ready: handshakes(
+                listener,
+                tokio_rustls::TlsAcceptor::from(config),
+                slots,
+                stop.clone(),
+            ),
+            local,
+        },
     };
     if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -134,42 +176,117 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// (a request's headers, or the next request) before it is closed.
 pub const IDLE_READ: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// A connection of the admin listener: TCP, or TLS over TCP.
+pub(crate) trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Conn for T {}
+
 /// The admin listener with a connection cap and an idle-read deadline per connection, so a
 /// client that opens connections and sends nothing (or a byte now and then) cannot hold
 /// them all: axum's `serve` gives hyper no timer, so hyper's header-read timeout does not
 /// apply.
-struct Guarded {
-    inner: tokio::net::TcpListener,
-    slots: Arc<tokio::sync::Semaphore>,
+enum Guarded {
+    /// Plain HTTP: connections as accepted.
+    Plain {
+        inner: tokio::net::TcpListener,
+        slots: Arc<tokio::sync::Semaphore>,
+        local: SocketAddr,
+    },
+    /// HTTPS: connections whose TLS handshake finished ([`handshakes`]).
+    Tls {
+        ready: tokio::sync::mpsc::Receiver<(Deadline<Box<dyn Conn>>, SocketAddr)>,
+        local: SocketAddr,
+    },
 }
 
 impl axum::serve::Listener for Guarded {
-    type Io = Deadline<tokio::net::TcpStream>;
+    type Io = Deadline<Box<dyn Conn>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                std::future::pending::<()>().await;
-                continue;
-            };
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (Deadline::new(stream, IDLE_READ, slot), addr);
-                }
-                // Out of file descriptors and the like: wait a little, as axum does.
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin listener accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+        match self {
+            Guarded::Plain { inner, slots, .. } => {
+                let (slot, stream, addr) = accept_tcp(inner, slots).await;
+                (Deadline::new(Box::new(stream), IDLE_READ, slot), addr)
             }
+            Guarded::Tls { ready, .. } => match ready.recv().await {
+                Some(conn) => conn,
+                // The handshake task ended (shutdown): accept nothing more.
+                None => std::future::pending().await,
+            },
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
+        match self {
+            Guarded::Plain { local, .. } | Guarded::Tls { local, .. } => Ok(*local),
+        }
     }
+}
+
+/// Takes a connection slot, then accepts a TCP connection.
+async fn accept_tcp(
+    inner: &tokio::net::TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::net::TcpStream,
+    SocketAddr,
+) {
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            // The semaphore is never closed.
+            std::future::pending::<()>().await;
+            continue;
+        };
+        match inner.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                return (slot, stream, addr);
+            }
+            // Out of file descriptors and the like: wait a little, as axum does.
+            Err(e) => {
+                tracing::debug!(error = %e, "admin listener accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections and runs each one's TLS handshake in its own task (a client that
+/// stalls its handshake delays nobody else, and is dropped after [`IDLE_READ`]), handing the
+/// finished ones to the listener. Each holds its slot from the TCP accept on, so handshakes
+/// in progress count against [`MAX_CONNECTIONS`] too.
+fn handshakes(
+    inner: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    slots: Arc<tokio::sync::Semaphore>,
+    stop: CancellationToken,
+) -> tokio::sync::mpsc::Receiver<(Deadline<Box<dyn Conn>>, SocketAddr)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(MAX_CONNECTIONS);
+    tokio::spawn(async move {
+        loop {
+            let (slot, stream, addr) = tokio::select! {
+                c = accept_tcp(&inner, &slots) => c,
+                () = stop.cancelled() => return,
+                () = tx.closed() => return,
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(IDLE_READ, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let conn: Box<dyn Conn> = Box::new(tls);
+                        let _ = tx.send((Deadline::new(conn, IDLE_READ, slot), addr)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "admin HTTPS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(%addr, "admin HTTPS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
 }
 
 /// The client's address, for handlers (`ConnectInfo<Peer>`).
@@ -257,6 +374,21 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Deadline<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn https_is_the_default_off_loopback_only() {
+        let at = |listen: &str, tls| AdminConfig {
+            listen: listen.parse().unwrap(),
+            tls,
+            ..AdminConfig::default()
+        };
+        assert!(!AdminConfig::default().https());
+        assert!(!at("[::1]:1", AdminTls::Auto).https());
+        assert!(at("0.0.0.0:1", AdminTls::Auto).https());
+        assert!(at("10.1.2.3:1", AdminTls::Auto).https());
+        assert!(at("127.0.0.1:1", AdminTls::On).https());
+        assert!(!at("0.0.0.0:1", AdminTls::Off).https());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_times_out_and_a_talking_one_does_not() {

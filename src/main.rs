@@ -617,9 +617,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         banner += &format!("  data directory: {}\n", cfg.broker.data_dir.display());
         banner += &format!("  certificate:    {}\n", server.cert_path.display());
         banner += &format!("  sha256 fingerprint: {}\n", server.fingerprint);
-        if let Some(a) = server.admin_addr() {
-            banner +=
-                &format!("  console:        http://{a}/\n  metrics:        http://{a}/metrics\n");
+        if let Some(url) = server.admin_url() {
+            banner += &format!("  console:        {url}/\n  metrics:        {url}/metrics\n");
         }
         if report.unclean {
             banner += &format!(

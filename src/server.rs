@@ -65,6 +65,7 @@ pub struct Server {
     /// The certificate file (usable as a client CA file).
     pub cert_path: PathBuf,
     admin_addr: Option<SocketAddr>,
+    admin_https: bool,
     broker: Arc<Broker>,
     controller: Option<Arc<Controller>>,
     shutdown: CancellationToken,
@@ -123,6 +124,19 @@ impl Server {
             None
         };
         let admin_addr = admin.as_ref().and_then(crate::admin_http::local_addr);
+        let admin_tls = match cfg
+            .admin
+            .https()
+            .then(|| listener.https_config())
+            .transpose()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.close()).await;
+                return Err(e);
+            }
+        };
         let controller = match start_controller(&cfg, &listener, &clock).await {
             Ok(c) => c,
             Err(e) => {
@@ -155,6 +169,7 @@ impl Server {
         if let Some(l) = admin {
             tokio::spawn(crate::admin_http::serve(
                 l,
+                admin_tls,
                 broker.clone(),
                 member.clone(),
                 cfg.admin.token.clone(),
@@ -221,6 +236,7 @@ impl Server {
         Ok(Server {
             addr,
             admin_addr,
+            admin_https: cfg.admin.https(),
             fingerprint,
             cert_path,
             broker,
@@ -233,6 +249,12 @@ impl Server {
     /// Where the admin HTTP listener (`/metrics`) listens, when enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The admin listener's base URL (`http://` or `https://`, `admin.tls`), when enabled.
+    pub fn admin_url(&self) -> Option<String> {
+        let scheme = if self.admin_https { "https" } else { "http" };
+        self.admin_addr.map(|a| format!("{scheme}://{a}"))
     }
 
     /// The node's controller, when `cluster.controller` is on.

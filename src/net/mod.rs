@@ -95,6 +95,11 @@ impl Listener {
         peer::QuicPeers::new(cfg, &self.identity)
     }
 
+    /// The admin listener's HTTPS configuration, with this broker's certificate.
+    pub fn https_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        tls::https_config(&self.identity)
+    }
+
     /// Answers cluster commands through `member` (before [`Listener::serve`]).
     pub fn set_cluster(&mut self, member: Arc<Member>) {
         self.cluster = Some(member);

@@ -222,6 +222,19 @@ fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     Some(cn.to_string())
 }
 
+/// The admin listener's HTTPS configuration (`admin.tls`): the broker's own certificate,
+/// TLS 1.3, HTTP/1.1.
+pub fn https_config(id: &Identity) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// The QUIC server configuration: TLS 1.3 only, ALPN `quiver/1`, no 0-RTT, stream limits.
 /// Clients may present a certificate when the node is in a cluster or `auth.client_ca` is
 /// set: one that chains to the cluster's roots marks a cluster member's connection, one from

@@ -13,6 +13,7 @@ use quiver_client::{
 };
 use quiver_protocol::cmd::{self, actions, AclRule, Decision, Role};
 use quiver_protocol::{decode_error, split_frame, Request, Status, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::TestBroker;
 
@@ -46,7 +47,14 @@ fn status<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Status {
 /// A broker with a super user `root` and a user `alice` allowed to send to and consume
 /// `orders` as group `order-workers`; topics `orders` and `payments` exist.
 async fn broker_with_users() -> (TestBroker, Admin) {
-    let broker = TestBroker::start().await;
+    broker_with_users_tuned(|_| {}).await
+}
+
+/// [`broker_with_users`] on a broker configured by `tune`.
+async fn broker_with_users_tuned(
+    tune: impl FnOnce(&mut quiver::config::Config),
+) -> (TestBroker, Admin) {
+    let broker = TestBroker::start_tuned(tune).await;
     // No user yet: this machine may do anything, including creating the first user.
     let open = Admin::new(broker.client().await);
     let e = open
@@ -372,6 +380,69 @@ async fn a_broker_refuses_to_listen_openly_without_users_and_bootstraps_its_firs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_speaks_https_with_the_brokers_certificate() {
+    let (broker, _root) =
+        broker_with_users_tuned(|c| c.admin.tls = quiver::admin_http::AdminTls::On).await;
+    let addr = broker.server().admin_addr().expect("admin listener");
+    let ca = broker.server().cert_path.clone();
+    assert_eq!(broker.server().admin_url(), Some(format!("https://{addr}")));
+    let json = ("Content-Type", "application/json");
+
+    // Plain HTTP gets no HTTP answer: a password sent that way is never read.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), plain.read_to_end(&mut out))
+        .await
+        .expect("the listener drops a connection that does not speak TLS");
+    assert!(
+        !out.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // A client that opens a connection and never starts its handshake holds up nobody.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+
+    // Over HTTPS, with the broker's own certificate as the only root: log in (well before
+    // the silent one's handshake times out), ask who.
+    let (code, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::console::https(
+            addr,
+            &ca,
+            "POST",
+            "/api/login",
+            &[json],
+            &format!(r#"{{"user":"alice","password":"{ALICE_PW}"}}"#),
+        ),
+    )
+    .await
+    .expect("a silent connection does not hold up other handshakes");
+    assert_eq!(code, 200, "{body}");
+    let login: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bearer = format!("Bearer {}", login["token"].as_str().unwrap());
+    let (code, body) = crate::console::https(
+        addr,
+        &ca,
+        "GET",
+        "/api/whoami",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""user":"alice""#), "{body}");
+    let (code, body) = crate::console::https(addr, &ca, "GET", "/metrics", &[], "").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("quiver_"), "{body}");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_logs_in_with_broker_users() {
     let (broker, _root) = broker_with_users().await;
     let addr = broker.server().admin_addr().expect("admin listener");
@@ -515,20 +586,24 @@ async fn users_created_on_one_cluster_node_log_in_on_every_node() {
     drop(nodes);
 }
 
-/// The console's login in a real browser: a wrong password is refused, a user logs in and
-/// sees only what her rules give her, and logs out.
+/// The console's login in a real browser, over HTTPS as off loopback: a wrong password is
+/// refused, a user logs in and sees only what her rules give her, and logs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_logs_in_to_the_console_in_a_browser() {
-    let Some(mut b) =
-        crate::browser::Browser::start("a_user_logs_in_to_the_console_in_a_browser").await
+    // The broker's certificate is self-signed (the HTTPS test checks it by its file); this
+    // browser accepts it as an operator who checked its fingerprint would.
+    let Some(mut b) = crate::browser::Browser::start_with(
+        "a_user_logs_in_to_the_console_in_a_browser",
+        &["--ignore-certificate-errors"],
+    )
+    .await
     else {
         return;
     };
-    let (broker, _root) = broker_with_users().await;
-    let base = format!(
-        "http://{}/",
-        broker.server().admin_addr().expect("admin listener")
-    );
+    let (broker, _root) =
+        broker_with_users_tuned(|c| c.admin.tls = quiver::admin_http::AdminTls::On).await;
+    let base = format!("{}/", broker.server().admin_url().expect("admin listener"));
+    assert!(base.starts_with("https://"), "{base}");
     b.open(&format!("{base}#topics")).await;
     b.wait(
         "the login form",

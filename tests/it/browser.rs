@@ -48,6 +48,11 @@ impl Browser {
     /// Starts Chromium, or returns `None` after saying loudly that the test is skipped
     /// (panics instead when `QUIVER_REQUIRE_BROWSER` is set).
     pub async fn start(test: &str) -> Option<Browser> {
+        Self::start_with(test, &[]).await
+    }
+
+    /// [`Browser::start`] with extra command-line flags.
+    pub async fn start_with(test: &str, flags: &[&str]) -> Option<Browser> {
         let Some(bin) = chromium() else {
             if std::env::var_os("QUIVER_REQUIRE_BROWSER").is_some() {
                 panic!(
@@ -76,6 +81,7 @@ impl Browser {
                 "--remote-debugging-port=0",
                 "--window-size=1300,900",
             ])
+            .args(flags)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())

@@ -271,7 +271,55 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (status, body, read) = request(s, addr, method, path, headers, body).await;
+    read.unwrap();
+    (status, body)
+}
+
+/// The same over HTTPS, trusting only the certificate in `ca` (the broker's) for the name
+/// `localhost`.
+pub async fn https(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the admin listener");
+    // A peer that closes without close_notify ends the read with UnexpectedEof after the
+    // whole response: what was read counts.
+    let (status, body, _) = request(tls, addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// Writes one request on `s` and reads the response to the end: status, body, and how the
+/// read ended.
+async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, std::io::Result<usize>) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
@@ -282,7 +330,7 @@ pub async fn http(
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    let read = s.read_to_end(&mut out).await;
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split(' ')
@@ -290,7 +338,7 @@ pub async fn http(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    (status, body, read)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
