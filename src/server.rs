@@ -124,6 +124,13 @@ impl Server {
             None
         };
         let admin_addr = admin.as_ref().and_then(crate::admin_http::local_addr);
+        if cfg.admin.enabled && !cfg.admin.https() && !cfg.admin.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %cfg.admin.listen,
+                "admin.tls = \"off\" on a listener that is not on loopback: console passwords \
+                 and tokens cross the network in clear unless a proxy in front ends TLS"
+            );
+        }
         let admin_tls = match cfg
             .admin
             .https()
