@@ -28,8 +28,13 @@ fn share_users(broker: &Arc<Broker>, member: &Arc<Member>, cfg: &Config, stop: C
         let m = m.clone();
         Box::pin(async move {
             match m.write(Command::SetAuth { expect, json }).await {
-                Ok(Reply::Ok) => Ok(()),
-                Ok(Reply::Refused(why)) => Err(Refused::new(Status::Busy, why)),
+                Ok(Reply::Ok) => Ok(None),
+                // Another node's change came first: the newest document this node can read,
+                // for the change to be made again on it.
+                Ok(Reply::Refused(why)) => match m.state(true).await {
+                    Ok(s) => Ok(Some((s.auth.version, s.auth.json.clone()))),
+                    Err(_) => Err(Refused::new(Status::Busy, why)),
+                },
                 Err(e) => Err(Refused::new(
                     Status::ControllerUnavailable,
                     format!("users and rules are stored by the controller: {e}"),

@@ -456,16 +456,22 @@ pub struct Auth {
 }
 
 /// Stores a new document (`json`) through the cluster's controller, made on version
-/// `expect`; refused when the cluster's document moved on meanwhile.
+/// `expect`: `Ok(None)` once stored; `Ok(Some((version, json)))` when the cluster's document
+/// moved on meanwhile, with the newest one the node could read (which may still lag), so the
+/// change is made again on it.
 pub type Publish = Arc<
     dyn Fn(
             u64,
             String,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refused>> + Send>>
-        + Send
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Option<(u64, String)>, Refused>> + Send>,
+        > + Send
         + Sync,
 >;
+
+/// How often a change refused because another node's came first is made again on the newer
+/// document before the client is told to retry.
+const PUBLISH_ATTEMPTS: u32 = 8;
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -553,6 +559,11 @@ impl Auth {
     /// users and rules, and `auth.json`. Returns whether it changed anything.
     pub async fn adopt(&self, version: u64, json: &str) -> anyhow::Result<bool> {
         let _one = self.writer.lock().await;
+        self.install(version, json).await
+    }
+
+    /// [`Auth::adopt`] under the writer lock the caller holds.
+    async fn install(&self, version: u64, json: &str) -> anyhow::Result<bool> {
         if version <= self.snapshot().version {
             return Ok(false);
         }
@@ -835,7 +846,7 @@ impl Auth {
                         c.name.clone(),
                         User {
                             role: c.role,
-                            verifier,
+                            verifier: verifier.clone(),
                             created_ms: now,
                             rules: Vec::new(),
                         },
@@ -850,7 +861,7 @@ impl Auth {
                 let verifier = verifier(&p.verifier)?;
                 self.change(|u| {
                     let user = u.users.get_mut(&p.name).ok_or_else(|| no_user(&p.name))?;
-                    user.verifier = verifier;
+                    user.verifier = verifier.clone();
                     Ok(())
                 })
                 .await?;
@@ -920,20 +931,44 @@ impl Auth {
     }
 
     /// Applies `f` to a copy of the users, writes the file, then publishes the copy.
-    async fn change(
-        &self,
-        f: impl FnOnce(&mut Users) -> Result<(), Refused>,
-    ) -> Result<(), Refused> {
+    /// Applies `f` to the users and stores the result: in a cluster through the controller,
+    /// where a change another node made first makes this one be made again on the newer
+    /// document (so `f` may run more than once, and its checks see the newest users).
+    async fn change(&self, f: impl Fn(&mut Users) -> Result<(), Refused>) -> Result<(), Refused> {
         let _one = self.writer.lock().await;
-        let mut next = (*self.snapshot()).clone();
-        f(&mut next)?;
-        if let Some(publish) = self.publish.get() {
+        let mut attempts = 0;
+        let next = loop {
+            let mut next = (*self.snapshot()).clone();
+            f(&mut next)?;
+            let Some(publish) = self.publish.get() else {
+                break next;
+            };
             let expect = next.version;
             next.version = expect + 1;
             let json = serde_json::to_string(&next.to_file())
                 .map_err(|e| Refused::new(Status::Internal, e.to_string()))?;
-            publish(expect, json).await?;
-        }
+            let Some((version, newer)) = publish(expect, json).await? else {
+                break next;
+            };
+            attempts += 1;
+            if attempts >= PUBLISH_ATTEMPTS {
+                return Err(Refused::new(
+                    Status::Busy,
+                    "users and rules keep changing on other nodes meanwhile; retry",
+                ));
+            }
+            let installed = self.install(version, &newer).await.map_err(|e| {
+                Refused::new(
+                    Status::Internal,
+                    format!("the cluster's users and rules: {e:#}"),
+                )
+            })?;
+            if !installed {
+                // The node read a document no newer than its own: its controller's copy
+                // lags the leader's for a moment.
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempts.min(4))).await;
+            }
+        };
         let path = self.path.clone();
         let next = Arc::new(next);
         let to_write = next.clone();

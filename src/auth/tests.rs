@@ -351,3 +351,65 @@ async fn an_address_with_too_many_failed_logins_waits_a_minute_whatever_the_conn
     time.advance(std::time::Duration::from_secs(60));
     login(&a, &mut Login::default(), "root", "pw").unwrap();
 }
+
+/// Two cluster nodes' users, stored through one controller state machine (the real
+/// `ClusterState::apply` of `SetAuth`); neither polls, so each change is made on whatever
+/// the node last saw.
+#[tokio::test(start_paused = true)]
+async fn a_change_another_node_made_first_is_made_again_on_the_newer_users() {
+    use crate::cluster::state::{ClusterState, Command, Reply};
+    let controller = Arc::new(std::sync::Mutex::new(ClusterState::default()));
+    let publish = || -> Publish {
+        let controller = controller.clone();
+        Arc::new(move |expect, json| {
+            let controller = controller.clone();
+            Box::pin(async move {
+                let mut state = controller.lock().unwrap();
+                match state.apply(&Command::SetAuth { expect, json }) {
+                    Reply::Ok => Ok(None),
+                    _ => Ok(Some((state.auth.version, state.auth.json.clone()))),
+                }
+            })
+        })
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, two) = (open(d1.path()), open(d2.path()));
+    one.attach_cluster(publish());
+    two.attach_cluster(publish());
+
+    create(&one, "root", Role::Super).await;
+    // Node two has not seen root: its change is refused by the controller, made again on
+    // the newer users, and stored; it keeps root.
+    create(&two, "ops", Role::Super).await;
+    let names = |a: &Auth| a.snapshot().users.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&two), ["ops", "root"]);
+    assert_eq!(two.cluster_version(), 2);
+    // A change whose checks fail on the newer users is refused for that, not as busy.
+    let e = one
+        .manage(Request::UserCreate(cmd::UserCreate {
+            name: "ops".into(),
+            role: Role::Normal,
+            verifier: wire("pw"),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, Status::UserExists, "{}", e.message);
+    assert_eq!(names(&one), ["ops", "root"]);
+    let stored = controller.lock().unwrap().auth.version;
+    assert_eq!(stored, 2, "the refused change stored nothing");
+    // And a node whose own copy lags behind what it reads gives up after a few attempts.
+    let lagging = tempfile::tempdir().unwrap();
+    let three = open(lagging.path());
+    three.attach_cluster(Arc::new(|_, _| {
+        Box::pin(async { Ok(Some((0, String::new()))) })
+    }));
+    let e = three
+        .manage(Request::UserCreate(cmd::UserCreate {
+            name: "root".into(),
+            role: Role::Super,
+            verifier: wire("pw"),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, Status::Busy, "{}", e.message);
+}

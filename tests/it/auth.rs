@@ -574,6 +574,27 @@ async fn users_created_on_one_cluster_node_log_in_on_every_node() {
     assert_eq!(e.status(), Some(Status::AccessDenied), "{e}");
     alice.close().await;
 
+    // Changes made at the same moment on two nodes are both kept: the one the controller
+    // refuses is made again on the newer users, without the operator retrying.
+    let root1 = Admin::new(connect(addrs[0], Some(("root", ROOT_PW))).await.unwrap());
+    for round in 0..3 {
+        let (one, three) = (
+            format!("topic:audit-{round}"),
+            format!("topic:billing-{round}"),
+        );
+        let (a, b) = tokio::join!(
+            root1.grant("alice", allow(&one, actions::SEND)),
+            root3.grant("alice", allow(&three, actions::SEND)),
+        );
+        a.expect("the grant on node 1");
+        b.expect("the grant on node 3");
+        crate::harness::eventually(&format!("round {round}'s rules on node 1"), async || {
+            let rules = root1.list_rules(Some("alice")).await.unwrap().to_string();
+            rules.contains(&one) && rules.contains(&three)
+        })
+        .await;
+    }
+
     // Node 2 killed and restarted: it still knows alice (its auth.json, then the cluster).
     nodes[1].kill9();
     nodes[1].spawn();
