@@ -7,6 +7,7 @@
 //! Knows nothing of QUIC or HTTP: the front doors (src/net, src/console) keep each
 //! connection's [`Login`] and pass a [`Caller`].
 
+pub mod audit;
 pub mod perm;
 mod throttle;
 
@@ -453,6 +454,8 @@ pub struct Auth {
     publish: std::sync::OnceLock<Publish>,
     /// Failed logins per source address.
     throttle: throttle::Throttle,
+    /// The audit log's line budget.
+    audit: audit::Audit,
 }
 
 /// Stores a new document (`json`) through the cluster's controller, made on version
@@ -535,6 +538,7 @@ impl Auth {
             clock,
             publish: std::sync::OnceLock::new(),
             throttle: throttle::Throttle::default(),
+            audit: audit::Audit::default(),
         })
     }
 
@@ -674,7 +678,7 @@ impl Auth {
         };
         match p.verifier {
             Some(v) if v.check_proof(&p.auth_message, &req.proof) => {
-                tracing::debug!(user = ?p.user, "logged in");
+                self.audit_login(true, &p.user, from, "AuthFinish");
                 login.user = Some(Arc::from(p.user.as_str()));
                 Ok(cmd::AuthFinishReply {
                     server_signature: v.server_signature(&p.auth_message),
@@ -682,7 +686,7 @@ impl Auth {
             }
             _ => {
                 login.failures += 1;
-                tracing::info!(user = ?p.user, "failed login");
+                self.audit_login(false, &p.user, from, "AuthFinish");
                 Err(failed())
             }
         }
@@ -693,7 +697,9 @@ impl Auth {
     /// toward, and obeys, the per-address limit on failed logins.
     pub fn check_password(&self, user: &str, password: &str, from: IpAddr) -> Result<(), Refused> {
         self.throttled(from)?;
-        if self.password_matches(user, password) {
+        let ok = self.password_matches(user, password);
+        self.audit_login(ok, user, from, "console-login");
+        if ok {
             return Ok(());
         }
         self.throttle.failed(from, self.clock.now_ms());
@@ -780,6 +786,66 @@ impl Auth {
             }],
         )
         .is_ok()
+    }
+
+    /// Writes a login to the audit log (`how`: the command or `console-login`).
+    pub fn audit_login(&self, ok: bool, user: &str, from: IpAddr, how: &str) {
+        let outcome = if ok {
+            audit::Outcome::LoggedIn
+        } else {
+            audit::Outcome::LoginFailed
+        };
+        self.audit.record(
+            self.clock.now_ms(),
+            &audit::Event {
+                outcome,
+                who: user,
+                from,
+                command: how,
+                resources: "",
+                reason: "",
+            },
+        );
+    }
+
+    /// Writes a request to the audit log when it was refused (`refused` says why) or is an
+    /// allowed change (it needs `create`, `update`, `delete`, `plugin` or `admin`). Cluster
+    /// nodes' requests are not written.
+    pub fn audit_request(
+        &self,
+        caller: &Caller,
+        command: quiver_protocol::Command,
+        needs: &[Need],
+        refused: Option<&str>,
+    ) {
+        const CHANGES: u16 =
+            actions::CREATE | actions::UPDATE | actions::DELETE | actions::PLUGIN | actions::ADMIN;
+        if caller.who == Who::Member
+            || (refused.is_none() && needs.iter().all(|n| n.actions & CHANGES == 0))
+        {
+            return;
+        }
+        let resources = needs
+            .iter()
+            .map(|n| n.resource.label())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let outcome = if refused.is_some() {
+            audit::Outcome::Denied
+        } else {
+            audit::Outcome::Allowed
+        };
+        self.audit.record(
+            self.clock.now_ms(),
+            &audit::Event {
+                outcome,
+                who: audit::who(caller),
+                from: caller.remote.ip(),
+                command: &format!("{command:?}"),
+                resources: &resources,
+                reason: refused.unwrap_or(""),
+            },
+        );
     }
 
     /// Answers the user and rule commands (the caller has been checked for `admin`).

@@ -413,3 +413,55 @@ async fn a_change_another_node_made_first_is_made_again_on_the_newer_users() {
         .unwrap_err();
     assert_eq!(e.status, Status::Busy, "{}", e.message);
 }
+
+/// What the audit log writes: refusals and allowed changes, not plain sends nor cluster
+/// nodes' requests.
+#[test]
+fn the_audit_log_has_refusals_and_changes_only() {
+    use quiver_protocol::Command;
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    let alice = caller("alice", [10, 0, 0, 8]);
+    let member = Caller {
+        who: Who::Member,
+        remote: SocketAddr::from(([10, 0, 0, 2], 1)),
+    };
+    let orders = [topic(SEND, "orders")];
+    let create = [topic(CREATE, "orders")];
+    tracing::subscriber::with_default(subscriber, || {
+        a.audit_request(&alice, Command::Send, &orders, None);
+        a.audit_request(&member, Command::TopicCreate, &create, None);
+        a.audit_request(&alice, Command::TopicCreate, &create, None);
+        a.audit_request(&alice, Command::Send, &orders, Some("may not send\nforged"));
+    });
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let written: Vec<&str> = text.lines().collect();
+    assert_eq!(written.len(), 2, "{text}");
+    assert!(
+        written[0].contains(r#"outcome="allowed" who="alice" from=10.0.0.8 command="TopicCreate" resources="topic:orders""#),
+        "{text}"
+    );
+    // A reason with a line break stays on its line, escaped.
+    assert!(
+        written[1].contains(r#"outcome="denied""#)
+            && written[1].contains(r#"reason="may not send\nforged""#),
+        "{text}"
+    );
+}

@@ -120,7 +120,6 @@ pub(crate) async fn login(
             .await
             .map_err(|_| failed())?;
     if let Err(e) = checked {
-        tracing::info!(user = ?b.user, "failed console login");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "AuthenticationFailed",

@@ -921,13 +921,18 @@ async fn dispatch(
 
 /// Checks that `caller` holds what `req` needs (docs/SECURITY.md §4) and returns the request
 /// to run: a route's auto-creation is dropped for a caller who may not create the topic.
+/// Every refusal and every allowed change is written to the audit log.
 pub async fn authorize(
     req: Request,
     broker: &Broker,
     caller: &Caller,
 ) -> Result<Request, BrokerError> {
     let auth = broker.auth();
+    let command = req.command();
     if auth.unchecked(caller) {
+        if caller.who != crate::auth::Who::Member {
+            auth.audit_request(caller, command, &perm::needs(&req), None);
+        }
         return Ok(req);
     }
     let mut needs = perm::needs(&req);
@@ -937,7 +942,21 @@ pub async fn authorize(
         }
     }
     needs.retain(|n| !matches!(n.resource, Resource::MessageTopic(_)));
-    auth.check(caller, &needs)?;
+    let decided = decide(req, broker, caller, &needs);
+    let refused = decided.as_ref().err().map(ToString::to_string);
+    auth.audit_request(caller, command, &needs, refused.as_deref());
+    decided
+}
+
+/// [`authorize`]'s decision, once `needs` name real resources.
+fn decide(
+    req: Request,
+    broker: &Broker,
+    caller: &Caller,
+    needs: &[perm::Need],
+) -> Result<Request, BrokerError> {
+    let auth = broker.auth();
+    auth.check(caller, needs)?;
     let create = quiver_protocol::cmd::actions::CREATE;
     // Sends and subscriptions create a missing topic on a standalone broker: only for a
     // caller who may create it.

@@ -433,3 +433,67 @@ fn host_names_for_listen_and_broker() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot resolve the broker address"), "{err}");
 }
+
+/// The audit log: an allowed change (a topic created, a topic deleted) is one line on the
+/// `quiver::audit` target naming who, from where, the command and the topic; a plain send
+/// or read is not written.
+#[test]
+fn changes_are_written_to_the_audit_log() {
+    let mut s = serve(&[("QUIVER_LOG_FORMAT", "json")]);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (_endpoint, conn) = connect(&s).await;
+        let hello = Request::Hello(cmd::Hello {
+            version: PROTOCOL_VERSION,
+            client_id: "audit".into(),
+        });
+        assert_eq!(exchange(&conn, &hello).await, Status::Ok);
+        let create = Request::TopicCreate(cmd::TopicCreate {
+            topic: "audited".into(),
+            queues: 1,
+        });
+        assert_eq!(exchange(&conn, &create).await, Status::Ok);
+        let send = Request::Send(cmd::Send {
+            topic: "audited".into(),
+            queue_id: 0,
+            messages: vec![quiver_protocol::WireMessage {
+                id: 7,
+                born_timestamp: 0,
+                flags: 0,
+                tag: String::new(),
+                keys: vec![],
+                properties: vec![],
+                body: bytes::Bytes::from_static(b"x"),
+            }],
+        });
+        assert_eq!(exchange(&conn, &send).await, Status::Ok);
+        let delete = Request::TopicDelete(cmd::TopicDelete {
+            topic: "audited".into(),
+        });
+        assert_eq!(exchange(&conn, &delete).await, Status::Ok);
+    });
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    exits_within(&mut s.child, Duration::from_secs(20)).expect("stops");
+    let mut err = String::new();
+    std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let audit: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "quiver::audit")
+        .map(|l| l["fields"].clone())
+        .collect();
+    let commands: Vec<&str> = audit
+        .iter()
+        .map(|f| f["command"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(commands, ["TopicCreate", "TopicDelete"], "{err}");
+    for f in &audit {
+        assert_eq!(f["outcome"], "allowed", "{f}");
+        assert_eq!(f["who"], "\"anonymous\"", "{f}");
+        assert_eq!(f["from"], "127.0.0.1", "{f}");
+        assert_eq!(f["resources"], "\"topic:audited\"", "{f}");
+    }
+}

@@ -1,0 +1,137 @@
+//! The audit log (docs/SECURITY.md §9): one line, on the tracing target `quiver::audit`, for
+//! every login, failed login, refused request and allowed change (a request that needs
+//! `create`, `update`, `delete`, `plugin` or `admin`), naming who, from where, the command
+//! and what it touched. Cluster nodes' own requests are not logged.
+//!
+//! A client that sends refused requests in a loop must not fill the disk with log lines: at
+//! most [`LINES_PER_SECOND`] lines are written per second (by the broker's clock); the rest
+//! are counted and reported in one line when the next second's first line is written.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use super::{Caller, Who};
+
+/// Audit lines written per second at most.
+pub(crate) const LINES_PER_SECOND: u32 = 100;
+
+/// The tracing target of audit lines (filter with `RUST_LOG=quiver::audit=info`).
+pub const TARGET: &str = "quiver::audit";
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A change was allowed.
+    Allowed,
+    /// A request was refused.
+    Denied,
+    /// A login succeeded.
+    LoggedIn,
+    /// A login failed.
+    LoginFailed,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::LoggedIn => "logged-in",
+            Outcome::LoginFailed => "login-failed",
+        }
+    }
+}
+
+/// One audit event.
+pub(crate) struct Event<'a> {
+    pub(crate) outcome: Outcome,
+    /// The user (or how the caller is known: `anonymous`, `admin-token`).
+    pub(crate) who: &'a str,
+    pub(crate) from: IpAddr,
+    /// The command (`TopicCreate`, `AuthFinish`, `console-login`...).
+    pub(crate) command: &'a str,
+    /// What it touched (`topic:orders, group:billing`), or empty.
+    pub(crate) resources: &'a str,
+    /// Why it was refused, or empty.
+    pub(crate) reason: &'a str,
+}
+
+/// The per-second line budget.
+#[derive(Default)]
+pub(crate) struct Audit {
+    /// (second, lines written in it, lines suppressed since the last report).
+    window: Mutex<(i64, u32, u64)>,
+}
+
+impl Audit {
+    /// Writes `e` unless this second's budget is spent; `now_ms` is the broker's clock.
+    pub(crate) fn record(&self, now_ms: i64, e: &Event<'_>) {
+        let suppressed = {
+            let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+            let second = now_ms.div_euclid(1000);
+            if w.0 != second {
+                w.0 = second;
+                w.1 = 0;
+            }
+            if w.1 >= LINES_PER_SECOND {
+                w.2 += 1;
+                return;
+            }
+            w.1 += 1;
+            std::mem::take(&mut w.2)
+        };
+        if suppressed > 0 {
+            tracing::warn!(
+                target: TARGET,
+                suppressed,
+                "audit lines dropped: more than {LINES_PER_SECOND} a second"
+            );
+        }
+        // Names from the wire are quoted and escaped ({:?}), so they cannot forge lines.
+        tracing::info!(
+            target: TARGET,
+            outcome = e.outcome.name(),
+            who = ?e.who,
+            from = %e.from,
+            command = e.command,
+            resources = ?e.resources,
+            reason = ?e.reason,
+            "audit"
+        );
+    }
+}
+
+/// How a caller appears in the audit log.
+pub(crate) fn who(caller: &Caller) -> &str {
+    match &caller.who {
+        Who::Anonymous => "anonymous",
+        Who::Member => "cluster-member",
+        Who::AdminToken => "admin-token",
+        Who::User(name) => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_beyond_the_budget_are_counted_not_written() {
+        let audit = Audit::default();
+        let e = Event {
+            outcome: Outcome::Denied,
+            who: "mallory",
+            from: IpAddr::from([10, 0, 0, 9]),
+            command: "TopicDelete",
+            resources: "topic:orders",
+            reason: "no",
+        };
+        for _ in 0..LINES_PER_SECOND + 25 {
+            audit.record(5_000, &e);
+        }
+        assert_eq!(*audit.window.lock().unwrap(), (5, LINES_PER_SECOND, 25));
+        // The next second writes again, and reports what was dropped (the count resets).
+        audit.record(6_001, &e);
+        assert_eq!(*audit.window.lock().unwrap(), (6, 1, 0));
+    }
+}
