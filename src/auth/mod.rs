@@ -69,6 +69,11 @@ pub struct AuthConfig {
     /// nodes present certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// A PEM file of certificate revocation lists from those authorities: a client
+    /// certificate they list fails the TLS handshake. Read at start (restart to apply a new
+    /// list); needs `client_ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_crl: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -78,6 +83,7 @@ impl Default for AuthConfig {
             bootstrap_user: "admin".into(),
             bootstrap_password: None,
             client_ca: None,
+            client_crl: None,
         }
     }
 }

@@ -158,6 +158,53 @@ pub fn client_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCertS
     Ok(Some(Arc::new(roots)))
 }
 
+/// The revocation lists of applications' client certificates (`auth.client_crl`).
+pub fn client_crls(
+    cfg: &Config,
+) -> anyhow::Result<Vec<rustls_pki_types::CertificateRevocationListDer<'static>>> {
+    let Some(path) = cfg.auth.client_crl.as_ref() else {
+        return Ok(Vec::new());
+    };
+    if cfg.auth.client_ca.is_none() {
+        bail!("auth.client_crl is set without auth.client_ca: it revokes client certificates, which only auth.client_ca enables");
+    }
+    let crls = rustls_pki_types::CertificateRevocationListDer::pem_file_iter(path)
+        .with_context(|| format!("reading auth.client_crl {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing auth.client_crl {}", path.display()))?;
+    if crls.is_empty() {
+        bail!(
+            "auth.client_crl {} holds no revocation list (PEM \"X509 CRL\")",
+            path.display()
+        );
+    }
+    Ok(crls)
+}
+
+/// A verifier of client certificates chaining to `roots`, refusing those `crls` revoke. Only
+/// the end entity is checked against the lists, and a certificate whose issuer has no list
+/// passes (cluster nodes' certificates have none).
+fn client_verifier(
+    roots: Arc<rustls::RootCertStore>,
+    crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    allow_none: bool,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider);
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    if allow_none {
+        builder = builder.allow_unauthenticated();
+    }
+    builder
+        .build()
+        .context("building the client-certificate verifier")
+}
+
 /// Who a presented client certificate says the peer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerCert {
@@ -177,20 +224,16 @@ pub struct PeerCheck {
 }
 
 impl PeerCheck {
-    fn verifier(
-        roots: Arc<rustls::RootCertStore>,
-    ) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-            .build()
-            .context("building a client-certificate verifier")
-    }
-
-    /// The checks for `cfg`'s cluster roots and `auth.client_ca`.
+    /// The checks for `cfg`'s cluster roots and `auth.client_ca` (with `auth.client_crl`).
     pub fn new(cfg: &Config) -> anyhow::Result<PeerCheck> {
+        let crls = client_crls(cfg)?;
         Ok(PeerCheck {
-            cluster: cluster_roots(cfg)?.map(Self::verifier).transpose()?,
-            clients: client_roots(cfg)?.map(Self::verifier).transpose()?,
+            cluster: cluster_roots(cfg)?
+                .map(|r| client_verifier(r, Vec::new(), false))
+                .transpose()?,
+            clients: client_roots(cfg)?
+                .map(|r| client_verifier(r, crls, false))
+                .transpose()?,
         })
     }
 
@@ -242,7 +285,7 @@ pub fn https_config(id: &Identity) -> anyhow::Result<Arc<rustls::ServerConfig>> 
 /// none are served as before.
 pub fn server_config(id: &Identity, cfg: &Config) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut roots = rustls::RootCertStore::empty();
     for store in [cluster_roots(cfg)?, client_roots(cfg)?]
@@ -254,12 +297,11 @@ pub fn server_config(id: &Identity, cfg: &Config) -> anyhow::Result<quinn::Serve
     let builder = if roots.is_empty() {
         builder.with_no_client_auth()
     } else {
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .context("building the client-certificate verifier")?;
-        builder.with_client_cert_verifier(verifier)
+        builder.with_client_cert_verifier(client_verifier(
+            Arc::new(roots),
+            client_crls(cfg)?,
+            true,
+        )?)
     };
     let mut tls = builder
         .with_single_cert(id.certs.clone(), id.key.clone_key())
@@ -275,4 +317,25 @@ pub fn server_config(id: &Identity, cfg: &Config) -> anyhow::Result<quinn::Serve
         .max_concurrent_uni_streams(streams);
     server.transport_config(Arc::new(transport));
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_list_needs_its_authorities_and_must_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        assert!(client_crls(&cfg).unwrap().is_empty());
+        let crl = dir.path().join("apps.crl.pem");
+        std::fs::write(&crl, "not a list\n").unwrap();
+        cfg.auth.client_crl = Some(crl.clone());
+        let e = format!("{:#}", client_crls(&cfg).unwrap_err());
+        assert!(e.contains("without auth.client_ca"), "{e}");
+        cfg.auth.client_ca = Some(dir.path().join("ca.pem"));
+        let e = format!("{:#}", client_crls(&cfg).unwrap_err());
+        assert!(e.contains("holds no revocation list"), "{e}");
+        assert!(e.contains("apps.crl.pem"), "{e}");
+    }
 }

@@ -844,7 +844,8 @@ async fn an_operator_manages_users_and_rules_with_the_cli() {
 
 /// Applications log in with TLS client certificates from `auth.client_ca`: the certificate's
 /// common name is the user, its rules apply; a certificate from another authority does not
-/// get through the handshake; a name without a user gets nothing.
+/// get through the handshake, nor does one `auth.client_crl` revokes; a name without a user
+/// gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_logs_in_as_the_user_it_names() {
     use quiver_client::{ClientCertificate, ClientConfig};
@@ -862,25 +863,45 @@ async fn a_client_certificate_logs_in_as_the_user_it_names() {
         Issuer::new(p, key)
     };
     let (apps, rogue) = (ca("apps-ca"), ca("rogue-ca"));
-    let leaf = |issuer: &Issuer<'_, KeyPair>, user: &str| {
+    let leaf = |issuer: &Issuer<'_, KeyPair>, user: &str, serial: u64| {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, user);
+        p.serial_number = Some(serial.into());
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, issuer).unwrap();
         let (c, k) = (
-            pki.join(format!("{user}.crt")),
-            pki.join(format!("{user}.key")),
+            pki.join(format!("{user}-{serial}.crt")),
+            pki.join(format!("{user}-{serial}.key")),
         );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         ClientCertificate { cert: c, key: k }
     };
-    let alice_cert = leaf(&apps, "alice");
-    let ghost_cert = leaf(&apps, "ghost");
-    let rogue_cert = leaf(&rogue, "root");
+    let alice_cert = leaf(&apps, "alice", 1);
+    let ghost_cert = leaf(&apps, "ghost", 2);
+    let rogue_cert = leaf(&rogue, "root", 3);
+    // Alice's lost laptop's certificate, revoked.
+    let lost_cert = leaf(&apps, "alice", 4);
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2024, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: 1u64.into(),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: 4u64.into(),
+            revocation_time: rcgen::date_time_ymd(2024, 6, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&apps)
+    .unwrap();
+    std::fs::write(pki.join("apps.crl.pem"), crl.pem().unwrap()).unwrap();
 
     let mut cfg = crate::harness::test_config(dir.path());
     cfg.auth.client_ca = Some(pki.join("apps-ca.pem"));
+    cfg.auth.client_crl = Some(pki.join("apps.crl.pem"));
     let broker = TestBroker::start_with(cfg).await;
     let open = Admin::new(broker.client().await);
     open.create_user("root", ROOT_PW, Role::Super)
@@ -921,6 +942,8 @@ async fn a_client_certificate_logs_in_as_the_user_it_names() {
         rogue.is_err(),
         "a certificate of another authority fails the handshake"
     );
+    let lost = with_cert(&lost_cert).await;
+    assert!(lost.is_err(), "a revoked certificate fails the handshake");
     // The CLI presents one too.
     let q = crate::cli::Quiver::new(&broker);
     let out = q
