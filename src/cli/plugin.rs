@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use quiver_client::{Admin, PluginInfo};
-use serde::Serialize;
 
 use super::output::Out;
 
@@ -124,52 +123,9 @@ impl PluginCommand {
     }
 }
 
-#[derive(Serialize)]
-struct PluginJson<'a> {
-    name: &'a str,
-    kind: &'static str,
-    version: u32,
-    healthy: bool,
-    sha256: &'a str,
-    size: u64,
-    config: Vec<String>,
-    memory_limit_bytes: u64,
-    time_limit_ms: u32,
-    consecutive_failures: u32,
-    last_error: &'a str,
-    batches: u64,
-    messages_in: u64,
-    messages_out: u64,
-    failures: u64,
-    loaded_at_ms: i64,
-    topics: &'a [String],
-}
-
-fn to_json(p: &PluginInfo) -> PluginJson<'_> {
-    PluginJson {
-        name: &p.name,
-        kind: p.kind.name(),
-        version: p.version,
-        healthy: p.healthy,
-        sha256: &p.sha256,
-        size: p.size,
-        config: p.config.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        memory_limit_bytes: p.memory_limit_bytes,
-        time_limit_ms: p.time_limit_ms,
-        consecutive_failures: p.consecutive_failures,
-        last_error: &p.last_error,
-        batches: p.batches,
-        messages_in: p.messages_in,
-        messages_out: p.messages_out,
-        failures: p.failures,
-        loaded_at_ms: p.loaded_at_ms,
-        topics: &p.topics,
-    }
-}
-
 fn describe(out: &mut Out, p: &PluginInfo) -> anyhow::Result<()> {
     if out.json {
-        return out.json(&to_json(p));
+        return out.json(&quiver::plugin::PluginView::from(p));
     }
     let config: Vec<String> = p.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let lines = [
@@ -247,7 +203,7 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, cmd: PluginCommand) -> any
                 ))?;
                 return Ok(());
             }
-            out.json(&to_json(&p))
+            out.json(&quiver::plugin::PluginView::from(&p))
         }
         PluginCommand::Reload {
             name,
@@ -284,7 +240,7 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, cmd: PluginCommand) -> any
                 ))?;
                 return Ok(());
             }
-            out.json(&to_json(&p))
+            out.json(&quiver::plugin::PluginView::from(&p))
         }
         PluginCommand::Unload { name, force } => {
             admin
@@ -301,7 +257,7 @@ pub(crate) async fn run(admin: &Admin, out: &mut Out, cmd: PluginCommand) -> any
             let list = admin.list_plugins().await.context("listing plugins")?;
             if out.json {
                 for p in &list {
-                    out.json(&to_json(p))?;
+                    out.json(&quiver::plugin::PluginView::from(p))?;
                 }
                 return Ok(());
             }

@@ -10,10 +10,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use quiver_protocol::cmd::{self, Records};
 use quiver_protocol::{
-    names, FilterSpec, GroupMode, PluginInfo, RecordView, Request, ResetTarget, Response,
-    WireMessage,
+    names, FilterSpec, GroupMode, RecordView, Request, ResetTarget, Response, WireMessage,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ConsoleState};
@@ -735,58 +734,10 @@ async fn dlq_resend(
     Ok(Json(json!({ "group": group, "resent": n.0 })))
 }
 
-#[derive(Serialize)]
-struct PluginView<'a> {
-    name: &'a str,
-    kind: String,
-    version: u32,
-    sha256: &'a str,
-    size: u64,
-    config: BTreeMap<&'a str, &'a str>,
-    memory_limit_bytes: u64,
-    time_limit_ms: u32,
-    healthy: bool,
-    consecutive_failures: u32,
-    last_error: &'a str,
-    batches: u64,
-    messages_in: u64,
-    messages_out: u64,
-    failures: u64,
-    loaded_at_ms: i64,
-    topics: &'a [String],
-}
-
-impl<'a> From<&'a PluginInfo> for PluginView<'a> {
-    fn from(p: &'a PluginInfo) -> Self {
-        Self {
-            name: &p.name,
-            kind: format!("{:?}", p.kind).to_lowercase(),
-            version: p.version,
-            sha256: &p.sha256,
-            size: p.size,
-            config: p
-                .config
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            memory_limit_bytes: p.memory_limit_bytes,
-            time_limit_ms: p.time_limit_ms,
-            healthy: p.healthy,
-            consecutive_failures: p.consecutive_failures,
-            last_error: &p.last_error,
-            batches: p.batches,
-            messages_in: p.messages_in,
-            messages_out: p.messages_out,
-            failures: p.failures,
-            loaded_at_ms: p.loaded_at_ms,
-            topics: &p.topics,
-        }
-    }
-}
-
 async fn plugins(State(s): State<ConsoleState>) -> ApiResult {
     let list = reply!(call(&s, cmd::PluginList).await?, PluginList).plugins;
-    let views: Vec<PluginView<'_>> = list.iter().map(PluginView::from).collect();
+    let views: Vec<crate::plugin::PluginView<'_>> =
+        list.iter().map(crate::plugin::PluginView::from).collect();
     Ok(Json(serde_json::to_value(views).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -28,6 +28,57 @@ use crate::store::durable::write_file;
 use wasmtime::{InstancePre, Module};
 
 use self::abi::{Action, Input, OutputLimits};
+
+/// A loaded plugin as JSON, the one shape the console's API (docs/CONSOLE.md) and
+/// `quiver admin plugin list|describe --json` both print.
+#[derive(Debug, Serialize)]
+pub struct PluginView<'a> {
+    name: &'a str,
+    kind: &'static str,
+    version: u32,
+    sha256: &'a str,
+    size: u64,
+    config: BTreeMap<&'a str, &'a str>,
+    memory_limit_bytes: u64,
+    time_limit_ms: u32,
+    healthy: bool,
+    consecutive_failures: u32,
+    last_error: &'a str,
+    batches: u64,
+    messages_in: u64,
+    messages_out: u64,
+    failures: u64,
+    loaded_at_ms: i64,
+    topics: &'a [String],
+}
+
+impl<'a> From<&'a PluginInfo> for PluginView<'a> {
+    fn from(p: &'a PluginInfo) -> Self {
+        Self {
+            name: &p.name,
+            kind: p.kind.name(),
+            version: p.version,
+            sha256: &p.sha256,
+            size: p.size,
+            config: p
+                .config
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            memory_limit_bytes: p.memory_limit_bytes,
+            time_limit_ms: p.time_limit_ms,
+            healthy: p.healthy,
+            consecutive_failures: p.consecutive_failures,
+            last_error: &p.last_error,
+            batches: p.batches,
+            messages_in: p.messages_in,
+            messages_out: p.messages_out,
+            failures: p.failures,
+            loaded_at_ms: p.loaded_at_ms,
+            topics: &p.topics,
+        }
+    }
+}
 use self::guest::{Failure, Guest, GuestState, LogSink, Outcome, Runtime};
 
 /// `[plugins]`: limits and failure handling of WebAssembly plugins.
