@@ -3,9 +3,11 @@
 //! `create`, `update`, `delete`, `plugin` or `admin`), naming who, from where, the command
 //! and what it touched. Cluster nodes' own requests are not logged.
 //!
-//! A client that sends refused requests in a loop must not fill the disk with log lines: at
-//! most [`LINES_PER_SECOND`] lines are written per second (by the broker's clock); the rest
-//! are counted and reported in one line when the next second's first line is written.
+//! A client that sends refused requests (or wrong passwords) in a loop must not fill the disk
+//! with log lines: at most [`LINES_PER_SECOND`] refusal and failed-login lines are written per
+//! second (by the broker's clock); the rest are counted and reported in one line when the next
+//! second's first one is written. Logins and allowed changes, which only a user allowed them
+//! can cause, are always written: a flood of refusals cannot hide them.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -64,9 +66,13 @@ pub(crate) struct Audit {
 }
 
 impl Audit {
-    /// Writes `e` unless this second's budget is spent; `now_ms` is the broker's clock.
+    /// Writes `e`, a refusal or failed login only while this second's budget lasts;
+    /// `now_ms` is the broker's clock.
     pub(crate) fn record(&self, now_ms: i64, e: &Event<'_>) {
-        let suppressed = {
+        let budgeted = matches!(e.outcome, Outcome::Denied | Outcome::LoginFailed);
+        let suppressed = if !budgeted {
+            0
+        } else {
             let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
             let second = now_ms.div_euclid(1000);
             if w.0 != second {
@@ -130,7 +136,16 @@ mod tests {
             audit.record(5_000, &e);
         }
         assert_eq!(*audit.window.lock().unwrap(), (5, LINES_PER_SECOND, 25));
+        // Allowed changes are written whatever the budget (they do not count against it).
+        let allowed = Event {
+            outcome: Outcome::Allowed,
+            ..e
+        };
+        audit.record(5_500, &allowed);
+        assert_eq!(*audit.window.lock().unwrap(), (5, LINES_PER_SECOND, 25));
         // The next second writes again, and reports what was dropped (the count resets).
+        audit.record(6_001, &allowed);
+        assert_eq!(*audit.window.lock().unwrap(), (5, LINES_PER_SECOND, 25));
         audit.record(6_001, &e);
         assert_eq!(*audit.window.lock().unwrap(), (6, 1, 0));
     }

@@ -203,7 +203,7 @@ fn pattern_matches(pattern: &str, resource: &Resource) -> bool {
         Resource::Topic(t) => ("topic:", t.as_str()),
         Resource::Group(g) => ("group:", g.as_str()),
         Resource::Cluster => return pattern == "cluster",
-        Resource::MessageTopic(_) => return false,
+        Resource::Stored(_) => return false,
     };
     let Some(p) = pattern.strip_prefix(kind) else {
         return false;
@@ -598,6 +598,16 @@ impl Auth {
         self.mode
     }
 
+    /// What identifies a user's current credentials (their `StoredKey`, new with every
+    /// password and every fresh salt); None for no such user. Console sessions end when it
+    /// changes.
+    pub fn credential_stamp(&self, user: &str) -> Option<[u8; 32]> {
+        self.snapshot()
+            .users
+            .get(user)
+            .map(|u| u.verifier.stored_key)
+    }
+
     /// How many users exist.
     pub fn user_count(&self) -> usize {
         self.snapshot().users.len()
@@ -638,6 +648,11 @@ impl Auth {
             ));
         }
         self.throttled(from)?;
+        if req.user.len() > quiver_protocol::names::MAX_NAME_LEN {
+            // No user has such a name; not kept for the connection either.
+            login.failures += 1;
+            return Err(Refused::new(Status::AuthenticationFailed, FAILED));
+        }
         let users = self.snapshot();
         let verifier = users.users.get(&req.user).map(|u| u.verifier.clone());
         let (salt, params) = match &verifier {
@@ -682,6 +697,12 @@ impl Auth {
             login.failures += 1;
             return Err(failed());
         };
+        // Checked again here: AuthStarts made on many connections before the failures
+        // began must not each get their guess checked once the address is over its limit.
+        if let Err(e) = self.throttled(from) {
+            login.failures += 1;
+            return Err(e);
+        }
         match p.verifier {
             Some(v) if v.check_proof(&p.auth_message, &req.proof) => {
                 self.audit_login(true, &p.user, from, "AuthFinish");
@@ -738,7 +759,7 @@ impl Auth {
             || (caller.remote.ip().is_loopback() && self.snapshot().users.is_empty())
     }
 
-    /// Whether `caller` holds `need` (resolved: no [`Resource::MessageTopic`]).
+    /// Whether `caller` holds `need` (resolved: no [`Resource::Stored`]).
     pub fn check(&self, caller: &Caller, needs: &[Need]) -> Result<(), Refused> {
         if self.mode == AuthMode::Off || matches!(caller.who, Who::Member | Who::AdminToken) {
             return Ok(());

@@ -16,19 +16,44 @@ pub enum Resource {
     Group(String),
     /// The broker (or cluster) itself: status, plugins, users.
     Cluster,
-    /// The topic of the stored message with this id, which only a lookup tells (scheduled
-    /// and half messages); resolved by the caller before the check.
-    MessageTopic(u128),
+    /// What a stored record belongs to, which only a lookup tells; resolved by the caller
+    /// before the check (`net::authorize`) into the topics (and producer group) of the
+    /// records the command would act on.
+    Stored(Stored),
+}
+
+/// Which stored records a command acts on (see [`Resource::Stored`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Every scheduled record with this id (CancelScheduled cancels one of them): the
+    /// caller needs the right on the real topic of each, so a record of the same id sent
+    /// to a topic of the caller's own does not stand in for another user's.
+    Scheduled(u128),
+    /// The record at this commit-log offset, when its id is this one (EndTransaction's half
+    /// message, SendBack's pulled message): its real topic, and for a half message its
+    /// producer group too.
+    At {
+        /// Commit-log offset.
+        handle: u64,
+        /// Message id.
+        id: u128,
+    },
 }
 
 impl Resource {
     /// A topic, with a group's retry and DLQ topics mapped to the group: whoever may
     /// consume as the group may read its retries and dead letters.
+    /// The broker's other internal topics (`%SCHEDULE%`, `%HALF%`...) hold every user's
+    /// scheduled and uncommitted messages: they count as the cluster, so no topic rule
+    /// (not even `topic:*`) reaches them.
     pub fn topic(name: &str) -> Resource {
         for prefix in [RETRY_PREFIX, DLQ_PREFIX] {
             if let Some(group) = name.strip_prefix(prefix) {
                 return Resource::Group(group.to_string());
             }
+        }
+        if name.starts_with('%') {
+            return Resource::Cluster;
         }
         Resource::Topic(name.to_string())
     }
@@ -39,7 +64,10 @@ impl Resource {
             Resource::Topic(t) => format!("topic:{t}"),
             Resource::Group(g) => format!("group:{g}"),
             Resource::Cluster => "cluster".into(),
-            Resource::MessageTopic(id) => format!("the topic of message {id:032x}"),
+            Resource::Stored(Stored::Scheduled(id)) => format!("the topic of message {id:032x}"),
+            Resource::Stored(Stored::At { handle, .. }) => {
+                format!("the topic of the message at {handle}")
+            }
         }
     }
 }
@@ -81,11 +109,23 @@ pub fn needs(req: &Request) -> Vec<Need> {
         R::Route(r) => vec![topic(any_on_topic, &r.topic)],
         R::TopicRoute(r) => vec![topic(any_on_topic, &r.topic)],
         R::Send(s) => vec![topic(SEND, &s.topic)],
-        R::SendSpecial(s) => vec![topic(SEND, &s.topic)],
-        R::CancelScheduled(c) => vec![need(SEND, Resource::MessageTopic(c.id))],
+        R::SendSpecial(s) => match &s.mode {
+            // A transactional producer also answers for its producer group's check-backs.
+            quiver_protocol::SendMode::Half { group: g } => {
+                vec![topic(SEND, &s.topic), group(SEND, g)]
+            }
+            _ => vec![topic(SEND, &s.topic)],
+        },
+        R::CancelScheduled(c) => vec![need(SEND, Resource::Stored(Stored::Scheduled(c.id)))],
         R::EndTransaction(e) => vec![
             group(SEND, &e.group),
-            need(SEND, Resource::MessageTopic(e.id)),
+            need(
+                SEND,
+                Resource::Stored(Stored::At {
+                    handle: e.handle,
+                    id: e.id,
+                }),
+            ),
         ],
         R::PollTransactionChecks(p) => vec![group(SEND, &p.group)],
         R::Pull(p) => vec![topic(CONSUME, &p.topic)],
@@ -95,7 +135,18 @@ pub fn needs(req: &Request) -> Vec<Need> {
             topic(CONSUME | DESCRIBE, &f.topic),
         ],
         R::OffsetForTime(o) => vec![topic(CONSUME | DESCRIBE, &o.topic)],
-        R::SendBack(s) => vec![group(CONSUME, &s.group)],
+        // The message sent back must be one the caller may consume: SendBack copies it into
+        // the group's retry or dead-letter topic, which the group may read.
+        R::SendBack(s) => vec![
+            group(CONSUME, &s.group),
+            need(
+                CONSUME,
+                Resource::Stored(Stored::At {
+                    handle: s.handle,
+                    id: s.id,
+                }),
+            ),
+        ],
         R::DlqResend(d) => vec![group(UPDATE, &d.group)],
         R::TopicCreate(t) => vec![topic(CREATE, &t.topic)],
         R::TopicCreateOn(t) => vec![topic(CREATE, &t.topic)],
@@ -106,6 +157,7 @@ pub fn needs(req: &Request) -> Vec<Need> {
         R::TopicDescribe(t) => vec![topic(DESCRIBE, &t.topic)],
         // Records of topics the user may not describe are left out of the answer.
         R::MessageById(_) => vec![],
+        // Also filtered: keys of internal topics' records are indexed under those topics.
         R::MessageByKey(m) => vec![topic(DESCRIBE, &m.topic)],
         R::Heartbeat(h) => {
             let mut v = vec![group(CONSUME, &h.group)];
@@ -151,6 +203,9 @@ mod tests {
             Resource::Group("billing".into())
         );
         assert_eq!(Resource::topic("orders"), Resource::Topic("orders".into()));
+        // Other internal topics hold everyone's messages: the cluster's.
+        assert_eq!(Resource::topic("%SCHEDULE%"), Resource::Cluster);
+        assert_eq!(Resource::topic("%HALF%"), Resource::Cluster);
     }
 
     #[test]

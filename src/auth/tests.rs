@@ -465,3 +465,50 @@ fn the_audit_log_has_refusals_and_changes_only() {
         "{text}"
     );
 }
+
+/// AuthStarts made on many connections before the first failure do not each get a guess
+/// checked: once the address is over its limit, proofs are refused unchecked.
+#[tokio::test]
+async fn started_logins_do_not_outrun_the_address_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path());
+    create(&a, "root", Role::Super).await;
+    let started: Vec<(Login, cmd::AuthStart, cmd::AuthStartReply)> = (0..30)
+        .map(|_| {
+            let mut l = Login::default();
+            let start = cmd::AuthStart {
+                user: "root".into(),
+                client_nonce: scram::random(),
+            };
+            let reply = a.start(&mut l, &start, HERE).unwrap();
+            (l, start, reply)
+        })
+        .collect();
+    let mut refused_unchecked = 0;
+    for (i, (mut l, start, reply)) in started.into_iter().enumerate() {
+        let params = Params {
+            m_kib: reply.m_kib,
+            t: reply.t,
+            p: reply.p,
+        };
+        // Wrong guesses, then the right password on the last connection.
+        let password = if i == 29 { "pw" } else { "guess" };
+        let salted = scram::salted_password(password, &reply.salt, params).unwrap();
+        let proof = scram::client_proof(&salted, &scram::auth_message_of(&start, &reply));
+        let e = a
+            .finish(&mut l, &cmd::AuthFinish { proof }, HERE)
+            .unwrap_err();
+        if e.message.contains("failed logins from this address") {
+            refused_unchecked += 1;
+        }
+    }
+    assert_eq!(refused_unchecked, 30 - throttle::LIMIT as usize);
+    // Names no user can have are refused at once and not kept.
+    let mut l = Login::default();
+    let long = cmd::AuthStart {
+        user: "x".repeat(4096),
+        client_nonce: scram::random(),
+    };
+    assert!(a.start(&mut l, &long, IpAddr::from([10, 9, 9, 9])).is_err());
+    assert!(l.pending.is_none());
+}

@@ -28,12 +28,13 @@ impl Throttle {
     /// Whether logins from `from` are refused now.
     pub(crate) fn blocked(&self, from: IpAddr, now_ms: i64) -> bool {
         self.map()
-            .get(&from)
+            .get(&source(from))
             .is_some_and(|(n, start)| *n >= LIMIT && now_ms - start < WINDOW_MS)
     }
 
     /// Counts a failed login from `from`.
     pub(crate) fn failed(&self, from: IpAddr, now_ms: i64) {
+        let from = source(from);
         let mut map = self.map();
         if map.len() >= MAX_SOURCES && !map.contains_key(&from) {
             map.retain(|_, (_, start)| now_ms - *start < WINDOW_MS);
@@ -49,6 +50,21 @@ impl Throttle {
             *entry = (0, now_ms);
         }
         entry.0 += 1;
+    }
+}
+
+/// The unit failures are counted by: an IPv4 address, or an IPv6 /64 (one host or site
+/// usually holds a whole /64, and could otherwise guess from each of its addresses). An
+/// IPv4-mapped IPv6 address counts as its IPv4 address.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -71,6 +87,21 @@ mod tests {
         // A new window starts counting from zero.
         t.failed(a, 1_000 + WINDOW_MS);
         assert!(!t.blocked(a, 1_000 + WINDOW_MS + 1));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let t = Throttle::default();
+        for i in 0..LIMIT {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            t.failed(ip, 1_000);
+        }
+        assert!(t.blocked("2001:db8:1:2:ffff::9".parse().unwrap(), 1_001));
+        assert!(!t.blocked("2001:db8:1:3::1".parse().unwrap(), 1_001));
+        for _ in 0..LIMIT {
+            t.failed("::ffff:10.0.0.3".parse().unwrap(), 1_000);
+        }
+        assert!(t.blocked("10.0.0.3".parse().unwrap(), 1_001));
     }
 
     #[test]

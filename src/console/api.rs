@@ -13,6 +13,9 @@ use quiver_protocol::{
     names, FilterSpec, GroupMode, RecordView, Request, ResetTarget, Response, WireMessage,
 };
 use serde::Deserialize;
+
+use crate::auth::perm::Resource;
+use quiver_protocol::cmd::actions::{CONSUME, DESCRIBE};
 use serde_json::{json, Value};
 
 use super::{ApiError, ConsoleState};
@@ -62,6 +65,21 @@ pub(crate) fn api_routes() -> Router<ConsoleState> {
 async fn call(s: &ConsoleState, req: impl Into<Request>) -> Result<Response, ApiError> {
     let caller = super::login::caller(s.local);
     Ok(crate::net::answer(req.into(), &s.broker, s.member.as_ref(), &caller, &s.stop).await?)
+}
+
+/// Refuses (403, `AccessDenied`) a caller without any of `actions` on `resource`: for the
+/// pages that read broker state directly instead of through a command.
+fn require(
+    s: &ConsoleState,
+    actions: u16,
+    resource: crate::auth::perm::Resource,
+) -> Result<(), ApiError> {
+    let caller = super::login::caller(s.local);
+    let need = crate::auth::perm::Need { actions, resource };
+    s.broker
+        .auth()
+        .check(&caller, std::slice::from_ref(&need))
+        .map_err(|e| crate::broker::BrokerError::from(e).into())
 }
 
 /// The reply of the command just sent (any other reply is a broker bug).
@@ -141,6 +159,8 @@ fn messages_json(records: &[Bytes]) -> Result<Value, ApiError> {
 }
 
 async fn overview(State(s): State<ConsoleState>) -> ApiResult {
+    // What BrokerStatus needs over QUIC.
+    require(&s, DESCRIBE, Resource::Cluster)?;
     Ok(Json(super::status(&s.broker, s.member.as_ref()).await?))
 }
 
@@ -671,9 +691,20 @@ async fn resend_message(
 
 async fn dlqs(State(s): State<ConsoleState>) -> ApiResult {
     let g = s.broker.gauges().await;
+    // Only the groups the caller may see, as GroupList filters them.
+    let caller = super::login::caller(s.local);
+    let auth = s.broker.auth();
     Ok(Json(Value::Array(
         g.dlq
             .iter()
+            .filter(|(group, _)| {
+                !auth.enforced()
+                    || auth.may(
+                        &caller,
+                        DESCRIBE | CONSUME,
+                        Resource::Group(group.to_string()),
+                    )
+            })
             .map(|(group, n)| json!({ "group": group, "messages": n }))
             .collect(),
     )))
@@ -889,6 +920,8 @@ async fn detach_plugin(
 /// The cluster as this node's controller (or a voter's metadata) has it; `null` outside a
 /// cluster.
 async fn cluster(State(s): State<ConsoleState>) -> ApiResult {
+    // What ClusterInfo needs over QUIC.
+    require(&s, DESCRIBE, Resource::Cluster)?;
     let Some(node) = &s.member else {
         return Ok(Json(Value::Null));
     };

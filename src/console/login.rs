@@ -26,9 +26,19 @@ tokio::task_local! {
     pub(crate) static CALLER: Caller;
 }
 
-/// Logged-in console sessions: token → (user, expiry in the broker's clock).
+/// One console login.
+struct Session {
+    user: Arc<str>,
+    /// Expiry, in the broker's clock.
+    until: i64,
+    /// The user's credentials when logging in ([`crate::auth::Auth::credential_stamp`]): a
+    /// changed password, or a user deleted (and perhaps made again), ends the session.
+    stamp: [u8; 32],
+}
+
+/// Logged-in console sessions by token.
 pub(crate) struct Sessions {
-    by_token: Mutex<HashMap<String, (Arc<str>, i64)>>,
+    by_token: Mutex<HashMap<String, Session>>,
     /// Password checks in progress (argon2id costs memory: at most two at once).
     checks: tokio::sync::Semaphore,
 }
@@ -41,41 +51,45 @@ impl Sessions {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<str>, i64)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         match self.by_token.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    /// The user of a live session token.
-    pub(crate) fn user(&self, token: &str, now_ms: i64) -> Option<Arc<str>> {
+    /// The user of a live session token, whose credentials are still those it logged in
+    /// with (`stamp` gives a user's current ones).
+    pub(crate) fn user(
+        &self,
+        token: &str,
+        now_ms: i64,
+        stamp: impl Fn(&str) -> Option<[u8; 32]>,
+    ) -> Option<Arc<str>> {
         let mut map = self.map();
-        match map.get(token) {
-            Some((user, until)) if *until > now_ms => Some(user.clone()),
-            Some(_) => {
-                map.remove(token);
-                None
-            }
-            None => None,
+        let s = map.get(token)?;
+        if s.until > now_ms && stamp(&s.user) == Some(s.stamp) {
+            return Some(s.user.clone());
         }
+        map.remove(token);
+        None
     }
 
-    fn add(&self, user: Arc<str>, now_ms: i64) -> (String, i64) {
+    fn add(&self, user: Arc<str>, stamp: [u8; 32], now_ms: i64) -> (String, i64) {
         let token = quiver_protocol::text::hex(&quiver_protocol::scram::random::<32>());
         let until = now_ms + SESSION_MS;
         let mut map = self.map();
-        map.retain(|_, (_, u)| *u > now_ms);
+        map.retain(|_, s| s.until > now_ms);
         if map.len() >= MAX_SESSIONS {
             if let Some(oldest) = map
                 .iter()
-                .min_by_key(|(_, (_, u))| *u)
+                .min_by_key(|(_, s)| s.until)
                 .map(|(t, _)| t.clone())
             {
                 map.remove(&oldest);
             }
         }
-        map.insert(token.clone(), (user, until));
+        map.insert(token.clone(), Session { user, until, stamp });
         (token, until)
     }
 
@@ -127,7 +141,11 @@ pub(crate) async fn login(
         ));
     }
     let now = s.broker.clock().now_ms();
-    let (token, until) = s.sessions.add(Arc::from(b.user.as_str()), now);
+    let Some(stamp) = s.broker.auth().credential_stamp(&b.user) else {
+        // Deleted while its password was being checked.
+        return Err(failed());
+    };
+    let (token, until) = s.sessions.add(Arc::from(b.user.as_str()), stamp, now);
     Ok(Json(
         json!({ "token": token, "user": b.user, "expires_ms": until }),
     ))

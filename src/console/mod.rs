@@ -253,12 +253,14 @@ pub(crate) async fn guard(
     next: Next,
 ) -> Result<Response, ApiError> {
     let now = s.broker.clock().now_ms();
-    let session = login::bearer(req.headers()).and_then(|t| s.sessions.user(t, now));
+    let auth = s.broker.auth();
+    let session = login::bearer(req.headers())
+        .and_then(|t| s.sessions.user(t, now, |u| auth.credential_stamp(u)));
     let who = check_access(
         s.loopback(),
         s.token.as_deref(),
         session,
-        req.uri().path().ends_with("/login"),
+        req.method() == Method::POST && matches!(req.uri().path(), "/login" | "/api/login"),
         req.method(),
         req.headers(),
     )?;

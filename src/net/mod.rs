@@ -935,13 +935,21 @@ pub async fn authorize(
         }
         return Ok(req);
     }
-    let mut needs = perm::needs(&req);
-    for n in &mut needs {
-        if let Resource::MessageTopic(id) = n.resource {
-            n.resource = message_topic(broker, id).await;
+    let mut needs = Vec::new();
+    for n in perm::needs(&req) {
+        match n.resource {
+            Resource::Stored(which) => needs.extend(
+                stored_resources(broker, which)
+                    .await
+                    .into_iter()
+                    .map(|resource| perm::Need {
+                        actions: n.actions,
+                        resource,
+                    }),
+            ),
+            _ => needs.push(n),
         }
     }
-    needs.retain(|n| !matches!(n.resource, Resource::MessageTopic(_)));
     let decided = decide(req, broker, caller, &needs);
     let refused = decided.as_ref().err().map(ToString::to_string);
     auth.audit_request(caller, command, &needs, refused.as_deref());
@@ -997,20 +1005,39 @@ fn decide(
     })
 }
 
-/// The topic a scheduled or half message was sent to (its `REAL_TOPIC`), or the topic of the
-/// stored message with this id; unresolved when no such message exists (the request then
-/// fails with `NotFound` on its own).
-async fn message_topic(broker: &Broker, id: u128) -> Resource {
+/// What the stored records a command acts on belong to ([`perm::Stored`]): their topics as
+/// users know them, and a half message's producer group. Empty when there is no such record
+/// (the command then fails with `NotFound` on its own).
+async fn stored_resources(broker: &Broker, which: perm::Stored) -> Vec<Resource> {
+    use quiver_protocol::names::{props, HALF_TOPIC, SCHEDULE_TOPIC};
     let store = broker.store().clone();
-    let records = tokio::task::spawn_blocking(move || store.messages_by_id(id))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    records
-        .iter()
-        .find_map(|b| record_topic(b))
-        .map_or(Resource::MessageTopic(id), |t| Resource::topic(&t))
+    let records = tokio::task::spawn_blocking(move || match which {
+        perm::Stored::Scheduled(id) => store.messages_by_id(id).unwrap_or_default(),
+        perm::Stored::At { handle, .. } => store.message_at(handle).into_iter().collect(),
+    })
+    .await
+    .unwrap_or_default();
+    let mut out = Vec::new();
+    for b in &records {
+        let Ok(v) = quiver_protocol::RecordView::parse_unchecked_crc(b) else {
+            continue;
+        };
+        match which {
+            perm::Stored::Scheduled(_) if v.topic() != SCHEDULE_TOPIC => continue,
+            perm::Stored::At { id, .. } if v.msg_id() != id => continue,
+            _ => {}
+        }
+        if let Some(t) = record_topic(b) {
+            out.push(Resource::topic(&t));
+        }
+        if v.topic() == HALF_TOPIC {
+            if let Some(g) = v.property(props::PGROUP) {
+                out.push(Resource::Group(g.to_string()));
+            }
+        }
+    }
+    out.dedup();
+    out
 }
 
 /// A stored record's topic as users know it: a scheduled or half message's real topic.
@@ -1051,6 +1078,12 @@ fn filter(
                 record_topic(rec).is_some_and(|t| auth.may(caller, DESCRIBE, Resource::topic(&t)))
             });
             A::MessageById(r)
+        }
+        A::MessageByKey(mut r) => {
+            r.0.retain(|rec| {
+                record_topic(rec).is_some_and(|t| auth.may(caller, DESCRIBE, Resource::topic(&t)))
+            });
+            A::MessageByKey(r)
         }
         other => other,
     }

@@ -120,9 +120,14 @@ pub fn cluster_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCert
     let Some(path) = cfg.cluster.ca.as_ref().or(cfg.tls.cert.as_ref()) else {
         bail!("a cluster needs cluster.ca or a shared tls.cert");
     };
+    // Without cluster.ca the shared certificate itself is the anchor, and only it: a
+    // tls.cert file that is a full chain must not make its issuers (perhaps a public CA)
+    // the cluster's roots, or anyone holding a certificate they issued would be a member.
+    let only_leaf = cfg.cluster.ca.is_none();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path)
         .with_context(|| format!("reading cluster CA {}", path.display()))?
+        .take(if only_leaf { 1 } else { usize::MAX })
     {
         let cert = cert.with_context(|| format!("parsing cluster CA {}", path.display()))?;
         roots.add(cert).with_context(|| {
@@ -136,10 +141,13 @@ pub fn cluster_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCert
 }
 
 /// The certificate authorities of applications' client certificates (`auth.client_ca`).
+/// Refused when one of them is also a cluster root: its certificates would be cluster members,
+/// allowed everything, instead of users.
 pub fn client_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCertStore>>> {
     let Some(path) = cfg.auth.client_ca.as_ref() else {
         return Ok(None);
     };
+    let cluster = cluster_roots(cfg)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path)
         .with_context(|| format!("reading auth.client_ca {}", path.display()))?
@@ -151,6 +159,20 @@ pub fn client_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCertS
                 path.display()
             )
         })?;
+    }
+    let overlaps = cluster.as_ref().is_some_and(|c| {
+        roots.roots.iter().any(|a| {
+            c.roots.iter().any(|r| {
+                r.subject == a.subject && r.subject_public_key_info == a.subject_public_key_info
+            })
+        })
+    });
+    if overlaps {
+        bail!(
+            "auth.client_ca {} holds a cluster root (cluster.ca or the shared tls.cert): \
+             applications' certificates must come from another authority",
+            path.display()
+        );
     }
     if roots.is_empty() {
         bail!("auth.client_ca {} holds no certificate", path.display());
@@ -337,5 +359,29 @@ mod tests {
         let e = format!("{:#}", client_crls(&cfg).unwrap_err());
         assert!(e.contains("holds no revocation list"), "{e}");
         assert!(e.contains("apps.crl.pem"), "{e}");
+    }
+
+    /// Without cluster.ca only the shared certificate itself is a cluster root (not the
+    /// issuers a full-chain file carries), and it may not also be an application CA.
+    #[test]
+    fn cluster_roots_are_the_leaf_and_stay_apart_from_application_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str| {
+            let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            ck.cert.pem()
+        };
+        let chain = dir.path().join("fullchain.pem");
+        std::fs::write(&chain, pem("node") + &pem("some-public-ca")).unwrap();
+        let mut cfg = Config::default();
+        cfg.cluster.cluster_id = Some("c1".into());
+        cfg.tls.cert = Some(chain.clone());
+        assert_eq!(cluster_roots(&cfg).unwrap().unwrap().roots.len(), 1);
+        cfg.auth.client_ca = Some(chain);
+        let e = format!("{:#}", client_roots(&cfg).unwrap_err());
+        assert!(e.contains("holds a cluster root"), "{e}");
+        let apps = dir.path().join("apps-ca.pem");
+        std::fs::write(&apps, pem("apps")).unwrap();
+        cfg.auth.client_ca = Some(apps);
+        assert_eq!(client_roots(&cfg).unwrap().unwrap().roots.len(), 1);
     }
 }

@@ -444,7 +444,7 @@ async fn the_console_speaks_https_with_the_brokers_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_logs_in_with_broker_users() {
-    let (broker, _root) = broker_with_users().await;
+    let (broker, root) = broker_with_users().await;
     let addr = broker.server().admin_addr().expect("admin listener");
     let json = ("Content-Type", "application/json");
     let (code, body) = crate::console::http(addr, "GET", "/api/topics", &[], "").await;
@@ -491,9 +491,34 @@ async fn the_console_logs_in_with_broker_users() {
     )
     .await;
     assert_eq!(code, 403, "{body}");
+    // Broker status, cluster and dead-letter pages read broker state directly: the same
+    // rights as over QUIC (describe on the cluster; groups she may see).
+    for page in ["/api/overview", "/api/cluster"] {
+        let (code, body) = crate::console::http(addr, "GET", page, &[auth], "").await;
+        assert_eq!(code, 403, "{page}: {body}");
+    }
+    let (code, body) = crate::console::http(addr, "GET", "/api/dlq", &[auth], "").await;
+    assert_eq!((code, body.as_str()), (200, "[]"));
+    // Only `POST /api/login` is open to anybody: a resource named "login" is not.
+    let (code, body) = crate::console::http(addr, "GET", "/api/dlq/login", &[], "").await;
+    assert_eq!(code, 403, "{body}");
     // After logout the token is dead.
     let (code, _) = crate::console::http(addr, "POST", "/api/logout", &[auth], "").await;
     assert_eq!(code, 200);
+    let (code, body) = crate::console::http(addr, "GET", "/api/topics", &[auth], "").await;
+    assert_eq!(code, 401, "{body}");
+    // A new password ends her other console logins.
+    let login_body = format!(r#"{{"user":"alice","password":"{ALICE_PW}"}}"#);
+    let (code, body) = crate::console::http(addr, "POST", "/api/login", &[json], &login_body).await;
+    assert_eq!(code, 200, "{body}");
+    let login: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bearer = format!("Bearer {}", login["token"].as_str().unwrap());
+    let auth = ("Authorization", bearer.as_str());
+    let (code, _) = crate::console::http(addr, "GET", "/api/whoami", &[auth], "").await;
+    assert_eq!(code, 200);
+    root.change_password("alice", "a-new-secret-9")
+        .await
+        .unwrap();
     let (code, body) = crate::console::http(addr, "GET", "/api/topics", &[auth], "").await;
     assert_eq!(code, 401, "{body}");
     broker.stop().await;
@@ -959,5 +984,137 @@ async fn a_client_certificate_logs_in_as_the_user_it_names() {
         ])
         .await;
     assert!(out.ok, "{out:?}");
+    broker.stop().await;
+}
+
+/// Commands that act on stored records by id or commit-log offset are checked against the
+/// records they act on, not against a record of the same id the caller sent to a topic of
+/// its own: alice (orders only) cannot cancel root's scheduled payment, decide its half
+/// message, copy it into her group's dead letters, or read internal topics by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_checked_by_what_they_are_not_by_their_id() {
+    use quiver_protocol::{SendMode, TransactionState, WireMessage};
+    let (broker, root_admin) = broker_with_users().await;
+    root_admin
+        .grant("alice", allow("group:alice-tx", actions::SEND))
+        .await
+        .unwrap();
+    root_admin
+        .grant("alice", allow("topic:*", actions::DESCRIBE))
+        .await
+        .unwrap();
+    let root = as_user(&broker, "root", ROOT_PW).await.unwrap();
+    let alice = as_user(&broker, "alice", ALICE_PW).await.unwrap();
+    let message = |id: u128, key: &str| WireMessage {
+        id,
+        born_timestamp: 0,
+        flags: 0,
+        tag: String::new(),
+        keys: vec![key.into()],
+        properties: vec![],
+        body: Bytes::from_static(b"salary"),
+    };
+    let special = |topic: &str, mode: SendMode, m: WireMessage| cmd::SendSpecial {
+        topic: topic.into(),
+        queue_id: 0,
+        mode,
+        messages: vec![m],
+    };
+    let in_an_hour = SendMode::DelayMs(3_600_000);
+    let (scheduled, half) = (0x0005_c4ed_01ed_u128, 0x4a1f_u128);
+
+    // Root's scheduled payment and half message; alice's decoys with the same ids, in
+    // orders, which she may send to.
+    root.call(special(
+        "payments",
+        in_an_hour.clone(),
+        message(scheduled, "pay-1"),
+    ))
+    .await
+    .unwrap();
+    let half_receipt = root
+        .call(special(
+            "payments",
+            SendMode::Half {
+                group: "pay-tx".into(),
+            },
+            message(half, "pay-2"),
+        ))
+        .await
+        .unwrap()
+        .receipts[0];
+    alice
+        .call(special("orders", in_an_hour, message(scheduled, "decoy")))
+        .await
+        .unwrap();
+    alice
+        .call(cmd::Send {
+            topic: "orders".into(),
+            queue_id: 0,
+            messages: vec![message(half, "decoy")],
+        })
+        .await
+        .unwrap();
+
+    let cancel = cmd::CancelScheduled { id: scheduled };
+    let e = status(alice.call(cancel).await);
+    assert_eq!(
+        e,
+        Status::AccessDenied,
+        "her decoy does not stand for root's payment"
+    );
+    let decide = cmd::EndTransaction {
+        group: "alice-tx".into(),
+        id: half,
+        handle: half_receipt.phys_offset,
+        state: TransactionState::Commit,
+        from_check: false,
+    };
+    assert_eq!(
+        status(alice.call(decide.clone()).await),
+        Status::AccessDenied
+    );
+    // A half message of a producer group she lacks, even to her own topic, is refused.
+    let e = alice
+        .call(special(
+            "orders",
+            SendMode::Half {
+                group: "pay-tx".into(),
+            },
+            message(0x77, "x"),
+        ))
+        .await;
+    assert_eq!(status(e), Status::AccessDenied);
+    // Sending root's half message back into her group's dead letters would let her read it.
+    let back = cmd::SendBack {
+        group: "order-workers".into(),
+        id: half,
+        handle: half_receipt.phys_offset,
+        delay_level: 0,
+        max_reconsume: 16,
+        to_dlq: true,
+    };
+    assert_eq!(status(alice.call(back).await), Status::AccessDenied);
+    // Internal topics hold everyone's scheduled and half messages: not hers to search, even
+    // with describe on every topic.
+    for internal in ["%SCHEDULE%", "%HALF%"] {
+        let by_key = cmd::MessageByKey {
+            topic: internal.into(),
+            key: "pay-1".into(),
+            max: 16,
+            begin_ms: 0,
+            end_ms: i64::MAX,
+        };
+        assert_eq!(status(alice.call(by_key).await), Status::AccessDenied);
+    }
+
+    // Root may do all of it: the checks look at the right records.
+    root.call(cancel).await.expect("root cancels his payment");
+    root.call(cmd::EndTransaction {
+        group: "pay-tx".into(),
+        ..decide
+    })
+    .await
+    .expect("root commits his half message");
     broker.stop().await;
 }
