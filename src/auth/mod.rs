@@ -70,10 +70,12 @@ pub struct AuthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
     /// A PEM file of certificate revocation lists from those authorities: a client
-    /// certificate they list fails the TLS handshake. Read at start (restart to apply a new
-    /// list); needs `client_ca`.
+    /// certificate they list fails the TLS handshake. Read at start and again whenever it
+    /// changes; needs `client_ca`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_crl: Option<PathBuf>,
+    /// How often `client_crl` is checked for changes, in ms.
+    pub client_crl_check_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -84,6 +86,7 @@ impl Default for AuthConfig {
             bootstrap_password: None,
             client_ca: None,
             client_crl: None,
+            client_crl_check_ms: 10_000,
         }
     }
 }

@@ -46,10 +46,13 @@ fn warn_small_udp_buffer(granted: usize) {
 /// A bound, listening QUIC endpoint.
 pub struct Listener {
     endpoint: quinn::Endpoint,
-    identity: tls::Identity,
+    identity: Arc<tls::Identity>,
     cluster: Option<Arc<Member>>,
-    /// Sorts presented client certificates into cluster nodes and users.
-    peers: Arc<tls::PeerCheck>,
+    /// Sorts presented client certificates into cluster nodes and users (replaced when
+    /// `auth.client_crl` changes).
+    peers: Arc<std::sync::RwLock<Arc<tls::PeerCheck>>>,
+    /// The configuration the TLS settings were built from (to rebuild them).
+    cfg: crate::config::Config,
     /// SHA-256 fingerprint of the certificate, for clients to pin.
     pub fingerprint: String,
     /// The certificate file (clients can use it as a CA file).
@@ -80,9 +83,10 @@ impl Listener {
             endpoint,
             fingerprint: id.fingerprint.clone(),
             cert_path: id.cert_path.clone(),
-            identity: id,
+            identity: Arc::new(id),
             cluster: None,
-            peers: Arc::new(tls::PeerCheck::new(cfg)?),
+            peers: Arc::new(std::sync::RwLock::new(Arc::new(tls::PeerCheck::new(cfg)?))),
+            cfg: cfg.clone(),
         })
     }
 
@@ -110,6 +114,64 @@ impl Listener {
         self.endpoint.local_addr()
     }
 
+    /// Re-reads `auth.client_crl` (at `path`) whenever it changes, checked every
+    /// `auth.client_crl_check_ms`: new connections are then checked against the new lists
+    /// (connections already open stay). A list that does not parse is logged and the
+    /// previous ones stay in force.
+    fn reload_crls(
+        &self,
+        path: std::path::PathBuf,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (endpoint, identity, peers, cfg) = (
+            self.endpoint.clone(),
+            self.identity.clone(),
+            self.peers.clone(),
+            self.cfg.clone(),
+        );
+        let every = Duration::from_millis(cfg.auth.client_crl_check_ms.max(10));
+        async move {
+            let digest = |path: std::path::PathBuf| async move {
+                let bytes = tokio::fs::read(&path).await.ok()?;
+                Some(
+                    ring::digest::digest(&ring::digest::SHA256, &bytes)
+                        .as_ref()
+                        .to_vec(),
+                )
+            };
+            let mut seen = digest(path.clone()).await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let now = digest(path.clone()).await;
+                if now.is_none() || now == seen {
+                    continue;
+                }
+                seen = now;
+                let (id, c) = (identity.clone(), cfg.clone());
+                let built = tokio::task::spawn_blocking(move || {
+                    Ok::<_, anyhow::Error>((tls::server_config(&id, &c)?, tls::PeerCheck::new(&c)?))
+                })
+                .await;
+                match built {
+                    Ok(Ok((server, check))) => {
+                        endpoint.set_server_config(Some(server));
+                        *peers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(check);
+                        info!(path = %path.display(), "reloaded auth.client_crl");
+                    }
+                    Ok(Err(e)) => warn!(
+                        path = %path.display(),
+                        error = %format!("{e:#}"),
+                        "auth.client_crl changed but does not load; the previous lists stay in force"
+                    ),
+                    Err(e) => warn!(error = %e, "reloading auth.client_crl failed"),
+                }
+            }
+        }
+    }
+
     /// Accepts connections until `shutdown`, then closes the endpoint after in-flight
     /// requests finish (bounded by `grace`).
     pub async fn serve(self, broker: Arc<Broker>, shutdown: CancellationToken) {
@@ -118,6 +180,9 @@ impl Listener {
         let request_bytes = Arc::new(Semaphore::new(limits.request_bytes));
         let requests = CancellationToken::new();
         let tracker = tokio_util::task::TaskTracker::new();
+        if let Some(path) = self.cfg.auth.client_crl.clone() {
+            tokio::spawn(self.reload_crls(path, shutdown.clone()));
+        }
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -140,7 +205,7 @@ impl Listener {
             };
             let remote = incoming.remote_address();
             let cluster = self.cluster.clone();
-            let peers = self.peers.clone();
+            let peers = self.peers.read().unwrap_or_else(|p| p.into_inner()).clone();
             tracker.spawn(
                 async move {
                     let _permit = permit;

@@ -907,26 +907,33 @@ async fn a_client_certificate_logs_in_as_the_user_it_names() {
     let rogue_cert = leaf(&rogue, "root", 3);
     // Alice's lost laptop's certificate, revoked.
     let lost_cert = leaf(&apps, "alice", 4);
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: rcgen::date_time_ymd(2024, 1, 1),
-        next_update: rcgen::date_time_ymd(2099, 1, 1),
-        crl_number: 1u64.into(),
-        issuing_distribution_point: None,
-        revoked_certs: vec![rcgen::RevokedCertParams {
-            serial_number: 4u64.into(),
-            revocation_time: rcgen::date_time_ymd(2024, 6, 1),
-            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-            invalidity_date: None,
-        }],
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&apps)
-    .unwrap();
-    std::fs::write(pki.join("apps.crl.pem"), crl.pem().unwrap()).unwrap();
+    let revoke = |number: u64, serials: &[u64]| {
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: number.into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: rcgen::date_time_ymd(2024, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&apps)
+        .unwrap();
+        std::fs::write(pki.join("apps.crl.pem"), crl.pem().unwrap()).unwrap();
+    };
+    revoke(1, &[4]);
 
     let mut cfg = crate::harness::test_config(dir.path());
     cfg.auth.client_ca = Some(pki.join("apps-ca.pem"));
     cfg.auth.client_crl = Some(pki.join("apps.crl.pem"));
+    cfg.auth.client_crl_check_ms = 100;
     let broker = TestBroker::start_with(cfg).await;
     let open = Admin::new(broker.client().await);
     open.create_user("root", ROOT_PW, Role::Super)
@@ -984,6 +991,23 @@ async fn a_client_certificate_logs_in_as_the_user_it_names() {
         ])
         .await;
     assert!(out.ok, "{out:?}");
+
+    // A new list, written while the broker runs, applies to new connections without a
+    // restart; certificates it does not name still get in.
+    revoke(2, &[4, 1]);
+    crate::harness::eventually(
+        "alice's certificate refused after the new list",
+        async || with_cert(&alice_cert).await.is_err(),
+    )
+    .await;
+    let ghost = with_cert(&ghost_cert).await.expect("not revoked");
+    ghost.close().await;
+    // A damaged list is not applied: the last good one stays in force.
+    std::fs::write(pki.join("apps.crl.pem"), "-----BEGIN X509 CRL-----\nbroken\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(with_cert(&alice_cert).await.is_err(), "still revoked");
+    let ghost = with_cert(&ghost_cert).await.expect("still not revoked");
+    ghost.close().await;
     broker.stop().await;
 }
 
