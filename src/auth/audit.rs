@@ -3,11 +3,12 @@
 //! `create`, `update`, `delete`, `plugin` or `admin`), naming who, from where, the command
 //! and what it touched. Cluster nodes' own requests are not logged.
 //!
-//! A client that sends refused requests (or wrong passwords) in a loop must not fill the disk
-//! with log lines: at most [`LINES_PER_SECOND`] refusal and failed-login lines are written per
-//! second (by the broker's clock); the rest are counted and reported in one line when the next
-//! second's first one is written. Logins and allowed changes, which only a user allowed them
-//! can cause, are always written: a flood of refusals cannot hide them.
+//! A client that sends refused requests (or wrong passwords, or logs in again and again) in a
+//! loop must not fill the disk with log lines: at most [`LINES_PER_SECOND`] refusal and
+//! failed-login lines, and as many login and allowed-change lines, are written per second (by
+//! the broker's clock); the rest are counted and reported in one WARN line when the next
+//! line of that kind is written. The two budgets are apart, so a flood of refusals, which
+//! anybody can send, cannot hide logins and changes.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -58,22 +59,26 @@ pub(crate) struct Event<'a> {
     pub(crate) reason: &'a str,
 }
 
-/// The per-second line budget.
+/// The per-second line budgets: one for refusals and failed logins, one for logins and
+/// allowed changes.
 #[derive(Default)]
 pub(crate) struct Audit {
-    /// (second, lines written in it, lines suppressed since the last report).
-    window: Mutex<(i64, u32, u64)>,
+    /// Per budget: (second, lines written in it, lines suppressed since the last report).
+    windows: [Mutex<(i64, u32, u64)>; 2],
 }
 
 impl Audit {
-    /// Writes `e`, a refusal or failed login only while this second's budget lasts;
-    /// `now_ms` is the broker's clock.
+    /// Writes `e` while this second's budget for its kind lasts; `now_ms` is the broker's
+    /// clock.
     pub(crate) fn record(&self, now_ms: i64, e: &Event<'_>) {
-        let budgeted = matches!(e.outcome, Outcome::Denied | Outcome::LoginFailed);
-        let suppressed = if !budgeted {
-            0
-        } else {
-            let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = match e.outcome {
+            Outcome::Denied | Outcome::LoginFailed => 0,
+            Outcome::Allowed | Outcome::LoggedIn => 1,
+        };
+        let suppressed = {
+            let mut w = self.windows[budget]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let second = now_ms.div_euclid(1000);
             if w.0 != second {
                 w.0 = second;
@@ -135,18 +140,18 @@ mod tests {
         for _ in 0..LINES_PER_SECOND + 25 {
             audit.record(5_000, &e);
         }
-        assert_eq!(*audit.window.lock().unwrap(), (5, LINES_PER_SECOND, 25));
-        // Allowed changes are written whatever the budget (they do not count against it).
+        let refusals = || *audit.windows[0].lock().unwrap();
+        assert_eq!(refusals(), (5, LINES_PER_SECOND, 25));
+        // Allowed changes have their own budget: refusals do not crowd them out.
         let allowed = Event {
             outcome: Outcome::Allowed,
             ..e
         };
         audit.record(5_500, &allowed);
-        assert_eq!(*audit.window.lock().unwrap(), (5, LINES_PER_SECOND, 25));
+        assert_eq!(*audit.windows[1].lock().unwrap(), (5, 1, 0));
+        assert_eq!(refusals(), (5, LINES_PER_SECOND, 25));
         // The next second writes again, and reports what was dropped (the count resets).
-        audit.record(6_001, &allowed);
-        assert_eq!(*audit.window.lock().unwrap(), (5, LINES_PER_SECOND, 25));
         audit.record(6_001, &e);
-        assert_eq!(*audit.window.lock().unwrap(), (6, 1, 0));
+        assert_eq!(refusals(), (6, 1, 0));
     }
 }

@@ -724,22 +724,33 @@ impl Auth {
 
     /// Checks a user name and password directly (the console's login form), from `from`.
     /// Runs argon2id: call it off async threads. Unknown users cost the same work. Counts
-    /// toward, and obeys, the per-address limit on failed logins.
-    pub fn check_password(&self, user: &str, password: &str, from: IpAddr) -> Result<(), Refused> {
+    /// toward, and obeys, the per-address limit on failed logins. Returns the credential
+    /// stamp of the verifier the password matched ([`Auth::credential_stamp`]), so a
+    /// password changed during the check ends the session it opens.
+    pub fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<[u8; 32], Refused> {
         self.throttled(from)?;
-        let ok = self.password_matches(user, password);
-        self.audit_login(ok, user, from, "console-login");
-        if ok {
-            return Ok(());
+        let matched = self.password_matches(user, password);
+        self.audit_login(matched.is_some(), user, from, "console-login");
+        if let Some(stamp) = matched {
+            return Ok(stamp);
         }
         self.throttle.failed(from, self.clock.now_ms());
         Err(Refused::new(Status::AuthenticationFailed, FAILED))
     }
 
-    fn password_matches(&self, user: &str, password: &str) -> bool {
+    /// The credential stamp of the verifier `password` matched, if it did.
+    fn password_matches(&self, user: &str, password: &str) -> Option<[u8; 32]> {
         let users = self.snapshot();
         match users.users.get(user) {
-            Some(u) => u.verifier.check_password(password),
+            Some(u) => u
+                .verifier
+                .check_password(password)
+                .then_some(u.verifier.stored_key),
             None => {
                 let fake = Verifier {
                     salt: [0; cmd::SALT_LEN],
@@ -748,7 +759,7 @@ impl Auth {
                     server_key: [0; cmd::KEY_LEN],
                 };
                 let _ = fake.check_password(password);
-                false
+                None
             }
         }
     }
@@ -839,20 +850,16 @@ impl Auth {
     }
 
     /// Writes a request to the audit log when it was refused (`refused` says why) or is an
-    /// allowed change (it needs `create`, `update`, `delete`, `plugin` or `admin`). Cluster
-    /// nodes' requests are not written.
+    /// allowed change ([`perm::is_change`]). Cluster nodes' requests are not written.
     pub fn audit_request(
         &self,
         caller: &Caller,
         command: quiver_protocol::Command,
         needs: &[Need],
+        change: bool,
         refused: Option<&str>,
     ) {
-        const CHANGES: u16 =
-            actions::CREATE | actions::UPDATE | actions::DELETE | actions::PLUGIN | actions::ADMIN;
-        if caller.who == Who::Member
-            || (refused.is_none() && needs.iter().all(|n| n.actions & CHANGES == 0))
-        {
+        if caller.who == Who::Member || (refused.is_none() && !change) {
             return;
         }
         let resources = needs

@@ -43,16 +43,16 @@ pub enum Stored {
 impl Resource {
     /// A topic, with a group's retry and DLQ topics mapped to the group: whoever may
     /// consume as the group may read its retries and dead letters.
-    /// The broker's other internal topics (`%SCHEDULE%`, `%HALF%`...) hold every user's
-    /// scheduled and uncommitted messages: they count as the cluster, so no topic rule
-    /// (not even `topic:*`) reaches them.
+    /// The broker's other internal topics (`%SCHEDULE%`, `%HALF%`, `%HALF_OP%`,
+    /// `%TRANS_CHECK_MAX%`) hold every user's scheduled and uncommitted messages: they count
+    /// as the cluster, so no topic rule (not even `topic:*`) reaches them.
     pub fn topic(name: &str) -> Resource {
         for prefix in [RETRY_PREFIX, DLQ_PREFIX] {
             if let Some(group) = name.strip_prefix(prefix) {
                 return Resource::Group(group.to_string());
             }
         }
-        if name.starts_with('%') {
+        if quiver_protocol::names::is_system_topic(name) {
             return Resource::Cluster;
         }
         Resource::Topic(name.to_string())
@@ -95,6 +95,35 @@ fn group(actions: u16, name: &str) -> Need {
 
 fn cluster(actions: u16) -> Need {
     need(actions, Resource::Cluster)
+}
+
+/// Whether `req` changes something an operator would want in the audit log: topics, groups'
+/// offsets and dead letters, plugins, users and rules, controller voters and masters.
+/// Sends, reads, lists and routes are not.
+pub fn is_change(req: &Request) -> bool {
+    use Request as R;
+    matches!(
+        req,
+        R::TopicCreate(_)
+            | R::TopicCreateOn(_)
+            | R::TopicUpdate(_)
+            | R::TopicDelete(_)
+            | R::GroupResetOffset(_)
+            | R::GroupDelete(_)
+            | R::DlqResend(_)
+            | R::PluginLoad(_)
+            | R::PluginReload(_)
+            | R::PluginUnload(_)
+            | R::PluginAttach(_)
+            | R::PluginDetach(_)
+            | R::UserCreate(_)
+            | R::UserPassword(_)
+            | R::UserDelete(_)
+            | R::AclGrant(_)
+            | R::AclRevoke(_)
+            | R::ClusterVoter(_)
+            | R::ClusterElect(_)
+    )
 }
 
 /// Everything `req` needs; all of them must hold. Hello and the handshake need nothing;
@@ -206,6 +235,11 @@ mod tests {
         // Other internal topics hold everyone's messages: the cluster's.
         assert_eq!(Resource::topic("%SCHEDULE%"), Resource::Cluster);
         assert_eq!(Resource::topic("%HALF%"), Resource::Cluster);
+        // A user's own topic that merely starts with '%' stays a topic.
+        assert_eq!(
+            Resource::topic("%orders"),
+            Resource::Topic("%orders".into())
+        );
     }
 
     #[test]

@@ -446,10 +446,16 @@ fn the_audit_log_has_refusals_and_changes_only() {
     let orders = [topic(SEND, "orders")];
     let create = [topic(CREATE, "orders")];
     tracing::subscriber::with_default(subscriber, || {
-        a.audit_request(&alice, Command::Send, &orders, None);
-        a.audit_request(&member, Command::TopicCreate, &create, None);
-        a.audit_request(&alice, Command::TopicCreate, &create, None);
-        a.audit_request(&alice, Command::Send, &orders, Some("may not send\nforged"));
+        a.audit_request(&alice, Command::Send, &orders, false, None);
+        a.audit_request(&member, Command::TopicCreate, &create, true, None);
+        a.audit_request(&alice, Command::TopicCreate, &create, true, None);
+        a.audit_request(
+            &alice,
+            Command::Send,
+            &orders,
+            false,
+            Some("may not send\nforged"),
+        );
     });
     let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
     let written: Vec<&str> = text.lines().collect();

@@ -133,18 +133,19 @@ pub(crate) async fn login(
         tokio::task::spawn_blocking(move || auth.check_password(&user, &b.password, from.ip()))
             .await
             .map_err(|_| failed())?;
-    if let Err(e) = checked {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "AuthenticationFailed",
-            e.message,
-        ));
-    }
-    let now = s.broker.clock().now_ms();
-    let Some(stamp) = s.broker.auth().credential_stamp(&b.user) else {
-        // Deleted while its password was being checked.
-        return Err(failed());
+    let stamp = match checked {
+        // The stamp of the credentials the password matched: if they changed meanwhile, the
+        // session is dead on its first use.
+        Ok(stamp) => stamp,
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                e.message,
+            ))
+        }
     };
+    let now = s.broker.clock().now_ms();
     let (token, until) = s.sessions.add(Arc::from(b.user.as_str()), stamp, now);
     Ok(Json(
         json!({ "token": token, "user": b.user, "expires_ms": until }),

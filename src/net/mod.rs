@@ -180,8 +180,11 @@ impl Listener {
         let request_bytes = Arc::new(Semaphore::new(limits.request_bytes));
         let requests = CancellationToken::new();
         let tracker = tokio_util::task::TaskTracker::new();
+        // Stops with the accept loop, however it ends.
+        let reloading = shutdown.child_token();
+        let _stop_reloading = reloading.clone().drop_guard();
         if let Some(path) = self.cfg.auth.client_crl.clone() {
-            tokio::spawn(self.reload_crls(path, shutdown.clone()));
+            tokio::spawn(self.reload_crls(path, reloading));
         }
         loop {
             let incoming = tokio::select! {
@@ -352,7 +355,9 @@ async fn serve_connection(
     let member = cluster.is_some() && presented == tls::PeerCert::Member;
     let login = match &presented {
         tls::PeerCert::User(user) => {
-            debug!(user = ?user, "logged in by TLS client certificate");
+            broker
+                .auth()
+                .audit_login(true, user, conn.remote_address().ip(), "client-certificate");
             crate::auth::Login::by_certificate(user)
         }
         _ => crate::auth::Login::default(),
@@ -994,31 +999,64 @@ pub async fn authorize(
 ) -> Result<Request, BrokerError> {
     let auth = broker.auth();
     let command = req.command();
+    let change = perm::is_change(&req);
     if auth.unchecked(caller) {
-        if caller.who != crate::auth::Who::Member {
-            auth.audit_request(caller, command, &perm::needs(&req), None);
+        // Only changes are written here: the needs are built for them alone, off the hot
+        // path of sends and pulls.
+        if change && caller.who != crate::auth::Who::Member {
+            auth.audit_request(caller, command, &perm::needs(&req), true, None);
         }
         return Ok(req);
     }
-    let mut needs = Vec::new();
-    for n in perm::needs(&req) {
-        match n.resource {
-            Resource::Stored(which) => needs.extend(
-                stored_resources(broker, which)
-                    .await
-                    .into_iter()
-                    .map(|resource| perm::Need {
-                        actions: n.actions,
-                        resource,
-                    }),
-            ),
-            _ => needs.push(n),
-        }
-    }
-    let decided = decide(req, broker, caller, &needs);
+    let decided = resolve_and_decide(req, broker, caller).await;
+    let (needs, decided) = match decided {
+        Ok((needs, req)) => (needs, Ok(req)),
+        Err((needs, e)) => (needs, Err(e)),
+    };
     let refused = decided.as_ref().err().map(ToString::to_string);
-    auth.audit_request(caller, command, &needs, refused.as_deref());
+    auth.audit_request(caller, command, &needs, change, refused.as_deref());
     decided
+}
+
+/// Checks what `req` needs, the needs on stored records last, once the rest held (so
+/// nobody unchecked makes the broker read its log): each must name records that exist, or
+/// the request is refused as `NotFound` (a record written after the check cannot fall
+/// under a check that found none). Returns the needs checked, for the audit log.
+#[allow(clippy::type_complexity)]
+async fn resolve_and_decide(
+    req: Request,
+    broker: &Broker,
+    caller: &Caller,
+) -> Result<(Vec<perm::Need>, Request), (Vec<perm::Need>, BrokerError)> {
+    let (stored, mut needs): (Vec<_>, Vec<_>) = perm::needs(&req)
+        .into_iter()
+        .partition(|n| matches!(n.resource, Resource::Stored(_)));
+    if let Err(e) = broker.auth().check(caller, &needs) {
+        return Err((needs, e.into()));
+    }
+    for n in stored {
+        let Resource::Stored(which) = n.resource else {
+            continue;
+        };
+        let found = stored_resources(broker, which).await;
+        if found.is_empty() {
+            let what = match which {
+                perm::Stored::Scheduled(id) => format!("no scheduled message {id:032x}"),
+                perm::Stored::At { handle, id } => {
+                    format!("no message {id:032x} at commit-log offset {handle}")
+                }
+            };
+            return Err((needs, BrokerError::new(Status::NotFound, what)));
+        }
+        needs.extend(found.into_iter().map(|resource| perm::Need {
+            actions: n.actions,
+            resource,
+        }));
+    }
+    match decide(req, broker, caller, &needs) {
+        Ok(req) => Ok((needs, req)),
+        Err(e) => Err((needs, e)),
+    }
 }
 
 /// [`authorize`]'s decision, once `needs` name real resources.

@@ -137,6 +137,26 @@ pub fn cluster_roots(cfg: &Config) -> anyhow::Result<Option<Arc<rustls::RootCert
     if roots.is_empty() {
         bail!("cluster CA {} holds no certificate", path.display());
     }
+    if only_leaf {
+        // A shared certificate a CA issued cannot be its own anchor: name the CA instead.
+        let first = CertificateDer::pem_file_iter(path)
+            .ok()
+            .and_then(|mut certs| certs.next())
+            .and_then(Result::ok);
+        if let Some(der) = first {
+            if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) {
+                if cert.subject().as_raw() != cert.issuer().as_raw() {
+                    bail!(
+                        "tls.cert {} was issued by a CA ({}): set cluster.ca to that CA's \
+                         certificate (without cluster.ca, the nodes' one shared self-signed \
+                         certificate is the cluster's only trust anchor)",
+                        path.display(),
+                        cert.issuer()
+                    );
+                }
+            }
+        }
+    }
     Ok(Some(Arc::new(roots)))
 }
 
@@ -270,11 +290,14 @@ impl PeerCheck {
             v.as_ref()
                 .is_some_and(|v| v.verify_client_cert(leaf, rest, now).is_ok())
         };
-        if chains(&self.cluster) {
-            return PeerCert::Member;
-        }
+        // Applications' authorities first: a certificate one of them issued is a user's even
+        // if its chain also reaches a cluster root (an application CA under the cluster's
+        // CA), never a member's.
         if chains(&self.clients) {
             return common_name(leaf).map_or(PeerCert::None, PeerCert::User);
+        }
+        if chains(&self.cluster) {
+            return PeerCert::Member;
         }
         PeerCert::None
     }
@@ -383,5 +406,26 @@ mod tests {
         std::fs::write(&apps, pem("apps")).unwrap();
         cfg.auth.client_ca = Some(apps);
         assert_eq!(client_roots(&cfg).unwrap().unwrap().roots.len(), 1);
+
+        // A shared certificate a CA issued needs cluster.ca: it cannot anchor itself.
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "internal-ca");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let mut node = rcgen::CertificateParams::new(vec!["node1".to_string()]).unwrap();
+        node.distinguished_name
+            .push(rcgen::DnType::CommonName, "node1");
+        let node_cert = node
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        let issued = dir.path().join("issued.pem");
+        std::fs::write(&issued, node_cert.pem() + &ca_cert.pem()).unwrap();
+        cfg.tls.cert = Some(issued);
+        cfg.auth.client_ca = None;
+        let e = format!("{:#}", cluster_roots(&cfg).unwrap_err());
+        assert!(e.contains("set cluster.ca"), "{e}");
     }
 }

@@ -431,7 +431,8 @@ impl CommitLog {
     fn checked_segment(&self, pos: u64, len: usize) -> Result<Arc<MappedFile>, StoreError> {
         let written = self.written();
         let min = self.min_offset();
-        if pos < min || pos + len as u64 > written || len < record::HEADER_SIZE {
+        let past_end = pos.checked_add(len as u64).is_none_or(|end| end > written);
+        if pos < min || past_end || len < record::HEADER_SIZE {
             return Err(StoreError::OffsetOutOfRange {
                 offset: pos,
                 min,

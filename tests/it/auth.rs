@@ -1003,7 +1003,11 @@ async fn a_client_certificate_logs_in_as_the_user_it_names() {
     let ghost = with_cert(&ghost_cert).await.expect("not revoked");
     ghost.close().await;
     // A damaged list is not applied: the last good one stays in force.
-    std::fs::write(pki.join("apps.crl.pem"), "-----BEGIN X509 CRL-----\nbroken\n").unwrap();
+    std::fs::write(
+        pki.join("apps.crl.pem"),
+        "-----BEGIN X509 CRL-----\nbroken\n",
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(with_cert(&alice_cert).await.is_err(), "still revoked");
     let ghost = with_cert(&ghost_cert).await.expect("still not revoked");
@@ -1131,6 +1135,14 @@ async fn records_are_checked_by_what_they_are_not_by_their_id() {
         };
         assert_eq!(status(alice.call(by_key).await), Status::AccessDenied);
     }
+
+    // A handle where no such message is (here, at the end of the offset range) is
+    // `NotFound` before anything is decided.
+    let nowhere = cmd::EndTransaction {
+        handle: u64::MAX - 3,
+        ..decide.clone()
+    };
+    assert_eq!(status(alice.call(nowhere).await), Status::NotFound);
 
     // Root may do all of it: the checks look at the right records.
     root.call(cancel).await.expect("root cancels his payment");

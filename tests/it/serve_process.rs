@@ -452,6 +452,12 @@ fn changes_are_written_to_the_audit_log() {
             queues: 1,
         });
         assert_eq!(exchange(&conn, &create).await, Status::Ok);
+        // Routes (which clients ask for all the time) are not changes.
+        let route = Request::Route(cmd::Route {
+            topic: "audited".into(),
+            create: true,
+        });
+        assert_eq!(exchange(&conn, &route).await, Status::Ok);
         let send = Request::Send(cmd::Send {
             topic: "audited".into(),
             queue_id: 0,
