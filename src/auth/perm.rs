@@ -93,6 +93,10 @@ fn group(actions: u16, name: &str) -> Need {
     need(actions, Resource::Group(name.to_string()))
 }
 
+fn stored_at(actions: u16, handle: u64, id: u128) -> Need {
+    need(actions, Resource::Stored(Stored::At { handle, id }))
+}
+
 fn cluster(actions: u16) -> Need {
     need(actions, Resource::Cluster)
 }
@@ -146,16 +150,7 @@ pub fn needs(req: &Request) -> Vec<Need> {
             _ => vec![topic(SEND, &s.topic)],
         },
         R::CancelScheduled(c) => vec![need(SEND, Resource::Stored(Stored::Scheduled(c.id)))],
-        R::EndTransaction(e) => vec![
-            group(SEND, &e.group),
-            need(
-                SEND,
-                Resource::Stored(Stored::At {
-                    handle: e.handle,
-                    id: e.id,
-                }),
-            ),
-        ],
+        R::EndTransaction(e) => vec![group(SEND, &e.group), stored_at(SEND, e.handle, e.id)],
         R::PollTransactionChecks(p) => vec![group(SEND, &p.group)],
         R::Pull(p) => vec![topic(CONSUME, &p.topic)],
         R::CommitOffset(c) => vec![group(CONSUME, &c.group), topic(CONSUME, &c.topic)],
@@ -166,16 +161,7 @@ pub fn needs(req: &Request) -> Vec<Need> {
         R::OffsetForTime(o) => vec![topic(CONSUME | DESCRIBE, &o.topic)],
         // The message sent back must be one the caller may consume: SendBack copies it into
         // the group's retry or dead-letter topic, which the group may read.
-        R::SendBack(s) => vec![
-            group(CONSUME, &s.group),
-            need(
-                CONSUME,
-                Resource::Stored(Stored::At {
-                    handle: s.handle,
-                    id: s.id,
-                }),
-            ),
-        ],
+        R::SendBack(s) => vec![group(CONSUME, &s.group), stored_at(CONSUME, s.handle, s.id)],
         R::DlqResend(d) => vec![group(UPDATE, &d.group)],
         R::TopicCreate(t) => vec![topic(CREATE, &t.topic)],
         R::TopicCreateOn(t) => vec![topic(CREATE, &t.topic)],

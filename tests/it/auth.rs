@@ -216,15 +216,7 @@ async fn rules_change_at_runtime_on_open_connections() {
         .call(cmd::Send {
             topic: "pay-later".into(),
             queue_id: 0,
-            messages: vec![quiver_protocol::WireMessage {
-                id: 7,
-                born_timestamp: 0,
-                flags: 0,
-                tag: String::new(),
-                keys: vec![],
-                properties: vec![],
-                body: Bytes::from_static(b"x"),
-            }],
+            messages: vec![crate::harness::wire_message(7, &[], b"x")],
         })
         .await
         .unwrap_err();
@@ -1033,15 +1025,7 @@ async fn records_are_checked_by_what_they_are_not_by_their_id() {
         .unwrap();
     let root = as_user(&broker, "root", ROOT_PW).await.unwrap();
     let alice = as_user(&broker, "alice", ALICE_PW).await.unwrap();
-    let message = |id: u128, key: &str| WireMessage {
-        id,
-        born_timestamp: 0,
-        flags: 0,
-        tag: String::new(),
-        keys: vec![key.into()],
-        properties: vec![],
-        body: Bytes::from_static(b"salary"),
-    };
+    let message = |id: u128, key: &str| crate::harness::wire_message(id, &[key], b"salary");
     let special = |topic: &str, mode: SendMode, m: WireMessage| cmd::SendSpecial {
         topic: topic.into(),
         queue_id: 0,

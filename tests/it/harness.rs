@@ -274,3 +274,16 @@ impl Drop for UdpRelay {
         self.task.abort();
     }
 }
+
+/// A message as raw frames carry it: this id, these keys and body, nothing else set.
+pub fn wire_message(id: u128, keys: &[&str], body: &'static [u8]) -> quiver_protocol::WireMessage {
+    quiver_protocol::WireMessage {
+        id,
+        born_timestamp: 0,
+        flags: 0,
+        tag: String::new(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        properties: vec![],
+        body: bytes::Bytes::from_static(body),
+    }
+}

@@ -461,15 +461,7 @@ fn changes_are_written_to_the_audit_log() {
         let send = Request::Send(cmd::Send {
             topic: "audited".into(),
             queue_id: 0,
-            messages: vec![quiver_protocol::WireMessage {
-                id: 7,
-                born_timestamp: 0,
-                flags: 0,
-                tag: String::new(),
-                keys: vec![],
-                properties: vec![],
-                body: bytes::Bytes::from_static(b"x"),
-            }],
+            messages: vec![crate::harness::wire_message(7, &[], b"x")],
         });
         assert_eq!(exchange(&conn, &send).await, Status::Ok);
         let delete = Request::TopicDelete(cmd::TopicDelete {
